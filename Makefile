@@ -1,0 +1,71 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each installs what it needs (venv, npm packages, Debian packages when root)
+# and skips what a stamp file says is already done.
+SHELL := /bin/bash
+PY    ?= python3
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := .stamps
+LEDGER := $(BIN)/ledger
+
+.PHONY: demo test bench install install-python install-npm install-ipfs install-debian clean-install help
+
+help:
+	@echo "make demo   - install what is needed, then run a whole multi-party training on one machine"
+	@echo "make test   - install what is needed (incl. Debian test packages when root), then run the test suite"
+	@echo "make bench  - run every benchmark under bench/ and print their tables"
+
+$(STAMP):
+	@mkdir -p $(STAMP)
+
+# Python: one venv, pinned requirements; torch comes from the local CPU wheel (pinned 2.13.0).
+$(STAMP)/python: requirements.txt pyproject.toml | $(STAMP)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip check
+	@touch $@
+
+# Chain tooling: anvil, cast and solcjs from the committed lockfile.
+$(STAMP)/npm: hardhat-config/package.json hardhat-config/package-lock.json | $(STAMP)
+	cd hardhat-config && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The local IPFS node (Helia on node 22) used by the IPFS backend and its tests.
+$(STAMP)/ipfs: ipfs-node/package.json ipfs-node/package-lock.json | $(STAMP)
+	cd ipfs-node && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report).
+$(STAMP)/debian: | $(STAMP)
+	@if [ "$$(id -u)" = "0" ]; then \
+	  missing=""; \
+	  command -v ipfs_cid >/dev/null || missing="$$missing ipfs-cid"; \
+	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else \
+	  for c in ipfs_cid chromium; do command -v $$c >/dev/null || echo "NOTE: not root, cannot install '$$c' (Debian packages ipfs-cid, chromium); tests that need it will say so when skipped"; done; \
+	fi
+	@touch $@
+
+install-python: $(STAMP)/python
+install-npm: $(STAMP)/npm
+install-ipfs: $(STAMP)/ipfs
+install-debian: $(STAMP)/debian
+install: install-python install-npm install-ipfs
+
+demo: install
+	$(LEDGER) demo
+
+test: install install-debian
+	$(LEDGER) compile --check
+	$(BIN)/python -m pytest -q
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-install:
+	rm -rf $(VENV) $(STAMP) hardhat-config/node_modules ipfs-node/node_modules

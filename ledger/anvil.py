@@ -1,0 +1,126 @@
+"""The local chain: anvil from npm, persisted to disk, managed by PID.
+
+``chain up`` starts anvil on 127.0.0.1 with ``--state`` (loaded at start, written on
+SIGTERM) and ``--state-interval`` (written every N seconds, so a kill -9 loses at
+most N seconds). A backup of the last good state is kept because a kill during a
+dump could leave a truncated file; ``up`` falls back to it and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .errors import ConfigError, LedgerError
+from .procs import PROJECT_ROOT, LocalService, ServiceInfo
+
+STATE_FILE = "state.json"
+BACKUP_FILE = "state.backup.json"
+
+
+def anvil_binary() -> Path:
+    override = os.environ.get("LEDGER_ANVIL")
+    path = Path(override) if override else PROJECT_ROOT / "hardhat-config/node_modules/.bin/anvil"
+    if not path.exists():
+        raise ConfigError(
+            f"anvil not found at {path}; run `make install` (npm ci in hardhat-config/) "
+            "or set LEDGER_ANVIL to an anvil binary"
+        )
+    return path
+
+
+def service(settings: Settings) -> LocalService:
+    return LocalService("anvil", settings.chain_dir)
+
+
+@dataclass
+class ChainUp:
+    info: ServiceInfo
+    started: bool
+    note: str = ""
+
+
+def _valid_state(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            json.load(f)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0) -> ChainUp:
+    """Start the local chain (idempotent). Returns its info and whether it was started now."""
+    svc = service(settings)
+    running = svc.running()
+    if running:
+        return ChainUp(running, False)
+    d = settings.chain_dir
+    d.mkdir(parents=True, exist_ok=True)
+    state, backup = d / STATE_FILE, d / BACKUP_FILE
+    note = ""
+    if state.exists():
+        if _valid_state(state):
+            shutil.copyfile(state, backup)
+        elif backup.exists():
+            shutil.copyfile(backup, state)
+            note = f"state file was unreadable (killed mid-write?); restored the backup from {time.ctime(backup.stat().st_mtime)}"
+        else:
+            state.rename(d / f"state.corrupt.{int(time.time())}.json")
+            note = "state file was unreadable and no backup exists; started an empty chain (the bad file was kept aside)"
+    if port is None:
+        port = settings.chain_port
+    cmd = [
+        str(anvil_binary()),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--state", str(state),
+        "--state-interval", str(max(1, settings.state_interval)),
+    ]
+    info, started = svc.start(
+        cmd,
+        ready_pattern=r"Listening on 127\.0\.0\.1:(\d+)",
+        url_for_port=lambda p: f"http://127.0.0.1:{p}",
+        timeout=timeout,
+        extra={"state_file": str(state)},
+    )
+    return ChainUp(info, started, note)
+
+
+def chain_down(settings: Settings) -> ServiceInfo | None:
+    """Stop the local chain by PID with SIGTERM so anvil writes its state."""
+    return service(settings).stop()
+
+
+def chain_status(settings: Settings) -> dict:
+    """What is known about the local chain, without raising for a dead process."""
+    svc = service(settings)
+    state = settings.chain_dir / STATE_FILE
+    out: dict = {"data_dir": str(settings.data_dir), "state_file": str(state)}
+    if state.exists():
+        out["state_saved_at"] = state.stat().st_mtime
+        out["state_age_s"] = round(time.time() - state.stat().st_mtime, 1)
+    info = svc.running()
+    if info:
+        out.update(running=True, pid=info.pid, url=info.url, port=info.port)
+        return out
+    recorded = svc.recorded()
+    out["running"] = False
+    if recorded:
+        out["stale_pid"] = recorded.pid
+        out["note"] = (
+            f"anvil (pid {recorded.pid}) is no longer running but was not stopped with "
+            "`ledger chain down` (killed?); history after the last state save is lost. "
+            "Run `ledger chain up` to restart from the saved state."
+        )
+    return out
+
+
+def local_rpc_url(settings: Settings) -> str | None:
+    info = service(settings).running()
+    return info.url if info else None

@@ -1,0 +1,132 @@
+"""The ``ledger`` command line: one front door for every role.
+
+Each command group lives in its own module with a ``register(subparsers)`` function;
+handlers receive ``(args, settings)``. Role commands import ``node`` (and so torch)
+inside their handler, never at start-up, so ``ledger --help``, ``chain``, ``deploy``,
+``store`` and ``history`` work without torch.
+
+Errors the user can act on (``LedgerError``) print one line and exit non-zero;
+nothing prints a traceback unless ``LEDGER_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from ..config import load_settings
+from ..errors import LedgerError
+
+GROUPS = [
+    "ledger.cli.chain_cmds",      # chain up|down|status, deploy, verify-deployment
+    "ledger.cli.compile_cmd",     # compile [--check]
+    "ledger.cli.account_cmds",    # account new|list
+    "ledger.cli.storage_cmds",    # ipfs up|down|status, store put|get|verify
+    "ledger.cli.job_cmds",        # job create, worker run
+    "ledger.cli.aggregator_cmds", # aggregator run
+    "ledger.cli.audit_cmds",      # history, audit
+    "ledger.cli.demo_cmds",       # demo, generate
+]
+
+EPILOG = """\
+examples:
+  ledger chain up                      start the local chain (state kept in .ledger/chain)
+  ledger deploy                        deploy TrainingLedger and record where
+  ledger job create --workers 4        create a training job, prints `job <id>`
+  ledger worker run --job 1 --account w0
+  ledger aggregator run --job 1 --account a0
+  ledger audit --job 1 --html report.html
+  ledger demo                          everything at once on this machine
+
+configuration: flags, then env vars (LEDGER_RPC_URL, LEDGER_DATA_DIR, LEDGER_STORAGE,
+LEDGER_IPFS_API, LEDGER_CONTRACT, LEDGER_ACCOUNT, ...), then a TOML file
+(--config, $LEDGER_CONFIG or ./ledger.toml), then defaults.
+keys: an encrypted keystore (`ledger account new`) or LEDGER_PRIVATE_KEY; never printed.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ledger",
+        description="Verifiable training ledger: federated training anchored on an EVM chain and content-addressed storage.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    g = parser.add_argument_group("global options (also LEDGER_* env vars or ledger.toml)")
+    g.add_argument("--config", metavar="FILE", help="TOML settings file (default: $LEDGER_CONFIG or ./ledger.toml)")
+    g.add_argument("--data-dir", metavar="DIR", help="local state: chain, store, keystore, deployments (default .ledger)")
+    g.add_argument("--rpc-url", metavar="URL", help="EVM JSON-RPC endpoint (default: the local chain of `ledger chain up`)")
+    g.add_argument("--contract", metavar="ADDR", help="TrainingLedger address (default: the deployment record)")
+    g.add_argument("--storage", choices=["embedded", "ipfs"], help="artifact storage backend (default embedded)")
+    g.add_argument("--ipfs-api", metavar="ADDR", help="Kubo-compatible RPC API, e.g. /ip4/127.0.0.1/tcp/5001/http")
+    g.add_argument("--account", metavar="NAME|ADDR", help="keystore account to act as (default: LEDGER_PRIVATE_KEY)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in GROUPS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def add_command(
+    sub, name: str, help: str, handler: Callable, example: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """Add a subcommand whose --help ends with a worked example."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=f"example:\n  {example}",
+        formatter_class=HelpFormatter,
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+def add_group(sub, name: str, help: str):
+    """Add a command group (``ledger chain ...``); returns its subparsers."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+    p.set_defaults(handler=None, group_parser=p)
+    return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def settings_from_args(args: argparse.Namespace):
+    flags = {
+        "data_dir": args.data_dir,
+        "rpc_url": args.rpc_url,
+        "contract": args.contract,
+        "storage": args.storage,
+        "ipfs_api": args.ipfs_api,
+        "account": args.account,
+    }
+    return load_settings(flags, config_file=args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        # A group without its subcommand, or nothing at all: teach instead of failing.
+        (getattr(args, "group_parser", None) or parser).print_help()
+        return 2
+    try:
+        settings = settings_from_args(args)
+        return int(handler(args, settings) or 0)
+    except LedgerError as e:
+        if os.environ.get("LEDGER_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

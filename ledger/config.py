@@ -1,0 +1,132 @@
+"""Settings: flags, then environment variables, then a TOML file, then defaults.
+
+One ``Settings`` object is built per CLI invocation (``load_settings``) and passed
+down; nothing else reads ``os.environ`` for configuration. Secrets (private keys,
+passwords) are *not* settings: they are read from the environment only at the
+moment they are needed (see ``ledger.keys``) so they never sit in a repr or a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_TOML = "ledger.toml"
+
+
+def _env(name: str) -> dict:
+    return {"env": name}
+
+
+@dataclass
+class Settings:
+    """Everything a command needs to find the chain, the contract and the storage."""
+
+    data_dir: Path = field(default=Path(".ledger"), metadata=_env("LEDGER_DATA_DIR"))
+    # JSON-RPC endpoint; None = the local chain started by `ledger chain up` in data_dir.
+    rpc_url: str | None = field(default=None, metadata=_env("LEDGER_RPC_URL"))
+    # Port for `ledger chain up` (0 = any free port).
+    chain_port: int = field(default=8545, metadata=_env("LEDGER_CHAIN_PORT"))
+    # Seconds between anvil state dumps: at most this much history is lost to a kill -9.
+    state_interval: int = field(default=2, metadata=_env("LEDGER_STATE_INTERVAL"))
+    # Expected chain id; None = whatever the deployment record says.
+    chain_id: int | None = field(default=None, metadata=_env("LEDGER_CHAIN_ID"))
+    # Contract address; None = the deployment record for the connected chain.
+    contract: str | None = field(default=None, metadata=_env("LEDGER_CONTRACT"))
+    # "embedded" (default) or "ipfs".
+    storage: str = field(default="embedded", metadata=_env("LEDGER_STORAGE"))
+    # Kubo-compatible RPC API (multiaddr or http URL); None = the local node of `ledger ipfs up`.
+    ipfs_api: str | None = field(default=None, metadata=_env("LEDGER_IPFS_API"))
+    ipfs_port: int = field(default=5001, metadata=_env("LEDGER_IPFS_PORT"))
+    # Seconds to wait for an IPFS read before calling the CID missing.
+    ipfs_timeout: float = field(default=30.0, metadata=_env("LEDGER_IPFS_TIMEOUT"))
+    # Account to act as: an address or a keystore name; None = the key in LEDGER_PRIVATE_KEY.
+    account: str | None = field(default=None, metadata=_env("LEDGER_ACCOUNT"))
+    keystore_dir: Path | None = field(default=None, metadata=_env("LEDGER_KEYSTORE"))
+
+    @property
+    def keystore(self) -> Path:
+        return self.keystore_dir or self.data_dir / "keystore"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.data_dir / "chain"
+
+    @property
+    def ipfs_dir(self) -> Path:
+        return self.data_dir / "ipfs"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def deployments_dir(self) -> Path:
+        return self.data_dir / "deployments"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if "Path" in kind:
+            return Path(os.path.expanduser(str(value)))
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {f.name} must be {kind}, got {value!r}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Build settings with precedence flags > env > TOML file > defaults.
+
+    ``flags`` maps field names to values; ``None`` values mean "not given".
+    The TOML file is ``config_file``, else ``$LEDGER_CONFIG``, else ``./ledger.toml``
+    if it exists. Its keys are the field names (``rpc_url = "http://..."``), at top
+    level or under a ``[ledger]`` table.
+    """
+    env = os.environ if env is None else env
+    path = config_file or env.get("LEDGER_CONFIG")
+    toml: dict[str, Any] = {}
+    if path or Path(DEFAULT_TOML).is_file():
+        p = Path(path or DEFAULT_TOML)
+        try:
+            toml = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        toml = toml.get("ledger", toml)
+        known = {f.name for f in fields(Settings)}
+        unknown = sorted(k for k in toml if k not in known)
+        if unknown:
+            raise ConfigError(f"config file {p}: unknown keys {unknown}; known: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if flags and flags.get(f.name) is not None:
+            values[f.name] = _coerce(f, flags[f.name], f"--{f.name.replace('_', '-')}")
+        elif env.get(f.metadata["env"]) not in (None, ""):
+            values[f.name] = _coerce(f, env[f.metadata["env"]], f.metadata["env"])
+        elif f.name in toml:
+            values[f.name] = _coerce(f, toml[f.name], f"{path or DEFAULT_TOML}")
+    s = Settings(**values)
+    if s.storage not in ("embedded", "ipfs"):
+        raise ConfigError(f"storage must be 'embedded' or 'ipfs', got {s.storage!r}")
+    return s

@@ -1,0 +1,128 @@
+"""The job config: everything that defines a training job, hashed onto the chain.
+
+Plain dataclasses serialised as canonical JSON (sorted keys, no spaces); the sha256
+of those bytes is the job's ``configDigest`` on chain, and the bytes themselves are
+stored by CID. No torch here: the audit and the history read it too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .digest import sha256_bytes
+
+FORMAT = "training-ledger/job/1"
+MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
+
+
+@dataclass
+class ModelSpec:
+    """A byte-level GPT (see node.model.GPTConfig for the meaning of each field)."""
+
+    vocab_size: int = 256
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    bias: bool = True
+
+
+@dataclass
+class TrainSpec:
+    steps: int = 50            # local optimiser steps per round
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    threads: int = 1           # torch threads; recorded in every checkpoint
+
+
+@dataclass
+class Policy:
+    """How aggregators judge and merge contributions."""
+
+    merge_rule: str = "fedavg"
+    trim_ratio: float = 0.25         # trimmed_mean: fraction cut at each end
+    krum_f: int = 1                  # krum: number of Byzantine workers tolerated
+    krum_m: int = 0                  # krum: how many to keep (0 = n - f)
+    max_update_norm: float = 20.0    # L2 norm of (checkpoint - parent) over all tensors
+    max_val_loss_increase: float = 0.25  # accepted if val_loss <= parent_val_loss + this
+    val_batches: int = 8
+    val_batch_size: int = 32
+    replay_fraction: float = 0.0     # share of contributions re-trained by each aggregator
+    replay_tolerance: float = 1e-4   # max |replayed - submitted| over all parameters
+    max_checkpoint_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self):
+        if self.merge_rule not in MERGE_RULES:
+            raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
+
+
+@dataclass
+class ShardSpec:
+    index: int
+    sha256: str       # 0x-hex of the shard's bytes
+    num_bytes: int
+
+
+@dataclass
+class DataSpec:
+    corpus: str = "tinyshakespeare.txt"
+    corpus_sha256: str = "0x86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    split: str = "iid"                # "iid" or "speaker"
+    val_fraction: float = 0.1
+    shards: list[ShardSpec] = field(default_factory=list)
+    validation: ShardSpec | None = None
+
+
+@dataclass
+class JobConfig:
+    name: str = "tiny-shakespeare"
+    seed: int = 1337
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    policy: Policy = field(default_factory=Policy)
+    data: DataSpec = field(default_factory=DataSpec)
+    cid_version: int = 0
+    format: str = FORMAT
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(asdict(self))
+
+    @property
+    def digest(self) -> bytes:
+        return sha256_bytes(self.to_bytes())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "JobConfig":
+        try:
+            d = json.loads(raw)
+        except ValueError as e:
+            raise ValueError(f"job config is not JSON: {e}") from None
+        if d.get("format") != FORMAT:
+            raise ValueError(f"job config format {d.get('format')!r} is not {FORMAT!r}")
+        return cls(
+            name=d["name"],
+            seed=d["seed"],
+            model=_build(ModelSpec, d["model"]),
+            train=_build(TrainSpec, d["train"]),
+            policy=_build(Policy, d["policy"]),
+            data=DataSpec(
+                **{k: v for k, v in d["data"].items() if k not in ("shards", "validation")},
+                shards=[_build(ShardSpec, s) for s in d["data"]["shards"]],
+                validation=_build(ShardSpec, d["data"]["validation"]) if d["data"].get("validation") else None,
+            ),
+            cid_version=d.get("cid_version", 0),
+            format=d["format"],
+        )
+
+
+def canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def _build(cls, d: dict):
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})

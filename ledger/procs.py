@@ -1,0 +1,200 @@
+"""Local background services (the chain, the IPFS node): start, find, stop by PID.
+
+A service lives in its own directory with ``service.json`` (pid, port, url, command)
+and ``service.log``. ``start`` is idempotent and refuses a second instance on the
+same directory; ``stop`` sends SIGTERM (so anvil writes its state) and waits, then
+SIGKILL as a last resort. Servers listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import LedgerError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServiceInfo:
+    name: str
+    pid: int
+    port: int
+    url: str
+    command: list[str]
+    started_at: float
+    extra: dict = field(default_factory=dict)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for us.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+class LocalService:
+    """One background process owned by a directory."""
+
+    def __init__(self, name: str, directory: Path):
+        self.name = name
+        self.dir = Path(directory)
+        self.info_file = self.dir / "service.json"
+        self.log_file = self.dir / "service.log"
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def recorded(self) -> ServiceInfo | None:
+        """What service.json says, whether or not the process still runs."""
+        try:
+            return ServiceInfo(**json.loads(self.info_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def running(self) -> ServiceInfo | None:
+        """The recorded service if its process is alive and is still our command."""
+        info = self.recorded()
+        if info is None or not pid_alive(info.pid):
+            return None
+        cmd = _cmdline(info.pid)
+        if cmd and info.command and Path(cmd[0]).name != Path(info.command[0]).name:
+            return None  # the PID was recycled by an unrelated process
+        return info
+
+    def start(
+        self,
+        command: list[str],
+        ready_pattern: str,
+        url_for_port: Callable[[int], str],
+        timeout: float = 30.0,
+        env: dict | None = None,
+        extra: dict | None = None,
+    ) -> tuple[ServiceInfo, bool]:
+        """Start ``command`` unless already running. Returns (info, started_now).
+
+        ``ready_pattern`` is a regex with one group, the port, matched in the log.
+        """
+        with self._lock():
+            info = self.running()
+            if info is not None:
+                return info, False
+            log = open(self.log_file, "ab")
+            offset = log.tell()
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.dir,
+                env=env,
+                start_new_session=True,  # survives the CLI exiting; not killed by the terminal's Ctrl-C
+            )
+            log.close()
+            deadline = time.monotonic() + timeout
+            pattern = re.compile(ready_pattern)
+            port = None
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise LedgerError(
+                        f"{self.name} exited at start (code {proc.returncode}); "
+                        f"see {self.log_file}: {self._tail(offset)}"
+                    )
+                m = pattern.search(self._read_from(offset))
+                if m:
+                    port = int(m.group(1))
+                    break
+                time.sleep(0.05)
+            if port is None:
+                _terminate(proc.pid, 5)
+                raise LedgerError(f"{self.name} did not become ready in {timeout:.0f}s; see {self.log_file}")
+            info = ServiceInfo(
+                name=self.name,
+                pid=proc.pid,
+                port=port,
+                url=url_for_port(port),
+                command=command,
+                started_at=time.time(),
+                extra=extra or {},
+            )
+            tmp = self.info_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(info), indent=2))
+            os.replace(tmp, self.info_file)
+            return info, True
+
+    def stop(self, timeout: float = 15.0) -> ServiceInfo | None:
+        """Stop by PID (SIGTERM, then SIGKILL after ``timeout``). Returns what was stopped."""
+        with self._lock():
+            info = self.running()
+            if info is not None:
+                _terminate(info.pid, timeout)
+            try:
+                self.info_file.unlink()
+            except FileNotFoundError:
+                pass
+            return info
+
+    def _read_from(self, offset: int) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _tail(self, offset: int) -> str:
+        lines = [l for l in self._read_from(offset).splitlines() if l.strip()]
+        return " | ".join(lines[-3:]) or "(no output)"
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            pass  # not our child: poll
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

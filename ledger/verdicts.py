@@ -1,0 +1,35 @@
+"""Verdict codes: one byte per contribution in an aggregator's on-chain proposal.
+
+The contract only counts zeros (accepted); the meaning of each non-zero code is
+fixed here and shared by the aggregators, the audit and the history display.
+Order follows the verification pipeline, cheap to expensive.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Verdict(IntEnum):
+    ACCEPTED = 0
+    UNAVAILABLE = 1      # the CID could not be fetched from storage
+    INTEGRITY = 2        # the bytes do not hash to the on-chain digest
+    FORMAT = 3           # not a well-formed safetensors checkpoint (or over the size cap)
+    LINEAGE = 4          # declared parent / job / round / worker in the checkpoint do not match
+    STRUCTURE = 5        # tensor names, shapes or dtypes differ from the parent
+    NON_FINITE = 6       # NaN or Inf values
+    UPDATE_NORM = 7      # the update (checkpoint - parent) exceeds the policy's norm bound
+    VALIDATION_LOSS = 8  # held-out loss worse than the policy allows
+    REPLAY = 9           # re-training from parent + shard + seed does not reproduce it
+    DUPLICATE = 10       # same tensors as an earlier submission in the round
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+def describe(code: int) -> str:
+    try:
+        return Verdict(code).label
+    except ValueError:
+        return f"unknown({code})"
