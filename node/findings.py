@@ -1,0 +1,97 @@
+"""What an audit found, as plain data: rendered as a terminal table, JSON and HTML.
+
+Every discrepancy is located: round, party (worker or aggregator address, or ""
+for the job itself), the check that failed, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Discrepancy:
+    round: int                 # 0 = the job itself (config, genesis)
+    party: str                 # worker / aggregator address, or "" for the round or job
+    check: str                 # e.g. "integrity", "merge", "verdict", "lineage", "replay", "quorum"
+    expected: str
+    actual: str
+    detail: str = ""
+
+    def line(self) -> str:
+        who = f" {self.party}" if self.party else ""
+        return f"round {self.round}{who}: {self.check}: expected {self.expected}, got {self.actual}" + (
+            f" ({self.detail})" if self.detail else ""
+        )
+
+
+@dataclass
+class ContributionAudit:
+    index: int                 # submission order in the round
+    worker: str
+    digest: str                # 0x hex
+    cid: str
+    size: int
+    num_samples: int
+    onchain_verdict: int | None    # the finalized verdict (None if the round did not finalize)
+    audit_verdict: int             # what the shared verification says now
+    reason: str = ""
+    val_loss: float | None = None
+    update_norm: float | None = None
+    replayed: bool = False
+    replay_diff: float | None = None
+
+
+@dataclass
+class ProposalAudit:
+    aggregator: str
+    merged_digest: str
+    merged_cid: str
+    verdicts: list[int]
+    agrees_with_quorum: bool
+    agrees_with_audit: bool
+    block: int = 0
+    tx_hash: str = ""
+
+
+@dataclass
+class RoundAudit:
+    round: int
+    parent: str
+    status: str                      # "finalized", "skipped", "open", "closed"
+    contributions: list[ContributionAudit] = field(default_factory=list)
+    proposals: list[ProposalAudit] = field(default_factory=list)
+    merged_digest: str | None = None       # finalized on chain
+    recomputed_digest: str | None = None   # what the audit's merge of the accepted set gives
+    parent_val_loss: float | None = None
+    merged_val_loss: float | None = None
+    ok: bool = True
+
+
+@dataclass
+class AuditReport:
+    job_id: int
+    contract: str
+    chain_id: int
+    config_digest: str
+    genesis_digest: str
+    merge_rule: str
+    quorum: int
+    workers: list[str]
+    aggregators: list[str]
+    rounds: list[RoundAudit] = field(default_factory=list)
+    final_digest: str | None = None
+    completed: bool = False
+    replay: str = "none"
+    bytes_verified: int = 0
+    seconds: float = 0.0
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.discrepancies
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
