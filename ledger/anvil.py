@@ -60,7 +60,10 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
     running = svc.running()
     if running:
         return ChainUp(running, False)
-    d = settings.chain_dir
+    # Absolute: anvil runs with its cwd in the chain dir, so a relative --state path
+    # (the default data dir is the relative `.ledger`) would point nowhere and
+    # silently never be written.
+    d = settings.chain_dir.resolve()
     d.mkdir(parents=True, exist_ok=True)
     state, backup = d / STATE_FILE, d / BACKUP_FILE
     note = ""

@@ -63,7 +63,9 @@ class LocalService:
 
     def __init__(self, name: str, directory: Path):
         self.name = name
-        self.dir = Path(directory)
+        # Absolute, because the process runs with its cwd here and a relative path in
+        # its command line would be resolved against that cwd.
+        self.dir = Path(directory).resolve()
         self.info_file = self.dir / "service.json"
         self.log_file = self.dir / "service.log"
 
