@@ -1,7 +1,75 @@
-"""CLI commands (placeholder: filled in by its owner; see HACKING.md)."""
+"""``ledger account new|list``: encrypted keystore accounts (names and addresses only, never keys)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
+from . import add_command, add_group
+
 
 def register(sub) -> None:
-    pass
+    g = add_group(sub, "account", "encrypted keystore accounts: new, list")
+    sub.choices["account"].epilog = (
+        "examples:\n  LEDGER_KEY_PASSWORD_FILE=pw.txt ledger account new --name w0\n  ledger account list"
+    )
+    p = add_command(
+        g,
+        "new",
+        "create an encrypted keystore account; prints its name and address (never the key)",
+        _new,
+        example="LEDGER_KEY_PASSWORD_FILE=~/.ledger-pw ledger account new --name w0",
+        description=(
+            "Create a new account in the keystore (settings.keystore, default .ledger/keystore) as an "
+            "encrypted keystore JSON file with mode 0600. The password comes from --password-file, "
+            "LEDGER_KEY_PASSWORD, LEDGER_KEY_PASSWORD_FILE, or a prompt on a terminal. "
+            "Use the account later with --account NAME or LEDGER_ACCOUNT=NAME."
+        ),
+    )
+    p.add_argument("--name", help="name of the account (default acct-<address prefix>)")
+    p.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+    p.add_argument("--kdf", choices=["scrypt", "pbkdf2"], default="scrypt", help="key derivation (default scrypt)")
+    p.add_argument(
+        "--import-env-key",
+        action="store_true",
+        help="encrypt the key in LEDGER_PRIVATE_KEY instead of generating a new one",
+    )
+
+    add_command(
+        g,
+        "list",
+        "list keystore accounts: names and addresses",
+        _list,
+        example="ledger account list",
+    )
+
+
+def _new(args, settings) -> int:
+    from ..errors import AccountError
+    from ..keys import ENV_PRIVATE_KEY, new_account, read_password
+
+    key = None
+    if args.import_env_key:
+        key = os.environ.get(ENV_PRIVATE_KEY)
+        if not key:
+            raise AccountError(f"--import-env-key: {ENV_PRIVATE_KEY} is not set")
+    password = read_password("the new account", password_file=args.password_file, confirm=True)
+    entry = new_account(settings, password, name=args.name, kdf=args.kdf, private_key=key)
+    print(f"{entry.name} {entry.address}")
+    print(f"keystore file: {entry.path}", file=sys.stderr)
+    return 0
+
+
+def _list(args, settings) -> int:
+    from ..keys import keystore_problems, list_accounts
+
+    entries = list_accounts(settings)
+    for problem in keystore_problems(settings):
+        print(f"warning: {problem}", file=sys.stderr)
+    if not entries:
+        print(f"no accounts in {settings.keystore}; create one with `ledger account new --name NAME`", file=sys.stderr)
+        return 0
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(f"{e.name:<{width}}  {e.address}")
+    return 0

@@ -1,0 +1,405 @@
+"""Deployment records, ``deploy``, ``verify_deployment`` and ``open_ledger``.
+
+A deployment record says where TrainingLedger lives on one chain: a JSON file
+``<data_dir>/deployments/<chain_id>.json`` (written atomically), with the chain id,
+address, transaction, block, deployer, time and the sha256 of the artifact that was
+deployed. ``deploy`` never silently replaces a record; ``verify_deployment`` checks
+that the code at the recorded address is the committed artifact's runtime code;
+``open_ledger(settings)`` is the single way every role opens the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+from .config import Settings
+from .errors import (
+    ChainUnreachable,
+    LedgerError,
+    NoDeployment,
+    NotOurContract,
+    WrongChain,
+)
+
+# Chain ids where, with no account configured, `deploy` may use anvil's dev account 0.
+LOCAL_DEV_CHAIN_IDS = frozenset({31337})
+
+
+class DeploymentExists(LedgerError):
+    """A deployment record for this chain exists; `deploy` refuses to replace it without --force."""
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    chain_id: int
+    address: str
+    tx_hash: str
+    block: int
+    artifact_sha256: str
+    deployer: str
+    deployed_at: float  # unix time
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DeploymentRecord":
+        names = {f.name for f in fields(cls)}
+        missing = names - set(data)
+        if missing:
+            raise ValueError(f"missing {sorted(missing)}")
+        return cls(**{k: data[k] for k in names})
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def record_path(settings: Settings, chain_id: int) -> Path:
+    return settings.deployments_dir / f"{int(chain_id)}.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_record(settings: Settings, record: DeploymentRecord) -> Path:
+    path = record_path(settings, record.chain_id)
+    _write_atomic(path, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def load_record(settings: Settings, chain_id: int) -> DeploymentRecord:
+    """The deployment record for ``chain_id``; NoDeployment if there is none."""
+    path = record_path(settings, chain_id)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NoDeployment(
+            f"no TrainingLedger deployment recorded for chain {chain_id} (no {path}); "
+            "run `ledger deploy`, or set LEDGER_CONTRACT to an existing deployment"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise NoDeployment(f"deployment record {path} is unreadable ({type(e).__name__}); "
+                           "fix or remove it and run `ledger deploy`") from None
+    try:
+        return DeploymentRecord.from_json(data)
+    except (ValueError, TypeError) as e:
+        raise NoDeployment(f"deployment record {path} is malformed ({e}); fix or remove it and run `ledger deploy`") from None
+
+
+# ---------------------------------------------------------------------------- rpc url
+
+
+def resolve_rpc_url(settings: Settings) -> str:
+    """settings.rpc_url, else the running local chain of `ledger chain up`, else ChainUnreachable."""
+    if settings.rpc_url:
+        return settings.rpc_url
+    from . import anvil
+
+    url = anvil.local_rpc_url(settings)
+    if url:
+        return url
+    recorded = anvil.service(settings).recorded()
+    if recorded is not None:
+        raise ChainUnreachable(
+            f"the local chain in {settings.chain_dir} (pid {recorded.pid}) is not running "
+            "(killed?); run `ledger chain up` to restart it from its saved state, or set LEDGER_RPC_URL"
+        )
+    raise ChainUnreachable(
+        f"no chain to talk to: no local chain is running in {settings.data_dir}; "
+        "run `ledger chain up`, or set LEDGER_RPC_URL (--rpc-url) to an EVM JSON-RPC endpoint"
+    )
+
+
+def connect(settings: Settings, account=None):
+    """A Chain for the configured endpoint, checking settings.chain_id."""
+    from .chain import Chain
+
+    url = resolve_rpc_url(settings)
+    chain = Chain.connect(url, account=account, expected_chain_id=settings.chain_id)
+    _check_chain_id(chain, settings.chain_id, url)
+    return chain
+
+
+def _check_chain_id(chain, expected: int | None, url: str) -> None:
+    if expected is not None and int(chain.chain_id) != int(expected):
+        raise WrongChain(
+            f"the chain at {url} has chain id {chain.chain_id}, but chain id {expected} is configured "
+            "(LEDGER_CHAIN_ID / chain_id); point LEDGER_RPC_URL at the right chain or fix the setting"
+        )
+
+
+# ---------------------------------------------------------------------------- code checks
+
+
+def _hex_to_bytes(h) -> bytes:
+    if isinstance(h, (bytes, bytearray)):
+        return bytes(h)
+    h = str(h or "")
+    h = h[2:] if h.startswith("0x") else h
+    return bytes.fromhex(h)
+
+
+def _artifact_field(artifact, *names):
+    for n in names:
+        if isinstance(artifact, dict):
+            if n in artifact:
+                return artifact[n]
+        elif hasattr(artifact, n):
+            return getattr(artifact, n)
+    return None
+
+
+def _artifact_runtime(artifact) -> tuple[bytes, list[tuple[int, int]]]:
+    """(runtime bytecode, immutable (start, length) ranges) from an artifact of any of the usual shapes."""
+    code = _artifact_field(artifact, "deployedBytecode", "deployed_bytecode", "runtime_bytecode")
+    refs = _artifact_field(artifact, "immutableReferences", "immutable_references")
+    if isinstance(code, dict):  # solc's evm.deployedBytecode object
+        refs = refs or code.get("immutableReferences")
+        code = code.get("object")
+    if code is None:
+        raise LedgerError("the TrainingLedger artifact has no deployedBytecode")
+    ranges: list[tuple[int, int]] = []
+    for entries in (refs or {}).values():
+        for e in entries:
+            ranges.append((int(e["start"]), int(e["length"])))
+    return _hex_to_bytes(code), ranges
+
+
+def _mask(code: bytes, ranges: list[tuple[int, int]]) -> bytes:
+    b = bytearray(code)
+    for start, length in ranges:
+        b[start:start + length] = b"\0" * min(length, max(0, len(b) - start))
+    return bytes(b)
+
+
+def _strip_metadata(code: bytes) -> bytes:
+    """Runtime code without solc's trailing CBOR metadata (its length is the last 2 bytes)."""
+    if len(code) < 2:
+        return code
+    n = int.from_bytes(code[-2:], "big")
+    if 0 < n <= len(code) - 2 and code[-2 - n] in range(0xa0, 0xc0):  # a CBOR map
+        return code[: -2 - n]
+    return code
+
+
+def code_matches(onchain: bytes, artifact) -> str:
+    """'exact', 'metadata' (same code, different compiler metadata) or '' (not ours)."""
+    expected, ranges = _artifact_runtime(artifact)
+    if len(onchain) != len(expected):
+        if _strip_metadata(_mask(onchain, ranges)) == _strip_metadata(_mask(expected, ranges)):
+            return "metadata"
+        return ""
+    a, b = _mask(onchain, ranges), _mask(expected, ranges)
+    if a == b:
+        return "exact"
+    if _strip_metadata(a) == _strip_metadata(b):
+        return "metadata"
+    return ""
+
+
+def check_code(chain, address: str, what: str) -> str:
+    """Raise NotOurContract unless the code at ``address`` is TrainingLedger's; returns code_matches()."""
+    from .artifacts import load_artifact
+
+    code = bytes(chain.w3.eth.get_code(_checksum(address)))
+    if not code:
+        raise NotOurContract(
+            f"{what}: there is no contract code at {address} on chain {chain.chain_id} "
+            "(an account, not a contract, or the chain was reset); "
+            "run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
+        )
+    how = code_matches(code, load_artifact())
+    if not how:
+        raise NotOurContract(
+            f"{what}: the code at {address} on chain {chain.chain_id} is not the TrainingLedger "
+            "artifact (another contract?); run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
+        )
+    return how
+
+
+def _checksum(address: str) -> str:
+    from eth_utils import is_address, to_checksum_address
+
+    if not is_address(address):
+        raise NotOurContract(f"{address!r} is not an address (check LEDGER_CONTRACT / the deployment record)")
+    return to_checksum_address(address)
+
+
+def verify_deployment(chain, record: DeploymentRecord) -> list[str]:
+    """Check the record against the chain and the artifact; returns warnings, raises on failure."""
+    from .artifacts import artifact_sha256
+
+    if int(chain.chain_id) != int(record.chain_id):
+        raise WrongChain(f"the deployment record is for chain {record.chain_id}, but the endpoint is chain {chain.chain_id}")
+    warnings: list[str] = []
+    how = check_code(chain, record.address, "verify-deployment")
+    if how == "metadata":
+        warnings.append(
+            "the deployed code equals the artifact's except for the compiler metadata "
+            "(sources or compiler settings changed since the deployment?)"
+        )
+    current = artifact_sha256()
+    if record.artifact_sha256 != current:
+        warnings.append(
+            f"the deployment was made from artifact sha256 {record.artifact_sha256[:18]}…, "
+            f"the committed artifact is now {current[:18]}… (recompiled since?)"
+        )
+    return warnings
+
+
+# ---------------------------------------------------------------------------- deploy
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def deploy(
+    settings: Settings,
+    account=None,
+    force: bool = False,
+    notify: Callable[[str], None] = _stderr,
+) -> DeploymentRecord:
+    """Deploy TrainingLedger from the committed artifact and record it.
+
+    ``account`` is a LocalAccount; ``None`` means ``keys.load_account(settings)``, and on a
+    local dev chain (31337) with no account configured, anvil's dev account 0 (said via
+    ``notify``). Refuses to replace an existing record unless ``force``.
+    """
+    from . import keys
+    from .artifacts import artifact_sha256, load_artifact
+
+    chain = connect(settings)
+    if account is None:
+        try:
+            account = keys.load_account(settings)
+        except keys.NoAccountConfigured:
+            if int(chain.chain_id) not in LOCAL_DEV_CHAIN_IDS:
+                raise
+            account = keys.anvil_dev_account()
+            notify(
+                f"note: no account configured (--account / LEDGER_ACCOUNT / LEDGER_PRIVATE_KEY); "
+                f"deploying from anvil's dev account 0 {account.address} on local chain {chain.chain_id}"
+            )
+    chain = chain.with_account(account) if hasattr(chain, "with_account") else _reconnect(settings, chain, account)
+
+    path = record_path(settings, chain.chain_id)
+    if path.exists():
+        try:
+            old = load_record(settings, chain.chain_id)
+        except NoDeployment:
+            old = None
+        if old is not None:
+            alive = bool(chain.w3.eth.get_code(_checksum(old.address)))
+            if not force:
+                if alive:
+                    raise DeploymentExists(
+                        f"TrainingLedger is already deployed on chain {chain.chain_id} at {old.address} "
+                        f"(record {path}, its code is still there); use it, or run `ledger deploy --force` "
+                        "to deploy a new one and replace the record"
+                    )
+                raise DeploymentExists(
+                    f"a deployment record for chain {chain.chain_id} exists ({old.address}, {path}) but there is "
+                    "no code at that address any more (chain reset?); run `ledger deploy --force` to deploy "
+                    "again and replace the record"
+                )
+            if alive:
+                notify(f"note: replacing the record of the deployment at {old.address}, whose code is still on chain")
+        elif not force:
+            raise DeploymentExists(f"{path} exists but is unreadable; fix or remove it, or use `ledger deploy --force`")
+        backup = path.with_name(f"{path.stem}.replaced-{int(time.time())}.json")
+        os.replace(path, backup)
+        notify(f"note: the previous record was kept as {backup}")
+
+    artifact = load_artifact()
+    abi = _artifact_field(artifact, "abi")
+    bytecode = _artifact_field(artifact, "bytecode")
+    if isinstance(bytecode, dict):
+        bytecode = bytecode.get("object")
+    factory = chain.w3.eth.contract(abi=abi, bytecode=bytecode)
+    receipt = chain.transact(factory.constructor(), context="deploy TrainingLedger")
+    address = receipt["contractAddress"]
+    tx_hash = receipt["transactionHash"]
+    tx_hex = tx_hash.to_0x_hex() if hasattr(tx_hash, "to_0x_hex") else str(tx_hash)
+    record = DeploymentRecord(
+        chain_id=int(chain.chain_id),
+        address=_checksum(address),
+        tx_hash=tx_hex,
+        block=int(receipt["blockNumber"]),
+        artifact_sha256=artifact_sha256(),
+        deployer=account.address,
+        deployed_at=time.time(),
+    )
+    check_code(chain, record.address, "deploy")
+    save_record(settings, record)
+    return record
+
+
+def _reconnect(settings: Settings, chain, account):
+    from .chain import Chain
+
+    return Chain.connect(resolve_rpc_url(settings), account=account, expected_chain_id=chain.chain_id)
+
+
+# ---------------------------------------------------------------------------- open_ledger
+
+# (rpc url, chain id, address) whose code was checked in this process.
+_CHECKED: set[tuple[str, int, str]] = set()
+
+
+def resolve_address(settings: Settings, chain) -> str:
+    """settings.contract if set, else the deployment record's address for the chain."""
+    if settings.contract:
+        return _checksum(settings.contract)
+    return load_record(settings, chain.chain_id).address
+
+
+def open_ledger(settings: Settings, account=None):
+    """Connect, check the chain id, find the contract, check its code (once per process) -> TrainingLedger."""
+    from .contract import TrainingLedger
+
+    url = resolve_rpc_url(settings)
+    chain = connect(settings, account=account)
+    if settings.contract:
+        address = _checksum(settings.contract)
+        what = "LEDGER_CONTRACT"
+    else:
+        address = load_record(settings, chain.chain_id).address
+        what = f"deployment record {record_path(settings, chain.chain_id)}"
+    key = (url, int(chain.chain_id), address)
+    if key not in _CHECKED:
+        check_code(chain, address, what)
+        _CHECKED.add(key)
+    return _make_ledger(TrainingLedger, chain, address)
+
+
+def _make_ledger(cls, chain, address):
+    for attempt in (lambda: cls(chain, address), lambda: cls(chain=chain, address=address)):
+        try:
+            return attempt()
+        except TypeError:
+            continue
+    if hasattr(cls, "at"):
+        return cls.at(chain, address)
+    raise LedgerError("cannot construct TrainingLedger(chain, address)")
