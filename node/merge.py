@@ -1,0 +1,360 @@
+"""Merge rules: fedavg, median, trimmed_mean, krum — bit-exact on any machine.
+
+Several independent aggregators must produce the *same merged bytes*, so every
+number here is computed in a way whose result does not depend on the CPU, the
+BLAS, the numpy build or the thread count:
+
+- contributions are processed in a fixed order: sorted by worker address
+  (lowercase hex), the order the DESIGN's determinism rules prescribe;
+- each rule works on *updates* (contribution - parent) in float64, and the merged
+  tensor is ``parent64 + rule(updates)`` cast back to the parent's dtype;
+- only element-wise numpy operations are used (``+ - * /``, ``astype``, ``sort``):
+  IEEE 754 makes each of them correctly rounded, whatever SIMD path numpy takes.
+  Sums over contributions are explicit Python loops, one contribution at a time,
+  never ``np.sum``/``np.mean``/``@`` (whose internal blocking is an implementation
+  detail). Scalars that need a reduction over a whole model (norms, Krum's
+  distances) use ``math.fsum``, which is exactly rounded and so order-free;
+- ``-0.0`` updates are canonicalised to ``+0.0`` before sorting, so a sort never
+  has two "equal" values with different bits to order.
+
+Non-floating tensors (int buffers, if a model ever has them) are not averaged:
+the merged checkpoint keeps the parent's value.
+
+Contributions are ``(worker, num_samples, params)`` triples (any 3-sequence);
+``params`` has exactly the parent's tensor names, shapes and dtypes (the
+verification pipeline rejects anything else before it gets here; ``merge``
+re-checks and raises ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ledger.jobconfig import MERGE_RULES, Policy
+
+Params = Mapping[str, np.ndarray]
+ContributionT = tuple[str, int, Params]
+
+_FSUM_CHUNK = 1 << 16
+
+
+@dataclass
+class MergeResult:
+    """The merged tensors (parent's dtypes), the workers whose updates went into
+    them (in worker order; for krum the selected ones), and rule-specific details
+    (JSON-friendly: numbers, strings, lists, dicts)."""
+
+    params: dict[str, np.ndarray]
+    selected: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def tensor_digest(params: Params) -> bytes:
+    """sha256 over the tensors alone (no metadata): sorted names, each with its
+    dtype, shape and little-endian C-order bytes, every field length-prefixed.
+
+    Two checkpoints with the same tensors have the same tensor digest even if
+    their metadata (worker, notes) and so their file bytes differ: the
+    verification pipeline uses it to spot copied submissions.
+    """
+    h = hashlib.sha256(b"training-ledger/tensors/1\n")
+    for name in sorted(params):
+        arr = np.asarray(params[name])
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        for part in (name.encode("utf-8"), arr.dtype.str.encode("ascii"),
+                     ",".join(str(int(d)) for d in arr.shape).encode("ascii")):
+            h.update(len(part).to_bytes(8, "big"))
+            h.update(part)
+        h.update(arr.nbytes.to_bytes(8, "big"))
+        h.update(arr.tobytes(order="C"))
+    return h.digest()
+
+
+def is_float(arr: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(arr).dtype, np.floating)
+
+
+def exact_sum_of_squares(arrays: Iterable[np.ndarray]) -> float:
+    """sum of x**2 over every element of every array, each square computed in
+    float64 and the sum exactly rounded (``math.fsum``): independent of order,
+    chunking and machine."""
+
+    def squares() -> Iterator[float]:
+        for a in arrays:
+            flat = np.asarray(a, dtype=np.float64).reshape(-1)
+            for start in range(0, flat.size, _FSUM_CHUNK):
+                chunk = flat[start:start + _FSUM_CHUNK]
+                yield from np.multiply(chunk, chunk).tolist()
+
+    return math.fsum(squares())
+
+
+def update_norm(params: Params, parent: Params) -> float:
+    """L2 norm of (params - parent) over all floating tensors, float64, exactly
+    rounded sum then a correctly rounded sqrt: bit-identical everywhere."""
+    return math.sqrt(exact_sum_of_squares(
+        _delta64(params[name], parent[name]) for name in sorted(parent) if is_float(parent[name])))
+
+
+def _delta64(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+    d = np.subtract(np.asarray(x, dtype=np.float64), np.asarray(p, dtype=np.float64))
+    np.add(d, 0.0, out=d)          # -0.0 -> +0.0 (round-to-nearest: -0 + +0 = +0)
+    return d
+
+
+def _key(worker: str) -> str:
+    return str(worker).lower()
+
+
+def _check_structure(worker: str, params: Params, parent: Params) -> None:
+    if set(params) != set(parent):
+        missing, extra = sorted(set(parent) - set(params)), sorted(set(params) - set(parent))
+        raise ValueError(f"contribution of {worker}: tensor names differ from the parent "
+                         f"(missing {missing[:3]}, extra {extra[:3]})")
+    for name, p in parent.items():
+        x = params[name]
+        if tuple(np.shape(x)) != tuple(np.shape(p)) or np.asarray(x).dtype != np.asarray(p).dtype:
+            raise ValueError(f"contribution of {worker}: tensor {name!r} is "
+                             f"{np.asarray(x).dtype}{tuple(np.shape(x))}, parent has "
+                             f"{np.asarray(p).dtype}{tuple(np.shape(p))}")
+        if is_float(x) and not np.isfinite(x).all():
+            raise ValueError(f"contribution of {worker}: tensor {name!r} has NaN or Inf values")
+
+
+def _sorted_contributions(contributions: Iterable[Sequence], parent: Params) -> list[ContributionT]:
+    items = [(str(w), int(n), p) for w, n, p in contributions]
+    items.sort(key=lambda c: _key(c[0]))
+    _check_unique([c[0] for c in items])
+    for w, n, p in items:
+        if n < 0:
+            raise ValueError(f"contribution of {w}: negative num_samples {n}")
+        _check_structure(w, p, parent)
+    return items
+
+
+def _check_unique(workers: list[str]) -> None:
+    for a, b in zip(workers, workers[1:]):
+        if _key(a) == _key(b):
+            raise ValueError(f"two contributions from worker {a}")
+
+
+def _finish(parent: Params, update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """parent64 + update, cast back to the parent's dtype; non-float tensors: the parent's."""
+    out: dict[str, np.ndarray] = {}
+    for name in sorted(parent):
+        p = np.asarray(parent[name])
+        if is_float(p):
+            merged = np.add(p.astype(np.float64), update[name])
+            out[name] = np.ascontiguousarray(merged.astype(p.dtype))
+        else:
+            out[name] = np.ascontiguousarray(p.copy())
+    return out
+
+
+def _copy_parent(parent: Params) -> dict[str, np.ndarray]:
+    return {name: np.ascontiguousarray(np.asarray(parent[name]).copy()) for name in sorted(parent)}
+
+
+def _float_names(parent: Params) -> list[str]:
+    return [name for name in sorted(parent) if is_float(parent[name])]
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None, *,
+           presorted: bool | None = None) -> MergeResult:
+    """Sample-weighted mean of the updates: parent + sum_i(n_i * d_i) / sum_i(n_i).
+
+    Streaming: ``contributions`` may be any iterator (e.g. one that fetches and
+    decodes each checkpoint lazily); memory is O(model), not O(workers x model).
+    An iterator must yield in increasing worker order (checked: ``ValueError``
+    otherwise) since it cannot be sorted without holding everything; a list or
+    tuple is sorted here. If every ``num_samples`` is 0 the updates get equal
+    weights (recorded in ``info``).
+    """
+    if presorted is None:
+        presorted = not isinstance(contributions, (list, tuple))
+    checked = not presorted
+    if checked:
+        contributions = _sorted_contributions(contributions, parent)
+    names = _float_names(parent)
+    parent64 = {name: np.asarray(parent[name], dtype=np.float64) for name in names}
+    weighted = {name: np.zeros(np.shape(parent[name]), dtype=np.float64) for name in names}
+    plain = {name: np.zeros(np.shape(parent[name]), dtype=np.float64) for name in names}
+    workers: list[str] = []
+    total = 0
+    prev: str | None = None
+    for worker, num_samples, params in contributions:
+        worker, num_samples = str(worker), int(num_samples)
+        if prev is not None and not _key(worker) > prev:
+            raise ValueError(f"fedavg: contributions must come in increasing worker order "
+                             f"({worker} after {prev})")
+        prev = _key(worker)
+        if not checked:
+            if num_samples < 0:
+                raise ValueError(f"contribution of {worker}: negative num_samples {num_samples}")
+            _check_structure(worker, params, parent)
+        w = float(num_samples)
+        if w != num_samples:
+            raise ValueError(f"contribution of {worker}: num_samples {num_samples} is not exact in float64")
+        for name in names:
+            d = np.subtract(np.asarray(params[name], dtype=np.float64), parent64[name])
+            np.add(plain[name], d, out=plain[name])
+            np.multiply(d, w, out=d)
+            np.add(weighted[name], d, out=weighted[name])
+        workers.append(worker)
+        total += num_samples
+    if not workers:
+        return MergeResult(_copy_parent(parent), [], {"rule": "fedavg", "empty": True})
+    equal = total == 0
+    acc, denom = (plain, float(len(workers))) if equal else (weighted, float(total))
+    if not equal and float(total) != total:
+        raise ValueError(f"fedavg: total num_samples {total} is not exact in float64")
+    update = {name: np.divide(acc[name], denom) for name in names}
+    info = {"rule": "fedavg", "total_samples": total, "weights": "equal" if equal else "samples"}
+    return MergeResult(_finish(parent, update), workers, info)
+
+
+def median(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None) -> MergeResult:
+    """Coordinate-wise median of the updates (sort-based; for an even count the
+    mean of the two middle values, ``(a + b) * 0.5``). Unweighted."""
+    items = _sorted_contributions(contributions, parent)
+    if not items:
+        return MergeResult(_copy_parent(parent), [], {"rule": "median", "empty": True})
+    n = len(items)
+    update = {}
+    for name in _float_names(parent):
+        s = _sorted_stack(name, items, parent)
+        if n % 2:
+            update[name] = s[n // 2]
+        else:
+            update[name] = np.multiply(np.add(s[n // 2 - 1], s[n // 2]), 0.5)
+    return MergeResult(_finish(parent, update), [w for w, _, _ in items], {"rule": "median", "n": n})
+
+
+def trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None) -> MergeResult:
+    """Coordinate-wise trimmed mean: per coordinate, sort the n updates, drop
+    k = floor(trim_ratio * n) at each end (trim_ratio read as the decimal it is
+    written as, so 0.29 * 100 gives 29), average the rest in sorted order.
+    k is capped at (n - 1) // 2 so at least one value remains. Unweighted."""
+    policy = policy or Policy()
+    items = _sorted_contributions(contributions, parent)
+    if not items:
+        return MergeResult(_copy_parent(parent), [], {"rule": "trimmed_mean", "empty": True})
+    n = len(items)
+    ratio = Fraction(repr(float(policy.trim_ratio)))
+    if ratio < 0:
+        raise ValueError(f"trim_ratio must be >= 0, got {policy.trim_ratio}")
+    k = min(math.floor(ratio * n), (n - 1) // 2)
+    kept = n - 2 * k
+    update = {}
+    for name in _float_names(parent):
+        s = _sorted_stack(name, items, parent)
+        acc = s[k].copy()
+        for i in range(k + 1, n - k):
+            np.add(acc, s[i], out=acc)
+        update[name] = np.divide(acc, float(kept))
+    info = {"rule": "trimmed_mean", "n": n, "trimmed_each_end": k, "kept": kept}
+    return MergeResult(_finish(parent, update), [w for w, _, _ in items], info)
+
+
+def _sorted_stack(name: str, items: list[ContributionT], parent: Params) -> np.ndarray:
+    p64 = np.asarray(parent[name], dtype=np.float64)
+    stack = np.empty((len(items),) + p64.shape, dtype=np.float64)
+    for i, (_, _, params) in enumerate(items):
+        np.subtract(np.asarray(params[name], dtype=np.float64), p64, out=stack[i])
+        np.add(stack[i], 0.0, out=stack[i])      # canonical +0.0
+    stack.sort(axis=0)                            # no NaN, no -0.0: value order is total
+    return stack
+
+
+def krum_scores(parent: Params, items: list[ContributionT], f: int) -> tuple[list[float], int, list[list[float]]]:
+    """Multi-Krum scores for sorted ``items``: score_i = sum of the squared L2
+    distances from i to its ``n - f - 2`` nearest other contributions (at least
+    1, at most n - 1; 0 when n == 1). Distances are between the contributions'
+    float tensors (the same as between their updates), each an exactly rounded
+    ``fsum`` of float64 squared differences. Returns (scores, neighbours, distances)."""
+    n = len(items)
+    names = _float_names(parent)
+    dist = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = exact_sum_of_squares(
+                np.subtract(np.asarray(items[i][2][name], dtype=np.float64),
+                            np.asarray(items[j][2][name], dtype=np.float64))
+                for name in names)
+            dist[i][j] = dist[j][i] = d
+    nb = min(max(1, n - f - 2), n - 1)
+    scores = []
+    for i in range(n):
+        others = sorted(dist[i][j] for j in range(n) if j != i)
+        scores.append(math.fsum(others[:nb]))
+    return scores, nb, dist
+
+
+def krum(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None) -> MergeResult:
+    """Multi-Krum: score every contribution (see ``krum_scores``), keep the m best
+    (policy.krum_m, 0 meaning n - f; clamped to [1, n]; ties broken by worker
+    address), and FedAvg the kept ones (sample-weighted)."""
+    policy = policy or Policy()
+    items = _sorted_contributions(contributions, parent)
+    if not items:
+        return MergeResult(_copy_parent(parent), [], {"rule": "krum", "empty": True})
+    n, f = len(items), int(policy.krum_f)
+    if f < 0:
+        raise ValueError(f"krum_f must be >= 0, got {f}")
+    m = int(policy.krum_m) or (n - f)
+    m = min(max(m, 1), n)
+    scores, nb, _ = krum_scores(parent, items, f)
+    ranking = sorted(range(n), key=lambda i: (scores[i], _key(items[i][0])))
+    keep = sorted(ranking[:m])
+    chosen = [items[i] for i in keep]
+    inner = fedavg(parent, chosen, policy, presorted=True)
+    info = {
+        "rule": "krum", "n": n, "f": f, "m": m, "neighbours": nb,
+        "degenerate": n - f - 2 < 1,
+        "scores": {items[i][0]: scores[i] for i in range(n)},
+        "ranking": [items[i][0] for i in ranking],
+        "total_samples": inner.info.get("total_samples"),
+        "weights": inner.info.get("weights"),
+    }
+    return MergeResult(inner.params, [w for w, _, _ in chosen], info)
+
+
+RULES = {"fedavg": fedavg, "median": median, "trimmed_mean": trimmed_mean, "krum": krum}
+assert set(RULES) == set(MERGE_RULES)
+
+
+def merge(rule_name: str, parent: Params, contributions: Iterable[Sequence],
+          policy: Policy | None = None) -> MergeResult:
+    """Merge ``contributions`` ((worker, num_samples, params) triples) into
+    ``parent`` with the named rule (one of ledger.jobconfig.MERGE_RULES).
+
+    A list/tuple may come in any order (sorted by lowercase worker address here);
+    for ``fedavg`` a non-list iterable is streamed and must already be in
+    increasing worker order. With no contributions the result is a copy of the
+    parent (selected = []).
+    """
+    try:
+        rule = RULES[rule_name]
+    except KeyError:
+        raise ValueError(f"unknown merge rule {rule_name!r}; expected one of {MERGE_RULES}") from None
+    return rule(parent, contributions, policy)
+
+
+__all__ = [
+    "MergeResult", "merge", "fedavg", "median", "trimmed_mean", "krum", "krum_scores",
+    "tensor_digest", "update_norm", "exact_sum_of_squares", "RULES",
+]
