@@ -1,7 +1,43 @@
-"""CLI commands (placeholder: filled in by its owner; see HACKING.md)."""
+"""`ledger aggregator run`."""
 
 from __future__ import annotations
 
+from . import add_command
+from .roles import add_job_arg, open_role, setup_logging
+
 
 def register(sub) -> None:
-    pass
+    p = add_command(sub, "aggregator", "run an aggregator", None, "ledger --account a0 aggregator run --job 1")
+    p.set_defaults(handler=None, group_parser=p)
+    s = p.add_subparsers(dest="aggregator_command", metavar="SUBCOMMAND")
+    r = add_command(
+        s, "run", "verify, merge and propose every round of a job until it completes", _run,
+        "ledger --account a0 aggregator run --job 1",
+        description=(
+            "When a round closes (deadline, or every worker submitted) the aggregator verifies each\n"
+            "contribution, merges the accepted ones bit-exactly, publishes the merge and proposes it\n"
+            "with its verdicts in one transaction. The round finalizes when a quorum agrees."
+        ),
+    )
+    add_job_arg(r)
+    r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
+    r.add_argument("--rounds", type=int, default=None, help="stop after proposing this many rounds")
+    r.add_argument("--replay", choices=["policy", "none", "all"], default="policy",
+                   help="replay spot-checks: the job policy's fraction (default), none, or all")
+    r.add_argument("--skip-stage", action="append", choices=["validation", "replay", "norm"], default=None,
+                   help="turn a verification stage off (benchmarks only)")
+    r.add_argument("-v", "--verbose", action="store_true")
+
+
+def _run(args, settings) -> int:
+    setup_logging(args.verbose)
+    from node.aggregator import AggregatorOptions, run_aggregator
+
+    ledger, store, account = open_role(settings)
+    stages = None
+    if args.skip_stage:
+        stages = {"validation", "replay", "norm"} - set(args.skip_stage)
+    n = run_aggregator(ledger, store, args.job, account.address, settings.data_dir / "aggregator",
+                       AggregatorOptions(poll=args.poll, replay=args.replay, stages=stages, max_rounds=args.rounds))
+    print(f"aggregator {account.address}: proposed {n} round(s) of job {args.job}")
+    return 0

@@ -1,7 +1,108 @@
-"""CLI commands (placeholder: filled in by its owner; see HACKING.md)."""
+"""`ledger job create` and `ledger worker run`."""
 
 from __future__ import annotations
 
+from . import add_command, add_group
+from .roles import add_job_arg, open_role, setup_logging
+
 
 def register(sub) -> None:
-    pass
+    g = add_group(sub, "job", "create and inspect training jobs")
+    p = add_command(
+        g, "create", "create a training job on chain: config, data shards, genesis model",
+        _create,
+        "ledger job create --worker w0 --worker w1 --aggregator a0 --aggregator a1 --aggregator a2 --quorum 2 --rounds 3",
+        description=(
+            "Build the job config (model, shards, hyperparameters, verification policy, merge rule),\n"
+            "store it and the genesis checkpoint, and create the job on chain. Prints `job <id>`.\n"
+            "Workers and aggregators are addresses or keystore account names."
+        ),
+    )
+    p.add_argument("--worker", action="append", required=True, metavar="ADDR|NAME", help="a worker (repeat; shard i goes to the i-th)")
+    p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
+    p.add_argument("--quorum", type=int, default=None, help="aggregators that must agree (default: a majority)")
+    p.add_argument("--rounds", type=int, default=3, help="number of rounds (default 3)")
+    p.add_argument("--round-duration", type=int, default=300, metavar="S", help="seconds before a round's deadline (default 300)")
+    p.add_argument("--min-submissions", type=int, default=1, help="fewer accepted contributions keep the parent (default 1)")
+    p.add_argument("--name", default="tiny-shakespeare", help="job name recorded in the config")
+    p.add_argument("--seed", type=int, default=1337, help="job seed: genesis init and every worker's training seed derive from it")
+    p.add_argument("--split", choices=["iid", "speaker"], default="iid", help="IID shards or non-IID by speaker (default iid)")
+    p.add_argument("--throughput", type=float, action="append", metavar="X",
+                   help="declared throughput per worker (repeat, same order): shard sizes minimise the slowest worker's time")
+    p.add_argument("--steps", type=int, default=None, help="local training steps per round (default 50)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (recorded in checkpoints; default 1)")
+    p.add_argument("--n-layer", type=int, default=None, help="transformer blocks (default 4)")
+    p.add_argument("--n-embd", type=int, default=None, help="width (default 128)")
+    p.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
+    p.add_argument("--block-size", type=int, default=None, help="context length in bytes (default 128)")
+    p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default=None, help="merge rule (default fedavg)")
+    p.add_argument("--krum-f", type=int, default=None, help="Byzantine workers Multi-Krum tolerates")
+    p.add_argument("--max-update-norm", type=float, default=None, help="reject updates with a larger L2 norm")
+    p.add_argument("--max-val-loss-increase", type=float, default=None, help="reject if validation loss exceeds the parent's by more")
+    p.add_argument("--replay-fraction", type=float, default=None, help="share of contributions each aggregator re-trains (0..1)")
+    p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
+
+    p = add_command(
+        sub, "worker", "run a worker: train on its shard each round and submit", _worker,
+        "LEDGER_ACCOUNT=w0 ledger worker run --job 1",
+    )
+    ws = p.add_subparsers(dest="worker_command", metavar="SUBCOMMAND")
+    p.set_defaults(handler=None, group_parser=p)
+    r = add_command(
+        ws, "run", "wait for each open round, fetch and verify the parent, train, publish, submit", _worker,
+        "ledger --account w0 worker run --job 1",
+        description=(
+            "Runs until the job completes. Safe to kill at any point: a restart resumes without\n"
+            "submitting twice and without losing a finished checkpoint."
+        ),
+    )
+    add_job_arg(r)
+    r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
+    r.add_argument("--rounds", type=int, default=None, help="stop after submitting this many rounds")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("-v", "--verbose", action="store_true")
+
+
+def _resolve(settings, names: list[str]) -> list[str]:
+    from ..keys import resolve_address
+
+    return [resolve_address(settings, n) for n in names]
+
+
+def _create(args, settings) -> int:
+    setup_logging()
+    from ledger.jobconfig import JobConfig
+
+    from node.jobs import create_job, describe
+
+    cfg = JobConfig(name=args.name, seed=args.seed, cid_version=args.cid_version)
+    cfg.data.split = args.split
+    for attr, section, key in [
+        ("steps", cfg.train, "steps"), ("batch_size", cfg.train, "batch_size"), ("lr", cfg.train, "learning_rate"),
+        ("threads", cfg.train, "threads"), ("n_layer", cfg.model, "n_layer"), ("n_embd", cfg.model, "n_embd"),
+        ("n_head", cfg.model, "n_head"), ("block_size", cfg.model, "block_size"), ("merge_rule", cfg.policy, "merge_rule"),
+        ("krum_f", cfg.policy, "krum_f"), ("max_update_norm", cfg.policy, "max_update_norm"),
+        ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("replay_fraction", cfg.policy, "replay_fraction"),
+    ]:
+        if getattr(args, attr) is not None:
+            setattr(section, key, getattr(args, attr))
+    ledger, store, _ = open_role(settings)
+    workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
+    quorum = args.quorum or len(aggregators) // 2 + 1
+    job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
+                     args.min_submissions, throughputs=args.throughput)
+    print(describe(job))
+    return 0
+
+
+def _worker(args, settings) -> int:
+    setup_logging(args.verbose)
+    from node.worker import WorkerOptions, run_worker
+
+    ledger, store, account = open_role(settings)
+    n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
+                   WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds))
+    print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
+    return 0

@@ -1,0 +1,133 @@
+"""A job's history rebuilt from the chain alone: events (paginated log queries) plus
+view calls. No local state of any party is read, so anyone can run it.
+
+Used by ``ledger history`` and by the audit, which re-checks what this returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from .cid import cid_from_chain
+from .digest import short, to_hex
+from .verdicts import describe
+
+
+@dataclass
+class RoundHistory:
+    round: int
+    info: object                          # contract.RoundInfo (the view)
+    submissions: list = field(default_factory=list)   # contract.Submission, in submission order
+    proposals: list = field(default_factory=list)     # contract.Proposal, in chain order
+    events: list = field(default_factory=list)        # every ChainEvent of this round
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    def quorum_proposals(self) -> list:
+        """The proposals that voted for the finalized outcome."""
+        if self.info.status != "finalized":
+            return []
+        return [p for p in self.proposals if p.outcome == self.info.outcome]
+
+
+@dataclass
+class JobHistory:
+    job: object                           # contract.JobInfo
+    events: list
+    rounds: list[RoundHistory]
+
+    def cid(self, cid32: bytes, size: int) -> str:
+        return cid_from_chain(cid32, size, self.job.cid_version)
+
+
+def load_history(ledger, job_id: int) -> JobHistory:
+    job = ledger.job(job_id)
+    events = ledger.events(job_id)
+    subs = ledger.submissions(job_id)
+    props = ledger.proposals(job_id)
+    last = job.current_round if not job.completed else job.num_rounds
+    rounds = []
+    for r in range(1, last + 1):
+        rounds.append(
+            RoundHistory(
+                round=r,
+                info=ledger.round(job_id, r),
+                submissions=[s for s in subs if s.round == r],
+                proposals=[p for p in props if p.round == r],
+                events=[e for e in events if e.args.get("round") == r],
+            )
+        )
+    return JobHistory(job=job, events=events, rounds=rounds)
+
+
+def _when(ts) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
+
+
+def render_timeline(h: JobHistory) -> str:
+    """The human-readable timeline: who did what, when, with tx hashes and CIDs."""
+    j = h.job
+    out = [
+        f"job {j.job_id}  owner {j.owner}",
+        f"  config  {h.cid(j.config_cid, j.config_size)}  sha256 {to_hex(j.config_digest)}",
+        f"  genesis {h.cid(j.genesis_cid, j.genesis_size)}  sha256 {to_hex(j.genesis_digest)}",
+        f"  {len(j.workers)} workers, {len(j.aggregators)} aggregators, quorum {j.quorum}, "
+        f"{j.num_rounds} rounds of {j.round_duration}s, min {j.min_submissions} submissions",
+        f"  status: {'completed' if j.completed else f'round {j.current_round} in progress'}",
+    ]
+    for rh in h.rounds:
+        i = rh.info
+        out.append("")
+        out.append(f"round {rh.round}  [{i.status}]  parent {short(i.parent)}  deadline {_when(i.deadline)} UTC")
+        for n, s in enumerate(rh.submissions):
+            out.append(
+                f"  {_when(getattr(s, 'timestamp', 0))}  submit   #{n} {s.worker}  {short(s.digest)}  "
+                f"{h.cid(s.cid, s.size)}  {s.num_samples} samples  tx {s.tx_hash}"
+            )
+        for p in rh.proposals:
+            verdicts = " ".join(describe(v) for v in p.verdicts)
+            agree = "" if i.status != "finalized" else ("  (quorum)" if p.outcome == i.outcome else "  (DISSENT)")
+            out.append(
+                f"  {_when(getattr(p, 'timestamp', 0))}  propose  {p.aggregator}  merged {short(p.merged_digest)}  "
+                f"[{verdicts}]{agree}  tx {p.tx_hash}"
+            )
+        if i.status == "finalized":
+            out.append(f"  finalized: merged {h.cid(i.merged_cid, i.merged_size)}  sha256 {to_hex(i.merged_digest)}")
+        elif i.status == "skipped":
+            out.append(f"  skipped: {i.submissions} submissions, below the minimum {j.min_submissions}; parent kept")
+    if j.completed:
+        out.append("")
+        out.append(f"final model sha256 {to_hex(j.current_parent)}")
+    return "\n".join(out)
+
+
+def to_json(h: JobHistory) -> str:
+    def conv(o):
+        if isinstance(o, (bytes, bytearray)):
+            return to_hex(bytes(o)) if len(o) == 32 else "0x" + bytes(o).hex()
+        if hasattr(o, "__dataclass_fields__"):
+            return {k: getattr(o, k) for k in o.__dataclass_fields__}
+        if hasattr(o, "to_0x_hex"):
+            return o.to_0x_hex()
+        return str(o)
+
+    j = h.job
+    doc = {
+        "job": j,
+        "config_cid": h.cid(j.config_cid, j.config_size),
+        "genesis_cid": h.cid(j.genesis_cid, j.genesis_size),
+        "rounds": [
+            {
+                "round": rh.round,
+                "info": rh.info,
+                "submissions": [{**conv(s), "cid_str": h.cid(s.cid, s.size)} for s in rh.submissions],
+                "proposals": [{**conv(p), "verdict_labels": [describe(v) for v in p.verdicts]} for p in rh.proposals],
+            }
+            for rh in h.rounds
+        ],
+    }
+    return json.dumps(doc, default=conv, indent=2)

@@ -1,0 +1,174 @@
+"""The auditor: re-verify a whole training history from the chain and storage alone.
+
+It reads no local state of any worker or aggregator: the job, its rounds,
+submissions, proposals and finalizations come from chain events and views
+(``ledger.history``); every artifact comes from storage and is checked against its
+on-chain digest. It then re-runs the very verification and merge code the
+aggregators ran (``node.rounds``) and reports each discrepancy with its location.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ledger.digest import to_hex
+from ledger.errors import LedgerError, StorageError
+from ledger.history import load_history
+from ledger.verdicts import Verdict, describe
+
+from . import train as trainmod
+from .findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
+from .rounds import merge_accepted, verify_submissions
+from .task import JobContext, Located
+
+REPLAY_MODES = ("none", "sample", "all")
+
+
+def _hex(b) -> str:
+    return to_hex(bytes(b)) if b is not None else "-"
+
+
+def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True) -> AuditReport:
+    """Audit job ``job_id``. ``progress(done, total, label)`` is called per round."""
+    if replay not in REPLAY_MODES:
+        raise ValueError(f"replay must be one of {REPLAY_MODES}")
+    t0 = time.perf_counter()
+    info = ledger.job(job_id)
+    report = AuditReport(
+        job_id=job_id, contract=ledger.address, chain_id=ledger.chain_id,
+        config_digest=_hex(info.config_digest), genesis_digest=_hex(info.genesis_digest),
+        merge_rule="?", quorum=info.quorum, workers=list(info.workers), aggregators=list(info.aggregators),
+        completed=info.completed, replay=replay,
+    )
+    found = report.discrepancies
+    try:
+        ctx = JobContext.load(ledger, store, job_id)
+    except (LedgerError, ValueError) as e:
+        found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "unavailable or invalid", str(e)))
+        return _done(report, t0)
+    report.merge_rule = ctx.config.policy.merge_rule
+    try:
+        ctx.load_checkpoint(ctx.genesis)
+        report.bytes_verified += ctx.genesis.size + info.config_size
+    except (LedgerError, ValueError) as e:
+        found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "unavailable or invalid", str(e)))
+        return _done(report, t0)
+
+    history = load_history(ledger, job_id)
+    mode = {"none": "none", "sample": "policy", "all": "all"}[replay]
+    expected_parent = info.genesis_digest
+    parent_loss = None
+    for n, rh in enumerate(history.rounds):
+        if progress:
+            progress(n, len(history.rounds), f"round {rh.round}")
+        ra = _audit_round(ctx, rh, expected_parent, mode, found, report)
+        report.rounds.append(ra)
+        if evaluate_merged and ra.recomputed_digest and ra.status == "finalized":
+            ra.merged_val_loss = _val_loss_of(ctx, rh)
+        if parent_loss is None:
+            parent_loss = ra.parent_val_loss
+        if rh.info.status == "finalized":
+            expected_parent = rh.info.merged_digest
+        elif rh.info.status == "skipped":
+            expected_parent = rh.info.parent
+    if progress:
+        progress(len(history.rounds), len(history.rounds), "done")
+    if info.completed:
+        report.final_digest = _hex(info.current_parent)
+        if info.current_parent != expected_parent:
+            found.append(Discrepancy(0, "", "lineage", f"final model {_hex(expected_parent)} (last round's merge)", _hex(info.current_parent)))
+    else:
+        report.final_digest = _hex(expected_parent)
+    return _done(report, t0)
+
+
+def _done(report: AuditReport, t0: float) -> AuditReport:
+    report.seconds = round(time.perf_counter() - t0, 3)
+    return report
+
+
+def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: list, report: AuditReport) -> RoundAudit:
+    r, i = rh.round, rh.info
+    ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status)
+    before = len(found)
+    if i.parent != expected_parent:
+        found.append(Discrepancy(r, "", "lineage", f"parent {_hex(expected_parent)}", _hex(i.parent), "round does not continue from the previous model"))
+    commitment = ctx.ledger.commitment_of(ctx.job_id, r, rh.submissions)
+    if commitment != i.commitment:
+        found.append(Discrepancy(r, "", "commitment", _hex(i.commitment), _hex(commitment), "submission events do not match the on-chain commitment"))
+    if i.status == "skipped":
+        if i.submissions >= ctx.info.min_submissions:
+            found.append(Discrepancy(r, "", "skip", f"fewer than {ctx.info.min_submissions} submissions", str(i.submissions)))
+        ra.ok = len(found) == before
+        return ra
+    if not rh.submissions:
+        ra.ok = len(found) == before
+        return ra
+    try:
+        v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode)
+    except (LedgerError, ValueError) as e:
+        found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "unavailable or invalid", str(e)))
+        ra.ok = False
+        return ra
+    ra.parent_val_loss = v.parent_val_loss
+    audit_verdicts = v.verdicts
+    quorum = rh.quorum_proposals()
+    onchain = quorum[0].verdicts if quorum else None
+    for c, rep, s in zip(v.contributions, v.reports, rh.submissions):
+        m = rep.metrics or {}
+        ca = ContributionAudit(
+            index=c.index, worker=c.worker, digest=_hex(c.digest), cid=c.cid, size=c.size, num_samples=c.num_samples,
+            onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=rep.reason,
+            val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
+            replayed=m.get("replay_diff") is not None, replay_diff=m.get("replay_diff"),
+        )
+        ra.contributions.append(ca)
+        if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
+            report.bytes_verified += c.size
+        if rep.verdict == Verdict.REPLAY:
+            found.append(Discrepancy(r, c.worker, "replay", f"re-training within {ctx.config.policy.replay_tolerance}", f"max diff {m.get('replay_diff')}", rep.reason))
+        if onchain is None:
+            continue
+        chain_v = onchain[c.index]
+        if chain_v != rep.verdict:
+            if chain_v == Verdict.REPLAY and mode == "none":
+                continue  # not re-checked: replay disabled for this audit
+            if rep.verdict == Verdict.REPLAY:
+                continue  # already reported as a replay discrepancy above
+            found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
+                                     rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))
+    if i.status == "finalized" and quorum:
+        try:
+            merged = merge_accepted(ctx, v, [x == 0 for x in onchain])
+            ra.recomputed_digest = _hex(merged.digest)
+        except LedgerError as e:
+            merged = None
+            found.append(Discrepancy(r, "", "merge", "a merge of the accepted set", "not computable", str(e)))
+        ra.merged_digest = _hex(i.merged_digest)
+        if merged is not None and merged.digest != i.merged_digest:
+            found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
+        if merged is not None and not merged.keeps_parent:
+            try:
+                ctx.load_checkpoint(Located(i.merged_digest, ctx.cid(i.merged_cid, i.merged_size), i.merged_size))
+                report.bytes_verified += i.merged_size
+            except (StorageError, LedgerError) as e:
+                found.append(Discrepancy(r, "", "merged-artifact", f"stored merge {_hex(i.merged_digest)}", "unavailable or corrupt", str(e)))
+    for p in rh.proposals:
+        ra.proposals.append(ProposalAudit(
+            aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=ctx.cid(p.merged_cid, p.merged_size),
+            verdicts=list(p.verdicts), agrees_with_quorum=bool(quorum) and p.outcome == i.outcome,
+            agrees_with_audit=(list(p.verdicts) == audit_verdicts and ra.recomputed_digest == _hex(p.merged_digest)),
+            block=p.block, tx_hash=str(p.tx_hash),
+        ))
+    ra.ok = len(found) == before
+    return ra
+
+
+def _val_loss_of(ctx: JobContext, rh) -> float | None:
+    i = rh.info
+    try:
+        params, _ = ctx.load_checkpoint(Located(i.merged_digest, ctx.cid(i.merged_cid, i.merged_size), i.merged_size))
+    except (LedgerError, ValueError):
+        return None
+    p = ctx.config.policy
+    return trainmod.evaluate(ctx.config.model, params, ctx.validation, p.val_batches, p.val_batch_size, ctx.config.seed)

@@ -1,0 +1,124 @@
+"""Judging a round: the one piece of code that aggregators run to decide and the
+auditor runs to check. Given the round's on-chain submissions it fetches, verifies
+and merges, and returns the verdicts and the merged checkpoint bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ledger import checkpoint
+from ledger.digest import sha256_bytes
+from ledger.errors import LedgerError
+from ledger.verdicts import Verdict
+
+from . import merge as mergemod
+from . import verify as verifymod
+from .task import JobContext, Located
+
+
+@dataclass
+class Verified:
+    round: int
+    parent: Located
+    parent_params: dict
+    contributions: list
+    reports: list
+    parent_val_loss: float | None = None
+
+    @property
+    def verdicts(self) -> list[int]:
+        return [int(rep.verdict) for rep in self.reports]
+
+
+@dataclass
+class Merged:
+    merged_bytes: bytes | None          # None when the round keeps its parent
+    digest: bytes
+    size: int
+    keeps_parent: bool
+    accepted: list[str]                 # workers merged, sorted
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class RoundOutcome:
+    verified: Verified
+    merged: Merged
+
+    @property
+    def verdicts(self) -> list[int]:
+        return self.verified.verdicts
+
+
+def replay_seed(ledger, submissions) -> bytes:
+    """The replay sample is drawn from the hash of the block holding the round's last
+    submission: unknown to every worker when it trains, the same for every verifier."""
+    if not submissions:
+        return b"\0" * 32
+    return bytes(ledger.block_hash(submissions[-1].block))
+
+
+def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
+                       stages: set[str] | None = None) -> Verified:
+    """Run the shared verification pipeline over every submission of round ``r``.
+
+    ``replay``: "policy" (the job's replay fraction, as aggregators do), "none" or "all".
+    """
+    cfg = ctx.config
+    parent = ctx.locate_model(parent_digest, before_round=r)
+    parent_params, _ = ctx.load_checkpoint(parent)
+    contributions = [
+        verifymod.Contribution(
+            index=i, worker=s.worker.lower(), digest=s.digest, cid=ctx.cid(s.cid, s.size),
+            size=s.size, num_samples=s.num_samples,
+        )
+        for i, s in enumerate(submissions)
+    ]
+    shard_index = {w.lower(): i for i, w in enumerate(ctx.info.workers)}
+    rctx = verifymod.RoundContext(
+        config=cfg,
+        job_id=ctx.job_id,
+        round=r,
+        parent_digest=parent_digest,
+        parent_params=parent_params,
+        validation=ctx.validation,
+        shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
+        replay_seed=replay_seed(ctx.ledger, submissions),
+        replay_mode=replay,
+        stages=stages,
+    )
+
+    def fetch(c) -> bytes:
+        return ctx.store.get(c.cid, c.digest, max_size=cfg.policy.max_checkpoint_bytes)
+
+    reports = verifymod.verify_round(rctx, contributions, fetch)
+    return Verified(r, parent, parent_params, contributions, reports, getattr(rctx, "parent_val_loss", None))
+
+
+def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged:
+    """Merge the contributions marked accepted (in submission order), bit-exactly."""
+    good = []
+    for c, rep, ok in zip(v.contributions, v.reports, accepted):
+        if not ok:
+            continue
+        if rep.params is None:
+            raise LedgerError(f"round {v.round}: contribution of {c.worker} is marked accepted but cannot be merged ({rep.reason})")
+        good.append((c.worker, c.num_samples, rep.params))
+    good.sort(key=lambda t: t[0])
+    workers = [w for w, _, _ in good]
+    if len(good) < max(1, ctx.info.min_submissions):
+        return Merged(None, v.parent.digest, v.parent.size, True, workers)
+    rule = ctx.config.policy.merge_rule
+    result = mergemod.merge(rule, v.parent_params, good, ctx.config.policy)
+    data = checkpoint.encode(result.params, ctx.merge_meta(v.round, v.parent.digest, rule, workers))
+    info = dict(getattr(result, "info", {}) or {})
+    if getattr(result, "selected", None) is not None:
+        info["selected"] = list(result.selected)
+    return Merged(data, sha256_bytes(data), len(data), False, workers, info)
+
+
+def judge_round(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
+                stages: set[str] | None = None) -> RoundOutcome:
+    v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages)
+    return RoundOutcome(v, merge_accepted(ctx, v, [rep.verdict == Verdict.ACCEPTED for rep in v.reports]))

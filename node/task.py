@@ -1,0 +1,156 @@
+"""A job as every role sees it: its on-chain record, its config, its data and its
+checkpoints, each fetched from storage and checked against the chain before use.
+
+Worker, aggregator and auditor all load a job through ``JobContext.load`` so they
+see exactly the same config, shards, validation split and parent checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ledger import checkpoint
+from ledger.cid import cid_from_chain
+from ledger.digest import sha256_bytes, to_hex
+from ledger.errors import LedgerError
+from ledger.jobconfig import JobConfig, ShardSpec
+
+from . import data as datamod
+
+CHECKPOINT_FORMAT = "training-ledger/checkpoint/1"
+
+
+@dataclass
+class Located:
+    """Where an artifact is and what it must hash to."""
+
+    digest: bytes
+    cid: str
+    size: int
+
+
+class JobContext:
+    def __init__(self, ledger, store, job_id: int, info, config: JobConfig):
+        self.ledger = ledger
+        self.store = store
+        self.job_id = job_id
+        self.info = info
+        self.config = config
+
+    @classmethod
+    def load(cls, ledger, store, job_id: int) -> "JobContext":
+        info = ledger.job(job_id)
+        cid = cid_from_chain(info.config_cid, info.config_size, info.cid_version)
+        raw = store.get(cid, info.config_digest, max_size=1 << 20)
+        try:
+            config = JobConfig.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as e:
+            raise LedgerError(f"job {job_id}: config {cid} is not a valid job config: {e}") from None
+        return cls(ledger, store, job_id, info, config)
+
+    def refresh(self):
+        self.info = self.ledger.job(self.job_id)
+        return self.info
+
+    # --- artifacts -------------------------------------------------------------------
+    def cid(self, cid32: bytes, size: int) -> str:
+        return cid_from_chain(cid32, size, self.info.cid_version)
+
+    def fetch(self, loc: Located) -> bytes:
+        return self.store.get(loc.cid, loc.digest, max_size=self.config.policy.max_checkpoint_bytes)
+
+    def load_checkpoint(self, loc: Located) -> tuple[dict[str, np.ndarray], dict]:
+        return checkpoint.decode(self.fetch(loc), cid=loc.cid, max_size=self.config.policy.max_checkpoint_bytes)
+
+    @property
+    def genesis(self) -> Located:
+        i = self.info
+        return Located(i.genesis_digest, self.cid(i.genesis_cid, i.genesis_size), i.genesis_size)
+
+    def locate_model(self, digest: bytes, before_round: int | None = None) -> Located:
+        """Where the model with this digest is: the genesis or a finalized merge."""
+        if digest == self.info.genesis_digest:
+            return self.genesis
+        last = (before_round or self.info.current_round + 1) - 1
+        for r in range(last, 0, -1):
+            rd = self.ledger.round(self.job_id, r)
+            if rd.status == "finalized" and rd.merged_digest == digest:
+                return Located(digest, self.cid(rd.merged_cid, rd.merged_size), rd.merged_size)
+        raise LedgerError(f"job {self.job_id}: no genesis or finalized model has digest {to_hex(digest)}")
+
+    # --- data ------------------------------------------------------------------------
+    @cached_property
+    def _split(self):
+        d = self.config.data
+        corpus = datamod.load_corpus(expected_sha256=d.corpus_sha256)
+        sizes = [s.num_bytes for s in d.shards] if d.split == "iid" else None
+        return datamod.make_split(corpus, len(d.shards), mode=d.split, val_fraction=d.val_fraction, sizes=sizes)
+
+    def shard(self, index: int) -> bytes:
+        return _checked(self._split.shards[index], self.config.data.shards[index], f"shard {index}")
+
+    @cached_property
+    def validation(self) -> bytes:
+        return _checked(self._split.validation, self.config.data.validation, "validation split")
+
+    def worker_index(self, address: str) -> int:
+        addrs = [w.lower() for w in self.info.workers]
+        try:
+            return addrs.index(address.lower())
+        except ValueError:
+            raise LedgerError(
+                f"{address} is not a worker of job {self.job_id}; its workers are {', '.join(self.info.workers)}"
+            ) from None
+
+    # --- checkpoint metadata -----------------------------------------------------------
+    def contribution_meta(self, round_: int, worker: str, parent: bytes, seed: int, metrics: dict) -> dict:
+        """Metadata of a worker's checkpoint: only deterministic fields (no timings),
+        so the same training gives the same bytes."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "contribution",
+            "job": str(self.job_id),
+            "round": str(round_),
+            "worker": worker.lower(),
+            "parent": to_hex(parent),
+            "seed": str(seed),
+            "steps": str(metrics.get("steps", "")),
+            "threads": str(metrics.get("threads", "")),
+            "torch": str(metrics.get("torch_version", "")),
+            "loss_start": repr(metrics.get("loss_start")),
+            "loss_end": repr(metrics.get("loss_end")),
+        }
+
+    def merge_meta(self, round_: int, parent: bytes, rule: str, accepted: list[str]) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "merge",
+            "job": str(self.job_id),
+            "round": str(round_),
+            "parent": to_hex(parent),
+            "rule": rule,
+            "accepted": ",".join(a.lower() for a in accepted),
+        }
+
+    def round_closed(self, rd) -> bool:
+        return rd.submissions >= len(self.info.workers) or time.time() > rd.deadline
+
+
+def genesis_meta(config: JobConfig) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "kind": "genesis", "name": config.name, "seed": str(config.seed)}
+
+
+def _checked(data: bytes, spec: ShardSpec | None, what: str) -> bytes:
+    if spec is None:
+        raise LedgerError(f"the job config has no {what}")
+    actual = to_hex(sha256_bytes(data))
+    if actual != spec.sha256 or len(data) != spec.num_bytes:
+        raise LedgerError(
+            f"{what} rebuilt from the corpus does not match the job config "
+            f"(expected sha256 {spec.sha256}, {spec.num_bytes} bytes; got {actual}, {len(data)} bytes)"
+        )
+    return data

@@ -1,0 +1,174 @@
+"""The worker: for each open round, fetch and check the parent, train on its own
+shard, publish the checkpoint, submit its digest on chain.
+
+Crash-safe by construction: the chain says what was submitted (``hasSubmitted``),
+and local state (``<data>/worker/job-J/<address>/round-R.json`` plus the checkpoint
+file) is written atomically after each step, so a restart after kill -9 at any
+point resumes without training twice after a finished checkpoint and without ever
+submitting twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger import atomic, checkpoint
+from ledger.cid import cid_to_chain
+from ledger.digest import sha256_bytes, to_hex
+from ledger.errors import ContractReverted, LedgerError
+
+from . import train as trainmod
+from .faults import crash_point
+from .task import JobContext, Located
+
+log = logging.getLogger("ledger.worker")
+
+
+@dataclass
+class WorkerOptions:
+    poll: float = 1.0
+    progress: bool = True
+    max_rounds: int | None = None     # stop after submitting this many rounds (tests, demos)
+
+
+class Worker:
+    def __init__(self, ctx: JobContext, address: str, state_dir: Path, options: WorkerOptions | None = None):
+        self.ctx = ctx
+        self.address = address
+        self.index = ctx.worker_index(address)
+        self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
+        self.opt = options or WorkerOptions()
+
+    # --- main loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Work every round until the job completes. Returns the number of rounds submitted."""
+        ctx, submitted, announced = self.ctx, 0, None
+        log.info("worker %s on job %d (shard %d)", self.address, ctx.job_id, self.index)
+        while True:
+            info = ctx.refresh()
+            if info.completed:
+                log.info("job %d is complete; worker exits", ctx.job_id)
+                return submitted
+            r = info.current_round
+            rd = ctx.ledger.round(ctx.job_id, r)
+            if ctx.ledger.has_submitted(ctx.job_id, r, self.address):
+                self._forget_older(r)
+                if announced != r:
+                    log.info("round %d: submitted; waiting for the round to finalize", r)
+                    announced = r
+                time.sleep(self.opt.poll)
+                continue
+            if ctx.round_closed(rd):
+                if announced != (r, "late"):
+                    log.warning("round %d closed at its deadline before this worker submitted (late); waiting for round %d", r, r + 1)
+                    announced = (r, "late")
+                time.sleep(self.opt.poll)
+                continue
+            if self.work_round(r, rd.parent):
+                submitted += 1
+                if self.opt.max_rounds is not None and submitted >= self.opt.max_rounds:
+                    return submitted
+
+    def work_round(self, r: int, parent: bytes) -> bool:
+        """Train, publish and submit round ``r``; True if this call's submission landed."""
+        ctx = self.ctx
+        state_file = self.dir / f"round-{r}.json"
+        state = atomic.read_json(state_file, {}) or {}
+        if state.get("parent") != to_hex(parent):
+            state = {}  # stale local state from another parent: start the round afresh
+        ckpt_file = self.dir / f"round-{r}.safetensors"
+        if state.get("status") in ("trained", "published") and ckpt_file.exists():
+            data = ckpt_file.read_bytes()
+            if to_hex(sha256_bytes(data)) != state["digest"]:
+                log.warning("round %d: local checkpoint does not match its recorded digest; training again", r)
+                state = {}
+        if state.get("status") not in ("trained", "published"):
+            data, num_samples = self._train(r, parent)
+            state = {"status": "trained", "parent": to_hex(parent), "digest": to_hex(sha256_bytes(data)),
+                     "num_samples": num_samples, "size": len(data)}
+            atomic.write_bytes(ckpt_file, data)
+            atomic.write_json(state_file, state)
+            crash_point("worker:after-train")
+        if state["status"] == "trained":
+            obj = ctx.store.put(data)
+            ctx.store.pin(obj.cid)
+            state.update(status="published", cid=obj.cid)
+            atomic.write_json(state_file, state)
+            log.info("round %d: published %s (sha256 %s, %d bytes)", r, obj.cid, state["digest"], obj.size)
+            crash_point("worker:after-publish")
+        return self._submit(r, parent, state)
+
+    # --- steps -----------------------------------------------------------------------
+    def _train(self, r: int, parent: bytes) -> tuple[bytes, int]:
+        ctx, cfg = self.ctx, self.ctx.config
+        parent_loc: Located = ctx.locate_model(parent, before_round=r)
+        params, _ = ctx.load_checkpoint(parent_loc)
+        log.info("round %d: parent %s verified (sha256 %s)", r, parent_loc.cid, to_hex(parent))
+        shard = ctx.shard(self.index)
+        seed = trainmod.derive_seed(cfg.seed, ctx.job_id, r, self.address)
+        bar = _progress_bar(cfg.train.steps, f"round {r}", enabled=self.opt.progress)
+
+        def progress(step, total, loss):
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            crash_point(f"worker:train-step-{step}")
+
+        try:
+            result = trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress)
+        finally:
+            bar.close()
+        m = result.metrics
+        log.info("round %d: trained %d steps, loss %.3f -> %.3f in %.1fs", r, m["steps"], m["loss_start"], m["loss_end"], m["seconds"])
+        meta = ctx.contribution_meta(r, self.address, parent, seed, m)
+        return checkpoint.encode(result.params, meta), int(m["samples"])
+
+    def _submit(self, r: int, parent: bytes, state: dict) -> bool:
+        ctx = self.ctx
+        if ctx.ledger.has_submitted(ctx.job_id, r, self.address):
+            log.info("round %d: already on chain (submitted before a restart)", r)
+            return False
+        crash_point("worker:before-submit")
+        try:
+            receipt = ctx.ledger.submit_update(
+                ctx.job_id, r, parent, bytes.fromhex(state["digest"][2:]), cid_to_chain(state["cid"]),
+                state["size"], state["num_samples"],
+            )
+        except ContractReverted as e:
+            if e.name == "AlreadySubmitted":
+                log.info("round %d: already on chain (submitted before a restart)", r)
+                return False
+            if e.name in ("RoundClosed", "WrongParent", "WrongRound"):
+                log.warning("round %d: too late, the round is closed (%s); moving on to the next round", r, e.name)
+                return False
+            raise
+        atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": _tx_hex(receipt)})
+        log.info("round %d: submitted %s in tx %s (gas %s)", r, state["cid"], _tx_hex(receipt), receipt.get("gasUsed"))
+        return True
+
+    def _forget_older(self, r: int) -> None:
+        """Checkpoints of rounds before r are published and on chain: drop the local copies."""
+        for p in self.dir.glob("round-*.safetensors"):
+            try:
+                if int(p.stem.split("-")[1]) < r:
+                    p.unlink()
+            except (ValueError, IndexError, FileNotFoundError):
+                pass
+
+
+def _tx_hex(receipt) -> str:
+    h = receipt["transactionHash"]
+    return h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=not enabled or None, leave=False, dynamic_ncols=True)
+
+
+def run_worker(ledger, store, job_id: int, account_address: str, state_dir: Path, options: WorkerOptions | None = None) -> int:
+    ctx = JobContext.load(ledger, store, job_id)
+    return Worker(ctx, account_address, state_dir, options).run()
