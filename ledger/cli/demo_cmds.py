@@ -1,7 +1,74 @@
-"""CLI commands (placeholder: filled in by its owner; see HACKING.md)."""
+"""`ledger demo` and `ledger generate`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from . import add_command
+from .roles import add_job_arg, open_role, setup_logging
+
 
 def register(sub) -> None:
-    pass
+    p = add_command(
+        sub, "demo", "run a whole multi-party training on this machine, audit it, generate text", _demo,
+        "ledger demo --workers 4 --aggregators 3 --quorum 2 --rounds 3",
+        description=(
+            "Starts the local chain (and, with --ipfs, the local IPFS node), deploys the contract if\n"
+            "needed, creates a job, runs every worker and aggregator as its own process, shows each\n"
+            "round as it happens on chain, audits the job, writes the HTML report and prints text\n"
+            "from the verified final model. Stops everything it started, also on Ctrl-C.\n"
+            "Running it again starts a new job on the same chain."
+        ),
+    )
+    p.add_argument("--workers", type=int, default=4, help="worker processes, one data shard each (default 4)")
+    p.add_argument("--aggregators", type=int, default=3, help="aggregator processes (default 3)")
+    p.add_argument("--quorum", type=int, default=2, help="aggregators that must agree bit-for-bit (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="training rounds (default 3)")
+    p.add_argument("--steps", type=int, default=50, help="local steps per worker per round (default 50)")
+    p.add_argument("--round-duration", type=int, default=300, metavar="S", help="round deadline in seconds (default 300)")
+    p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default="fedavg")
+    p.add_argument("--split", choices=["iid", "speaker"], default="iid", help="IID shards or non-IID by speaker")
+    p.add_argument("--replay-fraction", type=float, default=0.25, help="share of contributions re-trained by aggregators")
+    p.add_argument("--ipfs", action="store_true", help="store artifacts on the local IPFS node instead of the embedded store")
+    p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the generated text")
+    p.add_argument("--tokens", type=int, default=300, help="bytes of text to generate")
+    p.add_argument("--html", type=Path, default=None, help="where to write the audit report (default .ledger/reports/job-<id>.html)")
+
+    p = add_command(
+        sub, "generate", "generate text with a job's final model, after its audit passes", _generate,
+        'ledger generate --job 1 --prompt "ROMEO:"',
+        description=(
+            "Verified inference: the job's lineage is audited first (every artifact against its on-chain\n"
+            "digest, every merge recomputed); the model is loaded only if the audit passes."
+        ),
+    )
+    add_job_arg(p)
+    p.add_argument("--prompt", default="ROMEO:\n")
+    p.add_argument("--tokens", type=int, default=300, help="bytes to generate (default 300)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same text")
+
+
+def _demo(args, settings) -> int:
+    setup_logging()
+    from node.demo import DemoOptions, run_demo
+
+    opt = DemoOptions(
+        workers=args.workers, aggregators=args.aggregators, quorum=args.quorum, rounds=args.rounds,
+        steps=args.steps, round_duration=args.round_duration, merge_rule=args.merge_rule, split=args.split,
+        replay_fraction=args.replay_fraction, ipfs=args.ipfs, prompt=args.prompt, tokens=args.tokens, html=args.html,
+    )
+    return run_demo(settings, opt)
+
+
+def _generate(args, settings) -> int:
+    setup_logging()
+    from node.generate import generate_verified
+
+    ledger, store, _ = open_role(settings, need_account=False)
+    g = generate_verified(ledger, store, args.job, args.prompt, max_new_tokens=args.tokens,
+                          temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    print(f"# model {g.model_digest} (audit OK)")
+    print(g.text)
+    return 0

@@ -66,9 +66,20 @@ def register(sub) -> None:
 
 
 def _resolve(settings, names: list[str]) -> list[str]:
-    from ..keys import resolve_address
+    """Addresses as given; anything else is a keystore account name (no password needed)."""
+    from ..errors import AccountError
+    from ..keys import find_account, is_address
 
-    return [resolve_address(settings, n) for n in names]
+    out = []
+    for n in names:
+        if is_address(n):
+            out.append(n)
+            continue
+        entry = find_account(settings, n)
+        if entry is None:
+            raise AccountError(f"{n!r} is neither an address nor a keystore account (see `ledger account list`)")
+        out.append(entry.address)
+    return out
 
 
 def _create(args, settings) -> int:

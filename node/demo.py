@@ -1,0 +1,272 @@
+"""`ledger demo`: a whole multi-party training on one machine.
+
+Starts the local chain (and the IPFS node with ``--ipfs``), deploys if needed,
+creates keystore accounts for every party, creates a job, runs every worker and
+aggregator as its own process, shows the rounds as they happen on chain, audits the
+result, and generates text with the verified final model. Every process it started
+is stopped on the way out, also on Ctrl-C; the chain's history is kept on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger import anvil, atomic
+from ledger.config import Settings
+from ledger.digest import short, to_hex
+from ledger.errors import LedgerError
+from ledger.jobconfig import JobConfig
+
+PASSWORD_FILE = "demo-password"
+
+
+@dataclass
+class DemoOptions:
+    workers: int = 4
+    aggregators: int = 3
+    quorum: int = 2
+    rounds: int = 3
+    steps: int = 50
+    round_duration: int = 300
+    merge_rule: str = "fedavg"
+    split: str = "iid"
+    replay_fraction: float = 0.25
+    ipfs: bool = False
+    prompt: str = "ROMEO:\n"
+    tokens: int = 300
+    html: Path | None = None
+    timeout: float = 900.0
+
+
+@dataclass
+class Party:
+    role: str
+    name: str
+    address: str
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+
+@dataclass
+class Demo:
+    settings: Settings
+    opt: DemoOptions
+    say: callable = print
+    started_chain: bool = False
+    started_ipfs: bool = False
+    parties: list[Party] = field(default_factory=list)
+
+    # ---- set-up -------------------------------------------------------------------
+    def up(self) -> None:
+        s = self.settings
+        if not s.rpc_url:
+            up = anvil.chain_up(s)
+            self.started_chain = up.started
+            self.say(f"chain   {up.info.url} ({'started' if up.started else 'already running'}, state in {s.chain_dir})")
+            if up.note:
+                self.say(f"        note: {up.note}")
+        if self.opt.ipfs:
+            from ledger import ipfs_node
+
+            info, started = ipfs_node.ipfs_up(s)
+            self.started_ipfs = started
+            self.settings = s = s.replace(storage="ipfs")
+            self.say(f"ipfs    {info.url} ({'started' if started else 'already running'})")
+        from ledger import deploy as deploymod
+        from ledger.errors import NoDeployment
+
+        chain = deploymod.connect(s)
+        try:
+            rec = deploymod.load_record(s, chain.chain_id)
+            self.say(f"contract {rec.address} (deployed earlier, block {rec.block})")
+        except NoDeployment:
+            rec = deploymod.deploy(s, notify=lambda m: None)
+            self.say(f"contract {rec.address} (deployed now, tx {rec.tx_hash})")
+
+    def accounts(self) -> Path:
+        """Keystore accounts for every party, funded on the local chain."""
+        from ledger import deploy as deploymod
+        from ledger import keys
+
+        s = self.settings
+        pw_file = s.data_dir / PASSWORD_FILE
+        if not pw_file.exists():
+            atomic.write_bytes(pw_file, secrets.token_urlsafe(24).encode(), mode=0o600)
+        password = pw_file.read_text().strip()
+        chain = deploymod.connect(s)
+        names = [("worker", f"demo-worker-{i}") for i in range(self.opt.workers)]
+        names += [("aggregator", f"demo-aggregator-{i}") for i in range(self.opt.aggregators)]
+        self.parties = []
+        for role, name in names:
+            entry = keys.find_account(s, name) or keys.new_account(s, password, name=name)
+            if chain.w3.eth.get_balance(entry.address) < 10**18:
+                keys.fund_local(chain, entry.address, 100 * 10**18)
+            self.parties.append(Party(role, name, entry.address))
+        return pw_file
+
+    def create_job(self) -> int:
+        from ledger import keys
+        from ledger.deploy import open_ledger
+        from ledger.store import open_store
+
+        from .jobs import create_job, describe
+
+        o = self.opt
+        cfg = JobConfig()
+        cfg.train.steps = o.steps
+        cfg.policy.merge_rule = o.merge_rule
+        cfg.policy.replay_fraction = o.replay_fraction
+        cfg.data.split = o.split
+        ledger = open_ledger(self.settings, keys.anvil_dev_account())
+        job = create_job(
+            ledger, open_store(self.settings), cfg,
+            workers=[p.address for p in self.parties if p.role == "worker"],
+            aggregators=[p.address for p in self.parties if p.role == "aggregator"],
+            quorum=o.quorum, rounds=o.rounds, round_duration=o.round_duration, min_submissions=1,
+        )
+        self.say(describe(job))
+        return job.job_id
+
+    # ---- the parties ----------------------------------------------------------------
+    def spawn(self, job_id: int, pw_file: Path) -> None:
+        logs = self.settings.data_dir / "demo" / f"job-{job_id}"
+        logs.mkdir(parents=True, exist_ok=True)
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        base.update(
+            LEDGER_DATA_DIR=str(self.settings.data_dir.resolve()),
+            LEDGER_STORAGE=self.settings.storage,
+            LEDGER_KEY_PASSWORD_FILE=str(pw_file.resolve()),
+            PYTHONUNBUFFERED="1",
+        )
+        if self.settings.rpc_url:
+            base["LEDGER_RPC_URL"] = self.settings.rpc_url
+        if self.settings.ipfs_api:
+            base["LEDGER_IPFS_API"] = self.settings.ipfs_api
+        for p in self.parties:
+            p.log = logs / f"{p.name}.log"
+            cmd = [sys.executable, "-m", "ledger", "--account", p.name, p.role, "run", "--job", str(job_id)]
+            if p.role == "worker":
+                cmd.append("--no-progress")
+            with open(p.log, "ab") as log:
+                p.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=dict(base, LEDGER_ACCOUNT=p.name), start_new_session=True)
+        self.say(f"started {self.opt.workers} workers and {self.opt.aggregators} aggregators (logs in {logs})")
+
+    def stop_parties(self) -> None:
+        for p in self.parties:
+            if p.proc and p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in self.parties:
+            if p.proc:
+                try:
+                    p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+                    p.proc.wait()
+
+    def watch(self, job_id: int) -> None:
+        """Show each round's progress from the chain until the job completes."""
+        from ledger.deploy import open_ledger
+
+        ledger = open_ledger(self.settings)
+        n_workers, n_aggs = self.opt.workers, self.opt.aggregators
+        last, t0, round_t0 = None, time.monotonic(), time.monotonic()
+        while True:
+            info = ledger.job(job_id)
+            r = min(info.current_round, info.num_rounds)
+            rd = ledger.round(job_id, r)
+            props = len(ledger.proposals(job_id, r))
+            state = (info.current_round, rd.submissions, props, info.completed)
+            if state != last:
+                if last is not None and last[0] != info.current_round or info.completed:
+                    prev = ledger.round(job_id, last[0] if last else r)
+                    self._say_round_end(ledger, job_id, last[0] if last else r, prev, time.monotonic() - round_t0)
+                    round_t0 = time.monotonic()
+                if not info.completed:
+                    self.say(f"round {r}/{info.num_rounds}: {rd.submissions}/{n_workers} submitted, {props}/{n_aggs} proposed")
+                last = state
+            if info.completed:
+                return
+            for p in self.parties:
+                if p.proc.poll() not in (None, 0):
+                    raise LedgerError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n{_tail(p.log)}")
+            if time.monotonic() - t0 > self.opt.timeout:
+                raise LedgerError(f"the job did not complete within {self.opt.timeout:.0f}s; see the logs in {self.parties[0].log.parent}")
+            time.sleep(0.5)
+
+    def _say_round_end(self, ledger, job_id, r, rd, seconds) -> None:
+        if rd.status == "finalized":
+            props = ledger.proposals(job_id, r)
+            agree = sum(1 for p in props if p.outcome == rd.outcome)
+            accepted = next((p.accepted for p in props if p.outcome == rd.outcome), "?")
+            self.say(f"round {r} finalized in {seconds:.0f}s: {accepted} contributions accepted, "
+                     f"{agree}/{len(props)} aggregators agree, merged model {short(rd.merged_digest)}")
+        elif rd.status == "skipped":
+            self.say(f"round {r} skipped: too few submissions, parent kept")
+
+    def down(self) -> None:
+        self.stop_parties()
+        if self.started_ipfs:
+            from ledger import ipfs_node
+
+            ipfs_node.ipfs_down(self.settings)
+        if self.started_chain:
+            anvil.chain_down(self.settings)
+            self.say(f"chain stopped (state saved in {self.settings.chain_dir}; `ledger chain up` brings it back)")
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
+    from ledger.deploy import open_ledger
+    from ledger.store import open_store
+
+    from .audit import audit_job
+    from .generate import generate_verified
+    from .report_html import render_html
+    from .report_text import render_text
+
+    demo = Demo(settings, opt, say)
+    t0 = time.monotonic()
+    try:
+        demo.up()
+        pw_file = demo.accounts()
+        job_id = demo.create_job()
+        demo.spawn(job_id, pw_file)
+        demo.watch(job_id)
+        demo.stop_parties()
+        say(f"training done in {time.monotonic() - t0:.0f}s; auditing job {job_id} from chain and storage ...")
+        ledger, store = open_ledger(demo.settings), open_store(demo.settings)
+        report = audit_job(ledger, store, job_id, replay="sample")
+        html = opt.html or demo.settings.data_dir / "reports" / f"job-{job_id}.html"
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(report))
+        say(render_text(report))
+        say("")
+        if report.ok:
+            gen = generate_verified(ledger, store, job_id, opt.prompt, max_new_tokens=opt.tokens, report=report)
+            say(f"text generated by the verified final model {short(bytes.fromhex(gen.model_digest[2:]))}:")
+            say("-" * 60)
+            say(gen.text)
+            say("-" * 60)
+        say(f"job          {job_id}")
+        say(f"final model  {report.final_digest}")
+        say(f"audit        {'OK' if report.ok else f'FAILED ({len(report.discrepancies)} discrepancies)'}")
+        say(f"report       {html}")
+        say(f"time         {time.monotonic() - t0:.0f}s")
+        return 0 if report.ok else 1
+    finally:
+        demo.down()

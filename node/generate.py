@@ -1,0 +1,55 @@
+"""Verified inference: text from a job's final model, loaded only after the audit of
+its lineage passes. A model whose history does not verify is never run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ledger.errors import LedgerError
+
+from .audit import audit_job
+from .findings import AuditReport
+from .model import GPT, GPTConfig
+from .params import load_into
+from .task import JobContext
+
+
+class UnverifiedModel(LedgerError):
+    """The audit of the model's lineage failed: refuse to run it."""
+
+
+@dataclass
+class Generated:
+    text: str
+    model_digest: str
+    report: AuditReport
+
+
+def final_model_digest(ctx: JobContext) -> bytes:
+    """The completed job's final model, or the latest finalized one while it runs."""
+    return ctx.refresh().current_parent
+
+
+def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: int = 200,
+                      temperature: float = 0.8, top_k: int | None = 40, seed: int = 0,
+                      report: AuditReport | None = None) -> Generated:
+    if report is None:
+        report = audit_job(ledger, store, job_id, replay="none", evaluate_merged=False)
+    if not report.ok:
+        first = report.discrepancies[0].line()
+        more = len(report.discrepancies) - 1
+        raise UnverifiedModel(
+            f"refusing to generate: the audit of job {job_id} failed at {first}"
+            + (f" (and {more} more; run `ledger audit --job {job_id}`)" if more else "")
+        )
+    ctx = JobContext.load(ledger, store, job_id)
+    digest = final_model_digest(ctx)
+    params, _ = ctx.load_checkpoint(ctx.locate_model(digest))
+    model = load_into(GPT(GPTConfig.from_spec(ctx.config.model), seed=None), params).eval()
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.tensor([list(prompt.encode("utf-8"))[-ctx.config.model.block_size:] or [10]], dtype=torch.long)
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    text = bytes(out[0].tolist()).decode("utf-8", errors="replace")
+    return Generated(text, "0x" + digest.hex(), report)
