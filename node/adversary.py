@@ -1,0 +1,142 @@
+"""Byzantine workers, for the tests and the robustness benchmark.
+
+Each attack is a real worker process (``python -m node.adversary --attack NAME``)
+that follows the protocol on chain but publishes a malicious contribution, so the
+aggregators meet it exactly as they would meet a real attacker. The tensor attacks
+are plain functions of (parent, honest result) so the benchmark can also apply
+them without a chain.
+
+Attacks (DESIGN.md / the aggregator issue):
+  tamper       content that differs from its on-chain digest      -> integrity
+  stale-parent trained from, and declaring, another parent          -> lineage
+  nan          NaN / Inf values                                    -> non-finite
+  scale        the honest update scaled x100                       -> update-norm
+  sign-flip    the honest update negated                           -> robust rules / validation
+  noise        the update replaced by Gaussian noise, 10x its size -> update-norm / validation
+  shape        a tensor with another shape                         -> structure
+  pickle       a Python pickle instead of safetensors              -> format
+  copy         a copy of another worker's checkpoint this round    -> duplicate
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import sys
+import time
+
+import numpy as np
+
+from ledger import checkpoint
+from ledger.cid import cid_to_chain
+from ledger.digest import sha256_bytes, to_hex
+
+from .worker import Worker, WorkerOptions
+
+log = logging.getLogger("ledger.adversary")
+
+ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy")
+TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
+
+
+def attack_params(name: str, parent: dict, honest: dict, seed: int = 0) -> dict:
+    """The malicious tensors for a tensor-level attack."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in sorted(parent):
+        p = parent[k].astype(np.float64)
+        d = honest[k].astype(np.float64) - p
+        if name == "scale":
+            v = p + 100.0 * d
+        elif name == "sign-flip":
+            v = p - d
+        elif name == "noise":
+            std = float(d.std()) or 1e-3
+            v = p + rng.normal(0.0, 10.0 * std, size=p.shape)
+        else:
+            v = honest[k].astype(np.float64)
+        out[k] = v.astype(parent[k].dtype)
+    if name == "nan":
+        first = sorted(out)[0]
+        out[first] = out[first].copy()
+        out[first].flat[0] = np.nan
+        out[first].flat[-1] = np.inf
+    elif name == "shape":
+        first = sorted(out)[0]
+        out[first] = np.ascontiguousarray(out[first].reshape(-1)[:-1])
+    return out
+
+
+class Adversary(Worker):
+    """A worker that submits a malicious contribution in every round."""
+
+    def __init__(self, *args, attack: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; one of {ATTACKS}")
+        self.attack = attack
+
+    def work_round(self, r: int, parent: bytes) -> bool:
+        ctx = self.ctx
+        if self.attack == "copy":
+            return self._copy(r, parent)
+        honest, n = self._train(r, parent)
+        digest = None
+        if self.attack == "tamper":
+            data = honest
+            digest = sha256_bytes(honest + b"tampered")   # the chain gets a digest the content does not have
+        elif self.attack == "pickle":
+            params, _ = checkpoint.decode(honest)
+            data = pickle.dumps({k: v.tolist()[:2] for k, v in params.items()})
+        elif self.attack == "stale-parent":
+            params, meta = checkpoint.decode(honest)
+            meta["parent"] = to_hex(sha256_bytes(b"some older model"))
+            data = checkpoint.encode(params, meta)
+        else:
+            params, meta = checkpoint.decode(honest)
+            parent_params, _ = ctx.load_checkpoint(ctx.locate_model(parent, before_round=r))
+            data = checkpoint.encode(attack_params(self.attack, parent_params, params, seed=r), meta)
+        obj = ctx.store.put(data)
+        log.info("round %d: attack %s published %s", r, self.attack, obj.cid)
+        ctx.ledger.submit_update(ctx.job_id, r, parent, digest or obj.digest, cid_to_chain(obj.cid), obj.size, n)
+        log.info("round %d: attack %s submitted", r, self.attack)
+        return True
+
+    def _copy(self, r: int, parent: bytes) -> bool:
+        """Wait for another worker's submission in this round and submit its bytes as ours."""
+        ctx = self.ctx
+        while True:
+            subs = [s for s in ctx.ledger.submissions(ctx.job_id, r) if s.worker.lower() != self.address.lower()]
+            if subs:
+                s = subs[0]
+                ctx.ledger.submit_update(ctx.job_id, r, parent, s.digest, s.cid, s.size, s.num_samples)
+                log.info("round %d: attack copy submitted %s's checkpoint", r, s.worker)
+                return True
+            time.sleep(self.opt.poll)
+
+
+def main(argv=None) -> int:
+    from ledger.cli.roles import open_role, setup_logging
+    from ledger.config import load_settings
+
+    from .task import JobContext
+
+    ap = argparse.ArgumentParser(description="a Byzantine worker (tests and benchmarks only)")
+    ap.add_argument("--job", type=int, required=True)
+    ap.add_argument("--attack", choices=ATTACKS, required=True)
+    ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--poll", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    setup_logging()
+    settings = load_settings({})
+    ledger, store, account = open_role(settings)
+    ctx = JobContext.load(ledger, store, args.job)
+    adv = Adversary(ctx, account.address, settings.data_dir / "adversary",
+                    WorkerOptions(poll=args.poll, progress=False, max_rounds=args.rounds), attack=args.attack)
+    adv.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
