@@ -49,6 +49,8 @@ class Settings:
     # Account to act as: an address or a keystore name; None = the key in LEDGER_PRIVATE_KEY.
     account: str | None = field(default=None, metadata=_env("LEDGER_ACCOUNT"))
     keystore_dir: Path | None = field(default=None, metadata=_env("LEDGER_KEYSTORE"))
+    # Embedded store directory; None = <data_dir>/store. Point an auditor at a shared one.
+    store_path: Path | None = field(default=None, metadata=_env("LEDGER_STORE_DIR"))
 
     @property
     def keystore(self) -> Path:
@@ -64,7 +66,7 @@ class Settings:
 
     @property
     def store_dir(self) -> Path:
-        return self.data_dir / "store"
+        return self.store_path or self.data_dir / "store"
 
     @property
     def deployments_dir(self) -> Path:

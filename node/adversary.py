@@ -16,6 +16,7 @@ Attacks (DESIGN.md / the aggregator issue):
   shape        a tensor with another shape                         -> structure
   pickle       a Python pickle instead of safetensors              -> format
   copy         a copy of another worker's checkpoint this round    -> duplicate
+  wrong-seed   honest-looking training from another seed            -> replay (only a replay can tell)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .worker import Worker, WorkerOptions
 
 log = logging.getLogger("ledger.adversary")
 
-ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy")
+ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy", "wrong-seed")
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -81,6 +82,8 @@ class Adversary(Worker):
         ctx = self.ctx
         if self.attack == "copy":
             return self._copy(r, parent)
+        if self.attack == "wrong-seed":
+            self._seed_offset = 1
         honest, n = self._train(r, parent)
         digest = None
         if self.attack == "tamper":
@@ -89,6 +92,8 @@ class Adversary(Worker):
         elif self.attack == "pickle":
             params, _ = checkpoint.decode(honest)
             data = pickle.dumps({k: v.tolist()[:2] for k, v in params.items()})
+        elif self.attack == "wrong-seed":
+            data = honest
         elif self.attack == "stale-parent":
             params, meta = checkpoint.decode(honest)
             meta["parent"] = to_hex(sha256_bytes(b"some older model"))

@@ -29,6 +29,7 @@ from .report_text import (
     effective_verdict,
     finite,
     fmt_num,
+    human_bytes,
     latest_model,
     plural,
     short_hex,
@@ -487,8 +488,10 @@ def loss_svg(report: AuditReport) -> str:
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
 
+    pad = 18  # keep the first and last rounds' points off the frame
+
     def sx(x: float) -> float:
-        return ml + (x - x_lo) / (x_hi - x_lo) * pw
+        return ml + pad + (x - x_lo) / (x_hi - x_lo) * (pw - 2 * pad)
 
     def sy(v: float) -> float:
         return mt + (1 - (v - y0) / (y1 - y0)) * ph
@@ -806,7 +809,7 @@ def render_html(report: AuditReport) -> str:
             f"{len(subs)} ({n_acc_chain} accepted on chain, {n_acc_audit} valid per audit)",
         ),
         ("replay", e(report.replay)),
-        ("verified", f"{report.bytes_verified:,} bytes in {report.seconds:.1f} s"),
+        ("verified", f"{e(human_bytes(report.bytes_verified))} in {report.seconds:.1f} s"),
     ]
 
     parties = (

@@ -18,7 +18,7 @@ from ledger.verdicts import describe
 
 from .findings import AuditReport, ContributionAudit, RoundAudit
 
-__all__ = ["render_text", "short_hex", "fmt_num", "agreement", "verdict_text", "accepted_counts", "use_color"]
+__all__ = ["render_text", "short_hex", "fmt_num", "agreement", "verdict_text", "accepted_counts", "use_color", "human_bytes"]
 
 _RESET = "\x1b[0m"
 _GREEN = "\x1b[32m"
@@ -38,7 +38,7 @@ def short_hex(value: str | None, head: int = 8, tail: int = 4, ellipsis: str = "
     prefix = "0x" if value.startswith("0x") else ""
     if len(body) <= head + tail + 2:
         return value
-    return f"{prefix}{body[:head]}{ellipsis}{body[-tail:]}"
+    return f"{prefix}{body[:head]}{ellipsis}{body[-tail:] if tail else ''}"
 
 
 def fmt_num(value: float | None, digits: int = 4) -> str:
@@ -94,6 +94,19 @@ def accepted_counts(rnd: RoundAudit) -> tuple[int | None, int]:
     if rnd.status != "finalized" or any(c.onchain_verdict is None for c in rnd.contributions):
         return None, audit
     return sum(1 for c in rnd.contributions if c.onchain_verdict == 0), audit
+
+
+def human_bytes(n: int) -> str:
+    """`512 B`, `48.0 MB` (decimal units, like storage sizes are quoted)."""
+    n = int(n or 0)
+    if n < 1000:
+        return f"{n} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n_f = n / 1000
+        if n_f < 1000 or unit == "TB":
+            return f"{n_f:.1f} {unit}"
+        n = n_f
+    return f"{n} B"  # unreachable
 
 
 def use_color(stream=None) -> bool:
@@ -175,7 +188,7 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
         for rnd in rounds:
             onchain, audit = accepted_counts(rnd)
             if onchain is None:
-                accepted = f"({audit})" if rnd.contributions else "-"
+                accepted = f"- (audit {audit})" if rnd.contributions else "-"
             else:
                 accepted = str(onchain) if onchain == audit else f"{onchain} (audit {audit})"
             agree, total = agreement(report, rnd)
@@ -218,7 +231,7 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
     else:
         lines.append("no rounds")
     lines.append(
-        f"verified {report.bytes_verified} bytes in {report.seconds:.1f} s"
+        f"verified {human_bytes(report.bytes_verified)} in {report.seconds:.1f} s"
         + ("" if report.completed else "; job not completed")
     )
 

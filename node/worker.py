@@ -108,7 +108,7 @@ class Worker:
         params, _ = ctx.load_checkpoint(parent_loc)
         log.info("round %d: parent %s verified (sha256 %s)", r, parent_loc.cid, to_hex(parent))
         shard = ctx.shard(self.index)
-        seed = trainmod.derive_seed(cfg.seed, ctx.job_id, r, self.address)
+        seed = trainmod.derive_seed(cfg.seed, ctx.job_id, r, self.address) + getattr(self, "_seed_offset", 0)
         bar = _progress_bar(cfg.train.steps, f"round {r}", enabled=self.opt.progress)
 
         def progress(step, total, loss):
