@@ -1,0 +1,129 @@
+"""Helpers for the end-to-end tests: a deployed contract, tiny jobs, role processes.
+
+The roles run as real processes (`python -m ledger ... worker run`), against the
+test's own anvil and embedded store, with raw keys passed in LEDGER_PRIVATE_KEY.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account import Account
+
+from ledger.config import Settings
+from ledger.jobconfig import JobConfig
+
+DEV0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+
+
+def tiny_config(**policy) -> JobConfig:
+    """A model small enough that a round of training takes well under a second."""
+    cfg = JobConfig(name="test-job", seed=7)
+    cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size = 1, 2, 32, 32
+    cfg.train.steps, cfg.train.batch_size, cfg.train.learning_rate = 5, 8, 3e-3
+    cfg.policy.val_batches, cfg.policy.val_batch_size = 2, 8
+    for k, v in policy.items():
+        setattr(cfg.policy, k, v)
+    return cfg
+
+
+def keys(n: int, tag: str = "party") -> list[str]:
+    """Deterministic test keys (never used outside a throwaway local chain)."""
+    import hashlib
+
+    return ["0x" + hashlib.sha256(f"{tag}-{i}".encode()).hexdigest() for i in range(n)]
+
+
+def address(key: str) -> str:
+    return Account.from_key(key).address
+
+
+@dataclass
+class Env:
+    settings: Settings
+    ledger: object          # TrainingLedger acting as DEV0 (the job owner)
+    store: object
+    procs: list = field(default_factory=list)
+
+    def as_party(self, key: str):
+        from ledger.deploy import open_ledger
+
+        return open_ledger(self.settings, Account.from_key(key))
+
+    def fund(self, *party_keys: str) -> None:
+        from ledger.keys import fund_local
+
+        for k in party_keys:
+            fund_local(self.ledger.chain, address(k), 10**20)
+
+    def create_job(self, workers: list[str], aggregators: list[str], quorum: int = 1, rounds: int = 1,
+                   round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None) -> int:
+        from node.jobs import create_job
+
+        self.fund(*workers, *aggregators)
+        job = create_job(self.ledger, self.store, config or tiny_config(),
+                         [address(k) for k in workers], [address(k) for k in aggregators],
+                         quorum, rounds, round_duration, min_submissions)
+        return job.job_id
+
+    def env(self, key: str | None = None, **extra: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
+        env.update(LEDGER_DATA_DIR=str(self.settings.data_dir), PYTHONUNBUFFERED="1")
+        if key:
+            env["LEDGER_PRIVATE_KEY"] = key
+        env.update(extra)
+        return env
+
+    def spawn(self, key: str, *args: str, log: Path | None = None, **extra_env: str) -> subprocess.Popen:
+        """`ledger <args>` as `key`, output to a log file next to the data dir."""
+        log = log or self.settings.data_dir / f"{args[0]}-{address(key)[:10]}-{len(self.procs)}.log"
+        fh = open(log, "ab")
+        p = subprocess.Popen([sys.executable, "-m", "ledger", *args], stdout=fh, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=self.env(key, **extra_env))
+        p.log = log
+        self.procs.append(p)
+        return p
+
+    def spawn_module(self, key: str, module: str, *args: str, **extra_env: str) -> subprocess.Popen:
+        log = self.settings.data_dir / f"{module}-{address(key)[:10]}-{len(self.procs)}.log"
+        fh = open(log, "ab")
+        p = subprocess.Popen([sys.executable, "-m", module, *args], stdout=fh, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=self.env(key, **extra_env))
+        p.log = log
+        self.procs.append(p)
+        return p
+
+    def run(self, key: str | None, *args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.env(key, **extra_env))
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def wait_for(cond, timeout: float = 120, what: str = "condition", procs=()):
+    """Poll ``cond`` until truthy; fail with the logs of ``procs`` if it never is."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.25)
+    logs = "\n".join(f"--- {p.args}\n{Path(p.log).read_text()[-3000:]}" for p in procs if getattr(p, "log", None))
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def log_text(p) -> str:
+    return Path(p.log).read_text(errors="replace")
