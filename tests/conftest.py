@@ -78,7 +78,7 @@ def deployed(settings: Settings, chain_service):
     from ledger.deploy import deploy, open_ledger
     from ledger.store import open_store
 
-    from .support import DEV0, Env
+    from support import DEV0, Env
 
     deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
     env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
