@@ -144,6 +144,7 @@ class Worker:
                 log.warning("round %d: too late, the round is closed (%s); moving on to the next round", r, e.name)
                 return False
             raise
+        crash_point("worker:after-submit")
         atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": _tx_hex(receipt)})
         log.info("round %d: submitted %s in tx %s (gas %s)", r, state["cid"], _tx_hex(receipt), receipt.get("gasUsed"))
         return True
