@@ -1,0 +1,690 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.28;
+
+/// @title TrainingLedger
+/// @notice Anchors federated training on chain: workers submit checkpoints (by digest and
+/// CID) for a round, aggregators verify them off chain, merge the accepted ones and
+/// propose the result; a round finalizes when `quorum` aggregators proposed bit-for-bit
+/// the same outcome (merged checkpoint + every verdict), and the next round starts from
+/// the merged checkpoint. Every state change emits an event so anyone can audit a job
+/// from the chain alone.
+///
+/// @dev Round lifecycle: Open -> Closed (every worker submitted, or the deadline passed)
+/// -> Finalized (quorum of identical proposals) or Skipped (`closeRound` after the
+/// deadline with fewer than `minSubmissions`; the parent is kept and the next round
+/// opens). Finalizing (or skipping) round `numRounds` completes the job.
+///
+/// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
+/// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
+///   round number, deadline, submission count, status and a bitmap of who submitted
+///   (so at most 128 workers a job). It is overwritten from round to round, so a
+///   submission only rewrites existing slots; a wrong parent finds an empty slot.
+/// - the running commitment over the round's submissions is one slot per job, seeded
+///   non-zero (keccak256(abi.encode(jobId, round))) when the round opens.
+/// - a worker's index is one mapping slot; CIDs, sizes and sample counts live only in
+///   events. Per-round records for the views are written once, at finalize or skip,
+///   and paid by the aggregator (or caller of closeRound), not by the workers.
+/// There are no external calls: no reentrancy surface.
+contract TrainingLedger {
+    // ------------------------------------------------------------------ types
+
+    /// @notice Parameters of a training job, fixed at creation.
+    struct JobParams {
+        bytes32 configDigest;   // sha256 of the canonical job config (JSON)
+        bytes32 configCid;      // its CID's sha2-256 multihash digest
+        uint64 configSize;      // its size in bytes (rebuilds the CID with cidVersion)
+        bytes32 genesisDigest;  // sha256 of the initial checkpoint: round 1's parent
+        bytes32 genesisCid;
+        uint64 genesisSize;
+        address[] workers;      // at most MAX_WORKERS, no duplicates, no zero address
+        address[] aggregators;  // at least `quorum`, no duplicates, no zero address
+        uint8 quorum;           // identical proposals needed to finalize a round
+        uint32 roundDuration;   // seconds a round accepts submissions
+        uint32 numRounds;       // rounds until the job completes
+        uint16 minSubmissions;  // accepted contributions needed to move the model
+        uint8 cidVersion;       // 0 or 1: how CIDs are rebuilt from (digest, size)
+    }
+
+    /// @notice Status of a round as reported by `getRound`.
+    enum RoundStatus {
+        None,      // not opened (yet)
+        Open,      // accepting submissions
+        Closed,    // all workers submitted or the deadline passed: awaiting proposals
+        Finalized, // a quorum of aggregators agreed; the merged checkpoint is the next parent
+        Skipped    // closed with fewer than minSubmissions; the parent was kept
+    }
+
+    /// @notice Everything known about a job (see `getJob`).
+    struct JobView {
+        address creator;
+        bytes32 configDigest;
+        bytes32 configCid;
+        uint64 configSize;
+        bytes32 genesisDigest;
+        bytes32 genesisCid;
+        uint64 genesisSize;
+        uint8 quorum;
+        uint32 roundDuration;
+        uint32 numRounds;
+        uint16 minSubmissions;
+        uint8 cidVersion;
+        uint16 numWorkers;
+        uint16 numAggregators;
+        uint32 currentRound;      // the open/closed round; numRounds once completed
+        bytes32 parentDigest;     // current global model (the final one once completed)
+        bytes32 parentCid;
+        uint64 parentSize;
+        bool completed;
+        uint64 createdBlock;      // where to start reading the job's events
+    }
+
+    /// @notice Everything known about one round (see `getRound`).
+    struct RoundView {
+        bytes32 parent;
+        uint64 deadline;
+        uint16 submissions;
+        bytes32 commitment;   // running commitment (final once the round is closed)
+        RoundStatus status;
+        bytes32 mergedDigest; // zero until finalized; == parent when skipped
+        bytes32 mergedCid;
+        uint64 mergedSize;
+        bytes32 outcome;      // the finalizing outcome (zero unless finalized)
+        uint16 accepted;      // zero verdicts in the finalizing outcome
+        uint16 proposals;     // proposals recorded for the round
+    }
+
+    /// @dev Job storage, packed: slot 0 and slot 1 hold all the small fields.
+    struct Job {
+        address creator;
+        uint32 roundDuration;
+        uint32 numRounds;
+        uint16 minSubmissions;
+        uint8 quorum;
+        uint8 cidVersion;
+        // slot 1
+        uint32 currentRound;
+        uint8 numWorkers; // 1..128 (fits: MAX_WORKERS = 128)
+        uint8 numAggregators;
+        bool completed;
+        uint64 configSize;
+        uint64 genesisSize;
+        uint64 parentSize;
+        // one slot each
+        bytes32 configDigest;
+        bytes32 configCid;
+        bytes32 genesisDigest;
+        bytes32 genesisCid;
+        bytes32 parentDigest;
+        bytes32 parentCid;
+        uint64 createdBlock;
+    }
+
+    /// @dev A closed round's record, written once at finalize/skip (the `proposals`
+    /// counter in the packed slot is bumped by every proposal before that).
+    struct RoundRecord {
+        bytes32 parent;
+        bytes32 commitment;
+        bytes32 mergedDigest;
+        bytes32 mergedCid;
+        bytes32 outcome;
+        uint64 mergedSize;
+        uint64 deadline;
+        uint16 submissions;
+        uint16 accepted;
+        uint16 proposals;
+        uint8 status; // RoundStatus
+        uint128 submitted; // bitmap of worker indexes that submitted
+    }
+
+    /// @dev A proposal's merge and its outcome, kept together in memory.
+    struct Merge {
+        bytes32 digest;
+        bytes32 cid;
+        uint64 size;
+        bytes32 outcome;
+        uint16 accepted;
+    }
+
+    // -------------------------------------------------------------- constants
+
+    /// @notice Most workers a job can have: the submitted-bitmap shares the round's slot.
+    uint256 public constant MAX_WORKERS = 128;
+    /// @notice Most aggregators a job can have.
+    uint256 public constant MAX_AGGREGATORS = 255;
+
+    // Live round slot: | bitmap (128) @88 | status (8) @80 | count (8) @72 | deadline (40) @32 | round (32) @0 |
+    uint256 private constant DEADLINE_SHIFT = 32;
+    uint256 private constant COUNT_SHIFT = 72;
+    uint256 private constant STATUS_SHIFT = 80;
+    uint256 private constant BITMAP_SHIFT = 88;
+    uint256 private constant COUNT_ONE = 1 << COUNT_SHIFT;
+    uint256 private constant LIVE_OPEN = 1 << STATUS_SHIFT;
+    uint256 private constant STATUS_MASK = 0xff << STATUS_SHIFT;
+
+    // ---------------------------------------------------------------- storage
+
+    uint256 private _jobCount;
+    mapping(uint256 jobId => Job) private _jobs;
+    mapping(uint256 jobId => address[]) private _workers;
+    mapping(uint256 jobId => address[]) private _aggregators;
+    /// @dev index + 1 (0 = not a worker of the job)
+    mapping(uint256 jobId => mapping(address worker => uint256)) private _workerIndex;
+    mapping(uint256 jobId => mapping(address aggregator => bool)) private _isAggregator;
+    /// @dev the packed live state of the round whose parent is the key
+    mapping(uint256 jobId => mapping(bytes32 parent => uint256)) private _live;
+    /// @dev running commitment of the job's current round
+    mapping(uint256 jobId => bytes32) private _commitment;
+    mapping(uint256 jobId => mapping(uint32 round => RoundRecord)) private _rounds;
+    /// @dev outcome an aggregator proposed for a round (zero = none)
+    mapping(uint256 jobId => mapping(uint32 round => mapping(address aggregator => bytes32))) private _proposed;
+    mapping(uint256 jobId => mapping(uint32 round => mapping(bytes32 outcome => uint256))) private _votes;
+
+    // ----------------------------------------------------------------- events
+
+    /// @notice A job was created with parameters `params`; round 1 opens in the same
+    /// transaction (`RoundOpened`).
+    event JobCreated(uint256 indexed jobId, address indexed creator, JobParams params);
+
+    /// @notice Round `round` accepts submissions on top of `parent` until `deadline`.
+    event RoundOpened(uint256 indexed jobId, uint32 indexed round, bytes32 parent, uint64 deadline);
+
+    /// @notice A worker submitted its checkpoint for a round.
+    event UpdateSubmitted(
+        uint256 indexed jobId,
+        uint32 indexed round,
+        address indexed worker,
+        bytes32 digest,
+        bytes32 cid,
+        uint64 size,
+        uint64 numSamples
+    );
+
+    /// @notice An aggregator proposed a merge and one verdict per submission.
+    event ProposalSubmitted(
+        uint256 indexed jobId,
+        uint32 indexed round,
+        address indexed aggregator,
+        bytes32 mergedDigest,
+        bytes32 mergedCid,
+        uint64 mergedSize,
+        bytes32 outcome,
+        uint16 accepted,
+        bytes verdicts
+    );
+
+    /// @notice A quorum agreed on `outcome`; the merged checkpoint is the next round's parent.
+    event RoundFinalized(
+        uint256 indexed jobId,
+        uint32 indexed round,
+        bytes32 mergedDigest,
+        bytes32 mergedCid,
+        uint64 mergedSize,
+        bytes32 outcome,
+        uint16 accepted
+    );
+
+    /// @notice A round closed with fewer than minSubmissions; `parent` carries over.
+    event RoundSkipped(uint256 indexed jobId, uint32 indexed round, bytes32 parent, uint16 submissions);
+
+    /// @notice The last round closed; the final model is (finalDigest, finalCid, finalSize).
+    event JobCompleted(uint256 indexed jobId, bytes32 finalDigest, bytes32 finalCid, uint64 finalSize);
+
+    // ----------------------------------------------------------------- errors
+
+    /// @notice No job with this id.
+    error UnknownJob(uint256 jobId);
+    /// @notice The caller is not a registered worker of the job.
+    error NotWorker(uint256 jobId, address account);
+    /// @notice The caller is not a registered aggregator of the job.
+    error NotAggregator(uint256 jobId, address account);
+    /// @notice The declared parent is not the round's parent.
+    error WrongParent(uint256 jobId, uint32 round, bytes32 expected, bytes32 given);
+    /// @notice The round is not the job's current round.
+    error WrongRound(uint256 jobId, uint32 current, uint32 given);
+    /// @notice The round no longer accepts submissions (its deadline passed).
+    error RoundClosed(uint256 jobId, uint32 round, uint64 deadline);
+    /// @notice The round still accepts submissions: not every worker submitted and the deadline is ahead.
+    error RoundNotClosed(uint256 jobId, uint32 round, uint64 deadline);
+    /// @notice This worker already submitted in this round.
+    error AlreadySubmitted(uint256 jobId, uint32 round, address worker);
+    /// @notice This aggregator already proposed in this round.
+    error AlreadyProposed(uint256 jobId, uint32 round, address aggregator);
+    /// @notice The round is already finalized.
+    error RoundAlreadyFinalized(uint256 jobId, uint32 round);
+    /// @notice The proposal's commitment does not cover exactly the round's submissions.
+    error CommitmentMismatch(uint256 jobId, uint32 round, bytes32 expected, bytes32 given);
+    /// @notice A proposal needs one verdict byte per submission.
+    error VerdictCountMismatch(uint256 jobId, uint32 round, uint256 expected, uint256 given);
+    /// @notice Fewer than minSubmissions accepted: the merged digest must be the parent.
+    error MergeMustKeepParent(uint256 jobId, uint32 round, bytes32 parent, bytes32 given);
+    /// @notice closeRound: the round has enough submissions to be proposed on.
+    error EnoughSubmissions(uint256 jobId, uint32 round, uint256 submissions, uint256 minSubmissions);
+    /// @notice createJob: a parameter is out of range; `reason` says which.
+    error InvalidJobParams(string reason);
+    /// @notice createJob: more workers than the bitmap holds.
+    error TooManyWorkers(uint256 count, uint256 max);
+    /// @notice The job completed: no more rounds.
+    error JobFinished(uint256 jobId);
+
+    // -------------------------------------------------------------- modifiers
+
+    modifier jobExists(uint256 jobId) {
+        if (_jobs[jobId].creator == address(0)) revert UnknownJob(jobId);
+        _;
+    }
+
+    modifier onlyAggregator(uint256 jobId) {
+        if (!_isAggregator[jobId][msg.sender]) revert NotAggregator(jobId, msg.sender);
+        _;
+    }
+
+    // ------------------------------------------------------------ transitions
+
+    /// @notice Create a training job and open its round 1 on top of the genesis checkpoint.
+    /// @param p the job's parameters (see `JobParams`)
+    /// @return jobId the new job's id (ids start at 1)
+    function createJob(JobParams calldata p) external returns (uint256 jobId) {
+        _validate(p);
+        jobId = ++_jobCount;
+        Job storage j = _jobs[jobId];
+        j.creator = msg.sender;
+        j.roundDuration = p.roundDuration;
+        j.numRounds = p.numRounds;
+        j.minSubmissions = p.minSubmissions;
+        j.quorum = p.quorum;
+        j.cidVersion = p.cidVersion;
+        j.currentRound = 1;
+        j.createdBlock = uint64(block.number);
+        j.numWorkers = uint8(p.workers.length);
+        j.numAggregators = uint8(p.aggregators.length);
+        j.configSize = p.configSize;
+        j.genesisSize = p.genesisSize;
+        j.parentSize = p.genesisSize;
+        j.configDigest = p.configDigest;
+        j.configCid = p.configCid;
+        j.genesisDigest = p.genesisDigest;
+        j.genesisCid = p.genesisCid;
+        j.parentDigest = p.genesisDigest;
+        j.parentCid = p.genesisCid;
+
+        address[] storage ws = _workers[jobId];
+        for (uint256 i = 0; i < p.workers.length; ++i) {
+            address w = p.workers[i];
+            if (w == address(0)) revert InvalidJobParams("zero worker address");
+            if (_workerIndex[jobId][w] != 0) revert InvalidJobParams("duplicate worker");
+            _workerIndex[jobId][w] = i + 1;
+            ws.push(w);
+        }
+        address[] storage as_ = _aggregators[jobId];
+        for (uint256 i = 0; i < p.aggregators.length; ++i) {
+            address a = p.aggregators[i];
+            if (a == address(0)) revert InvalidJobParams("zero aggregator address");
+            if (_isAggregator[jobId][a]) revert InvalidJobParams("duplicate aggregator");
+            _isAggregator[jobId][a] = true;
+            as_.push(a);
+        }
+        emit JobCreated(jobId, msg.sender, p);
+        _openRound(jobId, 1, p.genesisDigest, p.roundDuration);
+    }
+
+    /// @notice Submit a worker's checkpoint for the job's current round.
+    /// @dev The hot path: three cold reads (worker index, live round slot, commitment),
+    /// two rewrites and one event. Any failed check falls through to `_rejectSubmission`,
+    /// which reads whatever it needs to revert with a precise error.
+    /// @param jobId the job
+    /// @param round the current round (must match)
+    /// @param parentDigest the round's parent digest the checkpoint was trained from
+    /// @param digest sha256 of the checkpoint bytes
+    /// @param cid the checkpoint CID's sha2-256 multihash digest
+    /// @param size the checkpoint's size in bytes
+    /// @param numSamples training samples behind this update (FedAvg weight)
+    function submitUpdate(
+        uint256 jobId,
+        uint32 round,
+        bytes32 parentDigest,
+        bytes32 digest,
+        bytes32 cid,
+        uint64 size,
+        uint64 numSamples
+    ) external {
+        uint256 index = _workerIndex[jobId][msg.sender];
+        uint256 live = _live[jobId][parentDigest];
+        uint256 bit = index == 0 ? 0 : 1 << (BITMAP_SHIFT + index - 1);
+        if (
+            bit == 0 ||
+            uint32(live) != round ||
+            live & STATUS_MASK != LIVE_OPEN ||
+            block.timestamp > uint40(live >> DEADLINE_SHIFT) ||
+            live & bit != 0
+        ) {
+            _rejectSubmission(jobId, round, parentDigest, index);
+        }
+        // effects: count + 1 and the worker's bit (the count never exceeds 128 < 256)
+        _live[jobId][parentDigest] = live + COUNT_ONE + bit;
+        _commitment[jobId] = keccak256(
+            abi.encodePacked(_commitment[jobId], msg.sender, digest, cid, size, numSamples)
+        );
+        emit UpdateSubmitted(jobId, round, msg.sender, digest, cid, size, numSamples);
+    }
+
+    /// @notice Propose the merge of a closed round: the commitment over its submissions,
+    /// one verdict byte per submission (0 = accepted) in submission order, and the merged
+    /// checkpoint. The proposal that brings an outcome to `quorum` votes finalizes the
+    /// round and opens the next one (or completes the job).
+    /// @param jobId the job
+    /// @param round the job's current round, which must be closed
+    /// @param submissionsCommitment the round's final commitment (see `getRound`)
+    /// @param verdicts one byte per submission, in submission (event) order
+    /// @param mergedDigest sha256 of the merged checkpoint (the parent if fewer than
+    ///        minSubmissions verdicts are 0)
+    /// @param mergedCid the merged checkpoint CID's sha2-256 multihash digest
+    /// @param mergedSize the merged checkpoint's size in bytes
+    function propose(
+        uint256 jobId,
+        uint32 round,
+        bytes32 submissionsCommitment,
+        bytes calldata verdicts,
+        bytes32 mergedDigest,
+        bytes32 mergedCid,
+        uint64 mergedSize
+    ) external jobExists(jobId) onlyAggregator(jobId) {
+        (uint256 live, uint16 accepted) = _checkProposal(jobId, round, submissionsCommitment, verdicts, mergedDigest);
+        Merge memory m = Merge({
+            digest: mergedDigest,
+            cid: mergedCid,
+            size: mergedSize,
+            outcome: keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts)),
+            accepted: accepted
+        });
+        if (_recordProposal(jobId, round, m, verdicts)) _finalize(jobId, round, live, m);
+    }
+
+    /// @notice Skip a round whose deadline passed with fewer than minSubmissions
+    /// submissions: the parent carries over to the next round (or becomes the final
+    /// model if this was the last round). Anyone may call it.
+    /// @param jobId the job
+    /// @param round the job's current round
+    function closeRound(uint256 jobId, uint32 round) external jobExists(jobId) {
+        Job storage j = _jobs[jobId];
+        RoundRecord storage rec = _rounds[jobId][round];
+        _checkCurrentRound(jobId, j, rec, round);
+        bytes32 parent = j.parentDigest;
+        uint256 live = _live[jobId][parent];
+        uint64 deadline = uint40(live >> DEADLINE_SHIFT);
+        if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
+        uint256 count = (live >> COUNT_SHIFT) & 0xff;
+        if (count >= j.minSubmissions) revert EnoughSubmissions(jobId, round, count, j.minSubmissions);
+
+        _live[jobId][parent] = live & ~STATUS_MASK;
+        _writeRecord(rec, parent, _commitment[jobId], live, RoundStatus.Skipped);
+        rec.mergedDigest = parent;
+        rec.mergedCid = j.parentCid;
+        rec.mergedSize = j.parentSize;
+        emit RoundSkipped(jobId, round, parent, uint16(count));
+        _advance(jobId, j, round);
+    }
+
+    // ------------------------------------------------------------------ views
+
+    /// @notice Number of jobs created; job ids run from 1 to jobCount().
+    /// @return the number of jobs
+    function jobCount() external view returns (uint256) {
+        return _jobCount;
+    }
+
+    /// @notice A job's parameters and progress.
+    /// @param jobId the job
+    /// @return v see `JobView`
+    function getJob(uint256 jobId) external view jobExists(jobId) returns (JobView memory v) {
+        Job storage j = _jobs[jobId];
+        v.creator = j.creator;
+        v.configDigest = j.configDigest;
+        v.configCid = j.configCid;
+        v.configSize = j.configSize;
+        v.genesisDigest = j.genesisDigest;
+        v.genesisCid = j.genesisCid;
+        v.genesisSize = j.genesisSize;
+        v.quorum = j.quorum;
+        v.roundDuration = j.roundDuration;
+        v.numRounds = j.numRounds;
+        v.minSubmissions = j.minSubmissions;
+        v.cidVersion = j.cidVersion;
+        v.numWorkers = j.numWorkers;
+        v.numAggregators = j.numAggregators;
+        v.currentRound = j.currentRound;
+        v.parentDigest = j.parentDigest;
+        v.parentCid = j.parentCid;
+        v.parentSize = j.parentSize;
+        v.completed = j.completed;
+        v.createdBlock = j.createdBlock;
+    }
+
+    /// @notice A job's workers, in registration order (index i = bit i of the bitmap).
+    /// @param jobId the job
+    /// @return the worker addresses
+    function getWorkers(uint256 jobId) external view jobExists(jobId) returns (address[] memory) {
+        return _workers[jobId];
+    }
+
+    /// @notice A job's aggregators, in registration order.
+    /// @param jobId the job
+    /// @return the aggregator addresses
+    function getAggregators(uint256 jobId) external view jobExists(jobId) returns (address[] memory) {
+        return _aggregators[jobId];
+    }
+
+    /// @notice A round's state: live for the current round, the stored record for a past one.
+    /// @param jobId the job
+    /// @param round the round (1-based); a round not opened yet has status None
+    /// @return v see `RoundView`
+    function getRound(uint256 jobId, uint32 round) external view jobExists(jobId) returns (RoundView memory v) {
+        Job storage j = _jobs[jobId];
+        RoundRecord storage rec = _rounds[jobId][round];
+        v.proposals = rec.proposals;
+        if (rec.status != uint8(RoundStatus.None)) {
+            v.parent = rec.parent;
+            v.deadline = rec.deadline;
+            v.submissions = rec.submissions;
+            v.commitment = rec.commitment;
+            v.status = RoundStatus(rec.status);
+            v.mergedDigest = rec.mergedDigest;
+            v.mergedCid = rec.mergedCid;
+            v.mergedSize = rec.mergedSize;
+            v.outcome = rec.outcome;
+            v.accepted = rec.accepted;
+        } else if (round == j.currentRound && !j.completed) {
+            uint256 live = _live[jobId][j.parentDigest];
+            v.parent = j.parentDigest;
+            v.deadline = uint40(live >> DEADLINE_SHIFT);
+            v.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
+            v.commitment = _commitment[jobId];
+            v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
+        }
+    }
+
+    /// @notice Whether `worker` submitted in `round` of the job.
+    /// @param jobId the job
+    /// @param round the round
+    /// @param worker the worker address
+    /// @return true if it submitted
+    function hasSubmitted(uint256 jobId, uint32 round, address worker) external view returns (bool) {
+        uint256 index = _workerIndex[jobId][worker];
+        if (index == 0) return false;
+        RoundRecord storage rec = _rounds[jobId][round];
+        if (rec.status != uint8(RoundStatus.None)) return (rec.submitted >> (index - 1)) & 1 == 1;
+        Job storage j = _jobs[jobId];
+        if (round != j.currentRound || j.completed) return false;
+        uint256 live = _live[jobId][j.parentDigest];
+        return (live >> (BITMAP_SHIFT + index - 1)) & 1 == 1;
+    }
+
+    /// @notice Whether `aggregator` proposed in `round` of the job.
+    /// @param jobId the job
+    /// @param round the round
+    /// @param aggregator the aggregator address
+    /// @return true if it proposed
+    function hasProposed(uint256 jobId, uint32 round, address aggregator) external view returns (bool) {
+        return _proposed[jobId][round][aggregator] != 0;
+    }
+
+    /// @notice The outcome `aggregator` proposed in `round` (zero if none).
+    /// @param jobId the job
+    /// @param round the round
+    /// @param aggregator the aggregator address
+    /// @return the proposed outcome
+    function proposalOf(uint256 jobId, uint32 round, address aggregator) external view returns (bytes32) {
+        return _proposed[jobId][round][aggregator];
+    }
+
+    /// @notice Votes an outcome received in `round`.
+    /// @param jobId the job
+    /// @param round the round
+    /// @param outcome keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts))
+    /// @return the number of aggregators who proposed it
+    function votes(uint256 jobId, uint32 round, bytes32 outcome) external view returns (uint256) {
+        return _votes[jobId][round][outcome];
+    }
+
+    // -------------------------------------------------------------- internals
+
+    function _validate(JobParams calldata p) private pure {
+        if (p.workers.length == 0) revert InvalidJobParams("no workers");
+        if (p.workers.length > MAX_WORKERS) revert TooManyWorkers(p.workers.length, MAX_WORKERS);
+        if (p.aggregators.length == 0) revert InvalidJobParams("no aggregators");
+        if (p.aggregators.length > MAX_AGGREGATORS) revert InvalidJobParams("more than 255 aggregators");
+        if (p.quorum == 0) revert InvalidJobParams("quorum must be at least 1");
+        if (p.quorum > p.aggregators.length) revert InvalidJobParams("quorum exceeds the number of aggregators");
+        if (p.roundDuration == 0) revert InvalidJobParams("roundDuration must be positive");
+        if (p.numRounds == 0) revert InvalidJobParams("numRounds must be positive");
+        if (p.minSubmissions == 0) revert InvalidJobParams("minSubmissions must be at least 1");
+        if (p.minSubmissions > p.workers.length) revert InvalidJobParams("minSubmissions exceeds the number of workers");
+        if (p.cidVersion > 1) revert InvalidJobParams("cidVersion must be 0 or 1");
+        if (p.genesisDigest == bytes32(0)) revert InvalidJobParams("genesisDigest is zero");
+        if (p.configDigest == bytes32(0)) revert InvalidJobParams("configDigest is zero");
+    }
+
+    /// @dev Reverts with the precise reason a submission failed the fast path's checks.
+    function _rejectSubmission(uint256 jobId, uint32 round, bytes32 parentDigest, uint256 index) private view {
+        Job storage j = _jobs[jobId];
+        if (j.creator == address(0)) revert UnknownJob(jobId);
+        if (index == 0) revert NotWorker(jobId, msg.sender);
+        if (j.completed) revert JobFinished(jobId);
+        if (round != j.currentRound) revert WrongRound(jobId, j.currentRound, round);
+        if (parentDigest != j.parentDigest) revert WrongParent(jobId, round, j.parentDigest, parentDigest);
+        uint256 live = _live[jobId][parentDigest];
+        uint64 deadline = uint40(live >> DEADLINE_SHIFT);
+        if (block.timestamp > deadline || live & STATUS_MASK != LIVE_OPEN) revert RoundClosed(jobId, round, deadline);
+        revert AlreadySubmitted(jobId, round, msg.sender);
+    }
+
+    /// @dev `round` must be the job's current, unfinished round.
+    function _checkCurrentRound(uint256 jobId, Job storage j, RoundRecord storage rec, uint32 round)
+        private
+        view
+        returns (uint32 current)
+    {
+        if (rec.status == uint8(RoundStatus.Finalized)) revert RoundAlreadyFinalized(jobId, round);
+        if (j.completed) revert JobFinished(jobId);
+        current = j.currentRound;
+        if (round != current) revert WrongRound(jobId, current, round);
+    }
+
+    /// @dev All checks of `propose`; returns the round's live slot and the accepted count.
+    function _checkProposal(
+        uint256 jobId,
+        uint32 round,
+        bytes32 submissionsCommitment,
+        bytes calldata verdicts,
+        bytes32 mergedDigest
+    ) private view returns (uint256 live, uint16 accepted) {
+        Job storage j = _jobs[jobId];
+        _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
+        if (_proposed[jobId][round][msg.sender] != 0) revert AlreadyProposed(jobId, round, msg.sender);
+        bytes32 parent = j.parentDigest;
+        live = _live[jobId][parent];
+        _requireClosed(jobId, round, live, j.numWorkers);
+        bytes32 expected = _commitment[jobId];
+        if (submissionsCommitment != expected) {
+            revert CommitmentMismatch(jobId, round, expected, submissionsCommitment);
+        }
+        uint256 count = (live >> COUNT_SHIFT) & 0xff;
+        if (verdicts.length != count) revert VerdictCountMismatch(jobId, round, count, verdicts.length);
+        accepted = _countAccepted(verdicts);
+        if (accepted < j.minSubmissions && mergedDigest != parent) {
+            revert MergeMustKeepParent(jobId, round, parent, mergedDigest);
+        }
+    }
+
+    function _requireClosed(uint256 jobId, uint32 round, uint256 live, uint256 numWorkers) private view {
+        if (!_isClosed(live, numWorkers)) revert RoundNotClosed(jobId, round, uint40(live >> DEADLINE_SHIFT));
+    }
+
+    function _isClosed(uint256 live, uint256 numWorkers) private view returns (bool) {
+        return ((live >> COUNT_SHIFT) & 0xff) == numWorkers || block.timestamp > uint40(live >> DEADLINE_SHIFT);
+    }
+
+    function _countAccepted(bytes calldata verdicts) private pure returns (uint16 accepted) {
+        for (uint256 i = 0; i < verdicts.length; ++i) {
+            if (verdicts[i] == 0) ++accepted;
+        }
+    }
+
+    /// @dev Store an aggregator's proposal and its vote; true if it brings the outcome to quorum.
+    function _recordProposal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts)
+        private
+        returns (bool)
+    {
+        _proposed[jobId][round][msg.sender] = m.outcome;
+        uint256 n = ++_votes[jobId][round][m.outcome];
+        _rounds[jobId][round].proposals += 1;
+        emit ProposalSubmitted(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts);
+        return n == _jobs[jobId].quorum;
+    }
+
+    function _finalize(uint256 jobId, uint32 round, uint256 live, Merge memory m) private {
+        Job storage j = _jobs[jobId];
+        bytes32 parent = j.parentDigest;
+        RoundRecord storage rec = _rounds[jobId][round];
+        _live[jobId][parent] = live & ~STATUS_MASK;
+        _writeRecord(rec, parent, _commitment[jobId], live, RoundStatus.Finalized);
+        rec.mergedDigest = m.digest;
+        rec.mergedCid = m.cid;
+        rec.mergedSize = m.size;
+        rec.outcome = m.outcome;
+        rec.accepted = m.accepted;
+        j.parentDigest = m.digest;
+        j.parentCid = m.cid;
+        j.parentSize = m.size;
+        emit RoundFinalized(jobId, round, m.digest, m.cid, m.size, m.outcome, m.accepted);
+        _advance(jobId, j, round);
+    }
+
+    function _writeRecord(RoundRecord storage rec, bytes32 parent, bytes32 commitment, uint256 live, RoundStatus status)
+        private
+    {
+        rec.parent = parent;
+        rec.commitment = commitment;
+        rec.deadline = uint40(live >> DEADLINE_SHIFT);
+        rec.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
+        rec.submitted = uint128(live >> BITMAP_SHIFT);
+        rec.status = uint8(status);
+    }
+
+    /// @dev After round `round` closed: complete the job or open the next round on the job's parent.
+    function _advance(uint256 jobId, Job storage j, uint32 round) private {
+        if (round >= j.numRounds) {
+            j.completed = true;
+            emit JobCompleted(jobId, j.parentDigest, j.parentCid, j.parentSize);
+        } else {
+            j.currentRound = round + 1;
+            _openRound(jobId, round + 1, j.parentDigest, j.roundDuration);
+        }
+    }
+
+    function _openRound(uint256 jobId, uint32 round, bytes32 parent, uint32 duration) private {
+        uint256 deadline = block.timestamp + duration;
+        _live[jobId][parent] = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN;
+        _commitment[jobId] = keccak256(abi.encode(jobId, round));
+        emit RoundOpened(jobId, round, parent, uint64(deadline));
+    }
+}

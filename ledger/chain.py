@@ -1,0 +1,488 @@
+"""The chain connection: web3, local signing, revert decoding, paginated logs.
+
+``Chain.connect(url, account)`` checks that the endpoint answers (and is the
+expected chain); ``transact`` builds a transaction, signs it *locally* with the
+``eth_account`` LocalAccount (never with keys held by the node), sends it and waits
+for the receipt. Every failure becomes a ``LedgerError`` a user can act on:
+
+- a custom-error revert -> ``ContractReverted(name, args)``, decoded from the ABI
+  (web3 8 leaves ``ContractCustomError.data`` raw: the 4-byte selector is matched
+  against the ABI's error entries and the rest decoded with ``eth_abi``); a
+  transaction mined with status 0 is replayed with ``eth_call`` at its block to
+  recover the error;
+- insufficient funds -> ``InsufficientFunds``; connection errors and timeouts ->
+  ``ChainUnreachable``.
+
+``get_logs`` queries in block ranges (default 2,000 blocks, halved when a provider
+refuses a range) so providers that cap ``eth_getLogs`` work.
+
+The private key stays inside the LocalAccount: it appears in no message, repr or log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from eth_abi import decode as abi_decode
+from eth_utils import keccak, to_checksum_address
+from web3 import Web3
+from web3.exceptions import (
+    ContractLogicError,
+    TimeExhausted,
+    TransactionNotFound,
+    Web3RPCError,
+)
+
+from .errors import (
+    AccountError,
+    ChainUnreachable,
+    ContractReverted,
+    InsufficientFunds,
+    TransactionFailed,
+    WrongChain,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOG_PAGE = 2000
+DEFAULT_TX_TIMEOUT = 120.0
+DEFAULT_RPC_TIMEOUT = 30.0
+ERROR_SELECTOR = bytes.fromhex("08c379a0")  # Error(string)
+PANIC_SELECTOR = bytes.fromhex("4e487b71")  # Panic(uint256)
+UP_HINT = "is the chain up? `ledger chain up`"
+
+
+def redact_url(url: str) -> str:
+    """The URL without user:password (an RPC URL may carry credentials)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        parts = parts._replace(netloc=f"***@{host}")
+    return urlunsplit(parts)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import requests
+
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from web3.exceptions import ProviderConnectionError, RequestTimedOut
+
+        if isinstance(exc, (ProviderConnectionError, RequestTimedOut)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return False
+
+
+def _message(exc: BaseException) -> str:
+    """The node's error message of an RPC error (web3 wraps it in a dict or a string)."""
+    for arg in getattr(exc, "args", ()):
+        if isinstance(arg, dict) and "message" in arg:
+            return str(arg["message"])
+    msg = getattr(exc, "message", None)
+    return str(msg if msg else exc)
+
+
+def _as_bytes(data: Any) -> bytes | None:
+    if data is None:
+        return None
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data)
+    if isinstance(data, str):
+        s = data[2:] if data.startswith(("0x", "0X")) else data
+        try:
+            return bytes.fromhex(s)
+        except ValueError:
+            return None
+    if isinstance(data, dict):
+        return _as_bytes(data.get("data"))
+    return None
+
+
+def _canonical_type(inp: dict) -> str:
+    """The ABI type string of an input, tuples expanded: ``(bytes32,address[])[]``."""
+    t = inp["type"]
+    if t.startswith("tuple"):
+        inner = ",".join(_canonical_type(c) for c in inp.get("components", []))
+        return f"({inner}){t[len('tuple'):]}"
+    return t
+
+
+def _plain(value: Any) -> Any:
+    """ABI-decoded values as plain Python: bytes, int, str (checksummed addresses), lists."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class AbiError:
+    name: str
+    types: list[str]
+    names: list[str]
+
+
+class ErrorDecoder:
+    """4-byte selector -> custom error, from the ABIs this chain has seen."""
+
+    def __init__(self) -> None:
+        self._errors: dict[bytes, AbiError] = {}
+        self._seen: set[int] = set()
+
+    def add_abi(self, abi: Sequence[dict] | None) -> None:
+        if not abi or id(abi) in self._seen:
+            return
+        self._seen.add(id(abi))
+        for entry in abi:
+            if entry.get("type") != "error":
+                continue
+            types = [_canonical_type(i) for i in entry.get("inputs", [])]
+            sig = f"{entry['name']}({','.join(types)})"
+            self._errors[keccak(text=sig)[:4]] = AbiError(
+                entry["name"], types, [i.get("name") or f"arg{n}" for n, i in enumerate(entry.get("inputs", []))]
+            )
+
+    def decode(self, data: bytes) -> tuple[str, dict] | None:
+        """(name, args) of revert data, or None if the selector is unknown."""
+        if len(data) < 4:
+            return None
+        sel, body = data[:4], data[4:]
+        if sel == ERROR_SELECTOR:
+            try:
+                return "Error", {"message": abi_decode(["string"], body)[0]}
+            except Exception:
+                return "Error", {"data": data}
+        if sel == PANIC_SELECTOR:
+            try:
+                return "Panic", {"code": abi_decode(["uint256"], body)[0]}
+            except Exception:
+                return "Panic", {"data": data}
+        err = self._errors.get(sel)
+        if err is None:
+            return None
+        try:
+            values = abi_decode(err.types, body)
+        except Exception:
+            return err.name, {"data": data}
+        return err.name, {n: _plain(v) for n, v in zip(err.names, values)}
+
+
+class Chain:
+    """A web3 connection plus (optionally) a local signing account."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        chain_id: int,
+        account=None,
+        rpc_url: str = "",
+        log_page: int = DEFAULT_LOG_PAGE,
+        tx_timeout: float = DEFAULT_TX_TIMEOUT,
+        _decoder: ErrorDecoder | None = None,
+    ):
+        self.w3 = w3
+        self.chain_id = int(chain_id)
+        self._account = account
+        self.rpc_url = rpc_url
+        self.log_page = int(log_page)
+        self.tx_timeout = tx_timeout
+        self._decoder = _decoder or ErrorDecoder()
+        self._lock = threading.Lock()
+        self._timestamps: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ connect
+
+    @classmethod
+    def connect(
+        cls,
+        rpc_url: str,
+        account=None,
+        expected_chain_id: int | None = None,
+        *,
+        timeout: float = DEFAULT_RPC_TIMEOUT,
+        log_page: int = DEFAULT_LOG_PAGE,
+        tx_timeout: float = DEFAULT_TX_TIMEOUT,
+    ) -> "Chain":
+        """Connect to ``rpc_url``; ChainUnreachable if it does not answer, WrongChain on a chain id mismatch."""
+        from web3.middleware import ExtraDataToPOAMiddleware
+
+        shown = redact_url(rpc_url)
+        if not rpc_url or not str(rpc_url).startswith(("http://", "https://")):
+            raise ChainUnreachable(f"{shown or '(no URL)'} is not an http(s) JSON-RPC URL; {UP_HINT} (or set LEDGER_RPC_URL)")
+        try:
+            provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+        except TypeError:  # pragma: no cover - older signature
+            provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
+        w3 = Web3(provider)
+        w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+        try:
+            chain_id = int(w3.eth.chain_id)
+        except Exception as e:  # connection refused, DNS, timeout, garbage answer
+            raise ChainUnreachable(
+                f"cannot reach the chain at {shown} ({type(e).__name__}); {UP_HINT}"
+            ) from None
+        if expected_chain_id is not None and chain_id != int(expected_chain_id):
+            raise WrongChain(
+                f"the chain at {shown} has chain id {chain_id}, expected {expected_chain_id}; "
+                "point LEDGER_RPC_URL at the right chain or fix LEDGER_CHAIN_ID"
+            )
+        return cls(w3, chain_id, account, rpc_url, log_page=log_page, tx_timeout=tx_timeout)
+
+    def with_account(self, account) -> "Chain":
+        """The same connection acting as ``account`` (a LocalAccount)."""
+        return Chain(self.w3, self.chain_id, account, self.rpc_url, self.log_page, self.tx_timeout, self._decoder)
+
+    @property
+    def address(self) -> str | None:
+        """The signing account's address (None if read-only)."""
+        return self._account.address if self._account is not None else None
+
+    @property
+    def account(self):
+        return self._account
+
+    def __repr__(self) -> str:
+        return f"Chain(url={redact_url(self.rpc_url)!r}, chain_id={self.chain_id}, address={self.address})"
+
+    __str__ = __repr__
+
+    def __getstate__(self):  # never pickle (and so never copy around) the key
+        raise TypeError("Chain objects hold a signing key and cannot be pickled")
+
+    # ------------------------------------------------------------------ contracts
+
+    def contract(self, address: str, abi: Sequence[dict]):
+        """A web3 contract at ``address``; its custom errors become decodable."""
+        self._decoder.add_abi(abi)
+        return self.w3.eth.contract(address=to_checksum_address(address), abi=abi)
+
+    def register_abi(self, abi: Sequence[dict]) -> None:
+        self._decoder.add_abi(abi)
+
+    def decode_revert(self, data: bytes | str | None) -> tuple[str, dict] | None:
+        raw = _as_bytes(data)
+        return self._decoder.decode(raw) if raw else None
+
+    # ------------------------------------------------------------------ calls
+
+    def call(self, fn, context: str = "", block_identifier: Any = "latest") -> Any:
+        """``fn.call()`` with reverts decoded into ContractReverted."""
+        self._learn(fn)
+        try:
+            return fn.call(block_identifier=block_identifier)
+        except Exception as e:
+            raise self._translate(e, context) from None
+
+    def transact(self, fn, context: str = "", gas: int | None = None, value: int = 0) -> dict:
+        """Build, sign locally, send and wait for ``fn`` (a contract function or constructor call).
+
+        Returns the receipt; raises ContractReverted, InsufficientFunds, ChainUnreachable,
+        TransactionFailed.
+        """
+        if self._account is None:
+            raise AccountError(
+                f"{context or 'transaction'}: no account to sign with; "
+                "set --account / LEDGER_ACCOUNT (keystore) or LEDGER_PRIVATE_KEY"
+            )
+        self._learn(fn)
+        sender = self._account.address
+        with self._lock:
+            try:
+                nonce = self.w3.eth.get_transaction_count(sender, "pending")
+                params: dict = {"from": sender, "nonce": nonce, "chainId": self.chain_id, "value": value}
+                if gas is not None:
+                    params["gas"] = int(gas)
+                tx = fn.build_transaction(params)  # estimates gas (and so finds reverts) unless gas given
+                if gas is None:
+                    tx["gas"] = self._padded_gas(int(tx["gas"]))
+                signed = self._account.sign_transaction(tx)
+                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as e:
+                raise self._translate(e, context) from None
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.tx_timeout, poll_latency=0.05)
+        except TimeExhausted:
+            raise TransactionFailed(
+                f"{context or 'transaction'}: {tx_hash.to_0x_hex()} was not mined within {self.tx_timeout:.0f}s "
+                "(node stalled, or the fee too low?)"
+            ) from None
+        except Exception as e:
+            raise self._translate(e, context) from None
+        if receipt["status"] != 1:
+            raise self._replay_failure(tx, receipt, context)
+        return receipt
+
+    def _padded_gas(self, estimate: int) -> int:
+        padded = int(estimate * 1.2) + 5_000
+        try:
+            limit = int(self.w3.eth.get_block("latest")["gasLimit"])
+            return min(padded, limit)
+        except Exception:
+            return padded
+
+    def _learn(self, fn) -> None:
+        abi = getattr(fn, "contract_abi", None)
+        if abi is None:
+            abi = getattr(fn, "abi", None)
+        if isinstance(abi, list):
+            self._decoder.add_abi(abi)
+
+    def _replay_failure(self, tx: dict, receipt, context: str) -> Exception:
+        """A status-0 receipt: replay the transaction with eth_call at its block to get the error."""
+        h = receipt["transactionHash"]
+        h = h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
+        call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
+        block = int(receipt["blockNumber"])
+        for at in dict.fromkeys((block, max(0, block - 1))):  # its block, then the state before it
+            try:
+                self.w3.eth.call(call, block_identifier=at)
+            except Exception as e:
+                err = self._translate(e, context)
+                if isinstance(err, (ContractReverted, ChainUnreachable)):
+                    return err
+        used = receipt.get("gasUsed")
+        return TransactionFailed(
+            f"{context or 'transaction'}: {h} was mined with status 0 (gas used {used} of {tx.get('gas')}); "
+            "the revert could not be reproduced (out of gas?)"
+        )
+
+    def _translate(self, exc: BaseException, context: str) -> Exception:
+        """Any web3/RPC exception -> a LedgerError (already-LedgerErrors pass through)."""
+        from .errors import LedgerError
+
+        where = f"{context}: " if context else ""
+        if isinstance(exc, LedgerError):
+            return exc
+        if isinstance(exc, ContractLogicError) or getattr(exc, "data", None) is not None:
+            decoded = self.decode_revert(getattr(exc, "data", None))
+            if decoded:
+                return ContractReverted(decoded[0], decoded[1], context)
+            if isinstance(exc, ContractLogicError):
+                msg = _message(exc)
+                return ContractReverted("Error", {"message": msg}, context)
+        if _is_connection_error(exc):
+            return ChainUnreachable(f"{where}lost the chain at {redact_url(self.rpc_url)} ({type(exc).__name__}); {UP_HINT}")
+        msg = _message(exc)
+        low = msg.lower()
+        if "insufficient funds" in low or "insufficient balance" in low:
+            who = self.address
+            try:
+                bal = self.w3.eth.get_balance(who)
+                have = f"; it has {bal} wei"
+            except Exception:
+                have = ""
+            return InsufficientFunds(
+                f"{where}account {who} cannot pay for gas on chain {self.chain_id}{have}; "
+                "fund it (on a local chain: `ledger account fund`)"
+            )
+        if "nonce too low" in low or "already known" in low or "replacement transaction underpriced" in low:
+            return TransactionFailed(f"{where}the node refused the transaction ({msg}); another process may be "
+                                     "sending from the same account at the same time; retry")
+        if isinstance(exc, (Web3RPCError, ValueError, TransactionNotFound)):
+            return TransactionFailed(f"{where}the node refused the request: {msg}")
+        return TransactionFailed(f"{where}{type(exc).__name__}: {msg}")
+
+    # ------------------------------------------------------------------ blocks and logs
+
+    def block_number(self) -> int:
+        try:
+            return int(self.w3.eth.block_number)
+        except Exception as e:
+            raise self._translate(e, "block number") from None
+
+    def block_timestamp(self, number: int) -> int:
+        ts = self._timestamps.get(number)
+        if ts is None:
+            try:
+                ts = int(self.w3.eth.get_block(number)["timestamp"])
+            except Exception as e:
+                raise self._translate(e, f"block {number}") from None
+            self._timestamps[number] = ts
+        return ts
+
+    def block_hash(self, number: int) -> bytes:
+        try:
+            return bytes(self.w3.eth.get_block(number)["hash"])
+        except Exception as e:
+            raise self._translate(e, f"block {number}") from None
+
+    def get_logs(
+        self,
+        event,
+        from_block: int = 0,
+        to_block: int | str = "latest",
+        argument_filters: dict | None = None,
+        page: int | None = None,
+    ) -> list:
+        """Decoded logs of ``event`` (e.g. ``contract.events.UpdateSubmitted``), in chain order,
+        fetched in pages of ``page`` blocks (default: this chain's log_page)."""
+        ev = event() if isinstance(event, type) else event
+
+        def fetch(a: int, b: int) -> list:
+            return list(ev.get_logs(from_block=a, to_block=b, argument_filters=argument_filters))
+
+        logs = self._paginate(fetch, from_block, to_block, page, f"{getattr(ev, 'event_name', 'event')} logs")
+        return sorted(logs, key=lambda l: (l["blockNumber"], l["logIndex"]))
+
+    def get_raw_logs(
+        self,
+        address: str,
+        topics: list | None = None,
+        from_block: int = 0,
+        to_block: int | str = "latest",
+        page: int | None = None,
+    ) -> list:
+        """Raw logs (``eth_getLogs``) of ``address`` matching ``topics``, paginated, in chain order."""
+        addr = to_checksum_address(address)
+
+        def fetch(a: int, b: int) -> list:
+            flt: dict = {"address": addr, "fromBlock": a, "toBlock": b}
+            if topics is not None:
+                flt["topics"] = topics
+            return list(self.w3.eth.get_logs(flt))
+
+        logs = self._paginate(fetch, from_block, to_block, page, "logs")
+        return sorted(logs, key=lambda l: (l["blockNumber"], l["logIndex"]))
+
+    def _paginate(self, fetch: Callable[[int, int], list], from_block, to_block, page, what: str) -> list:
+        last = self.block_number() if to_block in (None, "latest") else int(to_block)
+        start = max(0, int(from_block or 0))
+        size = max(1, int(page or self.log_page))
+        out: list = []
+        while start <= last:
+            end = min(last, start + size - 1)
+            try:
+                out.extend(fetch(start, end))
+            except Exception as e:
+                if _is_connection_error(e):
+                    raise self._translate(e, what) from None
+                if size > 1 and _looks_like_range_limit(e):
+                    size = max(1, size // 2)
+                    log.debug("%s: provider refused %d blocks, trying %d", what, end - start + 1, size)
+                    continue
+                raise self._translate(e, what) from None
+            start = end + 1
+        return out
+
+
+def _looks_like_range_limit(exc: BaseException) -> bool:
+    low = _message(exc).lower()
+    return any(
+        s in low
+        for s in ("range", "too many", "limit", "exceed", "10000 results", "response size", "timeout", "query returned more")
+    )

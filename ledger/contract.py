@@ -1,0 +1,458 @@
+"""``TrainingLedger``: a typed wrapper of the contract, one method per function, view and event.
+
+Values cross this boundary as Python types: digests and CIDs as 32-byte ``bytes``
+(a CID on chain is its multihash's sha2-256 digest plus the object's size; see
+``ledger.cid``), addresses as checksummed ``str``, verdicts as ``list[int]``, round
+status as a ``str`` (``none``/``open``/``closed``/``finalized``/``skipped``).
+
+``commitment_of`` and ``outcome_of`` recompute off chain exactly what the contract
+computes, so an auditor can check a round from its events alone::
+
+    seed       = keccak256(abi.encode(uint256 jobId, uint256 round))
+    commitment = keccak256(abi.encodePacked(c, worker, digest, cid, uint64 size, uint64 numSamples))  # per submission
+    outcome    = keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from eth_utils import keccak, to_checksum_address
+
+from .artifacts import load_artifact
+from .chain import Chain
+
+ROUND_STATUS = ("none", "open", "closed", "finalized", "skipped")
+EVENT_NAMES = (
+    "JobCreated",
+    "RoundOpened",
+    "UpdateSubmitted",
+    "ProposalSubmitted",
+    "RoundFinalized",
+    "RoundSkipped",
+    "JobCompleted",
+)
+
+
+def _b32(value: Any, what: str) -> bytes:
+    if isinstance(value, str):
+        s = value[2:] if value.startswith(("0x", "0X")) else value
+        value = bytes.fromhex(s)
+    value = bytes(value)
+    if len(value) != 32:
+        raise ValueError(f"{what} must be 32 bytes, got {len(value)}")
+    return value
+
+
+def _hex(h: Any) -> str:
+    if hasattr(h, "to_0x_hex"):
+        return h.to_0x_hex()
+    if isinstance(h, (bytes, bytearray)):
+        return "0x" + bytes(h).hex()
+    return str(h)
+
+
+# ------------------------------------------------------------------------------ types
+
+
+@dataclass
+class JobParams:
+    """The arguments of ``createJob`` (see HACKING.md)."""
+
+    config_digest: bytes
+    config_cid: bytes
+    config_size: int
+    genesis_digest: bytes
+    genesis_cid: bytes
+    genesis_size: int
+    workers: list[str]
+    aggregators: list[str]
+    quorum: int
+    round_duration: int
+    num_rounds: int
+    min_submissions: int
+    cid_version: int = 0
+
+    def to_abi(self) -> tuple:
+        return (
+            _b32(self.config_digest, "config_digest"),
+            _b32(self.config_cid, "config_cid"),
+            int(self.config_size),
+            _b32(self.genesis_digest, "genesis_digest"),
+            _b32(self.genesis_cid, "genesis_cid"),
+            int(self.genesis_size),
+            [to_checksum_address(w) for w in self.workers],
+            [to_checksum_address(a) for a in self.aggregators],
+            int(self.quorum),
+            int(self.round_duration),
+            int(self.num_rounds),
+            int(self.min_submissions),
+            int(self.cid_version),
+        )
+
+
+@dataclass
+class JobInfo:
+    """``getJob`` + ``getWorkers`` + ``getAggregators``, read at one block."""
+
+    job_id: int
+    owner: str  # the creator
+    config_digest: bytes
+    config_cid: bytes
+    config_size: int
+    genesis_digest: bytes
+    genesis_cid: bytes
+    genesis_size: int
+    workers: list[str]
+    aggregators: list[str]
+    quorum: int
+    round_duration: int
+    num_rounds: int
+    min_submissions: int
+    cid_version: int
+    current_round: int  # the open/closed round; num_rounds once completed
+    current_parent: bytes  # the current global model; the final model once completed
+    current_parent_cid: bytes
+    current_parent_size: int
+    completed: bool
+    created_block: int
+
+    @property
+    def creator(self) -> str:
+        return self.owner
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    @property
+    def num_aggregators(self) -> int:
+        return len(self.aggregators)
+
+
+@dataclass
+class RoundInfo:
+    """``getRound``: the live state of the current round, or the record of a past one."""
+
+    job_id: int
+    round: int
+    parent: bytes
+    deadline: int  # unix time; submissions are accepted while block.timestamp <= deadline
+    submissions: int
+    commitment: bytes
+    status: str  # none / open / closed / finalized / skipped
+    merged_digest: bytes
+    merged_cid: bytes
+    merged_size: int
+    outcome: bytes
+    accepted: int
+    proposals: int
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status in ("closed", "finalized", "skipped")
+
+    @property
+    def is_done(self) -> bool:
+        return self.status in ("finalized", "skipped")
+
+
+@dataclass
+class Submission:
+    """One ``UpdateSubmitted`` event; ``index`` is its position in the round (verdict order)."""
+
+    job_id: int
+    round: int
+    index: int
+    worker: str
+    digest: bytes
+    cid: bytes
+    size: int
+    num_samples: int
+    block: int
+    tx_hash: str
+    log_index: int
+    timestamp: int = 0
+
+
+@dataclass
+class Proposal:
+    """One ``ProposalSubmitted`` event."""
+
+    job_id: int
+    round: int
+    aggregator: str
+    merged_digest: bytes
+    merged_cid: bytes
+    merged_size: int
+    outcome: bytes
+    accepted: int
+    verdicts: list[int]
+    block: int
+    tx_hash: str
+    log_index: int
+    timestamp: int = 0
+
+
+@dataclass
+class ChainEvent:
+    """Any event of a job, decoded: ``args`` uses the Solidity names (``jobId``, ``round``, ...)."""
+
+    name: str
+    args: dict
+    block: int
+    tx_hash: str
+    log_index: int
+    timestamp: int = 0
+    job_id: int = field(default=0)
+
+    @property
+    def round(self) -> int | None:
+        return self.args.get("round")
+
+
+# ------------------------------------------------------------------------------ wrapper
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class TrainingLedger:
+    """The TrainingLedger contract at ``address`` on ``chain``."""
+
+    def __init__(self, chain: Chain, address: str, abi: Sequence[dict] | None = None):
+        self.chain = chain
+        self.abi = list(abi) if abi is not None else load_artifact()["abi"]
+        self.address = to_checksum_address(address)
+        self.contract = chain.contract(self.address, self.abi)
+        self._topic_to_event = {}
+        for name in EVENT_NAMES:
+            ev = getattr(self.contract.events, name)
+            self._topic_to_event[bytes(keccak(text=ev.signature if hasattr(ev, "signature") else name))] = ev
+
+    def __repr__(self) -> str:
+        return f"TrainingLedger({self.address} on chain {self.chain.chain_id})"
+
+    @property
+    def chain_id(self) -> int:
+        return self.chain.chain_id
+
+    @property
+    def w3(self):
+        return self.chain.w3
+
+    def with_account(self, account) -> "TrainingLedger":
+        return TrainingLedger(self.chain.with_account(account), self.address, self.abi)
+
+    # -------------------------------------------------------------- transactions
+
+    def create_job(self, params: JobParams) -> int:
+        """Create a job; returns its id (from the JobCreated event)."""
+        receipt = self.chain.transact(self.contract.functions.createJob(params.to_abi()), context="create job")
+        for ev in self.contract.events.JobCreated().process_receipt(receipt, errors=_discard()):
+            if ev["address"] == self.address:
+                return int(ev["args"]["jobId"])
+        raise RuntimeError("createJob succeeded but emitted no JobCreated event")  # pragma: no cover
+
+    def submit_update(
+        self, job_id: int, round: int, parent: bytes, digest: bytes, cid32: bytes, size: int, num_samples: int
+    ):
+        fn = self.contract.functions.submitUpdate(
+            int(job_id), int(round), _b32(parent, "parent"), _b32(digest, "digest"), _b32(cid32, "cid"),
+            int(size), int(num_samples),
+        )
+        return self.chain.transact(fn, context=f"submit job {job_id} round {round}")
+
+    def propose(
+        self,
+        job_id: int,
+        round: int,
+        commitment: bytes,
+        verdicts: Sequence[int],
+        merged_digest: bytes,
+        merged_cid32: bytes,
+        merged_size: int,
+    ):
+        fn = self.contract.functions.propose(
+            int(job_id), int(round), _b32(commitment, "commitment"), bytes(int(v) for v in verdicts),
+            _b32(merged_digest, "merged_digest"), _b32(merged_cid32, "merged_cid"), int(merged_size),
+        )
+        return self.chain.transact(fn, context=f"propose job {job_id} round {round}")
+
+    def close_round(self, job_id: int, round: int):
+        fn = self.contract.functions.closeRound(int(job_id), int(round))
+        return self.chain.transact(fn, context=f"close job {job_id} round {round}")
+
+    # -------------------------------------------------------------- views
+
+    def job_count(self) -> int:
+        return int(self.chain.call(self.contract.functions.jobCount(), "jobCount"))
+
+    def job(self, job_id: int) -> JobInfo:
+        block = self.chain.block_number()
+        f = self.contract.functions
+        ctx = f"job {job_id}"
+        v = self.chain.call(f.getJob(int(job_id)), ctx, block)
+        workers = self.chain.call(f.getWorkers(int(job_id)), ctx, block)
+        aggregators = self.chain.call(f.getAggregators(int(job_id)), ctx, block)
+        return _job_info(int(job_id), v, workers, aggregators)
+
+    def round(self, job_id: int, round: int) -> RoundInfo:
+        v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")
+        return _round_info(int(job_id), int(round), v)
+
+    def has_submitted(self, job_id: int, round: int, address: str) -> bool:
+        fn = self.contract.functions.hasSubmitted(int(job_id), int(round), to_checksum_address(address))
+        return bool(self.chain.call(fn, "hasSubmitted"))
+
+    def has_proposed(self, job_id: int, round: int, address: str) -> bool:
+        fn = self.contract.functions.hasProposed(int(job_id), int(round), to_checksum_address(address))
+        return bool(self.chain.call(fn, "hasProposed"))
+
+    def proposal_of(self, job_id: int, round: int, address: str) -> bytes:
+        fn = self.contract.functions.proposalOf(int(job_id), int(round), to_checksum_address(address))
+        return bytes(self.chain.call(fn, "proposalOf"))
+
+    def votes(self, job_id: int, round: int, outcome: bytes) -> int:
+        fn = self.contract.functions.votes(int(job_id), int(round), _b32(outcome, "outcome"))
+        return int(self.chain.call(fn, "votes"))
+
+    def block_hash(self, block: int) -> bytes:
+        return self.chain.block_hash(int(block))
+
+    # -------------------------------------------------------------- events
+
+    def _from_block(self, job_id: int) -> int:
+        try:
+            return int(self.chain.call(self.contract.functions.getJob(int(job_id)), f"job {job_id}")[-1])
+        except Exception:
+            return 0
+
+    def submissions(self, job_id: int, round: int | None = None) -> list[Submission]:
+        """A job's submissions (of one round, or all), in submission order (block, log index)."""
+        filters: dict = {"jobId": int(job_id)}
+        if round is not None:
+            filters["round"] = int(round)
+        logs = self.chain.get_logs(self.contract.events.UpdateSubmitted, self._from_block(job_id), "latest", filters)
+        out, position = [], {}
+        for lg in logs:
+            a = lg["args"]
+            r = int(a["round"])
+            idx = position.get(r, 0)
+            position[r] = idx + 1
+            out.append(Submission(
+                job_id=int(a["jobId"]), round=r, index=idx, worker=a["worker"], digest=bytes(a["digest"]),
+                cid=bytes(a["cid"]), size=int(a["size"]), num_samples=int(a["numSamples"]),
+                block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
+                timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
+            ))
+        return out
+
+    def proposals(self, job_id: int, round: int | None = None) -> list[Proposal]:
+        """A job's proposals (of one round, or all), in chain order."""
+        filters: dict = {"jobId": int(job_id)}
+        if round is not None:
+            filters["round"] = int(round)
+        logs = self.chain.get_logs(self.contract.events.ProposalSubmitted, self._from_block(job_id), "latest", filters)
+        out = []
+        for lg in logs:
+            a = lg["args"]
+            out.append(Proposal(
+                job_id=int(a["jobId"]), round=int(a["round"]), aggregator=a["aggregator"],
+                merged_digest=bytes(a["mergedDigest"]), merged_cid=bytes(a["mergedCid"]),
+                merged_size=int(a["mergedSize"]), outcome=bytes(a["outcome"]), accepted=int(a["accepted"]),
+                verdicts=list(bytes(a["verdicts"])), block=int(lg["blockNumber"]),
+                tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
+                timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
+            ))
+        return out
+
+    def events(self, job_id: int) -> list[ChainEvent]:
+        """Every event of the job in chain order (every event's first indexed topic is the job id)."""
+        topic = "0x" + int(job_id).to_bytes(32, "big").hex()
+        raw = self.chain.get_raw_logs(self.address, [None, topic], self._from_block(job_id), "latest")
+        out = []
+        for lg in raw:
+            t0 = bytes(lg["topics"][0]) if lg["topics"] else b""
+            ev = self._topic_to_event.get(t0)
+            if ev is None:
+                continue
+            d = ev.process_log(lg)
+            out.append(ChainEvent(
+                name=d["event"], args={k: _plain(v) for k, v in d["args"].items()},
+                block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
+                timestamp=self.chain.block_timestamp(int(lg["blockNumber"])), job_id=int(job_id),
+            ))
+        return out
+
+    # -------------------------------------------------------------- off-chain recomputation
+
+    @staticmethod
+    def commitment_seed(job_id: int, round: int) -> bytes:
+        return keccak(int(job_id).to_bytes(32, "big") + int(round).to_bytes(32, "big"))
+
+    @staticmethod
+    def commitment_of(job_id: int, round: int, submissions: Iterable[Any]) -> bytes:
+        """The commitment the contract holds after ``submissions`` (in submission order).
+
+        Each item is a ``Submission`` or anything with ``worker, digest, cid, size,
+        num_samples`` (attributes or dict keys)."""
+        c = TrainingLedger.commitment_seed(job_id, round)
+        for s in submissions:
+            get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
+            worker = bytes.fromhex(to_checksum_address(get("worker"))[2:])
+            c = keccak(
+                c + worker + _b32(get("digest"), "digest") + _b32(get("cid"), "cid")
+                + int(get("size")).to_bytes(8, "big") + int(get("num_samples")).to_bytes(8, "big")
+            )
+        return c
+
+    @staticmethod
+    def outcome_of(merged_digest: bytes, merged_cid: bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
+        """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))."""
+        return keccak(
+            _b32(merged_digest, "merged_digest") + _b32(merged_cid, "merged_cid")
+            + int(merged_size).to_bytes(8, "big") + bytes(int(v) for v in verdicts)
+        )
+
+
+def _discard():
+    from web3.logs import DISCARD
+
+    return DISCARD
+
+
+def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
+    (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
+     round_duration, num_rounds, min_submissions, cid_version, _nw, _na, current_round, parent_digest,
+     parent_cid, parent_size, completed, created_block) = v
+    return JobInfo(
+        job_id=job_id, owner=creator, config_digest=bytes(config_digest), config_cid=bytes(config_cid),
+        config_size=int(config_size), genesis_digest=bytes(genesis_digest), genesis_cid=bytes(genesis_cid),
+        genesis_size=int(genesis_size), workers=list(workers), aggregators=list(aggregators), quorum=int(quorum),
+        round_duration=int(round_duration), num_rounds=int(num_rounds), min_submissions=int(min_submissions),
+        cid_version=int(cid_version), current_round=int(current_round), current_parent=bytes(parent_digest),
+        current_parent_cid=bytes(parent_cid), current_parent_size=int(parent_size), completed=bool(completed),
+        created_block=int(created_block),
+    )
+
+
+def _round_info(job_id: int, round: int, v) -> RoundInfo:
+    (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
+     accepted, proposals) = v
+    return RoundInfo(
+        job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
+        commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
+        merged_cid=bytes(merged_cid), merged_size=int(merged_size), outcome=bytes(outcome),
+        accepted=int(accepted), proposals=int(proposals),
+    )
