@@ -8,7 +8,9 @@ piece of text taken from the report goes through `html.escape`.
 Stable hooks (tests and anyone scripting against the page):
 - `#verdict` (class `ok` or `failed`), `#job`, `#discrepancies`, `#round-<n>`;
 - `svg#lineage-graph`: one `g.cell` per (round, worker), class `cell accepted|rejected|
-  missing|discrepancy` with `data-round`, `data-worker`, `data-verdict`; one `.model`
+  missing|submitted|discrepancy` with `data-round`, `data-worker`, `data-verdict` (on-chain
+  code or `none`), `data-audit-verdict`; `submitted` = no on-chain verdict (round never
+  finalized); one `.model`
   node per merged model (`#model-genesis`, `#model-r<n>`); one `.agg` dot per aggregator
   and round (class `agree`, `dissent` or `absent`);
 - `svg#loss-plot`: `path.loss-line` through the merged models' validation loss,
@@ -86,7 +88,14 @@ class _Index:
 
 
 def cell_state(c: ContributionAudit | None, flagged: list[Discrepancy]) -> tuple[str, str | None]:
-    """(class, outline colour) of a lineage cell."""
+    """(class, outline colour) of a lineage cell.
+
+    accepted / rejected: the finalized on-chain verdict, the audit agrees;
+    missing: the worker did not submit; submitted: submitted in a round that never
+    finalized (no on-chain verdict); discrepancy: the audit disagrees with the chain
+    or a discrepancy names this worker in this round (outline purple when an invalid
+    contribution was accepted, orange otherwise).
+    """
     if c is None:
         return "missing", None
     mismatch = c.onchain_verdict is not None and c.onchain_verdict != c.audit_verdict
@@ -94,7 +103,9 @@ def cell_state(c: ContributionAudit | None, flagged: list[Discrepancy]) -> tuple
         if c.onchain_verdict == 0 and c.audit_verdict != 0:
             return "discrepancy", PURPLE
         return "discrepancy", ORANGE
-    return ("accepted" if effective_verdict(c) == 0 else "rejected"), None
+    if c.onchain_verdict is None:
+        return "submitted", None  # the round never finalized: no verdict on chain
+    return ("accepted" if c.onchain_verdict == 0 else "rejected"), None
 
 
 def _cell_title(rnd: RoundAudit, c: ContributionAudit | None, worker: str, flagged: list[Discrepancy]) -> str:
@@ -118,6 +129,29 @@ def _cell_title(rnd: RoundAudit, c: ContributionAudit | None, worker: str, flagg
 
 # ---------------------------------------------------------------- lineage graph
 
+# Styles for the SVG text, carried inside each <svg> so a graph copied out of the page
+# (or opened on its own) looks the same.
+_SVG_CSS = (
+    "<style>"
+    f"text {{ font-family: system-ui, 'DejaVu Sans', sans-serif; font-size: 11px; fill: {INK}; }}"
+    ".col-head { font-size: 12px; font-weight: 600; }"
+    f".col-sub, .empty, .axis-title {{ fill: {MUTED}; }}"
+    ".row-head, .digest-label { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; }"
+    ".model-head { font-family: system-ui, 'DejaVu Sans', sans-serif; font-weight: 600; }"
+    ".node-label { font-weight: 700; } .node-label.light { fill: #fff; }"
+    f".digest-label {{ font-size: 10px; fill: {MUTED}; }}"
+    ".axis-title { font-size: 12px; }"
+    ".cell:hover rect, .agg:hover circle { opacity: 0.8; }"
+    "</style>"
+)
+
+
+def _text_w(text: str, px: float = 11) -> float:
+    """Rough width of sans-serif text (legend layout; no font metrics available here)."""
+    return len(text) * px * 0.62
+
+
+
 
 def _expected_parents(report: AuditReport, rounds: list[RoundAudit]) -> dict[int, str | None]:
     """The parent each round should have: genesis, then the previous finalized merge."""
@@ -134,7 +168,7 @@ def _expected_parents(report: AuditReport, rounds: list[RoundAudit]) -> dict[int
     return out
 
 
-def _mark(kind: str, x: float, y: float, w: float, h: float) -> str:
+def _mark(kind: str, x: float, y: float, w: float, h: float, colour: str = "#fff") -> str:
     """A small white glyph drawn as a path (no font needed)."""
     cx, cy = x + w / 2, y + h / 2
     s = min(w, h) * 0.28
@@ -144,7 +178,7 @@ def _mark(kind: str, x: float, y: float, w: float, h: float) -> str:
         d = f"M{_n(cx - s)} {_n(cy - s)} L{_n(cx + s)} {_n(cy + s)} M{_n(cx + s)} {_n(cy - s)} L{_n(cx - s)} {_n(cy + s)}"
     else:
         return ""
-    return f'<path class="glyph" d="{d}" fill="none" stroke="#fff" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round"/>'
+    return f'<path class="glyph" d="{d}" fill="none" stroke="{colour}" stroke-width="2.2" stroke-linecap="round" stroke-linejoin="round"/>'
 
 
 def lineage_svg(report: AuditReport) -> str:
@@ -161,8 +195,8 @@ def lineage_svg(report: AuditReport) -> str:
                 workers.append(c.worker)
 
     n_agg = max([len(report.aggregators)] + [len(r.proposals) for r in rounds] + [0])
-    col_w = max(72, 16 * n_agg + 20)
-    row_h = 30
+    col_w = max(80, 16 * n_agg + 24)
+    row_h = 32
     label_w = 150
     top = 44
     cell_w, cell_h = col_w - 30, row_h - 8
@@ -171,7 +205,7 @@ def lineage_svg(report: AuditReport) -> str:
     node_r = 13
     legend_y = model_y + node_r + 18 + 16 + 26
     width = label_w + col_w * (len(rounds) + 1) + 20
-    height = legend_y + 34
+    height = legend_y + 44
 
     def col_x(i: int) -> float:
         """Left edge of column i (0 = genesis, 1.. = rounds in order)."""
@@ -187,6 +221,7 @@ def lineage_svg(report: AuditReport) -> str:
         '<title id="lineage-title">Lineage: one column per round, one row per worker; '
         "merged models along the bottom</title>"
     )
+    parts.append(_SVG_CSS)
     parts.append(
         "<defs>"
         f'<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse">'
@@ -236,16 +271,28 @@ def lineage_svg(report: AuditReport) -> str:
             flagged = idx.party(rnd.round, w)
             state, outline = cell_state(c, flagged)
             y = top + j * row_h + 4
-            fill = GREY
-            if c is not None:
-                fill = GREEN if effective_verdict(c) == 0 else RED
-            verdict_attr = "" if c is None else f' data-verdict="{effective_verdict(c)}" data-audit-verdict="{c.audit_verdict}"'
+            fill, glyph_colour = GREY, "#fff"
             stroke = f' stroke="{outline}" stroke-width="3"' if outline else ""
+            if state == "submitted":
+                # no on-chain verdict: hollow, dashed, in the colour of the audit's opinion
+                fill = "#ffffff"
+                glyph_colour = GREEN if c.audit_verdict == 0 else RED
+                stroke = f' stroke="{glyph_colour}" stroke-width="1.5" stroke-dasharray="3 2"'
+            elif c is not None:
+                fill = GREEN if effective_verdict(c) == 0 else RED
+            verdict_attr = ""
+            if c is not None:
+                onchain = "none" if c.onchain_verdict is None else str(c.onchain_verdict)
+                verdict_attr = f' data-verdict="{onchain}" data-audit-verdict="{c.audit_verdict}"'
             parts.append(
                 f'<g class="cell {state}" data-round="{rnd.round}" data-worker="{e(w)}"{verdict_attr}>'
                 f"<title>{e(_cell_title(rnd, c, w, flagged))}</title>"
                 f'<rect x="{_n(x0)}" y="{_n(y)}" width="{_n(cell_w)}" height="{_n(cell_h)}" rx="4" fill="{fill}"{stroke}/>'
-                + (_mark("accepted" if effective_verdict(c) == 0 else "rejected", x0, y, cell_w, cell_h) if c else "")
+                + (
+                    _mark("accepted" if effective_verdict(c) == 0 else "rejected", x0, y, cell_w, cell_h, glyph_colour)
+                    if c
+                    else ""
+                )
                 + "</g>"
             )
             if c is not None and effective_verdict(c) == 0 and rnd.status == "finalized":
@@ -272,7 +319,7 @@ def lineage_svg(report: AuditReport) -> str:
         f'<circle cx="{_n(g_cx)}" cy="{_n(model_y)}" r="{node_r}" fill="{INK}"'
         + (f' stroke="{ORANGE}" stroke-width="3"' if g_flag else "")
         + "/>"
-        f'<text class="node-label" x="{_n(g_cx)}" y="{_n(model_y + 4)}" text-anchor="middle" fill="#fff">G</text>'
+        f'<text class="node-label light" x="{_n(g_cx)}" y="{_n(model_y + 4)}" text-anchor="middle">G</text>'
         f'<text class="digest-label" x="{_n(g_cx)}" y="{_n(model_y + node_r + 14)}" text-anchor="middle">{e(short_hex(report.genesis_digest, 6, 0, ""))}</text>'
         "</g>"
     )
@@ -323,8 +370,8 @@ def lineage_svg(report: AuditReport) -> str:
             f"<title>{e(chr(10).join(title))}</title>"
             f'<circle cx="{_n(cx)}" cy="{_n(model_y)}" r="{node_r}" fill="{fill}" stroke="{stroke}" '
             f'stroke-width="{3 if node_bad else 1.5}"{dash}/>'
-            f'<text class="node-label" x="{_n(cx)}" y="{_n(model_y + 4)}" text-anchor="middle" '
-            f'fill="{"#fff" if rnd.status == "finalized" else INK}">{rnd.round}</text>'
+            f'<text class="node-label{" light" if rnd.status == "finalized" else ""}" x="{_n(cx)}" '
+            f'y="{_n(model_y + 4)}" text-anchor="middle">{rnd.round}</text>'
             f'<text class="digest-label" x="{_n(cx)}" y="{_n(model_y + node_r + 14)}" text-anchor="middle">'
             f'{e(short_hex(label, 6, 0, "") if label else rnd.status)}</text>'
             "</g>"
@@ -375,35 +422,43 @@ def lineage_svg(report: AuditReport) -> str:
             f'<text class="empty" x="{_n(col_x(1) + 10)}" y="{_n(model_y + 4)}">no rounds recorded</text>'
         )
 
-    # legend
-    items = [
-        ("accepted", GREEN, None),
-        ("rejected", RED, None),
-        ("no submission", GREY, None),
-        ("invalid but accepted", "#ffffff", PURPLE),
-        ("other discrepancy", "#ffffff", ORANGE),
+    # legend: two rows, cells then models and aggregators
+    lx, ly = 10.0, float(legend_y)
+    cell_items = [
+        ("accepted", GREEN, None, ""),
+        ("rejected", RED, None, ""),
+        ("no submission", GREY, None, ""),
+        ("no verdict (round not finalized)", "#ffffff", MUTED, ' stroke-dasharray="3 2"'),
+        ("invalid but accepted", "#ffffff", PURPLE, ""),
+        ("other discrepancy", "#ffffff", ORANGE, ""),
     ]
-    lx = 10
-    for text, fill, outline in items:
-        stroke = f' stroke="{outline}" stroke-width="3"' if outline else ""
+    for text, fill, outline, dash in cell_items:
+        stroke = f' stroke="{outline}" stroke-width="{1.5 if dash else 3}"{dash}' if outline else ""
         parts.append(
-            f'<rect class="legend-swatch" x="{lx}" y="{_n(legend_y)}" width="14" height="12" rx="2" fill="{fill}"{stroke}/>'
-            f'<text class="legend" x="{lx + 20}" y="{_n(legend_y + 10)}">{e(text)}</text>'
+            f'<rect class="legend-swatch" x="{_n(lx)}" y="{_n(ly)}" width="14" height="12" rx="2" fill="{fill}"{stroke}/>'
+            f'<text class="legend" x="{_n(lx + 20)}" y="{_n(ly + 10)}">{e(text)}</text>'
         )
-        lx += 30 + 7 * len(text)
-    parts.append(
-        f'<circle cx="{lx + 6}" cy="{_n(legend_y + 6)}" r="5" fill="{BLUE}" stroke="{MUTED}"/>'
-        f'<text class="legend" x="{lx + 16}" y="{_n(legend_y + 10)}">aggregator agrees</text>'
-    )
-    lx += 16 + 7 * len("aggregator agrees") + 14
-    parts.append(
-        f'<circle cx="{lx + 6}" cy="{_n(legend_y + 6)}" r="6" fill="{RED}" stroke="{RED}" stroke-width="2.5"/>'
-        f'<text class="legend" x="{lx + 16}" y="{_n(legend_y + 10)}">dissents</text>'
-    )
+        lx += 20 + _text_w(text) + 16
+    max_x = lx
+    lx, ly = 10.0, ly + 22
+    dot_items = [
+        ("merged model", 6, BLUE, BLUE, 1),
+        ("round skipped / open", 6, "#e6e8eb", MUTED, 1),
+        ("aggregator agrees", 5, BLUE, MUTED, 1),
+        ("dissents from the quorum", 6, RED, RED, 2.5),
+        ("disagrees with the audit", 5, BLUE, ORANGE, 2.5),
+    ]
+    for text, r, fill, stroke, sw in dot_items:
+        parts.append(
+            f'<circle cx="{_n(lx + 7)}" cy="{_n(ly + 6)}" r="{r}" fill="{fill}" stroke="{stroke}" stroke-width="{sw}"/>'
+            f'<text class="legend" x="{_n(lx + 18)}" y="{_n(ly + 10)}">{e(text)}</text>'
+        )
+        lx += 18 + _text_w(text) + 16
+    max_x = max(max_x, lx)
     parts.append("</svg>")
     # the legend may be wider than a small graph: widen the canvas if so
     svg = "".join(parts)
-    min_w = lx + 16 + 7 * len("dissents") + 10
+    min_w = int(max_x + 10)
     if min_w > width:
         svg = svg.replace(
             f'width="{width}" height="{height}" viewBox="0 0 {width} {height}"',
@@ -443,7 +498,7 @@ def loss_svg(report: AuditReport) -> str:
     rounds = sorted_rounds(report)
     idx = _Index(report)
     W, H = 760, 320
-    ml, mr, mt, mb = 64, 24, 20, 46
+    ml, mr, mt, mb = 64, 24, 32, 46
     pw, ph = W - ml - mr, H - mt - mb
 
     # the merged model's loss per round; the first round's parent is the start (x = 0)
@@ -463,10 +518,14 @@ def loss_svg(report: AuditReport) -> str:
             state, _ = cell_state(c, idx.party(rnd.round, c.worker))
             contribs.append((rnd.round, k, len(pts), float(c.val_loss), state, c))
 
+    if not series and not contribs:
+        H = 120
+        ph = H - mt - 20
     parts = [
         f'<svg id="loss-plot" class="loss" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
         f'aria-labelledby="loss-title" data-points="{len(series)}">',
         '<title id="loss-title">Validation loss of the merged model per round</title>',
+        _SVG_CSS,
     ]
     if not series and not contribs:
         parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fafbfc" stroke="#d0d7de"/>')
@@ -528,7 +587,9 @@ def loss_svg(report: AuditReport) -> str:
     for rnd_no, k, n, v, state, c in contribs:
         px = sx(rnd_no) + (k - (n - 1) / 2) * 6
         colour = GREEN if effective_verdict(c) == 0 else RED
-        outline = PURPLE if state == "discrepancy" and c.onchain_verdict == 0 else ORANGE if state == "discrepancy" else "#fff"
+        if state == "submitted":
+            colour = "#ffffff"
+        outline = (GREEN if effective_verdict(c) == 0 else RED) if state == "submitted" else PURPLE if state == "discrepancy" and c.onchain_verdict == 0 else ORANGE if state == "discrepancy" else "#fff"
         tip = f"round {rnd_no} {c.worker}: val loss {fmt_num(v)}, {verdict_text(effective_verdict(c))}"
         if v > y1 or v < y0:
             edge = mt + 2 if v > y1 else mt + ph - 2
@@ -561,17 +622,19 @@ def loss_svg(report: AuditReport) -> str:
                 f'fill="{"#fff" if hollow else BLUE}" stroke="{BLUE}" stroke-width="2">'
                 f"<title>{e(label)}: {e(fmt_num(v))}</title></circle>"
             )
-    # legend
-    lx, ly = ml + pw - 300, mt + 12
+    # legend, above the plot area so it never hides a point
+    lx, ly = float(ml), 14.0
     parts.append(
-        f'<rect x="{lx - 8}" y="{ly - 10}" width="306" height="20" fill="#fff" fill-opacity="0.85"/>'
-        f'<line x1="{lx}" y1="{ly}" x2="{lx + 20}" y2="{ly}" stroke="{BLUE}" stroke-width="2.5"/>'
-        f'<text class="legend" x="{lx + 26}" y="{ly + 4}">merged model</text>'
-        f'<circle cx="{lx + 130}" cy="{ly}" r="3.5" fill="{GREEN}"/>'
-        f'<text class="legend" x="{lx + 138}" y="{ly + 4}">accepted</text>'
-        f'<circle cx="{lx + 210}" cy="{ly}" r="3.5" fill="{RED}"/>'
-        f'<text class="legend" x="{lx + 218}" y="{ly + 4}">rejected</text>'
+        f'<line x1="{_n(lx)}" y1="{_n(ly)}" x2="{_n(lx + 20)}" y2="{_n(ly)}" stroke="{BLUE}" stroke-width="2.5"/>'
+        f'<text class="legend" x="{_n(lx + 26)}" y="{_n(ly + 4)}">merged model</text>'
     )
+    lx += 26 + _text_w("merged model") + 18
+    for text, colour in (("accepted contribution", GREEN), ("rejected contribution", RED)):
+        parts.append(
+            f'<circle cx="{_n(lx + 4)}" cy="{_n(ly)}" r="3.5" fill="{colour}"/>'
+            f'<text class="legend" x="{_n(lx + 12)}" y="{_n(ly + 4)}">{text}</text>'
+        )
+        lx += 12 + _text_w(text) + 18
     parts.append("</svg>")
     return "".join(parts)
 
@@ -739,18 +802,6 @@ code {{ font: 12px/1.3 ui-monospace, "DejaVu Sans Mono", monospace; }}
 .facts {{ display: grid; grid-template-columns: max-content 1fr; gap: 1px 14px; margin: 4px 0 10px; }}
 .facts dt {{ color: {MUTED}; }} .facts dd {{ margin: 0; }}
 .scroll {{ overflow-x: auto; border: 1px solid #d0d7de; border-radius: 6px; padding: 8px; background: #fff; }}
-svg text {{ font-family: system-ui, "DejaVu Sans", sans-serif; fill: {INK}; }}
-svg .col-head {{ font-size: 12px; font-weight: 600; }}
-svg .col-sub, svg .empty {{ font-size: 11px; fill: {MUTED}; }}
-svg .row-head {{ font: 11px ui-monospace, "DejaVu Sans Mono", monospace; }}
-svg .model-head {{ font-family: system-ui, "DejaVu Sans", sans-serif; font-weight: 600; }}
-svg .node-label {{ font-size: 11px; font-weight: 700; }}
-svg text.node-label[fill="#fff"] {{ fill: #fff; }}
-svg .digest-label {{ font: 10px ui-monospace, "DejaVu Sans Mono", monospace; fill: {MUTED}; }}
-svg .agree-label {{ font-size: 11px; }}
-svg .tick, svg .legend {{ font-size: 11px; }}
-svg .axis-title {{ font-size: 12px; fill: {MUTED}; }}
-svg .cell:hover rect {{ opacity: 0.8; }}
 table.grid {{ border-collapse: collapse; margin: 6px 0 12px; font-size: 13px; }}
 table.grid th, table.grid td {{ border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }}
 table.grid th {{ background: #f6f8fa; font-weight: 600; }}
