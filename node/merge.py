@@ -29,7 +29,6 @@ re-checks and raises ``ValueError``).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field

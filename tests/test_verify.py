@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-checkpoint = pytest.importorskip("ledger.checkpoint")
-
-from ledger.digest import sha256_bytes, to_hex  # noqa: E402
-from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable  # noqa: E402
-from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
-from ledger.verdicts import Verdict  # noqa: E402
-from node.merge import merge, tensor_digest  # noqa: E402
-from node.verify import (  # noqa: E402
+from ledger import checkpoint
+from ledger.digest import sha256_bytes, to_hex
+from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
+from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
+from ledger.verdicts import Verdict
+from node.merge import merge, tensor_digest
+from node.verify import (
     CHEAP_STAGES,
     Contribution,
     RoundContext,
@@ -411,8 +410,6 @@ def test_same_verdicts_in_a_separate_process(task, tmp_path):
     code = f"""
 import json, pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
-sys.path[:0] = {[p for p in sys.path if "vdev" in p]!r}
-{_STUB_IMPORT}
 from ledger.jobconfig import JobConfig
 from node.verify import RoundContext, verify_round
 d = pickle.load(open({str(blob)!r}, "rb"))
@@ -427,10 +424,6 @@ print(json.dumps([r.summary() for r in reports]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == json.loads(json.dumps(here))
-
-
-# dev hook: the suite itself never needs it (ledger.checkpoint is imported for real)
-_STUB_IMPORT = "import ckstub" if "ckstub" in sys.modules else ""
 
 
 def test_context_rejects_unknown_stage_and_mode(task):
