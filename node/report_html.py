@@ -497,7 +497,8 @@ def nice_ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], int]
 def loss_svg(report: AuditReport) -> str:
     rounds = sorted_rounds(report)
     idx = _Index(report)
-    W, H = 760, 320
+    n_x = (rounds[-1].round - rounds[0].round + 2) if rounds else 1
+    W, H = max(760, min(120 + 28 * n_x, 1400)), 320
     ml, mr, mt, mb = 64, 24, 32, 46
     pw, ph = W - ml - mr, H - mt - mb
 
@@ -614,11 +615,12 @@ def loss_svg(report: AuditReport) -> str:
         parts.append(
             f'<path class="loss-line" d="{d}" fill="none" stroke="{BLUE}" stroke-width="2.5" stroke-linejoin="round"/>'
         )
+        point_r = 4.5 if len(series) <= 30 else 3 if len(series) <= 80 else 2
         for x, v, kind in series:
             label = "start (round 1 parent)" if kind == "start" else f"round {x} ({kind})"
             hollow = kind in ("start", "skipped")
             parts.append(
-                f'<circle class="loss-point {e(kind)}" cx="{_n(sx(x))}" cy="{_n(sy(v))}" r="4.5" '
+                f'<circle class="loss-point {e(kind)}" cx="{_n(sx(x))}" cy="{_n(sy(v))}" r="{point_r}" '
                 f'fill="{"#fff" if hollow else BLUE}" stroke="{BLUE}" stroke-width="2">'
                 f"<title>{e(label)}: {e(fmt_num(v))}</title></circle>"
             )
