@@ -160,29 +160,16 @@ def _hex_to_bytes(h) -> bytes:
     return bytes.fromhex(h)
 
 
-def _artifact_field(artifact, *names):
-    for n in names:
-        if isinstance(artifact, dict):
-            if n in artifact:
-                return artifact[n]
-        elif hasattr(artifact, n):
-            return getattr(artifact, n)
-    return None
-
-
-def _artifact_runtime(artifact) -> tuple[bytes, list[tuple[int, int]]]:
-    """(runtime bytecode, immutable (start, length) ranges) from an artifact of any of the usual shapes."""
-    code = _artifact_field(artifact, "deployedBytecode", "deployed_bytecode", "runtime_bytecode")
-    refs = _artifact_field(artifact, "immutableReferences", "immutable_references")
+def _artifact_runtime(artifact: dict) -> tuple[bytes, list[tuple[int, int]]]:
+    """(runtime bytecode, immutable (start, length) byte ranges) of an artifact."""
+    code = artifact.get("deployedBytecode")
+    refs = artifact.get("immutableReferences") or {}
     if isinstance(code, dict):  # solc's evm.deployedBytecode object
-        refs = refs or code.get("immutableReferences")
+        refs = refs or code.get("immutableReferences") or {}
         code = code.get("object")
-    if code is None:
-        raise LedgerError("the TrainingLedger artifact has no deployedBytecode")
-    ranges: list[tuple[int, int]] = []
-    for entries in (refs or {}).values():
-        for e in entries:
-            ranges.append((int(e["start"]), int(e["length"])))
+    if not code:
+        raise LedgerError("the TrainingLedger artifact has no deployedBytecode; run `ledger compile`")
+    ranges = [(int(e["start"]), int(e["length"])) for entries in refs.values() for e in entries]
     return _hex_to_bytes(code), ranges
 
 
@@ -222,7 +209,7 @@ def check_code(chain, address: str, what: str) -> str:
     """Raise NotOurContract unless the code at ``address`` is TrainingLedger's; returns code_matches()."""
     from .artifacts import load_artifact
 
-    code = bytes(chain.w3.eth.get_code(_checksum(address)))
+    code = _code_at(chain, address)
     if not code:
         raise NotOurContract(
             f"{what}: there is no contract code at {address} on chain {chain.chain_id} "
@@ -236,6 +223,18 @@ def check_code(chain, address: str, what: str) -> str:
             "artifact (another contract?); run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
         )
     return how
+
+
+def _code_at(chain, address: str) -> bytes:
+    try:
+        return bytes(chain.w3.eth.get_code(_checksum(address)))
+    except LedgerError:
+        raise
+    except Exception as e:  # noqa: BLE001 - connection errors of several kinds
+        raise ChainUnreachable(
+            f"could not read the code at {address} from chain {chain.chain_id} ({type(e).__name__}); "
+            "is the chain up? `ledger chain status`"
+        ) from None
 
 
 def _checksum(address: str) -> str:
@@ -291,27 +290,15 @@ def deploy(
     from .artifacts import artifact_sha256, load_artifact
 
     chain = connect(settings)
-    if account is None:
-        try:
-            account = keys.load_account(settings)
-        except keys.NoAccountConfigured:
-            if int(chain.chain_id) not in LOCAL_DEV_CHAIN_IDS:
-                raise
-            account = keys.anvil_dev_account()
-            notify(
-                f"note: no account configured (--account / LEDGER_ACCOUNT / LEDGER_PRIVATE_KEY); "
-                f"deploying from anvil's dev account 0 {account.address} on local chain {chain.chain_id}"
-            )
-    chain = chain.with_account(account) if hasattr(chain, "with_account") else _reconnect(settings, chain, account)
-
     path = record_path(settings, chain.chain_id)
-    if path.exists():
+    replacing = path.exists()
+    if replacing:
         try:
             old = load_record(settings, chain.chain_id)
         except NoDeployment:
             old = None
         if old is not None:
-            alive = bool(chain.w3.eth.get_code(_checksum(old.address)))
+            alive = bool(_code_at(chain, old.address))
             if not force:
                 if alive:
                     raise DeploymentExists(
@@ -328,44 +315,46 @@ def deploy(
                 notify(f"note: replacing the record of the deployment at {old.address}, whose code is still on chain")
         elif not force:
             raise DeploymentExists(f"{path} exists but is unreadable; fix or remove it, or use `ledger deploy --force`")
-        backup = path.with_name(f"{path.stem}.replaced-{int(time.time())}.json")
-        os.replace(path, backup)
-        notify(f"note: the previous record was kept as {backup}")
+
+    if account is None:
+        try:
+            account = keys.load_account(settings)
+        except keys.NoAccountConfigured:
+            if int(chain.chain_id) not in LOCAL_DEV_CHAIN_IDS:
+                raise
+            account = keys.anvil_dev_account()
+            notify(
+                f"note: no account configured (--account / LEDGER_ACCOUNT / LEDGER_PRIVATE_KEY); "
+                f"deploying from anvil's dev account 0 {account.address} on local chain {chain.chain_id}"
+            )
+    chain = chain.with_account(account)
 
     artifact = load_artifact()
-    abi = _artifact_field(artifact, "abi")
-    bytecode = _artifact_field(artifact, "bytecode")
-    if isinstance(bytecode, dict):
-        bytecode = bytecode.get("object")
-    factory = chain.w3.eth.contract(abi=abi, bytecode=bytecode)
+    factory = chain.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
     receipt = chain.transact(factory.constructor(), context="deploy TrainingLedger")
-    address = receipt["contractAddress"]
     tx_hash = receipt["transactionHash"]
-    tx_hex = tx_hash.to_0x_hex() if hasattr(tx_hash, "to_0x_hex") else str(tx_hash)
     record = DeploymentRecord(
         chain_id=int(chain.chain_id),
-        address=_checksum(address),
-        tx_hash=tx_hex,
+        address=_checksum(receipt["contractAddress"]),
+        tx_hash=tx_hash.to_0x_hex() if hasattr(tx_hash, "to_0x_hex") else str(tx_hash),
         block=int(receipt["blockNumber"]),
         artifact_sha256=artifact_sha256(),
         deployer=account.address,
         deployed_at=time.time(),
     )
     check_code(chain, record.address, "deploy")
+    if replacing and path.exists():  # only now that the new contract is there
+        backup = path.with_name(f"{path.stem}.replaced-{int(time.time())}.json")
+        os.replace(path, backup)
+        notify(f"note: the previous record was kept as {backup}")
     save_record(settings, record)
     return record
 
 
-def _reconnect(settings: Settings, chain, account):
-    from .chain import Chain
-
-    return Chain.connect(resolve_rpc_url(settings), account=account, expected_chain_id=chain.chain_id)
-
-
 # ---------------------------------------------------------------------------- open_ledger
 
-# (rpc url, chain id, address) whose code was checked in this process.
-_CHECKED: set[tuple[str, int, str]] = set()
+# (rpc url, chain id, address, genesis hash) whose code was checked in this process.
+_CHECKED: set[tuple[str, int, str, bytes]] = set()
 
 
 def resolve_address(settings: Settings, chain) -> str:
@@ -376,10 +365,13 @@ def resolve_address(settings: Settings, chain) -> str:
 
 
 def open_ledger(settings: Settings, account=None):
-    """Connect, check the chain id, find the contract, check its code (once per process) -> TrainingLedger."""
+    """The TrainingLedger every role acts on: connect (settings.rpc_url or the local chain),
+    check the chain id (settings.chain_id), find the contract (settings.contract, else the
+    deployment record for the connected chain) and check its code against the artifact
+    (once per process). ``account`` (a LocalAccount) signs transactions; None = read-only.
+    """
     from .contract import TrainingLedger
 
-    url = resolve_rpc_url(settings)
     chain = connect(settings, account=account)
     if settings.contract:
         address = _checksum(settings.contract)
@@ -387,19 +379,9 @@ def open_ledger(settings: Settings, account=None):
     else:
         address = load_record(settings, chain.chain_id).address
         what = f"deployment record {record_path(settings, chain.chain_id)}"
-    key = (url, int(chain.chain_id), address)
+    # The genesis hash tells apart two chains that reused one URL (a restarted test chain).
+    key = (chain.rpc_url, int(chain.chain_id), address, chain.block_hash(0))
     if key not in _CHECKED:
         check_code(chain, address, what)
         _CHECKED.add(key)
-    return _make_ledger(TrainingLedger, chain, address)
-
-
-def _make_ledger(cls, chain, address):
-    for attempt in (lambda: cls(chain, address), lambda: cls(chain=chain, address=address)):
-        try:
-            return attempt()
-        except TypeError:
-            continue
-    if hasattr(cls, "at"):
-        return cls.at(chain, address)
-    raise LedgerError("cannot construct TrainingLedger(chain, address)")
+    return TrainingLedger(chain, address)

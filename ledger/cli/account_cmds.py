@@ -9,7 +9,7 @@ from . import add_command, add_group
 
 
 def register(sub) -> None:
-    g = add_group(sub, "account", "encrypted keystore accounts: new, list")
+    g = add_group(sub, "account", "encrypted keystore accounts: new, list, fund")
     sub.choices["account"].epilog = (
         "examples:\n  LEDGER_KEY_PASSWORD_FILE=pw.txt ledger account new --name w0\n  ledger account list"
     )
@@ -35,6 +35,17 @@ def register(sub) -> None:
         help="encrypt the key in LEDGER_PRIVATE_KEY instead of generating a new one",
     )
 
+    p = add_command(
+        g,
+        "fund",
+        "give an account ETH on a local chain (same as `ledger chain fund`)",
+        _fund,
+        example="ledger account fund w0 --eth 50",
+        description="Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only.",
+    )
+    p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
+    p.add_argument("--eth", type=float, default=100.0, help="amount in ETH (default 100)")
+
     add_command(
         g,
         "list",
@@ -58,6 +69,12 @@ def _new(args, settings) -> int:
     print(f"{entry.name} {entry.address}")
     print(f"keystore file: {entry.path}", file=sys.stderr)
     return 0
+
+
+def _fund(args, settings) -> int:
+    from .chain_cmds import _fund as chain_fund
+
+    return chain_fund(args, settings)
 
 
 def _list(args, settings) -> int:
