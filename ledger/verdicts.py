@@ -21,7 +21,8 @@ class Verdict(IntEnum):
     UPDATE_NORM = 7      # the update (checkpoint - parent) exceeds the policy's norm bound
     VALIDATION_LOSS = 8  # held-out loss worse than the policy allows
     REPLAY = 9           # re-training from parent + shard + seed does not reproduce it
-    DUPLICATE = 10       # same tensors as an earlier submission in the round
+    DUPLICATE = 10       # same bytes or tensors as an earlier submission in the round (or the parent)
+    SAMPLE_COUNT = 11    # declared sample count (the FedAvg weight) is not what the job's training uses
 
     @property
     def label(self) -> str:

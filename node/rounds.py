@@ -111,10 +111,9 @@ def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged
         return Merged(None, v.parent.digest, v.parent.size, True, workers)
     rule = ctx.config.policy.merge_rule
     result = mergemod.merge(rule, v.parent_params, good, ctx.config.policy)
-    data = checkpoint.encode(result.params, ctx.merge_meta(v.round, v.parent.digest, rule, workers))
-    info = dict(getattr(result, "info", {}) or {})
-    if getattr(result, "selected", None) is not None:
-        info["selected"] = list(result.selected)
+    # The metadata names the workers whose updates are in the merge (Krum selects a subset).
+    data = checkpoint.encode(result.params, ctx.merge_meta(v.round, v.parent.digest, rule, result.selected))
+    info = {**result.info, "selected": list(result.selected)}
     return Merged(data, sha256_bytes(data), len(data), False, workers, info)
 
 

@@ -326,6 +326,14 @@ def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], r
     if len(data) != c.size:
         raise _Reject(Verdict.INTEGRITY, f"content of {c.cid} is {len(data)} bytes, the chain says {c.size}")
 
+    # -- DUPLICATE (byte-for-byte): a copy of an earlier submission's file. Checked before
+    # its metadata, which names the original worker, so the copy is called what it is.
+    file_key = b"file:" + bytes(c.digest)
+    if file_key in seen:
+        metrics["duplicate_of"] = seen[file_key]
+        raise _Reject(Verdict.DUPLICATE, f"byte-for-byte copy of submission #{seen[file_key]}")
+    seen[file_key] = c.index
+
     # -- FORMAT
     if len(data) > cap:
         raise _Reject(Verdict.FORMAT, f"{len(data)} bytes exceeds the cap of {cap} bytes")
@@ -333,6 +341,12 @@ def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], r
 
     # -- LINEAGE
     _check_lineage(ctx, c, meta)
+
+    # -- SAMPLE_COUNT: the FedAvg weight a worker declares must be what the job's training uses
+    expected_samples = int(ctx.config.train.steps) * int(ctx.config.train.batch_size)
+    if int(c.num_samples) != expected_samples:
+        raise _Reject(Verdict.SAMPLE_COUNT, f"declares {c.num_samples} samples; the job's training uses "
+                                            f"{ctx.config.train.steps} steps x {ctx.config.train.batch_size} = {expected_samples}")
 
     # -- STRUCTURE
     _check_structure(ctx.parent_params, tensors)

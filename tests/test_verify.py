@@ -434,3 +434,18 @@ def test_context_rejects_unknown_stage_and_mode(task):
         rd.context(replay_mode="sometimes")
     ctx = rd.context(stages=None)
     assert with_stages(ctx, CHEAP_STAGES).stages == CHEAP_STAGES and ctx.stages != CHEAP_STAGES
+
+
+def test_byte_for_byte_copy_is_a_duplicate_not_a_lineage_failure(task):
+    data = checkpoint.encode(task["trained"][addr(1)], meta_for(task, addr(1)))
+    rd = Round(task)
+    rd.add(addr(1), data)
+    rd.add(addr(2), data)   # the copier submits the original's very bytes (its metadata names addr(1))
+    assert [r.verdict for r in rd.verify()] == [Verdict.ACCEPTED, Verdict.DUPLICATE]
+
+
+def test_inflated_sample_count_is_rejected(task):
+    rd = Round(task)
+    rd.add(addr(1), checkpoint.encode(task["trained"][addr(1)], meta_for(task, addr(1))), num_samples=10**6)
+    rd.add(addr(2), checkpoint.encode(task["trained"][addr(2)], meta_for(task, addr(2))))
+    assert [r.verdict for r in rd.verify()] == [Verdict.SAMPLE_COUNT, Verdict.ACCEPTED]
