@@ -8,11 +8,12 @@ piece of text taken from the report goes through `html.escape`.
 Stable hooks (tests and anyone scripting against the page):
 - `#verdict` (class `ok` or `failed`), `#job`, `#discrepancies`, `#round-<n>`;
 - `svg#lineage-graph`: one `g.cell` per (round, worker), class `cell accepted|rejected|
-  missing|submitted|discrepancy` with `data-round`, `data-worker`, `data-verdict` (on-chain
-  code or `none`), `data-audit-verdict`; `submitted` = no on-chain verdict (round never
-  finalized); one `.model`
-  node per merged model (`#model-genesis`, `#model-r<n>`); one `.agg` dot per aggregator
-  and round (class `agree`, `dissent` or `absent`);
+  missing|submitted|discrepancy` (`submitted`: the round never finalized, so there is no
+  on-chain verdict) with `data-round`, `data-worker`, `data-verdict` (on-chain code or
+  `none`) and `data-audit-verdict`; one `g.model` per merged model (`#model-genesis`,
+  `#model-r<n>`) joined by `line.link` (`broken` when a round's parent is not the previous
+  model); one `g.agg` dot per aggregator and round (class `agree`, `dissent` or `absent`,
+  plus `audit-mismatch`);
 - `svg#loss-plot`: `path.loss-line` through the merged models' validation loss,
   `circle.loss-point`, `.contribution-point`, axis ticks `.tick`.
 """
@@ -70,13 +71,11 @@ def _addr_key(a: str | None) -> str:
 
 
 class _Index:
-    """Where the report's discrepancies point: (round, party) and rounds/job."""
+    """Where the report's discrepancies point: (round, party), party "" for a round or the job."""
 
     def __init__(self, report: AuditReport):
         self.by_party: dict[tuple[int, str], list[Discrepancy]] = {}
-        self.by_round: dict[int, list[Discrepancy]] = {}
         for d in report.discrepancies:
-            self.by_round.setdefault(d.round, []).append(d)
             self.by_party.setdefault((d.round, _addr_key(d.party)), []).append(d)
 
     def party(self, rnd: int, party: str) -> list[Discrepancy]:
@@ -149,8 +148,6 @@ _SVG_CSS = (
 def _text_w(text: str, px: float = 11) -> float:
     """Rough width of sans-serif text (legend layout; no font metrics available here)."""
     return len(text) * px * 0.62
-
-
 
 
 def _expected_parents(report: AuditReport, rounds: list[RoundAudit]) -> dict[int, str | None]:

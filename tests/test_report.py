@@ -25,7 +25,7 @@ from ledger.verdicts import Verdict
 from node.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
 from node.report_html import GREEN, RED, render_html
 from node.report_text import render_text
-from tests.conftest import require_tool
+from conftest import require_tool  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 
 # ---------------------------------------------------------------- realistic reports
@@ -453,3 +453,28 @@ def test_html_empty_cases_in_chromium(tmp_path: Path, make):
 
     pixels = browser_screenshot(tmp_path, page)
     assert int((pixels[..., :3].min(axis=-1) < 245).sum()) > 5_000
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_cell_states_and_ticks():
+    from node.report_html import ORANGE, PURPLE, cell_state, nice_ticks
+
+    def contrib(onchain, audit):
+        return ContributionAudit(0, WORKERS[0], digest("x"), cid("x"), 1, 1, onchain, audit)
+
+    flag = [Discrepancy(1, WORKERS[0], "integrity", "a", "b")]
+    assert cell_state(None, []) == ("missing", None)
+    assert cell_state(contrib(0, 0), []) == ("accepted", None)
+    assert cell_state(contrib(7, 7), []) == ("rejected", None)
+    assert cell_state(contrib(None, 0), []) == ("submitted", None)
+    assert cell_state(contrib(0, 8), []) == ("discrepancy", PURPLE)  # invalid, accepted on chain
+    assert cell_state(contrib(7, 0), []) == ("discrepancy", ORANGE)  # valid, rejected on chain
+    assert cell_state(contrib(7, 8), []) == ("discrepancy", ORANGE)  # different reason byte
+    assert cell_state(contrib(0, 0), flag) == ("discrepancy", ORANGE)
+
+    ticks, decimals = nice_ticks(4.05, 6.3)
+    assert ticks[0] <= 4.05 and ticks[-1] >= 6.3 and 3 <= len(ticks) <= 8 and decimals == 1
+    ticks, _ = nice_ticks(2.0, 2.0)  # a flat series still gets a range
+    assert ticks[0] < 2.0 < ticks[-1]
