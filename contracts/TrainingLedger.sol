@@ -136,6 +136,16 @@ contract TrainingLedger {
         uint128 submitted; // bitmap of worker indexes that submitted
     }
 
+    /// @dev The packed live state of a round (a struct so one storage pointer serves read and write).
+    struct LiveRound {
+        uint256 packed;
+    }
+
+    /// @dev The running commitment of a job's current round.
+    struct Commitment {
+        bytes32 value;
+    }
+
     /// @dev A proposal's merge and its outcome, kept together in memory.
     struct Merge {
         bytes32 digest;
@@ -160,6 +170,7 @@ contract TrainingLedger {
     uint256 private constant COUNT_ONE = 1 << COUNT_SHIFT;
     uint256 private constant LIVE_OPEN = 1 << STATUS_SHIFT;
     uint256 private constant STATUS_MASK = 0xff << STATUS_SHIFT;
+    uint256 private constant ROUND_MASK = 0xffffffff;
 
     // ---------------------------------------------------------------- storage
 
@@ -171,9 +182,9 @@ contract TrainingLedger {
     mapping(uint256 jobId => mapping(address worker => uint256)) private _workerIndex;
     mapping(uint256 jobId => mapping(address aggregator => bool)) private _isAggregator;
     /// @dev the packed live state of the round whose parent is the key
-    mapping(uint256 jobId => mapping(bytes32 parent => uint256)) private _live;
+    mapping(uint256 jobId => mapping(bytes32 parent => LiveRound)) private _live;
     /// @dev running commitment of the job's current round
-    mapping(uint256 jobId => bytes32) private _commitment;
+    mapping(uint256 jobId => Commitment) private _commitment;
     mapping(uint256 jobId => mapping(uint32 round => RoundRecord)) private _rounds;
     /// @dev outcome an aggregator proposed for a round (zero = none)
     mapping(uint256 jobId => mapping(uint32 round => mapping(address aggregator => bytes32))) private _proposed;
@@ -348,22 +359,26 @@ contract TrainingLedger {
         uint64 numSamples
     ) external {
         uint256 index = _workerIndex[jobId][msg.sender];
-        uint256 live = _live[jobId][parentDigest];
-        uint256 bit = index == 0 ? 0 : 1 << (BITMAP_SHIFT + index - 1);
+        LiveRound storage slot = _live[jobId][parentDigest];
+        uint256 live = slot.packed;
+        uint256 bit;
+        unchecked {
+            bit = (1 << (BITMAP_SHIFT - 1)) << index; // index <= 128: bit <= 215
+        }
         if (
-            bit == 0 ||
-            uint32(live) != round ||
-            live & STATUS_MASK != LIVE_OPEN ||
+            index == 0 ||
+            live & (STATUS_MASK | ROUND_MASK) != LIVE_OPEN | round ||
             block.timestamp > uint40(live >> DEADLINE_SHIFT) ||
             live & bit != 0
         ) {
             _rejectSubmission(jobId, round, parentDigest, index);
         }
         // effects: count + 1 and the worker's bit (the count never exceeds 128 < 256)
-        _live[jobId][parentDigest] = live + COUNT_ONE + bit;
-        _commitment[jobId] = keccak256(
-            abi.encodePacked(_commitment[jobId], msg.sender, digest, cid, size, numSamples)
-        );
+        unchecked {
+            slot.packed = live + COUNT_ONE + bit;
+        }
+        Commitment storage c = _commitment[jobId];
+        c.value = keccak256(abi.encodePacked(c.value, msg.sender, digest, cid, size, numSamples));
         emit UpdateSubmitted(jobId, round, msg.sender, digest, cid, size, numSamples);
     }
 
@@ -409,14 +424,14 @@ contract TrainingLedger {
         RoundRecord storage rec = _rounds[jobId][round];
         _checkCurrentRound(jobId, j, rec, round);
         bytes32 parent = j.parentDigest;
-        uint256 live = _live[jobId][parent];
+        uint256 live = _live[jobId][parent].packed;
         uint64 deadline = uint40(live >> DEADLINE_SHIFT);
         if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
         uint256 count = (live >> COUNT_SHIFT) & 0xff;
         if (count >= j.minSubmissions) revert EnoughSubmissions(jobId, round, count, j.minSubmissions);
 
-        _live[jobId][parent] = live & ~STATUS_MASK;
-        _writeRecord(rec, parent, _commitment[jobId], live, RoundStatus.Skipped);
+        _live[jobId][parent].packed = live & ~STATUS_MASK;
+        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Skipped);
         rec.mergedDigest = parent;
         rec.mergedCid = j.parentCid;
         rec.mergedSize = j.parentSize;
@@ -493,11 +508,11 @@ contract TrainingLedger {
             v.outcome = rec.outcome;
             v.accepted = rec.accepted;
         } else if (round == j.currentRound && !j.completed) {
-            uint256 live = _live[jobId][j.parentDigest];
+            uint256 live = _live[jobId][j.parentDigest].packed;
             v.parent = j.parentDigest;
             v.deadline = uint40(live >> DEADLINE_SHIFT);
             v.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
-            v.commitment = _commitment[jobId];
+            v.commitment = _commitment[jobId].value;
             v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
         }
     }
@@ -514,7 +529,7 @@ contract TrainingLedger {
         if (rec.status != uint8(RoundStatus.None)) return (rec.submitted >> (index - 1)) & 1 == 1;
         Job storage j = _jobs[jobId];
         if (round != j.currentRound || j.completed) return false;
-        uint256 live = _live[jobId][j.parentDigest];
+        uint256 live = _live[jobId][j.parentDigest].packed;
         return (live >> (BITMAP_SHIFT + index - 1)) & 1 == 1;
     }
 
@@ -571,7 +586,7 @@ contract TrainingLedger {
         if (j.completed) revert JobFinished(jobId);
         if (round != j.currentRound) revert WrongRound(jobId, j.currentRound, round);
         if (parentDigest != j.parentDigest) revert WrongParent(jobId, round, j.parentDigest, parentDigest);
-        uint256 live = _live[jobId][parentDigest];
+        uint256 live = _live[jobId][parentDigest].packed;
         uint64 deadline = uint40(live >> DEADLINE_SHIFT);
         if (block.timestamp > deadline || live & STATUS_MASK != LIVE_OPEN) revert RoundClosed(jobId, round, deadline);
         revert AlreadySubmitted(jobId, round, msg.sender);
@@ -601,9 +616,9 @@ contract TrainingLedger {
         _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
         if (_proposed[jobId][round][msg.sender] != 0) revert AlreadyProposed(jobId, round, msg.sender);
         bytes32 parent = j.parentDigest;
-        live = _live[jobId][parent];
+        live = _live[jobId][parent].packed;
         _requireClosed(jobId, round, live, j.numWorkers);
-        bytes32 expected = _commitment[jobId];
+        bytes32 expected = _commitment[jobId].value;
         if (submissionsCommitment != expected) {
             revert CommitmentMismatch(jobId, round, expected, submissionsCommitment);
         }
@@ -645,8 +660,8 @@ contract TrainingLedger {
         Job storage j = _jobs[jobId];
         bytes32 parent = j.parentDigest;
         RoundRecord storage rec = _rounds[jobId][round];
-        _live[jobId][parent] = live & ~STATUS_MASK;
-        _writeRecord(rec, parent, _commitment[jobId], live, RoundStatus.Finalized);
+        _live[jobId][parent].packed = live & ~STATUS_MASK;
+        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Finalized);
         rec.mergedDigest = m.digest;
         rec.mergedCid = m.cid;
         rec.mergedSize = m.size;
@@ -683,8 +698,8 @@ contract TrainingLedger {
 
     function _openRound(uint256 jobId, uint32 round, bytes32 parent, uint32 duration) private {
         uint256 deadline = block.timestamp + duration;
-        _live[jobId][parent] = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN;
-        _commitment[jobId] = keccak256(abi.encode(jobId, round));
+        _live[jobId][parent].packed = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN;
+        _commitment[jobId].value = keccak256(abi.encode(jobId, round));
         emit RoundOpened(jobId, round, parent, uint64(deadline));
     }
 }

@@ -179,7 +179,10 @@ class ErrorDecoder:
             values = abi_decode(err.types, body)
         except Exception:
             return err.name, {"data": data}
-        return err.name, {n: _plain(v) for n, v in zip(err.names, values)}
+        return err.name, {
+            n: (to_checksum_address(v) if t == "address" else _plain(v))
+            for n, t, v in zip(err.names, err.types, values)
+        }
 
 
 class Chain:

@@ -30,12 +30,14 @@ CONTRACTS = [DEFAULT_CONTRACT]
 CONTRACTS_SUBDIR = "contracts"
 BUILD_SUBDIR = "contracts/build"
 
-# Compiler settings recorded in the artifact. viaIR was measured: it does not lower the
-# hot path (submitUpdate) here, so the legacy pipeline is kept (faster to compile).
+# Compiler settings recorded in the artifact (and mirrored in hardhat-config/hardhat.config.js).
+# viaIR was measured on anvil 1.7.1 (bench/gas.py): it lowers every operation, the hot
+# path too (submitUpdate 39,787 vs 39,871 gas with the legacy pipeline; a finalizing
+# propose about 1,700 less; deployment 350,000 less), at about 5 s a compile instead of 2.5.
 SETTINGS: dict = {
     "optimizer": {"enabled": True, "runs": 200},
     "evmVersion": "cancun",
-    "viaIR": False,
+    "viaIR": True,
     "metadata": {"bytecodeHash": "ipfs"},
 }
 OUTPUTS = ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "evm.deployedBytecode.immutableReferences"]
