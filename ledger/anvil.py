@@ -54,6 +54,12 @@ def _valid_state(path: Path) -> bool:
         return False
 
 
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0) -> ChainUp:
     """Start the local chain (idempotent). Returns its info and whether it was started now."""
     svc = service(settings)
@@ -66,16 +72,28 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
     d = settings.chain_dir.resolve()
     d.mkdir(parents=True, exist_ok=True)
     state, backup = d / STATE_FILE, d / BACKUP_FILE
-    note = ""
-    if state.exists():
+    notes: list[str] = []
+
+    def prepare() -> None:
+        # Under the service lock, so a concurrent `chain up` cannot race on these files.
+        # anvil rewrites its state file in place, so a kill during a dump can leave it
+        # truncated: keep a copy of the last good one and fall back to it.
+        if not state.exists():
+            return
         if _valid_state(state):
-            shutil.copyfile(state, backup)
+            _copy_atomic(state, backup)
         elif backup.exists():
-            shutil.copyfile(backup, state)
-            note = f"state file was unreadable (killed mid-write?); restored the backup from {time.ctime(backup.stat().st_mtime)}"
+            _copy_atomic(backup, state)
+            notes.append(
+                "state file was unreadable (killed mid-write?); restored the backup from "
+                f"{time.ctime(backup.stat().st_mtime)}"
+            )
         else:
             state.rename(d / f"state.corrupt.{int(time.time())}.json")
-            note = "state file was unreadable and no backup exists; started an empty chain (the bad file was kept aside)"
+            notes.append(
+                "state file was unreadable and no backup exists; started an empty chain (the bad file was kept aside)"
+            )
+
     if port is None:
         port = settings.chain_port
     cmd = [
@@ -91,8 +109,9 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
         url_for_port=lambda p: f"http://127.0.0.1:{p}",
         timeout=timeout,
         extra={"state_file": str(state)},
+        prepare=prepare,
     )
-    return ChainUp(info, started, note)
+    return ChainUp(info, started, "; ".join(notes))
 
 
 def chain_down(settings: Settings) -> ServiceInfo | None:

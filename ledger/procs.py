@@ -104,15 +104,20 @@ class LocalService:
         timeout: float = 30.0,
         env: dict | None = None,
         extra: dict | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> tuple[ServiceInfo, bool]:
         """Start ``command`` unless already running. Returns (info, started_now).
 
         ``ready_pattern`` is a regex with one group, the port, matched in the log.
+        ``prepare`` runs under the lock, only when the process is about to be started
+        (e.g. to check or repair files the process will read).
         """
         with self._lock():
             info = self.running()
             if info is not None:
                 return info, False
+            if prepare is not None:
+                prepare()
             log = open(self.log_file, "ab")
             offset = log.tell()
             proc = subprocess.Popen(
