@@ -1,0 +1,189 @@
+"""Gas per TrainingLedger operation, measured from real receipts on a private anvil.
+
+Starts its own anvil (ledger.anvil, a temporary data directory, any free port),
+deploys the committed artifact, and for 4, 16 and 64 workers runs a job through
+two finalized rounds (every worker submits, one proposal that does not finalize,
+one that does) and a round skipped by closeRound after its deadline. Workers and
+aggregators are deterministic keys (keccak of a label) funded with anvil_setBalance.
+Prints a table and whether the median submitUpdate meets the 40,000-gas target
+(DESIGN.md, "Gas"). Stops anvil by PID and removes the data directory at the end.
+
+example:
+  .venv/bin/python bench/gas.py                  # 4, 16 and 64 workers
+  .venv/bin/python bench/gas.py --workers 8 --json gas.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from eth_account import Account  # noqa: E402
+from eth_utils import keccak  # noqa: E402
+from web3.logs import DISCARD  # noqa: E402
+
+from ledger import anvil  # noqa: E402
+from ledger.artifacts import load_artifact  # noqa: E402
+from ledger.chain import Chain  # noqa: E402
+from ledger.config import load_settings  # noqa: E402
+from ledger.contract import JobParams, TrainingLedger  # noqa: E402
+
+TARGET = 40_000
+CEILING = 45_000
+FUNDS = 10**21  # 1,000 ETH each
+
+
+def key_for(label: str):
+    """A deterministic local account (bench only: never holds real funds)."""
+    return Account.from_key(keccak(text=f"training-ledger bench {label}"))
+
+
+def sha(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+def fund(chain: Chain, addresses) -> None:
+    for a in addresses:
+        chain.w3.provider.make_request("anvil_setBalance", [a, hex(FUNDS)])
+
+
+def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 3, quorum: int = 2) -> dict:
+    workers = [key_for(f"n{n_workers} worker {i}") for i in range(n_workers)]
+    aggs = [key_for(f"n{n_workers} aggregator {i}") for i in range(n_aggs)]
+    fund(chain, [a.address for a in workers + aggs])
+    duration = 3600
+    params = JobParams(
+        config_digest=sha("config"), config_cid=sha("config cid"), config_size=2_345,
+        genesis_digest=sha(f"genesis {n_workers}"), genesis_cid=sha("genesis cid"), genesis_size=3_412_345,
+        workers=[w.address for w in workers], aggregators=[a.address for a in aggs], quorum=quorum,
+        round_duration=duration, num_rounds=4, min_submissions=max(1, n_workers // 2), cid_version=0,
+    )
+    t0 = time.perf_counter()
+    rc = chain.transact(ledger.contract.functions.createJob(params.to_abi()), context="create job")
+    create_gas = rc["gasUsed"]
+    (created,) = ledger.contract.events.JobCreated().process_receipt(rc, errors=DISCARD)
+    job = int(created["args"]["jobId"])
+
+    submit: list[int] = []
+    propose: list[int] = []
+    finalize: list[int] = []
+    parent = params.genesis_digest
+    for r in (1, 2):
+        for i, w in enumerate(workers):
+            rc = ledger.with_account(w).submit_update(
+                job, r, parent, sha(f"ckpt {n_workers} {r} {i}"), sha(f"cid {n_workers} {r} {i}"),
+                3_412_345 + i, 1_600 + i,
+            )
+            submit.append(rc["gasUsed"])
+        info = ledger.round(job, r)
+        verdicts = [0] * n_workers
+        verdicts[-1] = 8  # one rejected contribution
+        merged = sha(f"merged {n_workers} {r}")
+        for k, a in enumerate(aggs[:quorum]):
+            rc = ledger.with_account(a).propose(job, r, info.commitment, verdicts, merged, sha(f"mcid {r}"), 3_412_999)
+            (finalize if k == quorum - 1 else propose).append(rc["gasUsed"])
+        parent = merged
+    # round 3: nobody submits; after the deadline anyone may skip it
+    chain.w3.provider.make_request("evm_increaseTime", [duration + 1])
+    chain.w3.provider.make_request("evm_mine", [])
+    rc = ledger.with_account(aggs[0]).close_round(job, 3)
+    close_gas = rc["gasUsed"]
+    assert ledger.round(job, 3).status == "skipped"
+    return {
+        "workers": n_workers,
+        "aggregators": n_aggs,
+        "quorum": quorum,
+        "createJob": create_gas,
+        "submit_first": submit[0],
+        "submit_median": int(statistics.median(submit)),
+        "submit_max": max(submit),
+        "submit_min": min(submit),
+        "submits": len(submit),
+        "propose": int(statistics.median(propose)),
+        "propose_finalizes": int(statistics.median(finalize)),
+        "closeRound": close_gas,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def render(rows: list[dict], versions: str) -> str:
+    cols = [
+        ("workers", "workers"),
+        ("createJob", "createJob"),
+        ("submit_first", "submit first"),
+        ("submit_median", "submit median"),
+        ("submit_max", "submit max"),
+        ("propose", "propose"),
+        ("propose_finalizes", "propose (finalizes)"),
+        ("closeRound", "closeRound"),
+    ]
+    widths = [max(len(h), *(len(f"{r[k]:,}") for r in rows)) for k, h in cols]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    out = [f"TrainingLedger gas per operation ({versions}; real receipts, 3 aggregators, quorum 2)", ""]
+    out.append(line([h for _, h in cols]))
+    out.append(line(["-" * w for w in widths]))
+    for r in rows:
+        out.append(line([f"{r[k]:,}" for k, _ in cols]))
+    out.append("")
+    worst = max(r["submit_median"] for r in rows)
+    ok = worst <= TARGET
+    medians = ", ".join(f"{r['submit_median']:,} ({r['workers']} workers)" for r in rows)
+    out.append(f"median submitUpdate: {medians}")
+    out.append(
+        f"target <= {TARGET:,} gas: {'MET' if ok else 'NOT MET'}"
+        + ("" if ok else f" (ceiling {CEILING:,}: {'within' if worst <= CEILING else 'EXCEEDED'})")
+    )
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", default="4,16,64", help="comma-separated worker counts (default 4,16,64; at most 128)")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+
+    tmp = Path(tempfile.mkdtemp(prefix="ledger-gas-"))
+    settings = load_settings({"data_dir": tmp, "chain_port": 0}, env={}, config_file=None)
+    up = anvil.chain_up(settings)
+    try:
+        deployer = key_for("deployer")
+        chain = Chain.connect(up.info.url, deployer)
+        fund(chain, [deployer.address])
+        art = load_artifact()
+        factory = chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        rc = chain.transact(factory.constructor(), context="deploy")
+        ledger = TrainingLedger(chain, rc["contractAddress"], art["abi"])
+        client = chain.w3.client_version
+        settings_s = art["compiler"]["settings"]
+        versions = (
+            f"{client.split('/')[0]} {client.split('/')[1] if '/' in client else ''}".strip()
+            + f", solc {art['compiler']['version'].split('+')[0]}"
+            + f" optimizer {settings_s['optimizer']['runs']} runs{' viaIR' if settings_s.get('viaIR') else ''}"
+            + f", deploy {rc['gasUsed']:,} gas"
+        )
+        rows = []
+        for n in counts:
+            rows.append(measure(chain, ledger, n))
+            print(f"  measured {n} workers in {rows[-1]['seconds']}s", file=sys.stderr)
+        print(render(rows, versions))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"versions": versions, "target": TARGET, "rows": rows}, indent=2) + "\n")
+        return 0 if max(r["submit_median"] for r in rows) <= CEILING else 1
+    finally:
+        anvil.chain_down(settings)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
