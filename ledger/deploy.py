@@ -205,9 +205,12 @@ def code_matches(onchain: bytes, artifact) -> str:
     return ""
 
 
-def check_code(chain, address: str, what: str) -> str:
-    """Raise NotOurContract unless the code at ``address`` is TrainingLedger's; returns code_matches()."""
-    from .artifacts import load_artifact
+def check_code(chain, address: str, what: str, record: DeploymentRecord | None = None) -> str:
+    """Raise NotOurContract unless the code at ``address`` is TrainingLedger's; returns code_matches().
+
+    With the ``record`` of the deployment, a mismatch caused by a recompiled artifact says so.
+    """
+    from .artifacts import artifact_sha256, load_artifact
 
     code = _code_at(chain, address)
     if not code:
@@ -217,6 +220,12 @@ def check_code(chain, address: str, what: str) -> str:
             "run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
         )
     how = code_matches(code, load_artifact())
+    if not how and record is not None and record.artifact_sha256 != artifact_sha256():
+        raise NotOurContract(
+            f"{what}: the code at {address} on chain {chain.chain_id} was deployed from another build of the "
+            f"contract (artifact sha256 {record.artifact_sha256[:18]}…, now {artifact_sha256()[:18]}…); "
+            "run `ledger deploy --force` to deploy the current one"
+        )
     if not how:
         raise NotOurContract(
             f"{what}: the code at {address} on chain {chain.chain_id} is not the TrainingLedger "
@@ -252,7 +261,7 @@ def verify_deployment(chain, record: DeploymentRecord) -> list[str]:
     if int(chain.chain_id) != int(record.chain_id):
         raise WrongChain(f"the deployment record is for chain {record.chain_id}, but the endpoint is chain {chain.chain_id}")
     warnings: list[str] = []
-    how = check_code(chain, record.address, "verify-deployment")
+    how = check_code(chain, record.address, "verify-deployment", record)
     if how == "metadata":
         warnings.append(
             "the deployed code equals the artifact's except for the compiler metadata "
@@ -357,13 +366,6 @@ def deploy(
 _CHECKED: set[tuple[str, int, str, bytes]] = set()
 
 
-def resolve_address(settings: Settings, chain) -> str:
-    """settings.contract if set, else the deployment record's address for the chain."""
-    if settings.contract:
-        return _checksum(settings.contract)
-    return load_record(settings, chain.chain_id).address
-
-
 def open_ledger(settings: Settings, account=None):
     """The TrainingLedger every role acts on: connect (settings.rpc_url or the local chain),
     check the chain id (settings.chain_id), find the contract (settings.contract, else the
@@ -373,15 +375,17 @@ def open_ledger(settings: Settings, account=None):
     from .contract import TrainingLedger
 
     chain = connect(settings, account=account)
+    record = None
     if settings.contract:
         address = _checksum(settings.contract)
         what = "LEDGER_CONTRACT"
     else:
-        address = load_record(settings, chain.chain_id).address
+        record = load_record(settings, chain.chain_id)
+        address = record.address
         what = f"deployment record {record_path(settings, chain.chain_id)}"
     # The genesis hash tells apart two chains that reused one URL (a restarted test chain).
     key = (chain.rpc_url, int(chain.chain_id), address, chain.block_hash(0))
     if key not in _CHECKED:
-        check_code(chain, address, what)
+        check_code(chain, address, what, record)
         _CHECKED.add(key)
     return TrainingLedger(chain, address)

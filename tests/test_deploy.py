@@ -112,6 +112,10 @@ def test_verify_against_wrong_code_fails(settings, rpc_url, deployed):
         dep.verify_deployment(chain, dep.DeploymentRecord(**{**deployed.to_json(), "address": other}))
     with pytest.raises(NotOurContract, match="no contract code"):
         dep.verify_deployment(chain, dep.DeploymentRecord(**{**deployed.to_json(), "address": DEV1.address}))
+    # the record says it came from another build of the artifact: the error says so
+    older = dep.DeploymentRecord(**{**deployed.to_json(), "address": other, "artifact_sha256": "0x" + "cd" * 32})
+    with pytest.raises(NotOurContract, match="another build.*ledger deploy --force"):
+        dep.verify_deployment(chain, older)
     with pytest.raises(WrongChain):
         dep.verify_deployment(chain, dep.DeploymentRecord(**{**deployed.to_json(), "chain_id": 1}))
 
