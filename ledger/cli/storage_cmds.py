@@ -1,7 +1,183 @@
-"""CLI commands (placeholder: filled in by its owner; see HACKING.md)."""
+"""``ledger ipfs up|down|status`` and ``ledger store put|get|verify``."""
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
+
+from . import add_command, add_group
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
 
 def register(sub) -> None:
-    pass
+    # ---------------------------------------------------------------- ipfs
+    g = add_group(sub, "ipfs", "the local IPFS node (Helia, offline; blocks in <data-dir>/ipfs): up, down, status")
+    sub.choices["ipfs"].epilog = (
+        "examples:\n  ledger ipfs up && ledger --storage ipfs store put model.safetensors\n"
+        "  ledger ipfs status\n  ledger ipfs down"
+    )
+    p = add_command(
+        g,
+        "up",
+        "start the local IPFS node (idempotent); prints its API address and pid",
+        _ipfs_up,
+        example="ledger ipfs up --port 5001",
+        description=_wrap(
+            "Start ipfs-node/server.mjs (Helia on node 22, offline, filesystem blockstore in "
+            "<data-dir>/ipfs/repo) on 127.0.0.1 in the background. It serves the part of Kubo's RPC "
+            "API the IPFS backend uses (add, cat, pin/add, pin/ls, block/stat, id, version), so "
+            "`--storage ipfs` works without Kubo; with Kubo installed, pass --ipfs-api instead."
+        ),
+    )
+    p.add_argument("--port", type=int, help="port to listen on (default LEDGER_IPFS_PORT or 5001; 0 = any free port)")
+    add_command(g, "down", "stop the local IPFS node by PID", _ipfs_down, example="ledger ipfs down")
+    add_command(
+        g,
+        "status",
+        "is the local IPFS node running and answering? exits 1 when it is down",
+        _ipfs_status,
+        example="ledger ipfs status || ledger ipfs up",
+    )
+
+    # ---------------------------------------------------------------- store
+    g = add_group(sub, "store", "content-addressed storage (embedded, or IPFS with --storage ipfs): put, get, verify")
+    sub.choices["store"].epilog = (
+        "examples:\n  ledger store put model.safetensors\n"
+        "  ledger store get QmX... --digest 0xabc... -o model.safetensors\n"
+        "  ledger store verify QmX... --digest 0xabc..."
+    )
+    p = add_command(
+        g,
+        "put",
+        "store a file; prints its CID, sha256 and size",
+        _put,
+        example="ledger store put model.safetensors            # cid Qm..., sha256 0x..., size N",
+        description=_wrap(
+            "Store FILE in the configured backend and print its CID (the same CID `ipfs add` gives "
+            "with Kubo's defaults: CIDv0, 256 KiB chunks, balanced DAG; --cid-version 1 gives raw "
+            "leaves like `ipfs add --cid-version=1`) and the sha256 of its exact bytes, the identity "
+            "recorded on chain."
+        ),
+    )
+    p.add_argument("file", metavar="FILE", help="file to store ('-' for standard input)")
+    p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0 (default, Kubo's default) or 1 (raw leaves)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+
+    p = add_command(
+        g,
+        "get",
+        "fetch a CID into a file, verified against its sha256 before it appears",
+        _get,
+        example="ledger store get QmX... --digest 0x5f2a... -o model.safetensors",
+        description=_wrap(
+            "Stream CID into FILE through a temporary file; the bytes must hash to --digest (and, in the "
+            "embedded store, every block to its CID) or nothing is written and the command fails."
+        ),
+    )
+    p.add_argument("cid", metavar="CID")
+    p.add_argument("--digest", required=True, metavar="0xSHA256", help="expected sha256 of the bytes (from the chain)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the verified bytes")
+
+    p = add_command(
+        g,
+        "verify",
+        "check that a stored CID is intact and hashes to the expected sha256",
+        _verify,
+        example="ledger store verify QmX... --digest 0x5f2a...",
+        description=_wrap(
+            "Read CID from the configured backend and check it against --digest without writing it "
+            "anywhere; exits 1 (naming the CID and both digests) when it does not match."
+        ),
+    )
+    p.add_argument("cid", metavar="CID")
+    p.add_argument("--digest", required=True, metavar="0xSHA256", help="expected sha256 of the bytes")
+
+
+# ------------------------------------------------------------------------ handlers
+
+
+def _ipfs_up(args, settings) -> int:
+    from ..ipfs_node import ipfs_up
+
+    up = ipfs_up(settings, port=args.port)
+    state = "started" if up.started else "already running"
+    print(f"ipfs node {state}: api {up.info.url} (pid {up.info.pid})")
+    print(f"use it with: ledger --storage ipfs ...  (or LEDGER_STORAGE=ipfs); stop with: ledger ipfs down")
+    return 0
+
+
+def _ipfs_down(args, settings) -> int:
+    from ..ipfs_node import ipfs_down
+
+    info = ipfs_down(settings)
+    print(f"ipfs node stopped (pid {info.pid})" if info else "ipfs node was not running")
+    return 0
+
+
+def _ipfs_status(args, settings) -> int:
+    from ..ipfs_node import ipfs_status
+
+    st = ipfs_status(settings)
+    for k, v in st.items():
+        print(f"{k:10} {v}")
+    return 0 if st.get("running") and st.get("answering", True) else 1
+
+
+def _store(settings, cid_version: int = 0):
+    from ..store import open_store
+
+    return open_store(settings, cid_version=cid_version)
+
+
+def _parse_digest(text: str) -> bytes:
+    from ..digest import from_hex
+    from ..errors import LedgerError
+
+    try:
+        return from_hex(text)
+    except ValueError as e:
+        raise LedgerError(f"--digest: {e}") from None
+
+
+def _put(args, settings) -> int:
+    from ..digest import to_hex
+
+    store = _store(settings, args.cid_version)
+    try:
+        src = sys.stdin.buffer if args.file == "-" else args.file
+        obj = store.put(src)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"cid": obj.cid, "sha256": to_hex(obj.digest), "size": obj.size, "backend": store.name}))
+    else:
+        print(f"cid     {obj.cid}")
+        print(f"sha256  {to_hex(obj.digest)}")
+        print(f"size    {obj.size}")
+    return 0
+
+
+def _get(args, settings) -> int:
+    digest = _parse_digest(args.digest)
+    store = _store(settings)
+    try:
+        dest = store.get_to_file(args.cid, digest, args.output)
+    finally:
+        store.close()
+    print(f"wrote {dest} ({dest.stat().st_size} bytes, sha256 verified)")
+    return 0
+
+
+def _verify(args, settings) -> int:
+    digest = _parse_digest(args.digest)
+    store = _store(settings)
+    try:
+        size = store.verify(args.cid, digest)
+    finally:
+        store.close()
+    print(f"ok: {args.cid} ({size} bytes) matches sha256 {args.digest}")
+    return 0
