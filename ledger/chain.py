@@ -284,10 +284,11 @@ class Chain:
     # ------------------------------------------------------------------ calls
 
     def call(self, fn, context: str = "", block_identifier: Any = "latest") -> Any:
-        """``fn.call()`` with reverts decoded into ContractReverted."""
+        """``fn.call()`` (from this chain's account, if any) with reverts decoded into ContractReverted."""
         self._learn(fn)
         try:
-            return fn.call(block_identifier=block_identifier)
+            tx = {"from": self._account.address} if self._account is not None else None
+            return fn.call(tx, block_identifier=block_identifier)
         except Exception as e:
             raise self._translate(e, context) from None
 

@@ -1,0 +1,708 @@
+"""TrainingLedger on a real anvil: every revert path, every event's fields, the round
+lifecycle (finalize with k=2 of n=3, skip below the minimum, several rounds to
+completion), the off-chain commitment/outcome, the Chain client (local signing,
+revert decoding, paginated logs, error mapping), and a cross-check with `cast`.
+
+The contract is deployed from the committed artifact with web3 directly (no
+ledger.deploy), one fresh anvil per test (the `rpc_url` fixture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
+
+from conftest import DEV_KEYS
+from ledger.artifacts import load_artifact
+from ledger.chain import Chain
+from ledger.contract import ChainEvent, JobParams, TrainingLedger
+from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, TransactionFailed, WrongChain
+
+ROOT = Path(__file__).resolve().parent.parent
+CAST = ROOT / "hardhat-config/node_modules/.bin/cast"
+DURATION = 600
+
+OWNER = Account.from_key(DEV_KEYS[0])
+WORKERS = [Account.from_key(k) for k in DEV_KEYS[1:4]]
+AGGS = [Account.from_key(k) for k in DEV_KEYS[4:7]]
+OUTSIDER = Account.from_key(DEV_KEYS[7])
+
+
+def h(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()
+
+
+GENESIS = h("genesis")
+
+
+class Env:
+    """A deployed TrainingLedger plus helpers acting as each party."""
+
+    def __init__(self, rpc_url: str):
+        self.rpc_url = rpc_url
+        self.chain = Chain.connect(rpc_url, OWNER)
+        art = load_artifact()
+        factory = self.chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        rc = self.chain.transact(factory.constructor(), context="deploy")
+        self.address = rc["contractAddress"]
+        self.ledger = TrainingLedger(self.chain, self.address)
+
+    @property
+    def w3(self):
+        return self.chain.w3
+
+    def as_(self, account) -> TrainingLedger:
+        return self.ledger.with_account(account)
+
+    def params(self, **kw) -> JobParams:
+        base = dict(
+            config_digest=h("config"), config_cid=h("config cid"), config_size=1234,
+            genesis_digest=GENESIS, genesis_cid=h("genesis cid"), genesis_size=56789,
+            workers=[w.address for w in WORKERS], aggregators=[a.address for a in AGGS],
+            quorum=2, round_duration=DURATION, num_rounds=3, min_submissions=2, cid_version=0,
+        )
+        base.update(kw)
+        return JobParams(**base)
+
+    def create(self, **kw) -> int:
+        return self.ledger.create_job(self.params(**kw))
+
+    def submit(self, job: int, rnd: int, i: int, parent: bytes = GENESIS, **kw):
+        args = dict(digest=h(f"ckpt {job} {rnd} {i}"), cid=h(f"cid {job} {rnd} {i}"), size=100_000 + i, samples=1_000 + i)
+        args.update(kw)
+        return self.as_(WORKERS[i]).submit_update(job, rnd, parent, args["digest"], args["cid"], args["size"], args["samples"])
+
+    def submit_all(self, job: int, rnd: int, parent: bytes = GENESIS, which=(0, 1, 2)) -> None:
+        for i in which:
+            self.submit(job, rnd, i, parent)
+
+    def propose(self, job: int, rnd: int, a: int, verdicts, merged: bytes, commitment: bytes | None = None,
+                cid: bytes | None = None, size: int = 4242):
+        if commitment is None:
+            commitment = self.ledger.round(job, rnd).commitment
+        return self.as_(AGGS[a]).propose(job, rnd, commitment, verdicts, merged, cid or h(f"cid of {merged.hex()}"), size)
+
+    def warp(self, seconds: int) -> None:
+        self.w3.provider.make_request("evm_increaseTime", [seconds])
+        self.w3.provider.make_request("evm_mine", [])
+
+    def events(self, rc, name: str) -> list[dict]:
+        ev = getattr(self.ledger.contract.events, name)()
+        from web3.logs import DISCARD
+
+        return [dict(e["args"]) for e in ev.process_receipt(rc, errors=DISCARD)]
+
+    def block_time(self, rc) -> int:
+        return int(self.w3.eth.get_block(rc["blockNumber"])["timestamp"])
+
+
+@pytest.fixture
+def env(rpc_url) -> Env:
+    return Env(rpc_url)
+
+
+def reverted(name: str):
+    """pytest.raises for ContractReverted with this error name."""
+    return pytest.raises(ContractReverted, match=rf"\b{name}\(")
+
+
+# ------------------------------------------------------------------------------ job creation
+
+
+def test_create_job_events_and_views(env: Env):
+    p = env.params()
+    rc = env.chain.transact(env.ledger.contract.functions.createJob(p.to_abi()), context="create")
+    (created,) = env.events(rc, "JobCreated")
+    assert created["jobId"] == 1 and created["creator"] == OWNER.address
+    got = dict(created["params"])
+    assert got == {
+        "configDigest": p.config_digest, "configCid": p.config_cid, "configSize": p.config_size,
+        "genesisDigest": p.genesis_digest, "genesisCid": p.genesis_cid, "genesisSize": p.genesis_size,
+        "workers": p.workers, "aggregators": p.aggregators, "quorum": 2, "roundDuration": DURATION,
+        "numRounds": 3, "minSubmissions": 2, "cidVersion": 0,
+    }
+    (opened,) = env.events(rc, "RoundOpened")
+    assert opened == {"jobId": 1, "round": 1, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
+
+    assert env.ledger.job_count() == 1
+    j = env.ledger.job(1)
+    assert (j.job_id, j.owner, j.config_digest, j.config_cid, j.config_size) == (1, OWNER.address, p.config_digest, p.config_cid, 1234)
+    assert (j.genesis_digest, j.genesis_cid, j.genesis_size) == (GENESIS, p.genesis_cid, 56789)
+    assert j.workers == p.workers and j.aggregators == p.aggregators
+    assert (j.quorum, j.round_duration, j.num_rounds, j.min_submissions, j.cid_version) == (2, DURATION, 3, 2, 0)
+    assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (1, GENESIS, p.genesis_cid, 56789)
+    assert j.completed is False and j.created_block == rc["blockNumber"]
+
+    r = env.ledger.round(1, 1)
+    assert r.status == "open" and r.parent == GENESIS and r.submissions == 0 and r.proposals == 0
+    assert r.deadline == opened["deadline"]
+    assert r.commitment == TrainingLedger.commitment_seed(1, 1) == TrainingLedger.commitment_of(1, 1, [])
+    assert r.commitment == keccak((1).to_bytes(32, "big") + (1).to_bytes(32, "big"))
+    assert env.ledger.round(1, 2).status == "none"
+    assert env.ledger.contract.functions.getWorkers(1).call() == p.workers
+    assert env.ledger.contract.functions.getAggregators(1).call() == p.aggregators
+    assert env.create() == 2 and env.ledger.job_count() == 2
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (dict(workers=[]), "InvalidJobParams"),
+        (dict(aggregators=[]), "InvalidJobParams"),
+        (dict(quorum=0), "InvalidJobParams"),
+        (dict(quorum=4), "InvalidJobParams"),
+        (dict(round_duration=0), "InvalidJobParams"),
+        (dict(num_rounds=0), "InvalidJobParams"),
+        (dict(min_submissions=0), "InvalidJobParams"),
+        (dict(min_submissions=4), "InvalidJobParams"),
+        (dict(cid_version=2), "InvalidJobParams"),
+        (dict(genesis_digest=b"\0" * 32), "InvalidJobParams"),
+        (dict(workers=[WORKERS[0].address, WORKERS[0].address]), "InvalidJobParams"),
+        (dict(aggregators=[AGGS[0].address, AGGS[0].address]), "InvalidJobParams"),
+        (dict(workers=["0x" + "00" * 20]), "InvalidJobParams"),
+        (dict(workers=[to_checksum_address(keccak(text=str(i))[:20]) for i in range(129)], min_submissions=1), "TooManyWorkers"),
+    ],
+)
+def test_create_job_rejects_invalid_params(env: Env, change, error):
+    with reverted(error) as exc:
+        env.create(**change)
+    if error == "TooManyWorkers":
+        assert exc.value.args_dict == {"count": 129, "max": 128}
+    else:
+        assert isinstance(exc.value.args_dict["reason"], str) and exc.value.args_dict["reason"]
+    assert env.ledger.job_count() == 0
+
+
+def test_128_workers_is_the_maximum(env: Env):
+    workers = [to_checksum_address(keccak(text=str(i))[:20]) for i in range(127)] + [WORKERS[0].address]
+    job = env.create(workers=workers, min_submissions=1)
+    env.submit(job, 1, 0)  # the 128th worker: the bitmap's top bit
+    assert env.ledger.has_submitted(job, 1, WORKERS[0].address)
+    assert not env.ledger.has_submitted(job, 1, workers[0])
+    assert env.ledger.round(job, 1).submissions == 1
+
+
+# ------------------------------------------------------------------------------ submissions
+
+
+def test_submission_event_fields_order_and_commitment(env: Env):
+    job = env.create()
+    rcs = [env.submit(job, 1, i) for i in (2, 0, 1)]  # submission order differs from registration order
+    (ev,) = env.events(rcs[0], "UpdateSubmitted")
+    assert ev == {"jobId": job, "round": 1, "worker": WORKERS[2].address, "digest": h(f"ckpt {job} 1 2"),
+                  "cid": h(f"cid {job} 1 2"), "size": 100_002, "numSamples": 1_002}
+    subs = env.ledger.submissions(job, 1)
+    assert [s.worker for s in subs] == [WORKERS[i].address for i in (2, 0, 1)]
+    assert [s.index for s in subs] == [0, 1, 2]
+    for s, rc, i in zip(subs, rcs, (2, 0, 1)):
+        assert (s.job_id, s.round, s.digest, s.cid, s.size, s.num_samples) == (job, 1, h(f"ckpt {job} 1 {i}"), h(f"cid {job} 1 {i}"), 100_000 + i, 1_000 + i)
+        assert s.block == rc["blockNumber"] and s.tx_hash == rc["transactionHash"].to_0x_hex()
+        assert s.log_index == rc["logs"][0]["logIndex"] and s.timestamp == env.block_time(rc)
+    r = env.ledger.round(job, 1)
+    assert r.submissions == 3 and r.status == "closed"  # every worker submitted: closed before the deadline
+    assert TrainingLedger.commitment_of(job, 1, subs) == r.commitment
+    # the rule written out: keccak256(abi.encodePacked(c, worker, digest, cid, uint64 size, uint64 numSamples))
+    c = keccak(job.to_bytes(32, "big") + (1).to_bytes(32, "big"))
+    for s in subs:
+        c = keccak(c + bytes.fromhex(s.worker[2:]) + s.digest + s.cid + s.size.to_bytes(8, "big") + s.num_samples.to_bytes(8, "big"))
+    assert c == r.commitment
+    # order matters
+    assert TrainingLedger.commitment_of(job, 1, list(reversed(subs))) != r.commitment
+    assert all(env.ledger.has_submitted(job, 1, w.address) for w in WORKERS)
+    assert not env.ledger.has_submitted(job, 1, OUTSIDER.address)
+    assert not env.ledger.has_submitted(job, 2, WORKERS[0].address)
+
+
+def test_submit_reverts(env: Env):
+    job = env.create()
+    with reverted("UnknownJob") as e:
+        env.submit(99, 1, 0)
+    assert e.value.args_dict == {"jobId": 99}
+    with reverted("NotWorker") as e:
+        env.as_(OUTSIDER).submit_update(job, 1, GENESIS, h("x"), h("y"), 1, 1)
+    assert e.value.args_dict == {"jobId": job, "account": OUTSIDER.address}
+    with reverted("WrongRound") as e:
+        env.submit(job, 2, 0)
+    assert e.value.args_dict == {"jobId": job, "current": 1, "given": 2}
+    with reverted("WrongParent") as e:
+        env.submit(job, 1, 0, parent=h("not the parent"))
+    assert e.value.args_dict == {"jobId": job, "round": 1, "expected": GENESIS, "given": h("not the parent")}
+    env.submit(job, 1, 0)
+    with reverted("AlreadySubmitted") as e:
+        env.submit(job, 1, 0, digest=h("another"))
+    assert e.value.args_dict == {"jobId": job, "round": 1, "worker": WORKERS[0].address}
+    assert "AlreadySubmitted" in str(e.value) and "submit job" in str(e.value)
+    # late: past the deadline (block.timestamp > deadline)
+    deadline = env.ledger.round(job, 1).deadline
+    env.warp(DURATION + 5)
+    with reverted("RoundClosed") as e:
+        env.submit(job, 1, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "deadline": deadline}
+    assert env.ledger.round(job, 1).submissions == 1
+    assert env.ledger.round(job, 1).status == "closed"
+
+
+def test_submission_at_the_deadline_is_on_time(env: Env):
+    job = env.create()
+    deadline = env.ledger.round(job, 1).deadline
+    env.w3.provider.make_request("evm_setNextBlockTimestamp", [deadline])
+    rc = env.submit(job, 1, 0)
+    assert env.block_time(rc) == deadline
+    env.w3.provider.make_request("evm_setNextBlockTimestamp", [deadline + 1])
+    with reverted("RoundClosed"):
+        env.submit(job, 1, 1)
+
+
+# ------------------------------------------------------------------------------ proposals
+
+
+def test_full_round_finalizes_with_2_of_3(env: Env):
+    job = env.create()
+    env.submit_all(job, 1)
+    r1 = env.ledger.round(job, 1)
+    merged, mcid = h("merged 1"), h("merged cid 1")
+    verdicts = [0, 8, 0]
+    outcome = TrainingLedger.outcome_of(merged, mcid, 7777, verdicts)
+    assert outcome == keccak(merged + mcid + (7777).to_bytes(8, "big") + bytes(verdicts))
+
+    rc1 = env.propose(job, 1, 0, verdicts, merged, cid=mcid, size=7777)
+    (p1,) = env.events(rc1, "ProposalSubmitted")
+    assert p1 == {"jobId": job, "round": 1, "aggregator": AGGS[0].address, "mergedDigest": merged, "mergedCid": mcid,
+                  "mergedSize": 7777, "outcome": outcome, "accepted": 2, "verdicts": bytes(verdicts)}
+    assert env.events(rc1, "RoundFinalized") == []
+    r = env.ledger.round(job, 1)
+    assert r.status == "closed" and r.proposals == 1 and r.outcome == b"\0" * 32
+    assert env.ledger.votes(job, 1, outcome) == 1
+    assert env.ledger.has_proposed(job, 1, AGGS[0].address) and not env.ledger.has_proposed(job, 1, AGGS[1].address)
+    assert env.ledger.proposal_of(job, 1, AGGS[0].address) == outcome
+
+    rc2 = env.propose(job, 1, 1, verdicts, merged, cid=mcid, size=7777)
+    assert len(env.events(rc2, "ProposalSubmitted")) == 1
+    (fin,) = env.events(rc2, "RoundFinalized")
+    assert fin == {"jobId": job, "round": 1, "mergedDigest": merged, "mergedCid": mcid, "mergedSize": 7777,
+                   "outcome": outcome, "accepted": 2}
+    (opened,) = env.events(rc2, "RoundOpened")
+    assert opened == {"jobId": job, "round": 2, "parent": merged, "deadline": env.block_time(rc2) + DURATION}
+    assert env.events(rc2, "JobCompleted") == []
+
+    r = env.ledger.round(job, 1)
+    assert (r.status, r.parent, r.submissions, r.commitment) == ("finalized", GENESIS, 3, r1.commitment)
+    assert (r.merged_digest, r.merged_cid, r.merged_size, r.outcome, r.accepted, r.proposals) == (merged, mcid, 7777, outcome, 2, 2)
+    assert r.deadline == r1.deadline
+    assert env.ledger.votes(job, 1, outcome) == 2
+    j = env.ledger.job(job)
+    assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (2, merged, mcid, 7777)
+    r2 = env.ledger.round(job, 2)
+    assert (r2.status, r2.parent, r2.submissions) == ("open", merged, 0)
+    # past rounds keep who submitted; the new round starts empty
+    assert env.ledger.has_submitted(job, 1, WORKERS[1].address)
+    assert not env.ledger.has_submitted(job, 2, WORKERS[1].address)
+
+    # the third aggregator is too late: the round is finalized (double finalize impossible)
+    with reverted("RoundAlreadyFinalized") as e:
+        env.propose(job, 1, 2, verdicts, merged, commitment=r1.commitment, cid=mcid, size=7777)
+    assert e.value.args_dict == {"jobId": job, "round": 1}
+    # ... and so is any other party's proposal for it
+    with reverted("RoundAlreadyFinalized"):
+        env.propose(job, 1, 0, verdicts, merged, commitment=r1.commitment, cid=mcid, size=7777)
+    # the old parent no longer opens anything: round 2 builds on the merge
+    with reverted("WrongParent"):
+        env.submit(job, 2, 0, parent=GENESIS)
+    env.submit(job, 2, 0, parent=merged)
+    with reverted("WrongRound"):
+        env.submit(job, 1, 1, parent=GENESIS)
+
+
+def test_proposal_reverts(env: Env):
+    job = env.create()
+    merged = h("m")
+    with reverted("UnknownJob"):
+        env.as_(AGGS[0]).propose(42, 1, b"\1" * 32, [0], merged, h("c"), 1)
+    with reverted("NotAggregator") as e:
+        env.as_(OUTSIDER).propose(job, 1, b"\1" * 32, [0], merged, h("c"), 1)
+    assert e.value.args_dict == {"jobId": job, "account": OUTSIDER.address}
+    with reverted("NotAggregator"):  # a worker is not an aggregator
+        env.as_(WORKERS[0]).propose(job, 1, b"\1" * 32, [0], merged, h("c"), 1)
+    env.submit(job, 1, 0)
+    env.submit(job, 1, 1)
+    partial = env.ledger.round(job, 1).commitment
+    deadline = env.ledger.round(job, 1).deadline
+    # before the round closes (one worker missing, deadline ahead)
+    with reverted("RoundNotClosed") as e:
+        env.propose(job, 1, 0, [0, 0], merged)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "deadline": deadline}
+    env.submit(job, 1, 2)
+    full = env.ledger.round(job, 1).commitment
+    with reverted("WrongRound") as e:
+        env.propose(job, 2, 0, [0, 0, 0], merged, commitment=full)
+    assert e.value.args_dict == {"jobId": job, "current": 1, "given": 2}
+    # a commitment that does not cover the round's submissions (only the first two)
+    with reverted("CommitmentMismatch") as e:
+        env.propose(job, 1, 0, [0, 0], merged, commitment=partial)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "expected": full, "given": partial}
+    with reverted("VerdictCountMismatch") as e:
+        env.propose(job, 1, 0, [0, 0], merged)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "expected": 3, "given": 2}
+    with reverted("VerdictCountMismatch"):
+        env.propose(job, 1, 0, [0, 0, 0, 0], merged)
+    # fewer than minSubmissions (2) accepted: the merge must keep the parent
+    with reverted("MergeMustKeepParent") as e:
+        env.propose(job, 1, 0, [0, 3, 5], merged)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "parent": GENESIS, "given": merged}
+    env.propose(job, 1, 0, [0, 0, 5], merged)
+    with reverted("AlreadyProposed") as e:
+        env.propose(job, 1, 0, [0, 0, 5], merged)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[0].address}
+    with reverted("AlreadyProposed"):  # even with a different outcome
+        env.propose(job, 1, 0, [0, 0, 0], h("other"))
+    assert env.ledger.round(job, 1).proposals == 1
+
+
+def test_disagreeing_proposals_do_not_finalize(env: Env):
+    job = env.create()
+    env.submit_all(job, 1)
+    good, bad = h("honest merge"), h("dishonest merge")
+    env.propose(job, 1, 0, [0, 0, 0], good)
+    rc = env.propose(job, 1, 1, [0, 0, 0], bad)  # a lone disagreeing aggregator
+    assert env.events(rc, "RoundFinalized") == []
+    r = env.ledger.round(job, 1)
+    assert r.status == "closed" and r.proposals == 2
+    out_good = TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 0])
+    out_bad = TrainingLedger.outcome_of(bad, h(f"cid of {bad.hex()}"), 4242, [0, 0, 0])
+    assert env.ledger.votes(job, 1, out_good) == 1 and env.ledger.votes(job, 1, out_bad) == 1
+    # same merge but different verdicts is a different outcome too
+    assert TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 1]) != out_good
+    assert env.ledger.job(job).current_round == 1
+    rc = env.propose(job, 1, 2, [0, 0, 0], good)
+    (fin,) = env.events(rc, "RoundFinalized")
+    assert fin["outcome"] == out_good and fin["mergedDigest"] == good
+    # the dissent stays visible
+    props = env.ledger.proposals(job, 1)
+    assert [(p.aggregator, p.merged_digest, p.outcome) for p in props] == [
+        (AGGS[0].address, good, out_good), (AGGS[1].address, bad, out_bad), (AGGS[2].address, good, out_good)]
+    assert [p.verdicts for p in props] == [[0, 0, 0]] * 3
+    assert all(p.accepted == 3 and p.merged_size == 4242 for p in props)
+    assert [p.block for p in props] == sorted(p.block for p in props)
+    assert env.ledger.round(job, 1).outcome == out_good
+    names = [e.name for e in env.ledger.events(job)]
+    assert names.count("ProposalSubmitted") == 3 and names.count("RoundFinalized") == 1
+
+
+# ------------------------------------------------------------------------------ skipped rounds
+
+
+def test_round_below_minimum_is_skipped_and_keeps_its_parent(env: Env):
+    job = env.create(min_submissions=2)
+    env.submit(job, 1, 0)
+    r1 = env.ledger.round(job, 1)
+    with reverted("RoundNotClosed") as e:
+        env.as_(OUTSIDER).close_round(job, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "deadline": r1.deadline}
+    env.warp(DURATION + 1)
+    with reverted("WrongRound"):
+        env.as_(OUTSIDER).close_round(job, 2)
+    with reverted("UnknownJob"):
+        env.as_(OUTSIDER).close_round(7, 1)
+    rc = env.as_(OUTSIDER).close_round(job, 1)  # anyone may skip a dead round
+    (sk,) = env.events(rc, "RoundSkipped")
+    assert sk == {"jobId": job, "round": 1, "parent": GENESIS, "submissions": 1}
+    (opened,) = env.events(rc, "RoundOpened")
+    assert opened == {"jobId": job, "round": 2, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
+    r = env.ledger.round(job, 1)
+    assert (r.status, r.parent, r.submissions, r.commitment) == ("skipped", GENESIS, 1, r1.commitment)
+    assert (r.merged_digest, r.merged_cid, r.merged_size) == (GENESIS, h("genesis cid"), 56789)
+    assert r.outcome == b"\0" * 32 and r.accepted == 0
+    j = env.ledger.job(job)
+    assert (j.current_round, j.current_parent) == (2, GENESIS)
+    with reverted("WrongRound"):
+        env.as_(OUTSIDER).close_round(job, 1)
+    with reverted("WrongRound"):
+        env.propose(job, 1, 0, [0], GENESIS, commitment=r1.commitment)
+
+    # round 2 reuses the (job, parent) slot: it starts empty and works
+    r2 = env.ledger.round(job, 2)
+    assert (r2.status, r2.parent, r2.submissions) == ("open", GENESIS, 0)
+    assert r2.commitment == TrainingLedger.commitment_seed(job, 2)
+    with reverted("WrongRound"):  # the old round number in the same slot
+        env.submit(job, 1, 1)
+    env.submit(job, 2, 0)  # worker 0 submitted in round 1 too
+    env.submit(job, 2, 1)
+    assert env.ledger.has_submitted(job, 1, WORKERS[0].address) and not env.ledger.has_submitted(job, 1, WORKERS[1].address)
+    assert env.ledger.has_submitted(job, 2, WORKERS[1].address)
+    assert env.ledger.round(job, 1).submissions == 1 and env.ledger.round(job, 2).submissions == 2
+    subs2 = env.ledger.submissions(job, 2)
+    assert TrainingLedger.commitment_of(job, 2, subs2) == env.ledger.round(job, 2).commitment
+    # enough submissions: closeRound refuses after the deadline
+    env.warp(DURATION + 1)
+    with reverted("EnoughSubmissions") as e:
+        env.as_(OUTSIDER).close_round(job, 2)
+    assert e.value.args_dict == {"jobId": job, "round": 2, "submissions": 2, "minSubmissions": 2}
+    # after the deadline with 2 of 3 submissions the round is closed and can be proposed on
+    assert env.ledger.round(job, 2).status == "closed"
+    env.propose(job, 2, 0, [0, 0], h("m2"))
+    env.propose(job, 2, 1, [0, 0], h("m2"))
+    assert env.ledger.round(job, 2).status == "finalized"
+
+
+def test_merge_that_keeps_the_parent_reuses_the_slot(env: Env):
+    job = env.create(min_submissions=2)
+    env.submit_all(job, 1)
+    # only one accepted (< 2): the merge is the parent itself
+    for a in (0, 1):
+        env.propose(job, 1, a, [0, 6, 7], GENESIS, cid=h("genesis cid"), size=56789)
+    r1 = env.ledger.round(job, 1)
+    assert (r1.status, r1.merged_digest, r1.accepted) == ("finalized", GENESIS, 1)
+    r2 = env.ledger.round(job, 2)
+    assert (r2.status, r2.parent, r2.submissions) == ("open", GENESIS, 0)
+    for i in range(3):
+        assert not env.ledger.has_submitted(job, 2, WORKERS[i].address)
+        assert env.ledger.has_submitted(job, 1, WORKERS[i].address)
+    env.submit_all(job, 2)
+    assert env.ledger.round(job, 2).submissions == 3
+    assert env.ledger.round(job, 1).submissions == 3
+
+
+# ------------------------------------------------------------------------------ whole job
+
+
+def test_several_rounds_to_job_completed(env: Env):
+    job = env.create(num_rounds=3, min_submissions=2)
+    other = env.create(num_rounds=1, min_submissions=1)  # a second job interleaved: its events stay apart
+    parent = GENESIS
+    merges = []
+    for rnd in (1, 2, 3):
+        env.submit_all(job, rnd, parent)
+        if rnd == 1:
+            env.submit(other, 1, 0)
+        merged = h(f"merged {rnd}")
+        env.propose(job, rnd, 0, [0, 0, 0], merged, size=1000 + rnd)
+        rc = env.propose(job, rnd, 1, [0, 0, 0], merged, size=1000 + rnd)
+        merges.append(merged)
+        parent = merged
+    assert env.events(rc, "RoundOpened") == []
+    (done,) = env.events(rc, "JobCompleted")
+    assert done == {"jobId": job, "finalDigest": merges[-1], "finalCid": h(f"cid of {merges[-1].hex()}"), "finalSize": 1003}
+    j = env.ledger.job(job)
+    assert j.completed and j.current_round == 3 and j.current_parent == merges[-1] and j.current_parent_size == 1003
+    assert [env.ledger.round(job, r).status for r in (1, 2, 3, 4)] == ["finalized", "finalized", "finalized", "none"]
+    assert [env.ledger.round(job, r).parent for r in (1, 2, 3)] == [GENESIS, merges[0], merges[1]]
+    with reverted("JobFinished") as e:
+        env.submit(job, 3, 0, parent=merges[-1])
+    assert e.value.args_dict == {"jobId": job}
+    with reverted("JobFinished"):
+        env.submit(job, 4, 0, parent=merges[-1])
+    with reverted("RoundAlreadyFinalized"):
+        env.propose(job, 3, 2, [0, 0, 0], merges[-1], commitment=env.ledger.round(job, 3).commitment)
+    with reverted("JobFinished"):
+        env.propose(job, 4, 2, [0, 0, 0], merges[-1], commitment=b"\1" * 32)
+    with reverted("JobFinished"):
+        env.as_(OUTSIDER).close_round(job, 4)
+
+    events = env.ledger.events(job)
+    assert all(isinstance(e, ChainEvent) and e.args["jobId"] == job for e in events)
+    assert [(e.block, e.log_index) for e in events] == sorted((e.block, e.log_index) for e in events)
+    names = [e.name for e in events]
+    per_round = ["UpdateSubmitted"] * 3 + ["ProposalSubmitted", "ProposalSubmitted", "RoundFinalized"]
+    assert names == (["JobCreated", "RoundOpened"] + per_round + ["RoundOpened"] + per_round
+                     + ["RoundOpened"] + per_round + ["JobCompleted"])
+    for e in events:
+        assert e.tx_hash.startswith("0x") and len(e.tx_hash) == 66
+        assert e.timestamp == int(env.w3.eth.get_block(e.block)["timestamp"])
+    assert [e.round for e in events if e.name == "RoundFinalized"] == [1, 2, 3]
+    assert events[0].args["params"]["numRounds"] == 3
+    other_events = env.ledger.events(other)
+    assert [e.name for e in other_events] == ["JobCreated", "RoundOpened", "UpdateSubmitted"]
+    assert len(env.ledger.submissions(job)) == 9 and len(env.ledger.proposals(job)) == 6
+    assert [s.round for s in env.ledger.submissions(job)] == [1] * 3 + [2] * 3 + [3] * 3
+    for rnd in (1, 2, 3):
+        subs = env.ledger.submissions(job, rnd)
+        assert [s.index for s in subs] == [0, 1, 2]
+        assert TrainingLedger.commitment_of(job, rnd, subs) == env.ledger.round(job, rnd).commitment
+
+
+def test_skipping_the_last_round_completes_the_job(env: Env):
+    job = env.create(num_rounds=1, min_submissions=2)
+    env.warp(DURATION + 1)
+    rc = env.as_(OUTSIDER).close_round(job, 1)
+    assert env.events(rc, "RoundSkipped") == [{"jobId": job, "round": 1, "parent": GENESIS, "submissions": 0}]
+    assert env.events(rc, "JobCompleted") == [{"jobId": job, "finalDigest": GENESIS, "finalCid": h("genesis cid"), "finalSize": 56789}]
+    assert env.ledger.job(job).completed
+    with reverted("JobFinished"):
+        env.submit(job, 1, 0)
+
+
+def test_views_of_unknown_jobs_revert(env: Env):
+    with reverted("UnknownJob"):
+        env.ledger.job(5)
+    with reverted("UnknownJob"):
+        env.ledger.round(5, 1)
+    assert env.ledger.has_submitted(5, 1, WORKERS[0].address) is False
+    assert env.ledger.has_proposed(5, 1, AGGS[0].address) is False
+
+
+# ------------------------------------------------------------------------------ the Chain client
+
+
+def test_chain_unreachable_and_wrong_chain(rpc_url):
+    with pytest.raises(ChainUnreachable) as e:
+        Chain.connect("http://127.0.0.1:9", OWNER)
+    msg = str(e.value)
+    assert "http://127.0.0.1:9" in msg and "ledger chain up" in msg
+    with pytest.raises(ChainUnreachable):
+        Chain.connect("not a url")
+    with pytest.raises(WrongChain, match="31337"):
+        Chain.connect(rpc_url, expected_chain_id=1)
+    ch = Chain.connect(rpc_url, expected_chain_id=31337)
+    assert ch.chain_id == 31337 and ch.address is None
+
+
+def test_private_key_never_shown(env: Env):
+    key_hex = DEV_KEYS[1][2:].lower()
+    ch = env.chain.with_account(WORKERS[0])
+    texts = [repr(ch), str(ch), repr(env.ledger.with_account(WORKERS[0]))]
+    job = env.create()
+    try:
+        env.as_(WORKERS[0]).submit_update(job, 1, h("wrong"), h("d"), h("c"), 1, 1)
+    except ContractReverted as e:
+        texts += [str(e), repr(e)]
+    broke = Account.create()
+    job2 = env.create(workers=[broke.address], min_submissions=1)
+    try:
+        env.as_(broke).submit_update(job2, 1, GENESIS, h("d"), h("c"), 1, 1)
+    except InsufficientFunds as e:
+        texts += [str(e), repr(e)]
+    assert len(texts) == 7
+    for t in texts:
+        assert key_hex not in t.lower() and broke.key.hex() not in t.lower()
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(ch)
+
+
+def test_insufficient_funds(env: Env):
+    poor = Account.create()
+    job = env.create(workers=[poor.address], min_submissions=1)
+    with pytest.raises(InsufficientFunds) as e:
+        env.ledger.with_account(poor).submit_update(job, 1, GENESIS, h("d"), h("c"), 1, 1)
+    assert poor.address in str(e.value) and "0 wei" in str(e.value)
+    # funded, the same call goes through
+    env.w3.provider.make_request("anvil_setBalance", [poor.address, hex(10**18)])
+    env.ledger.with_account(poor).submit_update(job, 1, GENESIS, h("d"), h("c"), 1, 1)
+
+
+def test_mined_revert_is_decoded_by_replay(env: Env):
+    """A transaction sent with an explicit gas limit is mined with status 0: the error comes from eth_call replay."""
+    job = env.create()
+    env.submit(job, 1, 0)
+    fn = env.ledger.contract.functions.submitUpdate(job, 1, GENESIS, h("d"), h("c"), 1, 1)
+    worker_chain = env.chain.with_account(WORKERS[0])
+    before = env.w3.eth.block_number
+    with reverted("AlreadySubmitted") as e:
+        worker_chain.transact(fn, context="replayed", gas=200_000)
+    assert env.w3.eth.block_number == before + 1  # it was mined
+    assert e.value.args_dict["worker"] == WORKERS[0].address and "replayed" in str(e.value)
+    # and through call(): the same decoding
+    with reverted("AlreadySubmitted"):
+        worker_chain.call(fn)
+
+
+def test_transact_needs_an_account(env: Env):
+    from ledger.errors import AccountError
+
+    ro = Chain.connect(env.rpc_url)
+    with pytest.raises(AccountError):
+        ro.transact(env.ledger.contract.functions.closeRound(1, 1))
+
+
+def test_get_logs_is_paginated(env: Env):
+    job = env.create(min_submissions=1)
+    for _ in range(5):  # pad the chain with blocks
+        env.w3.provider.make_request("evm_mine", [])
+    env.submit_all(job, 1)
+    ev = env.ledger.contract.events.UpdateSubmitted
+    whole = env.chain.get_logs(ev, 0, "latest", {"jobId": job})
+    calls = []
+    real = ev.get_logs
+
+    class Counting:
+        event_name = "UpdateSubmitted"
+
+        def get_logs(self, **kw):
+            calls.append((kw["from_block"], kw["to_block"]))
+            return real(**kw)
+
+    paged = env.chain.get_logs(Counting(), 0, "latest", {"jobId": job}, page=2)
+    assert [dict(l["args"]) for l in paged] == [dict(l["args"]) for l in whole] and len(whole) == 3
+    last = env.w3.eth.block_number
+    assert calls[0] == (0, 1) and calls[-1][1] == last and len(calls) == (last + 2) // 2
+    # a provider refusing large ranges: the page shrinks until it works
+    refused = []
+
+    class Capped:
+        event_name = "UpdateSubmitted"
+
+        def get_logs(self, **kw):
+            if kw["to_block"] - kw["from_block"] + 1 > 3:
+                refused.append(kw)
+                raise ValueError({"code": -32005, "message": "query exceeds max block range 3"})
+            return real(**kw)
+
+    capped = env.chain.get_logs(Capped(), 0, "latest", {"jobId": job}, page=2000)
+    assert [dict(l["args"]) for l in capped] == [dict(l["args"]) for l in whole] and refused
+    raw = env.chain.get_raw_logs(env.address, None, 0, "latest", page=3)
+    assert len(raw) == len(env.chain.get_raw_logs(env.address, None, 0, "latest"))
+
+
+# ------------------------------------------------------------------------------ an independent client: cast
+
+
+def _cast(*args: str) -> str:
+    if not CAST.exists():
+        pytest.skip(f"cast is not installed at {CAST} (make install-npm)")
+    out = subprocess.run([str(CAST), *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_events_and_views_cross_checked_with_cast(env: Env):
+    job = env.create()
+    rc = env.submit(job, 1, 1)
+    tx = rc["transactionHash"].to_0x_hex()
+    receipt = json.loads(_cast("receipt", tx, "--json", "--rpc-url", env.rpc_url))
+    assert int(receipt["status"], 16) == 1 and int(receipt["gasUsed"], 16) == rc["gasUsed"]
+    (log,) = receipt["logs"]
+    sig = "UpdateSubmitted(uint256,uint32,address,bytes32,bytes32,uint64,uint64)"
+    assert log["topics"][0] == _cast("sig-event", sig)
+    assert to_checksum_address(log["address"]) == env.address
+    assert int(log["topics"][1], 16) == job and int(log["topics"][2], 16) == 1
+    assert to_checksum_address("0x" + log["topics"][3][-40:]) == WORKERS[1].address
+    decoded = [line.split()[0] for line in _cast("decode-abi", "--input", "f(bytes32,bytes32,uint64,uint64)", log["data"]).splitlines()]
+    assert decoded == ["0x" + h(f"ckpt {job} 1 1").hex(), "0x" + h(f"cid {job} 1 1").hex(), "100001", "1001"]
+    (sub,) = env.ledger.submissions(job, 1)
+    assert sub.tx_hash == tx and sub.log_index == int(log["logIndex"], 16) and sub.block == int(log["blockNumber"], 16)
+
+    # cast logs by signature and indexed job id: the same events web3 sees
+    logs = json.loads(_cast(
+        "logs", "--json", "--rpc-url", env.rpc_url, "--from-block", "0", "--to-block", "latest", "--address", env.address,
+        "UpdateSubmitted(uint256 indexed,uint32 indexed,address indexed,bytes32,bytes32,uint64,uint64)", str(job),
+    ))
+    assert [l["transactionHash"] for l in logs] == [tx]
+    all_logs = json.loads(_cast("logs", "--json", "--rpc-url", env.rpc_url, "--from-block", "0", "--address", env.address))
+    ours = env.ledger.events(job)
+    assert [(l["transactionHash"], int(l["logIndex"], 16)) for l in all_logs] == [(e.tx_hash, e.log_index) for e in ours]
+
+    # views through cast call
+    assert _cast("call", env.address, "hasSubmitted(uint256,uint32,address)(bool)", str(job), "1", WORKERS[1].address,
+                 "--rpc-url", env.rpc_url) == "true"
+    assert _cast("call", env.address, "jobCount()(uint256)", "--rpc-url", env.rpc_url) == "1"
+    commitment = _cast("call", env.address,
+                       "getRound(uint256,uint32)((bytes32,uint64,uint16,bytes32,uint8,bytes32,bytes32,uint64,bytes32,uint16,uint16))",
+                       str(job), "1", "--rpc-url", env.rpc_url)
+    assert "0x" + TrainingLedger.commitment_of(job, 1, [sub]).hex() in commitment
