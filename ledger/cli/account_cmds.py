@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 
 from . import add_command, add_group
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
 
 
 def register(sub) -> None:
@@ -19,7 +24,7 @@ def register(sub) -> None:
         "create an encrypted keystore account; prints its name and address (never the key)",
         _new,
         example="LEDGER_KEY_PASSWORD_FILE=~/.ledger-pw ledger account new --name w0",
-        description=(
+        description=_wrap(
             "Create a new account in the keystore (settings.keystore, default .ledger/keystore) as an "
             "encrypted keystore JSON file with mode 0600. The password comes from --password-file, "
             "LEDGER_KEY_PASSWORD, LEDGER_KEY_PASSWORD_FILE, or a prompt on a terminal. "
@@ -41,7 +46,7 @@ def register(sub) -> None:
         "give an account ETH on a local chain (same as `ledger chain fund`)",
         _fund,
         example="ledger account fund w0 --eth 50",
-        description="Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only.",
+        description=_wrap("Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only."),
     )
     p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
     p.add_argument("--eth", type=float, default=100.0, help="amount in ETH (default 100)")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import time
 import urllib.request
 
 from . import add_command, add_group
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=88)
+
 
 DEFAULT_FUND_ETH = 100.0
 
@@ -24,7 +30,7 @@ def register(sub) -> None:
         "start the local chain (idempotent); prints its URL, pid and state file",
         _up,
         example="ledger chain up --port 8545 --fund 0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
-        description=(
+        description=_wrap(
             "Start anvil on 127.0.0.1 in the background, its state loaded from and saved to "
             "<data-dir>/chain/state.json (every LEDGER_STATE_INTERVAL seconds and on `chain down`), "
             "so history survives a restart. Running it again reports the running chain; a second "
@@ -58,7 +64,7 @@ def register(sub) -> None:
         "give an account ETH on a local chain (anvil_setBalance)",
         _fund,
         example="ledger chain fund w0 --eth 50",
-        description="Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only.",
+        description=_wrap("Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only."),
     )
     p.add_argument("address", metavar="ADDR", help="address or keystore account name")
     p.add_argument("--eth", type=float, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
@@ -69,7 +75,7 @@ def register(sub) -> None:
         "deploy TrainingLedger from the committed artifact and record where",
         _deploy,
         example="ledger chain up && ledger deploy",
-        description=(
+        description=_wrap(
             "Deploy the committed contracts/build/TrainingLedger.json (no compiler needed) and write "
             "<data-dir>/deployments/<chain-id>.json. Refuses to replace an existing record unless --force. "
             "Signs with --account / LEDGER_ACCOUNT / LEDGER_PRIVATE_KEY; on a local anvil chain with none "
@@ -84,7 +90,7 @@ def register(sub) -> None:
         "check that the recorded address holds the TrainingLedger artifact's code",
         _verify,
         example="ledger verify-deployment",
-        description=(
+        description=_wrap(
             "Compare the code at the recorded (or LEDGER_CONTRACT) address with the committed artifact's "
             "runtime bytecode; warn when the artifact changed since the deployment."
         ),
