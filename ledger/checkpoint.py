@@ -175,7 +175,7 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
             not isinstance(offs, list) or len(offs) != 2
             or not all(type(o) is int for o in offs) or not 0 <= offs[0] <= offs[1] <= data_len
         ):
-            raise _fail(cid, f"tensor {name!r}: offsets {offs!r} out of range (data is {data_len} bytes)")
+            raise _fail(cid, f"tensor {name!r}: offsets {offs!r} out of range (data is {data_len} bytes; truncated?)")
         nbytes = math.prod(shape) * DTYPES[dtype].itemsize
         if offs[1] - offs[0] != nbytes:
             raise _fail(cid, f"tensor {name!r}: offsets span {offs[1] - offs[0]} bytes, shape {shape} of {dtype} needs {nbytes}")
