@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import ipfshttpclient
@@ -38,8 +39,14 @@ from .base import (
     too_large,
 )
 
-# ipfshttpclient 0.7 passes urllib3 an argument urllib3 2.x deprecates; harmless, and not ours to fix.
-warnings.filterwarnings("ignore", message="The 'strict' parameter is no longer needed", category=FutureWarning)
+
+@contextmanager
+def _quiet():
+    """ipfshttpclient 0.7 passes urllib3 2.x a deprecated argument on every request: harmless noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The 'strict' parameter", category=FutureWarning)
+        yield
+
 
 UPLOAD_CHUNK = 1 << 20
 ADD_READ_TIMEOUT = 600.0   # the node answers an add only once it has imported (and pinned) everything
@@ -123,14 +130,15 @@ class IpfsStore(Store):
         reader = _HashingReader(stream, view, importer)
         try:
             try:
-                res = self.client.add(
-                    reader,
-                    cid_version=opts.cid_version,
-                    raw_leaves=opts.leaves_raw,
-                    chunker=f"size-{opts.chunk_size}",
-                    pin=True,
-                    timeout=(self.timeout, max(ADD_READ_TIMEOUT, self.timeout)),
-                )
+                with _quiet():
+                    res = self.client.add(
+                        reader,
+                        cid_version=opts.cid_version,
+                        raw_leaves=opts.leaves_raw,
+                        chunker=f"size-{opts.chunk_size}",
+                        pin=True,
+                        timeout=(self.timeout, max(ADD_READ_TIMEOUT, self.timeout)),
+                    )
             except ipfs_exc.Error as e:
                 raise self._translate(e, "(new file)", "add") from None
         finally:
@@ -151,7 +159,8 @@ class IpfsStore(Store):
     def pin(self, cid: str) -> None:
         cid = check_cid(cid)
         try:
-            self.client.pin.add(cid, timeout=self.timeout)
+            with _quiet():
+                self.client.pin.add(cid, timeout=self.timeout)
         except ipfs_exc.Error as e:
             raise self._translate(e, cid, "pin") from None
 
@@ -159,8 +168,9 @@ class IpfsStore(Store):
         """Whether the node holds the root block locally (``offline``: no network search)."""
         cid = check_cid(cid)
         try:
-            self.client.block.stat(cid, offline=True, timeout=self.timeout)
-            return True
+            with _quiet():
+                self.client.block.stat(cid, offline=True, timeout=self.timeout)
+                return True
         except ipfs_exc.ErrorResponse:
             return False
         except ipfs_exc.Error as e:
@@ -170,7 +180,9 @@ class IpfsStore(Store):
 
     def _chunks(self, cid: str):
         try:
-            yield from self.client.cat(cid, stream=True, timeout=self.timeout)
+            with _quiet():  # the request is sent here; the body streams below
+                chunks = self.client.cat(cid, stream=True, timeout=self.timeout)
+            yield from chunks
         except ipfs_exc.Error as e:
             raise self._translate(e, cid, "cat") from None
 
