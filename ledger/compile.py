@@ -13,6 +13,7 @@ and the sources' sha256 with the committed artifact.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -209,20 +210,21 @@ def compare_artifacts(committed: dict, fresh: dict) -> list[str]:
 
 def check(root: Path = PROJECT_ROOT, build_dir: Path | None = None, solc: Solc | None = None) -> list[str]:
     """Recompile and compare with the committed artifacts; returns the differences ([] = up to date)."""
-    import json
-
     root = Path(root)
     build_dir = Path(build_dir) if build_dir else root / BUILD_SUBDIR
-    problems = []
-    for name, fresh in compile_contracts(root, solc, CONTRACTS).items():
+    problems: list[str] = []
+    committed: dict[str, dict] = {}
+    for name in CONTRACTS:  # read the committed artifacts first: a missing one needs no compiler
         path = artifact_path(name, build_dir)
         try:
-            committed = json.loads(path.read_text())
+            committed[name] = json.loads(path.read_text())
         except FileNotFoundError:
             problems.append(f"{path}: missing")
-            continue
         except (OSError, ValueError) as e:
             problems.append(f"{path}: unreadable ({e})")
-            continue
-        problems += [f"{path}: {d}" for d in compare_artifacts(committed, fresh)]
+    if committed:
+        fresh = compile_contracts(root, solc, list(committed))
+        for name, art in committed.items():
+            path = artifact_path(name, build_dir)
+            problems += [f"{path}: {d}" for d in compare_artifacts(art, fresh[name])]
     return problems

@@ -24,26 +24,36 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--check", action="store_true", help="compare a fresh compile with the committed artifacts; write nothing")
+    p.add_argument(
+        "--root", metavar="DIR",
+        help="project directory holding contracts/ and contracts/build/ (default: this checkout)",
+    )
 
 
 def _compile(args, settings) -> int:
+    from pathlib import Path
+
     from .. import compile as comp
+    from ..errors import ConfigError
     from ..procs import PROJECT_ROOT
 
+    root = Path(args.root).resolve() if args.root else PROJECT_ROOT
+    if not (root / comp.CONTRACTS_SUBDIR).is_dir():
+        raise ConfigError(f"{root} has no {comp.CONTRACTS_SUBDIR}/ directory (--root must be the project directory)")
     solc = comp.find_solc()
     if args.check:
-        problems = comp.check(PROJECT_ROOT, solc=solc)
+        problems = comp.check(root, solc=solc)
         if problems:
             print("error: the committed contract artifacts do not match the sources:", file=sys.stderr)
             for p in problems:
                 print(f"  - {p}", file=sys.stderr)
             print("run `ledger compile` and commit contracts/build/", file=sys.stderr)
             return 1
-        print(f"contracts/build is up to date ({solc.describe()})")
+        print(f"{root / comp.BUILD_SUBDIR} is up to date ({solc.describe()})")
         return 0
-    for path in comp.build(PROJECT_ROOT, solc=solc):
+    for path in comp.build(root, solc=solc):
         try:
-            shown = path.relative_to(PROJECT_ROOT)
+            shown = path.relative_to(root)
         except ValueError:
             shown = path
         print(f"wrote {shown} ({solc.describe()})")
