@@ -10,8 +10,8 @@ for the receipt. Every failure becomes a ``LedgerError`` a user can act on:
   against the ABI's error entries and the rest decoded with ``eth_abi``); a
   transaction mined with status 0 is replayed with ``eth_call`` at its block to
   recover the error;
-- insufficient funds -> ``InsufficientFunds``; connection errors and timeouts ->
-  ``ChainUnreachable``.
+- insufficient funds -> ``InsufficientFunds``; connection errors and timeouts (an RPC
+  request, or a transaction not mined within ``tx_timeout``) -> ``ChainUnreachable``.
 
 ``get_logs`` queries in block ranges (default 2,000 blocks, halved when a provider
 refuses a range) so providers that cap ``eth_getLogs`` work.
@@ -321,9 +321,9 @@ class Chain:
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.tx_timeout, poll_latency=0.05)
         except TimeExhausted:
-            raise TransactionFailed(
-                f"{context or 'transaction'}: {tx_hash.to_0x_hex()} was not mined within {self.tx_timeout:.0f}s "
-                "(node stalled, or the fee too low?)"
+            raise ChainUnreachable(
+                f"{context or 'transaction'}: {tx_hash.to_0x_hex()} was sent to {redact_url(self.rpc_url)} but not "
+                f"mined within {self.tx_timeout:.0f}s; is the chain up and mining? `ledger chain up`"
             ) from None
         except Exception as e:
             raise self._translate(e, context) from None
