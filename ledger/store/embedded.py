@@ -22,10 +22,12 @@ does, and only after its pack is durable. A failed write (disk full, kill -9) le
 no index, so nothing that reads as valid; temporary files of dead writers are removed
 when a store is opened.
 
-Speed: a put reads the input once into reused buffers; one thread hashes the whole
-file (sha256 of the exact bytes) and writes the pack while the calling thread hashes
-the leaf blocks (hashlib and os.write release the GIL), and a third thread starts the
-pack's writeback early (fdatasync every few hundred MiB) so the final fsync is short.
+Speed: a put reads the input once into reused buffers (constant memory); the calling
+thread hashes the leaf blocks while one stage thread hashes the whole file (the sha256
+of the exact bytes) and another writes the pack, starting each batch's writeback at
+once (sync_file_range) so the final fsync is short. hashlib and os.write release the
+GIL, so the three overlap. A large get reads straight into the bytes object it returns
+while two threads hash behind the reader (see ``_new_bytes``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import os
 import secrets
 import struct
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -74,9 +77,9 @@ from .base import (
 IDX_MAGIC = b"LEDGER-IDX 1\n"
 BATCH = 8 << 20          # bytes handed between threads at a time
 RING = 4                 # buffers in flight when reading a stream (constant memory: RING * BATCH)
-FLUSH_EVERY = 256 << 20  # start writeback of the pack every this many bytes
 MAX_LEAF = 1 << 20       # a leaf payload larger than this is not one of ours
 MAX_DEPTH = 16
+PIPELINE_MIN = 16 << 20  # objects at least this big are read with reading and hashing overlapped
 
 # Indirections the crash/disk-full tests replace.
 _write = os.write
@@ -158,16 +161,12 @@ class EmbeddedStore(Store):
         fd = -1
         try:
             fd = os.open(tmp_pack, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            with _PackWriter(fd, self.durable) as writer:
-
-                def sink(batch) -> None:
-                    file_hash.update(batch)
-                    writer.write(batch)
-
+            writer = _PackWriter(fd, self.durable)
+            with _Stages(file_hash.update, writer.write) as stages:
                 if view is not None:
-                    self._put_view(view, builder, opts.chunk_size, writer, sink)
+                    self._feed_view(view, builder, opts.chunk_size, stages)
                 else:
-                    self._put_stream(stream, builder, opts.chunk_size, writer, sink)
+                    self._feed_stream(stream, builder, opts.chunk_size, stages)
             result = builder.finish()
             if self.durable:
                 _fsync(fd)
@@ -211,44 +210,42 @@ class EmbeddedStore(Store):
     def _batch_size(self, cs: int) -> int:
         return cs * max(1, BATCH // cs)
 
-    def _put_view(self, view, builder, cs, writer, sink) -> None:
+    def _feed_view(self, view, builder, cs, stages: "_Stages") -> None:
+        """Bytes in memory: zero-copy batches; leaves hashed here, the rest in the stage threads."""
         b = self._batch_size(cs)
-        with ThreadPoolExecutor(1, thread_name_prefix="ledger-put") as pool:
-            pending: list[Future] = []
-            for off in range(0, len(view), b):
-                batch = view[off:off + b]
-                pending.append(pool.submit(sink, batch))
-                self._leaves(builder, batch, cs)
-                if len(pending) >= RING:
-                    pending.pop(0).result()
-            for f in pending:
-                f.result()
+        pending: list[list[Future]] = []
+        for off in range(0, len(view), b):
+            batch = view[off:off + b]
+            pending.append(stages.submit(batch))
+            self._leaves(builder, batch, cs)
+            if len(pending) >= RING:
+                _wait(pending.pop(0))
+        for futs in pending:
+            _wait(futs)
 
-    def _put_stream(self, stream, builder, cs, writer, sink) -> None:
+    def _feed_stream(self, stream, builder, cs, stages: "_Stages") -> None:
+        """A file or stream: read into a ring of reused buffers (constant memory)."""
         b = self._batch_size(cs)
         ring: list[memoryview] = []
-        futures: list[Future | None] = [None] * RING
-        with ThreadPoolExecutor(1, thread_name_prefix="ledger-put") as pool:
-            i = 0
-            try:
-                while True:
-                    if futures[i] is not None:
-                        futures[i].result()  # that buffer is free again
-                    if len(ring) <= i:
-                        ring.append(memoryview(bytearray(b)))
-                    n = read_into(stream, ring[i])
-                    if n == 0:
-                        break
-                    batch = ring[i][:n]
-                    futures[i] = pool.submit(sink, batch)
-                    self._leaves(builder, batch, cs)
-                    i = (i + 1) % RING
-                    if n < b:
-                        break
-            finally:
-                for f in futures:
-                    if f is not None:
-                        f.result()
+        busy: list[list[Future]] = [[] for _ in range(RING)]
+        i = 0
+        try:
+            while True:
+                _wait(busy[i])  # that buffer is free again
+                if len(ring) <= i:
+                    ring.append(memoryview(bytearray(b)))
+                n = read_into(stream, ring[i])
+                if n == 0:
+                    break
+                batch = ring[i][:n]
+                busy[i] = stages.submit(batch)
+                self._leaves(builder, batch, cs)
+                i = (i + 1) % RING
+                if n < b:
+                    break
+        finally:
+            for futs in busy:
+                _wait(futs)
 
     # ------------------------------------------------------------------ read
 
@@ -346,30 +343,90 @@ class EmbeddedStore(Store):
         obj = self._load(cid)
         if max_size is not None and obj.size > max_size:
             raise too_large(obj.cid, obj.size, max_size)
-        data = _read_exact(obj.pack, obj.size)
-        if len(data) < obj.size:
-            # Truncated: the leaf hashes say which block is damaged.
-            self._check_leaves(obj, memoryview(data), 0, len(obj.leaves))
-            raise IntegrityError(obj.cid, f"{obj.size} bytes", f"{len(data)} bytes", "stored size of")
-        view = memoryview(data)
-        with ThreadPoolExecutor(1, thread_name_prefix="ledger-get") as pool:
-            fut = pool.submit(lambda: hashlib.sha256(view).digest())
-            try:
+        fresh = _new_bytes(obj.size) if obj.size >= PIPELINE_MIN else None
+        if fresh is None:
+            data = _read_exact(obj.pack, obj.size)
+            view = memoryview(data)
+            if len(data) < obj.size:
+                # Truncated: the leaf hashes say which block is damaged.
                 self._check_leaves(obj, view, 0, len(obj.leaves))
-            finally:
-                actual = fut.result()
-        check_digest(obj.cid, expected, actual)
+                raise IntegrityError(obj.cid, f"{obj.size} bytes", f"{len(data)} bytes", "stored size of")
+            with ThreadPoolExecutor(1, thread_name_prefix="ledger-get") as pool:
+                fut = pool.submit(lambda: hashlib.sha256(view).digest())
+                try:
+                    self._check_leaves(obj, view, 0, len(obj.leaves))
+                finally:
+                    actual = fut.result()
+            check_digest(obj.cid, expected, actual)
+            return data
+        data, view = fresh
+        try:
+            self._pipelined_read(obj, view, expected)
+        finally:
+            view.release()
         return data
 
+    def _pipelined_read(self, obj: _Object, view: memoryview, expected: bytes) -> None:
+        """Fill ``view`` from the pack in one thread while two others follow it, hashing.
+
+        The reader runs ahead; the file digest (one thread) and the leaf blocks (this
+        thread) are computed on what has arrived, so reading and both hashes overlap.
+        """
+        n = len(view)
+        progress = _Progress()
+
+        def reader() -> None:
+            off = 0
+            try:
+                with open(obj.pack, "rb", buffering=0) as f:
+                    while off < n and not progress.cancelled:
+                        k = f.readinto(view[off:off + BATCH])
+                        if not k:
+                            break
+                        off += k
+                        progress.advance(off)
+            finally:
+                progress.finish(off)
+
+        def file_digest() -> bytes:
+            h = hashlib.sha256()
+            done = 0
+            while True:
+                upto = progress.wait_beyond(done)
+                if upto <= done:
+                    return h.digest()
+                h.update(view[done:upto])
+                done = upto
+
+        with ThreadPoolExecutor(2, thread_name_prefix="ledger-get") as pool:
+            read_f = pool.submit(reader)
+            hash_f = pool.submit(file_digest)
+            try:
+                off, first = 0, 0
+                while first < len(obj.leaves):
+                    # wait for the next leaf in full, then take every leaf that has arrived
+                    upto, finished = progress.wait_until(off + obj.leaves[first].length)
+                    last, end = first, off
+                    while last < len(obj.leaves) and (end + obj.leaves[last].length <= upto or finished):
+                        end += obj.leaves[last].length
+                        last += 1
+                    # a short pack makes the first incomplete leaf fail its hash here
+                    self._check_leaves(obj, view[off:min(end, upto)], first, last)
+                    first, off = last, end
+            except BaseException:
+                progress.cancel()  # stop the reader and the file hasher early
+                raise
+            finally:
+                read_f.result()
+                actual = hash_f.result()
+        if progress.total < n:
+            raise IntegrityError(obj.cid, f"{n} bytes", f"{progress.total} bytes", "stored size of")
+        check_digest(obj.cid, expected, actual)
+
     def _stream(self, obj: _Object, expected: bytes, sink: Callable[[memoryview], None] | None) -> None:
-        """Read the pack in leaf-aligned batches; hash leaves here, the file (and sink) in a thread."""
+        """Read the pack in leaf-aligned batches into reused buffers; hash the leaves here,
+        the whole file (and write it to ``sink``) in stage threads."""
         file_hash = hashlib.sha256()
-
-        def consume(batch) -> None:
-            file_hash.update(batch)
-            if sink is not None:
-                sink(batch)
-
         batches: list[tuple[int, int, int]] = []  # (first leaf, last leaf + 1, bytes)
         start, acc = 0, 0
         for i, leaf in enumerate(obj.leaves):
@@ -378,24 +435,29 @@ class EmbeddedStore(Store):
                 start, acc = i, 0
             acc += leaf.length
         batches.append((start, len(obj.leaves), acc))
-        ring = [memoryview(bytearray(min(BATCH + MAX_LEAF, max(obj.size, 1)))) for _ in range(2)]
-        with open(obj.pack, "rb", buffering=0) as f, ThreadPoolExecutor(1, thread_name_prefix="ledger-read") as pool:
-            futures: list[Future | None] = [None, None]
+        cap = min(BATCH + MAX_LEAF, max(obj.size, 1))
+        ring: list[memoryview] = []
+        busy: list[list[Future]] = [[] for _ in range(RING)]
+        fns = (file_hash.update,) if sink is None else (file_hash.update, sink)
+        with open(obj.pack, "rb", buffering=0) as f, _Stages(*fns) as stages:
             try:
                 for k, (first, last, nbytes) in enumerate(batches):
-                    j = k % 2
-                    if futures[j] is not None:
-                        futures[j].result()
+                    j = k % RING
+                    _wait(busy[j])
+                    if len(ring) <= j:
+                        ring.append(memoryview(bytearray(cap)))
                     buf = ring[j][:nbytes]
                     got = read_into(f, buf)
+                    # a short pack makes the first incomplete leaf fail its hash here
                     self._check_leaves(obj, buf[:got], first, last)
                     if got < nbytes:
                         raise IntegrityError(obj.cid, f"{obj.size} bytes", "fewer", "stored size of")
-                    futures[j] = pool.submit(consume, buf)
+                    busy[j] = stages.submit(buf)
             finally:
-                for fut in futures:
-                    if fut is not None:
-                        fut.result()
+                for futs in busy:
+                    _wait(futs, quiet=True)
+        for futs in busy:
+            _wait(futs)
         check_digest(obj.cid, expected, file_hash.digest())
 
     def get_to_file(self, cid: str, expected_digest: Digest, dest: str | os.PathLike) -> Path:
@@ -407,8 +469,7 @@ class EmbeddedStore(Store):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         ok = False
         try:
-            with _PackWriter(fd, self.durable) as writer:
-                self._stream(obj, expected, writer.write)
+            self._stream(obj, expected, _PackWriter(fd, self.durable).write)
             if self.durable:
                 _fsync(fd)
             os.close(fd)
@@ -441,41 +502,174 @@ class EmbeddedStore(Store):
 # ---------------------------------------------------------------------- helpers
 
 
+class _Stages:
+    """Side work on each batch, in order, each stage in a thread of its own.
+
+    hashlib (on buffers over 2 KiB) and os.write release the GIL, so the stages run
+    in parallel with each other and with the caller, which hashes the leaf blocks.
+    """
+
+    def __init__(self, *fns: Callable[[memoryview], object]):
+        self._fns = fns
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="ledger-io") for _ in fns]
+
+    def submit(self, batch) -> list[Future]:
+        return [pool.submit(fn, batch) for pool, fn in zip(self._pools, self._fns)]
+
+    def __enter__(self) -> "_Stages":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+
+
+def _wait(futures: list[Future], quiet: bool = False) -> None:
+    """Wait for a batch's stages; re-raise the first failure (unless quiet)."""
+    for f in futures:
+        if quiet:
+            try:
+                f.exception()
+            except BaseException:  # cancelled
+                pass
+        else:
+            f.result()
+
+
 class _PackWriter:
-    """Writes every byte (os.write may write less), and starts writeback early in a thread."""
+    """Writes every byte (os.write may write less) and starts the writeback of each batch
+    at once (sync_file_range), so the final fsync waits only for the last few batches."""
 
     def __init__(self, fd: int, durable: bool):
         self.fd = fd
         self.durable = durable
         self.written = 0
-        self._next_flush = FLUSH_EVERY
-        self._flusher: ThreadPoolExecutor | None = None
-        self._flush: Future | None = None
-        self._lock = threading.Lock()
 
     def write(self, buf) -> None:
         mv = memoryview(buf)
+        start = self.written
         while len(mv):
             n = _write(self.fd, mv)
             mv = mv[n:]
             self.written += n
-        if self.durable and self.written >= self._next_flush:
-            self._next_flush = self.written + FLUSH_EVERY
-            if self._flush is None or self._flush.done():
-                if self._flusher is None:
-                    self._flusher = ThreadPoolExecutor(1, thread_name_prefix="ledger-flush")
-                if self._flush is not None:
-                    self._flush.result()
-                self._flush = self._flusher.submit(os.fdatasync, self.fd)
+        if self.durable and _SYNC_RANGE is not None and self.written > start:
+            _SYNC_RANGE(self.fd, start, self.written - start, 2)  # SYNC_FILE_RANGE_WRITE: start, don't wait
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        if self._flusher is not None:
-            self._flusher.shutdown(wait=True)
-            if exc[0] is None and self._flush is not None:
-                self._flush.result()
+class _Progress:
+    """How far a reader got, for threads following behind it."""
+
+    def __init__(self):
+        self.total = 0
+        self.done = False
+        self.cancelled = False
+        self._cv = threading.Condition()
+
+    def cancel(self) -> None:
+        with self._cv:
+            self.cancelled = self.done = True
+            self._cv.notify_all()
+
+    def advance(self, total: int) -> None:
+        with self._cv:
+            self.total = total
+            self._cv.notify_all()
+
+    def finish(self, total: int) -> None:
+        with self._cv:
+            self.total = total
+            self.done = True
+            self._cv.notify_all()
+
+    def wait_beyond(self, pos: int) -> int:
+        """Block until more than ``pos`` bytes arrived or the reader finished; returns the total
+        (or ``pos`` once cancelled)."""
+        with self._cv:
+            while self.total <= pos and not self.done:
+                self._cv.wait()
+            return pos if self.cancelled else self.total
+
+    def wait_until(self, target: int) -> tuple[int, bool]:
+        """Block until at least ``target`` bytes arrived or the reader finished: (total, finished)."""
+        with self._cv:
+            while self.total < target and not self.done:
+                self._cv.wait()
+            return self.total, self.done
+
+
+def _new_bytes(n: int) -> tuple[bytes, memoryview] | None:
+    """A new ``bytes`` of n bytes and a writable view of its storage, or None where unsupported.
+
+    This is the C API's documented way to build a bytes object in place
+    (``PyBytes_FromStringAndSize(NULL, n)``, then fill it before anyone else sees it),
+    reached through ctypes so a 1 GB read can land directly in the object returned
+    while other threads hash it: no second copy, and reading overlaps hashing. The
+    object escapes only after it is fully written and verified. Large allocations get
+    transparent huge pages where the kernel allows it (fewer page faults when filling).
+    Anything unusual (no ctypes, not CPython) returns None and the caller reads plainly.
+    """
+    if _BYTES_API is None:
+        return None
+    new, as_string = _BYTES_API
+    try:
+        data = new(None, n)
+        addr = as_string(data)
+        _advise_hugepages(addr, n)
+        view = memoryview((ctypes.c_char * n).from_address(addr)).cast("B")
+        return data, view
+    except Exception:
+        return None
+
+
+def _bytes_api():
+    try:
+        api = ctypes.pythonapi
+        new = api.PyBytes_FromStringAndSize
+        new.restype, new.argtypes = ctypes.py_object, (ctypes.c_void_p, ctypes.c_ssize_t)
+        as_string = api.PyBytes_AsString
+        as_string.restype, as_string.argtypes = ctypes.c_void_p, (ctypes.py_object,)
+        return new, as_string
+    except (AttributeError, OSError):
+        return None
+
+
+def _advise_hugepages(addr: int, n: int) -> None:
+    if _MADVISE is None or n < (4 << 20):
+        return
+    huge = 2 << 20
+    start = (addr + huge - 1) & ~(huge - 1)
+    end = (addr + n) & ~(huge - 1)
+    if end > start:
+        _MADVISE(start, end - start, 14)  # MADV_HUGEPAGE; a failure only costs speed
+
+
+def _madvise():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        f = libc.madvise
+        f.argtypes, f.restype = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int), ctypes.c_int
+        return f if sys.platform.startswith("linux") else None
+    except (AttributeError, OSError):
+        return None
+
+
+def _sync_range():
+    try:
+        f = ctypes.CDLL(None, use_errno=True).sync_file_range
+        f.argtypes, f.restype = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint), ctypes.c_int
+        return f if sys.platform.startswith("linux") else None
+    except (AttributeError, OSError):
+        return None
+
+
+try:
+    import ctypes
+
+    _BYTES_API = _bytes_api() if sys.implementation.name == "cpython" else None
+    _MADVISE = _madvise()
+    _SYNC_RANGE = _sync_range()  # a hint: failures (e.g. unsupported filesystem) are ignored
+except ImportError:  # pragma: no cover
+    _BYTES_API = _MADVISE = _SYNC_RANGE = None
 
 
 def _read_exact(path: Path, size: int) -> bytes:

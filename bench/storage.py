@@ -1,0 +1,267 @@
+"""Storage throughput beside the machine's physical limits, measured in the same run.
+
+    .venv/bin/python bench/storage.py [--size-mb 1024] [--repeat 3] [--dir DIR] [--no-ipfs]
+
+Writes SIZE MiB of random bytes, then measures on those same bytes:
+  limits   sha256 on one core (hashlib, in memory); sequential write + fsync of a
+           new file in 8 MiB writes (what `dd bs=8M conv=fsync` does)
+  embedded put (sha256 + CID + durable pack), get (verified bytes), get_to_file,
+           verify
+  ipfs     put / get through the local Helia node (ipfs-node/) and ipfshttpclient,
+           when the node is installed
+Each is repeated --repeat times, interleaved with the limits, and the best run is
+reported (other processes on a shared machine only ever slow a run down). Targets:
+put >= 0.8 x min(sha256, write+fsync); get >= 0.8 x sha256.
+
+Then peak RSS (VmHWM of a fresh subprocess doing one operation) for a 100 MiB
+and a SIZE MiB input: streaming operations must not grow with the input. get()
+returns the whole object as bytes, so it is shown for reference (it must be about
+the size of the object, not a multiple of it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ledger.store.embedded import EmbeddedStore  # noqa: E402
+
+MiB = 1 << 20
+
+
+def make_input(path: Path, size: int) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(2024)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(rng.bytes(n))
+            left -= n
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def sha256_one_core(data: bytes) -> float:
+    return timed(lambda: hashlib.sha256(data).digest())
+
+
+def write_fsync(data: bytes, dest: Path) -> float:
+    mv = memoryview(data)
+
+    def run():
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for off in range(0, len(mv), 8 * MiB):
+                os.write(fd, mv[off:off + 8 * MiB])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    t = timed(run)
+    dest.unlink()
+    return t
+
+
+# ---------------------------------------------------------------------- RSS children
+
+
+def rss_child(args) -> None:
+    """One operation in a fresh process; prints peak RSS in MiB."""
+    if args.backend == "embedded":
+        store = EmbeddedStore(args.store)
+    else:
+        from ledger.store.ipfs import IpfsStore
+
+        store = IpfsStore(args.api, timeout=60)
+    if args.op == "put":
+        store.put(Path(args.file))
+    elif args.op == "get_to_file":
+        store.get_to_file(args.cid, bytes.fromhex(args.digest), Path(args.out))
+    elif args.op == "get":
+        data = store.get(args.cid, bytes.fromhex(args.digest))
+        assert len(data) > 0
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forked parent.
+    peak = float("nan")
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    print(json.dumps({"peak_rss_mib": peak}))
+
+
+def measure_rss(backend: str, op: str, **kw) -> float:
+    cmd = [sys.executable, __file__, "--rss-child", "--backend", backend, "--op", op]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+# ---------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=1024, help="input size in MiB (default 1024)")
+    ap.add_argument("--rss-small-mb", type=int, default=100, help="the small input for the RSS comparison")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the best is kept")
+    ap.add_argument("--dir", help="work directory (default: a temporary one under ./.ledger, on the data dir's disk)")
+    ap.add_argument("--no-ipfs", action="store_true", help="skip the IPFS backend")
+    ap.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    for a in ("backend", "op", "file", "store", "api", "cid", "digest", "out"):
+        ap.add_argument(f"--{a}", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(args)
+        return 0
+
+    size = args.size_mb * MiB
+    base = Path(args.dir) if args.dir else ROOT / ".ledger"
+    base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=base))
+    node = None
+    try:
+        src = work / "input.bin"
+        print(f"storage bench: {args.size_mb} MiB of random bytes in {work}")
+        print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; "
+              f"best of {args.repeat} interleaved runs")
+        make_input(src, size)
+        data = src.read_bytes()
+
+        results: dict[str, list[float]] = {}
+
+        def rec(name: str, seconds: float) -> None:
+            results.setdefault(name, []).append(size / seconds / 1e9)
+
+        store = EmbeddedStore(work / "store")
+        obj = store.put(src)
+        ipfs = None
+        if not args.no_ipfs:
+            ipfs, node = start_ipfs(work)
+        for _ in range(args.repeat):
+            rec("sha256, one core", sha256_one_core(data))
+            rec("write + fsync", write_fsync(data, work / "dd.bin"))
+            rec("embedded put", timed(lambda: store.put(src)))
+            got = [None]
+            rec("embedded get", timed(lambda: got.__setitem__(0, store.get(obj.cid, obj.digest))))
+            assert got[0] == data
+            got[0] = None
+            rec("embedded get_to_file", timed(lambda: store.get_to_file(obj.cid, obj.digest, work / "out.bin")))
+            (work / "out.bin").unlink()
+            rec("embedded verify", timed(lambda: store.verify(obj.cid, obj.digest)))
+            if ipfs is not None:
+                rec("ipfs put", timed(lambda: ipfs.put(src)))
+                rec("ipfs get", timed(lambda: got.__setitem__(0, ipfs.get(obj.cid, obj.digest))))
+                assert got[0] == data
+                got[0] = None
+        del data
+
+        best = {k: max(v) for k, v in results.items()}
+        sha, disk = best["sha256, one core"], best["write + fsync"]
+        put_limit = min(sha, disk)
+        print()
+        print(f"{'physical limits (same bytes, this run)':40} {'GB/s':>6}")
+        print(f"  {'sha256, one core':38} {sha:6.2f}")
+        print(f"  {'sequential write + fsync (dd-like)':38} {disk:6.2f}")
+        print()
+        print(f"{'operation':26} {'GB/s':>6} {'runs (GB/s)':>20}  {'vs limit':>22}  target")
+        rows = [
+            ("embedded put", put_limit, "min(sha,disk)", 0.8),
+            ("embedded get", sha, "sha256", 0.8),
+            ("embedded get_to_file", put_limit, "min(sha,disk)", None),
+            ("embedded verify", sha, "sha256", None),
+            ("ipfs put", put_limit, "min(sha,disk)", None),
+            ("ipfs get", sha, "sha256", None),
+        ]
+        for name, limit, limit_name, target in rows:
+            if name not in best:
+                continue
+            ratio = best[name] / limit
+            runs = " ".join(f"{x:.2f}" for x in results[name])
+            verdict = "" if target is None else (f">= {target}  {'ok' if ratio >= target else 'BELOW'}")
+            print(f"{name:26} {best[name]:6.2f} {runs:>20}  {ratio:5.2f} x {limit_name:14}  {verdict}")
+
+        print()
+        print("peak RSS of one operation in a fresh process (MiB)")
+        small = work / "small.bin"
+        make_input(small, args.rss_small_mb * MiB)
+        small_obj = store.put(small)
+        print(f"{'operation':34} {f'{args.rss_small_mb} MiB':>10} {f'{args.size_mb} MiB':>10}")
+        cases = [
+            ("embedded put", "embedded", "put", {"store": work / "store"}),
+            ("embedded get_to_file", "embedded", "get_to_file", {"store": work / "store"}),
+            ("embedded get (returns bytes)", "embedded", "get", {"store": work / "store"}),
+        ]
+        if ipfs is not None:
+            cases += [
+                ("ipfs put (client)", "ipfs", "put", {"api": ipfs.api}),
+                ("ipfs get_to_file (client)", "ipfs", "get_to_file", {"api": ipfs.api}),
+            ]
+        for label, backend, op, extra in cases:
+            row = []
+            for f, o in ((small, small_obj), (src, obj)):
+                kw = dict(extra)
+                if op == "put":
+                    kw["file"] = f
+                else:
+                    kw.update(cid=o.cid, digest=o.digest.hex(), out=work / "rss-out.bin")
+                row.append(measure_rss(backend, op, **kw))
+            print(f"{label:34} {row[0]:10.0f} {row[1]:10.0f}")
+        if node is not None:
+            print(f"{'helia node (whole run, VmHWM)':34} {'':>10} {node_hwm(node):10.0f}")
+        return 0
+    finally:
+        if node is not None:
+            from ledger import ipfs_node
+
+            ipfs_node.ipfs_down(node)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def start_ipfs(work: Path):
+    from ledger import ipfs_node
+    from ledger.config import load_settings
+    from ledger.store.ipfs import IpfsStore
+
+    settings = load_settings({"data_dir": work / "ledger-data"}, env={}, config_file=None)
+    try:
+        up = ipfs_node.ipfs_up(settings, port=0)
+    except Exception as e:  # not installed: say so, bench the rest
+        print(f"(ipfs backend skipped: {e})")
+        return None, None
+    return IpfsStore(up.info.url, timeout=120), settings
+
+
+def node_hwm(settings) -> float:
+    from ledger import ipfs_node
+
+    info = ipfs_node.service(settings).running()
+    try:
+        for line in Path(f"/proc/{info.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, AttributeError):
+        pass
+    return float("nan")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
