@@ -201,3 +201,21 @@ def test_address_forms():
     assert ipfs_node.to_multiaddr("localhost:5001") == "/dns/localhost/tcp/5001/http"
     assert ipfs_node.to_multiaddr("/ip4/10.0.0.1/tcp/5001/http") == "/ip4/10.0.0.1/tcp/5001/http"
     assert ipfs_node.http_url("/ip4/127.0.0.1/tcp/5001/http") == "http://127.0.0.1:5001"
+
+
+def test_a_node_that_never_answers_times_out_as_missing():
+    """Like a Kubo daemon searching the network for a CID nobody has: give up after ipfs_timeout."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # accepts connections (the kernel does), never answers
+    try:
+        port = srv.getsockname()[1]
+        store = IpfsStore(f"/ip4/127.0.0.1/tcp/{port}/http", timeout=1.0)
+        cid = cid_of_bytes(b"somewhere out there").cid
+        t = time.monotonic()
+        with pytest.raises(NotFoundError) as e:
+            store.get(cid, bytes(32))
+        assert time.monotonic() - t < 5
+        assert cid in str(e.value) and "1s" in str(e.value)
+    finally:
+        srv.close()
