@@ -102,6 +102,11 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
         "--port", str(port),
         "--state", str(state),
         "--state-interval", str(max(1, settings.state_interval)),
+        # Transactions are mined at once (automine) AND an empty block comes every
+        # block_time seconds, so chain time advances on an idle chain as on a real one:
+        # a deadline passes on chain without anyone having to send a transaction.
+        "--block-time", str(max(1, settings.block_time)),
+        "--mixed-mining",
     ]
     info, started = svc.start(
         cmd,

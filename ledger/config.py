@@ -35,6 +35,8 @@ class Settings:
     chain_port: int = field(default=8545, metadata=_env("LEDGER_CHAIN_PORT"))
     # Seconds between anvil state dumps: at most this much history is lost to a kill -9.
     state_interval: int = field(default=2, metadata=_env("LEDGER_STATE_INTERVAL"))
+    # Seconds between the empty blocks that keep the local chain's clock moving.
+    block_time: int = field(default=1, metadata=_env("LEDGER_BLOCK_TIME"))
     # Expected chain id; None = whatever the deployment record says.
     chain_id: int | None = field(default=None, metadata=_env("LEDGER_CHAIN_ID"))
     # Contract address; None = the deployment record for the connected chain.

@@ -47,7 +47,11 @@ class Policy:
     trim_ratio: float = 0.25         # trimmed_mean: fraction cut at each end
     krum_f: int = 1                  # krum: number of Byzantine workers tolerated
     krum_m: int = 0                  # krum: how many to keep (0 = n - f)
-    max_update_norm: float = 20.0    # L2 norm of (checkpoint - parent) over all tensors
+    # L2 norm of (checkpoint - parent) over all tensors: an absolute cap, and a bound
+    # relative to the round (ratio x the median norm of the contributions that pass the
+    # cheap checks, when there are >= 3), which follows the model size and the steps.
+    max_update_norm: float = 100.0
+    max_update_norm_ratio: float = 3.0
     max_val_loss_increase: float = 0.25  # accepted if val_loss <= parent_val_loss + this
     val_batches: int = 8
     val_batch_size: int = 32

@@ -121,8 +121,9 @@ class Aggregator:
                 log.info("round %d: %s (a restart after proposing, or the quorum was already reached)", r, e.name)
                 return
             if e.name == "RoundNotClosed":
-                # Our clock ran ahead of the chain's by a moment: the next poll proposes again.
-                time.sleep(self.opt.poll)
+                # Our clock ran ahead of the chain's: the next poll proposes again.
+                log.info("round %d: the chain's clock has not passed the deadline yet; retrying", r)
+                time.sleep(max(self.opt.poll, 1.0))
                 return
             raise
         h = receipt["transactionHash"]

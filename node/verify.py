@@ -268,33 +268,56 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     """Verify the round's contributions in submission order (sorted by ``index``);
     one ``Report`` each, in that order. ``fetch(c)`` returns the checkpoint bytes
     or raises a storage error (``NotFoundError``/``StorageUnreachable`` ->
-    UNAVAILABLE, ``IntegrityError`` -> INTEGRITY)."""
+    UNAVAILABLE, ``IntegrityError`` -> INTEGRITY).
+
+    Two passes, cheap before expensive: every contribution first goes through the
+    checks that need no model evaluation (up to its update norm); then the update
+    norms of the survivors give the round's relative bound, and only contributions
+    within it are evaluated on the validation split and (if drawn) replayed."""
     ordered = sorted(contributions, key=lambda c: c.index)
     if len({c.index for c in ordered}) != len(ordered):
         raise ValueError("contribution indexes must be unique (submission order)")
     seen: dict[bytes, int] = {tensor_digest(ctx.parent_params): -1}
+    staged = [_verify_cheap(ctx, c, fetch, seen) for c in ordered]
+    bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
     reports = []
-    for c in ordered:
-        report = _verify_one(ctx, c, fetch, seen, keep_params)
+    for report, decoded in staged:
+        if report.accepted:
+            try:
+                _expensive_checks(ctx, report.contribution, report, decoded["params"], bound)
+                report.reason = _accepted_reason(report.metrics)
+            except _Reject as r:
+                report.verdict, report.reason = r.verdict, r.reason
+        if keep_params and "params" in decoded:
+            report.params, report.meta = decoded["params"], decoded["meta"]
         reports.append(report)
         if progress is not None:
             progress(report)
     return reports
 
 
-def _verify_one(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int],
-                keep_params: bool) -> Report:
+def relative_norm_bound(policy: Policy, norms: list[float]) -> float | None:
+    """``max_update_norm_ratio`` x the median update norm of the round's contributions
+    that passed the cheap checks, when there are at least three of them (fewer say
+    nothing about what an honest update looks like). Exact: a sort and one division."""
+    ratio = float(getattr(policy, "max_update_norm_ratio", 0.0) or 0.0)
+    if ratio <= 0 or len(norms) < 3:
+        return None
+    xs = sorted(norms)
+    n = len(xs)
+    median = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) * 0.5
+    return ratio * median
+
+
+def _verify_cheap(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int]) -> tuple[Report, dict]:
     metrics: dict[str, Any] = {"size": int(c.size)}
     report = Report(c, Verdict.ACCEPTED, "accepted", metrics)
     decoded: dict = {}
     try:
         _checks(ctx, c, fetch, seen, report, decoded)
-        report.reason = _accepted_reason(metrics)
     except _Reject as r:
         report.verdict, report.reason = r.verdict, r.reason
-    if keep_params and "params" in decoded:
-        report.params, report.meta = decoded["params"], decoded["meta"]
-    return report
+    return report, decoded
 
 
 def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], report: Report,
@@ -376,6 +399,18 @@ def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], r
     metrics["update_norm"] = norm
     if ctx.runs("norm") and not norm <= policy.max_update_norm:
         raise _Reject(Verdict.UPDATE_NORM, f"update norm {norm:.6g} exceeds the bound {policy.max_update_norm:g}")
+
+
+
+def _expensive_checks(ctx: RoundContext, c: Contribution, report: Report, tensors, bound: float | None) -> None:
+    policy = ctx.policy
+    metrics = report.metrics
+    # -- UPDATE_NORM, relative to the round
+    if bound is not None and ctx.runs("norm"):
+        metrics["update_norm_bound"] = bound
+        if not metrics["update_norm"] <= bound:
+            raise _Reject(Verdict.UPDATE_NORM, f"update norm {metrics['update_norm']:.6g} exceeds "
+                                               f"{policy.max_update_norm_ratio:g}x the round's median ({bound:.6g})")
 
     # -- VALIDATION_LOSS
     if ctx.runs("validation"):

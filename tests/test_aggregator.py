@@ -83,7 +83,7 @@ def test_aggregator_kill_9_resumes_without_double_proposal(deployed):
 
 def test_absent_worker_does_not_stall_the_round(deployed):
     env = deployed
-    job = env.create_job(W[:3], A[:1], quorum=1, rounds=1, round_duration=8)
+    job = env.create_job(W[:3], A[:1], quorum=1, rounds=1, round_duration=25)
     procs = _run_workers(env, job, W[:2]) + _run_aggregators(env, job, A[:1])
     wait_for(lambda: env.ledger.job(job).completed, 240, "the job to complete at the deadline", procs)
     rd = env.ledger.round(job, 1)

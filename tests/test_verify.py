@@ -449,3 +449,26 @@ def test_inflated_sample_count_is_rejected(task):
     rd.add(addr(1), checkpoint.encode(task["trained"][addr(1)], meta_for(task, addr(1))), num_samples=10**6)
     rd.add(addr(2), checkpoint.encode(task["trained"][addr(2)], meta_for(task, addr(2))))
     assert [r.verdict for r in rd.verify()] == [Verdict.SAMPLE_COUNT, Verdict.ACCEPTED]
+
+
+def test_relative_norm_bound_rejects_an_outlier_the_absolute_cap_lets_through(task):
+    parent = task["parent"]
+    rd = Round(task)
+    for i in (1, 2, 3):
+        rd.add_params(addr(i), task["trained"][addr(i)])
+    rd.add_params(addr(4), scaled(parent, task["trained"][addr(4)], 8.0))
+    reports = rd.verify()
+    norms = [r.metrics["update_norm"] for r in reports]
+    assert norms[3] < task["cfg"].policy.max_update_norm, "the absolute cap alone would accept it"
+    assert [r.verdict for r in reports] == [Verdict.ACCEPTED] * 3 + [Verdict.UPDATE_NORM]
+    assert "median" in reports[3].reason
+
+
+def test_relative_norm_bound_needs_three_contributions():
+    from ledger.jobconfig import Policy
+    from node.verify import relative_norm_bound
+
+    assert relative_norm_bound(Policy(), [1.0, 2.0]) is None
+    assert relative_norm_bound(Policy(), [1.0, 2.0, 4.0]) == 6.0
+    assert relative_norm_bound(Policy(), [1.0, 2.0, 4.0, 5.0]) == 9.0
+    assert relative_norm_bound(Policy(max_update_norm_ratio=0), [1.0, 2.0, 4.0]) is None
