@@ -22,7 +22,9 @@ The private key stays inside the LocalAccount: it appears in no message, repr or
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -128,6 +130,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict) or hasattr(value, "items"):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+# Retries of a send that lost its nonce to a concurrent sender from the same account.
+NONCE_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -306,18 +312,26 @@ class Chain:
         self._learn(fn)
         sender = self._account.address
         with self._lock:
-            try:
-                nonce = self.w3.eth.get_transaction_count(sender, "pending")
-                params: dict = {"from": sender, "nonce": nonce, "chainId": self.chain_id, "value": value}
-                if gas is not None:
-                    params["gas"] = int(gas)
-                tx = fn.build_transaction(params)  # estimates gas (and so finds reverts) unless gas given
-                if gas is None:
-                    tx["gas"] = self._padded_gas(int(tx["gas"]))
-                signed = self._account.sign_transaction(tx)
-                tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            except Exception as e:
-                raise self._translate(e, context) from None
+            # Another process sending from the same account (one party in several jobs)
+            # can take our nonce between the read and the send: read it again and retry.
+            for attempt in range(NONCE_RETRIES + 1):
+                try:
+                    nonce = self.w3.eth.get_transaction_count(sender, "pending")
+                    params: dict = {"from": sender, "nonce": nonce, "chainId": self.chain_id, "value": value}
+                    if gas is not None:
+                        params["gas"] = int(gas)
+                    tx = fn.build_transaction(params)  # estimates gas (and so finds reverts) unless gas given
+                    if gas is None:
+                        tx["gas"] = self._padded_gas(int(tx["gas"]))
+                    signed = self._account.sign_transaction(tx)
+                    tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
+                    break
+                except Exception as e:
+                    low = str(e).lower()
+                    if attempt < NONCE_RETRIES and ("nonce too low" in low or "replacement transaction underpriced" in low):
+                        time.sleep(0.05 + random.random() * 0.25)
+                        continue
+                    raise self._translate(e, context) from None
         try:
             receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.tx_timeout, poll_latency=0.05)
         except TimeExhausted:

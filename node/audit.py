@@ -130,6 +130,10 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if onchain is None:
             continue
         chain_v = onchain[c.index]
+        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE):
+            check = "integrity" if rep.verdict == Verdict.INTEGRITY else "availability"
+            found.append(Discrepancy(r, c.worker, check, f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
+            continue
         if chain_v != rep.verdict:
             if chain_v == Verdict.REPLAY and mode == "none":
                 continue  # not re-checked: replay disabled for this audit

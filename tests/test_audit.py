@@ -1,0 +1,186 @@
+"""`ledger audit`: a clean history verifies from chain + storage alone; every kind of
+tampering is found and located (round, party, check)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from eth_account import Account
+
+from ledger import anvil
+from ledger.cid import cid_from_chain
+from ledger.config import load_settings
+from ledger.digest import sha256_bytes
+from support import DEV0, Env, address, keys, log_text, tiny_config, wait_for
+
+HONEST = keys(2, "honest")
+AGGS = keys(2, "audit-agg")
+NAN = keys(1, "nan")[0]
+WRONG_SEED = keys(1, "wrong-seed")[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One chain with four finished jobs: clean, a quorum that accepts a NaN checkpoint,
+    a quorum that finalizes a merge that is not the merge, and a worker whose training
+    does not replay."""
+    from ledger.deploy import deploy, open_ledger
+    from ledger.store import open_store
+
+    d = tmp_path_factory.mktemp("audit")
+    settings = load_settings({"data_dir": d / "parties", "chain_port": 0}, env={}, config_file=None)
+    anvil.chain_up(settings)
+    env = None
+    try:
+        deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
+        env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
+        jobs = {
+            "clean": env.create_job(HONEST, AGGS[:1], quorum=1, rounds=2),
+            "accepts-bad": env.create_job([HONEST[0], NAN], AGGS, quorum=2, rounds=1),
+            "bad-merge": env.create_job(HONEST, AGGS, quorum=2, rounds=1),
+            "replay": env.create_job([HONEST[0], WRONG_SEED], AGGS[:1], quorum=1, rounds=1),
+        }
+        w = lambda k, j: env.spawn(k, "worker", "run", "--job", str(j), "--no-progress", "--poll", "0.3")
+        procs = [w(k, jobs["clean"]) for k in HONEST] + [w(k, jobs["bad-merge"]) for k in HONEST]
+        procs += [w(HONEST[0], jobs["accepts-bad"]), w(HONEST[0], jobs["replay"])]
+        procs.append(env.spawn_module(NAN, "node.adversary", "--job", str(jobs["accepts-bad"]), "--attack", "nan"))
+        procs.append(env.spawn_module(WRONG_SEED, "node.adversary", "--job", str(jobs["replay"]), "--attack", "wrong-seed"))
+        for j in ("clean", "replay"):
+            procs.append(env.spawn(AGGS[0], "aggregator", "run", "--job", str(jobs[j]), "--poll", "0.3"))
+        # The colluding quorum: both aggregators sign what no honest verification gives.
+        for name in ("accepts-bad", "bad-merge"):
+            j = jobs[name]
+            wait_for(lambda: env.ledger.round(j, 1).submissions == 2, 240, f"submissions of {name}", procs)
+            rd = env.ledger.round(j, 1)
+            bogus = sha256_bytes(f"not the merge of {name}".encode())
+            for k in AGGS:
+                env.as_party(k).propose(j, 1, rd.commitment, [0, 0], bogus, bogus, 4242)
+        for name, j in jobs.items():
+            wait_for(lambda: env.ledger.job(j).completed, 300, f"job {name} to complete", procs)
+        env.stop_all()
+        yield env, jobs
+    finally:
+        if env:
+            env.stop_all()
+        anvil.chain_down(settings)
+
+
+def _auditor(env, store_dir, tmp_path):
+    """Settings of an outsider: an empty data dir, the RPC URL, the address, the store."""
+    return load_settings(
+        {"data_dir": tmp_path / "auditor", "rpc_url": env.ledger.chain.rpc_url, "contract": env.ledger.address,
+         "store_path": store_dir},
+        env={}, config_file=None)
+
+
+def _audit(env, store_dir, tmp_path, job, replay="sample"):
+    from ledger.deploy import open_ledger
+    from ledger.store import open_store
+    from node.audit import audit_job
+
+    s = _auditor(env, store_dir, tmp_path)
+    return audit_job(open_ledger(s), open_store(s), job, replay=replay)
+
+
+def _where(report):
+    return {(d.round, d.party.lower(), d.check) for d in report.discrepancies}
+
+
+def _tampered_store(env, tmp_path):
+    copy = tmp_path / "store-copy"
+    shutil.copytree(env.settings.store_dir, copy)
+    return copy
+
+
+def _submission(env, job, round_, key):
+    return next(s for s in env.ledger.submissions(job, round_) if s.worker == address(key))
+
+
+def test_clean_history_verifies_from_an_empty_data_dir(world, tmp_path):
+    env, jobs = world
+    s = _auditor(env, env.settings.store_dir, tmp_path)
+    cli_env = {k: v for k, v in env.env().items() if not k.startswith("LEDGER_")}
+    cli_env.update(LEDGER_DATA_DIR=str(s.data_dir), LEDGER_RPC_URL=s.rpc_url, LEDGER_CONTRACT=s.contract,
+                   LEDGER_STORE_DIR=str(s.store_dir))
+    html = tmp_path / "report.html"
+    r = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(jobs["clean"]), "--html", str(html)],
+                       capture_output=True, text=True, env=cli_env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    final = env.ledger.job(jobs["clean"]).current_parent
+    assert "AUDIT OK" in r.stdout and final.hex() in r.stdout
+    assert html.read_text().count("lineage-graph") >= 1
+    assert not (s.data_dir / "worker").exists() and not (s.data_dir / "aggregator").exists()
+    j = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(jobs["clean"]), "--json"],
+                       capture_output=True, text=True, env=cli_env, timeout=300)
+    doc = json.loads(j.stdout)
+    assert doc["ok"] is True and doc["final_digest"] == "0x" + final.hex() and len(doc["rounds"]) == 2
+    h = subprocess.run([sys.executable, "-m", "ledger", "history", "--job", str(jobs["clean"])],
+                       capture_output=True, text=True, env=cli_env, timeout=120)
+    assert h.returncode == 0 and h.stdout.count("[finalized]") == 2 and "submit" in h.stdout
+
+
+def test_replaced_bytes_are_located(world, tmp_path):
+    env, jobs = world
+    store = _tampered_store(env, tmp_path)
+    from ledger.store.embedded import EmbeddedStore
+
+    sub = _submission(env, jobs["clean"], 2, HONEST[1])
+    pack, _ = EmbeddedStore(store).paths_of(cid_from_chain(sub.cid, sub.size, 0))
+    raw = bytearray(pack.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    pack.write_bytes(bytes(raw))
+    report = _audit(env, store, tmp_path, jobs["clean"])
+    assert not report.ok
+    assert (2, address(HONEST[1]).lower(), "integrity") in _where(report)
+
+
+def test_deleted_artifact_is_located(world, tmp_path):
+    env, jobs = world
+    store = _tampered_store(env, tmp_path)
+    from ledger.store.embedded import EmbeddedStore
+
+    sub = _submission(env, jobs["clean"], 1, HONEST[0])
+    for p in EmbeddedStore(store).paths_of(cid_from_chain(sub.cid, sub.size, 0)):
+        p.unlink()
+    report = _audit(env, store, tmp_path, jobs["clean"])
+    assert (1, address(HONEST[0]).lower(), "availability") in _where(report)
+
+
+def test_colluding_quorum_finalizing_a_wrong_merge_is_found(world, tmp_path):
+    env, jobs = world
+    report = _audit(env, env.settings.store_dir, tmp_path, jobs["bad-merge"])
+    assert (1, "", "merge") in _where(report)
+    assert all(c.audit_verdict == 0 for r in report.rounds for c in r.contributions)
+
+
+def test_quorum_accepting_a_rejected_contribution_is_found(world, tmp_path):
+    env, jobs = world
+    report = _audit(env, env.settings.store_dir, tmp_path, jobs["accepts-bad"])
+    where = _where(report)
+    assert (1, address(NAN).lower(), "verdict") in where
+    d = next(d for d in report.discrepancies if d.check == "verdict")
+    assert "non-finite" in d.expected and "accepted" in d.actual
+
+
+def test_replay_mismatch_is_found_only_by_replay(world, tmp_path):
+    env, jobs = world
+    assert _audit(env, env.settings.store_dir, tmp_path, jobs["replay"], replay="none").ok
+    report = _audit(env, env.settings.store_dir, tmp_path, jobs["replay"], replay="all")
+    assert _where(report) == {(1, address(WRONG_SEED).lower(), "replay")}
+
+
+def test_generate_runs_only_a_verified_model(world, tmp_path):
+    env, jobs = world
+    from ledger.deploy import open_ledger
+    from ledger.store import open_store
+    from node.generate import UnverifiedModel, generate_verified
+
+    s = _auditor(env, env.settings.store_dir, tmp_path)
+    g = generate_verified(open_ledger(s), open_store(s), jobs["clean"], "ROMEO:", max_new_tokens=40)
+    assert g.text.startswith("ROMEO:") and len(g.text.encode()) >= 40
+    with pytest.raises(UnverifiedModel, match="round 1"):
+        generate_verified(open_ledger(s), open_store(s), jobs["bad-merge"], "ROMEO:", max_new_tokens=10)
