@@ -10,17 +10,21 @@
 // block brokers), so a CID that is not in the local blockstore fails at once.
 // `add` with Kubo's parameters gives Kubo's CIDs: cid-version=0 -> dag-pb leaves of
 // UnixFS type file, size-262144 chunks, balanced layout of 174 links, a file of one
-// chunk is its leaf; cid-version=1 implies raw leaves, as in Kubo.
+// chunk is its leaf; cid-version=1 implies raw leaves, as in Kubo. Adds go through
+// ipfs-unixfs-importer (the importer @helia/unixfs wraps, pinned at the version it
+// ships) because Kubo's response needs the cumulative DAG size; cat walks the DAG
+// itself so a slow client cannot make the node buffer a whole file (see catFile).
 
 import http from 'node:http'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { createHeliaLight } from 'helia'
-import { unixfs } from '@helia/unixfs'
 import { FsBlockstore } from 'blockstore-fs'
 import { FsDatastore } from 'datastore-fs'
 import { importFile } from 'ipfs-unixfs-importer'
+import * as dagPb from '@ipld/dag-pb'
+import { UnixFS } from 'ipfs-unixfs'
 import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { balanced } from 'ipfs-unixfs-importer/layout'
 import { CID } from 'multiformats/cid'
@@ -31,6 +35,8 @@ const NODE_VERSION = '0.1.0'
 const HELIA_VERSION = JSON.parse(fs.readFileSync(new URL('./node_modules/helia/package.json', import.meta.url))).version
 const MAX_LINKS = 174
 const DAG_PB = 0x70
+const RAW = 0x55
+const READ_AHEAD = 8 // blocks fetched ahead of the client while streaming a file
 const SHA2_256 = 0x12
 
 // ------------------------------------------------------------------ arguments
@@ -293,28 +299,92 @@ async function pinOne (ctx, cid) {
   }
 }
 
+// Stream a UnixFS file in order, one block (plus a small read-ahead) at a time, so the
+// HTTP response's backpressure bounds memory. (Helia's exporter reads the whole DAG into
+// an unbounded queue as fast as the disk allows: a slow client of a large file would
+// make the node hold most of the file in memory.)
+async function * catFile (ctx, cid, start, end) {
+  yield * walkFile(ctx, cid, prefetch(ctx, cid), 0, start, end, 0)
+}
+
+function prefetch (ctx, cid) {
+  const p = blockBytes(ctx.helia, cid)
+  p.catch(() => {}) // awaited later, or dropped if the client went away
+  return p
+}
+
+function * clip (buf, pos, start, end) {
+  const a = Math.max(0, start - pos)
+  const b = Math.min(buf.length, end - pos)
+  if (b > a) yield buf.subarray(a, b)
+}
+
+async function * walkFile (ctx, cid, blockPromise, pos, start, end, depth) {
+  if (depth > 32) throw new ApiError(`${cidText(cid)}: DAG too deep`)
+  const block = await blockPromise
+  if (cid.code === RAW) {
+    yield * clip(block, pos, start, end)
+    return
+  }
+  if (cid.code !== DAG_PB) throw new ApiError(`${cidText(cid)}: unsupported codec 0x${cid.code.toString(16)}`)
+  const node = dagPb.decode(block)
+  const fsNode = node.Data ? UnixFS.unmarshal(node.Data) : null
+  if (fsNode == null || (fsNode.type !== 'file' && fsNode.type !== 'raw')) {
+    throw new ApiError(`this dag node is a ${fsNode?.type ?? 'plain dag-pb node'}, not a file: ${cidText(cid)}`)
+  }
+  if (fsNode.data?.length) {
+    yield * clip(fsNode.data, pos, start, end)
+    pos += fsNode.data.length
+  }
+  if (node.Links.length !== fsNode.blockSizes.length) throw new ApiError(`${cidText(cid)}: malformed UnixFS file node`)
+  const wanted = []
+  for (let i = 0; i < node.Links.length; i++) {
+    const size = Number(fsNode.blockSizes[i])
+    if (pos + size > start && pos < end) wanted.push({ cid: node.Links[i].Hash, pos })
+    pos += size
+  }
+  const window = []
+  let next = 0
+  const fill = () => {
+    while (window.length < READ_AHEAD && next < wanted.length) {
+      const w = wanted[next++]
+      window.push({ ...w, block: prefetch(ctx, w.cid) })
+    }
+  }
+  fill()
+  while (window.length) {
+    const w = window.shift()
+    fill()
+    yield * walkFile(ctx, w.cid, w.block, w.pos, start, end, depth + 1)
+  }
+}
+
 async function handleCat (ctx, req, res, params) {
   const cid = parseCid(params.get('arg'))
-  const opts = { offline: true }
-  if (params.get('offset')) opts.offset = Number(params.get('offset'))
-  if (params.get('length')) opts.length = Number(params.get('length'))
+  const start = Number(params.get('offset') || 0)
+  const length = params.get('length')
+  const end = length ? start + Number(length) : Infinity
+  if (!Number.isSafeInteger(start) || start < 0 || !(end >= start)) throw new ApiError('invalid offset or length', 400)
   if (!await ctx.helia.blockstore.has(cid)) throw notFound(cid)
-  const it = ctx.fs.cat(cid, opts)[Symbol.asyncIterator]()
+  const it = catFile(ctx, cid, start, end)[Symbol.asyncIterator]()
   // No header before the first chunk: an error here is still a proper error response.
   let first
   try {
     first = await it.next()
   } catch (e) {
+    if (e instanceof ApiError) throw e
     throw new ApiError(`cat ${cidText(cid)}: ${e.message}`, 500)
   }
   res.writeHead(200, { 'Content-Type': 'text/plain', 'X-Stream-Output': '1', Trailer: 'X-Stream-Error' })
+  let closed = false
+  res.once('close', () => { closed = true })
   try {
     let step = first
-    while (!step.done) {
-      if (!res.write(step.value)) await new Promise((resolve) => res.once('drain', resolve))
+    while (!step.done && !closed) {
+      if (!res.write(step.value)) await new Promise((resolve) => { res.once('drain', resolve); res.once('close', resolve) })
       step = await it.next()
     }
-    res.end()
+    if (!closed) res.end()
   } catch (e) {
     // Mid-stream failure: break the chunked encoding so the client cannot take a short body for a whole one.
     res.addTrailers({ 'X-Stream-Error': String(e.message) })
@@ -416,7 +486,7 @@ async function main () {
   await datastore.open()
   const helia = createHeliaLight({ blockstore, datastore })
   await helia.start()
-  const ctx = { helia, fs: unixfs(helia), identity: loadIdentity(repo) }
+  const ctx = { helia, identity: loadIdentity(repo) }
 
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1')

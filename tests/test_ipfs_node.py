@@ -219,3 +219,12 @@ def test_a_node_that_never_answers_times_out_as_missing():
         assert cid in str(e.value) and "1s" in str(e.value)
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_cat_ranges_across_blocks(ipfs_store, version):
+    data = rnd(CHUNK_SIZE * 3 + 100, seed=5)
+    obj = ipfs_store.put(data, options=ImportOptions.for_version(version))
+    for offset, length in [(0, 1), (CHUNK_SIZE - 3, 10), (CHUNK_SIZE * 2 + 50, CHUNK_SIZE + 50), (len(data) - 5, 100)]:
+        assert ipfs_store.client.cat(obj.cid, offset=offset, length=length) == data[offset:offset + length]
+    assert ipfs_store.client.cat(obj.cid, offset=CHUNK_SIZE + 7) == data[CHUNK_SIZE + 7:]
