@@ -8,7 +8,7 @@ BIN   := $(VENV)/bin
 STAMP := .stamps
 LEDGER := $(BIN)/ledger
 
-.PHONY: demo test bench install install-python install-npm install-ipfs install-debian clean-install help
+.PHONY: demo test bench install install-flower install-python install-npm install-ipfs install-debian clean-install help
 
 help:
 	@echo "make demo   - install what is needed, then run a whole multi-party training on one machine"
@@ -21,6 +21,8 @@ $(STAMP):
 # Python: one venv, pinned requirements; torch comes from the local CPU wheel (pinned 2.13.0).
 $(STAMP)/python: requirements.txt pyproject.toml | $(STAMP)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@# flwr (bench only) pins an older `packaging`: take it out so the lock installs cleanly.
+	@rm -f $(STAMP)/flower; $(BIN)/pip uninstall -y -q flwr >/dev/null 2>&1 || true
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/pip check
@@ -55,6 +57,7 @@ install-python: $(STAMP)/python
 install-npm: $(STAMP)/npm
 install-ipfs: $(STAMP)/ipfs
 install-debian: $(STAMP)/debian
+install-flower: $(STAMP)/flower
 install: install-python install-npm install-ipfs
 
 demo: install
@@ -64,8 +67,15 @@ test: install install-debian
 	$(LEDGER) compile --check
 	$(BIN)/python -m pytest -q
 
-bench: install
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+# Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
+$(STAMP)/flower: $(STAMP)/python
+	$(BIN)/pip install -q --disable-pip-version-check flwr==1.41.0 2>&1 | grep -v "is ignored: it is neither" || true
+	@touch $@
+
+BENCHES := gas storage audit overhead quality robustness flower_peer
+
+bench: install $(STAMP)/flower
+	@for b in $(BENCHES); do echo; echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean-install:
 	rm -rf $(VENV) $(STAMP) hardhat-config/node_modules ipfs-node/node_modules
