@@ -134,7 +134,8 @@ class GPT(nn.Module):
                  generator: torch.Generator | None = None):
         """Extend idx (B, T) by max_new_tokens bytes. Sampling draws only from
         ``generator``, so a seeded generator gives the same text every time;
-        temperature <= 0 means greedy (argmax)."""
+        temperature <= 0 means greedy (argmax). Batch-1 sampling is a chain of tiny
+        ops: run it with torch.set_num_threads(1), more threads only add waits."""
         for _ in range(max_new_tokens):
             ctx = idx[:, -self.config.block_size:]
             logits, _ = self(ctx)

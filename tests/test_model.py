@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ledger.jobconfig import ModelSpec
@@ -97,7 +98,17 @@ def test_load_into_is_strict():
         assert "shape" in str(e)
 
 
-def test_generate_deterministic():
+@pytest.fixture
+def one_thread():
+    # batch-1 sampling is a chain of tiny ops: a second thread only adds barrier waits,
+    # which on a loaded machine makes it many times slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_generate_deterministic(one_thread):
     m = GPT(GPTConfig(), seed=3)
     m.eval()
     prompt = torch.tensor([list(b"ROMEO:\n")])
