@@ -2,6 +2,8 @@
 # Each installs what it needs (venv, npm packages, Debian packages when root)
 # and skips what a stamp file says is already done.
 SHELL := /bin/bash
+# A failing command in a pipeline fails the recipe (pip output is filtered through sed).
+.SHELLFLAGS := -eo pipefail -c
 PY    ?= python3
 VENV  := .venv
 BIN   := $(VENV)/bin
@@ -23,8 +25,8 @@ $(STAMP)/python: requirements.txt pyproject.toml | $(STAMP)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@# flwr (bench only) pins an older `packaging`: take it out so the lock installs cleanly.
 	@rm -f $(STAMP)/flower; $(BIN)/pip uninstall -y -q flwr >/dev/null 2>&1 || true
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | sed "/is ignored: it is neither/d"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | sed "/is ignored: it is neither/d"
 	$(BIN)/pip check
 	@touch $@
 
@@ -69,7 +71,7 @@ test: install install-debian
 
 # Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
 $(STAMP)/flower: $(STAMP)/python
-	$(BIN)/pip install -q --disable-pip-version-check flwr==1.41.0 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q --disable-pip-version-check flwr==1.41.0 2>&1 | sed "/is ignored: it is neither/d"
 	@touch $@
 
 BENCHES := gas storage audit overhead quality robustness flower_peer
