@@ -48,6 +48,8 @@ def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: i
     digest = final_model_digest(ctx)
     params, _ = ctx.load_checkpoint(ctx.locate_model(digest))
     model = load_into(GPT(GPTConfig.from_spec(ctx.config.model), seed=None), params).eval()
+    # Batch-1 sampling gains nothing from more threads and loses much on a shared machine.
+    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(seed)
     idx = torch.tensor([list(prompt.encode("utf-8"))[-ctx.config.model.block_size:] or [10]], dtype=torch.long)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)

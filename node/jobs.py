@@ -35,7 +35,7 @@ def prepare_config(config: JobConfig, num_workers: int, throughputs: list[float]
             raise ValueError(f"{len(throughputs)} throughputs given for {num_workers} workers")
         if d.split != "iid":
             raise ValueError("throughput balancing applies to IID shards only")
-        total = len(corpus) - int(len(corpus) * d.val_fraction)
+        total = datamod.split_point(corpus, d.val_fraction)   # the training text's length
         sizes = datamod.balance_sizes(throughputs, total, min_size=config.model.block_size * 4)
     split = datamod.make_split(corpus, num_workers, mode=d.split, val_fraction=d.val_fraction, sizes=sizes)
     d.shards, d.validation = datamod.shard_specs(split)
