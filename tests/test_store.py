@@ -212,6 +212,21 @@ def test_large_object_pipelined_read(store, tmp_path):
     assert "block 120 " in str(e.value)  # 30 MiB / 256 KiB
 
 
+@pytest.mark.parametrize("direct", [True, False])
+def test_large_file_written_direct_or_through_the_page_cache(store, tmp_path, monkeypatch, direct):
+    if not direct:
+        monkeypatch.setattr(embedded, "_O_DIRECT", 0)
+    data = rnd((20 << 20) + 4097, seed=11)  # full batches, then a tail that is not 4 KiB-aligned
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    obj = store.put(src)
+    assert obj.cid == cid_of_bytes(data).cid and obj.size == len(data)
+    pack, _ = store.paths_of(obj.cid)
+    assert pack.read_bytes() == data
+    out = store.get_to_file(obj.cid, obj.digest, tmp_path / "back.bin")
+    assert out.read_bytes() == data
+
+
 def test_missing_cid_bad_cid_and_max_size(store):
     absent = cid_of_bytes(b"never stored").cid
     with pytest.raises(NotFoundError) as e:
@@ -264,21 +279,26 @@ def test_concurrent_puts_of_the_same_bytes(store):
 # ------------------------------------------------------------------ crash safety
 
 
-def test_disk_full_leaves_nothing(store, monkeypatch):
+@pytest.mark.parametrize("source", ["bytes", "path"])  # page-cache writes, and O_DIRECT from aligned buffers
+def test_disk_full_leaves_nothing(store, monkeypatch, tmp_path, source):
     data = rnd(CHUNK_SIZE * 40)
+    src = data
+    if source == "path":
+        src = tmp_path / "in.bin"
+        src.write_bytes(data)
     budget = [3 * CHUNK_SIZE]
-    real_write = os.write
+    real_write = os.pwrite
 
-    def full_disk(fd, buf):
+    def full_disk(fd, buf, offset):
         if budget[0] <= 0:
             raise OSError(errno.ENOSPC, "No space left on device")
-        n = real_write(fd, bytes(buf[: min(len(buf), budget[0])]))
+        n = real_write(fd, buf[: min(len(buf), budget[0])], offset)
         budget[0] -= n
         return n
 
-    monkeypatch.setattr(embedded, "_write", full_disk)
+    monkeypatch.setattr(embedded, "_pwrite", full_disk)
     with pytest.raises(StorageError) as e:
-        store.put(data)
+        store.put(src)
     assert "disk full" in str(e.value)
     assert leftovers(store) == [] and objects(store) == []
     assert not store.has(cid_of_bytes(data).cid)
