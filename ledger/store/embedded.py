@@ -22,12 +22,14 @@ does, and only after its pack is durable. A failed write (disk full, kill -9) le
 no index, so nothing that reads as valid; temporary files of dead writers are removed
 when a store is opened.
 
-Speed: a put reads the input once into reused buffers (constant memory); the calling
-thread hashes the leaf blocks while one stage thread hashes the whole file (the sha256
-of the exact bytes) and another writes the pack, starting each batch's writeback at
-once (sync_file_range) so the final fsync is short. hashlib and os.write release the
-GIL, so the three overlap. A large get reads straight into the bytes object it returns
-while two threads hash behind the reader (see ``_new_bytes``).
+Speed: a put reads the input once into reused, page-aligned buffers (constant
+memory); the calling thread hashes the leaf blocks while one stage thread hashes the
+whole file (the sha256 of the exact bytes) and another writes the pack: with O_DIRECT
+from those buffers where the filesystem allows (no CPU copy into the page cache,
+nothing left for the final fsync to flush), else through the page cache with its
+writeback started at once (sync_file_range). hashlib and os.pwrite release the GIL, so
+the three overlap. A large get reads straight into the bytes object it returns while
+two threads hash behind the reader (see ``_new_bytes``).
 """
 
 from __future__ import annotations
