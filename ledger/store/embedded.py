@@ -83,6 +83,7 @@ RING = 4                 # buffers in flight when reading a stream (constant mem
 MAX_LEAF = 1 << 20       # a leaf payload larger than this is not one of ours
 MAX_DEPTH = 16
 PIPELINE_MIN = 16 << 20  # objects at least this big are read with reading and hashing overlapped
+READ_STEP = 2 << 20      # how far the reader of a pipelined get advances at a time
 
 ALIGN = 4096             # O_DIRECT alignment of buffers, offsets and lengths
 DIRECT_MIN = 1 << 20     # smaller writes go through the page cache (small objects stay cached)
@@ -387,7 +388,7 @@ class EmbeddedStore(Store):
             try:
                 with open(obj.pack, "rb", buffering=0) as f:
                     while off < n and not progress.cancelled:
-                        k = f.readinto(view[off:off + BATCH])
+                        k = f.readinto(view[off:off + READ_STEP])
                         if not k:
                             break
                         off += k
