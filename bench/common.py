@@ -86,7 +86,7 @@ def _is_num(c) -> bool:
         return False
     if isinstance(c, (int, float)):
         return True
-    t = str(c).strip().rstrip("x%")
+    t = str(c).strip().removeprefix("<=").strip().rstrip("x%")
     if t in ("n/a", "-"):
         return True
     try:
@@ -488,6 +488,7 @@ class PlainFedAvg:
     def __init__(self, cfg, num_workers: int, processes: int | None = None, start_method: str = "spawn"):
         self.cfg = cfg
         self.num_workers = int(num_workers)
+        self.coordinator_cpu = 0.0
         ctx = mp.get_context(start_method)
         self.pool = ctx.Pool(processes or self.num_workers, initializer=_plain_init,
                              initargs=(cfg.to_bytes(), self.num_workers))
@@ -500,8 +501,14 @@ class PlainFedAvg:
         self.pool.map(_noop, range(len(self.pids()) or self.num_workers), chunksize=1)
 
     def round(self, params, r: int):
-        """One round from ``params``; returns (merged params, seconds, mean final loss)."""
-        return plain_fedavg_round(self.pool, params, r, self.num_workers, self.cfg)
+        """One round from ``params``; returns (merged params, seconds, mean final loss).
+        ``coordinator_cpu`` accumulates the CPU time this (calling) thread spends on it:
+        sending the parameters, receiving the results, merging."""
+        t = time.thread_time()
+        try:
+            return plain_fedavg_round(self.pool, params, r, self.num_workers, self.cfg)
+        finally:
+            self.coordinator_cpu += time.thread_time() - t
 
     def close(self) -> None:
         self.pool.terminate()
@@ -564,7 +571,8 @@ class LedgerJob:
     quorum: int = 2
     rounds: int = 3
     round_duration: int = 900
-    poll: float = 0.25
+    poll: float = 1.0                  # the roles' --poll (the CLI default)
+    watch_every: float = 0.5           # this script's own chain polling
     aggregator_args: list[str] = field(default_factory=list)
     timeout: float = 1200.0
     keep_dir: bool = False
@@ -580,6 +588,7 @@ class LedgerJob:
     peak_pss: int = 0
     mean_load: float | None = None
     foreign_cores: float | None = None
+    cpu_seconds: float = 0.0
     memory_by_label: list = field(default_factory=list)
     final_digest: bytes | None = None
     final_params: dict | None = None
@@ -658,7 +667,7 @@ class LedgerJob:
             sampler.stop()
             self.peak_rss, self.peak_procs, self.peak_pss = sampler.peak, sampler.peak_procs, sampler.peak_pss
             self.mean_load, self.memory_by_label = sampler.mean_load, sampler.by_label()
-            self.foreign_cores = sampler.foreign_cores
+            self.foreign_cores, self.cpu_seconds = sampler.foreign_cores, sampler.own_cpu
             # the parties first (by PID), then the chain the way `ledger chain down` does
             # it, then anything of the tree that is somehow still there
             stop_processes([p for p in sampler.processes() if p.pid != anvil_pid])
@@ -697,7 +706,7 @@ class LedgerJob:
             self._check_parties(popens, logs, failed)
             if now > deadline:
                 raise TimeoutError(f"ledger job {job_id} did not complete within {self.timeout:.0f}s")
-            time.sleep(0.2)
+            time.sleep(self.watch_every)
 
     def _check_parties(self, popens, logs: Path, failed: set[int]) -> None:
         """A party that dies is noted (with its last log line); the job is k-of-n, so

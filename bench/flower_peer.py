@@ -91,6 +91,7 @@ class FlowerRun:
     peak_pss: int = 0
     mean_load: float | None = None
     foreign_cores: float | None = None
+    cpu_seconds: float = 0.0
     memory_by_label: list = field(default_factory=list)
     total_seconds: float = 0.0
     final_params: dict | None = None
@@ -197,7 +198,7 @@ def run_flower(cfg, clients: int, rounds: int, keep: bool = False, timeout: floa
         sampler.stop()
         out.peak_rss, out.peak_procs, out.peak_pss = sampler.peak, sampler.peak_procs, sampler.peak_pss
         out.mean_load, out.memory_by_label = sampler.mean_load, sampler.by_label()
-        out.foreign_cores = sampler.foreign_cores
+        out.foreign_cores, out.cpu_seconds = sampler.foreign_cores, sampler.own_cpu
         procs = sampler.processes()
         out.processes_seen = len(procs)
         stop_processes(procs)
@@ -242,7 +243,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50, help="local steps per round (default 50, the job default)")
     ap.add_argument("--aggregators", type=int, default=3, help="ledger aggregators (default 3)")
     ap.add_argument("--quorum", type=int, default=2, help="ledger quorum (default 2)")
-    ap.add_argument("--poll", type=float, default=0.25, help="ledger roles' chain poll interval in seconds (default 0.25)")
+    ap.add_argument("--poll", type=float, default=1.0,
+                    help="ledger roles' chain poll interval in seconds (default 1, the CLI default; shorter polls "
+                         "cost CPU the training then lacks)")
     ap.add_argument("--replay-fraction", type=float, default=None,
                     help="ledger replay fraction (default: the job config's default)")
     ap.add_argument("--quiet-cores", type=float, default=0.3, metavar="C",
@@ -303,7 +306,7 @@ def report(args, cfg, version, flower, ledger) -> None:
         loss = f"{val_loss(cfg, params, validation):.4f}" if params is not None else "n/a"
         per = [f"{t:.1f}" for t in times] if times else ["n/a"] * n
         return [name, *per, f"{mean(times):.1f}" if times else "n/a", _steady(times),
-                f"{mib(side.peak_rss):.0f}", side.peak_procs, f"{mib(side.peak_pss):.0f}",
+                f"{side.cpu_seconds / n:.0f}", f"{mib(side.peak_rss):.0f}", side.peak_procs, f"{mib(side.peak_pss):.0f}",
                 f"{side.foreign_cores:.2f}" if side.foreign_cores is not None else "n/a", loss]
 
     rows = []
@@ -315,10 +318,10 @@ def report(args, cfg, version, flower, ledger) -> None:
     if flower and ledger:
         ratios = [fmt_ratio(a, b) for a, b in zip(l_times, f_times)]
         rows.append(["ratio ledger / Flower", *ratios, fmt_ratio(mean(l_times), mean(f_times)),
-                     fmt_ratio(mean(l_times[1:]), mean(f_times[1:])),
+                     fmt_ratio(mean(l_times[1:]), mean(f_times[1:])), fmt_ratio(ledger.cpu_seconds, flower.cpu_seconds),
                      fmt_ratio(ledger.peak_rss, flower.peak_rss), "", fmt_ratio(ledger.peak_pss, flower.peak_pss), "", ""])
-        rows.append(["target", *[""] * n, f"<= {TIME_TARGET}x", "", f"<= {MEM_TARGET}x", "", "", "", ""])
-    headers = ["system", *[f"round {r} s" for r in range(1, n + 1)], "mean s/round", "rounds 2+ s/round", "peak RSS MiB",
+        rows.append(["target", *[""] * n, "", f"<= {TIME_TARGET}x", "", f"<= {MEM_TARGET}x", "", "", "", ""])
+    headers = ["system", *[f"round {r} s" for r in range(1, n + 1)], "mean s/round", "rounds 2+ s/round", "CPU s/round", "peak RSS MiB",
                "procs", "peak PSS MiB", "other CPU", "final val loss"]
     n_params = sum(v.size for v in genesis_params(cfg).values())
     title = (f"Flower vs ledger, same training: byte GPT {n_params / 1e6:.2f}M params, {args.clients} clients x "
@@ -328,12 +331,15 @@ def report(args, cfg, version, flower, ledger) -> None:
     print()
     print_table(title, headers, rows)
     if flower and ledger:
-        t_ok = mean(l_times) <= TIME_TARGET * mean(f_times)
+        lt, ft = (mean(l_times[1:]), mean(f_times[1:])) if n > 1 else (mean(l_times), mean(f_times))
+        t_ok = lt <= TIME_TARGET * ft
         m_ok = ledger.peak_rss <= MEM_TARGET * flower.peak_rss
-        print(f"time per round: {'meets' if t_ok else 'MISSES'} the target (<= {TIME_TARGET}x Flower); "
-              f"peak memory: {'meets' if m_ok else 'MISSES'} the target (<= {MEM_TARGET}x Flower)")
-    print("round times: Flower from its server's per-round timestamps; the ledger from the chain as observed "
-          "every 0.1 s (round 1 from the spawn of the role processes, round r>1 from round r-1's RoundFinalized).")
+        print(f"time per round ({'rounds 2+' if n > 1 else 'all rounds'}): {'meets' if t_ok else 'MISSES'} the target "
+              f"(<= {TIME_TARGET}x Flower); peak memory: {'meets' if m_ok else 'MISSES'} the target "
+              f"(<= {MEM_TARGET}x Flower). The time target is judged on rounds 2+: the ledger's round 1 includes "
+              f"starting every role process, Flower's does not include starting its daemons.")
+    print("round times: Flower from its server's per-round timestamps; the ledger from the chain as polled "
+          "every 0.5 s (round 1 from the spawn of the role processes, round r>1 from round r-1's RoundFinalized).")
     if ledger:
         bs = [t.block_seconds for t in sorted(ledger.timings, key=lambda t: t.round)]
         print(f"ledger rounds by block timestamps (RoundOpened -> RoundFinalized, 1 s resolution): {bs}; "
@@ -344,7 +350,8 @@ def report(args, cfg, version, flower, ledger) -> None:
     print("RSS: summed resident set of every process of the system, sampled every 0.2 s (shared library pages "
           "count once per process); PSS (shared pages split between processes) every 1 s; "
           "other CPU: cores busy on average with other programs (outside the measured processes and this "
-          "script); well above 0 means the numbers were taken on a busy machine.")
+          "script); well above 0 means the numbers were taken on a busy machine, and then CPU s/round (all "
+          "CPU time of the system's processes, start-up included, per round) is the steadier comparison.")
     mem_rows = []
     for name, side in (("Flower", flower), ("ledger", ledger)):
         if side is None:
