@@ -298,11 +298,12 @@ class Chain:
         except Exception as e:
             raise self._translate(e, context) from None
 
-    def transact(self, fn, context: str = "", gas: int | None = None, value: int = 0) -> dict:
+    def transact(self, fn, context: str = "", gas: int | None = None, value: int = 0, extra_gas: int = 0) -> dict:
         """Build, sign locally, send and wait for ``fn`` (a contract function or constructor call).
 
         Returns the receipt; raises ContractReverted, InsufficientFunds, ChainUnreachable,
-        TransactionFailed.
+        TransactionFailed. ``extra_gas`` is added to the estimate for calls whose cost
+        depends on what other senders do first (unused gas is refunded).
         """
         if self._account is None:
             raise AccountError(
@@ -322,7 +323,7 @@ class Chain:
                         params["gas"] = int(gas)
                     tx = fn.build_transaction(params)  # estimates gas (and so finds reverts) unless gas given
                     if gas is None:
-                        tx["gas"] = self._padded_gas(int(tx["gas"]))
+                        tx["gas"] = self._padded_gas(int(tx["gas"]) + int(extra_gas))
                     signed = self._account.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     break

@@ -56,6 +56,9 @@ def _hex(h: Any) -> str:
 # ------------------------------------------------------------------------------ types
 
 
+# Gas a proposal needs beyond its estimate if it turns out to finalize the round.
+FINALIZE_GAS = 200_000
+
 @dataclass
 class JobParams:
     """The arguments of ``createJob`` (see HACKING.md)."""
@@ -287,7 +290,11 @@ class TrainingLedger:
             int(job_id), int(round), _b32(commitment, "commitment"), bytes(int(v) for v in verdicts),
             _b32(merged_digest, "merged_digest"), _b32(merged_cid32, "merged_cid"), int(merged_size),
         )
-        return self.chain.transact(fn, context=f"propose job {job_id} round {round}")
+        # Estimated alone, a proposal may not be the one that reaches the quorum; mined
+        # after another aggregator's, it is, and it pays for finalizing the round and
+        # opening the next (~150,000 more, growing with the verdicts).
+        return self.chain.transact(fn, context=f"propose job {job_id} round {round}",
+                                   extra_gas=FINALIZE_GAS + 2_000 * len(verdicts))
 
     def close_round(self, job_id: int, round: int):
         fn = self.contract.functions.closeRound(int(job_id), int(round))

@@ -18,7 +18,7 @@ from pathlib import Path
 from ledger import atomic
 from ledger.cid import cid_to_chain
 from ledger.digest import short, to_hex
-from ledger.errors import ContractReverted
+from ledger.errors import ContractReverted, TransactionFailed
 from ledger.verdicts import describe
 
 from .faults import crash_point
@@ -116,7 +116,13 @@ class Aggregator:
             receipt = ctx.ledger.propose(
                 ctx.job_id, r, rd.commitment, state["verdicts"], digest, cid_to_chain(state["merged_cid"]), state["merged_size"]
             )
-        except ContractReverted as e:
+        except TransactionFailed as e:
+            if not isinstance(e, ContractReverted):
+                # Mined but failed without a decodable reason: the chain says whether we
+                # proposed; the next poll proposes again if not.
+                log.warning("round %d: proposal failed (%s); retrying", r, e)
+                time.sleep(max(self.opt.poll, 1.0))
+                return
             if e.name in ("AlreadyProposed", "RoundAlreadyFinalized"):
                 log.info("round %d: %s (a restart after proposing, or the quorum was already reached)", r, e.name)
                 return
