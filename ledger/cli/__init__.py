@@ -35,9 +35,11 @@ EPILOG = """\
 examples:
   ledger chain up                      start the local chain (state kept in .ledger/chain)
   ledger deploy                        deploy TrainingLedger and record where
-  ledger job create --workers 4        create a training job, prints `job <id>`
-  ledger worker run --job 1 --account w0
-  ledger aggregator run --job 1 --account a0
+  ledger account new --name w0         an encrypted keystore account (prompts for a password)
+  ledger job create --worker w0 --worker w1 --aggregator a0 --quorum 1
+                                       create a training job, prints `job <id>`
+  ledger --account w0 worker run --job 1
+  ledger --account a0 aggregator run --job 1
   ledger audit --job 1 --html report.html
   ledger demo                          everything at once on this machine
 
