@@ -405,6 +405,21 @@ def wait_for_quiet(max_busy: float, timeout: float) -> float:
         time.sleep(3)
 
 
+NOISY_CORES = 0.15
+
+
+def noise_warning(sides: dict) -> str | None:
+    """A warning line when other programs used more than NOISY_CORES cores on average
+    during a side's measurement: on a 2-core machine that skews wall times by far more
+    than the differences being measured."""
+    bad = {k: v for k, v in sides.items() if v is not None and v > NOISY_CORES}
+    if not bad:
+        return None
+    what = ", ".join(f"{k} {v:.2f}" for k, v in bad.items())
+    return (f"WARNING: other programs kept {what} cores busy during the measurement (> {NOISY_CORES}); "
+            f"the wall-time ratios are unreliable: re-run on an idle machine (CPU s/round is less affected).")
+
+
 def tail(path: Path, n: int = 20) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     genesis_params,
     mean,
     mib,
+    noise_warning,
     print_table,
     round_seconds,
     say,
@@ -251,6 +252,9 @@ def main(argv=None) -> int:
           f"Other CPU: cores busy on average with other programs (outside the measured processes and this script): "
           f"well above 0 = a busy machine, and then CPU s/round (all CPU time of the measured processes, start-up "
           f"included, per round; for plain, its pool and the parent's sending and merging) is the steadier comparison.")
+    warn = noise_warning({"plain": p_sampler.foreign_cores, "ledger": job.foreign_cores})
+    if warn:
+        print(warn)
     for note in job.notes:
         print(f"note: {note}")
     kinds = [["plain", label, count, f"{mib(peak):.0f}", f"{cpu:.0f}"] for label, count, peak, cpu in p_sampler.by_label()]
