@@ -557,6 +557,40 @@ def plain_fedavg_round(pool, params, r: int, num_workers: int, cfg=None):
 # --------------------------------------------------------------------------- a ledger job
 
 
+@dataclass(kw_only=True)
+class Footprint:
+    """What an RssSampler saw of one side of a comparison (kw_only: subclasses keep
+    their own positional fields)."""
+
+    peak_rss: int = 0
+    peak_procs: int = 0
+    peak_pss: int = 0
+    mean_load: float | None = None
+    foreign_cores: float | None = None
+    cpu_seconds: float = 0.0
+    memory_by_label: list = field(default_factory=list)
+
+    def record(self, sampler: "RssSampler") -> None:
+        self.peak_rss, self.peak_procs, self.peak_pss = sampler.peak, sampler.peak_procs, sampler.peak_pss
+        self.mean_load, self.memory_by_label = sampler.mean_load, sampler.by_label()
+        self.foreign_cores, self.cpu_seconds = sampler.foreign_cores, sampler.own_cpu
+
+
+def add_comparison_args(ap) -> None:
+    """The arguments the ledger-vs-something benches share."""
+    ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    ap.add_argument("--steps", type=int, default=50, help="local steps per round (default 50, the job default)")
+    ap.add_argument("--aggregators", type=int, default=3, help="ledger aggregators (default 3)")
+    ap.add_argument("--quorum", type=int, default=2, help="ledger quorum (default 2)")
+    ap.add_argument("--poll", type=float, default=1.0,
+                    help="ledger roles' chain poll interval in seconds (default 1, the CLI default; shorter polls "
+                         "cost CPU the training then lacks)")
+    ap.add_argument("--quiet-cores", type=float, default=0.3, metavar="C",
+                    help="before each side, wait until at most C cores are busy with other work (default 0.3) ...")
+    ap.add_argument("--quiet-wait", type=float, default=120.0, metavar="S",
+                    help="... for at most S seconds (default 120; 0 = do not wait)")
+
+
 @dataclass
 class RoundTiming:
     round: int
@@ -573,7 +607,7 @@ class RoundTiming:
 
 
 @dataclass
-class LedgerJob:
+class LedgerJob(Footprint):
     """One ledger job run end to end on a private chain, for measuring.
 
     ``aggregator_args`` are extra arguments of ``ledger aggregator run`` (e.g.
@@ -598,13 +632,6 @@ class LedgerJob:
     data_dir: Path | None = None
     job_id: int | None = None
     timings: list[RoundTiming] = field(default_factory=list)
-    peak_rss: int = 0
-    peak_procs: int = 0
-    peak_pss: int = 0
-    mean_load: float | None = None
-    foreign_cores: float | None = None
-    cpu_seconds: float = 0.0
-    memory_by_label: list = field(default_factory=list)
     final_digest: bytes | None = None
     final_params: dict | None = None
     total_seconds: float = 0.0
@@ -680,9 +707,7 @@ class LedgerJob:
                 self.after(self, ledger, store)
         finally:
             sampler.stop()
-            self.peak_rss, self.peak_procs, self.peak_pss = sampler.peak, sampler.peak_procs, sampler.peak_pss
-            self.mean_load, self.memory_by_label = sampler.mean_load, sampler.by_label()
-            self.foreign_cores, self.cpu_seconds = sampler.foreign_cores, sampler.own_cpu
+            self.record(sampler)
             # the parties first (by PID), then the chain the way `ledger chain down` does
             # it, then anything of the tree that is somehow still there
             stop_processes([p for p in sampler.processes() if p.pid != anvil_pid])

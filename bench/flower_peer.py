@@ -42,9 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     ROOT,
+    Footprint,
     VENV_BIN,
     LedgerJob,
     RssSampler,
+    add_comparison_args,
     bench_config,
     fmt_ratio,
     free_port,
@@ -82,18 +84,11 @@ def flower_available() -> str | None:
 
 
 @dataclass
-class FlowerRun:
+class FlowerRun(Footprint):
     clients: int
     rounds: int
     steps: int
     round_times: list[float] = field(default_factory=list)
-    peak_rss: int = 0
-    peak_procs: int = 0
-    peak_pss: int = 0
-    mean_load: float | None = None
-    foreign_cores: float | None = None
-    cpu_seconds: float = 0.0
-    memory_by_label: list = field(default_factory=list)
     total_seconds: float = 0.0
     final_params: dict | None = None
     processes_seen: int = 0
@@ -197,9 +192,7 @@ def run_flower(cfg, clients: int, rounds: int, keep: bool = False, timeout: floa
             pass
     finally:
         sampler.stop()
-        out.peak_rss, out.peak_procs, out.peak_pss = sampler.peak, sampler.peak_procs, sampler.peak_pss
-        out.mean_load, out.memory_by_label = sampler.mean_load, sampler.by_label()
-        out.foreign_cores, out.cpu_seconds = sampler.foreign_cores, sampler.own_cpu
+        out.record(sampler)
         procs = sampler.processes()
         out.processes_seen = len(procs)
         stop_processes(procs)
@@ -239,19 +232,9 @@ def _stamps(path: Path) -> list[float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=4, help="Flower clients = ledger workers (default 4)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3; about 5 minutes in all on 2 idle cores)")
-    ap.add_argument("--steps", type=int, default=50, help="local steps per round (default 50, the job default)")
-    ap.add_argument("--aggregators", type=int, default=3, help="ledger aggregators (default 3)")
-    ap.add_argument("--quorum", type=int, default=2, help="ledger quorum (default 2)")
-    ap.add_argument("--poll", type=float, default=1.0,
-                    help="ledger roles' chain poll interval in seconds (default 1, the CLI default; shorter polls "
-                         "cost CPU the training then lacks)")
+    add_comparison_args(ap)
     ap.add_argument("--replay-fraction", type=float, default=None,
                     help="ledger replay fraction (default: the job config's default)")
-    ap.add_argument("--quiet-cores", type=float, default=0.3, metavar="C",
-                    help="before each side, wait until at most C cores are busy with other work (default 0.3) ...")
-    ap.add_argument("--quiet-wait", type=float, default=120.0, metavar="S",
-                    help="... for at most S seconds (default 120; 0 = do not wait)")
     ap.add_argument("--skip-ledger", action="store_true", help="run the Flower side only")
     ap.add_argument("--skip-flower", action="store_true", help="run the ledger side only")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs) for inspection")

@@ -33,6 +33,7 @@ from common import (  # noqa: E402
     LedgerJob,
     PlainFedAvg,
     RssSampler,
+    add_comparison_args,
     bench_config,
     fmt_ratio,
     genesis_params,
@@ -175,18 +176,8 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=4, help="workers = pool processes (default 4)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    ap.add_argument("--steps", type=int, default=50, help="local steps per round (default 50, the job default)")
-    ap.add_argument("--aggregators", type=int, default=3, help="ledger aggregators (default 3)")
-    ap.add_argument("--quorum", type=int, default=2, help="ledger quorum (default 2)")
-    ap.add_argument("--poll", type=float, default=1.0,
-                    help="ledger roles' chain poll interval in seconds (default 1, the CLI default; shorter polls "
-                         "cost CPU the training then lacks)")
+    add_comparison_args(ap)
     ap.add_argument("--replay-samples", type=int, default=1, help="contributions re-trained to time the replay (default 1)")
-    ap.add_argument("--quiet-cores", type=float, default=0.3, metavar="C",
-                    help="before each side, wait until at most C cores are busy with other work (default 0.3) ...")
-    ap.add_argument("--quiet-wait", type=float, default=120.0, metavar="S",
-                    help="... for at most S seconds (default 120; 0 = do not wait)")
     ap.add_argument("--no-stages", action="store_true", help="skip the per-stage timings")
     ap.add_argument("--keep", action="store_true", help="keep the ledger's temp dir (logs)")
     args = ap.parse_args(argv)
