@@ -352,6 +352,18 @@ def stop_processes(procs: Iterable[psutil.Process], timeout: float = 10.0) -> No
     psutil.wait_procs(left, timeout=5)
 
 
+def spawn_logged(cmd: list[str], log_path: Path, env: dict, cwd: Path, sampler: "RssSampler") -> subprocess.Popen:
+    """Start one measured process in its own session, output to log_path, under sampler's watch."""
+    log = open(log_path, "wb")
+    try:
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, cwd=str(cwd), start_new_session=True)
+    finally:
+        log.close()
+    sampler.add_root(p.pid)
+    return p
+
+
 def reap(popens: Iterable[subprocess.Popen]) -> None:
     """Collect the exit status of our direct children (no zombies left behind)."""
     for p in popens:
@@ -688,14 +700,7 @@ class LedgerJob(Footprint):
                 else:
                     cmd += list(self.aggregator_args)
                 env = dict(base, LEDGER_PRIVATE_KEY=acct.key.to_0x_hex())
-                log = open(logs / f"{role}-{n}.log", "wb")
-                try:
-                    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=str(tmp), start_new_session=True)
-                finally:
-                    log.close()
-                popens.append(p)
-                sampler.add_root(p.pid)
+                popens.append(spawn_logged(cmd, logs / f"{role}-{n}.log", env, tmp, sampler))
             self._watch(ledger, t_spawn, popens, logs, on_round)
             self.total_seconds = time.monotonic() - t_spawn
             sampler.stop()      # the measurement ends with the job

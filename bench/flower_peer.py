@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     reap,
     round_seconds,
     say,
+    spawn_logged,
     split_for,
     stop_processes,
     tail,
@@ -135,14 +136,8 @@ def run_flower(cfg, clients: int, rounds: int, keep: bool = False, timeout: floa
     popens: list[subprocess.Popen] = []
 
     def start(cmd: list[str], name: str) -> subprocess.Popen:
-        log = open(logs / f"{name}.log", "wb")
-        try:
-            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=env, cwd=str(tmp), start_new_session=True)
-        finally:
-            log.close()
+        p = spawn_logged(cmd, logs / f"{name}.log", env, tmp, sampler)
         popens.append(p)
-        sampler.add_root(p.pid)
         return p
 
     try:
