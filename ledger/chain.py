@@ -424,6 +424,21 @@ class Chain:
         except Exception as e:
             raise self._translate(e, "block number") from None
 
+    def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:
+        """Wait until the head is past block ``after`` or ``timeout`` seconds passed; return
+        the head. A block-number query is one small RPC, so a node waiting on the chain
+        reacts to a transaction within ``every`` seconds and runs its heavier state reads
+        once per new block, rather than sleeping a whole poll interval past an event
+        (two such sleeps sit on a round's critical path: round closed -> proposals, and
+        finalized -> the workers' next round)."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            head = self.block_number()
+            left = deadline - time.monotonic()
+            if (after is not None and head > after) or left <= 0:
+                return head
+            time.sleep(min(every, left))
+
     def block_timestamp(self, number: int) -> int:
         ts = self._timestamps.get(number)
         if ts is None:

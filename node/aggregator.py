@@ -61,10 +61,10 @@ class Aggregator:
                 if said != (r, "wait"):
                     log.info("round %d: proposed; waiting for the quorum", r)
                     said = (r, "wait")
-                time.sleep(self.opt.poll)
+                ctx.wait(self.opt.poll)
                 continue
             if not ctx.round_closed(rd):
-                time.sleep(self.opt.poll)
+                ctx.wait(self.opt.poll)
                 continue
             if rd.submissions < info.min_submissions:
                 self._close_below_minimum(r, rd)

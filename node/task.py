@@ -40,6 +40,7 @@ class JobContext:
         self.job_id = job_id
         self.info = info
         self.config = config
+        self._head: int | None = None  # the last block a wait() saw
 
     @classmethod
     def load(cls, ledger, store, job_id: int) -> "JobContext":
@@ -55,6 +56,11 @@ class JobContext:
     def refresh(self):
         self.info = self.ledger.job(self.job_id)
         return self.info
+
+    def wait(self, poll: float) -> None:
+        """Between two reads of the job's state: return at the next block, or after
+        ``poll`` seconds on a chain that makes none (``Chain.wait_for_block``)."""
+        self._head = self.ledger.chain.wait_for_block(self._head, poll)
 
     # --- artifacts -------------------------------------------------------------------
     def cid(self, cid32: bytes, size: int) -> str:

@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -264,7 +266,7 @@ def validation_seed(replay_seed: bytes, job_id: int, round: int) -> int:
 
 def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
                  fetch: Callable[[Contribution], bytes], *, keep_params: bool = True,
-                 progress: Callable[[Report], None] | None = None) -> list[Report]:
+                 progress: Callable[[Report], None] | None = None, prefetch: int = 4) -> list[Report]:
     """Verify the round's contributions in submission order (sorted by ``index``);
     one ``Report`` each, in that order. ``fetch(c)`` returns the checkpoint bytes
     or raises a storage error (``NotFoundError``/``StorageUnreachable`` ->
@@ -273,12 +275,18 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     Two passes, cheap before expensive: every contribution first goes through the
     checks that need no model evaluation (up to its update norm); then the update
     norms of the survivors give the round's relative bound, and only contributions
-    within it are evaluated on the validation split and (if drawn) replayed."""
+    within it are evaluated on the validation split and (if drawn) replayed.
+
+    Up to ``prefetch`` fetches (each one verified against its digest by the store) run
+    in background threads ahead of the checks, so storage latency and hashing overlap
+    the decoding and norm computations; 0 fetches one at a time. Verdicts do not
+    depend on it: each contribution is still judged alone, in order."""
     ordered = sorted(contributions, key=lambda c: c.index)
     if len({c.index for c in ordered}) != len(ordered):
         raise ValueError("contribution indexes must be unique (submission order)")
     seen: dict[bytes, int] = {tensor_digest(ctx.parent_params): -1}
-    staged = [_verify_cheap(ctx, c, fetch, seen) for c in ordered]
+    with _Prefetcher(ordered, fetch, prefetch) as fetched:
+        staged = [_verify_cheap(ctx, c, fetched, seen) for c in ordered]
     bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
     reports = []
     for report, decoded in staged:
@@ -294,6 +302,48 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
         if progress is not None:
             progress(report)
     return reports
+
+
+class _Prefetcher:
+    """``fetch`` for contributions in index order, up to ``ahead`` of them fetched
+    ahead in threads (hashlib and socket reads release the GIL). A fetch's exception
+    is raised where the contribution asks for its bytes, exactly as without it."""
+
+    def __init__(self, ordered: list[Contribution], fetch: Callable[[Contribution], bytes], ahead: int):
+        self._fetch = fetch
+        self._ahead = max(0, int(ahead))
+        self._todo = deque(ordered)
+        self._pending: deque[tuple[int, Future]] = deque()
+        self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="ledger-fetch") if self._ahead else None
+
+    def __enter__(self) -> "_Prefetcher":
+        self._fill()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            for _, fut in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+        self._pending.clear()
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._todo and len(self._pending) < self._ahead:
+            c = self._todo.popleft()
+            self._pending.append((c.index, self._pool.submit(self._fetch, c)))
+
+    def __call__(self, c: Contribution) -> bytes:
+        # contributions rejected before their fetch (size cap) leave theirs unclaimed
+        while self._pending and self._pending[0][0] < c.index:
+            self._pending.popleft()[1].cancel()
+        if self._pending and self._pending[0][0] == c.index:
+            fut = self._pending.popleft()[1]
+            self._fill()
+            return fut.result()
+        if self._todo and self._todo[0].index == c.index:
+            self._todo.popleft()
+        self._fill()
+        return self._fetch(c)
 
 
 def relative_norm_bound(policy: Policy, norms: list[float]) -> float | None:

@@ -11,7 +11,6 @@ submitting twice.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,13 +58,13 @@ class Worker:
                 if announced != r:
                     log.info("round %d: submitted; waiting for the round to finalize", r)
                     announced = r
-                time.sleep(self.opt.poll)
+                ctx.wait(self.opt.poll)
                 continue
             if ctx.round_closed(rd):
                 if announced != (r, "late"):
                     log.warning("round %d closed at its deadline before this worker submitted (late); waiting for round %d", r, r + 1)
                     announced = (r, "late")
-                time.sleep(self.opt.poll)
+                ctx.wait(self.opt.poll)
                 continue
             if self.work_round(r, rd.parent):
                 submitted += 1
