@@ -285,7 +285,8 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     if len({c.index for c in ordered}) != len(ordered):
         raise ValueError("contribution indexes must be unique (submission order)")
     seen: dict[bytes, int] = {tensor_digest(ctx.parent_params): -1}
-    with _Prefetcher(ordered, fetch, prefetch) as fetched:
+    cap = int(ctx.policy.max_checkpoint_bytes)
+    with _Prefetcher([c for c in ordered if c.size <= cap], fetch, prefetch) as fetched:  # no oversized downloads
         staged = [_verify_cheap(ctx, c, fetched, seen) for c in ordered]
     bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
     reports = []
@@ -333,16 +334,12 @@ class _Prefetcher:
             self._pending.append((c.index, self._pool.submit(self._fetch, c)))
 
     def __call__(self, c: Contribution) -> bytes:
-        # contributions rejected before their fetch (size cap) leave theirs unclaimed
-        while self._pending and self._pending[0][0] < c.index:
-            self._pending.popleft()[1].cancel()
         if self._pending and self._pending[0][0] == c.index:
             fut = self._pending.popleft()[1]
             self._fill()
             return fut.result()
-        if self._todo and self._todo[0].index == c.index:
-            self._todo.popleft()
-        self._fill()
+        # not handed in for prefetching (or asked out of order): fetch it here
+        self._todo = deque(t for t in self._todo if t.index != c.index)
         return self._fetch(c)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -706,3 +707,14 @@ def test_events_and_views_cross_checked_with_cast(env: Env):
                        "getRound(uint256,uint32)((bytes32,uint64,uint16,bytes32,uint8,bytes32,bytes32,uint64,bytes32,uint16,uint16))",
                        str(job), "1", "--rpc-url", env.rpc_url)
     assert "0x" + TrainingLedger.commitment_of(job, 1, [sub]).hex() in commitment
+
+
+def test_wait_for_block_returns_at_the_next_block(env: Env):
+    """The roles' wait: back as soon as a block past the one seen is mined (here by a
+    transaction, long before the timeout), and after the timeout when none is asked for."""
+    head = env.chain.block_number()
+    assert env.chain.wait_for_block(None, 0.0) >= head      # no block to wait for: just the head
+    env.w3.provider.make_request("evm_mine", [])
+    t0 = time.monotonic()
+    assert env.chain.wait_for_block(head, timeout=60) > head
+    assert time.monotonic() - t0 < 30                      # did not sit out the timeout

@@ -472,3 +472,34 @@ def test_relative_norm_bound_needs_three_contributions():
     assert relative_norm_bound(Policy(), [1.0, 2.0, 4.0]) == 6.0
     assert relative_norm_bound(Policy(), [1.0, 2.0, 4.0, 5.0]) == 9.0
     assert relative_norm_bound(Policy(max_update_norm_ratio=0), [1.0, 2.0, 4.0]) is None
+
+
+def test_prefetch_gives_the_same_reports_and_raises_each_failure_in_place(task):
+    """Fetching ahead in threads changes nothing a verdict depends on: each failure lands
+    on its own contribution, an oversized one is never fetched, copies stay in order."""
+    import threading
+
+    a, b = task["trained"][addr(1)], task["trained"][addr(2)]
+    rd = Round(task)
+    rd.add_params(addr(1), a)
+    rd.add(addr(2), checkpoint.encode(b, meta_for(task, addr(2))), serve=NotFoundError("gone"))
+    rd.add(addr(3), b"x" * 10, size=task["cfg"].policy.max_checkpoint_bytes + 1)   # over the cap
+    rd.add(addr(4), checkpoint.encode(b, meta_for(task, addr(4))), serve=IntegrityError("cid-3", "a", "b"))
+    rd.add_params(addr(5), a)                                                       # a copy of #0's tensors
+    fetched, threads = [], set()
+
+    def fetch(c):
+        fetched.append(c.index)
+        threads.add(threading.get_ident())
+        return rd.fetch(c)
+
+    ahead = verify_round(rd.context(), rd.contributions, fetch, prefetch=4)
+    assert 2 not in fetched                       # the size cap is checked before any download
+    assert threading.get_ident() not in threads   # fetched by the pool, not the caller
+    fetched.clear()
+    serial = verify_round(rd.context(), rd.contributions, fetch, prefetch=0)
+    assert fetched == [0, 1, 3, 4]
+    summary = [(r.index, r.verdict, r.reason) for r in ahead]
+    assert summary == [(r.index, r.verdict, r.reason) for r in serial]
+    assert [v for _, v, _ in summary] == [Verdict.ACCEPTED, Verdict.UNAVAILABLE, Verdict.FORMAT,
+                                          Verdict.INTEGRITY, Verdict.DUPLICATE]
