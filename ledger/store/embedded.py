@@ -77,6 +77,13 @@ from .base import (
     too_large,
 )
 
+def _write_error(e: OSError, target: str) -> StorageError:
+    """A failed write, said the same way everywhere; the temp file is removed by the caller."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"disk full while writing {target}; nothing was stored")
+    return StorageError(f"cannot write {target}: {e}")
+
+
 IDX_MAGIC = b"LEDGER-IDX 1\n"
 BATCH = 8 << 20          # bytes handed between threads at a time
 RING = 4                 # buffers in flight when reading a stream (constant memory: RING * BATCH)
@@ -196,9 +203,7 @@ class EmbeddedStore(Store):
                 fsync_dir(pack.parent)
             return StoredObject(result.cid, file_hash.digest(), result.size)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError(f"disk full while writing to {self.root}; nothing was stored") from None
-            raise StorageError(f"cannot write to the store at {self.root}: {e}") from None
+            raise _write_error(e, f"to the store at {self.root}") from None
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -489,9 +494,7 @@ class EmbeddedStore(Store):
                 fsync_dir(dest.parent)
             return dest
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageError(f"disk full while writing {dest}; nothing was written") from None
-            raise StorageError(f"cannot write {dest}: {e}") from None
+            raise _write_error(e, str(dest)) from None
         finally:
             if fd >= 0:
                 os.close(fd)
