@@ -340,6 +340,39 @@ def test_put_is_durable(store, monkeypatch):
     assert len(synced) >= 2  # the pack and the index, before they are renamed into place
 
 
+
+def test_long_direct_writes_flush_as_they_go_and_a_failed_flush_loses_nothing(store, monkeypatch, tmp_path):
+    """A big put flushes the device cache every FLUSH_EVERY bytes of direct writes (so the
+    flush overlaps the hashing), and an I/O error from such a flush aborts the put cleanly."""
+    if not embedded._O_DIRECT:
+        pytest.skip("no O_DIRECT on this platform: the writer goes through the page cache")
+    data = rnd(24 << 20)
+    src = tmp_path / "in.bin"
+    src.write_bytes(data)
+    monkeypatch.setattr(embedded, "BATCH", 2 << 20)
+    monkeypatch.setattr(embedded, "FLUSH_EVERY", 4 << 20)
+    flushed = []
+    real = embedded._fdatasync
+    monkeypatch.setattr(embedded, "_fdatasync", lambda fd: (flushed.append(fd), real(fd)))
+    obj = store.put(src)
+    if not flushed:  # O_DIRECT refused by this filesystem (EINVAL): nothing was written directly
+        pytest.skip(f"{store.root} does not take O_DIRECT writes, so there is nothing to flush early")
+    assert len(flushed) == 6  # 24 MiB of direct writes, one flush per 4 MiB
+    assert store.get(obj.cid, obj.digest) == data
+
+    other = rnd(24 << 20, seed=2)
+    src.write_bytes(other)
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(embedded, "_fdatasync", failing)
+    with pytest.raises(StorageError) as e:
+        store.put(src)
+    assert "Input/output error" in str(e.value)
+    assert leftovers(store) == [] and not store.has(cid_of_bytes(other).cid)
+    assert store.get(obj.cid, obj.digest) == data  # the object already stored is untouched
+
 KILL_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, {root!r})
