@@ -134,9 +134,11 @@ class RssSampler:
     psutil through the process creation time), which ``stop_processes`` uses.
     """
 
-    def __init__(self, roots: Iterable[int] = (), interval: float = 0.2, pss_every: int = 5):
+    def __init__(self, roots: Iterable[int] = (), interval: float = 0.2, pss_every: int = 0):
         self.interval = interval
-        self.pss_every = pss_every      # PSS (smaps_rollup, ~3 ms a process) every n-th sample
+        # PSS (smaps_rollup, ~3 ms a process) every n-th sample; 0 = never. Off unless asked:
+        # reading it costs the measured processes' cores as much as anything they wait on.
+        self.pss_every = pss_every
         self._roots: list[psutil.Process] = []
         self.seen: dict[int, psutil.Process] = {}
         self.peak = 0
@@ -637,6 +639,7 @@ class LedgerJob(Footprint):
     aggregator_args: list[str] = field(default_factory=list)
     timeout: float = 1200.0
     keep_dir: bool = False
+    pss_every: int = 0                 # the sampler's PSS readings (RssSampler)
     # called as after(job, ledger, store) once the job completed, before the chain stops
     after: Callable | None = None
 
@@ -661,7 +664,7 @@ class LedgerJob(Footprint):
         tmp = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
         self.data_dir = tmp
         settings = Settings(data_dir=tmp, chain_port=0, state_interval=30)
-        sampler = RssSampler()
+        sampler = RssSampler(pss_every=self.pss_every)
         popens: list[subprocess.Popen] = []
         chain_started, anvil_pid = False, None
         try:

@@ -71,6 +71,7 @@ APP_DIR = Path(__file__).resolve().parent / "flower_app"
 FLWR_VERSION = "1.41.0"
 TIME_TARGET = 0.75
 MEM_TARGET = 0.5
+PSS_EVERY = 5       # PSS beside RSS, every 5th sample (1 s), on both sides alike
 
 
 def flower_available() -> str | None:
@@ -132,7 +133,7 @@ def run_flower(cfg, clients: int, rounds: int, keep: bool = False, timeout: floa
         f'[superlink.bench]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n'
     )
 
-    sampler = RssSampler()
+    sampler = RssSampler(pss_every=PSS_EVERY)
     popens: list[subprocess.Popen] = []
 
     def start(cmd: list[str], name: str) -> subprocess.Popen:
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
             wait_for_quiet(args.quiet_cores, args.quiet_wait)
         say(f"ledger: {args.clients} workers, {args.aggregators} aggregators (quorum {args.quorum}), "
             f"full verification, replay fraction {cfg.policy.replay_fraction:g}")
-        job = LedgerJob(bench_config(args.steps, args.replay_fraction), workers=args.clients,
+        job = LedgerJob(bench_config(args.steps, args.replay_fraction), workers=args.clients, pss_every=PSS_EVERY,
                         aggregators=args.aggregators, quorum=args.quorum, rounds=args.rounds, poll=args.poll,
                         keep_dir=args.keep)
         ledger = job.run(on_round=lambda t: say(f"ledger: round {t.round} {t.status} in {t.seconds:.1f}s "

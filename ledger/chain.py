@@ -229,12 +229,18 @@ class Chain:
     ) -> "Chain":
         """Connect to ``rpc_url``; ChainUnreachable if it does not answer, WrongChain on a chain id mismatch."""
         from web3.middleware import ExtraDataToPOAMiddleware
+        from web3.types import RPCEndpoint
 
         shown = redact_url(rpc_url)
         if not rpc_url or not str(rpc_url).startswith(("http://", "https://")):
             raise ChainUnreachable(f"{shown or '(no URL)'} is not an http(s) JSON-RPC URL; {UP_HINT} (or set LEDGER_RPC_URL)")
+        # web3's validation middleware asks for the chain id before every eth_call and
+        # every transaction: two extra round trips that tripled the cost of each state read
+        # (and so of every node's polling). The chain id of an endpoint does not change
+        # under a connection (it is checked once, below), so that one answer is cached.
         try:
-            provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None)
+            provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None,
+                                         cache_allowed_requests=True, cacheable_requests={RPCEndpoint("eth_chainId")})
         except TypeError:  # pragma: no cover - older signature
             provider = Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout})
         w3 = Web3(provider)

@@ -238,6 +238,7 @@ class TrainingLedger:
         self.abi = list(abi) if abi is not None else load_artifact()["abi"]
         self.address = to_checksum_address(address)
         self.contract = chain.contract(self.address, self.abi)
+        self._members: dict[tuple, tuple[list, list]] = {}
         self._topic_to_event = {}
         for name in EVENT_NAMES:
             ev = getattr(self.contract.events, name)
@@ -306,13 +307,21 @@ class TrainingLedger:
         return int(self.chain.call(self.contract.functions.jobCount(), "jobCount"))
 
     def job(self, job_id: int) -> JobInfo:
-        block = self.chain.block_number()
         f = self.contract.functions
         ctx = f"job {job_id}"
-        v = self.chain.call(f.getJob(int(job_id)), ctx, block)
-        workers = self.chain.call(f.getWorkers(int(job_id)), ctx, block)
-        aggregators = self.chain.call(f.getAggregators(int(job_id)), ctx, block)
-        return _job_info(int(job_id), v, workers, aggregators)
+        v = self.chain.call(f.getJob(int(job_id)), ctx)
+        # A job's workers and aggregators are fixed when it is created, and every node
+        # reads the job once a block while it waits: they are read once per job. The key
+        # includes what identifies the job's creation, so a chain that was reset and
+        # re-used the id for another job is read afresh.
+        key = (int(job_id), bytes(v[1]), int(v[-1]), v[0])
+        members = self._members.get(key)
+        if members is None:
+            block = self.chain.block_number()
+            members = (self.chain.call(f.getWorkers(int(job_id)), ctx, block),
+                       self.chain.call(f.getAggregators(int(job_id)), ctx, block))
+            self._members[key] = members
+        return _job_info(int(job_id), v, *members)
 
     def round(self, job_id: int, round: int) -> RoundInfo:
         v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")

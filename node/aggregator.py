@@ -57,13 +57,15 @@ class Aggregator:
                 return proposed
             r = info.current_round
             rd = ctx.ledger.round(ctx.job_id, r)
+            # Open first: no one proposes for an open round, and this is the check that runs
+            # once a block for the whole of the training, so it should be the one read.
+            if not ctx.round_closed(rd):
+                ctx.wait(self.opt.poll)
+                continue
             if ctx.ledger.has_proposed(ctx.job_id, r, self.address):
                 if said != (r, "wait"):
                     log.info("round %d: proposed; waiting for the quorum", r)
                     said = (r, "wait")
-                ctx.wait(self.opt.poll)
-                continue
-            if not ctx.round_closed(rd):
                 ctx.wait(self.opt.poll)
                 continue
             if rd.submissions < info.min_submissions:

@@ -288,7 +288,8 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     cap = int(ctx.policy.max_checkpoint_bytes)
     with _Prefetcher([c for c in ordered if c.size <= cap], fetch, prefetch) as fetched:  # no oversized downloads
         staged = [_verify_cheap(ctx, c, fetched, seen) for c in ordered]
-    bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
+    bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged
+                                             if r.accepted and "update_norm" in r.metrics])
     reports = []
     for report, decoded in staged:
         if report.accepted:
@@ -441,10 +442,13 @@ def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], r
         raise _Reject(Verdict.DUPLICATE, f"tensors identical to {what}")
     seen[tdigest] = c.index
 
-    # -- UPDATE_NORM (measured always: cheap, and useful in reports)
+    # -- UPDATE_NORM (only when the stage runs: a full pass over every tensor, which
+    # is most of what "verification off" would otherwise still cost per contribution)
+    if not ctx.runs("norm"):
+        return
     norm = update_norm(tensors, ctx.parent_params)
     metrics["update_norm"] = norm
-    if ctx.runs("norm") and not norm <= policy.max_update_norm:
+    if not norm <= policy.max_update_norm:
         raise _Reject(Verdict.UPDATE_NORM, f"update norm {norm:.6g} exceeds the bound {policy.max_update_norm:g}")
 
 
@@ -538,12 +542,12 @@ def _names(names: list[str]) -> str:
 
 
 def _accepted_reason(metrics: Mapping[str, Any]) -> str:
-    parts = [f"update norm {metrics['update_norm']:.4g}"]
+    parts = [f"update norm {metrics['update_norm']:.4g}"] if "update_norm" in metrics else []
     if "val_loss" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} (parent {metrics['parent_val_loss']:.4f})")
     if metrics.get("replay_selected"):
         parts.append(f"replay diff {metrics['replay_diff']:.3g}")
-    return "accepted: " + ", ".join(parts)
+    return "accepted: " + ", ".join(parts) if parts else "accepted"
 
 
 # --------------------------------------------------------------------------- replay
