@@ -21,6 +21,8 @@ The private key stays inside the LocalAccount: it appears in no message, repr or
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import random
 import threading
@@ -191,6 +193,56 @@ class ErrorDecoder:
         }
 
 
+class _FastReads:
+    """The two reads every waiting node repeats several times a second (``eth_blockNumber``
+    and a small ``eth_getLogs``), sent over one kept-alive ``http.client`` connection per
+    thread. Through web3 and requests one such read costs ~0.44 ms of CPU, over a bare
+    connection ~0.04 ms; on a machine whose cores are training, that polling is CPU
+    taken from the training. ``call`` answers None whenever it cannot (credentials in
+    the URL, a refused connection, an error or unexpected answer) and the caller then
+    asks through web3, which reports failures the usual way."""
+
+    def __init__(self, rpc_url: str, timeout: float = 10.0):
+        parts = urlsplit(rpc_url or "")
+        self._ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not (parts.username or parts.password)
+        self._parts, self._timeout = parts, timeout
+        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._local = threading.local()
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            p = self._parts
+            cls = http.client.HTTPSConnection if p.scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(p.hostname, p.port, timeout=self._timeout)
+        return conn
+
+    def call(self, method: str, params: list) -> Any:
+        if not self._ok:
+            return None
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        try:
+            conn = self._connection()
+            conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            answer = json.loads(resp.read())
+            if resp.status != 200 or "result" not in answer:
+                raise ValueError(resp.status)
+            return answer["result"]
+        except Exception:  # the web3 path reports it (or succeeds where this could not)
+            conn, self._local.conn = getattr(self._local, "conn", None), None
+            if conn is not None:
+                conn.close()
+            return None
+
+    def block_number(self) -> int | None:
+        result = self.call("eth_blockNumber", [])
+        try:
+            return None if result is None else int(result, 16)
+        except (TypeError, ValueError):
+            return None
+
+
 class Chain:
     """A web3 connection plus (optionally) a local signing account."""
 
@@ -213,6 +265,7 @@ class Chain:
         self._decoder = _decoder or ErrorDecoder()
         self._lock = threading.Lock()
         self._timestamps: dict[int, int] = {}
+        self._fast = _FastReads(rpc_url)
 
     # ------------------------------------------------------------------ connect
 
@@ -425,6 +478,9 @@ class Chain:
     # ------------------------------------------------------------------ blocks and logs
 
     def block_number(self) -> int:
+        head = self._fast.block_number()
+        if head is not None:
+            return head
         try:
             return int(self.w3.eth.block_number)
         except Exception as e:
@@ -444,6 +500,18 @@ class Chain:
             if (after is not None and head > after) or left <= 0:
                 return head
             time.sleep(min(every, left))
+
+    def has_logs(self, address: str, from_block: int, to_block: int) -> bool:
+        """Whether the contract at ``address`` emitted anything in blocks
+        ``from_block..to_block``: for a contract that emits an event on every state
+        change, whether its state can have changed there."""
+        if to_block < from_block:
+            return False
+        addr = to_checksum_address(address)
+        logs = self._fast.call("eth_getLogs", [{"address": addr, "fromBlock": hex(from_block), "toBlock": hex(to_block)}])
+        if isinstance(logs, list):
+            return bool(logs)
+        return bool(self.get_raw_logs(addr, from_block=from_block, to_block=to_block))
 
     def block_timestamp(self, number: int) -> int:
         ts = self._timestamps.get(number)

@@ -60,7 +60,7 @@ class Aggregator:
             # Open first: no one proposes for an open round, and this is the check that runs
             # once a block for the whole of the training, so it should be the one read.
             if not ctx.round_closed(rd):
-                ctx.wait(self.opt.poll)
+                ctx.wait(self.opt.poll, until=rd.deadline)
                 continue
             if ctx.ledger.has_proposed(ctx.job_id, r, self.address):
                 if said != (r, "wait"):

@@ -22,6 +22,9 @@ from ledger.jobconfig import JobConfig, ShardSpec
 from . import data as datamod
 
 CHECKPOINT_FORMAT = "training-ledger/checkpoint/1"
+# A waiting node re-reads the job at least this often even on a head that does not move
+# (a chain swapped under it at the same height, say): a safety net, not the signal.
+IDLE_REREAD = 30.0
 
 
 @dataclass
@@ -57,10 +60,33 @@ class JobContext:
         self.info = self.ledger.job(self.job_id)
         return self.info
 
-    def wait(self, poll: float) -> None:
-        """Between two reads of the job's state: return at the next block, or after
-        ``poll`` seconds on a chain that makes none (``Chain.wait_for_block``)."""
-        self._head = self.ledger.chain.wait_for_block(self._head, poll)
+    def wait(self, poll: float, until: float | None = None, idle: float = IDLE_REREAD) -> None:
+        """Between two reads of the job's state: return once a new block holds an event
+        of the ledger contract (checked every ``poll`` seconds at most, see
+        ``Chain.wait_for_block``), once the unix time ``until`` has passed (a deadline
+        closes a round without any transaction), or after ``idle`` seconds regardless.
+
+        The contract emits an event on every state change, so blocks without one (the
+        empty blocks a chain makes every second or so) change nothing a node reads; on
+        a machine whose cores are training, re-reading the job on each of them was most
+        of an idle aggregator's CPU."""
+        chain, address, start = self.ledger.chain, self.ledger.address, time.monotonic()
+        if self._head is None:
+            self._head = chain.block_number()
+            return
+        while True:
+            head = chain.wait_for_block(self._head, poll)
+            if head < self._head:          # a chain reset under us: read it all again
+                self._head = head
+                return
+            if head > self._head:
+                seen, self._head = self._head, head
+                if chain.has_logs(address, seen + 1, head):
+                    return
+            if until is not None and time.time() > until:
+                return
+            if time.monotonic() - start >= idle:
+                return
 
     # --- artifacts -------------------------------------------------------------------
     def cid(self, cid32: bytes, size: int) -> str:

@@ -139,3 +139,35 @@ def test_byzantine_workers_are_rejected_with_the_right_reason(deployed):
             assert got in (Verdict.ACCEPTED, Verdict.VALIDATION_LOSS, Verdict.UPDATE_NORM)
         else:
             assert got in EXPECTED[attack], f"{attack}: got {got.name}"
+
+
+def test_waiting_roles_reread_on_a_contract_event_or_a_deadline_not_on_every_block(deployed):
+    """What every waiting worker and aggregator does between reads of the job: return when
+    a block holds an event of the ledger (every state change emits one), or when a round's
+    deadline passes with no transaction at all; empty blocks (one a second here, as on a
+    real chain) change nothing and do not wake it. Re-reading the job on each of them
+    was most of an idle aggregator's CPU."""
+    import threading
+
+    from node.task import JobContext
+
+    env = deployed
+    job = env.create_job(W[:1], A[:1], quorum=1, rounds=1)
+    ctx = JobContext.load(env.ledger, env.store, job)
+    mine = lambda: env.ledger.chain.w3.provider.make_request("evm_mine", [])  # noqa: E731
+    t0 = time.monotonic()
+    ctx.wait(0.05)                                        # nothing seen yet: back at once
+    assert time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    mine(), mine()
+    ctx.wait(0.05, until=time.time() + 2.5)               # empty blocks only: sits out the deadline
+    assert 2.4 <= time.monotonic() - t0 < 15
+    t0 = time.monotonic()
+    ctx.wait(0.05, idle=1.0)                              # no event, no deadline: the safety re-read
+    assert 0.95 <= time.monotonic() - t0 < 15
+    timer = threading.Timer(0.5, lambda: env.create_job(W[1:2], A[:1]))
+    timer.start()
+    t0 = time.monotonic()
+    ctx.wait(0.05, until=time.time() + 120, idle=120)     # an event (JobCreated): back as soon as it is mined
+    timer.join()
+    assert 0.45 <= time.monotonic() - t0 < 60

@@ -563,6 +563,24 @@ def test_chain_unreachable_and_wrong_chain(rpc_url):
     assert ch.chain_id == 31337 and ch.address is None
 
 
+def test_block_number_fast_path_agrees_and_a_lost_endpoint_still_says_so(rpc_url):
+    """The head is read over a bare kept-alive connection (the hot read of every waiting
+    node); it must agree with web3's answer, and when the endpoint goes away the caller
+    still gets web3's ChainUnreachable rather than a silent None or a raw socket error."""
+    ch = Chain.connect(rpc_url)
+    ch.w3.provider.make_request("evm_mine", [])
+    assert ch.block_number() == int(ch.w3.eth.block_number) > 0
+    assert ch._fast.block_number() == ch.block_number()       # the fast path answered
+    # credentials in a URL are left to requests, which knows how to send them
+    from ledger.chain import _FastReads
+    assert _FastReads("http://user:secret@127.0.0.1:1/").block_number() is None
+    # an endpoint that stops answering (here: a port nothing listens on)
+    dead = Chain(ch.w3.__class__(ch.w3.provider.__class__("http://127.0.0.1:9")), 31337, rpc_url="http://127.0.0.1:9")
+    assert dead._fast.block_number() is None
+    with pytest.raises(ChainUnreachable, match="127.0.0.1:9"):
+        dead.block_number()
+
+
 def test_private_key_never_shown(env: Env):
     key_hex = DEV_KEYS[1][2:].lower()
     ch = env.chain.with_account(WORKERS[0])
