@@ -140,7 +140,7 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     _, t_dup = timed(lambda: [tensor_digest(parent_params)] + [tensor_digest(t) for t in tensors])
     out.append(("duplicates (tensor digests)", t_dup, n + 1, "parent included"))
     _, t_norm = timed(lambda: [update_norm(t, parent_params) for t in tensors])
-    out.append(("update norm (exact float64 sum)", t_norm, n, "computed even with the stage off"))
+    out.append(("update norm (exact float64 sum)", t_norm, n, ""))
 
     rctx = V.RoundContext(
         config=cfg, job_id=job.job_id, round=r, parent_digest=rd.parent, parent_params=parent_params,
