@@ -13,7 +13,8 @@ BLAS, the numpy build or the thread count:
   Sums over contributions are explicit Python loops, one contribution at a time,
   never ``np.sum``/``np.mean``/``@`` (whose internal blocking is an implementation
   detail). Scalars that need a reduction over a whole model (norms, Krum's
-  distances) use ``math.fsum``, which is exactly rounded and so order-free;
+  distances) are exactly rounded sums (``exact_sum_of_squares``: the value
+  ``math.fsum`` gives), and so order-free;
 - ``-0.0`` updates are canonicalised to ``+0.0`` before sorting, so a sort never
   has two "equal" values with different bits to order.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -42,7 +43,9 @@ from ledger.jobconfig import MERGE_RULES, Policy
 Params = Mapping[str, np.ndarray]
 ContributionT = tuple[str, int, Params]
 
-_FSUM_CHUNK = 1 << 16
+# Elements per exact-sum chunk: a chunk's bincount sums of 27-bit mantissa halves
+# stay below 2**20 * 2**27 = 2**47, exactly representable in float64.
+_EXACT_CHUNK = 1 << 20
 
 
 @dataclass
@@ -84,19 +87,51 @@ def is_float(arr: np.ndarray) -> bool:
     return np.issubdtype(np.asarray(arr).dtype, np.floating)
 
 
-def exact_sum_of_squares(arrays: Iterable[np.ndarray]) -> float:
+def exact_sum_of_squares(arrays: Iterable[np.ndarray], chunk: int = _EXACT_CHUNK) -> float:
     """sum of x**2 over every element of every array, each square computed in
-    float64 and the sum exactly rounded (``math.fsum``): independent of order,
-    chunking and machine."""
+    float64 and the sum exactly rounded (the value ``math.fsum`` gives): independent
+    of order, chunking and machine.
 
-    def squares() -> Iterator[float]:
-        for a in arrays:
-            flat = np.asarray(a, dtype=np.float64).reshape(-1)
-            for start in range(0, flat.size, _FSUM_CHUNK):
-                chunk = flat[start:start + _FSUM_CHUNK]
-                yield from np.multiply(chunk, chunk).tolist()
+    Vectorised and exact: each square is split into its binary exponent and its
+    53-bit integer mantissa, the mantissas are summed per exponent as integers (in
+    27-bit halves, so the float64 ``bincount`` sums of a chunk stay below 2**53 and
+    are exact), and the per-exponent totals are combined as Python integers and
+    rounded once. About 10x faster than feeding every square to ``math.fsum``, which
+    matters for Krum's n**2 distances."""
+    if not 0 < chunk <= _EXACT_CHUNK:
+        raise ValueError(f"chunk must be in 1..{_EXACT_CHUNK}")
+    totals: dict[int, int] = {}   # binary exponent e -> exact sum of mantissas M (value M * 2**(e - 53))
+    for a in arrays:
+        flat = np.asarray(a, dtype=np.float64).reshape(-1)
+        for start in range(0, flat.size, chunk):
+            with np.errstate(over="ignore"):   # an overflowing square is inf, handled below
+                sq = np.square(flat[start:start + chunk])
+            if not np.isfinite(sq).all():
+                return math.nan if np.isnan(sq).any() else math.inf   # squares are >= 0: inf + x = inf
+            _add_mantissas(totals, sq)
+    return _round_exact(totals)
 
-    return math.fsum(squares())
+
+def _add_mantissas(totals: dict[int, int], values: np.ndarray) -> None:
+    m, e = np.frexp(values)                                   # values = m * 2**e, 0.5 <= m < 1 (or 0)
+    mant = (m * float(1 << 53)).astype(np.int64)              # exact: m has at most 53 significant bits
+    lo_e = int(e.min()) if e.size else 0
+    idx = (e - lo_e).astype(np.intp)
+    hi = np.bincount(idx, weights=(mant >> 27).astype(np.float64))          # < 2**26 each: sums exact
+    lo = np.bincount(idx, weights=(mant & ((1 << 27) - 1)).astype(np.float64))  # < 2**27 each
+    for j in np.flatnonzero(hi + lo):
+        totals[lo_e + int(j)] = totals.get(lo_e + int(j), 0) + (int(hi[j]) << 27) + int(lo[j])
+
+
+def _round_exact(totals: dict[int, int]) -> float:
+    """The float nearest to sum(M * 2**(e - 53)), ties to even (int / int and int -> float
+    are correctly rounded in CPython)."""
+    if not totals:
+        return 0.0
+    base = min(totals)
+    total = sum(v << (e - base) for e, v in totals.items())
+    shift = base - 53
+    return float(total << shift) if shift >= 0 else total / (1 << -shift)
 
 
 def update_norm(params: Params, parent: Params) -> float:

@@ -322,6 +322,44 @@ def test_update_norm_and_exact_sum():
     assert exact_sum_of_squares([np.array([1e8, 1.0, 1.0, 1.0]), np.array([-0.0])]) == 1e16 + 3.0
 
 
+def _fsum_of_squares(arrays) -> float:
+    """The definition: every square rounded to float64, the sum exactly rounded."""
+    import math
+    try:
+        return math.fsum(x * x for a in arrays for x in np.asarray(a, np.float64).reshape(-1).tolist())
+    except OverflowError:
+        return math.inf
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_exact_sum_is_fsum_bit_for_bit_on_hard_inputs(chunk):
+    """The vectorised exact sum must give fsum's value exactly, on inputs where any
+    float accumulation would not: magnitudes 300 decades apart, subnormal squares,
+    sums landing on rounding ties, chunk boundaries, empty arrays, zeros of both signs."""
+    import math
+
+    rng = np.random.default_rng(7)
+    cases = [
+        [], [np.array([])], [np.array([0.0, -0.0])],
+        [np.array([1e150, 1e-150, 3.0, 1e-160, 5e-324, 2.2e-308, 1e154])],
+        [rng.normal(size=5000) * 10.0 ** rng.integers(-160, 150, size=5000)],
+        [rng.normal(size=(300, 7)).astype(np.float32), rng.normal(size=5) * 1e-3],
+        [np.array([2.0 ** 27 + 1, 2.0 ** 26 - 1, 1.0 + 2.0 ** -52])],    # mantissas across the 27-bit split
+    ]
+    for _ in range(300):   # values on a coarse grid: many exact halfway cases for the final rounding
+        n = int(rng.integers(1, 40))
+        v = rng.normal(size=n) * 2.0 ** rng.integers(-30, 30, size=n)
+        cases.append([np.round(v * 2 ** 20) / 2 ** 20])
+    for arrays in cases:
+        got, want = exact_sum_of_squares(arrays, chunk=chunk), _fsum_of_squares(arrays)
+        assert got == want and math.copysign(1, got) == 1, (arrays, got.hex(), want.hex())
+    # non-finite squares: inf (also by overflow) and nan, as fsum would say
+    assert exact_sum_of_squares([np.array([1e200, 1.0])], chunk=chunk) == math.inf
+    assert math.isnan(exact_sum_of_squares([np.array([1.0, np.nan, np.inf])], chunk=chunk))
+    with pytest.raises(ValueError):
+        exact_sum_of_squares([np.ones(3)], chunk=(1 << 20) + 1)   # would no longer be exact
+
+
 # ---------------------------------------------------------------- bit-exact across processes
 
 _CHILD = r"""
