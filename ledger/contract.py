@@ -309,19 +309,20 @@ class TrainingLedger:
     def job(self, job_id: int) -> JobInfo:
         f = self.contract.functions
         ctx = f"job {job_id}"
-        v = self.chain.call(f.getJob(int(job_id)), ctx)
+        info = _job_info(int(job_id), self.chain.call(f.getJob(int(job_id)), ctx), (), ())
         # A job's workers and aggregators are fixed when it is created, and every node
-        # reads the job once a block while it waits: they are read once per job. The key
-        # includes what identifies the job's creation, so a chain that was reset and
-        # re-used the id for another job is read afresh.
-        key = (int(job_id), bytes(v[1]), int(v[-1]), v[0])
+        # reads the job each time it wakes: they are read once per job. The key includes
+        # what identifies the job's creation, so a chain that was reset and re-used the
+        # id for another job is read afresh.
+        key = (info.job_id, info.config_digest, info.created_block, info.owner)
         members = self._members.get(key)
         if members is None:
             block = self.chain.block_number()
             members = (self.chain.call(f.getWorkers(int(job_id)), ctx, block),
                        self.chain.call(f.getAggregators(int(job_id)), ctx, block))
             self._members[key] = members
-        return _job_info(int(job_id), v, *members)
+        info.workers, info.aggregators = list(members[0]), list(members[1])
+        return info
 
     def round(self, job_id: int, round: int) -> RoundInfo:
         v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")

@@ -288,8 +288,8 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     cap = int(ctx.policy.max_checkpoint_bytes)
     with _Prefetcher([c for c in ordered if c.size <= cap], fetch, prefetch) as fetched:  # no oversized downloads
         staged = [_verify_cheap(ctx, c, fetched, seen) for c in ordered]
-    bound = relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged
-                                             if r.accepted and "update_norm" in r.metrics])
+    bound = (relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
+             if ctx.runs("norm") else None)
     reports = []
     for report, decoded in staged:
         if report.accepted:
