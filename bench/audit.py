@@ -42,7 +42,7 @@ def main() -> int:
     rows = []
     for size in args.sizes.split(","):
         rounds, workers = (int(x) for x in size.lower().split("x"))
-        cfg = bench_config(steps=args.steps, replay_fraction=0.0)
+        cfg = bench_config(steps=args.steps, replay_segments=0)
         result: dict = {}
 
         def after(job, ledger, store, result=result):

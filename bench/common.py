@@ -444,16 +444,17 @@ def tail(path: Path, n: int = 20) -> str:
 # --------------------------------------------------------------------------- job config
 
 
-def bench_config(steps: int = 50, replay_fraction: float | None = None):
-    """The job config every bench trains: the project's default model and training
-    (``ledger.jobconfig`` defaults: 4 layers, 128 wide, batch 32, 1 torch thread),
-    with ``steps`` local steps a round."""
+def bench_config(steps: int = 50, replay_segments: int | None = None):
+    """The job config every bench trains: the project's default model, training and
+    verification policy (``ledger.jobconfig`` defaults: 4 layers, 128 wide, batch 32,
+    1 torch thread, one replayed transcript segment per contribution), with ``steps``
+    local steps a round."""
     from ledger.jobconfig import JobConfig
 
     cfg = JobConfig(name="bench")
     cfg.train.steps = int(steps)
-    if replay_fraction is not None:
-        cfg.policy.replay_fraction = float(replay_fraction)
+    if replay_segments is not None:
+        cfg.policy.replay_segments = int(replay_segments)
     return cfg
 
 

@@ -229,14 +229,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=4, help="Flower clients = ledger workers (default 4)")
     add_comparison_args(ap)
-    ap.add_argument("--replay-fraction", type=float, default=None,
-                    help="ledger replay fraction (default: the job config's default)")
+    ap.add_argument("--replay-segments", type=int, default=None,
+                    help="transcript segments each aggregator replays per contribution (default: the job policy's)")
     ap.add_argument("--skip-ledger", action="store_true", help="run the Flower side only")
     ap.add_argument("--skip-flower", action="store_true", help="run the ledger side only")
     ap.add_argument("--keep", action="store_true", help="keep the temp dirs (logs) for inspection")
     args = ap.parse_args(argv)
 
-    cfg = bench_config(args.steps, args.replay_fraction)
+    cfg = bench_config(args.steps, args.replay_segments)
     version = flower_available()
     if version is None:
         print(f"flwr is not installed in this Python ({sys.executable}): the Flower columns are skipped. "
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
         if args.quiet_wait > 0:
             wait_for_quiet(args.quiet_cores, args.quiet_wait)
         say(f"ledger: {args.clients} workers, {args.aggregators} aggregators (quorum {args.quorum}), "
-            f"full verification, replay fraction {cfg.policy.replay_fraction:g}")
-        job = LedgerJob(bench_config(args.steps, args.replay_fraction), workers=args.clients, pss_every=PSS_EVERY,
+            f"full verification, {cfg.policy.replay_segments} replayed segment(s) a contribution")
+        job = LedgerJob(bench_config(args.steps, args.replay_segments), workers=args.clients, pss_every=PSS_EVERY,
                         aggregators=args.aggregators, quorum=args.quorum, rounds=args.rounds, poll=args.poll,
                         keep_dir=args.keep)
         ledger = job.run(on_round=lambda t: say(f"ledger: round {t.round} {t.status} in {t.seconds:.1f}s "
@@ -326,7 +326,7 @@ def report(args, cfg, version, flower, ledger) -> None:
         bs = [t.block_seconds for t in sorted(ledger.timings, key=lambda t: t.round)]
         print(f"ledger rounds by block timestamps (RoundOpened -> RoundFinalized, 1 s resolution): {bs}; "
               f"verification: integrity, format, lineage, structure, finite, duplicate, update norm, validation loss, "
-              f"replay fraction {cfg.policy.replay_fraction:g}")
+              f"{cfg.policy.replay_segments} replayed segment(s) a contribution")
         for note in ledger.notes:
             print(f"note: {note}")
     print("RSS: summed resident set of every process of the system, sampled every 0.2 s (shared library pages "

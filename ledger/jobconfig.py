@@ -55,13 +55,25 @@ class Policy:
     max_val_loss_increase: float = 0.25  # accepted if val_loss <= parent_val_loss + this
     val_batches: int = 8
     val_batch_size: int = 32
-    replay_fraction: float = 0.0     # share of contributions re-trained by each aggregator
-    replay_tolerance: float = 1e-4   # max |replayed - submitted| over all parameters
+    # Segment replay (node.transcript): a worker snapshots its whole training state every
+    # segment_steps steps; each aggregator re-runs replay_segments drawn segments of every
+    # contribution (0 = none) and accepts when the replay lands within replay_tolerance
+    # of the published end, relative to the segment's own movement. Calibrated by
+    # bench/replay_drift.py: honest replays on other kernel paths and thread counts land
+    # within ~1e-4 over 10 steps, cheats at 0.1 and beyond.
+    segment_steps: int = 10
+    replay_segments: int = 1
+    replay_tolerance: float = 1e-2
     max_checkpoint_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self):
         if self.merge_rule not in MERGE_RULES:
             raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
+        if int(self.segment_steps) < 1 or int(self.replay_segments) < 0:
+            raise ValueError(f"segment_steps must be >= 1 and replay_segments >= 0, got "
+                             f"{self.segment_steps} and {self.replay_segments}")
+        if not float(self.replay_tolerance) > 0:
+            raise ValueError(f"replay_tolerance must be > 0, got {self.replay_tolerance}")
 
 
 @dataclass
@@ -121,6 +133,11 @@ class JobConfig:
             cid_version=d.get("cid_version", 0),
             format=d["format"],
         )
+
+
+def num_samples(train: TrainSpec) -> int:
+    """The sample count a worker declares on chain (its FedAvg weight): windows seen in one round."""
+    return int(train.steps) * int(train.batch_size)
 
 
 def canonical_json(obj: Any) -> bytes:

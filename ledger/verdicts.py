@@ -2,7 +2,8 @@
 
 The contract only counts zeros (accepted); the meaning of each non-zero code is
 fixed here and shared by the aggregators, the audit and the history display.
-Order follows the verification pipeline, cheap to expensive.
+Codes are on chain, so they never change meaning and new ones are appended: their
+numbers do not follow the pipeline's order (``node.verify`` lists the checks in order).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ class Verdict(IntEnum):
     NON_FINITE = 6       # NaN or Inf values
     UPDATE_NORM = 7      # the update (checkpoint - parent) exceeds the policy's norm bound
     VALIDATION_LOSS = 8  # held-out loss worse than the policy allows
-    REPLAY = 9           # re-training from parent + shard + seed does not reproduce it
+    REPLAY = 9           # a drawn transcript segment, replayed, does not land on its published end
     DUPLICATE = 10       # same bytes or tensors as an earlier submission in the round (or the parent)
     SAMPLE_COUNT = 11    # declared sample count (the FedAvg weight) is not what the job's training uses
+    TRANSCRIPT = 12      # no or a malformed training transcript, or a snapshot that breaks the chain of
+                         # states (not its committed digest, another contribution's, wrong shape)
+    TRANSCRIPT_UNAVAILABLE = 13  # a drawn segment's snapshot could not be fetched from storage
 
     @property
     def label(self) -> str:

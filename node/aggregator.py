@@ -34,6 +34,7 @@ class AggregatorOptions:
     replay: str = "policy"
     stages: set[str] | None = None
     max_rounds: int | None = None
+    threads: int | None = None        # torch threads for replays and validation
 
 
 class Aggregator:
@@ -92,7 +93,8 @@ class Aggregator:
         subs = ctx.ledger.submissions(ctx.job_id, r)
         if state.get("commitment") != to_hex(rd.commitment) or "verdicts" not in state:
             t0 = time.perf_counter()
-            out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages)
+            out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
+                              threads=self.opt.threads)
             for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
                 log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
             m = out.merged

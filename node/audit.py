@@ -22,14 +22,19 @@ from .rounds import merge_accepted, verify_submissions
 from .task import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
+# Verdicts only the replay stage gives: an audit without replay cannot re-check them.
+REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE)
 
 
 def _hex(b) -> str:
     return to_hex(bytes(b)) if b is not None else "-"
 
 
-def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True) -> AuditReport:
-    """Audit job ``job_id``. ``progress(done, total, label)`` is called per round."""
+def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True,
+              threads: int | None = None) -> AuditReport:
+    """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
+    aggregators drew) or all (every segment). ``threads``: torch threads for replays.
+    ``progress(done, total, label)`` is called per round."""
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {REPLAY_MODES}")
     t0 = time.perf_counter()
@@ -61,7 +66,7 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     for n, rh in enumerate(history.rounds):
         if progress:
             progress(n, len(history.rounds), f"round {rh.round}")
-        ra = _audit_round(ctx, rh, expected_parent, mode, found, report)
+        ra = _audit_round(ctx, rh, expected_parent, mode, found, report, threads)
         report.rounds.append(ra)
         if evaluate_merged and ra.recomputed_digest and ra.status == "finalized":
             ra.merged_val_loss = _val_loss_of(ctx, rh)
@@ -87,7 +92,8 @@ def _done(report: AuditReport, t0: float) -> AuditReport:
     return report
 
 
-def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: list, report: AuditReport) -> RoundAudit:
+def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: list, report: AuditReport,
+                 threads: int | None = None) -> RoundAudit:
     r, i = rh.round, rh.info
     ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status)
     before = len(found)
@@ -105,7 +111,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ra.ok = len(found) == before
         return ra
     try:
-        v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode)
+        v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode, threads=threads)
     except (LedgerError, ValueError) as e:
         found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "unavailable or invalid", str(e)))
         ra.ok = False
@@ -120,24 +126,25 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             index=c.index, worker=c.worker, digest=_hex(c.digest), cid=c.cid, size=c.size, num_samples=c.num_samples,
             onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=rep.reason,
             val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
-            replayed=m.get("replay_diff") is not None, replay_diff=m.get("replay_diff"),
+            replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
         )
         ra.contributions.append(ca)
         if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
             report.bytes_verified += c.size
-        if rep.verdict == Verdict.REPLAY:
-            found.append(Discrepancy(r, c.worker, "replay", f"re-training within {ctx.config.policy.replay_tolerance}", f"max diff {m.get('replay_diff')}", rep.reason))
+        if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
+            found.append(Discrepancy(r, c.worker, "replay", f"transcript segments replaying within {ctx.config.policy.replay_tolerance:g}",
+                                     describe(rep.verdict), rep.reason))
         if onchain is None:
             continue
         chain_v = onchain[c.index]
-        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE):
+        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE):
             check = "integrity" if rep.verdict == Verdict.INTEGRITY else "availability"
             found.append(Discrepancy(r, c.worker, check, f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
             continue
         if chain_v != rep.verdict:
-            if chain_v == Verdict.REPLAY and mode == "none":
+            if chain_v in REPLAY_VERDICTS and mode == "none":
                 continue  # not re-checked: replay disabled for this audit
-            if rep.verdict == Verdict.REPLAY:
+            if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
                 continue  # already reported as a replay discrepancy above
             found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
                                      rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))

@@ -10,8 +10,8 @@ sha256 goes into the job config, whose digest is on chain.
   (whole speakers assigned to shards, so shards differ in who speaks).
 - ``balance_sizes``: shard sizes proportional to each worker's throughput, so that
   the slowest worker's round time is as short as it can be.
-- ``batches``: random (x, y) windows drawn from a torch.Generator: the data order is
-  derived from the seed and nothing else.
+- ``windows``: (x, y) byte windows at given offsets (``node.train`` draws the offsets
+  of each step from the seed and the step, nothing else).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -220,15 +219,3 @@ def windows(data: torch.Tensor, offsets: torch.Tensor, block_size: int) -> tuple
     idx = offsets[:, None] + torch.arange(block_size + 1)[None, :]
     chunk = data[idx].long()
     return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
-
-
-def batches(data: bytes | torch.Tensor, block_size: int, batch_size: int,
-            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (x, y) batches of random windows; offsets come only from ``generator``."""
-    d = data if isinstance(data, torch.Tensor) else as_tensor(data)
-    hi = len(d) - block_size  # offsets 0 .. len-block_size-1 keep y inside the data
-    if hi < 1:
-        raise ValueError(f"data of {len(d)} bytes is too short for windows of {block_size + 1}")
-    while True:
-        offsets = torch.randint(hi, (batch_size,), generator=generator)
-        yield windows(d, offsets, block_size)

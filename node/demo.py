@@ -37,7 +37,7 @@ class DemoOptions:
     round_duration: int = 300
     merge_rule: str = "fedavg"
     split: str = "iid"
-    replay_fraction: float = 0.25
+    replay_segments: int = 1
     ipfs: bool = False
     prompt: str = "ROMEO:\n"
     tokens: int = 300
@@ -122,7 +122,7 @@ class Demo:
         cfg = JobConfig()
         cfg.train.steps = o.steps
         cfg.policy.merge_rule = o.merge_rule
-        cfg.policy.replay_fraction = o.replay_fraction
+        cfg.policy.replay_segments = o.replay_segments
         cfg.data.split = o.split
         ledger = open_ledger(self.settings, keys.anvil_dev_account())
         job = create_job(

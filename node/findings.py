@@ -38,8 +38,8 @@ class ContributionAudit:
     reason: str = ""
     val_loss: float | None = None
     update_norm: float | None = None
-    replayed: bool = False
-    replay_diff: float | None = None
+    replayed_segments: list[int] = field(default_factory=list)   # transcript segments replayed
+    replay_distance: float | None = None   # worst replay's distance to the published end / the segment's movement
 
 
 @dataclass

@@ -151,18 +151,30 @@ def _key(worker: str) -> str:
     return str(worker).lower()
 
 
+def structure_mismatch(parent: Params, params: Params) -> str | None:
+    """Why ``params`` cannot stand in for ``parent`` (names, shapes, dtypes), or None."""
+    missing, extra = sorted(set(parent) - set(params)), sorted(set(params) - set(parent))
+    if missing or extra:
+        parts = ([f"missing {_names(missing)}"] if missing else []) + ([f"unexpected {_names(extra)}"] if extra else [])
+        return "tensor names differ from the parent: " + ", ".join(parts)
+    for name in sorted(parent):
+        p, x = np.asarray(parent[name]), np.asarray(params[name])
+        if x.dtype != p.dtype or x.shape != p.shape:
+            return f"tensor {name!r} is {x.dtype}{list(x.shape)}, the parent's is {p.dtype}{list(p.shape)}"
+    return None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+
 def _check_structure(worker: str, params: Params, parent: Params) -> None:
-    if set(params) != set(parent):
-        missing, extra = sorted(set(parent) - set(params)), sorted(set(params) - set(parent))
-        raise ValueError(f"contribution of {worker}: tensor names differ from the parent "
-                         f"(missing {missing[:3]}, extra {extra[:3]})")
-    for name, p in parent.items():
-        x = params[name]
-        if tuple(np.shape(x)) != tuple(np.shape(p)) or np.asarray(x).dtype != np.asarray(p).dtype:
-            raise ValueError(f"contribution of {worker}: tensor {name!r} is "
-                             f"{np.asarray(x).dtype}{tuple(np.shape(x))}, parent has "
-                             f"{np.asarray(p).dtype}{tuple(np.shape(p))}")
-        if is_float(x) and not np.isfinite(x).all():
+    problem = structure_mismatch(parent, params)
+    if problem:
+        raise ValueError(f"contribution of {worker}: {problem}")
+    for name in sorted(parent):
+        if is_float(params[name]) and not np.isfinite(params[name]).all():
             raise ValueError(f"contribution of {worker}: tensor {name!r} has NaN or Inf values")
 
 

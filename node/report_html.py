@@ -661,12 +661,13 @@ def _verdict_cell(code: int | None, reason: str = "") -> str:
 
 
 def _replay_cell(c: ContributionAudit) -> str:
-    if not c.replayed:
+    if not c.replayed_segments:
         return '<span class="muted">-</span>'
-    if c.audit_verdict == 9:
-        return f'<span class="v-bad">not reproduced (diff {e(fmt_num(c.replay_diff))})</span>'
-    diff = "" if c.replay_diff is None else f" (diff {e(fmt_num(c.replay_diff))})"
-    return f'<span class="v-ok">reproduced{diff}</span>'
+    segs = "segment" + ("s " if len(c.replayed_segments) > 1 else " ") + ", ".join(map(str, c.replayed_segments))
+    dist = "" if c.replay_distance is None else f" (distance {e(fmt_num(c.replay_distance))})"
+    if c.audit_verdict in (9, 12, 13):
+        return f'<span class="v-bad">{e(segs)}: not reproduced{dist}</span>'
+    return f'<span class="v-ok">{e(segs)} reproduced{dist}</span>'
 
 
 def _discrepancy_table(report: AuditReport) -> str:

@@ -52,18 +52,22 @@ class RoundOutcome:
 
 
 def replay_seed(ledger, submissions) -> bytes:
-    """The replay sample is drawn from the hash of the block holding the round's last
-    submission: unknown to every worker when it trains, the same for every verifier."""
+    """The segment lottery and the validation batches are drawn from the hash of the
+    block holding the round's last submission: unknown to every worker while it
+    trains (a worker's own submission cannot change a block mined after it unless it
+    is the last and mines it), the same for every verifier."""
     if not submissions:
         return b"\0" * 32
     return bytes(ledger.block_hash(submissions[-1].block))
 
 
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
-                       stages: set[str] | None = None) -> Verified:
+                       stages: set[str] | None = None, threads: int | None = None) -> Verified:
     """Run the shared verification pipeline over every submission of round ``r``.
 
-    ``replay``: "policy" (the job's replay fraction, as aggregators do), "none" or "all".
+    ``replay``: "policy" (the job policy's drawn segments, as aggregators do), "none"
+    or "all" (every segment of every transcript). ``threads``: this verifier's torch
+    threads for replays (default: the job's).
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
@@ -84,8 +88,10 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         parent_params=parent_params,
         validation=ctx.validation,
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
+        fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=cfg.policy.max_checkpoint_bytes),
         replay_seed=replay_seed(ctx.ledger, submissions),
         replay_mode=replay,
+        replay_threads=threads,
         stages=stages,
     )
 
@@ -98,14 +104,10 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
 
 def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged:
     """Merge the contributions marked accepted (in submission order), bit-exactly."""
-    good = []
-    for c, rep, ok in zip(v.contributions, v.reports, accepted):
-        if not ok:
-            continue
-        if rep.params is None:
-            raise LedgerError(f"round {v.round}: contribution of {c.worker} is marked accepted but cannot be merged ({rep.reason})")
-        good.append((c.worker, c.num_samples, rep.params))
-    good.sort(key=lambda t: t[0])
+    try:
+        good = verifymod.accepted(v.reports, accepted)
+    except ValueError as e:
+        raise LedgerError(f"round {v.round}: {e}") from None
     workers = [w for w, _, _ in good]
     if len(good) < max(1, ctx.info.min_submissions):
         return Merged(None, v.parent.digest, v.parent.size, True, workers)
@@ -118,6 +120,6 @@ def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged
 
 
 def judge_round(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
-                stages: set[str] | None = None) -> RoundOutcome:
-    v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages)
+                stages: set[str] | None = None, threads: int | None = None) -> RoundOutcome:
+    v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages, threads=threads)
     return RoundOutcome(v, merge_accepted(ctx, v, [rep.verdict == Verdict.ACCEPTED for rep in v.reports]))

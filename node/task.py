@@ -139,24 +139,6 @@ class JobContext:
             ) from None
 
     # --- checkpoint metadata -----------------------------------------------------------
-    def contribution_meta(self, round_: int, worker: str, parent: bytes, seed: int, metrics: dict) -> dict:
-        """Metadata of a worker's checkpoint: only deterministic fields (no timings),
-        so the same training gives the same bytes."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "kind": "contribution",
-            "job": str(self.job_id),
-            "round": str(round_),
-            "worker": worker.lower(),
-            "parent": to_hex(parent),
-            "seed": str(seed),
-            "steps": str(metrics.get("steps", "")),
-            "threads": str(metrics.get("threads", "")),
-            "torch": str(metrics.get("torch_version", "")),
-            "loss_start": repr(metrics.get("loss_start")),
-            "loss_end": repr(metrics.get("loss_end")),
-        }
-
     def merge_meta(self, round_: int, parent: bytes, rule: str, accepted: list[str]) -> dict:
         return {
             "format": CHECKPOINT_FORMAT,
@@ -170,6 +152,29 @@ class JobContext:
 
     def round_closed(self, rd) -> bool:
         return rd.submissions >= len(self.info.workers) or time.time() > rd.deadline
+
+
+def contribution_meta(job_id: int, round_: int, worker: str, parent: bytes, seed: int, metrics: dict,
+                      manifest=None) -> dict:
+    """Metadata of a worker's checkpoint: only deterministic fields (no timings), so
+    the same training gives the same bytes; ``manifest`` (a
+    ``node.transcript.Manifest``) commits to the training transcript."""
+    extra = {"transcript": manifest.to_json()} if manifest is not None else {}
+    return {**extra,
+        "format": CHECKPOINT_FORMAT,
+        "kind": "contribution",
+        "job": str(job_id),
+        "round": str(round_),
+        "worker": worker.lower(),
+        "parent": to_hex(parent),
+        "seed": str(seed),
+        "steps": str(metrics.get("steps", "")),
+        "threads": str(metrics.get("threads", "")),
+        "device": str(metrics.get("device", "")),
+        "torch": str(metrics.get("torch_version", "")),
+        "loss_start": repr(metrics.get("loss_start")),
+        "loss_end": repr(metrics.get("loss_end")),
+    }
 
 
 def genesis_meta(config: JobConfig) -> dict:

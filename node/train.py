@@ -1,20 +1,24 @@
-"""Deterministic local training and evaluation: the one training step every party runs.
+"""Deterministic local training and evaluation: the one training loop every party runs.
 
-A worker's contribution must be a pure function of (job config, parent parameters,
-shard, seed), so that an aggregator or auditor can replay it. Hence:
+A worker's contribution must be a function of (job config, parent parameters, shard,
+seed) that a verifier can re-run. Hence:
 - the seed comes from ``derive_seed(job_seed, job_id, round, worker)``, a sha256 of a
-  canonical string, never from a clock;
-- the data order comes from a ``torch.Generator`` seeded with it (``data.batches``);
-- deterministic algorithms on, a fixed thread count (a different count changes how
-  reductions are split, hence the low bits), no dropout, a fresh AdamW every round
-  (optimizer state is not part of the checkpoint, so it cannot be carried over).
-On the same machine and torch version the same inputs give bit-identical parameters;
-across machines CPU kernels may differ slightly, which is why replay uses a tolerance.
+  canonical string, never from a clock; each step's windows come from a generator
+  seeded with (seed, step), so any stretch of steps can be re-run on its own;
+- deterministic algorithms on, no dropout, a fresh AdamW every round;
+- ``train_steps`` runs from any ``TrainState`` (parameters + AdamW moments + step):
+  workers run whole rounds and snapshot the state every ``segment_steps`` steps (the
+  transcript, ``node.transcript``), verifiers re-run drawn segments from a snapshot.
+On one machine, thread count and torch build the same inputs give bit-identical
+results; across CPUs, kernel paths (``ATEN_CPU_CAPABILITY``), thread counts and GPUs
+they drift apart chaotically, which is why verifiers replay short segments and
+compare under a relative tolerance rather than re-running whole rounds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +27,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import as_tensor, batches as sample_batches, windows
+from ledger.errors import LedgerError
+from ledger.jobconfig import num_samples
+
+from .data import as_tensor, windows
 from .model import GPT, GPTConfig
 from .params import load_into, to_numpy
+from .transcript import TrainState, inner_boundaries
 
 SEED_DOMAIN = "training-ledger/seed/1"
 
@@ -38,15 +46,11 @@ def derive_seed(job_seed: int, job_id: int, round: int, worker_address: str) -> 
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
 
 
-def num_samples(train_spec) -> int:
-    """The sample count a worker declares on chain: windows seen in one round."""
-    return int(train_spec.steps) * int(train_spec.batch_size)
-
-
 @dataclass
 class TrainResult:
     params: dict[str, np.ndarray]
     metrics: dict = field(default_factory=dict)  # loss_start, loss_end, steps, samples, seconds, threads, torch_version
+    snapshots: list[TrainState] = field(default_factory=list)  # the state at every inner segment boundary
 
 
 @contextmanager
@@ -63,6 +67,21 @@ def torch_settings(threads: int | None, deterministic: bool = True):
     finally:
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``cpu`` or ``cuda[:N]``; a GPU that is not there is a one-line error, not a crash later."""
+    name = (device or "cpu").strip().lower()
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LedgerError(f"--device {name}: no CUDA GPU is visible to torch {torch.__version__} here; "
+                              f"train with --device cpu")
+        # cuBLAS is deterministic only with a fixed workspace; must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        return torch.device(name)
+    raise LedgerError(f"--device {device!r}: use cpu or cuda")
 
 
 def build_model(model_spec, params: dict[str, np.ndarray]) -> GPT:
@@ -90,53 +109,116 @@ def make_optimizer(model: torch.nn.Module, train_spec) -> torch.optim.AdamW:
                              foreach=False, fused=False)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The data seed of one step: each step's windows are drawn from their own generator,
+    so a verifier replaying steps 30-39 needs no pass over steps 0-29."""
+    text = f"{SEED_DOMAIN}|step|{int(seed)}|{int(step)}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
+
+
+def step_offsets(seed: int, step: int, n_bytes: int, block_size: int, batch_size: int) -> torch.Tensor:
+    """The window offsets of training step ``step``: a function of (seed, step, shard length)."""
+    hi = n_bytes - block_size  # offsets 0 .. len-block_size-1 keep y inside the data
+    if hi < 1:
+        raise ValueError(f"data of {n_bytes} bytes is too short for windows of {block_size + 1}")
+    return torch.randint(hi, (batch_size,), generator=torch.Generator().manual_seed(step_seed(seed, step)))
+
+
+class _Run:
+    """A model and its AdamW, placed at a ``TrainState``; ``state()`` reads it back.
+    Restoring a state and going on is bit-identical to never having stopped (same
+    machine): parameters and moments are copied exactly and the step count is AdamW's
+    own float step tensor."""
+
+    def __init__(self, model_spec, train_spec, start: TrainState, device: torch.device):
+        self.model = build_model(model_spec, start.params).to(device)
+        self.model.train()
+        self.opt = make_optimizer(self.model, train_spec)
+        self.named = sorted(self.model.named_parameters())
+        if start.exp_avg is not None:
+            for name, p in self.named:
+                self.opt.state[p] = {
+                    "step": torch.tensor(float(start.step), dtype=torch.float32),
+                    "exp_avg": torch.from_numpy(np.array(start.exp_avg[name], dtype=np.float32)).to(device),
+                    "exp_avg_sq": torch.from_numpy(np.array(start.exp_avg_sq[name], dtype=np.float32)).to(device),
+                }
+        elif start.step != 0:
+            raise ValueError(f"a state at step {start.step} needs its optimizer moments")
+
+    def state(self, step: int) -> TrainState:
+        params = to_numpy(self.model)
+        m, v = {}, {}
+        for name, p in self.named:
+            st = self.opt.state.get(p) or {}
+            m[name] = _np(st.get("exp_avg"), p)
+            v[name] = _np(st.get("exp_avg_sq"), p)
+        return TrainState(step, params, m, v)
+
+
+def _np(t, like) -> np.ndarray:
+    if t is None:                    # a parameter with no gradient yet: its moments are zero
+        return np.zeros(tuple(like.shape), dtype=np.float32)
+    return np.array(t.detach().cpu().numpy(), dtype=np.float32, order="C", copy=True)
+
+
+def train_steps(model_spec, train_spec, start: TrainState, shard: bytes, seed: int, end: int, *,
+                snapshot_at: tuple[int, ...] = (), threads: int | None = None, device: str | None = None,
+                progress: Callable[[int, int, float], None] | None = None) -> tuple[TrainState, list[TrainState], dict]:
+    """Steps ``start.step`` .. ``end - 1`` of a round of ``train_spec.steps`` from ``start``:
+    the one training loop, for whole rounds (workers) and drawn segments (verifiers).
+    Returns (end state, the states at the steps in ``snapshot_at``, metrics)."""
+    total = int(train_spec.steps)
+    if not 0 <= start.step < end <= total:
+        raise ValueError(f"steps {start.step}..{end} are outside a round of {total} steps")
+    dev = resolve_device(device)
+    snaps: list[TrainState] = []
+    with torch_settings(threads or train_spec.threads):
+        torch.manual_seed(seed)  # nothing should draw from it; pinned anyway
+        run = _Run(model_spec, train_spec, start, dev)
+        block = run.model.config.block_size
+        data = as_tensor(shard)
+        loss_start = loss_end = float("nan")
+        t0 = time.perf_counter()
+        for step in range(start.step, end):
+            for g in run.opt.param_groups:
+                g["lr"] = lr_at(step, total, train_spec.learning_rate)
+            x, y = windows(data, step_offsets(seed, step, len(data), block, train_spec.batch_size), block)
+            _, loss = run.model(x.to(dev), y.to(dev))
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_spec.grad_clip and train_spec.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), train_spec.grad_clip)
+            run.opt.step()
+            lv = loss.item()
+            if step == start.step:
+                loss_start = lv
+            loss_end = lv
+            if step + 1 in snapshot_at and step + 1 < end:
+                snaps.append(run.state(step + 1))
+            if progress is not None:
+                progress(step + 1, total, lv)
+        metrics = {"loss_start": loss_start, "loss_end": loss_end, "steps": end - start.step,
+                   "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+                   "device": str(dev), "torch_version": torch.__version__}
+        return run.state(end), snaps, metrics
+
+
 def train_local(model_spec, train_spec, params: dict[str, np.ndarray], shard: bytes, seed: int,
-                progress: Callable[[int, int, float], None] | None = None) -> TrainResult:
-    """``train_spec.steps`` AdamW steps on random windows of ``shard``, starting from
-    ``params``. ``progress(step, total, loss)`` is called after every step (for a bar).
-    Returns the new parameters (canonical numpy) and metrics; loss_start / loss_end are
-    the training losses of the first and the last batch."""
+                progress: Callable[[int, int, float], None] | None = None, *, segment_steps: int | None = None,
+                threads: int | None = None, device: str | None = None) -> TrainResult:
+    """A worker's round: ``train_spec.steps`` AdamW steps on windows of ``shard`` from
+    ``params`` with a fresh optimizer, snapshotting the whole state every
+    ``segment_steps`` steps (the transcript; None = no snapshots). ``progress(step,
+    total, loss)`` is called after every step. loss_start / loss_end are the training
+    losses of the first and the last batch."""
     steps = int(train_spec.steps)
     if steps < 1:
         raise ValueError(f"train steps must be >= 1, got {steps}")
-    with torch_settings(train_spec.threads):
-        torch.manual_seed(seed)  # nothing should draw from it; pinned anyway
-        gen = torch.Generator().manual_seed(seed)
-        model = build_model(model_spec, params)
-        model.train()
-        opt = make_optimizer(model, train_spec)
-        data = sample_batches(as_tensor(shard), model.config.block_size, train_spec.batch_size, gen)
-        loss_start = loss_end = float("nan")
-        t0 = time.perf_counter()
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, steps, train_spec.learning_rate)
-            x, y = next(data)
-            _, loss = model(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_spec.grad_clip and train_spec.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_spec.grad_clip)
-            opt.step()
-            lv = loss.item()
-            if step == 0:
-                loss_start = lv
-            loss_end = lv
-            if progress is not None:
-                progress(step + 1, steps, lv)
-        seconds = time.perf_counter() - t0
-        threads = torch.get_num_threads()
-        out = to_numpy(model)
-    metrics = {
-        "loss_start": loss_start,
-        "loss_end": loss_end,
-        "steps": steps,
-        "samples": num_samples(train_spec),
-        "seconds": seconds,
-        "threads": threads,
-        "torch_version": torch.__version__,
-    }
-    return TrainResult(params=out, metrics=metrics)
+    at = tuple(inner_boundaries(steps, segment_steps)) if segment_steps else ()
+    end, snaps, m = train_steps(model_spec, train_spec, TrainState.fresh(params), shard, seed, steps,
+                                snapshot_at=at, threads=threads, device=device, progress=progress)
+    m["steps"], m["samples"] = steps, num_samples(train_spec)
+    return TrainResult(params=end.params, metrics=m, snapshots=snaps)
 
 
 def eval_offsets(n_bytes: int, block_size: int, count: int, seed: int) -> torch.Tensor:

@@ -3,47 +3,63 @@
 Every contribution of a round goes through the same checks, cheap to expensive;
 the first failing check decides its verdict (``ledger.verdicts.Verdict``):
 
-  size cap (declared size, before fetching)            FORMAT
-  fetch                                                 UNAVAILABLE
-  sha256(bytes) == on-chain digest, len == on-chain size INTEGRITY
-  strict safetensors decode (never unpickle)            FORMAT
-  meta parent / job / round / worker                    LINEAGE
-  tensor names, shapes, dtypes == the parent's          STRUCTURE
-  all floating values finite                            NON_FINITE
-  tensors identical to the parent or to an earlier
-    submission of the round (submission order)          DUPLICATE
-  L2(checkpoint - parent) <= policy.max_update_norm     UPDATE_NORM      (stage "norm")
-  val loss <= parent val loss + max_val_loss_increase   VALIDATION_LOSS  (stage "validation")
-  replay from parent + shard + seed, for a
-    deterministic sample, max |diff| <= tolerance       REPLAY           (stage "replay")
+  declared size <= policy.max_checkpoint_bytes (before fetching)  FORMAT
+  fetch                                                           UNAVAILABLE
+  sha256(bytes) == on-chain digest, len == on-chain size          INTEGRITY
+  strict safetensors decode (never unpickle)                      FORMAT
+  meta parent / job / round / worker                              LINEAGE
+  declared sample count == steps x batch size                     SAMPLE_COUNT
+  tensor names, shapes, dtypes == the parent's                    STRUCTURE
+  all floating values finite                                      NON_FINITE
+  tensors identical to the parent (no update)                     DUPLICATE
+  L2(checkpoint - parent) <= policy.max_update_norm               UPDATE_NORM      (stage "norm")
+    -- second pass, for the contributions still standing --
+  update norm <= max_update_norm_ratio x the round's median       UPDATE_NORM      (stage "norm")
+  val loss <= parent val loss + max_val_loss_increase             VALIDATION_LOSS  (stage "validation")
+  transcript manifest well formed, on the job's schedule          TRANSCRIPT       (stage "replay")
+  each drawn segment's snapshots fetched                          TRANSCRIPT_UNAVAILABLE
+    ... and matching their committed digests and this
+    contribution (job, round, worker, parent, step, tensors)      TRANSCRIPT
+  each drawn segment replayed from its start lands within
+    replay_tolerance of its published end                         REPLAY
+    -- last --
+  tensors identical to an earlier *accepted* contribution         DUPLICATE
 
-Given the same inputs (the round's submissions in chain order, the fetched
-bytes, the parent, the job config, the seed bytes) two aggregators compute the
-same verdicts: nothing here depends on time, randomness, dict order or the
-machine — except the two torch stages (validation loss, replay), whose numbers
-may differ in their last bits across CPUs; the policy's margins absorb that.
-Storage availability (UNAVAILABLE) is by nature a local observation.
+Copies are judged last and only against contributions that passed everything, so
+a copier who front-runs the original can never get the original rejected: a byte
+copy names the original worker (LINEAGE), a relabelled copy cannot replay its
+transcript with the copier's own seed and shard (REPLAY).
 
-The caller supplies the fetch function (``store_fetcher(store, ...)`` builds one
-from a ``ledger.store`` Store) and the round's context; ``verify_round`` returns
-one ``Report`` per contribution, in submission order. Accepted reports carry the
-decoded tensors so the merge does not decode twice: ``accepted(reports)`` gives
-the (worker, num_samples, params) triples ``node.merge.merge`` takes.
+Given the same inputs (the round's submissions in chain order, the fetched bytes,
+the parent, the job config, the seed bytes) two aggregators compute the same
+verdicts: nothing here depends on time, randomness, dict order or the machine —
+except the two torch stages (validation loss, replay), whose numbers differ in
+their last bits across CPUs, kernel paths, thread counts and GPUs; the policy's
+margins absorb that (bench/replay_drift.py measures the replay's). Storage
+availability (UNAVAILABLE, TRANSCRIPT_UNAVAILABLE) is by nature a local observation.
+
+The caller supplies the fetch functions and the round's context; ``verify_round``
+returns one ``Report`` per contribution, in submission order. Reports of mergeable
+contributions carry the decoded tensors so the merge does not decode twice:
+``accepted(reports)`` gives the (worker, num_samples, params) triples
+``node.merge.merge`` takes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from ledger import checkpoint
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import (
     CheckpointFormatError,
@@ -52,12 +68,12 @@ from ledger.errors import (
     StorageError,
     StorageUnreachable,
 )
-from ledger.jobconfig import JobConfig, Policy
+from ledger.jobconfig import JobConfig, Policy, num_samples
 from ledger.verdicts import Verdict
 
-from .merge import is_float, tensor_digest, update_norm
+from . import transcript as tx
+from .merge import is_float, structure_mismatch, tensor_digest, update_norm
 
-REPLAY_DOMAIN = b"training-ledger/replay/1"
 VALIDATION_DOMAIN = b"training-ledger/validation/1"
 
 
@@ -98,15 +114,19 @@ class RoundContext:
     - ``validation``: the job's held-out split, as ``node.train.evaluate`` takes it.
     - ``parent_val_loss``: the parent's validation loss; ``None`` = computed once,
       on first need (``parent_loss()``), and cached here.
-    - ``shard_of(worker) -> shard``: the worker's training shard (for replay);
+    - ``shard_of(worker) -> shard``: the worker's training data (for replay);
       called with the lowercase address.
+    - ``fetch_object(cid, digest) -> bytes``: a transcript snapshot from storage,
+      checked against its committed digest (raises the store's errors).
     - ``replay_seed``: bytes no worker knows before the round closes (the hash of
-      the block that closed it); seeds the replay sample and the validation batches.
-    - ``replay_mode``: "policy" (a deterministic ``policy.replay_fraction`` sample,
-      what aggregators run), "none", or "all" (audit).
+      the block holding its last submission); seeds the segment lottery and the
+      validation batches.
+    - ``replay_mode``: "policy" (``policy.replay_segments`` drawn segments of every
+      contribution: what aggregators run), "none", or "all" (every segment: audit).
+    - ``replay_threads`` / ``replay_device``: where this verifier replays (its own
+      choice: honest segments replay within the tolerance on any kernel path).
     - ``stages``: the subset of ``STAGES`` that runs; ``None`` = all.
-    - ``evaluate`` / ``train_local`` / ``derive_seed``: default to
-      ``node.train``'s; injectable for tests and benchmarks.
+    - ``evaluate``: defaults to ``node.train.evaluate``; injectable for benchmarks.
     """
 
     config: JobConfig
@@ -117,12 +137,13 @@ class RoundContext:
     validation: Any = None
     parent_val_loss: float | None = None
     shard_of: Callable[[str], Any] | None = None
+    fetch_object: Callable[[str, bytes], bytes] | None = None
     replay_seed: bytes = b""
     replay_mode: str = "policy"
+    replay_threads: int | None = None
+    replay_device: str | None = None
     stages: Iterable[str] | None = None
     evaluate: Callable[..., float] | None = None
-    train_local: Callable[..., Any] | None = None
-    derive_seed: Callable[..., int] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -137,13 +158,17 @@ class RoundContext:
     def runs(self, stage: str) -> bool:
         return stage in self.stages
 
-    def replays(self, worker: str) -> bool:
-        """Whether this worker's contribution is re-trained (if it gets that far)."""
-        if not self.runs("replay") or self.replay_mode == "none":
-            return False
-        if self.replay_mode == "all":
-            return True
-        return replay_selected(self.replay_seed, self.job_id, self.round, worker, self.policy.replay_fraction)
+    def replaying(self) -> bool:
+        return self.runs("replay") and self.replay_mode != "none" and (
+            self.replay_mode == "all" or int(self.policy.replay_segments) > 0)
+
+    def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
+        """The segments of this worker's transcript that are replayed: every one in
+        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``."""
+        if not self.replaying():
+            return []
+        count = n_segments if self.replay_mode == "all" else int(self.policy.replay_segments)
+        return tx.draw_segments(self.replay_seed, self.job_id, self.round, worker, n_segments, count)
 
     @property
     def policy(self) -> Policy:
@@ -175,9 +200,12 @@ class Report:
     """The outcome for one contribution.
 
     ``metrics`` holds what was measured before the verdict was reached (only
-    JSON-friendly values): ``size``, ``update_norm``, ``val_loss``,
-    ``parent_val_loss``, ``val_loss_increase``, ``replay_selected``,
-    ``replay_diff``, ``duplicate_of`` (-1 = the parent)...
+    JSON-friendly values): ``size``, ``update_norm``, ``update_norm_bound``,
+    ``val_loss``, ``parent_val_loss``, ``val_loss_increase``, ``replay_segments``
+    (the segment indexes replayed), ``replay_distance`` (the worst of them),
+    ``duplicate_of`` (-1 = the parent).
+    ``timings`` holds the process CPU seconds each stage took (for benchmarks; not
+    part of the verdict or the summary).
     ``params`` / ``meta`` are the decoded checkpoint, kept (with ``keep_params``)
     whenever its tensors are mergeable — accepted, or rejected at DUPLICATE or a
     later stage — so an auditor can recompute a quorum's merge it disagrees
@@ -192,6 +220,7 @@ class Report:
     params: dict[str, np.ndarray] | None = None
     meta: dict[str, str] | None = None
     tensor_digest: bytes | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def accepted(self) -> bool:
@@ -230,30 +259,6 @@ def _u256(n: int) -> bytes:
     return int(n).to_bytes(32, "big")
 
 
-def _address_bytes(worker: str) -> bytes:
-    w = worker.lower()
-    w = w[2:] if w.startswith("0x") else w
-    try:
-        raw = bytes.fromhex(w)
-    except ValueError:
-        raw = b""
-    return raw if len(raw) == 20 else worker.lower().encode()
-
-
-def replay_draw(replay_seed: bytes, job_id: int, round: int, worker: str) -> Fraction:
-    """The contribution's replay lottery number in [0, 1): the first 8 bytes of
-    sha256(domain || seed || job (32 bytes) || round (32 bytes) || worker (20 bytes))."""
-    h = hashlib.sha256(REPLAY_DOMAIN + bytes(replay_seed) + _u256(job_id) + _u256(round)
-                       + _address_bytes(worker)).digest()
-    return Fraction(int.from_bytes(h[:8], "big"), 1 << 64)
-
-
-def replay_selected(replay_seed: bytes, job_id: int, round: int, worker: str, fraction: float) -> bool:
-    """Whether this contribution is re-trained: its draw < fraction (exact
-    rational comparison: 0 selects none, 1 selects all)."""
-    return replay_draw(replay_seed, job_id, round, worker) < Fraction(float(fraction))
-
-
 def validation_seed(replay_seed: bytes, job_id: int, round: int) -> int:
     """Seed of the round's validation batches (63 bits), fixed by the round's seed
     bytes so workers cannot know the batches before the round closes."""
@@ -272,10 +277,11 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     or raises a storage error (``NotFoundError``/``StorageUnreachable`` ->
     UNAVAILABLE, ``IntegrityError`` -> INTEGRITY).
 
-    Two passes, cheap before expensive: every contribution first goes through the
-    checks that need no model evaluation (up to its update norm); then the update
-    norms of the survivors give the round's relative bound, and only contributions
-    within it are evaluated on the validation split and (if drawn) replayed.
+    Three passes: every contribution first goes through the checks that need no
+    model evaluation (up to its update norm); then the update norms of the survivors
+    give the round's relative bound, and only contributions within it are evaluated
+    on the validation split and have their drawn transcript segments replayed; last,
+    a contribution whose tensors equal an earlier accepted one's is a DUPLICATE.
 
     Up to ``prefetch`` fetches (each one verified against its digest by the store) run
     in background threads ahead of the checks, so storage latency and hashing overlap
@@ -284,26 +290,53 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
     ordered = sorted(contributions, key=lambda c: c.index)
     if len({c.index for c in ordered}) != len(ordered):
         raise ValueError("contribution indexes must be unique (submission order)")
-    seen: dict[bytes, int] = {tensor_digest(ctx.parent_params): -1}
+    parent_tensors = tensor_digest(ctx.parent_params)
     cap = int(ctx.policy.max_checkpoint_bytes)
+    staged: list[tuple[Report, tuple | None]] = []
     with _Prefetcher([c for c in ordered if c.size <= cap], fetch, prefetch) as fetched:  # no oversized downloads
-        staged = [_verify_cheap(ctx, c, fetched, seen) for c in ordered]
+        for c in ordered:
+            report = Report(c, Verdict.ACCEPTED, "accepted", {"size": int(c.size)})
+            decoded = _judged(report, lambda: _decoded_checks(ctx, c, fetched, report))
+            if decoded is not None:
+                report.tensor_digest = tensor_digest(decoded[0])
+                _judged(report, lambda: _update_checks(ctx, decoded[0], report, parent_tensors))
+            staged.append((report, decoded))
     bound = (relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
              if ctx.runs("norm") else None)
+    first_with: dict[bytes, int] = {}
     reports = []
     for report, decoded in staged:
         if report.accepted:
-            try:
-                _expensive_checks(ctx, report.contribution, report, decoded["params"], bound)
-                report.reason = _accepted_reason(report.metrics)
-            except _Reject as r:
-                report.verdict, report.reason = r.verdict, r.reason
-        if keep_params and "params" in decoded:
-            report.params, report.meta = decoded["params"], decoded["meta"]
+            _judged(report, lambda: _expensive_checks(ctx, report, decoded, bound))
+        if report.accepted:
+            _judged(report, lambda: _not_a_copy(report, first_with))
+        if report.accepted:
+            report.reason = _accepted_reason(report.metrics)
+        if keep_params and decoded is not None:
+            report.params, report.meta = decoded
         reports.append(report)
         if progress is not None:
             progress(report)
     return reports
+
+
+def _judged(report: Report, checks: Callable[[], Any]) -> Any:
+    """Run ``checks`` (which raise ``_Reject``); a rejection becomes the report's
+    verdict. Returns what the checks returned, None when rejected."""
+    try:
+        return checks()
+    except _Reject as r:
+        report.verdict, report.reason = r.verdict, r.reason
+        return None
+
+
+@contextmanager
+def _timed(report: Report, stage: str):
+    t0 = time.process_time()
+    try:
+        yield
+    finally:
+        report.timings[stage] = report.timings.get(stage, 0.0) + time.process_time() - t0
 
 
 class _Prefetcher:
@@ -357,138 +390,107 @@ def relative_norm_bound(policy: Policy, norms: list[float]) -> float | None:
     return ratio * median
 
 
-def _verify_cheap(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int]) -> tuple[Report, dict]:
-    metrics: dict[str, Any] = {"size": int(c.size)}
-    report = Report(c, Verdict.ACCEPTED, "accepted", metrics)
-    decoded: dict = {}
-    try:
-        _checks(ctx, c, fetch, seen, report, decoded)
-    except _Reject as r:
-        report.verdict, report.reason = r.verdict, r.reason
-    return report, decoded
-
-
-def _checks(ctx: RoundContext, c: Contribution, fetch, seen: dict[bytes, int], report: Report,
-            decoded: dict) -> None:
-    policy = ctx.policy
-    metrics = report.metrics
-    cap = int(policy.max_checkpoint_bytes)
-
+def _decoded_checks(ctx: RoundContext, c: Contribution, fetch, report: Report) -> tuple[dict, dict]:
+    """Size cap, fetch, integrity, format, lineage, sample count, structure, finite
+    values: what makes a file a well-formed contribution of this worker to this round.
+    Returns its (tensors, meta), mergeable from here on."""
+    cap = int(ctx.policy.max_checkpoint_bytes)
     # -- size cap, from the on-chain size: no download of oversized objects
     if c.size > cap:
         raise _Reject(Verdict.FORMAT, f"declared size {c.size} bytes exceeds the cap of {cap} bytes")
-
-    # -- UNAVAILABLE / INTEGRITY
-    try:
-        data = fetch(c)
-    except IntegrityError as e:
-        raise _Reject(Verdict.INTEGRITY, f"content does not match the on-chain digest: {e}") from None
-    except (NotFoundError, StorageUnreachable) as e:
-        raise _Reject(Verdict.UNAVAILABLE, f"could not fetch {c.cid}: {e}") from None
-    except CheckpointFormatError as e:
-        raise _Reject(Verdict.FORMAT, f"not a valid checkpoint: {e}") from None
-    except (StorageError, OSError, TimeoutError) as e:
-        raise _Reject(Verdict.UNAVAILABLE, f"could not fetch {c.cid}: {e}") from None
-    data = bytes(data)
-    actual = sha256_bytes(data)
-    if actual != bytes(c.digest):
-        raise _Reject(Verdict.INTEGRITY, f"content of {c.cid} hashes to {to_hex(actual)}, "
-                                         f"the chain says {to_hex(c.digest)}")
-    if len(data) != c.size:
-        raise _Reject(Verdict.INTEGRITY, f"content of {c.cid} is {len(data)} bytes, the chain says {c.size}")
-
-    # -- DUPLICATE (byte-for-byte): a copy of an earlier submission's file. Checked before
-    # its metadata, which names the original worker, so the copy is called what it is.
-    file_key = b"file:" + bytes(c.digest)
-    if file_key in seen:
-        metrics["duplicate_of"] = seen[file_key]
-        raise _Reject(Verdict.DUPLICATE, f"byte-for-byte copy of submission #{seen[file_key]}")
-    seen[file_key] = c.index
-
-    # -- FORMAT
-    if len(data) > cap:
-        raise _Reject(Verdict.FORMAT, f"{len(data)} bytes exceeds the cap of {cap} bytes")
-    tensors, meta = _decode(data, c.cid, cap)
-
-    # -- LINEAGE
+    with _timed(report, "fetch"):
+        data = _fetch_checked(lambda: fetch(c), c.cid, c.digest, c.size,
+                              missing=Verdict.UNAVAILABLE, mismatch=Verdict.INTEGRITY, what="")
+    with _timed(report, "decode"):
+        tensors, meta = _decode(data, c.cid, cap)
     _check_lineage(ctx, c, meta)
-
     # -- SAMPLE_COUNT: the FedAvg weight a worker declares must be what the job's training uses
-    expected_samples = int(ctx.config.train.steps) * int(ctx.config.train.batch_size)
-    if int(c.num_samples) != expected_samples:
+    expected = num_samples(ctx.config.train)
+    if int(c.num_samples) != expected:
         raise _Reject(Verdict.SAMPLE_COUNT, f"declares {c.num_samples} samples; the job's training uses "
-                                            f"{ctx.config.train.steps} steps x {ctx.config.train.batch_size} = {expected_samples}")
-
-    # -- STRUCTURE
+                                            f"{ctx.config.train.steps} steps x {ctx.config.train.batch_size} = {expected}")
     _check_structure(ctx.parent_params, tensors)
-
-    # -- NON_FINITE
     for name in sorted(tensors):
         t = tensors[name]
         if is_float(t) and not np.isfinite(t).all():
             bad = int(t.size - np.count_nonzero(np.isfinite(t)))
             raise _Reject(Verdict.NON_FINITE, f"tensor {name!r} has {bad} NaN/Inf value(s)")
+    return tensors, meta
 
-    # mergeable from here on: kept for the caller even if a later check rejects it
-    decoded.update(params=tensors, meta=meta)
 
-    # -- DUPLICATE
-    tdigest = tensor_digest(tensors)
-    report.tensor_digest = tdigest
-    first = seen.get(tdigest)
-    if first is not None:
-        metrics["duplicate_of"] = first
-        what = "the round's parent (no update)" if first < 0 else f"submission #{first}"
-        raise _Reject(Verdict.DUPLICATE, f"tensors identical to {what}")
-    seen[tdigest] = c.index
+def _fetch_checked(get: Callable[[], bytes], cid: str, digest: bytes, size: int | None, *,
+                   missing: Verdict, mismatch: Verdict, what: str) -> bytes:
+    """Bytes from storage that hash to ``digest`` (and are ``size`` long), or the
+    rejection: ``missing`` when storage cannot deliver, ``mismatch`` when what it
+    delivers is not what was committed."""
+    try:
+        data = bytes(get())
+    except IntegrityError as e:
+        raise _Reject(mismatch, f"{what}content does not match the committed digest: {e}") from None
+    except CheckpointFormatError as e:
+        raise _Reject(Verdict.FORMAT, f"{what}not a valid checkpoint: {e}") from None
+    except (NotFoundError, StorageUnreachable, StorageError, OSError, TimeoutError) as e:
+        raise _Reject(missing, f"could not fetch {what}{cid}: {e}") from None
+    actual = sha256_bytes(data)
+    if actual != bytes(digest):
+        raise _Reject(mismatch, f"{what}content of {cid} hashes to {to_hex(actual)}, committed {to_hex(digest)}")
+    if size is not None and len(data) != size:
+        raise _Reject(mismatch, f"{what}content of {cid} is {len(data)} bytes, committed {size}")
+    return data
 
-    # -- UPDATE_NORM (only when the stage runs: a full pass over every tensor, which
-    # is most of what "verification off" would otherwise still cost per contribution)
+
+def _update_checks(ctx: RoundContext, tensors, report: Report, parent_tensors: bytes) -> None:
+    """No update at all, and the absolute update-norm cap."""
+    if report.tensor_digest == parent_tensors:
+        report.metrics["duplicate_of"] = -1
+        raise _Reject(Verdict.DUPLICATE, "tensors identical to the round's parent (no update)")
+    # -- only when the stage runs: a full pass over every tensor, which is most of what
+    # "verification off" would otherwise still cost per contribution
     if not ctx.runs("norm"):
         return
-    norm = update_norm(tensors, ctx.parent_params)
-    metrics["update_norm"] = norm
-    if not norm <= policy.max_update_norm:
-        raise _Reject(Verdict.UPDATE_NORM, f"update norm {norm:.6g} exceeds the bound {policy.max_update_norm:g}")
+    with _timed(report, "norm"):
+        norm = update_norm(tensors, ctx.parent_params)
+    report.metrics["update_norm"] = norm
+    if not norm <= ctx.policy.max_update_norm:
+        raise _Reject(Verdict.UPDATE_NORM, f"update norm {norm:.6g} exceeds the bound {ctx.policy.max_update_norm:g}")
 
 
-
-def _expensive_checks(ctx: RoundContext, c: Contribution, report: Report, tensors, bound: float | None) -> None:
-    policy = ctx.policy
-    metrics = report.metrics
+def _expensive_checks(ctx: RoundContext, report: Report, decoded, bound: float | None) -> None:
+    policy, metrics = ctx.policy, report.metrics
+    tensors, meta = decoded
     # -- UPDATE_NORM, relative to the round
-    if bound is not None and ctx.runs("norm"):
+    if bound is not None:
         metrics["update_norm_bound"] = bound
         if not metrics["update_norm"] <= bound:
             raise _Reject(Verdict.UPDATE_NORM, f"update norm {metrics['update_norm']:.6g} exceeds "
                                                f"{policy.max_update_norm_ratio:g}x the round's median ({bound:.6g})")
-
     # -- VALIDATION_LOSS
     if ctx.runs("validation"):
-        parent_loss = ctx.parent_loss()
-        loss = ctx.val_loss(tensors)
+        with _timed(report, "validation"):
+            parent_loss = ctx.parent_loss()
+            loss = ctx.val_loss(tensors)
         metrics.update(val_loss=loss, parent_val_loss=parent_loss, val_loss_increase=loss - parent_loss)
         limit = parent_loss + policy.max_val_loss_increase
         if not (math.isfinite(loss) and loss <= limit):
             raise _Reject(Verdict.VALIDATION_LOSS,
                           f"validation loss {loss:.6g} > parent's {parent_loss:.6g} + "
                           f"{policy.max_val_loss_increase:g}")
+    # -- TRANSCRIPT, TRANSCRIPT_UNAVAILABLE, REPLAY
+    if ctx.replaying():
+        with _timed(report, "replay"):
+            _replay_segments(ctx, report, tensors, meta)
 
-    # -- REPLAY
-    if ctx.runs("replay") and ctx.replay_mode != "none":
-        chosen = ctx.replays(c.worker)
-        metrics["replay_selected"] = chosen
-        if chosen:
-            diff = replay_diff(ctx, c.worker, tensors)
-            metrics["replay_diff"] = diff
-            if not diff <= policy.replay_tolerance:
-                raise _Reject(Verdict.REPLAY, f"replayed training differs by up to {diff:.6g} "
-                                              f"(tolerance {policy.replay_tolerance:g})")
+
+def _not_a_copy(report: Report, first_with: dict[bytes, int]) -> None:
+    """Judged last, against contributions that passed everything: a copy can then
+    never cost the original its acceptance, whichever was submitted first."""
+    first = first_with.setdefault(report.tensor_digest, report.index)
+    if first != report.index:
+        report.metrics["duplicate_of"] = first
+        raise _Reject(Verdict.DUPLICATE, f"tensors identical to accepted submission #{first}")
 
 
 def _decode(data: bytes, cid: str, cap: int):
-    from ledger import checkpoint    # being written alongside; imported at first use
-
     try:
         tensors, meta = checkpoint.decode(data, cid=cid, max_size=cap)
     except CheckpointFormatError as e:
@@ -516,86 +518,84 @@ def _check_lineage(ctx: RoundContext, c: Contribution, meta: Mapping[str, str]) 
             raise _Reject(Verdict.LINEAGE, f"checkpoint metadata has no {key!r}")
         got = meta[key].lower() if key in ("parent", "worker") else meta[key]
         if got != expected[key]:
-            raise _Reject(Verdict.LINEAGE, f"checkpoint declares {key} {meta[key]!r}, expected {expected[key]!r}")
+            hint = " (a copy of another worker's checkpoint?)" if key == "worker" else ""
+            raise _Reject(Verdict.LINEAGE, f"checkpoint declares {key} {meta[key]!r}, expected {expected[key]!r}{hint}")
 
 
 def _check_structure(parent: Mapping[str, np.ndarray], tensors: Mapping[str, np.ndarray]) -> None:
-    missing = sorted(set(parent) - set(tensors))
-    extra = sorted(set(tensors) - set(parent))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {_names(missing)}")
-        if extra:
-            parts.append(f"unexpected {_names(extra)}")
-        raise _Reject(Verdict.STRUCTURE, "tensor names differ from the parent: " + ", ".join(parts))
-    for name in sorted(parent):
-        p, t = parent[name], tensors[name]
-        if t.dtype != p.dtype or t.shape != p.shape:
-            raise _Reject(Verdict.STRUCTURE, f"tensor {name!r} is {t.dtype}{list(t.shape)}, "
-                                             f"the parent's is {p.dtype}{list(p.shape)}")
-
-
-def _names(names: list[str]) -> str:
-    shown = ", ".join(repr(n) for n in names[:3])
-    return shown + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+    problem = structure_mismatch(parent, tensors)
+    if problem:
+        raise _Reject(Verdict.STRUCTURE, problem)
 
 
 def _accepted_reason(metrics: Mapping[str, Any]) -> str:
     parts = [f"update norm {metrics['update_norm']:.4g}"] if "update_norm" in metrics else []
     if "val_loss" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} (parent {metrics['parent_val_loss']:.4f})")
-    if metrics.get("replay_selected"):
-        parts.append(f"replay diff {metrics['replay_diff']:.3g}")
+    if metrics.get("replay_segments"):
+        parts.append(f"segments {','.join(map(str, metrics['replay_segments']))} replayed within "
+                     f"{metrics['replay_distance']:.2g}")
     return "accepted: " + ", ".join(parts) if parts else "accepted"
 
 
-# --------------------------------------------------------------------------- replay
+# --------------------------------------------------------------------------- segment replay
 
 
-def replay_diff(ctx: RoundContext, worker: str, tensors: Mapping[str, np.ndarray]) -> float:
-    """Re-run the worker's local training from the parent on its shard with its
-    derived seed; return max |replayed - submitted| over all floating parameters
-    (inf if the replay does not produce the same tensors or produces non-finite ones)."""
-    if ctx.shard_of is None:
-        raise ValueError("RoundContext.shard_of is needed for the replay stage")
-    train = _node_train() if ctx.train_local is None or ctx.derive_seed is None else None
-    train_local = ctx.train_local or train.train_local
-    derive_seed = ctx.derive_seed or train.derive_seed
-    shard = ctx.shard_of(worker.lower())
-    seed = derive_seed(ctx.config.seed, ctx.job_id, ctx.round, worker.lower())
-    start = {k: np.array(v, copy=True) for k, v in ctx.parent_params.items()}
-    result = train_local(ctx.config.model, ctx.config.train, start, shard, seed)
-    replayed = getattr(result, "params", result)
-    diff = 0.0
-    if set(replayed) != set(tensors):
-        return math.inf
-    for name in sorted(tensors):
-        r = _to_numpy(replayed[name])
-        t = tensors[name]
-        if r.shape != t.shape:
-            return math.inf
-        if not is_float(t):
-            if not np.array_equal(r, t):
-                return math.inf
-            continue
-        d = np.abs(np.subtract(r.astype(np.float64), t.astype(np.float64)))
-        if d.size:
-            m = float(d.max())           # max is exact: no rounding, no order effects
-            if not math.isfinite(m):
-                return math.inf
-            diff = max(diff, m)
-    return diff
+def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
+    """Replay the drawn segments of the contribution's transcript (node.transcript)."""
+    cfg, policy, c = ctx.config, ctx.policy, report.contribution
+    cap = int(policy.max_checkpoint_bytes)
+    try:
+        manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap)
+    except tx.TranscriptError as e:
+        raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
+    bounds = tx.segment_bounds(cfg.train.steps, policy.segment_steps)
+    chosen = ctx.segments_to_replay(c.worker, len(bounds))
+    report.metrics["replay_segments"] = chosen
+    if ctx.shard_of is None or ctx.fetch_object is None:
+        raise ValueError("RoundContext.shard_of and fetch_object are needed for the replay stage")
+    train = _node_train()
+    shard = ctx.shard_of(c.worker.lower())
+    seed = train.derive_seed(cfg.seed, ctx.job_id, ctx.round, c.worker)
+    snapshots: dict[int, tx.TrainState] = {}
+
+    def state_at(i: int) -> tx.TrainState:
+        """The published state at boundary i (0 = the parent, fresh optimizer; last = the checkpoint)."""
+        if i == 0:
+            return tx.TrainState.fresh(ctx.parent_params)
+        if i == len(bounds):
+            return tx.TrainState(bounds[-1][1], tensors)
+        if i not in snapshots:
+            snapshots[i] = _snapshot(ctx, c, manifest.snapshots[i - 1], cap)
+        return snapshots[i]
+
+    worst = 0.0
+    for i in chosen:
+        start, end = state_at(i), state_at(i + 1)
+        replayed, _, _ = train.train_steps(cfg.model, cfg.train, start, shard, seed, end.step,
+                                           threads=ctx.replay_threads, device=ctx.replay_device)
+        d = tx.replay_distance(start, end, replayed)
+        worst = max(worst, d)
+        report.metrics["replay_distance"] = worst
+        if not d <= policy.replay_tolerance:
+            a, b = bounds[i]
+            raise _Reject(Verdict.REPLAY, f"segment {i} (steps {a}-{b}) replays {d:.3g} of its movement away "
+                                          f"from the published end (tolerance {policy.replay_tolerance:g})")
 
 
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):              # a torch tensor, without importing torch here
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
+def _snapshot(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, cap: int) -> tx.TrainState:
+    what = f"the snapshot at step {ref.step}: "
+    data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
+                          missing=Verdict.TRANSCRIPT_UNAVAILABLE, mismatch=Verdict.TRANSCRIPT, what=what)
+    link = tx.snapshot_meta(ctx.job_id, ctx.round, c.worker, ctx.parent_digest, ref.step)
+    try:
+        return tx.decode_snapshot(data, cid=ref.cid, expect_meta=link, like=ctx.parent_params, max_size=cap)
+    except tx.TranscriptError as e:
+        raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
 
 
 def _node_train():
-    from node import train
+    from node import train     # torch, only where a replay runs
 
     return train
 
@@ -603,14 +603,18 @@ def _node_train():
 # --------------------------------------------------------------------------- helpers for callers
 
 
-def accepted(reports: Iterable[Report]) -> list[tuple[str, int, dict[str, np.ndarray]]]:
-    """(worker, num_samples, params) of the accepted reports, sorted by lowercase
-    worker address: the input of ``node.merge.merge``. Needs ``keep_params``."""
+def accepted(reports: Iterable[Report], mask: Iterable[bool] | None = None) -> list[tuple[str, int, dict[str, np.ndarray]]]:
+    """(worker, num_samples, params) of the accepted reports (or of those ``mask``
+    marks, in report order: an auditor recomputing a quorum's merge), sorted by
+    lowercase worker address: the input of ``node.merge.merge``. Needs ``keep_params``."""
+    reports = list(reports)
+    marks = [r.accepted for r in reports] if mask is None else list(mask)
     out = []
-    for r in reports:
-        if r.accepted:
+    for r, ok in zip(reports, marks):
+        if ok:
             if r.params is None:
-                raise ValueError(f"report #{r.index} was verified without keep_params")
+                raise ValueError(f"contribution #{r.index} of {r.worker} is marked accepted but has no "
+                                 f"mergeable tensors ({r.reason})")
             out.append((r.worker.lower(), r.contribution.num_samples, r.params))
     out.sort(key=lambda t: t[0])
     return out
@@ -621,15 +625,6 @@ def verdict_bytes(reports: Iterable[Report]) -> list[int]:
     return [int(r.verdict) for r in sorted(reports, key=lambda r: r.index)]
 
 
-def store_fetcher(store, max_size: int | None = None) -> Callable[[Contribution], bytes]:
-    """A fetch function over a ``ledger.store`` Store: ``store.get(cid, digest, max_size)``."""
-
-    def fetch(c: Contribution) -> bytes:
-        return store.get(c.cid, c.digest, max_size)
-
-    return fetch
-
-
 def with_stages(ctx: RoundContext, stages: Iterable[str] | None) -> RoundContext:
     """A copy of ``ctx`` running only ``stages`` (e.g. CHEAP_STAGES for a benchmark)."""
     return replace(ctx, stages=stages)
@@ -637,6 +632,5 @@ def with_stages(ctx: RoundContext, stages: Iterable[str] | None) -> RoundContext
 
 __all__ = [
     "Contribution", "STAGES", "CHEAP_STAGES", "REPLAY_MODES", "RoundContext", "Report",
-    "verify_round", "replay_selected", "replay_draw", "validation_seed", "replay_diff",
-    "accepted", "verdict_bytes", "store_fetcher", "with_stages",
+    "verify_round", "validation_seed", "relative_norm_bound", "accepted", "verdict_bytes", "with_stages",
 ]

@@ -1,27 +1,35 @@
 """The worker: for each open round, fetch and check the parent, train on its own
-shard, publish the checkpoint, submit its digest on chain.
+shard, publish the checkpoint and its training transcript, submit its digest on chain.
+
+The transcript (``node.transcript``) is the whole training state every
+``policy.segment_steps`` steps; the checkpoint's metadata lists each snapshot's
+digest and CID, so the one on-chain digest commits to all of them. Snapshots are
+published with the checkpoint, before the submission: a verifier can replay any
+segment at any time later without the worker being online.
 
 Crash-safe by construction: the chain says what was submitted (``hasSubmitted``),
 and local state (``<data>/worker/job-J/<address>/round-R.json`` plus the checkpoint
-file) is written atomically after each step, so a restart after kill -9 at any
-point resumes without training twice after a finished checkpoint and without ever
-submitting twice.
+and snapshot files) is written atomically after each step, so a restart after
+kill -9 at any point resumes without training twice after a finished checkpoint and
+without ever submitting twice.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic, checkpoint
 from ledger.cid import cid_to_chain
-from ledger.digest import sha256_bytes, to_hex
+from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
 
 from . import train as trainmod
+from . import transcript as tx
 from .faults import crash_point
-from .task import JobContext, Located
+from .task import JobContext, Located, contribution_meta
 
 log = logging.getLogger("ledger.worker")
 
@@ -31,6 +39,8 @@ class WorkerOptions:
     poll: float = 1.0
     progress: bool = True
     max_rounds: int | None = None     # stop after submitting this many rounds (tests, demos)
+    threads: int | None = None        # torch threads (default: the job's); verifiers tolerate any
+    device: str = "cpu"               # cpu or cuda: the transcript is the same, verifiers replay on CPU
 
 
 class Worker:
@@ -79,29 +89,34 @@ class Worker:
         if state.get("parent") != to_hex(parent):
             state = {}  # stale local state from another parent: start the round afresh
         ckpt_file = self.dir / f"round-{r}.safetensors"
-        if state.get("status") in ("trained", "published") and ckpt_file.exists():
-            data = ckpt_file.read_bytes()
-            if to_hex(sha256_bytes(data)) != state["digest"]:
-                log.warning("round %d: local checkpoint does not match its recorded digest; training again", r)
-                state = {}
+        if state.get("status") in ("trained", "published") and not self._local_files_intact(state, ckpt_file):
+            log.warning("round %d: local checkpoint or snapshots do not match their recorded digests; training again", r)
+            state = {}
         if state.get("status") not in ("trained", "published"):
-            data, num_samples = self._train(r, parent)
-            state = {"status": "trained", "parent": to_hex(parent), "digest": to_hex(sha256_bytes(data)),
-                     "num_samples": num_samples, "size": len(data)}
+            data, num_samples, snaps = self._train(r, parent)
+            for (step, blob) in snaps:
+                atomic.write_bytes(self._snap_file(r, step), blob)
             atomic.write_bytes(ckpt_file, data)
+            state = {"status": "trained", "parent": to_hex(parent), "digest": to_hex(sha256_bytes(data)),
+                     "num_samples": num_samples, "size": len(data),
+                     "snapshots": {str(step): to_hex(sha256_bytes(blob)) for step, blob in snaps}}
             atomic.write_json(state_file, state)
             crash_point("worker:after-train")
         if state["status"] == "trained":
-            obj = ctx.store.put(data)
+            self._publish_snapshots(r, state)
+            obj = ctx.store.put(ckpt_file.read_bytes())
             ctx.store.pin(obj.cid)
             state.update(status="published", cid=obj.cid)
             atomic.write_json(state_file, state)
-            log.info("round %d: published %s (sha256 %s, %d bytes)", r, obj.cid, state["digest"], obj.size)
+            log.info("round %d: published %s (sha256 %s, %d bytes) and %d transcript snapshot(s)",
+                     r, obj.cid, state["digest"], obj.size, len(state.get("snapshots", {})))
             crash_point("worker:after-publish")
         return self._submit(r, parent, state)
 
     # --- steps -----------------------------------------------------------------------
-    def _train(self, r: int, parent: bytes) -> tuple[bytes, int]:
+    def _train(self, r: int, parent: bytes) -> tuple[bytes, int, list[tuple[int, bytes]]]:
+        """Train round ``r``: the checkpoint bytes (its metadata holds the transcript's
+        manifest), the sample count, and the encoded snapshots as (step, bytes)."""
         ctx, cfg = self.ctx, self.ctx.config
         parent_loc: Located = ctx.locate_model(parent, before_round=r)
         params, _ = ctx.load_checkpoint(parent_loc)
@@ -116,13 +131,36 @@ class Worker:
             crash_point(f"worker:train-step-{step}")
 
         try:
-            result = trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress)
+            result = trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress,
+                                          segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
+                                          device=self.opt.device)
         finally:
             bar.close()
         m = result.metrics
-        log.info("round %d: trained %d steps, loss %.3f -> %.3f in %.1fs", r, m["steps"], m["loss_start"], m["loss_end"], m["seconds"])
-        meta = ctx.contribution_meta(r, self.address, parent, seed, m)
-        return checkpoint.encode(result.params, meta), int(m["samples"])
+        log.info("round %d: trained %d steps on %s, loss %.3f -> %.3f in %.1fs",
+                 r, m["steps"], m["device"], m["loss_start"], m["loss_end"], m["seconds"])
+        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step)))
+                 for s in result.snapshots]
+        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options)
+        meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
+        return checkpoint.encode(result.params, meta), int(m["samples"]), snaps
+
+    def _snap_file(self, r: int, step: int) -> Path:
+        return self.dir / f"round-{r}.step-{step}.snapshot"
+
+    def _local_files_intact(self, state: dict, ckpt_file: Path) -> bool:
+        files = [(ckpt_file, state.get("digest"))]
+        r = int(ckpt_file.stem.split("-")[1])
+        files += [(self._snap_file(r, int(step)), d) for step, d in state.get("snapshots", {}).items()]
+        return all(f.exists() and to_hex(sha256_bytes(f.read_bytes())) == d for f, d in files)
+
+    def _publish_snapshots(self, r: int, state: dict) -> None:
+        for step, digest in sorted(state.get("snapshots", {}).items(), key=lambda kv: int(kv[0])):
+            obj = self.ctx.store.put(self._snap_file(r, int(step)).read_bytes())
+            if obj.digest != from_hex(digest):
+                raise LedgerError(f"round {r}: snapshot at step {step} changed on disk since training; "
+                                  f"delete {self.dir} to train the round again")
+            self.ctx.store.pin(obj.cid)
 
     def _submit(self, r: int, parent: bytes, state: dict) -> bool:
         ctx = self.ctx
@@ -150,12 +188,10 @@ class Worker:
 
     def _forget_older(self, r: int) -> None:
         """Checkpoints of rounds before r are published and on chain: drop the local copies."""
-        for p in self.dir.glob("round-*.safetensors"):
-            try:
-                if int(p.stem.split("-")[1]) < r:
-                    p.unlink()
-            except (ValueError, IndexError, FileNotFoundError):
-                pass
+        for p in self.dir.glob("round-*"):
+            m = re.match(r"round-(\d+)\.(safetensors|step-\d+\.snapshot)$", p.name)
+            if m and int(m.group(1)) < r:
+                p.unlink(missing_ok=True)
 
 
 def _tx_hex(receipt) -> str:

@@ -87,8 +87,8 @@ def three_round_report() -> AuditReport:
                     reason=reason,
                     val_loss=losses[r][i],
                     update_norm=41.2 if reason.startswith("update") else 2.5 + 0.1 * i,
-                    replayed=(i == 0),
-                    replay_diff=0.0 if i == 0 else None,
+                    replayed_segments=[2] if i == 0 else [],
+                    replay_distance=1e-5 if i == 0 else None,
                 )
             )
         onchain_verdicts = [c.onchain_verdict for c in contribs]

@@ -21,13 +21,12 @@ from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
 from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
 from ledger.verdicts import Verdict
 from node.merge import merge, tensor_digest
+from node import transcript as tx
 from node.verify import (
     CHEAP_STAGES,
     Contribution,
     RoundContext,
     accepted,
-    replay_draw,
-    replay_selected,
     validation_seed,
     verdict_bytes,
     verify_round,
@@ -47,36 +46,56 @@ def addr(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def task():
-    """A tiny GPT job: 1 layer, 32 wide, 32-byte context, 3 steps a round."""
+def task(tmp_path_factory):
+    """A tiny GPT job: 1 layer, 32 wide, 32-byte context, 4 steps a round in 2 segments
+    of 2 steps; each worker's transcript (one snapshot, at step 2) in a real store."""
+    from ledger.store.embedded import EmbeddedStore
     from node.model import GPTConfig, init_params
     from node.train import derive_seed, train_local
 
     cfg = JobConfig(
         seed=99,
         model=ModelSpec(block_size=32, n_layer=1, n_head=2, n_embd=32),
-        train=TrainSpec(steps=3, batch_size=4, learning_rate=3e-3, threads=1),
+        train=TrainSpec(steps=4, batch_size=4, learning_rate=3e-3, threads=1),
         policy=Policy(max_update_norm=20.0, max_val_loss_increase=0.25, val_batches=2, val_batch_size=8,
-                      replay_fraction=0.0, replay_tolerance=1e-4, max_checkpoint_bytes=4 * 1024 * 1024),
+                      segment_steps=2, replay_segments=1, max_checkpoint_bytes=4 * 1024 * 1024),
     )
+    store = EmbeddedStore(tmp_path_factory.mktemp("store"))
     corpus = (ROOT / "data" / "tinyshakespeare.txt").read_bytes()
     shards = {addr(i): corpus[i * 20_000:(i + 1) * 20_000] for i in range(1, 6)}
     validation = corpus[-10_000:]
     parent = init_params(GPTConfig.from_spec(cfg.model), seed=cfg.seed)
     parent_bytes = checkpoint.encode(parent, {"kind": "genesis"})
+    parent_digest = sha256_bytes(parent_bytes)
 
-    def honest(worker: str, shard: bytes | None = None) -> dict:
-        seed = derive_seed(cfg.seed, JOB, ROUND, worker)
-        return train_local(cfg.model, cfg.train, parent, shards[worker] if shard is None else shard, seed).params
+    def publish(worker: str, states, label_as: str | None = None) -> tx.Manifest:
+        """Encode, store and commit to a transcript's snapshots (labelled for ``label_as``)."""
+        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(JOB, ROUND, label_as or worker, parent_digest, s.step)))
+                 for s in states]
+        for _, blob in snaps:
+            store.put(blob)
+        return tx.build_manifest(cfg.policy.segment_steps, snaps, store.options)
 
-    trained = {w: honest(w) for w in shards}
-    return {"cfg": cfg, "parent": parent, "parent_digest": sha256_bytes(parent_bytes), "shards": shards,
-            "validation": validation, "trained": trained, "honest": honest}
+    def honest(worker: str, shard: bytes | None = None, seed: int | None = None):
+        """(params, manifest, snapshots) of an honest round (or one on another shard / seed)."""
+        seed = derive_seed(cfg.seed, JOB, ROUND, worker) if seed is None else seed
+        res = train_local(cfg.model, cfg.train, parent, shards[worker] if shard is None else shard, seed,
+                          segment_steps=cfg.policy.segment_steps)
+        return res.params, publish(worker, res.snapshots), res.snapshots
+
+    runs = {w: honest(w) for w in shards}
+    return {"cfg": cfg, "parent": parent, "parent_digest": parent_digest, "shards": shards, "store": store,
+            "validation": validation, "trained": {w: r[0] for w, r in runs.items()},
+            "manifests": {w: r[1] for w, r in runs.items()}, "snapshots": {w: r[2] for w, r in runs.items()},
+            "honest": honest, "publish": publish}
 
 
-def meta_for(task, sender: str, **over) -> dict:
+def meta_for(task, sender: str, manifest: tx.Manifest | None = None, **over) -> dict:
+    """A contribution's metadata; its transcript is ``sender``'s honest one unless given."""
+    manifest = manifest or task["manifests"].get(sender.lower())
     meta = {"job": str(JOB), "round": str(ROUND), "worker": sender.lower(),
-            "parent": to_hex(task["parent_digest"]), "kind": "contribution"}
+            "parent": to_hex(task["parent_digest"]), "kind": "contribution",
+            "transcript": manifest.to_json() if manifest else None}
     meta.update(over)
     return {k: v for k, v in meta.items() if v is not None}
 
@@ -90,7 +109,7 @@ class Round:
         self.served: dict[int, object] = {}      # index -> bytes, or an exception to raise
 
     def add(self, worker: str, data: bytes, *, digest: bytes | None = None, size: int | None = None,
-            serve: object = None, num_samples: int = 12) -> int:
+            serve: object = None, num_samples: int = 16) -> int:
         i = len(self.contributions)
         self.contributions.append(Contribution(
             index=i, worker=worker, digest=sha256_bytes(data) if digest is None else digest,
@@ -98,8 +117,8 @@ class Round:
         self.served[i] = data if serve is None else serve
         return i
 
-    def add_params(self, sender: str, params: dict, **meta_over) -> int:
-        return self.add(sender, checkpoint.encode(params, meta_for(self.task, sender, **meta_over)))
+    def add_params(self, sender: str, params: dict, manifest: tx.Manifest | None = None, **meta_over) -> int:
+        return self.add(sender, checkpoint.encode(params, meta_for(self.task, sender, manifest, **meta_over)))
 
     def fetch(self, c: Contribution) -> bytes:
         got = self.served[c.index]
@@ -111,7 +130,8 @@ class Round:
         t = self.task
         kw = dict(config=t["cfg"], job_id=JOB, round=ROUND, parent_digest=t["parent_digest"],
                   parent_params=t["parent"], validation=t["validation"],
-                  shard_of=lambda w: t["shards"][w], replay_seed=SEED_BYTES, stages=CHEAP_STAGES)
+                  shard_of=lambda w: t["shards"][w], fetch_object=t["store"].get,
+                  replay_seed=SEED_BYTES, stages=CHEAP_STAGES)
         kw.update(over)
         return RoundContext(**kw)
 
@@ -189,8 +209,8 @@ def test_each_rejection_path_gets_its_verdict(task, tmp_path):
     # x100 the honest update
     big = rd.add_params(addr(5), scaled(parent, trained[addr(5)], 100.0))
     expect[big] = Verdict.UPDATE_NORM
-    # the same x100 update submitted again: the duplicate check comes first
-    expect[rd.add_params(addr(4), scaled(parent, trained[addr(5)], 100.0))] = Verdict.DUPLICATE
+    # the same x100 update submitted again: copies are judged last, among accepted ones
+    expect[rd.add_params(addr(4), scaled(parent, trained[addr(5)], 100.0))] = Verdict.UPDATE_NORM
 
     reports = rd.verify()
     got = {r.index: r.verdict for r in reports}
@@ -312,67 +332,124 @@ def test_validation_stage_off_never_evaluates(task):
     assert r.verdict == Verdict.ACCEPTED and "val_loss" not in r.metrics
 
 
-# ---------------------------------------------------------------- replay (real training)
+# ---------------------------------------------------------------- segment replay (real training)
 
 
-def test_replay_accepts_honest_and_rejects_forged_training(task):
-    parent, trained = task["parent"], task["trained"]
+def _forged(task, worker: str, params: dict) -> tx.Manifest:
+    """A transcript no training produced: the straight line from the parent to ``params``."""
+    parent, cfg = task["parent"], task["cfg"]
+    honest_mid = task["snapshots"][worker][0]        # only its moments' shapes and step are borrowed
+    mid = tx.TrainState(honest_mid.step, {k: ((parent[k] + params[k]) / 2).astype(np.float32) for k in parent},
+                        {k: v * 0.5 for k, v in honest_mid.exp_avg.items()},
+                        {k: v * 0.5 for k, v in honest_mid.exp_avg_sq.items()})
+    assert cfg.policy.segment_steps == mid.step
+    return task["publish"](worker, [mid])
+
+
+def test_segment_replay_accepts_honest_and_rejects_each_dishonest_transcript(task):
+    parent, trained, manifests = task["parent"], task["trained"], task["manifests"]
     rd = Round(task)
-    rd.add_params(addr(1), trained[addr(1)])
-    # worker 2 trained on someone else's shard
-    rd.add_params(addr(2), task["honest"](addr(2), shard=task["shards"][addr(3)]))
-    # worker 3 barely trained: the parent plus a little noise
+    expect = {}
+    expect[rd.add_params(addr(1), trained[addr(1)])] = Verdict.ACCEPTED
+    # worker 2 trained on worker 3's shard (its own seed, honest-looking transcript)
+    p2, m2, _ = task["honest"](addr(2), shard=task["shards"][addr(3)])
+    expect[rd.add_params(addr(2), p2, m2)] = Verdict.REPLAY
+    # worker 3 is a free rider: the parent plus a little noise, behind a forged straight-line transcript
     rng = np.random.default_rng(1)
-    rd.add_params(addr(3), {k: v + 1e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in parent.items()})
+    noisy = {k: v + 1e-3 * rng.standard_normal(v.shape).astype(np.float32) for k, v in parent.items()}
+    expect[rd.add_params(addr(3), noisy, _forged(task, addr(3), noisy))] = Verdict.REPLAY
     # worker 4 is honest but a tiny bit off (another machine's kernels): within tolerance
-    rd.add_params(addr(4), {k: v + np.float32(1e-6) for k, v in trained[addr(4)].items()})
+    expect[rd.add_params(addr(4), {k: v + np.float32(1e-6) for k, v in trained[addr(4)].items()})] = Verdict.ACCEPTED
+    # worker 5 commits to no transcript at all
+    expect[rd.add(addr(5), checkpoint.encode(trained[addr(5)], {k: v for k, v in meta_for(task, addr(5)).items()
+                                                                if k != "transcript"}))] = Verdict.TRANSCRIPT
+    # ... or to a transcript on another schedule
+    off = tx.Manifest(1, manifests[addr(5)].snapshots)
+    expect[rd.add_params(addr(5), trained[addr(5)], off)] = Verdict.TRANSCRIPT
+    # ... or to worker 1's snapshots (a copied transcript: they name worker 1)
+    expect[rd.add_params(addr(5), trained[addr(5)], manifests[addr(1)])] = Verdict.TRANSCRIPT
+    # ... or to a snapshot whose committed digest is not what storage holds under its CID
+    ref = manifests[addr(5)].snapshots[0]
+    wrong = tx.Manifest(2, (tx.SnapshotRef(ref.step, sha256_bytes(b"other"), ref.cid, ref.size),))
+    expect[rd.add_params(addr(5), trained[addr(5)], wrong)] = Verdict.TRANSCRIPT
+    # ... or to a snapshot nobody can fetch (withheld)
+    gone = tx.Manifest(2, (tx.SnapshotRef(ref.step, ref.digest, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", ref.size),))
+    expect[rd.add_params(addr(5), trained[addr(5)], gone)] = Verdict.TRANSCRIPT_UNAVAILABLE
+
     reports = rd.verify(stages={"norm", "replay"}, replay_mode="all")
-    assert [r.verdict for r in reports] == [Verdict.ACCEPTED, Verdict.REPLAY, Verdict.REPLAY, Verdict.ACCEPTED], \
-        [r.reason for r in reports]
-    assert reports[0].metrics["replay_diff"] == 0.0          # same machine, same torch: bit-identical
-    assert 0 < reports[3].metrics["replay_diff"] <= 1e-4
-    assert reports[1].metrics["replay_diff"] > 1e-4 and reports[2].metrics["replay_diff"] > 1e-4
-    assert all(r.metrics["replay_selected"] for r in reports)
+    got = {r.index: r.verdict for r in reports}
+    assert got == expect, {i: (got[i].name, expect[i].name, reports[i].reason) for i in got if got[i] != expect[i]}
+    assert reports[0].metrics["replay_distance"] == 0.0          # same machine, same torch: bit-identical
+    assert reports[0].metrics["replay_segments"] == [0, 1]
+    assert 0 < reports[3].metrics["replay_distance"] <= task["cfg"].policy.replay_tolerance
+    assert reports[1].metrics["replay_distance"] > 0.1 and reports[2].metrics["replay_distance"] > 0.1
+    assert "segment" in reports[1].reason and "tolerance" in reports[1].reason
+    assert "not match" in reports[7].reason and "fetch" in reports[8].reason
 
-    # replay_mode "none" or the stage off: nobody is re-trained
-    for kw in ({"replay_mode": "none"}, {"stages": {"norm"}}):
-        reports = rd.verify(**kw, **({} if "stages" in kw else {"stages": {"norm", "replay"}}))
-        assert all(r.verdict == Verdict.ACCEPTED for r in reports)
-        assert all("replay_diff" not in r.metrics for r in reports)
+    # replay_mode "none" or the stage off: nothing is replayed, no transcript is read
+    for kw in ({"replay_mode": "none", "stages": {"norm", "replay"}}, {"stages": {"norm"}}):
+        again = rd.verify(**kw)
+        # worker 5's five submissions carry the same tensors: the later four are copies
+        assert [r.verdict for r in again] == [Verdict.ACCEPTED] * 5 + [Verdict.DUPLICATE] * 4
+        assert all("replay_distance" not in r.metrics for r in again)
 
 
-def test_replay_sample_follows_the_policy_fraction(task):
+def test_a_tampered_snapshot_fails_the_segments_around_it(task):
+    """A worker that commits to a snapshot it altered (a shortcut it did not train) is
+    caught by either segment touching it: the one ending there and the one starting there."""
+    w = addr(1)
+    honest_mid = task["snapshots"][w][0]
+    bumped = tx.TrainState(honest_mid.step, {k: v * np.float32(1.01) for k, v in honest_mid.params.items()},
+                           honest_mid.exp_avg, honest_mid.exp_avg_sq)
+    m = task["publish"](w, [bumped])
+    rd = Round(task)
+    rd.add_params(w, task["trained"][w], m)
+    for seg in (0, 1):
+        cfg = replace(task["cfg"], policy=replace(task["cfg"].policy, replay_segments=1))
+        ctx = rd.context(config=cfg, stages={"replay"})
+        ctx.segments_to_replay = lambda worker, n, seg=seg: [seg]      # force the draw onto each segment
+        (r,) = verify_round(ctx, rd.contributions, rd.fetch)
+        assert r.verdict == Verdict.REPLAY and f"segment {seg}" in r.reason, r.reason
+
+
+def test_replay_draws_the_policy_count_of_segments(task):
     rd = Round(task)
     for i in (1, 2, 3, 4):
         rd.add_params(addr(i), task["trained"][addr(i)])
-    calls = []
-
-    def fake_train(model_spec, train_spec, params, shard, seed):
-        calls.append(seed)
-        return type("R", (), {"params": task["trained"][next(w for w, s in task["shards"].items() if s is shard)]})()
-
-    for fraction, expected in ((0.0, set()), (1.0, {addr(i) for i in (1, 2, 3, 4)})):
-        cfg = replace(task["cfg"], policy=replace(task["cfg"].policy, replay_fraction=fraction))
-        reports = rd.verify(config=cfg, stages=None, train_local=fake_train, evaluate=lambda *a: 1.0)
-        assert {r.worker for r in reports if r.metrics.get("replay_selected")} == expected
-        assert all(r.verdict == Verdict.ACCEPTED for r in reports)
-    # fraction 0.5: exactly the workers whose lottery number is below 0.5, the same on every run
-    cfg = replace(task["cfg"], policy=replace(task["cfg"].policy, replay_fraction=0.5))
-    chosen = {r.worker for r in rd.verify(config=cfg, stages={"replay"}, train_local=fake_train)
-              if r.metrics.get("replay_selected")}
-    assert chosen == {addr(i) for i in (1, 2, 3, 4) if replay_draw(SEED_BYTES, JOB, ROUND, addr(i)) < 0.5}
+    for count, mode in ((0, "policy"), (1, "policy"), (2, "policy"), (1, "all")):
+        cfg = replace(task["cfg"], policy=replace(task["cfg"].policy, replay_segments=count))
+        reports = rd.verify(config=cfg, stages={"replay"}, replay_mode=mode)
+        assert all(r.verdict == Verdict.ACCEPTED for r in reports), [r.reason for r in reports]
+        for r in reports:
+            n = 2 if mode == "all" else count
+            want = tx.draw_segments(SEED_BYTES, JOB, ROUND, r.worker, 2, n) if n else []
+            assert r.metrics.get("replay_segments", []) == want
 
 
-def test_replay_selection_is_deterministic_and_seeded():
-    workers = [addr(i) for i in range(200)]
-    picked = [w for w in workers if replay_selected(SEED_BYTES, JOB, ROUND, w, 0.25)]
-    assert picked == [w for w in workers if replay_selected(SEED_BYTES, JOB, ROUND, w.upper().replace("0X", "0x"), 0.25)]
-    assert 25 <= len(picked) <= 75
-    other = [w for w in workers if replay_selected(b"another block", JOB, ROUND, w, 0.25)]
-    assert other != picked
-    assert [w for w in workers if replay_selected(SEED_BYTES, JOB, ROUND + 1, w, 0.25)] != picked
-    assert not any(replay_selected(SEED_BYTES, JOB, ROUND, w, 0.0) for w in workers)
-    assert all(replay_selected(SEED_BYTES, JOB, ROUND, w, 1.0) for w in workers)
+def test_segment_draw_is_deterministic_seeded_and_uniform():
+    draws = [tx.draw_segments(SEED_BYTES, JOB, ROUND, addr(i), 5, 1)[0] for i in range(500)]
+    assert draws == [tx.draw_segments(SEED_BYTES, JOB, ROUND, addr(i).upper().replace("0X", "0x"), 5, 1)[0]
+                     for i in range(500)]
+    counts = [draws.count(k) for k in range(5)]
+    assert all(60 <= c <= 140 for c in counts), counts          # ~100 each
+    assert [tx.draw_segments(b"another block", JOB, ROUND, addr(i), 5, 1)[0] for i in range(500)] != draws
+    assert [tx.draw_segments(SEED_BYTES, JOB, ROUND + 1, addr(i), 5, 1)[0] for i in range(500)] != draws
+    two = tx.draw_segments(SEED_BYTES, JOB, ROUND, addr(1), 5, 2)
+    assert len(set(two)) == 2 and two == sorted(two)
+    assert tx.draw_segments(SEED_BYTES, JOB, ROUND, addr(1), 5, 9) == [0, 1, 2, 3, 4]
+
+
+def test_restoring_a_snapshot_continues_training_bit_for_bit(task):
+    """The property segment replay rests on: on one machine a segment replayed from a
+    snapshot lands exactly where uninterrupted training went."""
+    from node.train import derive_seed, train_steps
+
+    cfg, w = task["cfg"], addr(2)
+    mid = task["snapshots"][w][0]
+    end, _, _ = train_steps(cfg.model, cfg.train, mid, task["shards"][w], derive_seed(cfg.seed, JOB, ROUND, w),
+                            cfg.train.steps)
+    assert all(np.array_equal(end.params[k], task["trained"][w][k]) for k in task["parent"])
+    assert tx.replay_distance(mid, tx.TrainState(end.step, task["trained"][w]), end) == 0.0
 
 
 # ---------------------------------------------------------------- determinism
@@ -397,7 +474,8 @@ def test_two_aggregators_reach_the_same_verdicts(task):
     random.Random(1).shuffle(contributions)
     two = verify_round(rd.context(stages=full, replay_mode="all"), contributions, rd.fetch)
     assert [r.summary() for r in one] == [r.summary() for r in two]
-    assert verdict_bytes(one) == [0, 0, int(Verdict.DUPLICATE), int(Verdict.UPDATE_NORM), int(Verdict.FORMAT)]
+    # the relabelled copy of #0: its own transcript does not end in those tensors
+    assert verdict_bytes(one) == [0, 0, int(Verdict.REPLAY), int(Verdict.UPDATE_NORM), int(Verdict.FORMAT)]
 
 
 def test_same_verdicts_in_a_separate_process(task, tmp_path):
@@ -409,16 +487,19 @@ def test_same_verdicts_in_a_separate_process(task, tmp_path):
     with open(blob, "wb") as f:
         pickle.dump({"contributions": rd.contributions, "served": rd.served, "parent": task["parent"],
                      "parent_digest": task["parent_digest"], "cfg": task["cfg"].to_bytes(),
-                     "shards": task["shards"], "validation": task["validation"]}, f)
+                     "shards": task["shards"], "validation": task["validation"],
+                     "store": str(task["store"].root)}, f)
     code = f"""
 import json, pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
 from ledger.jobconfig import JobConfig
+from ledger.store.embedded import EmbeddedStore
 from node.verify import RoundContext, verify_round
 d = pickle.load(open({str(blob)!r}, "rb"))
 ctx = RoundContext(config=JobConfig.from_bytes(d["cfg"]), job_id={JOB}, round={ROUND},
                    parent_digest=d["parent_digest"], parent_params=d["parent"], validation=d["validation"],
-                   shard_of=lambda w: d["shards"][w], replay_seed={SEED_BYTES!r}, replay_mode="all",
+                   shard_of=lambda w: d["shards"][w], fetch_object=EmbeddedStore(d["store"]).get,
+                   replay_seed={SEED_BYTES!r}, replay_mode="all",
                    stages={sorted(full)!r})
 reports = verify_round(ctx, d["contributions"], lambda c: d["served"][c.index])
 print(json.dumps([r.summary() for r in reports]))
@@ -439,12 +520,25 @@ def test_context_rejects_unknown_stage_and_mode(task):
     assert with_stages(ctx, CHEAP_STAGES).stages == CHEAP_STAGES and ctx.stages != CHEAP_STAGES
 
 
-def test_byte_for_byte_copy_is_a_duplicate_not_a_lineage_failure(task):
-    data = checkpoint.encode(task["trained"][addr(1)], meta_for(task, addr(1)))
+def test_a_copy_never_costs_the_original_its_acceptance(task):
+    """Whoever submits first, a copier is rejected and the original accepted."""
+    w1, w2 = addr(1), addr(2)
+    data = checkpoint.encode(task["trained"][w1], meta_for(task, w1))
+    # the very bytes, front-run: they name worker 1
     rd = Round(task)
-    rd.add(addr(1), data)
-    rd.add(addr(2), data)   # the copier submits the original's very bytes (its metadata names addr(1))
-    assert [r.verdict for r in rd.verify()] == [Verdict.ACCEPTED, Verdict.DUPLICATE]
+    rd.add(w2, data)
+    rd.add(w1, data)
+    assert [r.verdict for r in rd.verify(stages=None)] == [Verdict.LINEAGE, Verdict.ACCEPTED]
+    # relabelled as the copier's own, transcript snapshots included, front-run: the
+    # copier's seed and shard do not reproduce them
+    relabelled = task["publish"](w2, task["snapshots"][w1])
+    rd = Round(task)
+    rd.add_params(w2, task["trained"][w1], relabelled)
+    rd.add_params(w1, task["trained"][w1])
+    reports = rd.verify(stages=None)
+    assert [r.verdict for r in reports] == [Verdict.REPLAY, Verdict.ACCEPTED], [r.reason for r in reports]
+    # with the transcript check off (benchmarks), the later of two equal tensors is the duplicate
+    assert [r.verdict for r in rd.verify(stages={"norm"})] == [Verdict.ACCEPTED, Verdict.DUPLICATE]
 
 
 def test_inflated_sample_count_is_rejected(task):

@@ -23,7 +23,8 @@ def register(sub) -> None:
     r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
     r.add_argument("--rounds", type=int, default=None, help="stop after proposing this many rounds")
     r.add_argument("--replay", choices=["policy", "none", "all"], default="policy",
-                   help="replay spot-checks: the job policy's fraction (default), none, or all")
+                   help="transcript segments to replay: the job policy's drawn ones (default), none, or all")
+    r.add_argument("--threads", type=int, default=None, help="torch threads for replays (default: the job's)")
     r.add_argument("--skip-stage", action="append", choices=["validation", "replay", "norm"], default=None,
                    help="turn a verification stage off (benchmarks only)")
     r.add_argument("-v", "--verbose", action="store_true")
@@ -38,6 +39,7 @@ def _run(args, settings) -> int:
     if args.skip_stage:
         stages = {"validation", "replay", "norm"} - set(args.skip_stage)
     n = run_aggregator(ledger, store, args.job, account.address, settings.data_dir / "aggregator",
-                       AggregatorOptions(poll=args.poll, replay=args.replay, stages=stages, max_rounds=args.rounds))
+                       AggregatorOptions(poll=args.poll, replay=args.replay, stages=stages, max_rounds=args.rounds,
+                                         threads=args.threads))
     print(f"aggregator {account.address}: proposed {n} round(s) of job {args.job}")
     return 0

@@ -23,7 +23,8 @@ def register(sub) -> None:
         "ledger audit --job 1 --replay sample --html report.html",
         description=(
             "Rebuilds the job from chain events, re-fetches every artifact and checks its digest,\n"
-            "re-runs the verification and the merges bit-for-bit, optionally replays worker training,\n"
+            "re-runs the verification and the merges bit-for-bit, replays segments of the workers'\n"
+            "training transcripts (the drawn ones, or all), "
             "and checks the lineage from the genesis model to the final one. Needs no local state:\n"
             "an RPC URL, the contract address, the job id and storage access are enough.\n"
             "Exit code 0 only when everything verifies."
@@ -31,7 +32,8 @@ def register(sub) -> None:
     )
     add_job_arg(p)
     p.add_argument("--replay", choices=["none", "sample", "all"], default="sample",
-                   help="re-train workers: none, the job policy's sample (default), or all")
+                   help="transcript segments to replay: none, the ones the aggregators drew (default), or all")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for replays (default: the job's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--no-progress", action="store_true")
@@ -52,7 +54,8 @@ def _audit(args, settings) -> int:
     from node.report_text import render_text
 
     ledger, store, _ = open_role(settings, need_account=False)
-    report = run_audit_with_progress(ledger, store, args.job, args.replay, progress=not args.no_progress and not args.json)
+    report = run_audit_with_progress(ledger, store, args.job, args.replay, progress=not args.no_progress and not args.json,
+                                     threads=args.threads)
     if args.html:
         from node.report_html import render_html
 
@@ -66,7 +69,7 @@ def _audit(args, settings) -> int:
     return 0 if report.ok else 1
 
 
-def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True):
+def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True, threads: int | None = None):
     from tqdm import tqdm
 
     from node.audit import audit_job
@@ -80,6 +83,6 @@ def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: b
         bar.refresh()
 
     try:
-        return audit_job(ledger, store, job_id, replay=replay, progress=on_progress)
+        return audit_job(ledger, store, job_id, replay=replay, progress=on_progress, threads=threads)
     finally:
         bar.close()

@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--round-duration", type=int, default=300, metavar="S", help="round deadline in seconds (default 300)")
     p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default="fedavg")
     p.add_argument("--split", choices=["iid", "speaker"], default="iid", help="IID shards or non-IID by speaker")
-    p.add_argument("--replay-fraction", type=float, default=0.25, help="share of contributions re-trained by aggregators")
+    p.add_argument("--replay-segments", type=int, default=1,
+                   help="transcript segments of every contribution each aggregator replays (default 1)")
     p.add_argument("--ipfs", action="store_true", help="store artifacts on the local IPFS node instead of the embedded store")
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the generated text")
     p.add_argument("--tokens", type=int, default=300, help="bytes of text to generate")
@@ -57,7 +58,7 @@ def _demo(args, settings) -> int:
     opt = DemoOptions(
         workers=args.workers, aggregators=args.aggregators, quorum=args.quorum, rounds=args.rounds,
         steps=args.steps, round_duration=args.round_duration, merge_rule=args.merge_rule, split=args.split,
-        replay_fraction=args.replay_fraction, ipfs=args.ipfs, prompt=args.prompt, tokens=args.tokens, html=args.html,
+        replay_segments=args.replay_segments, ipfs=args.ipfs, prompt=args.prompt, tokens=args.tokens, html=args.html,
     )
     return run_demo(settings, opt)
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="local training steps per round (default 50)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per worker (recorded in checkpoints; default 1)")
+    p.add_argument("--threads", type=int, default=None, help="default torch threads per worker (each may choose its own; default 1)")
     p.add_argument("--n-layer", type=int, default=None, help="transformer blocks (default 4)")
     p.add_argument("--n-embd", type=int, default=None, help="width (default 128)")
     p.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
@@ -41,7 +41,12 @@ def register(sub) -> None:
     p.add_argument("--krum-f", type=int, default=None, help="Byzantine workers Multi-Krum tolerates")
     p.add_argument("--max-update-norm", type=float, default=None, help="reject updates with a larger L2 norm")
     p.add_argument("--max-val-loss-increase", type=float, default=None, help="reject if validation loss exceeds the parent's by more")
-    p.add_argument("--replay-fraction", type=float, default=None, help="share of contributions each aggregator re-trains (0..1)")
+    p.add_argument("--segment-steps", type=int, default=None,
+                   help="steps between the training-state snapshots a worker commits to (default 10)")
+    p.add_argument("--replay-segments", type=int, default=None,
+                   help="transcript segments of every contribution each aggregator replays (default 1; 0 = none)")
+    p.add_argument("--replay-tolerance", type=float, default=None,
+                   help="accepted distance of a replay to the published end, relative to the segment's movement (default 0.01)")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
 
     p = add_command(
@@ -54,13 +59,18 @@ def register(sub) -> None:
         ws, "run", "wait for each open round, fetch and verify the parent, train, publish, submit", _worker,
         "ledger --account w0 worker run --job 1",
         description=(
-            "Runs until the job completes. Safe to kill at any point: a restart resumes without\n"
-            "submitting twice and without losing a finished checkpoint."
+            "Runs until the job completes. Each round it publishes the checkpoint and its training\n"
+            "transcript (the whole training state every segment_steps steps), which verifiers replay\n"
+            "in drawn segments. Safe to kill at any point: a restart resumes without submitting twice\n"
+            "and without losing a finished checkpoint."
         ),
     )
     add_job_arg(r)
     r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
     r.add_argument("--rounds", type=int, default=None, help="stop after submitting this many rounds")
+    r.add_argument("--threads", type=int, default=None, help="torch threads for training (default: the job's)")
+    r.add_argument("--device", default="cpu", metavar="cpu|cuda",
+                   help="train on the CPU (default) or a CUDA GPU; verifiers replay GPU-trained segments on their CPUs")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("-v", "--verbose", action="store_true")
 
@@ -95,7 +105,8 @@ def _create(args, settings) -> int:
         ("threads", cfg.train, "threads"), ("n_layer", cfg.model, "n_layer"), ("n_embd", cfg.model, "n_embd"),
         ("n_head", cfg.model, "n_head"), ("block_size", cfg.model, "block_size"), ("merge_rule", cfg.policy, "merge_rule"),
         ("krum_f", cfg.policy, "krum_f"), ("max_update_norm", cfg.policy, "max_update_norm"),
-        ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("replay_fraction", cfg.policy, "replay_fraction"),
+        ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("segment_steps", cfg.policy, "segment_steps"),
+        ("replay_segments", cfg.policy, "replay_segments"), ("replay_tolerance", cfg.policy, "replay_tolerance"),
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
@@ -114,6 +125,7 @@ def _worker(args, settings) -> int:
 
     ledger, store, account = open_role(settings)
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
-                   WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds))
+                   WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds,
+                                 threads=args.threads, device=args.device))
     print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
     return 0

@@ -1,0 +1,173 @@
+"""How far an honest segment replay lands on other kernel paths, and how far cheats land:
+the measurement behind the job policy's ``segment_steps`` and ``replay_tolerance``.
+
+    .venv/bin/python bench/replay_drift.py [--lengths 5,10,25] [--steps 50]
+
+A reference worker (this machine's default kernels, 1 thread) trains round 1 from the
+random genesis and round 2 from that result, snapshotting its whole state every 5
+steps. Each verifier variant runs in its own process (``ATEN_CPU_CAPABILITY`` must be
+set before torch loads): it replays every segment of each length from the reference's
+snapshot at its start and reports ``replay_distance`` to the reference's snapshot at
+its end (the distance divided by the segment's own movement, parameters and both
+AdamW moments). The cheats are replayed on the reference kernels: a segment one step
+short, a segment trained on another data order (another worker's seed), and the
+middle of a straight-line interpolation between two snapshots (a forged transcript).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import genesis_params, print_table, say, split_for  # noqa: E402
+
+VARIANTS = [("avx2, 1 thread", {"ATEN_CPU_CAPABILITY": "avx2"}, 1),
+            ("default, 2 threads", {}, 2),
+            ("avx2, 2 threads", {"ATEN_CPU_CAPABILITY": "avx2"}, 2)]
+SEED = 4242
+
+
+def config(steps: int):
+    from common import bench_config
+
+    return bench_config(steps=steps)
+
+
+def reference(out: Path, steps: int, every: int) -> None:
+    """Two rounds on the reference kernels; every state every ``every`` steps to ``out``."""
+    from node.train import train_local
+    from node.transcript import TrainState, encode_snapshot
+
+    cfg = config(steps)
+    shard = split_for(cfg, 4).shards[0]
+    params = genesis_params(cfg)
+    for rnd in (1, 2):
+        res = train_local(cfg.model, cfg.train, params, shard, SEED + rnd, segment_steps=every)
+        states = [TrainState(0, params, {k: 0 * v for k, v in params.items()}, {k: 0 * v for k, v in params.items()})]
+        states += res.snapshots
+        for s in states:
+            (out / f"r{rnd}-{s.step}.safetensors").write_bytes(encode_snapshot(s, {"round": str(rnd)}))
+        # the end state's moments are not in TrainResult: run the last stretch again for them
+        from node.train import train_steps
+
+        end, _, _ = train_steps(cfg.model, cfg.train, res.snapshots[-1], shard, SEED + rnd, steps)
+        (out / f"r{rnd}-{steps}.safetensors").write_bytes(encode_snapshot(end, {"round": str(rnd)}))
+        params = res.params
+
+
+def load(out: Path, rnd: int, step: int, like):
+    from ledger import checkpoint
+    from node.transcript import TrainState
+
+    tensors, _ = checkpoint.decode((out / f"r{rnd}-{step}.safetensors").read_bytes())
+    g = {grp: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(grp + "/")}
+         for grp in ("param", "exp_avg", "exp_avg_sq")}
+    if step == 0:
+        return TrainState(0, g["param"])
+    return TrainState(step, g["param"], g["exp_avg"], g["exp_avg_sq"])
+
+
+def replay_all(out: Path, steps: int, lengths: list[int], threads: int) -> dict:
+    """In a verifier process: the worst replay_distance per (round, length)."""
+    from node.train import train_steps
+    from node.transcript import replay_distance
+
+    cfg = config(steps)
+    shard = split_for(cfg, 4).shards[0]
+    like = genesis_params(cfg)
+    worst = {}
+    for rnd in (1, 2):
+        for L in lengths:
+            d = 0.0
+            for a in range(0, steps, L):
+                b = min(a + L, steps)
+                start = load(out, rnd, a, like)
+                got, _, _ = train_steps(cfg.model, cfg.train, start, shard, SEED + rnd, b, threads=threads)
+                d = max(d, replay_distance(start, load(out, rnd, b, like), got))
+            worst[f"{rnd}/{L}"] = d
+    return worst
+
+
+def cheats(out: Path, steps: int, L: int) -> dict:
+    """Distances of three dishonest segments, on the reference kernels (round 2, the
+    segment starting at step L)."""
+    import numpy as np
+
+    from node.train import train_steps
+    from node.transcript import TrainState, replay_distance
+
+    cfg = config(steps)
+    shard = split_for(cfg, 4).shards[0]
+    like = genesis_params(cfg)
+    a, b = L, min(2 * L, steps)
+    start, end = load(out, 2, a, like), load(out, 2, b, like)
+    honest, _, _ = train_steps(cfg.model, cfg.train, start, shard, SEED + 2, b)
+    short, _, _ = train_steps(cfg.model, cfg.train, start, shard, SEED + 2, b - 1)
+    other, _, _ = train_steps(cfg.model, cfg.train, start, shard, SEED + 99, b)
+    # a forged midpoint: the straight line between the snapshots around it
+    far = load(out, 2, min(a + 2 * L, steps), like) if a + 2 * L <= steps else end
+    mid = TrainState(b, *[{k: ((x[k].astype(np.float64) + y[k]) / 2).astype(np.float32) for k in x}
+                          for x, y in ((start.params, far.params), (start.exp_avg, far.exp_avg),
+                                       (start.exp_avg_sq, far.exp_avg_sq))])
+    return {
+        "honest (same kernels)": replay_distance(start, end, honest),
+        "one step short": replay_distance(start, end, TrainState(b, short.params, short.exp_avg, short.exp_avg_sq)),
+        "another data order": replay_distance(start, end, other),
+        "forged midpoint (interpolated)": replay_distance(start, mid, honest),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="5,10,25", help="segment lengths to measure (default 5,10,25)")
+    ap.add_argument("--steps", type=int, default=50, help="steps per round (default 50, the job default)")
+    ap.add_argument("--tolerance", type=float, default=None, help="tolerance to judge (default: the job policy's)")
+    ap.add_argument("--verifier", nargs=2, metavar=("DIR", "THREADS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.verifier:
+        print(json.dumps(replay_all(Path(args.verifier[0]), args.steps, lengths, int(args.verifier[1]))))
+        return 0
+    from ledger.jobconfig import Policy
+
+    tol = args.tolerance if args.tolerance is not None else Policy().replay_tolerance
+    every = 5 if all(L % 5 == 0 for L in lengths) else 1
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        say(f"reference: 2 rounds x {args.steps} steps, default kernels, 1 thread")
+        reference(out, args.steps, every)
+        results = {}
+        for name, env, threads in VARIANTS:
+            say(f"verifier: {name}")
+            e = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+            e.update(env)
+            p = subprocess.run([sys.executable, __file__, "--lengths", args.lengths, "--steps", str(args.steps),
+                                "--verifier", d, str(threads)], env=e, capture_output=True, text=True, check=True)
+            results[name] = json.loads(p.stdout.strip().splitlines()[-1])
+        bad = cheats(out, args.steps, min(lengths))
+    rows = []
+    for L in lengths:
+        for name, _, _ in VARIANTS:
+            r = results[name]
+            rows.append([L, name, f"{r[f'1/{L}']:.2e}", f"{r[f'2/{L}']:.2e}"])
+    print_table("Honest segment replay on other kernel paths: worst replay_distance "
+                "(distance to the published end / the segment's own movement)",
+                ["segment steps", "verifier", "round 1 (from genesis)", "round 2"], rows)
+    print_table(f"Dishonest segments of {min(lengths)} steps (round 2, reference kernels)",
+                ["segment", "replay_distance"], [[k, f"{v:.3g}"] for k, v in bad.items()])
+    honest_max = max(v for r in results.values() for k, v in r.items() if int(k.split("/")[1]) <= 10)
+    cheat_min = min(v for k, v in bad.items() if not k.startswith("honest"))
+    print(f"tolerance {tol:g}: worst honest (segments <= 10 steps) {honest_max:.2e} "
+          f"= tolerance / {tol / honest_max:.0f}; closest cheat {cheat_min:.3g} = tolerance x {cheat_min / tol:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
