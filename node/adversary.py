@@ -15,8 +15,17 @@ Attacks (DESIGN.md / the aggregator issue):
   noise        the update replaced by Gaussian noise, 10x its size -> update-norm / validation
   shape        a tensor with another shape                         -> structure
   pickle       a Python pickle instead of safetensors              -> format
-  copy         a copy of another worker's checkpoint this round    -> duplicate
-  wrong-seed   honest-looking training from another seed            -> replay (only a replay can tell)
+  copy         a copy of another worker's checkpoint this round    -> lineage (it names the original)
+
+Training that did not happen as declared, behind a transcript (node.transcript):
+  wrong-seed   honest-looking training from another data order       -> replay
+  other-shard  honest training on another worker's shard             -> replay
+  lazy         half the declared steps in every segment              -> replay
+  free-rider   the parent plus small noise, a straight-line transcript -> replay
+  replay-old   its previous round's update again (round 1: honest)   -> replay
+  forge        honest final tensors, interpolated snapshots          -> replay
+  tamper-snapshot  honest, but one committed snapshot altered by 1%  -> replay, when a segment
+               touching it is drawn (2 of the round's segments)
 """
 
 from __future__ import annotations
@@ -27,17 +36,23 @@ import pickle
 import sys
 import time
 
+from dataclasses import replace
+
 import numpy as np
 
 from ledger import checkpoint
 from ledger.cid import cid_to_chain
 from ledger.digest import sha256_bytes, to_hex
 
+from . import train as trainmod
+from .transcript import TrainState
 from .worker import Worker, WorkerOptions
 
 log = logging.getLogger("ledger.adversary")
 
-ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy", "wrong-seed")
+TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
+ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
+           "wrong-seed") + TRANSCRIPT_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -78,13 +93,54 @@ class Adversary(Worker):
             raise ValueError(f"unknown attack {attack!r}; one of {ATTACKS}")
         self.attack = attack
 
+    def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
+        """The transcript attacks: a round that was not trained as declared, published
+        through the honest worker's own publishing and submission code."""
+        if self.attack not in TRANSCRIPT_ATTACKS:
+            return super().training(r, params, shard, seed, progress)
+        ctx, cfg, a = self.ctx, self.ctx.config, self.attack
+        k = cfg.policy.segment_steps
+        if a == "other-shard":
+            shard = ctx.shard((self.index + 1) % len(ctx.info.workers))
+        if a == "lazy":
+            # half the steps of every segment, snapshots labelled as if each were whole
+            res = trainmod.train_local(cfg.model, replace(cfg.train, steps=max(1, cfg.train.steps // 2)), params,
+                                       shard, seed, segment_steps=max(1, k // 2))
+            res.snapshots = [replace(s, step=s.step * 2) for s in res.snapshots]
+            res.metrics["steps"], res.metrics["samples"] = cfg.train.steps, trainmod.num_samples(cfg.train)
+            return res
+        res = super().training(r, params, shard, seed, progress)
+        if a == "free-rider":
+            rng = np.random.default_rng(r)
+            res.params = {n: (v + 1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for n, v in params.items()}
+            res.snapshots = _line(params, res.params, res.snapshots, cfg.train.steps)
+        elif a == "forge":
+            res.snapshots = _line(params, res.params, res.snapshots, cfg.train.steps)
+        elif a == "replay-old":
+            old, self._old = getattr(self, "_old", None), (params, res.params, res.snapshots)
+            if old is not None:               # last round's update and transcript, on this round's parent
+                old_parent, old_params, old_snaps = old
+                res.params = {n: (params[n] + (old_params[n].astype(np.float64) - old_parent[n])).astype(np.float32)
+                              for n in params}
+                res.snapshots = old_snaps
+        elif a == "tamper-snapshot" and res.snapshots:
+            i = len(res.snapshots) // 2
+            s = res.snapshots[i]
+            res.snapshots[i] = replace(s, params={n: v * np.float32(1.01) for n, v in s.params.items()})
+        log.info("round %d: attack %s trained", r, a)
+        return res
+
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx
+        if self.attack in TRANSCRIPT_ATTACKS:
+            return super().work_round(r, parent)
         if self.attack == "copy":
             return self._copy(r, parent)
         if self.attack == "wrong-seed":
             self._seed_offset = 1
-        honest, n = self._train(r, parent)
+        honest, n, snaps = self._train(r, parent)
+        for step, blob in snaps:      # the transcript is published; the attack is elsewhere
+            ctx.store.put(blob)
         digest = None
         if self.attack == "tamper":
             data = honest
@@ -119,6 +175,17 @@ class Adversary(Worker):
                 log.info("round %d: attack copy submitted %s's checkpoint", r, s.worker)
                 return True
             time.sleep(self.opt.poll)
+
+
+def _line(start: dict, end: dict, like: list[TrainState], steps: int) -> list[TrainState]:
+    """A forged transcript: states on the straight line from ``start`` to ``end``, the
+    moments of the honest snapshots ``like`` kept so only the path is a lie."""
+    out = []
+    for s in like:
+        t = s.step / steps
+        out.append(TrainState(s.step, {n: ((1 - t) * start[n].astype(np.float64) + t * end[n]).astype(np.float32)
+                                       for n in start}, s.exp_avg, s.exp_avg_sq))
+    return out
 
 
 def main(argv=None) -> int:

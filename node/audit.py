@@ -131,9 +131,6 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ra.contributions.append(ca)
         if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
             report.bytes_verified += c.size
-        if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
-            found.append(Discrepancy(r, c.worker, "replay", f"transcript segments replaying within {ctx.config.policy.replay_tolerance:g}",
-                                     describe(rep.verdict), rep.reason))
         if onchain is None:
             continue
         chain_v = onchain[c.index]
@@ -145,7 +142,11 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             if chain_v in REPLAY_VERDICTS and mode == "none":
                 continue  # not re-checked: replay disabled for this audit
             if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
-                continue  # already reported as a replay discrepancy above
+                # the quorum let through training that does not replay (a segment it did not draw,
+                # or one it did not check): the one finding that needs a replay to be made
+                found.append(Discrepancy(r, c.worker, "replay", f"transcript segments replaying within "
+                                         f"{ctx.config.policy.replay_tolerance:g}", describe(rep.verdict), rep.reason))
+                continue
             found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
                                      rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))
     if i.status == "finalized" and quorum:

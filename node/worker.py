@@ -131,9 +131,7 @@ class Worker:
             crash_point(f"worker:train-step-{step}")
 
         try:
-            result = trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress,
-                                          segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
-                                          device=self.opt.device)
+            result = self.training(r, params, shard, seed, progress)
         finally:
             bar.close()
         m = result.metrics
@@ -144,6 +142,13 @@ class Worker:
         manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options)
         meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
         return checkpoint.encode(result.params, meta), int(m["samples"]), snaps
+
+    def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
+        """The round's training and its transcript (a Byzantine worker overrides this)."""
+        cfg = self.ctx.config
+        return trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress,
+                                    segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
+                                    device=self.opt.device)
 
     def _snap_file(self, r: int, step: int) -> Path:
         return self.dir / f"round-{r}.step-{step}.snapshot"

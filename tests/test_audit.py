@@ -42,7 +42,9 @@ def world(tmp_path_factory):
             "clean": env.create_job(HONEST, AGGS[:1], quorum=1, rounds=2),
             "accepts-bad": env.create_job([HONEST[0], NAN], AGGS, quorum=2, rounds=1),
             "bad-merge": env.create_job(HONEST, AGGS, quorum=2, rounds=1),
-            "replay": env.create_job([HONEST[0], WRONG_SEED], AGGS[:1], quorum=1, rounds=1),
+            # aggregators that replay nothing (replay_segments 0): only the audit's replay can tell
+            "replay": env.create_job([HONEST[0], WRONG_SEED], AGGS[:1], quorum=1, rounds=1,
+                                     config=tiny_config(replay_segments=0)),
         }
         w = lambda k, j: env.spawn(k, "worker", "run", "--job", str(j), "--no-progress", "--poll", "0.3")
         procs = [w(k, jobs["clean"]) for k in HONEST] + [w(k, jobs["bad-merge"]) for k in HONEST]
@@ -169,6 +171,7 @@ def test_quorum_accepting_a_rejected_contribution_is_found(world, tmp_path):
 def test_replay_mismatch_is_found_only_by_replay(world, tmp_path):
     env, jobs = world
     assert _audit(env, env.settings.store_dir, tmp_path, jobs["replay"], replay="none").ok
+    assert _audit(env, env.settings.store_dir, tmp_path, jobs["replay"], replay="sample").ok   # the quorum's own draw: none
     report = _audit(env, env.settings.store_dir, tmp_path, jobs["replay"], replay="all")
     assert _where(report) == {(1, address(WRONG_SEED).lower(), "replay")}
 

@@ -1,4 +1,4 @@
-"""Corpus, shards (IID and by speaker), validation split, throughput balancing, batches."""
+"""Corpus, shards (IID and by speaker), validation split, throughput balancing, windows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ledger.jobconfig import DataSpec
-from node.data import (CorpusError, balance_sizes, batches, load_corpus, make_split, shard_specs,
+from node.data import (CorpusError, as_tensor, balance_sizes, load_corpus, windows, make_split, shard_specs,
                        speeches, split_point)
 
 
@@ -129,17 +129,9 @@ def test_balance_sizes_min_size():
     assert sum(balance_sizes([1e-9, 1e9, 3.3], 10, 2)) == 10
 
 
-def test_batches_follow_the_generator(corpus):
-    data = corpus[:10_000]
-    a = batches(data, 64, 8, torch.Generator().manual_seed(5))
-    b = batches(data, 64, 8, torch.Generator().manual_seed(5))
-    c = batches(data, 64, 8, torch.Generator().manual_seed(6))
-    for _ in range(3):
-        (xa, ya), (xb, yb), (xc, _) = next(a), next(b), next(c)
-        assert torch.equal(xa, xb) and torch.equal(ya, yb) and not torch.equal(xa, xc)
-    assert xa.shape == ya.shape == (8, 64) and xa.dtype == torch.long
-    assert torch.equal(xa[:, 1:], ya[:, :-1])  # y is x shifted by one byte
-    row = bytes(xa[0].tolist()) + bytes([ya[0, -1].item()])
-    assert row in data
-    with pytest.raises(ValueError):
-        next(batches(b"short", 64, 8, torch.Generator()))
+def test_windows_are_x_and_y_shifted_by_one(corpus):
+    data = as_tensor(corpus[:10_000])
+    x, y = windows(data, torch.tensor([0, 17, 9_000]), 64)
+    assert x.shape == y.shape == (3, 64) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one byte
+    assert bytes(x[1].tolist()) + bytes([y[1, -1].item()]) == corpus[17:17 + 65]

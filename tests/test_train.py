@@ -17,7 +17,8 @@ from ledger.jobconfig import ModelSpec, TrainSpec
 from node.data import load_corpus, make_split
 from node.model import GPTConfig, init_params
 from node.params import param_bytes
-from node.train import derive_seed, evaluate, num_samples, train_local
+from ledger.errors import LedgerError
+from node.train import derive_seed, evaluate, num_samples, step_offsets, train_local
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +77,8 @@ def test_train_local_learns_and_reports(split):
     threads_before, det_before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     r = train_local(ModelSpec(), spec, genesis, split.shards[0], seed=9, progress=lambda *a: calls.append(a))
     m = r.metrics
-    assert set(m) == {"loss_start", "loss_end", "steps", "samples", "seconds", "threads", "torch_version"}
+    assert set(m) == {"loss_start", "loss_end", "steps", "samples", "seconds", "threads", "device", "torch_version"}
+    assert m["device"] == "cpu" and r.snapshots == []
     assert m["steps"] == 30 and m["samples"] == 30 * 32 == num_samples(spec) and m["threads"] == 1
     assert m["torch_version"] == torch.__version__ and m["seconds"] > 0
     assert abs(m["loss_start"] - math.log(256)) < 0.15
@@ -113,3 +115,34 @@ def test_evaluate_deterministic(split):
     assert evaluate(small, ps, split.validation, 2, 4, seed=0) == evaluate(small, ps, split.validation, 2, 4, seed=0)
     with pytest.raises(ValueError):
         evaluate(ms, p, b"too short", 1, 1)
+
+
+def test_step_offsets_depend_on_seed_step_and_length_only():
+    a = step_offsets(5, 3, 10_000, 64, 8)
+    assert torch.equal(a, step_offsets(5, 3, 10_000, 64, 8))
+    assert not torch.equal(a, step_offsets(5, 4, 10_000, 64, 8))
+    assert not torch.equal(a, step_offsets(6, 3, 10_000, 64, 8))
+    assert a.shape == (8,) and int(a.min()) >= 0 and int(a.max()) < 10_000 - 64
+    with pytest.raises(ValueError):
+        step_offsets(5, 3, 64, 64, 8)
+
+
+def test_transcript_snapshots_every_segment_and_threads_are_the_callers(split):
+    spec = TrainSpec(steps=7, threads=1)
+    small = ModelSpec(n_layer=1, n_embd=32, n_head=2, block_size=32)
+    p = init_params(GPTConfig.from_spec(small), 4)
+    r = train_local(small, spec, p, split.shards[0], seed=5, segment_steps=3)
+    assert [s.step for s in r.snapshots] == [3, 6]
+    assert all(set(s.exp_avg) == set(s.exp_avg_sq) == set(p) for s in r.snapshots)
+    # a verifier's own thread count is honoured (the job's is only the default)
+    assert train_local(small, spec, p, split.shards[0], seed=5, threads=2).metrics["threads"] == 2
+
+
+def test_a_missing_gpu_is_a_one_line_error(split):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    spec, small = TrainSpec(steps=1), ModelSpec(n_layer=1, n_embd=32, n_head=2, block_size=32)
+    with pytest.raises(LedgerError, match="no CUDA GPU"):
+        train_local(small, spec, init_params(GPTConfig.from_spec(small), 4), split.shards[0], seed=5, device="cuda")
+    with pytest.raises(LedgerError, match="cpu or cuda"):
+        train_local(small, spec, init_params(GPTConfig.from_spec(small), 4), split.shards[0], seed=5, device="tpu")
