@@ -61,14 +61,17 @@ class Env:
         for k in party_keys:
             fund_local(self.ledger.chain, address(k), 10**20)
 
-    def create_job(self, workers: list[str], aggregators: list[str], quorum: int = 1, rounds: int = 1,
-                   round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None) -> int:
+    def create_job(self, workers: list[str], aggregators: list[str], quorum: int | None = None, rounds: int = 1,
+                   round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None,
+                   proposal_window: int = 120) -> int:
+        """A job on chain; ``quorum`` defaults to the smallest strict majority of the aggregators."""
         from node.jobs import create_job
 
         self.fund(*workers, *aggregators)
         job = create_job(self.ledger, self.store, config or tiny_config(),
                          [address(k) for k in workers], [address(k) for k in aggregators],
-                         quorum, rounds, round_duration, min_submissions)
+                         quorum or len(aggregators) // 2 + 1, rounds, round_duration, min_submissions,
+                         proposal_window=proposal_window)
         return job.job_id
 
     def env(self, key: str | None = None, **extra: str) -> dict:
