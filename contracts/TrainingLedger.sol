@@ -263,7 +263,8 @@ contract TrainingLedger {
         uint64 commitDeadline
     );
 
-    /// @notice An aggregator revealed its committed proposal: a merge and one verdict per submission.
+    /// @notice An aggregator revealed its committed proposal: a merge and one verdict per
+    /// submission; with `salt`, anyone can check it against the commit.
     event ProposalRevealed(
         uint256 indexed jobId,
         uint32 indexed round,
@@ -273,7 +274,8 @@ contract TrainingLedger {
         uint64 mergedSize,
         bytes32 outcome,
         uint16 accepted,
-        bytes verdicts
+        bytes verdicts,
+        bytes32 salt
     );
 
     /// @notice A quorum agreed on `outcome`; the merged checkpoint is the next round's parent.
@@ -520,7 +522,7 @@ contract TrainingLedger {
             accepted: accepted
         });
         _checkReveal(jobId, round, m.outcome, salt);
-        if (_recordReveal(jobId, round, m, verdicts)) _finalize(jobId, round, live, m);
+        if (_recordReveal(jobId, round, m, verdicts, salt)) _finalize(jobId, round, live, m);
     }
 
     /// @notice Skip a round that cannot move the model: past its deadline with fewer than
@@ -820,14 +822,14 @@ contract TrainingLedger {
     }
 
     /// @dev Store an aggregator's reveal and its vote; true if it brings the outcome to quorum.
-    function _recordReveal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts)
+    function _recordReveal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts, bytes32 salt)
         private
         returns (bool)
     {
         _proposed[jobId][round][msg.sender] = m.outcome;
         uint256 n = ++_votes[jobId][round][m.outcome];
         _phase[jobId].reveals += 1;
-        emit ProposalRevealed(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts);
+        emit ProposalRevealed(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts, salt);
         return n == _jobs[jobId].quorum;
     }
 

@@ -223,6 +223,7 @@ class Proposal:
     tx_hash: str
     log_index: int
     timestamp: int = 0
+    salt: bytes = b""  # the commit's salt: commit_hash_of(outcome, salt, aggregator) is its commit
 
 
 @dataclass
@@ -448,7 +449,7 @@ class TrainingLedger:
                 job_id=int(a["jobId"]), round=int(a["round"]), aggregator=a["aggregator"],
                 merged_digest=bytes(a["mergedDigest"]), merged_cid=bytes(a["mergedCid"]),
                 merged_size=int(a["mergedSize"]), outcome=bytes(a["outcome"]), accepted=int(a["accepted"]),
-                verdicts=list(bytes(a["verdicts"])), block=int(lg["blockNumber"]),
+                verdicts=list(bytes(a["verdicts"])), salt=bytes(a["salt"]), block=int(lg["blockNumber"]),
                 tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
             ))

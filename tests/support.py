@@ -74,6 +74,23 @@ class Env:
                          proposal_window=proposal_window)
         return job.job_id
 
+    def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int) -> dict:
+        """Commit, as aggregator ``key``, to a proposal of our choosing (a dishonest one, say);
+        returns what ``reveal_as`` needs."""
+        import secrets
+
+        from ledger.contract import TrainingLedger
+
+        p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32))
+        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts)
+        self.as_party(key).commit_proposal(job, r, TrainingLedger.commit_hash_of(outcome, p["salt"], address(key)))
+        return p
+
+    def reveal_as(self, key: str, job: int, r: int, p: dict):
+        rd = self.ledger.round(job, r)
+        return self.as_party(key).reveal_proposal(job, r, rd.commitment, p["verdicts"], p["merged"], p["cid"], p["size"],
+                                                  p["salt"])
+
     def env(self, key: str | None = None, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         env.update(LEDGER_DATA_DIR=str(self.settings.data_dir), PYTHONUNBUFFERED="1")

@@ -55,10 +55,10 @@ def world(tmp_path_factory):
         for name in ("accepts-bad", "bad-merge"):
             j = jobs[name]
             wait_for(lambda: env.ledger.round(j, 1).submissions == 2, 240, f"submissions of {name}", procs)
-            rd = env.ledger.round(j, 1)
             bogus = sha256_bytes(f"not the merge of {name}".encode())
-            for k in AGGS:
-                env.as_party(k).propose(j, 1, rd.commitment, [0, 0], bogus, bogus, 4242)
+            pending = [env.commit_as(k, j, 1, [0, 0], bogus, bogus, 4242) for k in AGGS]
+            for k, p in zip(AGGS, pending):  # both committed: the reveal phase is open
+                env.reveal_as(k, j, 1, p)
         for name, j in jobs.items():
             wait_for(lambda: env.ledger.job(j).completed, 300, f"job {name} to complete", procs)
         env.stop_all()

@@ -372,7 +372,7 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
     rc = env.reveal(job, 1, 0)
     (p1,) = env.events(rc, "ProposalRevealed")
     assert p1 == {"jobId": job, "round": 1, "aggregator": AGGS[0].address, "mergedDigest": merged, "mergedCid": mcid,
-                  "mergedSize": 7777, "outcome": outcome, "accepted": 2, "verdicts": bytes(verdicts)}
+                  "mergedSize": 7777, "outcome": outcome, "accepted": 2, "verdicts": bytes(verdicts), "salt": salt}
     assert env.events(rc, "RoundFinalized") == []
     r = env.ledger.round(job, 1)
     assert r.status == "closed" and (r.commits, r.proposals) == (3, 1) and r.outcome == b"\0" * 32
@@ -564,8 +564,8 @@ def test_disagreeing_proposals_do_not_finalize(env: Env):
     assert [p.block for p in props] == sorted(p.block for p in props)
     commits = env.ledger.commits(job, 1)
     assert [c.aggregator for c in commits] == [AGGS[0].address, AGGS[1].address]
-    assert [c.commit_hash for c in commits] == [TrainingLedger.commit_hash_of(p.outcome, env.pending[(job, 1, i)]["salt"], p.aggregator)
-                                                for i, p in enumerate(props)]
+    assert [p.salt for p in props] == [env.pending[(job, 1, i)]["salt"] for i in range(2)]
+    assert [c.commit_hash for c in commits] == [TrainingLedger.commit_hash_of(p.outcome, p.salt, p.aggregator) for p in props]
     names = [e.name for e in env.ledger.events(job)]
     assert names.count("ProposalCommitted") == 2 and names.count("ProposalRevealed") == 2 and "RoundFinalized" not in names
 
