@@ -76,7 +76,7 @@ def test_lone_dishonest_aggregator_cannot_finalize_and_is_visible(deployed):
     from ledger.history import load_history, render_timeline
 
     timeline = render_timeline(load_history(env.ledger, job))
-    assert "DISSENT" in timeline and timeline.count(" commit ") == 3 and timeline.count(" reveal ") == 3
+    assert "DISSENT" in timeline and timeline.count("  commit   0x") == 3 and timeline.count("  reveal   0x") == 3
 
 
 def test_absent_aggregators_quorum_of_the_others_then_a_skip(deployed):
