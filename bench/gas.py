@@ -2,11 +2,14 @@
 
 Starts its own anvil (ledger.anvil, a temporary data directory, any free port),
 deploys the committed artifact, and for 4, 16 and 64 workers runs a job through
-two finalized rounds (every worker submits, one proposal that does not finalize,
-one that does) and a round skipped by closeRound after its deadline. Workers and
-aggregators are deterministic keys (keccak of a label) funded with anvil_setBalance.
-Prints a table and whether the median submitUpdate meets the 40,000-gas target
-(DESIGN.md, "Gas"). Stops anvil by PID and removes the data directory at the end.
+two finalized rounds (every worker submits; each of the 3 aggregators commits, then
+one reveal that does not finalize and one that does), a round skipped by closeRound
+after its deadline with too few submissions, and a last round whose three reveals
+disagree, skipped by closeRound for want of a quorum. Workers and aggregators are
+deterministic keys (keccak of a label) funded with anvil_setBalance. Prints a table,
+the proposal cost per aggregator per round (commit + reveal), and whether the median
+submitUpdate meets the 40,000-gas target (DESIGN.md, "Gas"). Stops anvil by PID and
+removes the data directory at the end.
 
 example:
   .venv/bin/python bench/gas.py                  # 4, 16 and 64 workers
@@ -67,6 +70,7 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
         genesis_digest=sha(f"genesis {n_workers}"), genesis_cid=sha("genesis cid"), genesis_size=3_412_345,
         workers=[w.address for w in workers], aggregators=[a.address for a in aggs], quorum=quorum,
         round_duration=duration, num_rounds=4, min_submissions=max(1, n_workers // 2), cid_version=0,
+        proposal_window=600,
     )
     t0 = time.perf_counter()
     rc = chain.transact(ledger.contract.functions.createJob(params.to_abi()), context="create job")
@@ -75,23 +79,46 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
     job = int(created["args"]["jobId"])
 
     submit: list[int] = []
-    propose: list[int] = []
+    commit_first: list[int] = []
+    commit: list[int] = []
+    reveal: list[int] = []
     finalize: list[int] = []
-    parent = params.genesis_digest
-    for r in (1, 2):
+
+    def submit_all(r: int, parent: bytes) -> None:
         for i, w in enumerate(workers):
             rc = ledger.with_account(w).submit_update(
                 job, r, parent, sha(f"ckpt {n_workers} {r} {i}"), sha(f"cid {n_workers} {r} {i}"),
                 3_412_345 + i, 1_600 + i,
             )
             submit.append(rc["gasUsed"])
+
+    def commit_reveal(r: int, merges: list[bytes], reveals: int) -> list[int]:
+        """Every aggregator commits (so reveals open at once), the first ``reveals`` reveal."""
         info = ledger.round(job, r)
         verdicts = [0] * n_workers
         verdicts[-1] = 8  # one rejected contribution
+        opened = []
+        for k, (a, merged) in enumerate(zip(aggs, merges)):
+            salt = sha(f"salt {n_workers} {r} {k}")
+            outcome = TrainingLedger.outcome_of(merged, sha(f"mcid {r}"), 3_412_999, verdicts)
+            rc = ledger.with_account(a).commit_proposal(job, r, TrainingLedger.commit_hash_of(outcome, salt, a.address))
+            (commit_first if k == 0 else commit).append(rc["gasUsed"])
+            opened.append((a, merged, salt))
+        gas = []
+        for a, merged, salt in opened[:reveals]:
+            rc = ledger.with_account(a).reveal_proposal(job, r, info.commitment, verdicts, merged, sha(f"mcid {r}"),
+                                                        3_412_999, salt)
+            gas.append(rc["gasUsed"])
+        return gas
+
+    parent = params.genesis_digest
+    for r in (1, 2):
+        submit_all(r, parent)
         merged = sha(f"merged {n_workers} {r}")
-        for k, a in enumerate(aggs[:quorum]):
-            rc = ledger.with_account(a).propose(job, r, info.commitment, verdicts, merged, sha(f"mcid {r}"), 3_412_999)
-            (finalize if k == quorum - 1 else propose).append(rc["gasUsed"])
+        gas = commit_reveal(r, [merged] * n_aggs, quorum)
+        reveal.extend(gas[:-1])
+        finalize.append(gas[-1])
+        assert ledger.round(job, r).status == "finalized"
         parent = merged
     # round 3: nobody submits; after the deadline anyone may skip it
     chain.w3.provider.make_request("evm_increaseTime", [duration + 1])
@@ -99,6 +126,13 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
     rc = ledger.with_account(aggs[0]).close_round(job, 3)
     close_gas = rc["gasUsed"]
     assert ledger.round(job, 3).status == "skipped"
+    # round 4: every aggregator reveals a different outcome; once all are revealed, no quorum can follow
+    submit_all(4, parent)
+    reveal.extend(commit_reveal(4, [sha(f"view {k}") for k in range(n_aggs)], n_aggs))
+    rc = ledger.with_account(aggs[0]).close_round(job, 4)
+    no_quorum_gas = rc["gasUsed"]
+    assert ledger.round(job, 4).skip_reason == "no-quorum"
+    c, v, f = int(statistics.median(commit + commit_first)), int(statistics.median(reveal)), int(statistics.median(finalize))
     return {
         "workers": n_workers,
         "aggregators": n_aggs,
@@ -109,9 +143,14 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
         "submit_max": max(submit),
         "submit_min": min(submit),
         "submits": len(submit),
-        "propose": int(statistics.median(propose)),
-        "propose_finalizes": int(statistics.median(finalize)),
+        "commit_first": int(statistics.median(commit_first)),
+        "commit": int(statistics.median(commit)),
+        "reveal": v,
+        "reveal_finalizes": f,
+        "per_aggregator": c + v,
+        "per_aggregator_finalizing": c + f,
         "closeRound": close_gas,
+        "closeRound_no_quorum": no_quorum_gas,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -123,9 +162,12 @@ def render(rows: list[dict], versions: str) -> str:
         ("submit_first", "submit first"),
         ("submit_median", "submit median"),
         ("submit_max", "submit max"),
-        ("propose", "propose"),
-        ("propose_finalizes", "propose (finalizes)"),
-        ("closeRound", "closeRound"),
+        ("commit_first", "commit (first)"),
+        ("commit", "commit"),
+        ("reveal", "reveal"),
+        ("reveal_finalizes", "reveal (finalizes)"),
+        ("closeRound", "closeRound (too few)"),
+        ("closeRound_no_quorum", "closeRound (no quorum)"),
     ]
     widths = [max(len(h), *(len(f"{r[k]:,}") for r in rows)) for k, h in cols]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
@@ -135,6 +177,10 @@ def render(rows: list[dict], versions: str) -> str:
     for r in rows:
         out.append(line([f"{r[k]:,}" for k, _ in cols]))
     out.append("")
+    out.append("proposal cost per aggregator per round (median commit + reveal): "
+               + ", ".join(f"{r['per_aggregator']:,} ({r['workers']} workers)" for r in rows))
+    out.append("  the aggregator whose reveal finalizes (commit + finalizing reveal): "
+               + ", ".join(f"{r['per_aggregator_finalizing']:,}" for r in rows))
     worst = max(r["submit_median"] for r in rows)
     ok = worst <= TARGET
     medians = ", ".join(f"{r['submit_median']:,} ({r['workers']} workers)" for r in rows)

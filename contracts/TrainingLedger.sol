@@ -4,15 +4,27 @@ pragma solidity 0.8.28;
 /// @title TrainingLedger
 /// @notice Anchors federated training on chain: workers submit checkpoints (by digest and
 /// CID) for a round, aggregators verify them off chain, merge the accepted ones and
-/// propose the result; a round finalizes when `quorum` aggregators proposed bit-for-bit
-/// the same outcome (merged checkpoint + every verdict), and the next round starts from
-/// the merged checkpoint. Every state change emits an event so anyone can audit a job
-/// from the chain alone.
+/// propose the result by commit-reveal; a round finalizes when `quorum` aggregators
+/// revealed bit-for-bit the same outcome (merged checkpoint + every verdict), and the
+/// next round starts from the merged checkpoint. Every state change emits an event so
+/// anyone can audit a job from the chain alone.
 ///
 /// @dev Round lifecycle: Open -> Closed (every worker submitted, or the deadline passed)
-/// -> Finalized (quorum of identical proposals) or Skipped (`closeRound` after the
-/// deadline with fewer than `minSubmissions`; the parent is kept and the next round
-/// opens). Finalizing (or skipping) round `numRounds` completes the job.
+/// -> Finalized (quorum of identical reveals) or Skipped (`closeRound`: after the deadline
+/// with fewer than `minSubmissions`, or after the proposal window without a quorum; the
+/// parent is kept and the next round opens). Finalizing (or skipping) round `numRounds`
+/// completes the job.
+///
+/// Proposals are commit-reveal, so k agreeing proposals are k independent verifications:
+/// - commit phase: from the round's close until every aggregator committed or the commit
+///   deadline, `min(first commit, round deadline) + proposalWindow`, each aggregator commits
+///   keccak256(abi.encodePacked(outcome, salt, aggregator)). Nothing about its outcome is
+///   public yet, and its address in the hash stops another from replaying the commit.
+/// - reveal phase: from the end of the commit phase until the reveal deadline
+///   (commit deadline + proposalWindow), each committed aggregator reveals its outcome and
+///   salt; commits are closed by then, so a revealed outcome cannot be copied into one.
+/// - after the reveal deadline (or once every commit is revealed) without a quorum,
+///   anyone may `closeRound`: the round is skipped, the parent kept, the next round opens.
 ///
 /// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
 /// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
@@ -24,6 +36,8 @@ pragma solidity 0.8.28;
 /// - a worker's index is one mapping slot; CIDs, sizes and sample counts live only in
 ///   events. Per-round records for the views are written once, at finalize or skip,
 ///   and paid by the aggregator (or caller of closeRound), not by the workers.
+/// - the proposal phase of the current round (commit deadline, commit and reveal counts)
+///   is one packed slot per job, overwritten from round to round like the commitment.
 /// There are no external calls: no reentrancy surface.
 contract TrainingLedger {
     // ------------------------------------------------------------------ types
@@ -37,9 +51,10 @@ contract TrainingLedger {
         bytes32 genesisCid;
         uint64 genesisSize;
         address[] workers;      // at most MAX_WORKERS, no duplicates, no zero address
-        address[] aggregators;  // at least `quorum`, no duplicates, no zero address
-        uint8 quorum;           // identical proposals needed to finalize a round
+        address[] aggregators;  // at most MAX_AGGREGATORS, no duplicates, no zero address, no worker
+        uint8 quorum;           // identical reveals needed to finalize: a strict majority of the aggregators
         uint32 roundDuration;   // seconds a round accepts submissions
+        uint32 proposalWindow;  // seconds of the commit phase, and again of the reveal phase
         uint32 numRounds;       // rounds until the job completes
         uint16 minSubmissions;  // accepted contributions needed to move the model
         uint8 cidVersion;       // 0 or 1: how CIDs are rebuilt from (digest, size)
@@ -49,9 +64,16 @@ contract TrainingLedger {
     enum RoundStatus {
         None,      // not opened (yet)
         Open,      // accepting submissions
-        Closed,    // all workers submitted or the deadline passed: awaiting proposals
+        Closed,    // all workers submitted or the deadline passed: commits, then reveals
         Finalized, // a quorum of aggregators agreed; the merged checkpoint is the next parent
-        Skipped    // closed with fewer than minSubmissions; the parent was kept
+        Skipped    // see SkipReason; the parent was kept
+    }
+
+    /// @notice Why `closeRound` skipped a round.
+    enum SkipReason {
+        None,
+        TooFewSubmissions, // the deadline passed with fewer than minSubmissions submissions
+        NoQuorum           // the proposal window passed (or every commit was revealed) without a quorum
     }
 
     /// @notice Everything known about a job (see `getJob`).
@@ -65,6 +87,7 @@ contract TrainingLedger {
         uint64 genesisSize;
         uint8 quorum;
         uint32 roundDuration;
+        uint32 proposalWindow;
         uint32 numRounds;
         uint16 minSubmissions;
         uint8 cidVersion;
@@ -90,7 +113,11 @@ contract TrainingLedger {
         uint64 mergedSize;
         bytes32 outcome;      // the finalizing outcome (zero unless finalized)
         uint16 accepted;      // zero verdicts in the finalizing outcome
-        uint16 proposals;     // proposals recorded for the round
+        uint16 proposals;     // reveals recorded for the round
+        uint16 commits;       // commits recorded for the round
+        uint64 commitDeadline; // last second of the commit phase (unless every aggregator committed before)
+        uint64 revealDeadline; // last second of the reveal phase
+        SkipReason skipReason;
     }
 
     /// @dev Job storage, packed: slot 0 and slot 1 hold all the small fields.
@@ -117,10 +144,10 @@ contract TrainingLedger {
         bytes32 parentDigest;
         bytes32 parentCid;
         uint64 createdBlock;
+        uint32 proposalWindow;
     }
 
-    /// @dev A closed round's record, written once at finalize/skip (the `proposals`
-    /// counter in the packed slot is bumped by every proposal before that).
+    /// @dev A closed round's record, written once at finalize/skip.
     struct RoundRecord {
         bytes32 parent;
         bytes32 commitment;
@@ -132,8 +159,11 @@ contract TrainingLedger {
         uint16 submissions;
         uint16 accepted;
         uint16 proposals;
+        uint16 commits;
         uint8 status; // RoundStatus
+        uint8 skipReason; // SkipReason
         uint128 submitted; // bitmap of worker indexes that submitted
+        uint64 commitDeadline;
     }
 
     /// @dev The packed live state of a round (a struct so one storage pointer serves read and write).
@@ -144,6 +174,15 @@ contract TrainingLedger {
     /// @dev The running commitment of a job's current round.
     struct Commitment {
         bytes32 value;
+    }
+
+    /// @dev The proposal phase of a job's current round: one slot, stale when `round` is
+    /// not the current round (then every count is zero and no commit deadline is set).
+    struct Phase {
+        uint32 round;
+        uint64 commitDeadline; // zero until the first commit sets it
+        uint16 commits;
+        uint16 reveals;
     }
 
     /// @dev A proposal's merge and its outcome, kept together in memory.
@@ -186,7 +225,11 @@ contract TrainingLedger {
     /// @dev running commitment of the job's current round
     mapping(uint256 jobId => Commitment) private _commitment;
     mapping(uint256 jobId => mapping(uint32 round => RoundRecord)) private _rounds;
-    /// @dev outcome an aggregator proposed for a round (zero = none)
+    /// @dev proposal phase of the job's current round
+    mapping(uint256 jobId => Phase) private _phase;
+    /// @dev commit hash an aggregator committed for a round (zero = none)
+    mapping(uint256 jobId => mapping(uint32 round => mapping(address aggregator => bytes32))) private _commits;
+    /// @dev outcome an aggregator revealed for a round (zero = none)
     mapping(uint256 jobId => mapping(uint32 round => mapping(address aggregator => bytes32))) private _proposed;
     mapping(uint256 jobId => mapping(uint32 round => mapping(bytes32 outcome => uint256))) private _votes;
 
@@ -210,8 +253,19 @@ contract TrainingLedger {
         uint64 numSamples
     );
 
-    /// @notice An aggregator proposed a merge and one verdict per submission.
-    event ProposalSubmitted(
+    /// @notice An aggregator committed to a proposal it will reveal once commits close;
+    /// `commitDeadline` is the commit phase's last second.
+    event ProposalCommitted(
+        uint256 indexed jobId,
+        uint32 indexed round,
+        address indexed aggregator,
+        bytes32 commitHash,
+        uint64 commitDeadline
+    );
+
+    /// @notice An aggregator revealed its committed proposal: a merge and one verdict per
+    /// submission; with `salt`, anyone can check it against the commit.
+    event ProposalRevealed(
         uint256 indexed jobId,
         uint32 indexed round,
         address indexed aggregator,
@@ -220,7 +274,8 @@ contract TrainingLedger {
         uint64 mergedSize,
         bytes32 outcome,
         uint16 accepted,
-        bytes verdicts
+        bytes verdicts,
+        bytes32 salt
     );
 
     /// @notice A quorum agreed on `outcome`; the merged checkpoint is the next round's parent.
@@ -234,8 +289,10 @@ contract TrainingLedger {
         uint16 accepted
     );
 
-    /// @notice A round closed with fewer than minSubmissions; `parent` carries over.
-    event RoundSkipped(uint256 indexed jobId, uint32 indexed round, bytes32 parent, uint16 submissions);
+    /// @notice A round was skipped for `reason`; `parent` carries over.
+    event RoundSkipped(
+        uint256 indexed jobId, uint32 indexed round, bytes32 parent, uint16 submissions, SkipReason reason
+    );
 
     /// @notice The last round closed; the final model is (finalDigest, finalCid, finalSize).
     event JobCompleted(uint256 indexed jobId, bytes32 finalDigest, bytes32 finalCid, uint64 finalSize);
@@ -258,8 +315,22 @@ contract TrainingLedger {
     error RoundNotClosed(uint256 jobId, uint32 round, uint64 deadline);
     /// @notice This worker already submitted in this round.
     error AlreadySubmitted(uint256 jobId, uint32 round, address worker);
-    /// @notice This aggregator already proposed in this round.
-    error AlreadyProposed(uint256 jobId, uint32 round, address aggregator);
+    /// @notice This aggregator already committed in this round.
+    error AlreadyCommitted(uint256 jobId, uint32 round, address aggregator);
+    /// @notice This aggregator already revealed in this round.
+    error AlreadyRevealed(uint256 jobId, uint32 round, address aggregator);
+    /// @notice A commit must be a non-zero hash.
+    error EmptyCommit(uint256 jobId, uint32 round);
+    /// @notice Commits are closed: every aggregator committed, or the commit deadline passed.
+    error CommitPhaseClosed(uint256 jobId, uint32 round, uint64 commitDeadline);
+    /// @notice Reveals wait for every aggregator's commit or the commit deadline.
+    error CommitPhaseOpen(uint256 jobId, uint32 round, uint64 commitDeadline);
+    /// @notice The reveal deadline passed; the round can only be skipped now.
+    error RevealPhaseOver(uint256 jobId, uint32 round, uint64 revealDeadline);
+    /// @notice This aggregator committed nothing in this round, so it cannot reveal.
+    error NotCommitted(uint256 jobId, uint32 round, address aggregator);
+    /// @notice The revealed outcome and salt do not hash to the aggregator's commit.
+    error RevealMismatch(uint256 jobId, uint32 round, address aggregator);
     /// @notice The round is already finalized.
     error RoundAlreadyFinalized(uint256 jobId, uint32 round);
     /// @notice The proposal's commitment does not cover exactly the round's submissions.
@@ -268,8 +339,8 @@ contract TrainingLedger {
     error VerdictCountMismatch(uint256 jobId, uint32 round, uint256 expected, uint256 given);
     /// @notice Fewer than minSubmissions accepted: the merged digest must be the parent.
     error MergeMustKeepParent(uint256 jobId, uint32 round, bytes32 parent, bytes32 given);
-    /// @notice closeRound: the round has enough submissions to be proposed on.
-    error EnoughSubmissions(uint256 jobId, uint32 round, uint256 submissions, uint256 minSubmissions);
+    /// @notice closeRound: the round can still finalize until `revealDeadline`.
+    error ProposalWindowOpen(uint256 jobId, uint32 round, uint64 revealDeadline);
     /// @notice createJob: a parameter is out of range; `reason` says which.
     error InvalidJobParams(string reason);
     /// @notice createJob: more workers than the bitmap holds.
@@ -306,6 +377,7 @@ contract TrainingLedger {
         j.cidVersion = p.cidVersion;
         j.currentRound = 1;
         j.createdBlock = uint64(block.number);
+        j.proposalWindow = p.proposalWindow;
         j.numWorkers = uint8(p.workers.length);
         j.numAggregators = uint8(p.aggregators.length);
         j.configSize = p.configSize;
@@ -331,6 +403,8 @@ contract TrainingLedger {
             address a = p.aggregators[i];
             if (a == address(0)) revert InvalidJobParams("zero aggregator address");
             if (_isAggregator[jobId][a]) revert InvalidJobParams("duplicate aggregator");
+            // A worker who also judges would vote on its own contribution.
+            if (_workerIndex[jobId][a] != 0) revert InvalidJobParams("an address is both a worker and an aggregator");
             _isAggregator[jobId][a] = true;
             as_.push(a);
         }
@@ -382,26 +456,62 @@ contract TrainingLedger {
         emit UpdateSubmitted(jobId, round, msg.sender, digest, cid, size, numSamples);
     }
 
-    /// @notice Propose the merge of a closed round: the commitment over its submissions,
-    /// one verdict byte per submission (0 = accepted) in submission order, and the merged
-    /// checkpoint. The proposal that brings an outcome to `quorum` votes finalizes the
-    /// round and opens the next one (or completes the job).
+    /// @notice Commit to a proposal for a closed round, before anyone can see another's:
+    /// `commitHash = keccak256(abi.encodePacked(outcome, salt, msg.sender))` with
+    /// `outcome = keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts))`
+    /// and a secret random `salt` the aggregator keeps until it reveals. The first commit
+    /// fixes the commit deadline at `min(now, round deadline) + proposalWindow`.
     /// @param jobId the job
     /// @param round the job's current round, which must be closed
+    /// @param commitHash the hash above (non-zero)
+    function commitProposal(uint256 jobId, uint32 round, bytes32 commitHash)
+        external
+        jobExists(jobId)
+        onlyAggregator(jobId)
+    {
+        Job storage j = _jobs[jobId];
+        _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
+        uint256 live = _live[jobId][j.parentDigest].packed;
+        _requireClosed(jobId, round, live, j.numWorkers);
+        if (commitHash == bytes32(0)) revert EmptyCommit(jobId, round);
+        if (_commits[jobId][round][msg.sender] != 0) revert AlreadyCommitted(jobId, round, msg.sender);
+        Phase memory ph = _phaseOf(jobId, round);
+        uint64 roundDeadline = uint40(live >> DEADLINE_SHIFT);
+        uint64 commitDeadline = _commitDeadline(ph, roundDeadline, j.proposalWindow);
+        if (block.timestamp > commitDeadline) revert CommitPhaseClosed(jobId, round, commitDeadline);
+        if (ph.commits == 0 && block.timestamp < roundDeadline) {
+            // closed early (every worker submitted): the window runs from the first commit
+            commitDeadline = uint64(block.timestamp) + j.proposalWindow;
+        }
+        _phase[jobId] = Phase({round: round, commitDeadline: commitDeadline, commits: ph.commits + 1, reveals: 0});
+        _commits[jobId][round][msg.sender] = commitHash;
+        emit ProposalCommitted(jobId, round, msg.sender, commitHash, commitDeadline);
+    }
+
+    /// @notice Reveal the committed proposal once commits are closed (every aggregator
+    /// committed, or the commit deadline passed) and before the reveal deadline: the
+    /// commitment over the round's submissions, one verdict byte per submission
+    /// (0 = accepted) in submission order, the merged checkpoint, and the commit's salt.
+    /// The reveal that brings an outcome to `quorum` finalizes the round and opens the
+    /// next one (or completes the job).
+    /// @param jobId the job
+    /// @param round the job's current round
     /// @param submissionsCommitment the round's final commitment (see `getRound`)
     /// @param verdicts one byte per submission, in submission (event) order
     /// @param mergedDigest sha256 of the merged checkpoint (the parent if fewer than
     ///        minSubmissions verdicts are 0)
     /// @param mergedCid the merged checkpoint CID's sha2-256 multihash digest
     /// @param mergedSize the merged checkpoint's size in bytes
-    function propose(
+    /// @param salt the secret the commit hashed with the outcome
+    function revealProposal(
         uint256 jobId,
         uint32 round,
         bytes32 submissionsCommitment,
         bytes calldata verdicts,
         bytes32 mergedDigest,
         bytes32 mergedCid,
-        uint64 mergedSize
+        uint64 mergedSize,
+        bytes32 salt
     ) external jobExists(jobId) onlyAggregator(jobId) {
         (uint256 live, uint16 accepted) = _checkProposal(jobId, round, submissionsCommitment, verdicts, mergedDigest);
         Merge memory m = Merge({
@@ -411,11 +521,14 @@ contract TrainingLedger {
             outcome: keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts)),
             accepted: accepted
         });
-        if (_recordProposal(jobId, round, m, verdicts)) _finalize(jobId, round, live, m);
+        _checkReveal(jobId, round, m.outcome, salt);
+        if (_recordReveal(jobId, round, m, verdicts, salt)) _finalize(jobId, round, live, m);
     }
 
-    /// @notice Skip a round whose deadline passed with fewer than minSubmissions
-    /// submissions: the parent carries over to the next round (or becomes the final
+    /// @notice Skip a round that cannot move the model: past its deadline with fewer than
+    /// minSubmissions submissions (`TooFewSubmissions`), or without a quorum once the
+    /// reveal deadline passed or every commit was revealed after the commit phase
+    /// (`NoQuorum`). The parent carries over to the next round (or becomes the final
     /// model if this was the last round). Anyone may call it.
     /// @param jobId the job
     /// @param round the job's current round
@@ -426,16 +539,30 @@ contract TrainingLedger {
         bytes32 parent = j.parentDigest;
         uint256 live = _live[jobId][parent].packed;
         uint64 deadline = uint40(live >> DEADLINE_SHIFT);
-        if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
         uint256 count = (live >> COUNT_SHIFT) & 0xff;
-        if (count >= j.minSubmissions) revert EnoughSubmissions(jobId, round, count, j.minSubmissions);
+        SkipReason reason;
+        Phase memory ph = _phaseOf(jobId, round);
+        uint64 commitDeadline = _commitDeadline(ph, deadline, j.proposalWindow);
+        if (count < j.minSubmissions) {
+            if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
+            reason = SkipReason.TooFewSubmissions;
+        } else {
+            _requireClosed(jobId, round, live, j.numWorkers);
+            uint64 revealDeadline = commitDeadline + j.proposalWindow;
+            bool commitsClosed = ph.commits == j.numAggregators || block.timestamp > commitDeadline;
+            if (block.timestamp <= revealDeadline && !(commitsClosed && ph.reveals == ph.commits)) {
+                revert ProposalWindowOpen(jobId, round, revealDeadline);
+            }
+            reason = SkipReason.NoQuorum;
+        }
 
         _live[jobId][parent].packed = live & ~STATUS_MASK;
-        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Skipped);
+        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Skipped, ph, commitDeadline);
+        rec.skipReason = uint8(reason);
         rec.mergedDigest = parent;
         rec.mergedCid = j.parentCid;
         rec.mergedSize = j.parentSize;
-        emit RoundSkipped(jobId, round, parent, uint16(count));
+        emit RoundSkipped(jobId, round, parent, uint16(count), reason);
         _advance(jobId, j, round);
     }
 
@@ -461,6 +588,7 @@ contract TrainingLedger {
         v.genesisSize = j.genesisSize;
         v.quorum = j.quorum;
         v.roundDuration = j.roundDuration;
+        v.proposalWindow = j.proposalWindow;
         v.numRounds = j.numRounds;
         v.minSubmissions = j.minSubmissions;
         v.cidVersion = j.cidVersion;
@@ -495,7 +623,6 @@ contract TrainingLedger {
     function getRound(uint256 jobId, uint32 round) external view jobExists(jobId) returns (RoundView memory v) {
         Job storage j = _jobs[jobId];
         RoundRecord storage rec = _rounds[jobId][round];
-        v.proposals = rec.proposals;
         if (rec.status != uint8(RoundStatus.None)) {
             v.parent = rec.parent;
             v.deadline = rec.deadline;
@@ -507,13 +634,23 @@ contract TrainingLedger {
             v.mergedSize = rec.mergedSize;
             v.outcome = rec.outcome;
             v.accepted = rec.accepted;
+            v.proposals = rec.proposals;
+            v.commits = rec.commits;
+            v.commitDeadline = rec.commitDeadline;
+            v.revealDeadline = rec.commitDeadline + j.proposalWindow;
+            v.skipReason = SkipReason(rec.skipReason);
         } else if (round == j.currentRound && !j.completed) {
             uint256 live = _live[jobId][j.parentDigest].packed;
+            Phase memory ph = _phaseOf(jobId, round);
             v.parent = j.parentDigest;
             v.deadline = uint40(live >> DEADLINE_SHIFT);
             v.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
             v.commitment = _commitment[jobId].value;
             v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
+            v.proposals = ph.reveals;
+            v.commits = ph.commits;
+            v.commitDeadline = _commitDeadline(ph, v.deadline, j.proposalWindow);
+            v.revealDeadline = v.commitDeadline + j.proposalWindow;
         }
     }
 
@@ -533,29 +670,38 @@ contract TrainingLedger {
         return (live >> (BITMAP_SHIFT + index - 1)) & 1 == 1;
     }
 
-    /// @notice Whether `aggregator` proposed in `round` of the job.
+    /// @notice The commit hash `aggregator` committed in `round` (zero if none).
     /// @param jobId the job
     /// @param round the round
     /// @param aggregator the aggregator address
-    /// @return true if it proposed
+    /// @return the commit hash
+    function commitOf(uint256 jobId, uint32 round, address aggregator) external view returns (bytes32) {
+        return _commits[jobId][round][aggregator];
+    }
+
+    /// @notice Whether `aggregator` revealed a proposal in `round` of the job.
+    /// @param jobId the job
+    /// @param round the round
+    /// @param aggregator the aggregator address
+    /// @return true if it revealed
     function hasProposed(uint256 jobId, uint32 round, address aggregator) external view returns (bool) {
         return _proposed[jobId][round][aggregator] != 0;
     }
 
-    /// @notice The outcome `aggregator` proposed in `round` (zero if none).
+    /// @notice The outcome `aggregator` revealed in `round` (zero if none).
     /// @param jobId the job
     /// @param round the round
     /// @param aggregator the aggregator address
-    /// @return the proposed outcome
+    /// @return the revealed outcome
     function proposalOf(uint256 jobId, uint32 round, address aggregator) external view returns (bytes32) {
         return _proposed[jobId][round][aggregator];
     }
 
-    /// @notice Votes an outcome received in `round`.
+    /// @notice Reveals an outcome received in `round`.
     /// @param jobId the job
     /// @param round the round
     /// @param outcome keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts))
-    /// @return the number of aggregators who proposed it
+    /// @return the number of aggregators who revealed it
     function votes(uint256 jobId, uint32 round, bytes32 outcome) external view returns (uint256) {
         return _votes[jobId][round][outcome];
     }
@@ -567,9 +713,13 @@ contract TrainingLedger {
         if (p.workers.length > MAX_WORKERS) revert TooManyWorkers(p.workers.length, MAX_WORKERS);
         if (p.aggregators.length == 0) revert InvalidJobParams("no aggregators");
         if (p.aggregators.length > MAX_AGGREGATORS) revert InvalidJobParams("more than 255 aggregators");
-        if (p.quorum == 0) revert InvalidJobParams("quorum must be at least 1");
+        // A strict majority: two disjoint sets of aggregators can never both reach it.
+        if (uint256(p.quorum) * 2 <= p.aggregators.length) {
+            revert InvalidJobParams("quorum must be a strict majority of the aggregators");
+        }
         if (p.quorum > p.aggregators.length) revert InvalidJobParams("quorum exceeds the number of aggregators");
         if (p.roundDuration == 0) revert InvalidJobParams("roundDuration must be positive");
+        if (p.proposalWindow == 0) revert InvalidJobParams("proposalWindow must be positive");
         if (p.numRounds == 0) revert InvalidJobParams("numRounds must be positive");
         if (p.minSubmissions == 0) revert InvalidJobParams("minSubmissions must be at least 1");
         if (p.minSubmissions > p.workers.length) revert InvalidJobParams("minSubmissions exceeds the number of workers");
@@ -604,7 +754,7 @@ contract TrainingLedger {
         if (round != current) revert WrongRound(jobId, current, round);
     }
 
-    /// @dev All checks of `propose`; returns the round's live slot and the accepted count.
+    /// @dev All checks of a reveal's content; returns the round's live slot and the accepted count.
     function _checkProposal(
         uint256 jobId,
         uint32 round,
@@ -614,7 +764,7 @@ contract TrainingLedger {
     ) private view returns (uint256 live, uint16 accepted) {
         Job storage j = _jobs[jobId];
         _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
-        if (_proposed[jobId][round][msg.sender] != 0) revert AlreadyProposed(jobId, round, msg.sender);
+        if (_proposed[jobId][round][msg.sender] != 0) revert AlreadyRevealed(jobId, round, msg.sender);
         bytes32 parent = j.parentDigest;
         live = _live[jobId][parent].packed;
         _requireClosed(jobId, round, live, j.numWorkers);
@@ -627,6 +777,22 @@ contract TrainingLedger {
         accepted = _countAccepted(verdicts);
         if (accepted < j.minSubmissions && mergedDigest != parent) {
             revert MergeMustKeepParent(jobId, round, parent, mergedDigest);
+        }
+    }
+
+    /// @dev The reveal's timing (commits closed, reveal deadline ahead) and its commit.
+    function _checkReveal(uint256 jobId, uint32 round, bytes32 outcome, bytes32 salt) private view {
+        bytes32 committed = _commits[jobId][round][msg.sender];
+        if (committed == bytes32(0)) revert NotCommitted(jobId, round, msg.sender);
+        Job storage j = _jobs[jobId];
+        Phase memory ph = _phase[jobId]; // current: this aggregator committed in this round
+        if (ph.commits < j.numAggregators && block.timestamp <= ph.commitDeadline) {
+            revert CommitPhaseOpen(jobId, round, ph.commitDeadline);
+        }
+        uint64 revealDeadline = ph.commitDeadline + j.proposalWindow;
+        if (block.timestamp > revealDeadline) revert RevealPhaseOver(jobId, round, revealDeadline);
+        if (keccak256(abi.encodePacked(outcome, salt, msg.sender)) != committed) {
+            revert RevealMismatch(jobId, round, msg.sender);
         }
     }
 
@@ -644,15 +810,26 @@ contract TrainingLedger {
         }
     }
 
-    /// @dev Store an aggregator's proposal and its vote; true if it brings the outcome to quorum.
-    function _recordProposal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts)
+    /// @dev The job's proposal phase for `round`: zero when the stored one is an earlier round's.
+    function _phaseOf(uint256 jobId, uint32 round) private view returns (Phase memory ph) {
+        ph = _phase[jobId];
+        if (ph.round != round) ph = Phase({round: round, commitDeadline: 0, commits: 0, reveals: 0});
+    }
+
+    /// @dev The commit phase's last second: set by the first commit, else the round's deadline + window.
+    function _commitDeadline(Phase memory ph, uint64 roundDeadline, uint32 window) private pure returns (uint64) {
+        return ph.commits != 0 ? ph.commitDeadline : roundDeadline + window;
+    }
+
+    /// @dev Store an aggregator's reveal and its vote; true if it brings the outcome to quorum.
+    function _recordReveal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts, bytes32 salt)
         private
         returns (bool)
     {
         _proposed[jobId][round][msg.sender] = m.outcome;
         uint256 n = ++_votes[jobId][round][m.outcome];
-        _rounds[jobId][round].proposals += 1;
-        emit ProposalSubmitted(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts);
+        _phase[jobId].reveals += 1;
+        emit ProposalRevealed(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts, salt);
         return n == _jobs[jobId].quorum;
     }
 
@@ -661,7 +838,8 @@ contract TrainingLedger {
         bytes32 parent = j.parentDigest;
         RoundRecord storage rec = _rounds[jobId][round];
         _live[jobId][parent].packed = live & ~STATUS_MASK;
-        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Finalized);
+        Phase memory ph = _phase[jobId];
+        _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Finalized, ph, ph.commitDeadline);
         rec.mergedDigest = m.digest;
         rec.mergedCid = m.cid;
         rec.mergedSize = m.size;
@@ -674,15 +852,24 @@ contract TrainingLedger {
         _advance(jobId, j, round);
     }
 
-    function _writeRecord(RoundRecord storage rec, bytes32 parent, bytes32 commitment, uint256 live, RoundStatus status)
-        private
-    {
+    function _writeRecord(
+        RoundRecord storage rec,
+        bytes32 parent,
+        bytes32 commitment,
+        uint256 live,
+        RoundStatus status,
+        Phase memory ph,
+        uint64 commitDeadline
+    ) private {
         rec.parent = parent;
         rec.commitment = commitment;
         rec.deadline = uint40(live >> DEADLINE_SHIFT);
         rec.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
         rec.submitted = uint128(live >> BITMAP_SHIFT);
         rec.status = uint8(status);
+        rec.proposals = ph.reveals;
+        rec.commits = ph.commits;
+        rec.commitDeadline = commitDeadline;
     }
 
     /// @dev After round `round` closed: complete the job or open the next round on the job's parent.

@@ -5,12 +5,13 @@ Values cross this boundary as Python types: digests and CIDs as 32-byte ``bytes`
 ``ledger.cid``), addresses as checksummed ``str``, verdicts as ``list[int]``, round
 status as a ``str`` (``none``/``open``/``closed``/``finalized``/``skipped``).
 
-``commitment_of`` and ``outcome_of`` recompute off chain exactly what the contract
-computes, so an auditor can check a round from its events alone::
+``commitment_of``, ``outcome_of`` and ``commit_hash_of`` recompute off chain exactly
+what the contract computes, so an auditor can check a round from its events alone::
 
     seed       = keccak256(abi.encode(uint256 jobId, uint256 round))
     commitment = keccak256(abi.encodePacked(c, worker, digest, cid, uint64 size, uint64 numSamples))  # per submission
     outcome    = keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))
+    commit     = keccak256(abi.encodePacked(outcome, salt, aggregator))  # commit-reveal of a proposal
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from .artifacts import load_artifact
 from .chain import Chain
 
 ROUND_STATUS = ("none", "open", "closed", "finalized", "skipped")
+SKIP_REASONS = ("", "too-few-submissions", "no-quorum")
 EVENT_NAMES = (
     "JobCreated",
     "RoundOpened",
     "UpdateSubmitted",
-    "ProposalSubmitted",
+    "ProposalCommitted",
+    "ProposalRevealed",
     "RoundFinalized",
     "RoundSkipped",
     "JobCompleted",
@@ -56,8 +59,10 @@ def _hex(h: Any) -> str:
 # ------------------------------------------------------------------------------ types
 
 
-# Gas a proposal needs beyond its estimate if it turns out to finalize the round.
+# Gas a reveal needs beyond its estimate if it turns out to finalize the round.
 FINALIZE_GAS = 200_000
+# Seconds of a job's commit phase, and again of its reveal phase, unless the creator says.
+DEFAULT_PROPOSAL_WINDOW = 300
 
 @dataclass
 class JobParams:
@@ -76,6 +81,7 @@ class JobParams:
     num_rounds: int
     min_submissions: int
     cid_version: int = 0
+    proposal_window: int = DEFAULT_PROPOSAL_WINDOW
 
     def to_abi(self) -> tuple:
         return (
@@ -89,6 +95,7 @@ class JobParams:
             [to_checksum_address(a) for a in self.aggregators],
             int(self.quorum),
             int(self.round_duration),
+            int(self.proposal_window),
             int(self.num_rounds),
             int(self.min_submissions),
             int(self.cid_version),
@@ -120,6 +127,7 @@ class JobInfo:
     current_parent_size: int
     completed: bool
     created_block: int
+    proposal_window: int = DEFAULT_PROPOSAL_WINDOW  # seconds of the commit phase, and of the reveal phase
 
     @property
     def creator(self) -> str:
@@ -150,7 +158,11 @@ class RoundInfo:
     merged_size: int
     outcome: bytes
     accepted: int
-    proposals: int
+    proposals: int  # reveals
+    commits: int = 0
+    commit_deadline: int = 0  # last second of the commit phase (it ends earlier once every aggregator committed)
+    reveal_deadline: int = 0  # last second of the reveal phase; then closeRound skips the round
+    skip_reason: str = ""  # "" / "too-few-submissions" / "no-quorum"
 
     @property
     def is_closed(self) -> bool:
@@ -180,8 +192,23 @@ class Submission:
 
 
 @dataclass
+class Commit:
+    """One ``ProposalCommitted`` event."""
+
+    job_id: int
+    round: int
+    aggregator: str
+    commit_hash: bytes
+    commit_deadline: int
+    block: int
+    tx_hash: str
+    log_index: int
+    timestamp: int = 0
+
+
+@dataclass
 class Proposal:
-    """One ``ProposalSubmitted`` event."""
+    """One ``ProposalRevealed`` event: a proposal is what an aggregator revealed."""
 
     job_id: int
     round: int
@@ -196,6 +223,7 @@ class Proposal:
     tx_hash: str
     log_index: int
     timestamp: int = 0
+    salt: bytes = b""  # the commit's salt: commit_hash_of(outcome, salt, aggregator) is its commit
 
 
 @dataclass
@@ -277,7 +305,12 @@ class TrainingLedger:
         )
         return self.chain.transact(fn, context=f"submit job {job_id} round {round}")
 
-    def propose(
+    def commit_proposal(self, job_id: int, round: int, commit_hash: bytes):
+        """Commit ``commit_hash_of(outcome, salt, our address)`` for a closed round."""
+        fn = self.contract.functions.commitProposal(int(job_id), int(round), _b32(commit_hash, "commit_hash"))
+        return self.chain.transact(fn, context=f"commit job {job_id} round {round}")
+
+    def reveal_proposal(
         self,
         job_id: int,
         round: int,
@@ -286,15 +319,19 @@ class TrainingLedger:
         merged_digest: bytes,
         merged_cid32: bytes,
         merged_size: int,
+        salt: bytes,
     ):
-        fn = self.contract.functions.propose(
+        """Reveal the committed proposal: the round's submissions commitment, the verdicts,
+        the merge, and the salt of the commit."""
+        fn = self.contract.functions.revealProposal(
             int(job_id), int(round), _b32(commitment, "commitment"), bytes(int(v) for v in verdicts),
             _b32(merged_digest, "merged_digest"), _b32(merged_cid32, "merged_cid"), int(merged_size),
+            _b32(salt, "salt"),
         )
-        # Estimated alone, a proposal may not be the one that reaches the quorum; mined
+        # Estimated alone, a reveal may not be the one that reaches the quorum; mined
         # after another aggregator's, it is, and it pays for finalizing the round and
         # opening the next (~150,000 more, growing with the verdicts).
-        return self.chain.transact(fn, context=f"propose job {job_id} round {round}",
+        return self.chain.transact(fn, context=f"reveal job {job_id} round {round}",
                                    extra_gas=FINALIZE_GAS + 2_000 * len(verdicts))
 
     def close_round(self, job_id: int, round: int):
@@ -332,7 +369,15 @@ class TrainingLedger:
         fn = self.contract.functions.hasSubmitted(int(job_id), int(round), to_checksum_address(address))
         return bool(self.chain.call(fn, "hasSubmitted"))
 
+    def commit_of(self, job_id: int, round: int, address: str) -> bytes:
+        fn = self.contract.functions.commitOf(int(job_id), int(round), to_checksum_address(address))
+        return bytes(self.chain.call(fn, "commitOf"))
+
+    def has_committed(self, job_id: int, round: int, address: str) -> bool:
+        return self.commit_of(job_id, round, address) != b"\0" * 32
+
     def has_proposed(self, job_id: int, round: int, address: str) -> bool:
+        """Whether ``address`` revealed a proposal in the round."""
         fn = self.contract.functions.hasProposed(int(job_id), int(round), to_checksum_address(address))
         return bool(self.chain.call(fn, "hasProposed"))
 
@@ -375,12 +420,28 @@ class TrainingLedger:
             ))
         return out
 
-    def proposals(self, job_id: int, round: int | None = None) -> list[Proposal]:
-        """A job's proposals (of one round, or all), in chain order."""
+    def commits(self, job_id: int, round: int | None = None) -> list[Commit]:
+        """A job's proposal commits (of one round, or all), in chain order."""
         filters: dict = {"jobId": int(job_id)}
         if round is not None:
             filters["round"] = int(round)
-        logs = self.chain.get_logs(self.contract.events.ProposalSubmitted, self._from_block(job_id), "latest", filters)
+        logs = self.chain.get_logs(self.contract.events.ProposalCommitted, self._from_block(job_id), "latest", filters)
+        return [
+            Commit(
+                job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), aggregator=lg["args"]["aggregator"],
+                commit_hash=bytes(lg["args"]["commitHash"]), commit_deadline=int(lg["args"]["commitDeadline"]),
+                block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
+                timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
+            )
+            for lg in logs
+        ]
+
+    def proposals(self, job_id: int, round: int | None = None) -> list[Proposal]:
+        """A job's proposals, i.e. reveals (of one round, or all), in chain order."""
+        filters: dict = {"jobId": int(job_id)}
+        if round is not None:
+            filters["round"] = int(round)
+        logs = self.chain.get_logs(self.contract.events.ProposalRevealed, self._from_block(job_id), "latest", filters)
         out = []
         for lg in logs:
             a = lg["args"]
@@ -388,7 +449,7 @@ class TrainingLedger:
                 job_id=int(a["jobId"]), round=int(a["round"]), aggregator=a["aggregator"],
                 merged_digest=bytes(a["mergedDigest"]), merged_cid=bytes(a["mergedCid"]),
                 merged_size=int(a["mergedSize"]), outcome=bytes(a["outcome"]), accepted=int(a["accepted"]),
-                verdicts=list(bytes(a["verdicts"])), block=int(lg["blockNumber"]),
+                verdicts=list(bytes(a["verdicts"])), salt=bytes(a["salt"]), block=int(lg["blockNumber"]),
                 tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
             ))
@@ -435,6 +496,11 @@ class TrainingLedger:
         return c
 
     @staticmethod
+    def commit_hash_of(outcome: bytes, salt: bytes, aggregator: str) -> bytes:
+        """keccak256(abi.encodePacked(outcome, salt, aggregator)): what an aggregator commits."""
+        return keccak(_b32(outcome, "outcome") + _b32(salt, "salt") + bytes.fromhex(to_checksum_address(aggregator)[2:]))
+
+    @staticmethod
     def outcome_of(merged_digest: bytes, merged_cid: bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
         """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))."""
         return keccak(
@@ -451,8 +517,8 @@ def _discard():
 
 def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
     (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
-     round_duration, num_rounds, min_submissions, cid_version, _nw, _na, current_round, parent_digest,
-     parent_cid, parent_size, completed, created_block) = v
+     round_duration, proposal_window, num_rounds, min_submissions, cid_version, _nw, _na, current_round,
+     parent_digest, parent_cid, parent_size, completed, created_block) = v
     return JobInfo(
         job_id=job_id, owner=creator, config_digest=bytes(config_digest), config_cid=bytes(config_cid),
         config_size=int(config_size), genesis_digest=bytes(genesis_digest), genesis_cid=bytes(genesis_cid),
@@ -460,16 +526,18 @@ def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
         round_duration=int(round_duration), num_rounds=int(num_rounds), min_submissions=int(min_submissions),
         cid_version=int(cid_version), current_round=int(current_round), current_parent=bytes(parent_digest),
         current_parent_cid=bytes(parent_cid), current_parent_size=int(parent_size), completed=bool(completed),
-        created_block=int(created_block),
+        created_block=int(created_block), proposal_window=int(proposal_window),
     )
 
 
 def _round_info(job_id: int, round: int, v) -> RoundInfo:
     (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
-     accepted, proposals) = v
+     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason) = v
     return RoundInfo(
         job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
         commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
         merged_cid=bytes(merged_cid), merged_size=int(merged_size), outcome=bytes(outcome),
-        accepted=int(accepted), proposals=int(proposals),
+        accepted=int(accepted), proposals=int(proposals), commits=int(commits),
+        commit_deadline=int(commit_deadline), reveal_deadline=int(reveal_deadline),
+        skip_reason=SKIP_REASONS[int(skip_reason)],
     )

@@ -20,8 +20,9 @@ class RoundHistory:
     round: int
     info: object                          # contract.RoundInfo (the view)
     submissions: list = field(default_factory=list)   # contract.Submission, in submission order
-    proposals: list = field(default_factory=list)     # contract.Proposal, in chain order
+    proposals: list = field(default_factory=list)     # contract.Proposal (a reveal), in chain order
     events: list = field(default_factory=list)        # every ChainEvent of this round
+    commits: list = field(default_factory=list)       # contract.Commit, in chain order
 
     @property
     def status(self) -> str:
@@ -32,6 +33,13 @@ class RoundHistory:
         if self.info.status != "finalized":
             return []
         return [p for p in self.proposals if p.outcome == self.info.outcome]
+
+    def votes(self) -> dict:
+        """Reveals per outcome."""
+        out: dict = {}
+        for p in self.proposals:
+            out[p.outcome] = out.get(p.outcome, 0) + 1
+        return out
 
 
 @dataclass
@@ -49,6 +57,7 @@ def load_history(ledger, job_id: int) -> JobHistory:
     events = ledger.events(job_id)
     subs = ledger.submissions(job_id)
     props = ledger.proposals(job_id)
+    commits = ledger.commits(job_id)
     last = job.current_round if not job.completed else job.num_rounds
     rounds = []
     for r in range(1, last + 1):
@@ -59,6 +68,7 @@ def load_history(ledger, job_id: int) -> JobHistory:
                 submissions=[s for s in subs if s.round == r],
                 proposals=[p for p in props if p.round == r],
                 events=[e for e in events if e.args.get("round") == r],
+                commits=[c for c in commits if c.round == r],
             )
         )
     return JobHistory(job=job, events=events, rounds=rounds)
@@ -76,7 +86,8 @@ def render_timeline(h: JobHistory) -> str:
         f"  config  {h.cid(j.config_cid, j.config_size)}  sha256 {to_hex(j.config_digest)}",
         f"  genesis {h.cid(j.genesis_cid, j.genesis_size)}  sha256 {to_hex(j.genesis_digest)}",
         f"  {len(j.workers)} workers, {len(j.aggregators)} aggregators, quorum {j.quorum}, "
-        f"{j.num_rounds} rounds of {j.round_duration}s, min {j.min_submissions} submissions",
+        f"{j.num_rounds} rounds of {j.round_duration}s, min {j.min_submissions} submissions, "
+        f"proposal window {j.proposal_window}s to commit + {j.proposal_window}s to reveal",
         f"  status: {'completed' if j.completed else f'round {j.current_round} in progress'}",
     ]
     for rh in h.rounds:
@@ -88,21 +99,40 @@ def render_timeline(h: JobHistory) -> str:
                 f"  {_when(getattr(s, 'timestamp', 0))}  submit   #{n} {s.worker}  {short(s.digest)}  "
                 f"{h.cid(s.cid, s.size)}  {s.num_samples} samples  tx {s.tx_hash}"
             )
+        for c in rh.commits:
+            out.append(f"  {_when(getattr(c, 'timestamp', 0))}  commit   {c.aggregator}  {short(c.commit_hash)}  tx {c.tx_hash}")
         for p in rh.proposals:
             verdicts = " ".join(describe(v) for v in p.verdicts)
-            agree = "" if i.status != "finalized" else ("  (quorum)" if p.outcome == i.outcome else "  (DISSENT)")
+            agree = ""
+            if i.status == "finalized":
+                agree = "  (quorum)" if p.outcome == i.outcome else "  (DISSENT)"
+            elif i.skip_reason == "no-quorum":
+                agree = "  (no quorum)"
             out.append(
-                f"  {_when(getattr(p, 'timestamp', 0))}  propose  {p.aggregator}  merged {short(p.merged_digest)}  "
+                f"  {_when(getattr(p, 'timestamp', 0))}  reveal   {p.aggregator}  merged {short(p.merged_digest)}  "
                 f"[{verdicts}]{agree}  tx {p.tx_hash}"
             )
         if i.status == "finalized":
             out.append(f"  finalized: merged {h.cid(i.merged_cid, i.merged_size)}  sha256 {to_hex(i.merged_digest)}")
         elif i.status == "skipped":
-            out.append(f"  skipped: {i.submissions} submissions, below the minimum {j.min_submissions}; parent kept")
+            out.append("  skipped: " + skip_text(rh, j) + "; parent kept")
+        elif i.status == "closed":
+            out.append(f"  closed: {i.commits} commits (until {_when(i.commit_deadline)} UTC), {i.proposals} reveals "
+                       f"(until {_when(i.reveal_deadline)} UTC)")
     if j.completed:
         out.append("")
         out.append(f"final model sha256 {to_hex(j.current_parent)}")
     return "\n".join(out)
+
+
+def skip_text(rh: RoundHistory, job) -> str:
+    """Why a round was skipped, in words."""
+    i = rh.info
+    if i.skip_reason == "no-quorum":
+        votes = sorted(rh.votes().values(), reverse=True)
+        return (f"no quorum of {job.quorum} by the end of the proposal window ({i.commits} commits, "
+                f"{i.proposals} reveals, largest agreement {votes[0] if votes else 0})")
+    return f"{i.submissions} submissions, below the minimum {job.min_submissions}"
 
 
 def to_json(h: JobHistory) -> str:
@@ -125,6 +155,7 @@ def to_json(h: JobHistory) -> str:
                 "round": rh.round,
                 "info": rh.info,
                 "submissions": [{**conv(s), "cid_str": h.cid(s.cid, s.size)} for s in rh.submissions],
+                "commits": [conv(c) for c in rh.commits],
                 "proposals": [{**conv(p), "verdict_labels": [describe(v) for v in p.verdicts]} for p in rh.proposals],
             }
             for rh in h.rounds

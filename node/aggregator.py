@@ -1,16 +1,22 @@
 """The aggregator: when a round closes, verify every contribution, merge the
-accepted ones deterministically, publish the merge and propose it on chain with one
-verdict per contribution — one transaction. The contract finalizes the round when
-k aggregators proposed the same outcome; aggregators never talk to each other.
+accepted ones deterministically, publish the merge, and propose it on chain by
+commit-reveal: first a commit (a hash of the outcome, a secret salt and our
+address), then, once every aggregator committed or the commit deadline passed, the
+reveal (verdicts, merge and salt). The contract finalizes the round when k reveals
+agree; aggregators never talk to each other, and none can copy another's outcome,
+because commits close before any outcome is public. A round whose proposal window
+passes without a quorum is skipped (``closeRound``) and the job moves on.
 
-Crash-safe: the chain says whether we proposed (``hasProposed``); the merged
-checkpoint is kept locally until it is on chain, so a restart after kill -9
-publishes and proposes the very same bytes.
+Crash-safe: the chain says whether we committed and revealed (``commitOf``,
+``hasProposed``); the verdicts, the merged checkpoint's identity and the salt are
+written to the round's state file (under the data dir) before the commit is sent,
+so a restart after kill -9 at any point commits or reveals the very same outcome.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +24,7 @@ from pathlib import Path
 from ledger import atomic
 from ledger.cid import cid_to_chain
 from ledger.digest import short, to_hex
-from ledger.errors import ContractReverted, TransactionFailed
+from ledger.errors import ContractReverted, LedgerError, TransactionFailed
 from ledger.verdicts import describe
 
 from .faults import crash_point
@@ -26,6 +32,12 @@ from .rounds import judge_round
 from .task import JobContext
 
 log = logging.getLogger("ledger.aggregator")
+
+# Errors that mean "our clock ran ahead of the chain's, or a peer's transaction is not
+# mined yet": the next poll tries again.
+_RETRY = ("RoundNotClosed", "CommitPhaseOpen", "ProposalWindowOpen")
+# Errors that mean the round moved on without us.
+_MOVED_ON = ("RoundAlreadyFinalized", "WrongRound", "JobFinished")
 
 
 @dataclass
@@ -42,15 +54,21 @@ class Aggregator:
         self.ctx = ctx
         self.address = address
         if address.lower() not in [a.lower() for a in ctx.info.aggregators]:
-            from ledger.errors import LedgerError
-
             raise LedgerError(f"{address} is not an aggregator of job {ctx.job_id}; its aggregators are {', '.join(ctx.info.aggregators)}")
         self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
         self.opt = options or AggregatorOptions()
+        self._said = None
+
+    def _say(self, key, msg: str, *args) -> None:
+        """Log a waiting state once, not on every poll."""
+        if self._said != key:
+            log.info(msg, *args)
+            self._said = key
 
     def run(self) -> int:
-        ctx, proposed, said = self.ctx, 0, None
-        log.info("aggregator %s on job %d (quorum %d of %d)", self.address, ctx.job_id, ctx.info.quorum, len(ctx.info.aggregators))
+        ctx, proposed = self.ctx, 0
+        log.info("aggregator %s on job %d (quorum %d of %d, proposal window %ds)", self.address, ctx.job_id,
+                 ctx.info.quorum, len(ctx.info.aggregators), ctx.info.proposal_window)
         while True:
             info = ctx.refresh()
             if info.completed:
@@ -63,83 +81,156 @@ class Aggregator:
             if not ctx.round_closed(rd):
                 ctx.wait(self.opt.poll, until=rd.deadline)
                 continue
-            if ctx.ledger.has_proposed(ctx.job_id, r, self.address):
-                if said != (r, "wait"):
-                    log.info("round %d: proposed; waiting for the quorum", r)
-                    said = (r, "wait")
-                ctx.wait(self.opt.poll)
-                continue
             if rd.submissions < info.min_submissions:
-                self._close_below_minimum(r, rd)
+                log.info("round %d: closed with %d submissions, below the minimum %d: the parent is kept",
+                         r, rd.submissions, info.min_submissions)
+                self._close(r)
                 continue
-            self.handle_round(r, rd)
-            proposed += 1
-            if self.opt.max_rounds is not None and proposed >= self.opt.max_rounds:
-                return proposed
-
-    def _close_below_minimum(self, r: int, rd) -> None:
-        log.info("round %d: closed with %d submissions, below the minimum %d: the parent is kept", r, rd.submissions, self.ctx.info.min_submissions)
-        try:
-            self.ctx.ledger.close_round(self.ctx.job_id, r)
-        except ContractReverted as e:
-            # Another aggregator closed it first, or the chain's clock is a second behind ours.
-            log.debug("closeRound: %s", e)
-            time.sleep(self.opt.poll)
-
-    def handle_round(self, r: int, rd) -> None:
-        ctx = self.ctx
-        state_file = self.dir / f"round-{r}.json"
-        state = atomic.read_json(state_file, {}) or {}
-        subs = ctx.ledger.submissions(ctx.job_id, r)
-        if state.get("commitment") != to_hex(rd.commitment) or "verdicts" not in state:
-            t0 = time.perf_counter()
-            out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
-                              threads=self.opt.threads)
-            for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
-                log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
-            m = out.merged
-            if m.merged_bytes is not None:
-                obj = ctx.store.put(m.merged_bytes)
-                ctx.store.pin(obj.cid)
-                merged_cid = obj.cid
+            now = time.time()
+            commits_closed = rd.commits >= len(info.aggregators) or now > rd.commit_deadline
+            if now > rd.reveal_deadline or (commits_closed and rd.proposals == rd.commits):
+                # Nothing can bring a quorum any more: every commit is revealed, or the
+                # reveal deadline passed. Skipping keeps the parent and opens the next round.
+                log.info("round %d: no quorum (%d commits, %d reveals) by the end of the proposal window: "
+                         "skipping it, the parent is kept", r, rd.commits, rd.proposals)
+                self._close(r)
+                continue
+            if ctx.ledger.has_proposed(ctx.job_id, r, self.address):
+                self._say((r, "revealed"), "round %d: revealed; waiting for the quorum (reveal deadline %s)",
+                          r, _when(rd.reveal_deadline))
+                ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
+                continue
+            committed = ctx.ledger.commit_of(ctx.job_id, r, self.address)
+            if committed == b"\0" * 32:
+                if commits_closed:
+                    self._say((r, "late"), "round %d: commits closed at %s before we committed: this round "
+                              "goes on without us", r, _when(rd.commit_deadline))
+                    ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
+                    continue
+                self._commit(r, rd)
+                continue
+            if not commits_closed:
+                self._say((r, "committed"), "round %d: committed; waiting for the other commits (%d of %d) "
+                          "or the commit deadline %s", r, rd.commits, len(info.aggregators), _when(rd.commit_deadline))
+                ctx.wait(self.opt.poll, until=rd.commit_deadline + 1)
+                continue
+            if self._reveal(r, rd, committed):
+                proposed += 1
+                if self.opt.max_rounds is not None and proposed >= self.opt.max_rounds:
+                    return proposed
             else:
-                merged_cid = out.verified.parent.cid
-                log.info("round %d: fewer than %d accepted contributions: proposing to keep the parent", r, ctx.info.min_submissions)
-            state = {
-                "commitment": to_hex(rd.commitment),
-                "verdicts": out.verdicts,
-                "merged_digest": to_hex(m.digest),
-                "merged_cid": merged_cid,
-                "merged_size": m.size,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-            atomic.write_json(state_file, state)
-            crash_point("aggregator:after-publish")
+                ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
+
+    # ---- the round's outcome, kept on disk ---------------------------------------------
+    def _state_file(self, r: int) -> Path:
+        return self.dir / f"round-{r}.json"
+
+    def _judge(self, r: int, rd) -> dict:
+        """Verify and merge round ``r`` (or read what we decided before a restart). The
+        salt is drawn here and written with the outcome before any commit is sent: the
+        reveal after a restart then matches the commit."""
+        ctx = self.ctx
+        state_file = self._state_file(r)
+        state = atomic.read_json(state_file, {}) or {}
+        if state.get("commitment") == to_hex(rd.commitment) and "verdicts" in state and "salt" in state:
+            return state
+        subs = ctx.ledger.submissions(ctx.job_id, r)
+        t0 = time.perf_counter()
+        out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
+                          threads=self.opt.threads)
+        for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
+            log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
+        m = out.merged
+        if m.merged_bytes is not None:
+            obj = ctx.store.put(m.merged_bytes)
+            ctx.store.pin(obj.cid)
+            merged_cid = obj.cid
+        else:
+            merged_cid = out.verified.parent.cid
+            log.info("round %d: fewer than %d accepted contributions: proposing to keep the parent", r, ctx.info.min_submissions)
+        state = {
+            "commitment": to_hex(rd.commitment),
+            "verdicts": out.verdicts,
+            "merged_digest": to_hex(m.digest),
+            "merged_cid": merged_cid,
+            "merged_size": m.size,
+            "salt": "0x" + secrets.token_bytes(32).hex(),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        # The salt is a secret until the reveal: the file is ours alone.
+        atomic.write_json(state_file, state, mode=0o600)
+        crash_point("aggregator:after-publish")
+        return state
+
+    def _outcome(self, state: dict) -> bytes:
+        return self.ctx.ledger.outcome_of(bytes.fromhex(state["merged_digest"][2:]), cid_to_chain(state["merged_cid"]),
+                                          state["merged_size"], state["verdicts"])
+
+    # ---- transactions ----------------------------------------------------------------
+    def _commit(self, r: int, rd) -> None:
+        ctx = self.ctx
+        state = self._judge(r, rd)
+        commit = ctx.ledger.commit_hash_of(self._outcome(state), bytes.fromhex(state["salt"][2:]), self.address)
+        try:
+            receipt = ctx.ledger.commit_proposal(ctx.job_id, r, commit)
+        except TransactionFailed as e:
+            self._failed("commit", r, e, ("AlreadyCommitted", "CommitPhaseClosed"))
+            return
+        crash_point("aggregator:after-commit")
+        log.info("round %d: committed to merge %s with %d accepted in tx %s (verify+merge %.1fs)",
+                 r, state["merged_cid"], sum(1 for v in state["verdicts"] if v == 0), _tx(receipt), state["seconds"])
+
+    def _reveal(self, r: int, rd, committed: bytes) -> bool:
+        ctx = self.ctx
+        state = atomic.read_json(self._state_file(r), {}) or {}
+        if "salt" not in state or state.get("commitment") != to_hex(rd.commitment):
+            self._say((r, "lost"), "round %d: we committed but our state file %s is gone: cannot reveal; the round "
+                      "finalizes without us or is skipped", r, self._state_file(r))
+            return False
+        outcome, salt = self._outcome(state), bytes.fromhex(state["salt"][2:])
+        if ctx.ledger.commit_hash_of(outcome, salt, self.address) != committed:
+            self._say((r, "mismatch"), "round %d: our state file %s does not match our commit on chain: cannot "
+                      "reveal", r, self._state_file(r))
+            return False
         digest = bytes.fromhex(state["merged_digest"][2:])
         try:
-            receipt = ctx.ledger.propose(
-                ctx.job_id, r, rd.commitment, state["verdicts"], digest, cid_to_chain(state["merged_cid"]), state["merged_size"]
-            )
+            receipt = ctx.ledger.reveal_proposal(ctx.job_id, r, rd.commitment, state["verdicts"], digest,
+                                                 cid_to_chain(state["merged_cid"]), state["merged_size"], salt)
         except TransactionFailed as e:
-            if not isinstance(e, ContractReverted):
-                # Mined but failed without a decodable reason: the chain says whether we
-                # proposed; the next poll proposes again if not.
-                log.warning("round %d: proposal failed (%s); retrying", r, e)
-                time.sleep(max(self.opt.poll, 1.0))
-                return
-            if e.name in ("AlreadyProposed", "RoundAlreadyFinalized"):
-                log.info("round %d: %s (a restart after proposing, or the quorum was already reached)", r, e.name)
-                return
-            if e.name == "RoundNotClosed":
-                # Our clock ran ahead of the chain's: the next poll proposes again.
-                log.info("round %d: the chain's clock has not passed the deadline yet; retrying", r)
-                time.sleep(max(self.opt.poll, 1.0))
-                return
-            raise
-        h = receipt["transactionHash"]
-        log.info("round %d: proposed merge %s (%s) with %d accepted in tx %s (verify+merge %.1fs)",
-                 r, state["merged_cid"], short(digest), sum(1 for v in state["verdicts"] if v == 0),
-                 h.to_0x_hex() if hasattr(h, "to_0x_hex") else h, state["seconds"])
+            self._failed("reveal", r, e, ("AlreadyRevealed", "RevealPhaseOver"))
+            return False
+        log.info("round %d: revealed merge %s (%s) with %d accepted in tx %s", r, state["merged_cid"], short(digest),
+                 sum(1 for v in state["verdicts"] if v == 0), _tx(receipt))
+        return True
+
+    def _close(self, r: int) -> None:
+        try:
+            receipt = self.ctx.ledger.close_round(self.ctx.job_id, r)
+            log.info("round %d: skipped in tx %s", r, _tx(receipt))
+        except TransactionFailed as e:
+            self._failed("closeRound", r, e, ())
+
+    def _failed(self, what: str, r: int, e: TransactionFailed, benign: tuple) -> None:
+        if not isinstance(e, ContractReverted):
+            # Mined but failed without a decodable reason: the chain says what happened;
+            # the next poll tries again if needed.
+            log.warning("round %d: %s failed (%s); retrying", r, what, e)
+        elif e.name in _MOVED_ON or e.name in benign:
+            log.info("round %d: %s: %s (a restart, a peer was first, or the round moved on)", r, what, e.name)
+        elif e.name in _RETRY:
+            log.info("round %d: %s: %s: the chain's clock is behind ours; retrying", r, what, e.name)
+        else:
+            raise e
+        time.sleep(max(self.opt.poll, 1.0))
+
+
+def _when(ts: int) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(ts)) + " UTC"
+
+
+def _tx(receipt) -> str:
+    h = receipt["transactionHash"]
+    return h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
 
 
 def run_aggregator(ledger, store, job_id: int, address: str, state_dir: Path, options: AggregatorOptions | None = None) -> int:

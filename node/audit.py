@@ -1,10 +1,15 @@
 """The auditor: re-verify a whole training history from the chain and storage alone.
 
 It reads no local state of any worker or aggregator: the job, its rounds,
-submissions, proposals and finalizations come from chain events and views
-(``ledger.history``); every artifact comes from storage and is checked against its
-on-chain digest. It then re-runs the very verification and merge code the
-aggregators ran (``node.rounds``) and reports each discrepancy with its location.
+submissions, proposal commits and reveals, finalizations and skips come from chain
+events and views (``ledger.history``); every artifact comes from storage and is
+checked against its on-chain digest. It then re-runs the very verification and merge
+code the aggregators ran (``node.rounds``) and reports each discrepancy with its location.
+
+A round skipped for want of a quorum is not a failure of the record: the audit checks
+that no outcome did reach the quorum and that the skip came after the proposal window
+(or once every commit was revealed), and still judges the round itself, so the report
+says which reveal agrees with the verification.
 """
 
 from __future__ import annotations
@@ -95,18 +100,19 @@ def _done(report: AuditReport, t0: float) -> AuditReport:
 def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: list, report: AuditReport,
                  threads: int | None = None) -> RoundAudit:
     r, i = rh.round, rh.info
-    ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status)
+    ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status, skip_reason=i.skip_reason)
     before = len(found)
     if i.parent != expected_parent:
         found.append(Discrepancy(r, "", "lineage", f"parent {_hex(expected_parent)}", _hex(i.parent), "round does not continue from the previous model"))
     commitment = ctx.ledger.commitment_of(ctx.job_id, r, rh.submissions)
     if commitment != i.commitment:
         found.append(Discrepancy(r, "", "commitment", _hex(i.commitment), _hex(commitment), "submission events do not match the on-chain commitment"))
+    _check_commit_reveal(ctx, rh, found)
     if i.status == "skipped":
-        if i.submissions >= ctx.info.min_submissions:
-            found.append(Discrepancy(r, "", "skip", f"fewer than {ctx.info.min_submissions} submissions", str(i.submissions)))
-        ra.ok = len(found) == before
-        return ra
+        _check_skip(ctx, rh, found)
+        if i.skip_reason != "no-quorum" or not rh.proposals:
+            ra.ok = len(found) == before
+            return ra
     if not rh.submissions:
         ra.ok = len(found) == before
         return ra
@@ -149,6 +155,12 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
                 continue
             found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
                                      rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))
+    if i.status == "skipped" and rh.proposals:
+        # No merge was finalized; the audit's own merge tells which reveal was right.
+        try:
+            ra.recomputed_digest = _hex(merge_accepted(ctx, v, [x == 0 for x in audit_verdicts]).digest)
+        except LedgerError:
+            pass
     if i.status == "finalized" and quorum:
         try:
             merged = merge_accepted(ctx, v, [x == 0 for x in onchain])
@@ -174,6 +186,44 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ))
     ra.ok = len(found) == before
     return ra
+
+
+def _check_commit_reveal(ctx: JobContext, rh, found: list) -> None:
+    """Every reveal opens an earlier commit of its aggregator, and no reveal came before
+    the last commit (a revealed outcome could then have been copied into a commit)."""
+    r = rh.round
+    commits = {c.aggregator.lower(): c for c in rh.commits}
+    last_commit = max(((c.block, c.log_index) for c in rh.commits), default=None)
+    for p in rh.proposals:
+        outcome = ctx.ledger.outcome_of(p.merged_digest, p.merged_cid, p.merged_size, p.verdicts)
+        if outcome != p.outcome:
+            found.append(Discrepancy(r, p.aggregator, "commit-reveal", f"outcome {_hex(outcome)} of the revealed merge and verdicts", _hex(p.outcome)))
+        c = commits.get(p.aggregator.lower())
+        if c is None:
+            found.append(Discrepancy(r, p.aggregator, "commit-reveal", "a commit before the reveal", "none"))
+            continue
+        opened = ctx.ledger.commit_hash_of(p.outcome, p.salt, p.aggregator)
+        if opened != c.commit_hash:
+            found.append(Discrepancy(r, p.aggregator, "commit-reveal", f"commit {_hex(c.commit_hash)}", f"reveal hashing to {_hex(opened)}"))
+        if last_commit is not None and (p.block, p.log_index) < last_commit:
+            found.append(Discrepancy(r, p.aggregator, "commit-reveal", "every commit before the first reveal",
+                                     f"reveal in block {p.block} before a commit in block {last_commit[0]}"))
+
+
+def _check_skip(ctx: JobContext, rh, found: list) -> None:
+    """A skipped round had a reason the chain's own record bears out."""
+    r, i, job = rh.round, rh.info, ctx.info
+    if i.skip_reason == "no-quorum":
+        best = max(rh.votes().values(), default=0)
+        if best >= job.quorum:
+            found.append(Discrepancy(r, "", "skip", f"no outcome revealed by {job.quorum} aggregators", f"{best} agreeing reveals"))
+        skipped = next((e for e in rh.events if e.name == "RoundSkipped"), None)
+        all_revealed = len(rh.proposals) == len(rh.commits)
+        if skipped is not None and skipped.timestamp <= i.reveal_deadline and not all_revealed:
+            found.append(Discrepancy(r, "", "skip", f"a skip after the reveal deadline {i.reveal_deadline} or once every commit was revealed",
+                                     f"skipped at {skipped.timestamp} with {len(rh.commits) - len(rh.proposals)} commit(s) unrevealed"))
+    elif i.submissions >= job.min_submissions:
+        found.append(Discrepancy(r, "", "skip", f"fewer than {job.min_submissions} submissions", str(i.submissions)))
 
 
 def _val_loss_of(ctx: JobContext, rh) -> float | None:

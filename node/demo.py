@@ -210,7 +210,8 @@ class Demo:
             self.say(f"round {r} finalized in {seconds:.0f}s: {accepted} contributions accepted, "
                      f"{agree}/{len(props)} aggregators agree, merged model {short(rd.merged_digest)}")
         elif rd.status == "skipped":
-            self.say(f"round {r} skipped: too few submissions, parent kept")
+            why = "no quorum in the proposal window" if rd.skip_reason == "no-quorum" else "too few submissions"
+            self.say(f"round {r} skipped: {why}, parent kept")
 
     def down(self) -> None:
         self.stop_parties()

@@ -59,6 +59,7 @@ class RoundAudit:
     round: int
     parent: str
     status: str                      # "finalized", "skipped", "open", "closed"
+    skip_reason: str = ""            # "too-few-submissions" / "no-quorum" when skipped
     contributions: list[ContributionAudit] = field(default_factory=list)
     proposals: list[ProposalAudit] = field(default_factory=list)
     merged_digest: str | None = None       # finalized on chain

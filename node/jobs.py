@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ledger import checkpoint
 from ledger.cid import cid_to_chain
-from ledger.contract import JobParams
+from ledger.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
 from ledger.digest import to_hex
 from ledger.jobconfig import JobConfig
 
@@ -53,6 +53,7 @@ def create_job(
     round_duration: int,
     min_submissions: int,
     throughputs: list[float] | None = None,
+    proposal_window: int = DEFAULT_PROPOSAL_WINDOW,
 ) -> CreatedJob:
     config = prepare_config(config, len(workers), throughputs)
     raw_config = config.to_bytes()
@@ -74,6 +75,7 @@ def create_job(
             aggregators=list(aggregators),
             quorum=quorum,
             round_duration=round_duration,
+            proposal_window=proposal_window,
             num_rounds=rounds,
             min_submissions=min_submissions,
             cid_version=config.cid_version,

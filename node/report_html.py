@@ -357,7 +357,8 @@ def lineage_svg(report: AuditReport) -> str:
                     f"recomputed {rnd.recomputed_digest}" + (" (MISMATCH)" if recompute_bad else " (matches)")
                 )
         elif rnd.status == "skipped":
-            title.append(f"skipped: parent kept {rnd.parent}")
+            why = "no quorum in the proposal window" if rnd.skip_reason == "no-quorum" else "too few submissions"
+            title.append(f"skipped ({why}): parent kept {rnd.parent}")
         if rnd.merged_val_loss is not None:
             title.append(f"val loss {fmt_num(rnd.merged_val_loss)}")
         for d in flagged:

@@ -196,7 +196,7 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
             if rnd.status == "finalized":
                 merged = short_hex(rnd.merged_digest)
             elif rnd.status == "skipped":
-                merged = "(parent kept)"
+                merged = "(no quorum: parent kept)" if rnd.skip_reason == "no-quorum" else "(parent kept)"
             else:
                 merged = "-"
             rows.append(

@@ -61,15 +61,35 @@ class Env:
         for k in party_keys:
             fund_local(self.ledger.chain, address(k), 10**20)
 
-    def create_job(self, workers: list[str], aggregators: list[str], quorum: int = 1, rounds: int = 1,
-                   round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None) -> int:
+    def create_job(self, workers: list[str], aggregators: list[str], quorum: int | None = None, rounds: int = 1,
+                   round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None,
+                   proposal_window: int = 120) -> int:
+        """A job on chain; ``quorum`` defaults to the smallest strict majority of the aggregators."""
         from node.jobs import create_job
 
         self.fund(*workers, *aggregators)
         job = create_job(self.ledger, self.store, config or tiny_config(),
                          [address(k) for k in workers], [address(k) for k in aggregators],
-                         quorum, rounds, round_duration, min_submissions)
+                         quorum or len(aggregators) // 2 + 1, rounds, round_duration, min_submissions,
+                         proposal_window=proposal_window)
         return job.job_id
+
+    def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int) -> dict:
+        """Commit, as aggregator ``key``, to a proposal of our choosing (a dishonest one, say);
+        returns what ``reveal_as`` needs."""
+        import secrets
+
+        from ledger.contract import TrainingLedger
+
+        p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32))
+        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts)
+        self.as_party(key).commit_proposal(job, r, TrainingLedger.commit_hash_of(outcome, p["salt"], address(key)))
+        return p
+
+    def reveal_as(self, key: str, job: int, r: int, p: dict):
+        rd = self.ledger.round(job, r)
+        return self.as_party(key).reveal_proposal(job, r, rd.commitment, p["verdicts"], p["merged"], p["cid"], p["size"],
+                                                  p["salt"])
 
     def env(self, key: str | None = None, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}

@@ -57,10 +57,10 @@ def world(tmp_path_factory):
         for name in ("accepts-bad", "bad-merge"):
             j = jobs[name]
             wait_for(lambda: env.ledger.round(j, 1).submissions == 2, 240, f"submissions of {name}", procs)
-            rd = env.ledger.round(j, 1)
             bogus = sha256_bytes(f"not the merge of {name}".encode())
-            for k in AGGS:
-                env.as_party(k).propose(j, 1, rd.commitment, [0, 0], bogus, bogus, 4242)
+            pending = [env.commit_as(k, j, 1, [0, 0], bogus, bogus, 4242) for k in AGGS]
+            for k, p in zip(AGGS, pending):  # both committed: the reveal phase is open
+                env.reveal_as(k, j, 1, p)
         for name, j in jobs.items():
             wait_for(lambda: env.ledger.job(j).completed, 300, f"job {name} to complete", procs)
         env.stop_all()
@@ -187,3 +187,71 @@ def test_generate_runs_only_a_verified_model(world, tmp_path):
     assert g.text.startswith("ROMEO:") and len(g.text.encode()) >= 40
     with pytest.raises(UnverifiedModel, match="round 1"):
         generate_verified(open_ledger(s), open_store(s), jobs["bad-merge"], "ROMEO:", max_new_tokens=10)
+
+
+def _round_history(commits, reveals, status="closed", skip_reason="", reveal_deadline=1000, skipped_at=None):
+    """A round's history as the chain would give it, built by hand: the contract refuses to
+    record what these cases describe, so the audit's own checks are exercised directly."""
+    from types import SimpleNamespace
+
+    from ledger.contract import ChainEvent, Commit, Proposal, RoundInfo, TrainingLedger
+    from ledger.history import RoundHistory
+
+    info = RoundInfo(job_id=1, round=1, parent=b"\1" * 32, deadline=0, submissions=2, commitment=b"\2" * 32,
+                     status=status, merged_digest=b"", merged_cid=b"", merged_size=0, outcome=b"", accepted=0,
+                     proposals=len(reveals), commits=len(commits), commit_deadline=reveal_deadline - 100,
+                     reveal_deadline=reveal_deadline, skip_reason=skip_reason)
+    cs = [Commit(1, 1, a, h, 0, block, "0x", 0) for a, h, block in commits]
+    ps = []
+    for a, merged, salt, block in reveals:
+        outcome = TrainingLedger.outcome_of(merged, merged, 10, [0, 0])
+        ps.append(Proposal(1, 1, a, merged, merged, 10, outcome, 2, [0, 0], block, "0x", 0, salt=salt))
+    events = [ChainEvent("RoundSkipped", {"round": 1}, 99, "0x", 0, timestamp=skipped_at)] if skipped_at else []
+    ctx = SimpleNamespace(info=SimpleNamespace(quorum=2, min_submissions=1), ledger=TrainingLedger)
+    return ctx, RoundHistory(round=1, info=info, submissions=[], proposals=ps, events=events, commits=cs)
+
+
+def test_audit_checks_each_reveal_against_its_commit_and_their_order():
+    from ledger.contract import TrainingLedger
+    from node.audit import _check_commit_reveal
+
+    a, b, c = (address(k) for k in keys(3, "cr"))
+    m, salt = b"\5" * 32, b"\6" * 32
+    good = TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0]), salt, a)
+    ctx, rh = _round_history([(a, good, 1), (b, good, 2)], [(a, m, salt, 3), (b, m, salt, 4), (c, m, salt, 5)])
+    found = []
+    _check_commit_reveal(ctx, rh, found)
+    # a's reveal opens its commit; b copied a's commit hash (its address does not open it); c never committed
+    assert [(d.party, d.check, d.expected) for d in found] == [
+        (b, "commit-reveal", f"commit 0x{good.hex()}"), (c, "commit-reveal", "a commit before the reveal")]
+    ctx, rh = _round_history([(a, good, 5)], [(a, m, salt, 3)])  # revealed before the last commit
+    found = []
+    _check_commit_reveal(ctx, rh, found)
+    assert [d.expected for d in found] == ["every commit before the first reveal"]
+
+
+def test_audit_checks_the_reason_of_a_no_quorum_skip():
+    from ledger.contract import TrainingLedger
+    from node.audit import _check_skip
+
+    a, b, c = (address(k) for k in keys(3, "sk"))
+    m, salt = b"\5" * 32, b"\6" * 32
+    h = lambda x: TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0]), salt, x)  # noqa: E731
+    # two agreeing reveals reached the quorum of 2: the skip is wrong
+    ctx, rh = _round_history([(a, h(a), 1), (b, h(b), 2)], [(a, m, salt, 3), (b, m, salt, 4)], "skipped", "no-quorum",
+                             skipped_at=2000)
+    found = []
+    _check_skip(ctx, rh, found)
+    assert [(d.check, d.actual) for d in found] == [("skip", "2 agreeing reveals")]
+    # skipped before the reveal deadline while a commit was still unrevealed
+    ctx, rh = _round_history([(a, h(a), 1), (c, h(c), 2)], [(a, m, salt, 3)], "skipped", "no-quorum",
+                             reveal_deadline=1000, skipped_at=900)
+    found = []
+    _check_skip(ctx, rh, found)
+    assert [d.check for d in found] == ["skip"] and "1 commit(s) unrevealed" in found[0].actual
+    # the same after the deadline, or with every commit revealed: consistent
+    for at, reveals in ((1001, [(a, m, salt, 3)]), (900, [(a, m, salt, 3), (c, b"\7" * 32, salt, 4)])):
+        ctx, rh = _round_history([(a, h(a), 1), (c, h(c), 2)], reveals, "skipped", "no-quorum", skipped_at=at)
+        found = []
+        _check_skip(ctx, rh, found)
+        assert found == []

@@ -135,10 +135,11 @@ def test_artifact_contents():
     assert art["compiler"]["settings"]["optimizer"] == {"enabled": True, "runs": 200}
     assert art["sources"] == {"contracts/TrainingLedger.sol": hashlib.sha256(SOURCE.read_bytes()).hexdigest()}
     names = {e.get("name") for e in art["abi"]}
-    for fn in ("createJob", "submitUpdate", "propose", "closeRound", "getJob", "getWorkers", "getAggregators",
-               "getRound", "hasSubmitted", "hasProposed", "votes", "jobCount"):
+    for fn in ("createJob", "submitUpdate", "commitProposal", "revealProposal", "closeRound", "getJob", "getWorkers",
+               "getAggregators", "getRound", "hasSubmitted", "commitOf", "hasProposed", "votes", "jobCount"):
         assert fn in names
-    for ev in ("JobCreated", "RoundOpened", "UpdateSubmitted", "ProposalSubmitted", "RoundFinalized", "RoundSkipped", "JobCompleted"):
+    for ev in ("JobCreated", "RoundOpened", "UpdateSubmitted", "ProposalCommitted", "ProposalRevealed", "RoundFinalized",
+               "RoundSkipped", "JobCompleted"):
         assert ev in names
     assert artifact_sha256() == "0x" + hashlib.sha256(artifact_path().read_bytes()).hexdigest()
     code, meta = comp.split_metadata(art["deployedBytecode"])

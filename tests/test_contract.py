@@ -1,6 +1,7 @@
 """TrainingLedger on a real anvil: every revert path, every event's fields, the round
-lifecycle (finalize with k=2 of n=3, skip below the minimum, several rounds to
-completion), the off-chain commitment/outcome, the Chain client (local signing,
+lifecycle (commit-reveal, finalize with k=2 of n=3, skip below the minimum or without
+a quorum after the proposal window, several rounds to completion), the off-chain
+commitment/outcome/commit hash, the Chain client (local signing,
 revert decoding, paginated logs, error mapping), and a cross-check with `cast`.
 
 The contract is deployed from the committed artifact with web3 directly (no
@@ -28,6 +29,7 @@ from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds,
 ROOT = Path(__file__).resolve().parent.parent
 CAST = ROOT / "hardhat-config/node_modules/.bin/cast"
 DURATION = 600
+WINDOW = 300
 
 OWNER = Account.from_key(DEV_KEYS[0])
 WORKERS = [Account.from_key(k) for k in DEV_KEYS[1:4]]
@@ -53,6 +55,7 @@ class Env:
         rc = self.chain.transact(factory.constructor(), context="deploy")
         self.address = rc["contractAddress"]
         self.ledger = TrainingLedger(self.chain, self.address)
+        self.pending: dict = {}
 
     @property
     def w3(self):
@@ -67,6 +70,7 @@ class Env:
             genesis_digest=GENESIS, genesis_cid=h("genesis cid"), genesis_size=56789,
             workers=[w.address for w in WORKERS], aggregators=[a.address for a in AGGS],
             quorum=2, round_duration=DURATION, num_rounds=3, min_submissions=2, cid_version=0,
+            proposal_window=WINDOW,
         )
         base.update(kw)
         return JobParams(**base)
@@ -83,14 +87,41 @@ class Env:
         for i in which:
             self.submit(job, rnd, i, parent)
 
-    def propose(self, job: int, rnd: int, a: int, verdicts, merged: bytes, commitment: bytes | None = None,
-                cid: bytes | None = None, size: int = 4242):
+    def commit(self, job: int, rnd: int, a: int, verdicts, merged: bytes, cid: bytes | None = None, size: int = 4242,
+               salt: bytes | None = None):
+        """Aggregator ``a`` commits to a proposal; ``reveal`` later sends what it hashed."""
+        cid = cid or h(f"cid of {merged.hex()}")
+        salt = salt or h(f"salt {job} {rnd} {a}")
+        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts)
+        rc = self.as_(AGGS[a]).commit_proposal(job, rnd, TrainingLedger.commit_hash_of(outcome, salt, AGGS[a].address))
+        self.pending[(job, rnd, a)] = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=salt)
+        return rc
+
+    def reveal(self, job: int, rnd: int, a: int, commitment: bytes | None = None, **change):
+        p = {**self.pending[(job, rnd, a)], **change}
         if commitment is None:
             commitment = self.ledger.round(job, rnd).commitment
-        return self.as_(AGGS[a]).propose(job, rnd, commitment, verdicts, merged, cid or h(f"cid of {merged.hex()}"), size)
+        return self.as_(AGGS[a]).reveal_proposal(job, rnd, commitment, p["verdicts"], p["merged"], p["cid"], p["size"],
+                                                 p["salt"])
+
+    def propose(self, job: int, rnd: int, proposals: dict, reveals=None, **kw) -> list:
+        """Each aggregator in ``proposals`` (index -> (verdicts, merged)) commits; then, past
+        the commit deadline unless every aggregator committed, each (or each in ``reveals``)
+        reveals in order."""
+        for a, (verdicts, merged) in proposals.items():
+            self.commit(job, rnd, a, verdicts, merged, **kw)
+        r = self.ledger.round(job, rnd)
+        if r.commits < len(AGGS):
+            self.warp_past(r.commit_deadline)
+        return [self.reveal(job, rnd, a) for a in (proposals if reveals is None else reveals)]
 
     def warp(self, seconds: int) -> None:
         self.w3.provider.make_request("evm_increaseTime", [seconds])
+        self.w3.provider.make_request("evm_mine", [])
+
+    def warp_past(self, ts: int) -> None:
+        """Mine a block one second after unix time ``ts``."""
+        self.w3.provider.make_request("evm_setNextBlockTimestamp", [int(ts) + 1])
         self.w3.provider.make_request("evm_mine", [])
 
     def events(self, rc, name: str) -> list[dict]:
@@ -126,7 +157,7 @@ def test_create_job_events_and_views(env: Env):
         "configDigest": p.config_digest, "configCid": p.config_cid, "configSize": p.config_size,
         "genesisDigest": p.genesis_digest, "genesisCid": p.genesis_cid, "genesisSize": p.genesis_size,
         "workers": p.workers, "aggregators": p.aggregators, "quorum": 2, "roundDuration": DURATION,
-        "numRounds": 3, "minSubmissions": 2, "cidVersion": 0,
+        "numRounds": 3, "minSubmissions": 2, "cidVersion": 0, "proposalWindow": WINDOW,
     }
     (opened,) = env.events(rc, "RoundOpened")
     assert opened == {"jobId": 1, "round": 1, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
@@ -138,11 +169,14 @@ def test_create_job_events_and_views(env: Env):
     assert j.workers == p.workers and j.aggregators == p.aggregators
     assert (j.quorum, j.round_duration, j.num_rounds, j.min_submissions, j.cid_version) == (2, DURATION, 3, 2, 0)
     assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (1, GENESIS, p.genesis_cid, 56789)
-    assert j.completed is False and j.created_block == rc["blockNumber"]
+    assert j.completed is False and j.created_block == rc["blockNumber"] and j.proposal_window == WINDOW
 
     r = env.ledger.round(1, 1)
     assert r.status == "open" and r.parent == GENESIS and r.submissions == 0 and r.proposals == 0
     assert r.deadline == opened["deadline"]
+    # before any commit, the commit phase would end a window after the deadline, the reveal phase a window later
+    assert (r.commits, r.commit_deadline, r.reveal_deadline, r.skip_reason) == (
+        0, opened["deadline"] + WINDOW, opened["deadline"] + 2 * WINDOW, "")
     assert r.commitment == TrainingLedger.commitment_seed(1, 1) == TrainingLedger.commitment_of(1, 1, [])
     assert r.commitment == keccak((1).to_bytes(32, "big") + (1).to_bytes(32, "big"))
     assert env.ledger.round(1, 2).status == "none"
@@ -157,7 +191,15 @@ def test_create_job_events_and_views(env: Env):
         (dict(workers=[]), "InvalidJobParams"),
         (dict(aggregators=[]), "InvalidJobParams"),
         (dict(quorum=0), "InvalidJobParams"),
+        (dict(quorum=1), "InvalidJobParams"),  # 1 of 3 is not a majority: one aggregator would finalize alone
         (dict(quorum=4), "InvalidJobParams"),
+        (dict(aggregators=[a.address for a in AGGS] + [OUTSIDER.address]), "InvalidJobParams"),  # 2 of 4: a tie
+        (dict(proposal_window=0), "InvalidJobParams"),
+        (dict(config_digest=b"\0" * 32), "InvalidJobParams"),
+        (dict(aggregators=[AGGS[0].address, "0x" + "00" * 20, AGGS[1].address]), "InvalidJobParams"),
+        (dict(aggregators=[to_checksum_address(keccak(text=f"a{i}")[:20]) for i in range(256)], quorum=200),
+         "InvalidJobParams"),
+        (dict(aggregators=[AGGS[0].address, WORKERS[1].address, AGGS[1].address]), "InvalidJobParams"),
         (dict(round_duration=0), "InvalidJobParams"),
         (dict(num_rounds=0), "InvalidJobParams"),
         (dict(min_submissions=0), "InvalidJobParams"),
@@ -178,6 +220,39 @@ def test_create_job_rejects_invalid_params(env: Env, change, error):
     else:
         assert isinstance(exc.value.args_dict["reason"], str) and exc.value.args_dict["reason"]
     assert env.ledger.job_count() == 0
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (dict(aggregators=[to_checksum_address(keccak(text=f"a{i}")[:20]) for i in range(256)], quorum=200),
+         "more than 255 aggregators"),
+        (dict(config_digest=b"\0" * 32), "configDigest is zero"),
+        (dict(aggregators=[AGGS[0].address, "0x" + "00" * 20, AGGS[1].address]), "zero aggregator address"),
+        (dict(quorum=1), "quorum must be a strict majority of the aggregators"),
+        (dict(aggregators=[a.address for a in AGGS] + [OUTSIDER.address]), "quorum must be a strict majority of the aggregators"),
+        (dict(proposal_window=0), "proposalWindow must be positive"),
+        (dict(aggregators=[AGGS[0].address, WORKERS[1].address, AGGS[1].address]),
+         "an address is both a worker and an aggregator"),
+    ],
+)
+def test_create_job_says_which_parameter_is_wrong(env: Env, change, reason):
+    with reverted("InvalidJobParams") as exc:
+        env.create(**change)
+    assert exc.value.args_dict == {"reason": reason}
+
+
+@pytest.mark.parametrize("n, quorum", [(1, 1), (2, 2), (3, 2), (3, 3), (4, 3), (5, 3)])
+def test_quorum_may_be_any_strict_majority(env: Env, n, quorum):
+    aggs = [to_checksum_address(keccak(text=f"agg {i}")[:20]) for i in range(n)]
+    job = env.create(aggregators=aggs, quorum=quorum)
+    assert env.ledger.job(job).quorum == quorum and env.ledger.job(job).aggregators == aggs
+
+
+def test_255_aggregators_is_the_maximum(env: Env):
+    aggs = [to_checksum_address(keccak(text=f"a{i}")[:20]) for i in range(255)]
+    job = env.create(aggregators=aggs, quorum=128)
+    assert len(env.ledger.job(job).aggregators) == 255
 
 
 def test_128_workers_is_the_maximum(env: Env):
@@ -260,7 +335,7 @@ def test_submission_at_the_deadline_is_on_time(env: Env):
         env.submit(job, 1, 1)
 
 
-# ------------------------------------------------------------------------------ proposals
+# ------------------------------------------------------------------------------ proposals: commit-reveal
 
 
 def test_full_round_finalizes_with_2_of_3(env: Env):
@@ -271,20 +346,42 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
     verdicts = [0, 8, 0]
     outcome = TrainingLedger.outcome_of(merged, mcid, 7777, verdicts)
     assert outcome == keccak(merged + mcid + (7777).to_bytes(8, "big") + bytes(verdicts))
+    salt = h("salt 0")
+    commit = TrainingLedger.commit_hash_of(outcome, salt, AGGS[0].address)
+    assert commit == keccak(outcome + salt + bytes.fromhex(AGGS[0].address[2:]))
 
-    rc1 = env.propose(job, 1, 0, verdicts, merged, cid=mcid, size=7777)
-    (p1,) = env.events(rc1, "ProposalSubmitted")
-    assert p1 == {"jobId": job, "round": 1, "aggregator": AGGS[0].address, "mergedDigest": merged, "mergedCid": mcid,
-                  "mergedSize": 7777, "outcome": outcome, "accepted": 2, "verdicts": bytes(verdicts)}
-    assert env.events(rc1, "RoundFinalized") == []
+    # commits: nothing about the outcome is public; the first commit fixes the commit deadline
+    rc0 = env.commit(job, 1, 0, verdicts, merged, cid=mcid, size=7777, salt=salt)
+    (c0,) = env.events(rc0, "ProposalCommitted")
+    assert c0 == {"jobId": job, "round": 1, "aggregator": AGGS[0].address, "commitHash": commit,
+                  "commitDeadline": env.block_time(rc0) + WINDOW}
     r = env.ledger.round(job, 1)
-    assert r.status == "closed" and r.proposals == 1 and r.outcome == b"\0" * 32
+    assert (r.status, r.commits, r.proposals) == ("closed", 1, 0)
+    assert (r.commit_deadline, r.reveal_deadline) == (c0["commitDeadline"], c0["commitDeadline"] + WINDOW)
+    assert env.ledger.commit_of(job, 1, AGGS[0].address) == commit
+    assert env.ledger.has_committed(job, 1, AGGS[0].address) and not env.ledger.has_committed(job, 1, AGGS[1].address)
+    # no reveal while commits are open (another aggregator has yet to commit, the deadline is ahead)
+    with reverted("CommitPhaseOpen") as e:
+        env.reveal(job, 1, 0)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "commitDeadline": c0["commitDeadline"]}
+    rc1 = env.commit(job, 1, 1, verdicts, merged, cid=mcid, size=7777)
+    (c1,) = env.events(rc1, "ProposalCommitted")
+    assert c1["commitDeadline"] == c0["commitDeadline"]  # the later commit does not move it
+    env.commit(job, 1, 2, [0, 0, 0], h("a third view"))  # every aggregator committed: reveals open at once
+
+    rc = env.reveal(job, 1, 0)
+    (p1,) = env.events(rc, "ProposalRevealed")
+    assert p1 == {"jobId": job, "round": 1, "aggregator": AGGS[0].address, "mergedDigest": merged, "mergedCid": mcid,
+                  "mergedSize": 7777, "outcome": outcome, "accepted": 2, "verdicts": bytes(verdicts), "salt": salt}
+    assert env.events(rc, "RoundFinalized") == []
+    r = env.ledger.round(job, 1)
+    assert r.status == "closed" and (r.commits, r.proposals) == (3, 1) and r.outcome == b"\0" * 32
     assert env.ledger.votes(job, 1, outcome) == 1
     assert env.ledger.has_proposed(job, 1, AGGS[0].address) and not env.ledger.has_proposed(job, 1, AGGS[1].address)
     assert env.ledger.proposal_of(job, 1, AGGS[0].address) == outcome
 
-    rc2 = env.propose(job, 1, 1, verdicts, merged, cid=mcid, size=7777)
-    assert len(env.events(rc2, "ProposalSubmitted")) == 1
+    rc2 = env.reveal(job, 1, 1)
+    assert len(env.events(rc2, "ProposalRevealed")) == 1
     (fin,) = env.events(rc2, "RoundFinalized")
     assert fin == {"jobId": job, "round": 1, "mergedDigest": merged, "mergedCid": mcid, "mergedSize": 7777,
                    "outcome": outcome, "accepted": 2}
@@ -295,23 +392,27 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
     r = env.ledger.round(job, 1)
     assert (r.status, r.parent, r.submissions, r.commitment) == ("finalized", GENESIS, 3, r1.commitment)
     assert (r.merged_digest, r.merged_cid, r.merged_size, r.outcome, r.accepted, r.proposals) == (merged, mcid, 7777, outcome, 2, 2)
+    assert (r.commits, r.commit_deadline, r.reveal_deadline, r.skip_reason) == (3, c0["commitDeadline"], c0["commitDeadline"] + WINDOW, "")
     assert r.deadline == r1.deadline
     assert env.ledger.votes(job, 1, outcome) == 2
     j = env.ledger.job(job)
     assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (2, merged, mcid, 7777)
     r2 = env.ledger.round(job, 2)
-    assert (r2.status, r2.parent, r2.submissions) == ("open", merged, 0)
+    assert (r2.status, r2.parent, r2.submissions, r2.commits, r2.proposals) == ("open", merged, 0, 0, 0)
     # past rounds keep who submitted; the new round starts empty
     assert env.ledger.has_submitted(job, 1, WORKERS[1].address)
     assert not env.ledger.has_submitted(job, 2, WORKERS[1].address)
 
     # the third aggregator is too late: the round is finalized (double finalize impossible)
     with reverted("RoundAlreadyFinalized") as e:
-        env.propose(job, 1, 2, verdicts, merged, commitment=r1.commitment, cid=mcid, size=7777)
+        env.reveal(job, 1, 2, commitment=r1.commitment)
     assert e.value.args_dict == {"jobId": job, "round": 1}
-    # ... and so is any other party's proposal for it
     with reverted("RoundAlreadyFinalized"):
-        env.propose(job, 1, 0, verdicts, merged, commitment=r1.commitment, cid=mcid, size=7777)
+        env.reveal(job, 1, 0, commitment=r1.commitment)
+    # closing a finalized round is refused with the same error
+    with reverted("RoundAlreadyFinalized") as e:
+        env.as_(OUTSIDER).close_round(job, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1}
     # the old parent no longer opens anything: round 2 builds on the merge
     with reverted("WrongParent"):
         env.submit(job, 2, 0, parent=GENESIS)
@@ -320,58 +421,124 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
         env.submit(job, 1, 1, parent=GENESIS)
 
 
-def test_proposal_reverts(env: Env):
+def test_commit_and_reveal_reverts(env: Env):
     job = env.create()
     merged = h("m")
+    agg0 = env.as_(AGGS[0])
     with reverted("UnknownJob"):
-        env.as_(AGGS[0]).propose(42, 1, b"\1" * 32, [0], merged, h("c"), 1)
+        agg0.commit_proposal(42, 1, h("c"))
+    with reverted("UnknownJob"):
+        agg0.reveal_proposal(42, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"))
     with reverted("NotAggregator") as e:
-        env.as_(OUTSIDER).propose(job, 1, b"\1" * 32, [0], merged, h("c"), 1)
+        env.as_(OUTSIDER).commit_proposal(job, 1, h("c"))
     assert e.value.args_dict == {"jobId": job, "account": OUTSIDER.address}
     with reverted("NotAggregator"):  # a worker is not an aggregator
-        env.as_(WORKERS[0]).propose(job, 1, b"\1" * 32, [0], merged, h("c"), 1)
+        env.as_(WORKERS[0]).commit_proposal(job, 1, h("c"))
+    with reverted("NotAggregator"):
+        env.as_(OUTSIDER).reveal_proposal(job, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"))
     env.submit(job, 1, 0)
     env.submit(job, 1, 1)
     partial = env.ledger.round(job, 1).commitment
     deadline = env.ledger.round(job, 1).deadline
     # before the round closes (one worker missing, deadline ahead)
     with reverted("RoundNotClosed") as e:
-        env.propose(job, 1, 0, [0, 0], merged)
+        env.commit(job, 1, 0, [0, 0], merged)
     assert e.value.args_dict == {"jobId": job, "round": 1, "deadline": deadline}
     env.submit(job, 1, 2)
     full = env.ledger.round(job, 1).commitment
     with reverted("WrongRound") as e:
-        env.propose(job, 2, 0, [0, 0, 0], merged, commitment=full)
+        env.commit(job, 2, 0, [0, 0, 0], merged)
     assert e.value.args_dict == {"jobId": job, "current": 1, "given": 2}
-    # a commitment that does not cover the round's submissions (only the first two)
-    with reverted("CommitmentMismatch") as e:
-        env.propose(job, 1, 0, [0, 0], merged, commitment=partial)
+    with reverted("EmptyCommit"):
+        agg0.commit_proposal(job, 1, b"\0" * 32)
+    # aggregator 0 commits to a proposal that will fail the content checks; 1 and 2 to good ones
+    env.commit(job, 1, 0, [0, 3, 5], merged)
+    with reverted("AlreadyCommitted") as e:
+        env.commit(job, 1, 0, [0, 0, 0], merged)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[0].address}
+    with reverted("NotCommitted") as e:  # commits still open: yet nothing to reveal
+        env.as_(AGGS[1]).reveal_proposal(job, 1, full, [0, 0, 0], merged, h("c"), 1, h("s"))
+    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[1].address}
+    env.commit(job, 1, 1, [0, 0, 5], merged)
+    env.commit(job, 1, 2, [0, 0, 0], merged)
+    # the content checks of a reveal
+    with reverted("CommitmentMismatch") as e:  # a commitment that covers only the first two submissions
+        env.reveal(job, 1, 1, commitment=partial)
     assert e.value.args_dict == {"jobId": job, "round": 1, "expected": full, "given": partial}
     with reverted("VerdictCountMismatch") as e:
-        env.propose(job, 1, 0, [0, 0], merged)
+        env.reveal(job, 1, 1, verdicts=[0, 0])
     assert e.value.args_dict == {"jobId": job, "round": 1, "expected": 3, "given": 2}
     with reverted("VerdictCountMismatch"):
-        env.propose(job, 1, 0, [0, 0, 0, 0], merged)
+        env.reveal(job, 1, 1, verdicts=[0, 0, 5, 0])
     # fewer than minSubmissions (2) accepted: the merge must keep the parent
     with reverted("MergeMustKeepParent") as e:
-        env.propose(job, 1, 0, [0, 3, 5], merged)
+        env.reveal(job, 1, 0)
     assert e.value.args_dict == {"jobId": job, "round": 1, "parent": GENESIS, "given": merged}
-    env.propose(job, 1, 0, [0, 0, 5], merged)
-    with reverted("AlreadyProposed") as e:
-        env.propose(job, 1, 0, [0, 0, 5], merged)
-    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[0].address}
-    with reverted("AlreadyProposed"):  # even with a different outcome
-        env.propose(job, 1, 0, [0, 0, 0], h("other"))
+    # a reveal must be exactly what was committed: another outcome, or another salt, fails
+    with reverted("RevealMismatch") as e:
+        env.reveal(job, 1, 1, verdicts=[0, 0, 0])
+    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[1].address}
+    with reverted("RevealMismatch"):
+        env.reveal(job, 1, 1, salt=h("another salt"))
+    env.reveal(job, 1, 1)
+    with reverted("AlreadyRevealed") as e:
+        env.reveal(job, 1, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[1].address}
     assert env.ledger.round(job, 1).proposals == 1
+
+
+def test_reveal_deadline_and_late_reveals(env: Env):
+    job = env.create()
+    env.submit_all(job, 1)
+    env.commit(job, 1, 0, [0, 0, 0], h("m"))
+    env.commit(job, 1, 1, [0, 0, 0], h("m"))
+    r = env.ledger.round(job, 1)
+    env.warp_past(r.commit_deadline)
+    with reverted("CommitPhaseClosed") as e:  # the third aggregator missed the commit phase
+        env.commit(job, 1, 2, [0, 0, 0], h("m"))
+    assert e.value.args_dict == {"jobId": job, "round": 1, "commitDeadline": r.commit_deadline}
+    env.reveal(job, 1, 0)
+    with reverted("ProposalWindowOpen") as e:  # aggregator 1 may still reveal
+        env.as_(OUTSIDER).close_round(job, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "revealDeadline": r.reveal_deadline}
+    env.warp_past(r.reveal_deadline)
+    with reverted("RevealPhaseOver") as e:
+        env.reveal(job, 1, 1)
+    assert e.value.args_dict == {"jobId": job, "round": 1, "revealDeadline": r.reveal_deadline}
+    rc = env.as_(OUTSIDER).close_round(job, 1)
+    assert env.events(rc, "RoundSkipped") == [{"jobId": job, "round": 1, "parent": GENESIS, "submissions": 3, "reason": 2}]
+    r = env.ledger.round(job, 1)
+    assert (r.status, r.skip_reason, r.commits, r.proposals, r.merged_digest) == ("skipped", "no-quorum", 2, 1, GENESIS)
+
+
+def test_copying_a_proposal_is_useless(env: Env):
+    """An aggregator who verified nothing cannot ride on another's work: it cannot see an
+    outcome before commits close, cannot reveal what it did not commit, and cannot replay
+    another's commit (the committer's address is in the hash)."""
+    job = env.create()
+    env.submit_all(job, 1)
+    verdicts, merged = [0, 0, 0], h("honest merge")
+    rc = env.commit(job, 1, 0, verdicts, merged)
+    honest_commit = env.events(rc, "ProposalCommitted")[0]["commitHash"]
+    # the copier commits the very same hash, and later reveals the honest outcome and salt
+    env.as_(AGGS[1]).commit_proposal(job, 1, honest_commit)
+    env.commit(job, 1, 2, verdicts, merged)
+    env.reveal(job, 1, 0)  # public now, but every commit is in
+    honest = env.pending[(job, 1, 0)]
+    with reverted("RevealMismatch"):
+        env.as_(AGGS[1]).reveal_proposal(job, 1, env.ledger.round(job, 1).commitment, verdicts, merged,
+                                         honest["cid"], honest["size"], honest["salt"])
+    assert env.ledger.round(job, 1).status == "closed"
+    rc = env.reveal(job, 1, 2)  # a second independent verification finalizes
+    assert len(env.events(rc, "RoundFinalized")) == 1
 
 
 def test_disagreeing_proposals_do_not_finalize(env: Env):
     job = env.create()
     env.submit_all(job, 1)
     good, bad = h("honest merge"), h("dishonest merge")
-    env.propose(job, 1, 0, [0, 0, 0], good)
-    rc = env.propose(job, 1, 1, [0, 0, 0], bad)  # a lone disagreeing aggregator
-    assert env.events(rc, "RoundFinalized") == []
+    rcs = env.propose(job, 1, {0: ([0, 0, 0], good), 1: ([0, 0, 0], bad)})  # a lone disagreeing aggregator
+    assert env.events(rcs[1], "RoundFinalized") == []
     r = env.ledger.round(job, 1)
     assert r.status == "closed" and r.proposals == 2
     out_good = TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 0])
@@ -380,19 +547,71 @@ def test_disagreeing_proposals_do_not_finalize(env: Env):
     # same merge but different verdicts is a different outcome too
     assert TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 1]) != out_good
     assert env.ledger.job(job).current_round == 1
-    rc = env.propose(job, 1, 2, [0, 0, 0], good)
-    (fin,) = env.events(rc, "RoundFinalized")
-    assert fin["outcome"] == out_good and fin["mergedDigest"] == good
+    # aggregator 2 missed the commit phase (propose() waited out the deadline): the round cannot
+    # finalize any more, and once every commit is revealed anyone may skip it at once
+    with reverted("CommitPhaseClosed"):
+        env.commit(job, 1, 2, [0, 0, 0], good)
+    rc = env.as_(OUTSIDER).close_round(job, 1)
+    assert env.events(rc, "RoundSkipped") == [{"jobId": job, "round": 1, "parent": GENESIS, "submissions": 3, "reason": 2}]
+    (opened,) = env.events(rc, "RoundOpened")
+    assert opened["round"] == 2 and opened["parent"] == GENESIS
     # the dissent stays visible
     props = env.ledger.proposals(job, 1)
     assert [(p.aggregator, p.merged_digest, p.outcome) for p in props] == [
-        (AGGS[0].address, good, out_good), (AGGS[1].address, bad, out_bad), (AGGS[2].address, good, out_good)]
-    assert [p.verdicts for p in props] == [[0, 0, 0]] * 3
+        (AGGS[0].address, good, out_good), (AGGS[1].address, bad, out_bad)]
+    assert [p.verdicts for p in props] == [[0, 0, 0]] * 2
     assert all(p.accepted == 3 and p.merged_size == 4242 for p in props)
     assert [p.block for p in props] == sorted(p.block for p in props)
-    assert env.ledger.round(job, 1).outcome == out_good
+    commits = env.ledger.commits(job, 1)
+    assert [c.aggregator for c in commits] == [AGGS[0].address, AGGS[1].address]
+    assert [p.salt for p in props] == [env.pending[(job, 1, i)]["salt"] for i in range(2)]
+    assert [c.commit_hash for c in commits] == [TrainingLedger.commit_hash_of(p.outcome, p.salt, p.aggregator) for p in props]
     names = [e.name for e in env.ledger.events(job)]
-    assert names.count("ProposalSubmitted") == 3 and names.count("RoundFinalized") == 1
+    assert names.count("ProposalCommitted") == 2 and names.count("ProposalRevealed") == 2 and "RoundFinalized" not in names
+
+    # round 2: the third aggregator breaks the tie
+    env.submit_all(job, 2)
+    rcs = env.propose(job, 2, {0: ([0, 0, 0], good), 1: ([0, 0, 0], bad), 2: ([0, 0, 0], good)})
+    (fin,) = env.events(rcs[2], "RoundFinalized")
+    assert fin["outcome"] == out_good and fin["mergedDigest"] == good
+
+
+def test_three_way_disagreement_is_skipped_once_all_revealed(env: Env):
+    job = env.create(num_rounds=1)
+    env.submit_all(job, 1)
+    env.propose(job, 1, {a: ([0, 0, 0], h(f"view {a}")) for a in range(3)})
+    r = env.ledger.round(job, 1)
+    assert (r.status, r.commits, r.proposals) == ("closed", 3, 3)
+    rc = env.as_(OUTSIDER).close_round(job, 1)  # long before the reveal deadline: nothing can change
+    assert env.block_time(rc) < r.reveal_deadline
+    assert env.events(rc, "RoundSkipped")[0]["reason"] == 2
+    assert env.events(rc, "JobCompleted") == [{"jobId": job, "finalDigest": GENESIS, "finalCid": h("genesis cid"), "finalSize": 56789}]
+
+
+def test_round_nobody_commits_to_is_skipped_after_the_commit_deadline(env: Env):
+    """An absent quorum: the round closed early (every worker submitted) and no aggregator
+    commits; the commit phase ends a window after the round's deadline."""
+    job = env.create()
+    env.submit_all(job, 1)
+    r = env.ledger.round(job, 1)
+    assert r.commit_deadline == r.deadline + WINDOW
+    env.warp_past(r.deadline)
+    with reverted("ProposalWindowOpen"):
+        env.as_(OUTSIDER).close_round(job, 1)
+    env.warp_past(r.commit_deadline)
+    rc = env.as_(OUTSIDER).close_round(job, 1)
+    assert env.events(rc, "RoundSkipped")[0]["reason"] == 2
+    assert env.ledger.round(job, 1).skip_reason == "no-quorum"
+
+
+def test_commit_deadline_runs_from_the_round_deadline_when_the_first_commit_is_late(env: Env):
+    job = env.create()
+    env.submit(job, 1, 0)
+    env.submit(job, 1, 1)
+    deadline = env.ledger.round(job, 1).deadline
+    env.warp_past(deadline + 100)
+    rc = env.commit(job, 1, 0, [0, 0], h("m"))
+    assert env.events(rc, "ProposalCommitted")[0]["commitDeadline"] == deadline + WINDOW
 
 
 # ------------------------------------------------------------------------------ skipped rounds
@@ -412,19 +631,19 @@ def test_round_below_minimum_is_skipped_and_keeps_its_parent(env: Env):
         env.as_(OUTSIDER).close_round(7, 1)
     rc = env.as_(OUTSIDER).close_round(job, 1)  # anyone may skip a dead round
     (sk,) = env.events(rc, "RoundSkipped")
-    assert sk == {"jobId": job, "round": 1, "parent": GENESIS, "submissions": 1}
+    assert sk == {"jobId": job, "round": 1, "parent": GENESIS, "submissions": 1, "reason": 1}
     (opened,) = env.events(rc, "RoundOpened")
     assert opened == {"jobId": job, "round": 2, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
     r = env.ledger.round(job, 1)
     assert (r.status, r.parent, r.submissions, r.commitment) == ("skipped", GENESIS, 1, r1.commitment)
     assert (r.merged_digest, r.merged_cid, r.merged_size) == (GENESIS, h("genesis cid"), 56789)
-    assert r.outcome == b"\0" * 32 and r.accepted == 0
+    assert r.outcome == b"\0" * 32 and r.accepted == 0 and r.skip_reason == "too-few-submissions"
     j = env.ledger.job(job)
     assert (j.current_round, j.current_parent) == (2, GENESIS)
     with reverted("WrongRound"):
         env.as_(OUTSIDER).close_round(job, 1)
     with reverted("WrongRound"):
-        env.propose(job, 1, 0, [0], GENESIS, commitment=r1.commitment)
+        env.commit(job, 1, 0, [0], GENESIS)
 
     # round 2 reuses the (job, parent) slot: it starts empty and works
     r2 = env.ledger.round(job, 2)
@@ -439,15 +658,15 @@ def test_round_below_minimum_is_skipped_and_keeps_its_parent(env: Env):
     assert env.ledger.round(job, 1).submissions == 1 and env.ledger.round(job, 2).submissions == 2
     subs2 = env.ledger.submissions(job, 2)
     assert TrainingLedger.commitment_of(job, 2, subs2) == env.ledger.round(job, 2).commitment
-    # enough submissions: closeRound refuses after the deadline
+    # enough submissions: after the deadline the round is closed and can be proposed on, so
+    # closeRound refuses until the proposal window is over
     env.warp(DURATION + 1)
-    with reverted("EnoughSubmissions") as e:
+    r2 = env.ledger.round(job, 2)
+    assert r2.status == "closed"
+    with reverted("ProposalWindowOpen") as e:
         env.as_(OUTSIDER).close_round(job, 2)
-    assert e.value.args_dict == {"jobId": job, "round": 2, "submissions": 2, "minSubmissions": 2}
-    # after the deadline with 2 of 3 submissions the round is closed and can be proposed on
-    assert env.ledger.round(job, 2).status == "closed"
-    env.propose(job, 2, 0, [0, 0], h("m2"))
-    env.propose(job, 2, 1, [0, 0], h("m2"))
+    assert e.value.args_dict == {"jobId": job, "round": 2, "revealDeadline": r2.reveal_deadline}
+    env.propose(job, 2, {0: ([0, 0], h("m2")), 1: ([0, 0], h("m2"))})
     assert env.ledger.round(job, 2).status == "finalized"
 
 
@@ -455,8 +674,7 @@ def test_merge_that_keeps_the_parent_reuses_the_slot(env: Env):
     job = env.create(min_submissions=2)
     env.submit_all(job, 1)
     # only one accepted (< 2): the merge is the parent itself
-    for a in (0, 1):
-        env.propose(job, 1, a, [0, 6, 7], GENESIS, cid=h("genesis cid"), size=56789)
+    env.propose(job, 1, {a: ([0, 6, 7], GENESIS) for a in (0, 1)}, cid=h("genesis cid"), size=56789)
     r1 = env.ledger.round(job, 1)
     assert (r1.status, r1.merged_digest, r1.accepted) == ("finalized", GENESIS, 1)
     r2 = env.ledger.round(job, 2)
@@ -482,13 +700,16 @@ def test_several_rounds_to_job_completed(env: Env):
         if rnd == 1:
             env.submit(other, 1, 0)
         merged = h(f"merged {rnd}")
-        env.propose(job, rnd, 0, [0, 0, 0], merged, size=1000 + rnd)
-        rc = env.propose(job, rnd, 1, [0, 0, 0], merged, size=1000 + rnd)
+        rcs = env.propose(job, rnd, {a: ([0, 0, 0], merged) for a in range(3)}, reveals=(0, 1), size=1000 + rnd)
+        assert env.events(rcs[1], "RoundFinalized")  # the second agreeing reveal finalizes
         merges.append(merged)
         parent = merged
+    rc = rcs[1]
     assert env.events(rc, "RoundOpened") == []
     (done,) = env.events(rc, "JobCompleted")
     assert done == {"jobId": job, "finalDigest": merges[-1], "finalCid": h(f"cid of {merges[-1].hex()}"), "finalSize": 1003}
+    with reverted("RoundAlreadyFinalized"):
+        env.reveal(job, 3, 2)
     j = env.ledger.job(job)
     assert j.completed and j.current_round == 3 and j.current_parent == merges[-1] and j.current_parent_size == 1003
     assert [env.ledger.round(job, r).status for r in (1, 2, 3, 4)] == ["finalized", "finalized", "finalized", "none"]
@@ -498,10 +719,8 @@ def test_several_rounds_to_job_completed(env: Env):
     assert e.value.args_dict == {"jobId": job}
     with reverted("JobFinished"):
         env.submit(job, 4, 0, parent=merges[-1])
-    with reverted("RoundAlreadyFinalized"):
-        env.propose(job, 3, 2, [0, 0, 0], merges[-1], commitment=env.ledger.round(job, 3).commitment)
     with reverted("JobFinished"):
-        env.propose(job, 4, 2, [0, 0, 0], merges[-1], commitment=b"\1" * 32)
+        env.commit(job, 4, 2, [0, 0, 0], merges[-1])
     with reverted("JobFinished"):
         env.as_(OUTSIDER).close_round(job, 4)
 
@@ -509,7 +728,7 @@ def test_several_rounds_to_job_completed(env: Env):
     assert all(isinstance(e, ChainEvent) and e.args["jobId"] == job for e in events)
     assert [(e.block, e.log_index) for e in events] == sorted((e.block, e.log_index) for e in events)
     names = [e.name for e in events]
-    per_round = ["UpdateSubmitted"] * 3 + ["ProposalSubmitted", "ProposalSubmitted", "RoundFinalized"]
+    per_round = ["UpdateSubmitted"] * 3 + ["ProposalCommitted"] * 3 + ["ProposalRevealed", "ProposalRevealed", "RoundFinalized"]
     assert names == (["JobCreated", "RoundOpened"] + per_round + ["RoundOpened"] + per_round
                      + ["RoundOpened"] + per_round + ["JobCompleted"])
     for e in events:
@@ -520,6 +739,7 @@ def test_several_rounds_to_job_completed(env: Env):
     other_events = env.ledger.events(other)
     assert [e.name for e in other_events] == ["JobCreated", "RoundOpened", "UpdateSubmitted"]
     assert len(env.ledger.submissions(job)) == 9 and len(env.ledger.proposals(job)) == 6
+    assert len(env.ledger.commits(job)) == 9
     assert [s.round for s in env.ledger.submissions(job)] == [1] * 3 + [2] * 3 + [3] * 3
     for rnd in (1, 2, 3):
         subs = env.ledger.submissions(job, rnd)
@@ -531,7 +751,7 @@ def test_skipping_the_last_round_completes_the_job(env: Env):
     job = env.create(num_rounds=1, min_submissions=2)
     env.warp(DURATION + 1)
     rc = env.as_(OUTSIDER).close_round(job, 1)
-    assert env.events(rc, "RoundSkipped") == [{"jobId": job, "round": 1, "parent": GENESIS, "submissions": 0}]
+    assert env.events(rc, "RoundSkipped") == [{"jobId": job, "round": 1, "parent": GENESIS, "submissions": 0, "reason": 1}]
     assert env.events(rc, "JobCompleted") == [{"jobId": job, "finalDigest": GENESIS, "finalCid": h("genesis cid"), "finalSize": 56789}]
     assert env.ledger.job(job).completed
     with reverted("JobFinished"):
@@ -543,8 +763,20 @@ def test_views_of_unknown_jobs_revert(env: Env):
         env.ledger.job(5)
     with reverted("UnknownJob"):
         env.ledger.round(5, 1)
+    f = env.ledger.contract.functions
+    with reverted("UnknownJob") as e:
+        env.chain.call(f.getWorkers(5), "getWorkers")
+    assert e.value.args_dict == {"jobId": 5}
+    with reverted("UnknownJob") as e:
+        env.chain.call(f.getAggregators(5), "getAggregators")
+    assert e.value.args_dict == {"jobId": 5}
+    env.create()  # job 1 exists; job 2 does not
+    assert env.chain.call(f.getWorkers(1), "getWorkers") == [w.address for w in WORKERS]
+    with reverted("UnknownJob"):
+        env.chain.call(f.getAggregators(2), "getAggregators")
     assert env.ledger.has_submitted(5, 1, WORKERS[0].address) is False
     assert env.ledger.has_proposed(5, 1, AGGS[0].address) is False
+    assert env.ledger.has_committed(5, 1, AGGS[0].address) is False
 
 
 # ------------------------------------------------------------------------------ the Chain client
@@ -723,7 +955,7 @@ def test_events_and_views_cross_checked_with_cast(env: Env):
                  "--rpc-url", env.rpc_url) == "true"
     assert _cast("call", env.address, "jobCount()(uint256)", "--rpc-url", env.rpc_url) == "1"
     commitment = _cast("call", env.address,
-                       "getRound(uint256,uint32)((bytes32,uint64,uint16,bytes32,uint8,bytes32,bytes32,uint64,bytes32,uint16,uint16))",
+                       "getRound(uint256,uint32)((bytes32,uint64,uint16,bytes32,uint8,bytes32,bytes32,uint64,bytes32,uint16,uint16,uint16,uint64,uint64,uint8))",
                        str(job), "1", "--rpc-url", env.rpc_url)
     assert "0x" + TrainingLedger.commitment_of(job, 1, [sub]).hex() in commitment
 

@@ -11,12 +11,14 @@ def register(sub) -> None:
     p.set_defaults(handler=None, group_parser=p)
     s = p.add_subparsers(dest="aggregator_command", metavar="SUBCOMMAND")
     r = add_command(
-        s, "run", "verify, merge and propose every round of a job until it completes", _run,
+        s, "run", "verify, merge, commit and reveal a proposal every round of a job until it completes", _run,
         "ledger --account a0 aggregator run --job 1",
         description=(
             "When a round closes (deadline, or every worker submitted) the aggregator verifies each\n"
-            "contribution, merges the accepted ones bit-exactly, publishes the merge and proposes it\n"
-            "with its verdicts in one transaction. The round finalizes when a quorum agrees."
+            "contribution, merges the accepted ones bit-exactly, publishes the merge and commits to it\n"
+            "(a hash of the outcome and a secret salt, kept in its data dir); once every aggregator\n"
+            "committed or the commit deadline passed, it reveals verdicts, merge and salt. The round\n"
+            "finalizes when a quorum of reveals agrees, or is skipped after the proposal window."
         ),
     )
     add_job_arg(r)

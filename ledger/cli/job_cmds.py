@@ -20,9 +20,13 @@ def register(sub) -> None:
     )
     p.add_argument("--worker", action="append", required=True, metavar="ADDR|NAME", help="a worker (repeat; shard i goes to the i-th)")
     p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
-    p.add_argument("--quorum", type=int, default=None, help="aggregators that must agree (default: a majority)")
+    p.add_argument("--quorum", type=int, default=None,
+                   help="aggregators that must agree: a strict majority of them (default: the smallest majority)")
     p.add_argument("--rounds", type=int, default=3, help="number of rounds (default 3)")
     p.add_argument("--round-duration", type=int, default=300, metavar="S", help="seconds before a round's deadline (default 300)")
+    p.add_argument("--proposal-window", type=int, default=300, metavar="S",
+                   help="seconds aggregators have to commit after a round closes, and again to reveal; then a round "
+                        "without a quorum is skipped (default 300)")
     p.add_argument("--min-submissions", type=int, default=1, help="fewer accepted contributions keep the parent (default 1)")
     p.add_argument("--name", default="tiny-shakespeare", help="job name recorded in the config")
     p.add_argument("--seed", type=int, default=1337, help="job seed: genesis init and every worker's training seed derive from it")
@@ -114,7 +118,7 @@ def _create(args, settings) -> int:
     workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
-                     args.min_submissions, throughputs=args.throughput)
+                     args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window)
     print(describe(job))
     return 0
 
