@@ -145,18 +145,20 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     rctx = V.RoundContext(
         config=cfg, job_id=job.job_id, round=r, parent_digest=rd.parent, parent_params=parent_params,
         validation=ctx.validation, shard_of=lambda w: ctx.shard(shard_index[w.lower()]),
-        replay_seed=replay_seed(ledger, subs), replay_mode="all",
+        fetch_object=lambda cid, d: ctx.store.get(cid, d, max_size=cap),
+        replay_seed=replay_seed(ledger, subs), replay_mode="policy",
     )
     _, t_val = timed(lambda: (rctx.parent_loss(), [rctx.val_loss(t) for t in tensors]))
     out.append(("validation loss (parent + each contribution)", t_val, n + 1,
                 f"{cfg.policy.val_batches} x {cfg.policy.val_batch_size} windows each"))
+    # the replay stage as the pipeline runs it: the drawn segments of the first contributions
     k = max(1, min(replay_samples, n))
-    diffs, t_rep = timed(lambda: [V.replay_diff(rctx, contribs[i].worker, tensors[i]) for i in range(k)])
-    per = t_rep / k
-    frac = cfg.policy.replay_fraction
-    out.append(("replay (re-train one contribution)", per, 1, f"max |diff| {max(diffs):.3g}"))
-    out.append((f"replay at the job's fraction {frac:g} (expected)", per * frac * n, n, "fraction x contributions"))
-    out.append(("replay of every contribution (audit --replay all)", per * n, n, ""))
+    only_replay = V.with_stages(rctx, {"replay"})
+    reports, t_rep = timed(lambda: V.verify_round(only_replay, contribs[:k], lambda c: blobs[c.index]))
+    segs = sum(len(rep.metrics.get("replay_segments", [])) for rep in reports)
+    out.append((f"segment replay ({cfg.policy.replay_segments} drawn segment(s) of {cfg.policy.segment_steps} steps "
+                f"a contribution)", t_rep / k * n, n,
+                f"{segs} segment(s) timed, worst distance {max(rep.metrics.get('replay_distance', 0) for rep in reports):.2g}"))
 
     def merge_publish():
         good = sorted((c.worker, c.num_samples, t) for c, t in zip(contribs, tensors))
@@ -259,7 +261,7 @@ def main(argv=None) -> int:
         srows = []
         for name, secs, items, note in stages:
             per_item = secs / items if items else secs
-            round_cost = secs if not name.startswith("replay (re-train one") else None
+            round_cost = secs
             srows.append([name, items, f"{per_item * 1e3:.1f}",
                           f"{round_cost:.2f}" if round_cost is not None else "",
                           f"{100 * round_cost / plain_round:.1f}%" if round_cost is not None else "", note])

@@ -13,8 +13,8 @@ aggregators run:
 - verification on: each contribution is encoded with ``ledger.checkpoint.encode``
   (with the lineage metadata a worker writes) and goes through
   ``node.verify.verify_round`` with a fetch function that returns those bytes,
-  every stage on (norm bound, validation loss; replay per the policy, whose
-  default fraction is 0); only the accepted ones are merged;
+  the norm bounds and the validation loss on (segment replay off: these attacks
+  are on the tensors, measured without transcripts); only the accepted ones are merged;
 - verification off: every contribution goes straight to ``node.merge.merge``;
   NaN / wrong-shape tensors make the merge refuse (``ValueError``), which is shown
   as "merge failed (...)" and ends that run;
@@ -267,8 +267,11 @@ def main(argv=None) -> int:
     model = ModelSpec(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
     train = TrainSpec(steps=args.steps, batch_size=args.batch_size)
     base = JobConfig(model=model, train=train)
+    # Segment replay off: these are tensor attacks on the merge rules and the norm and
+    # validation bounds; with it on, every forged update here would also fail its
+    # transcript (bench/verification.py and tests/test_segment_replay.py cover that).
     policies = {rule: Policy(merge_rule=rule, krum_f=args.byzantine, krum_m=args.krum_m,
-                             max_update_norm=args.max_update_norm) for rule in rules}
+                             max_update_norm=args.max_update_norm, replay_segments=0) for rule in rules}
     configs = {rule: JobConfig(name=base.name, seed=base.seed, model=model, train=train, policy=policies[rule])
                for rule in rules}
     n, nb = args.workers, args.byzantine
