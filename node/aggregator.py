@@ -71,8 +71,10 @@ class Aggregator:
             if rd.submissions < info.min_submissions:
                 self._close_below_minimum(r, rd)
                 continue
-            self.handle_round(r, rd)
-            proposed += 1
+            # Only a proposal that landed counts: a retry (chain clock behind, a failed
+            # send) returns False and comes back here on the next poll.
+            if self.handle_round(r, rd):
+                proposed += 1
             if self.opt.max_rounds is not None and proposed >= self.opt.max_rounds:
                 return proposed
 
@@ -85,7 +87,8 @@ class Aggregator:
             log.debug("closeRound: %s", e)
             time.sleep(self.opt.poll)
 
-    def handle_round(self, r: int, rd) -> None:
+    def handle_round(self, r: int, rd) -> bool:
+        """Judge and propose round ``r``; True if this call's proposal is on chain."""
         ctx = self.ctx
         state_file = self.dir / f"round-{r}.json"
         state = atomic.read_json(state_file, {}) or {}
@@ -124,20 +127,21 @@ class Aggregator:
                 # proposed; the next poll proposes again if not.
                 log.warning("round %d: proposal failed (%s); retrying", r, e)
                 time.sleep(max(self.opt.poll, 1.0))
-                return
+                return False
             if e.name in ("AlreadyProposed", "RoundAlreadyFinalized"):
                 log.info("round %d: %s (a restart after proposing, or the quorum was already reached)", r, e.name)
-                return
+                return False
             if e.name == "RoundNotClosed":
                 # Our clock ran ahead of the chain's: the next poll proposes again.
                 log.info("round %d: the chain's clock has not passed the deadline yet; retrying", r)
                 time.sleep(max(self.opt.poll, 1.0))
-                return
+                return False
             raise
         h = receipt["transactionHash"]
         log.info("round %d: proposed merge %s (%s) with %d accepted in tx %s (verify+merge %.1fs)",
                  r, state["merged_cid"], short(digest), sum(1 for v in state["verdicts"] if v == 0),
                  h.to_0x_hex() if hasattr(h, "to_0x_hex") else h, state["seconds"])
+        return True
 
 
 def run_aggregator(ledger, store, job_id: int, address: str, state_dir: Path, options: AggregatorOptions | None = None) -> int:
