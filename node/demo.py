@@ -242,6 +242,8 @@ class Demo:
             base["LEDGER_RPC_URL"] = self.settings.rpc_url
         if self.settings.ipfs_api:
             base["LEDGER_IPFS_API"] = self.settings.ipfs_api
+        if self.settings.contract:
+            base["LEDGER_CONTRACT"] = self.settings.contract
         for p in self.parties:
             p.log = logs / f"{p.name}.log"
             cmd = [sys.executable, "-m", "ledger", "--account", p.name, p.role, "run", "--job", str(job_id)]

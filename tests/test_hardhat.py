@@ -65,7 +65,7 @@ def test_job_on_hardhat_with_a_deadline_passing_and_a_worker_missing(hh_env):
     env = hh_env
     w3 = env.ledger.chain.w3
     assert "hardhat" in w3.client_version.lower()
-    duration = 45
+    duration = 35
     job = env.create_job(W, A, quorum=2, rounds=2, round_duration=duration, min_submissions=1, config=tiny_config())
     common = ("--job", str(job), "--poll", "0.3")
     procs = [
