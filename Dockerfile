@@ -45,5 +45,6 @@ ENV PATH=/app/.venv/bin:$PATH \
     LEDGER_DATA_DIR=/data \
     PYTHONUNBUFFERED=1
 VOLUME ["/data"]
+WORKDIR /data
 ENTRYPOINT ["ledger"]
 CMD ["--help"]

@@ -5,6 +5,7 @@ and it leaves nothing running, also when it fails after starting the IPFS node."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,18 @@ def test_demo_ipfs_audits_ok_and_stops_everything(tmp_path):
     assert not (tmp_path / REL / "ipfs" / REL).exists()
     st = _run(tmp_path, "ipfs", "status", timeout=60)
     assert st.returncode == 1 and f"repo       {repo}" in st.stdout, st.stdout
+    # The same data dir given as an absolute path is the same repo: the genesis is there.
+    m = re.search(r"genesis (Qm\w+)  sha256 (0x[0-9a-f]{64})", r.stdout)
+    assert m, r.stdout[:2000]
+    absolute = tmp_path / REL
+    try:
+        assert _run(tmp_path, "--data-dir", str(absolute), "ipfs", "up", timeout=60).returncode == 0
+        v = _run(tmp_path, "--data-dir", str(absolute), "--storage", "ipfs", "store", "verify", m.group(1),
+                 "--digest", m.group(2), timeout=60)
+        assert v.returncode == 0 and v.stdout.startswith("ok: "), v.stdout + v.stderr
+    finally:
+        _run(tmp_path, "--data-dir", str(absolute), "ipfs", "down", timeout=60)
+    _nothing_running(tmp_path)
 
 
 def test_demo_failing_after_ipfs_up_leaves_nothing_running(tmp_path):
