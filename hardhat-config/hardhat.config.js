@@ -1,13 +1,14 @@
-// Hardhat configuration for users who live in Hardhat (Hardhat itself is not a
-// dependency of this project: `ledger compile` and `ledger chain up` need only the
-// pinned solc and anvil in package.json).
+// Hardhat configuration for users who live in Hardhat. Hardhat 2.29.1 is pinned in
+// package.json as the project's second EVM node (tests/test_hardhat.py runs a job on
+// `hardhat node`); `ledger compile` and `ledger chain up` need only solc and anvil.
 //
 // The compiler settings mirror ledger/compile.py (SETTINGS) so that
 // `npx hardhat compile` produces the same bytecode as the committed artifact
 // contracts/build/TrainingLedger.json. Keep the two in step.
 //
 // example:
-//   cd hardhat-config && npm install --save-dev hardhat && npx hardhat compile
+//   cd hardhat-config && npx hardhat compile
+//   npx hardhat node --port 8546 && LEDGER_RPC_URL=http://127.0.0.1:8546 ledger demo --rounds 2
 //   ledger chain up   # anvil on 127.0.0.1:8545, then: npx hardhat console --network localhost
 
 /** @type import('hardhat/config').HardhatUserConfig */

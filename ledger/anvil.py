@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import listen
 from .config import Settings
 from .errors import ConfigError, LedgerError
 from .procs import PROJECT_ROOT, LocalService, ServiceInfo
@@ -60,8 +61,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0) -> ChainUp:
+def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0, host: str | None = None) -> ChainUp:
     """Start the local chain (idempotent). Returns its info and whether it was started now."""
+    host = listen.check_host(host)
     svc = service(settings)
     running = svc.running()
     if running:
@@ -98,7 +100,7 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
         port = settings.chain_port
     cmd = [
         str(anvil_binary()),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--state", str(state),
         "--state-interval", str(max(1, settings.state_interval)),
@@ -110,10 +112,10 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0)
     ]
     info, started = svc.start(
         cmd,
-        ready_pattern=r"Listening on 127\.0\.0\.1:(\d+)",
-        url_for_port=lambda p: f"http://127.0.0.1:{p}",
+        ready_pattern=r"Listening on \S+:(\d+)",
+        url_for_port=lambda p: f"http://{listen.url_host(host)}:{p}",
         timeout=timeout,
-        extra={"state_file": str(state)},
+        extra={"state_file": str(state), "host": host},
         prepare=prepare,
     )
     return ChainUp(info, started, "; ".join(notes))

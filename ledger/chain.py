@@ -378,11 +378,11 @@ class Chain:
                 try:
                     nonce = self.w3.eth.get_transaction_count(sender, "pending")
                     params: dict = {"from": sender, "nonce": nonce, "chainId": self.chain_id, "value": value}
-                    if gas is not None:
-                        params["gas"] = int(gas)
-                    tx = fn.build_transaction(params)  # estimates gas (and so finds reverts) unless gas given
+                    # A placeholder limit so web3 does not estimate at "latest" itself (see _estimate).
+                    params["gas"] = int(gas) if gas is not None else 1
+                    tx = fn.build_transaction(params)
                     if gas is None:
-                        tx["gas"] = self._padded_gas(int(tx["gas"]) + int(extra_gas))
+                        tx["gas"] = self._padded_gas(self._estimate(tx) + int(extra_gas))
                     signed = self._account.sign_transaction(tx)
                     tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
                     break
@@ -404,6 +404,29 @@ class Chain:
         if receipt["status"] != 1:
             raise self._replay_failure(tx, receipt, context)
         return receipt
+
+    def _estimate(self, tx: dict) -> int:
+        """Gas for ``tx``, estimated against the *pending* block (and so finds reverts).
+
+        web3 estimates at "latest". A chain that mines only when a transaction arrives
+        (Hardhat's node, a quiet dev chain) then judges by the last block's timestamp,
+        which can lie minutes behind the wall clock: a proposal after a deadline that
+        has passed in real time reverts there with RoundNotClosed, forever, since no
+        one mines a block. The pending block is the one this transaction will land in
+        and carries the current time, on every client (anvil, Hardhat, geth). That was
+        chosen over mining a block on purpose (``evm_mine``): it needs no dev-only RPC
+        and does the same on a production chain. A node that refuses "pending" (a
+        few hosted endpoints) is asked about "latest" instead."""
+        call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
+        try:
+            return int(self.w3.eth.estimate_gas(call, "pending"))
+        except Exception as e:
+            if isinstance(e, ContractLogicError) or getattr(e, "data", None) is not None or _is_connection_error(e):
+                raise
+            low = _message(e).lower()
+            if "pending" not in low and "block" not in low and "not supported" not in low:
+                raise
+        return int(self.w3.eth.estimate_gas(call, "latest"))
 
     def _padded_gas(self, estimate: int) -> int:
         padded = int(estimate * 1.2) + 5_000

@@ -135,7 +135,19 @@ def skip_text(rh: RoundHistory, job) -> str:
     return f"{i.submissions} submissions, below the minimum {job.min_submissions}"
 
 
+def _closing_event(rh: RoundHistory):
+    """The event that ended the round (RoundFinalized or RoundSkipped), if any."""
+    for e in rh.events:
+        if e.name in ("RoundFinalized", "RoundSkipped"):
+            return e
+    return None
+
+
 def to_json(h: JobHistory) -> str:
+    """The history as one JSON document. Digests are ``0x`` hex; CIDs of stored objects
+    are CID strings (``Qm…`` / ``b…``), with the on-chain bytes32 beside them as ``*_cid32``;
+    each round names the transaction and block that finalized (or skipped) it."""
+
     def conv(o):
         if isinstance(o, (bytes, bytearray)):
             return to_hex(bytes(o)) if len(o) == 32 else "0x" + bytes(o).hex()
@@ -145,20 +157,32 @@ def to_json(h: JobHistory) -> str:
             return o.to_0x_hex()
         return str(o)
 
+    def merged(obj, finalized: bool = True) -> dict:
+        """``merged_cid`` as the CID string (None where nothing was merged), the raw bytes32 kept."""
+        d = conv(obj)
+        d["merged_cid32"] = to_hex(bytes(obj.merged_cid))
+        d["merged_cid"] = h.cid(obj.merged_cid, obj.merged_size) if finalized else None
+        return d
+
+    def round_doc(rh: RoundHistory) -> dict:
+        closing = _closing_event(rh)
+        return {
+            "round": rh.round,
+            "info": merged(rh.info, rh.info.status == "finalized"),
+            "finalized_tx": closing.tx_hash if closing else None,
+            "finalized_block": closing.block if closing else None,
+            "finalized_at": closing.timestamp if closing else None,
+            "closed_by": closing.name if closing else None,
+            "submissions": [{**conv(s), "cid_str": h.cid(s.cid, s.size)} for s in rh.submissions],
+            "commits": [conv(c) for c in rh.commits],
+            "proposals": [{**merged(p), "verdict_labels": [describe(v) for v in p.verdicts]} for p in rh.proposals],
+        }
+
     j = h.job
     doc = {
         "job": j,
         "config_cid": h.cid(j.config_cid, j.config_size),
         "genesis_cid": h.cid(j.genesis_cid, j.genesis_size),
-        "rounds": [
-            {
-                "round": rh.round,
-                "info": rh.info,
-                "submissions": [{**conv(s), "cid_str": h.cid(s.cid, s.size)} for s in rh.submissions],
-                "commits": [conv(c) for c in rh.commits],
-                "proposals": [{**conv(p), "verdict_labels": [describe(v) for v in p.verdicts]} for p in rh.proposals],
-            }
-            for rh in h.rounds
-        ],
+        "rounds": [round_doc(rh) for rh in h.rounds],
     }
     return json.dumps(doc, default=conv, indent=2)

@@ -1,7 +1,8 @@
 """The local IPFS node: Helia on node 22 from ipfs-node/, managed by PID.
 
 ``ipfs up`` starts ``ipfs-node/server.mjs`` (offline Helia, filesystem blockstore in
-``<data_dir>/ipfs/repo``) on 127.0.0.1, the way ``ledger.anvil`` runs the chain: a
+``<data_dir>/ipfs/repo``, always passed as an absolute path) on 127.0.0.1 (or the
+``--host`` given, see ``ledger.listen``), the way ``ledger.anvil`` runs the chain: a
 ``LocalService`` with a pidfile and a log in ``<data_dir>/ipfs``. It serves the part
 of Kubo's RPC API the IPFS backend uses, so the same code talks to a user's Kubo.
 
@@ -23,12 +24,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import listen
 from .config import Settings
 from .errors import ConfigError, StorageUnreachable
 from .procs import PROJECT_ROOT, LocalService, ServiceInfo
 
 NODE_DIR = PROJECT_ROOT / "ipfs-node"
-READY = r"listening on 127\.0\.0\.1:(\d+)"
+READY = r"listening on \S+:(\d+)"
 
 
 def node_dir() -> Path:
@@ -50,8 +52,32 @@ def service(settings: Settings) -> LocalService:
     return LocalService("ipfs", settings.ipfs_dir)
 
 
-def multiaddr_for_port(port: int) -> str:
-    return f"/ip4/127.0.0.1/tcp/{port}/http"
+def multiaddr_for_port(port: int, host: str = listen.DEFAULT_HOST) -> str:
+    """The API multiaddr that reaches a node listening on ``host`` from this machine."""
+    h = listen.url_host(host).strip("[]")
+    return f"/{'ip6' if ':' in h else 'ip4'}/{h}/tcp/{port}/http"
+
+
+def repo_dir(settings: Settings) -> Path:
+    """The node's blockstore folder, absolute: the node runs with its working directory
+    in ``<data_dir>/ipfs``, so a relative path (the default data dir ``.ledger`` is one)
+    would be resolved a second time from there and land in ``.ledger/ipfs/.ledger/ipfs/repo``."""
+    return (settings.ipfs_dir / "repo").resolve()
+
+
+def _adopt_misplaced_repo(settings: Settings, repo: Path) -> str:
+    """Versions before the fix above kept the blocks of a relative data dir in the nested
+    folder: move them to where they belong, once, if nothing is there yet."""
+    if settings.ipfs_dir.is_absolute():
+        return ""
+    old = (settings.ipfs_dir / settings.ipfs_dir / "repo").resolve()
+    if old == repo or not old.is_dir() or (repo.exists() and any(repo.iterdir())):
+        return ""
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    if repo.exists():
+        repo.rmdir()
+    old.rename(repo)
+    return f"moved the blocks an earlier version had put in {old} to {repo}"
 
 
 def to_multiaddr(api: str) -> str:
@@ -94,15 +120,18 @@ def http_url(multiaddr: str) -> str:
 class IpfsUp:
     info: ServiceInfo
     started: bool
+    note: str = ""
 
 
-def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0) -> IpfsUp:
+def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0, host: str | None = None) -> IpfsUp:
     """Start the local node (idempotent). Returns its info and whether it was started now."""
+    host = listen.check_host(host)
     svc = service(settings)
     running = svc.running()
     if running:
         return IpfsUp(running, False)
-    repo = settings.ipfs_dir / "repo"
+    repo = repo_dir(settings)
+    note = _adopt_misplaced_repo(settings, repo)
     repo.mkdir(parents=True, exist_ok=True)
     if port is None:
         port = settings.ipfs_port
@@ -111,15 +140,16 @@ def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0) 
         str(node_dir() / "server.mjs"),
         "--repo", str(repo),
         "--port", str(port),
+        "--host", host,
     ]
     info, started = svc.start(
         cmd,
         ready_pattern=READY,
-        url_for_port=multiaddr_for_port,
+        url_for_port=lambda p: multiaddr_for_port(p, host),
         timeout=timeout,
-        extra={"repo": str(repo)},
+        extra={"repo": str(repo), "host": host},
     )
-    return IpfsUp(info, started)
+    return IpfsUp(info, started, note)
 
 
 def ipfs_down(settings: Settings) -> ServiceInfo | None:
@@ -130,10 +160,12 @@ def ipfs_down(settings: Settings) -> ServiceInfo | None:
 def ipfs_status(settings: Settings, probe: bool = True) -> dict:
     """What is known about the local node (and whether its API answers)."""
     svc = service(settings)
-    out: dict = {"data_dir": str(settings.data_dir), "repo": str(settings.ipfs_dir / "repo")}
+    out: dict = {"data_dir": str(settings.data_dir.resolve()), "repo": str(repo_dir(settings))}
     info = svc.running()
     if info:
-        out.update(running=True, pid=info.pid, api=info.url, port=info.port)
+        # The folder the running node was started with, which is where its blocks are.
+        out["repo"] = info.extra.get("repo", out["repo"])
+        out.update(running=True, pid=info.pid, api=info.url, port=info.port, host=info.extra.get("host", listen.DEFAULT_HOST))
         if probe:
             try:
                 out["version"] = api_call(info.url, "version", timeout=5).get("Version")

@@ -311,8 +311,34 @@ def anvil_dev_account() -> LocalAccount:
 # ---------------------------------------------------------------------------- funding
 
 
+# Each local dev node's own balance setter. Which one a node has is asked once with
+# web3_clientVersion ("anvil/v1.7.1", "HardhatNetwork/2.29.1/..."); an unknown client
+# is tried with each in turn, since forks (ganache, tenderly, ...) copy one or the other.
+SET_BALANCE = {"anvil": "anvil_setBalance", "hardhat": "hardhat_setBalance"}
+
+
+def dev_node_kind(w3) -> str | None:
+    """``"anvil"``, ``"hardhat"`` or None (not a known local dev node), from web3_clientVersion."""
+    try:
+        version = str(w3.provider.make_request("web3_clientVersion", []).get("result") or "").lower()
+    except Exception:  # noqa: BLE001 - a node without the method is simply not known
+        return None
+    for kind in ("anvil", "hardhat"):
+        if kind in version:
+            return kind
+    return None
+
+
+def _rpc_error(resp) -> str | None:
+    if isinstance(resp, dict) and resp.get("error"):
+        err = resp["error"]
+        return str(err.get("message", err)) if isinstance(err, dict) else str(err)
+    return None
+
+
 def fund_local(chain, address: str, wei: int, force: bool = False) -> int:
-    """Add ``wei`` to ``address`` on a local chain via ``anvil_setBalance``; returns the new balance.
+    """Add ``wei`` to ``address`` on a local dev node (anvil's ``anvil_setBalance`` or
+    Hardhat's ``hardhat_setBalance``); returns the new balance.
 
     ``chain`` is a ``ledger.chain.Chain`` (or anything with ``.w3``, or a Web3).
     Refuses chain ids other than 31337 unless ``force``.
@@ -325,21 +351,60 @@ def fund_local(chain, address: str, wei: int, force: bool = False) -> int:
     if wei < 0:
         raise ConfigError("cannot fund a negative amount")
     addr = _checksum(address)
+    refused: list[str] = []
     try:
         chain_id = getattr(chain, "chain_id", None) or w3.eth.chain_id
         if chain_id not in LOCAL_CHAIN_IDS and not force:
             raise ConfigError(
-                f"refusing to fund on chain id {chain_id}: funding by anvil_setBalance is for "
-                "local chains (31337); fund the account from a wallet instead"
+                f"refusing to fund on chain id {chain_id}: setting a balance is for local dev "
+                "chains (31337); fund the account from a wallet instead"
             )
         balance = w3.eth.get_balance(addr)
         new = balance + int(wei)
-        resp = w3.provider.make_request("anvil_setBalance", [addr, hex(new)])
+        kind = dev_node_kind(w3)
+        methods = [SET_BALANCE[kind]] if kind else list(SET_BALANCE.values())
+        for method in methods:
+            msg = _rpc_error(w3.provider.make_request(method, [addr, hex(new)]))
+            if msg is None:
+                return new
+            refused.append(f"{method}: {msg}")
     except (ConfigError, AccountError):
         raise
     except Exception as e:  # noqa: BLE001 - connection errors of several kinds
         raise ChainUnreachable(f"could not fund {addr}: {type(e).__name__}: {e}") from None
-    if isinstance(resp, dict) and resp.get("error"):
-        msg = resp["error"].get("message", resp["error"]) if isinstance(resp["error"], dict) else resp["error"]
-        raise ConfigError(f"the chain refused anvil_setBalance ({msg}); is it an anvil/hardhat node?")
-    return new
+    raise ConfigError(
+        f"the chain refused to set a balance ({'; '.join(refused)}); it is not an anvil or Hardhat "
+        "node: fund the account with a transfer from a funded account instead"
+    )
+
+
+def transfer(chain, account: LocalAccount, to: str, wei: int, timeout: float = 120.0) -> dict:
+    """Send ``wei`` from ``account`` (signed here, never by the node) to ``to``; the receipt.
+
+    For funding parties from a key the user lends (``ledger demo`` on a chain it did not
+    start). ``chain`` is a ``ledger.chain.Chain``; errors come back as LedgerErrors naming
+    the sender's address, never its key."""
+    from .errors import InsufficientFunds, TransactionFailed
+
+    w3 = chain.w3
+    if not is_address(to):
+        raise AccountError(f"not an address: {to!r}")
+    try:
+        tx = {"to": _checksum(to), "value": int(wei), "gas": 21_000, "chainId": int(chain.chain_id),
+              "nonce": w3.eth.get_transaction_count(account.address, "pending")}
+        base = w3.eth.get_block("latest").get("baseFeePerGas")
+        if base is None:
+            tx["gasPrice"] = w3.eth.gas_price
+        else:
+            tip = w3.eth.max_priority_fee
+            tx.update(maxPriorityFeePerGas=tip, maxFeePerGas=2 * int(base) + int(tip))
+        receipt = w3.eth.wait_for_transaction_receipt(
+            w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - the node's message names no key
+        msg = str(e)
+        if "insufficient funds" in msg.lower():
+            raise InsufficientFunds(f"{account.address} cannot pay {wei} wei to {to}; fund it first") from None
+        raise TransactionFailed(f"transfer from {account.address} to {to} failed: {type(e).__name__}: {msg[:200]}") from None
+    if receipt["status"] != 1:
+        raise TransactionFailed(f"transfer from {account.address} to {to} was mined with status 0")
+    return receipt

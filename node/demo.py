@@ -20,11 +20,18 @@ from pathlib import Path
 
 from ledger import anvil, atomic
 from ledger.config import Settings
+from ledger.chain import redact_url
 from ledger.digest import short, to_hex
 from ledger.errors import LedgerError
 from ledger.jobconfig import JobConfig
 
 PASSWORD_FILE = "demo-password"
+# A party with less than FUND_BELOW wei is topped up: by FUND_SET on a dev node that sets
+# balances, by a FUND_TRANSFER from a funded account elsewhere (a few jobs' gas at most,
+# so a key the user lends is not drained).
+FUND_BELOW = 10**17
+FUND_SET = 100 * 10**18
+FUND_TRANSFER = 10**18
 
 
 @dataclass
@@ -61,6 +68,8 @@ class Demo:
     say: callable = print
     started_chain: bool = False
     started_ipfs: bool = False
+    owner: object = None                   # LocalAccount that deploys and owns the job
+    funder: tuple = ("", None)             # (how, None | node account address | LocalAccount)
     parties: list[Party] = field(default_factory=list)
 
     # ---- set-up -------------------------------------------------------------------
@@ -72,47 +81,131 @@ class Demo:
             self.say(f"chain   {up.info.url} ({'started' if up.started else 'already running'}, state in {s.chain_dir})")
             if up.note:
                 self.say(f"        note: {up.note}")
+        else:
+            self.say(f"chain   {redact_url(s.rpc_url)} (given; no local chain started)")
         if self.opt.ipfs:
             from ledger import ipfs_node
 
-            info, started = ipfs_node.ipfs_up(s)
-            self.started_ipfs = started
+            ipfs = ipfs_node.ipfs_up(s)
+            # Set before anything else can fail, so down() stops the node it started.
+            self.started_ipfs = ipfs.started
             self.settings = s = s.replace(storage="ipfs")
-            self.say(f"ipfs    {info.url} ({'started' if started else 'already running'})")
+            self.say(f"ipfs    {ipfs.info.url} ({'started' if ipfs.started else 'already running'}, "
+                     f"blocks in {ipfs.info.extra.get('repo')})")
+            if ipfs.note:
+                self.say(f"        note: {ipfs.note}")
         from ledger import deploy as deploymod
         from ledger.errors import NoDeployment
 
         chain = deploymod.connect(s)
+        self.owner = self._owner(chain)
+        if s.contract:
+            self.say(f"contract {s.contract} (given)")
+            return
         try:
             rec = deploymod.load_record(s, chain.chain_id)
-            self.say(f"contract {rec.address} (deployed earlier, block {rec.block})")
+            if chain.w3.eth.get_code(rec.address):
+                self.say(f"contract {rec.address} (deployed earlier, block {rec.block})")
+                return
+            # Another chain with the same id (anvil and Hardhat are both 31337) or a reset one.
+            self.say(f"note: the record for chain {chain.chain_id} names {rec.address}, which holds no code on this "
+                     "chain; deploying a new one")
         except NoDeployment:
-            rec = deploymod.deploy(s, notify=lambda m: None)
-            self.say(f"contract {rec.address} (deployed now, tx {rec.tx_hash})")
+            pass
+        rec = deploymod.deploy(s, account=self.owner, force=True, notify=lambda m: None)
+        self.say(f"contract {rec.address} (deployed now, tx {rec.tx_hash})")
 
-    def accounts(self) -> Path:
-        """Keystore accounts for every party, funded on the local chain."""
-        from ledger import deploy as deploymod
+    # ---- who pays -------------------------------------------------------------------
+    def _owner(self, chain):
+        """The job owner's account, which also deploys: a key the user gave
+        (LEDGER_PRIVATE_KEY / --account), else the well-known dev key on a chain where
+        it holds funds, else a keystore account of the demo's, funded like a party."""
         from ledger import keys
 
+        try:
+            acct = keys.load_account(self.settings)
+            self.funder = ("key", acct)
+            self.say(f"owner   {acct.address} (the account given; it pays for every party's funds)")
+            return acct
+        except keys.NoAccountConfigured:
+            pass
+        dev = keys.anvil_dev_account()
+        if chain.chain_id in keys.LOCAL_CHAIN_IDS and chain.w3.eth.get_balance(dev.address) >= 10**18:
+            self.funder = self._dev_funder(chain, dev)
+            self.say(f"owner   {dev.address} (the local chain's dev account 0; parties funded {self.funder[0]})")
+            return dev
+        self.funder = self._dev_funder(chain, None)
+        entry = self._keystore_account("demo-owner")
+        self._fund(chain, entry.address)
+        self.say(f"owner   {entry.address} (keystore account demo-owner; funded {self.funder[0]})")
+        return keys.decrypt_entry(entry, self._password())
+
+    def _dev_funder(self, chain, dev):
+        """How to fund parties without a key of the user's. On a chain the demo did not
+        start, from the node's own unlocked dev account (eth_accounts, signed by the node:
+        no key passes through here), else by the dev node's set-balance method, else
+        from the well-known dev key."""
+        from ledger import keys
+
+        if self.settings.rpc_url:
+            try:
+                accounts = chain.w3.eth.accounts
+            except Exception:  # noqa: BLE001 - a node without eth_accounts has none to lend
+                accounts = []
+            if accounts:
+                return (f"from the node's dev account {accounts[0]}", accounts[0])
+        if keys.dev_node_kind(chain.w3):
+            return ("by setting balances on the dev node", None)
+        if dev is not None:
+            return (f"from the dev account {dev.address}", dev)
+        raise LedgerError(
+            f"cannot fund the demo's parties on chain {chain.chain_id}: the node lends no dev account and is not "
+            "anvil or Hardhat; give a funded account with LEDGER_PRIVATE_KEY or --account"
+        )
+
+    def _fund(self, chain, address: str) -> None:
+        from ledger import keys
+
+        if chain.w3.eth.get_balance(address) >= FUND_BELOW:
+            return
+        how, who = self.funder
+        if who is None:
+            keys.fund_local(chain, address, FUND_SET)
+        elif isinstance(who, str):        # the node's unlocked account signs
+            tx = chain.w3.eth.send_transaction({"from": who, "to": address, "value": FUND_TRANSFER})
+            chain.w3.eth.wait_for_transaction_receipt(tx, timeout=120)
+        else:                             # a key we hold: sign here
+            keys.transfer(chain, who, address, FUND_TRANSFER)
+
+    def _password(self) -> str:
         s = self.settings
         pw_file = s.data_dir / PASSWORD_FILE
         if not pw_file.exists():
             atomic.write_bytes(pw_file, secrets.token_urlsafe(24).encode(), mode=0o600)
-        password = pw_file.read_text().strip()
+        return pw_file.read_text().strip()
+
+    def _keystore_account(self, name: str):
+        from ledger import keys
+
+        return keys.find_account(self.settings, name) or keys.new_account(self.settings, self._password(), name=name)
+
+    def accounts(self) -> Path:
+        """Keystore accounts for every party, funded (see ``_owner`` for from where)."""
+        from ledger import deploy as deploymod
+
+        s = self.settings
+        self._password()
         chain = deploymod.connect(s)
         names = [("worker", f"demo-worker-{i}") for i in range(self.opt.workers)]
         names += [("aggregator", f"demo-aggregator-{i}") for i in range(self.opt.aggregators)]
         self.parties = []
         for role, name in names:
-            entry = keys.find_account(s, name) or keys.new_account(s, password, name=name)
-            if chain.w3.eth.get_balance(entry.address) < 10**18:
-                keys.fund_local(chain, entry.address, 100 * 10**18)
+            entry = self._keystore_account(name)
+            self._fund(chain, entry.address)
             self.parties.append(Party(role, name, entry.address))
-        return pw_file
+        return s.data_dir / PASSWORD_FILE
 
     def create_job(self) -> int:
-        from ledger import keys
         from ledger.deploy import open_ledger
         from ledger.store import open_store
 
@@ -124,7 +217,7 @@ class Demo:
         cfg.policy.merge_rule = o.merge_rule
         cfg.policy.replay_segments = o.replay_segments
         cfg.data.split = o.split
-        ledger = open_ledger(self.settings, keys.anvil_dev_account())
+        ledger = open_ledger(self.settings, self.owner)
         job = create_job(
             ledger, open_store(self.settings), cfg,
             workers=[p.address for p in self.parties if p.role == "worker"],
@@ -149,6 +242,8 @@ class Demo:
             base["LEDGER_RPC_URL"] = self.settings.rpc_url
         if self.settings.ipfs_api:
             base["LEDGER_IPFS_API"] = self.settings.ipfs_api
+        if self.settings.contract:
+            base["LEDGER_CONTRACT"] = self.settings.contract
         for p in self.parties:
             p.log = logs / f"{p.name}.log"
             cmd = [sys.executable, "-m", "ledger", "--account", p.name, p.role, "run", "--job", str(job_id)]

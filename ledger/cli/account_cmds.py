@@ -46,7 +46,10 @@ def register(sub) -> None:
         "give an account ETH on a local chain (same as `ledger chain fund`)",
         _fund,
         example="ledger account fund w0 --eth 50",
-        description=_wrap("Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only."),
+        description=_wrap(
+            "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
+            "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node."
+        ),
     )
     p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
     p.add_argument("--eth", type=float, default=100.0, help="amount in ETH (default 100)")

@@ -31,13 +31,16 @@ def register(sub) -> None:
         _up,
         example="ledger chain up --port 8545 --fund 0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
         description=_wrap(
-            "Start anvil on 127.0.0.1 in the background, its state loaded from and saved to "
+            "Start anvil in the background on 127.0.0.1 (or --host), its state loaded from and saved to "
             "<data-dir>/chain/state.json (every LEDGER_STATE_INTERVAL seconds and on `chain down`), "
             "so history survives a restart. Running it again reports the running chain; a second "
             "chain on the same data dir is refused."
         ),
     )
     p.add_argument("--port", type=int, help="port to listen on (default LEDGER_CHAIN_PORT or 8545; 0 = any free port)")
+    p.add_argument("--host", metavar="ADDR", default=None,
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 = every interface: "
+                        "exposes the chain's JSON-RPC, dev methods included, to the network)")
     p.add_argument("--fund", nargs="+", metavar="ADDR", default=[], help="addresses or keystore names to give ETH")
     p.add_argument("--fund-eth", type=float, default=DEFAULT_FUND_ETH, metavar="N",
                    help=f"ETH each --fund account gets (default {DEFAULT_FUND_ETH:g})")
@@ -61,10 +64,13 @@ def register(sub) -> None:
     p = add_command(
         g,
         "fund",
-        "give an account ETH on a local chain (anvil_setBalance)",
+        "give an account ETH on a local dev chain (anvil or Hardhat: sets its balance)",
         _fund,
         example="ledger chain fund w0 --eth 50",
-        description=_wrap("Add ETH to an address (or keystore account name) on a local chain (chain id 31337) only."),
+        description=_wrap(
+            "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
+            "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node (asked with web3_clientVersion)."
+        ),
     )
     p.add_argument("address", metavar="ADDR", help="address or keystore account name")
     p.add_argument("--eth", type=float, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
@@ -150,12 +156,16 @@ def _fund_many(settings, url: str, targets: list[str], eth: float) -> None:
 
 
 def _up(args, settings) -> int:
-    from .. import anvil
+    from .. import anvil, listen
 
     for t in args.fund:  # fail before starting anything on a bad name
         _resolve_address(settings, t)
-    up = anvil.chain_up(settings, port=args.port)
+    up = anvil.chain_up(settings, port=args.port, host=args.host)
     info = up.info
+    host = info.extra.get("host", listen.DEFAULT_HOST)
+    warning = listen.exposure("chain", host, info.port)
+    if warning:
+        _err(warning)
     if up.note:
         _err(f"note: {up.note}")
     if up.started:
@@ -164,6 +174,8 @@ def _up(args, settings) -> int:
         print(f"chain already running: {info.url} (pid {info.pid})")
         if args.port not in (None, 0) and args.port != info.port:
             _err(f"note: it listens on port {info.port}, not --port {args.port}; `ledger chain down` first to move it")
+        if args.host and listen.check_host(args.host) != host:
+            _err(f"note: it listens on {host}, not --host {args.host}; `ledger chain down` first to move it")
     print(f"state file: {info.extra.get('state_file', settings.chain_dir / anvil.STATE_FILE)}")
     if settings.rpc_url and settings.rpc_url != info.url:
         _err(f"note: LEDGER_RPC_URL / --rpc-url is set ({settings.rpc_url}); other commands will use that, not this chain")

@@ -11,13 +11,18 @@ from .roles import add_job_arg, open_role, setup_logging
 def register(sub) -> None:
     p = add_command(
         sub, "demo", "run a whole multi-party training on this machine, audit it, generate text", _demo,
-        "ledger demo --workers 4 --aggregators 3 --quorum 2 --rounds 3",
+        "ledger demo --workers 4 --aggregators 3 --quorum 2 --rounds 3\n"
+        "  LEDGER_RPC_URL=http://127.0.0.1:8545 ledger demo --rounds 2     # on a chain already running",
         description=(
             "Starts the local chain (and, with --ipfs, the local IPFS node), deploys the contract if\n"
             "needed, creates a job, runs every worker and aggregator as its own process, shows each\n"
             "round as it happens on chain, audits the job, writes the HTML report and prints text\n"
             "from the verified final model. Stops everything it started, also on Ctrl-C.\n"
-            "Running it again starts a new job on the same chain."
+            "Running it again starts a new job on the same chain.\n\n"
+            "With --rpc-url / LEDGER_RPC_URL it starts no chain and runs on that one (Hardhat's node,\n"
+            "a geth --dev, a testnet): the job owner and the parties' funds come from the key given in\n"
+            "LEDGER_PRIVATE_KEY / --account (1 ETH to each party), else from the node's unlocked dev\n"
+            "account (eth_accounts), else from the dev chain's set-balance method. Keys are never printed."
         ),
     )
     p.add_argument("--workers", type=int, default=4, help="worker processes, one data shard each (default 4)")

@@ -28,12 +28,15 @@ def register(sub) -> None:
         example="ledger ipfs up --port 5001",
         description=_wrap(
             "Start ipfs-node/server.mjs (Helia on node 22, offline, filesystem blockstore in "
-            "<data-dir>/ipfs/repo) on 127.0.0.1 in the background. It serves the part of Kubo's RPC "
+            "<data-dir>/ipfs/repo) in the background on 127.0.0.1 (or --host). It serves the part of Kubo's RPC "
             "API the IPFS backend uses (add, cat, pin/add, pin/ls, block/stat, id, version), so "
             "`--storage ipfs` works without Kubo; with Kubo installed, pass --ipfs-api instead."
         ),
     )
     p.add_argument("--port", type=int, help="port to listen on (default LEDGER_IPFS_PORT or 5001; 0 = any free port)")
+    p.add_argument("--host", metavar="ADDR", default=None,
+                   help="address to listen on (default 127.0.0.1, this machine only; another address exposes "
+                        "the unauthenticated RPC API, every stored artifact, to the network)")
     add_command(g, "down", "stop the local IPFS node by PID", _ipfs_down, example="ledger ipfs down")
     add_command(
         g,
@@ -101,11 +104,20 @@ def register(sub) -> None:
 
 
 def _ipfs_up(args, settings) -> int:
+    from .. import listen
     from ..ipfs_node import ipfs_up
 
-    up = ipfs_up(settings, port=args.port)
+    up = ipfs_up(settings, port=args.port, host=args.host)
+    host = up.info.extra.get("host", listen.DEFAULT_HOST)
+    warning = listen.exposure("ipfs", host, up.info.port)
+    if warning:
+        print(warning, file=sys.stderr)
+    if up.note:
+        print(f"note: {up.note}", file=sys.stderr)
     state = "started" if up.started else "already running"
-    print(f"ipfs node {state}: api {up.info.url} (pid {up.info.pid})")
+    print(f"ipfs node {state}: api {up.info.url} (pid {up.info.pid}), blocks in {up.info.extra.get('repo')}")
+    if not up.started and args.host and listen.check_host(args.host) != host:
+        print(f"note: it listens on {host}, not --host {args.host}; `ledger ipfs down` first to move it", file=sys.stderr)
     print(f"use it with: ledger --storage ipfs ...  (or LEDGER_STORAGE=ipfs); stop with: ledger ipfs down")
     return 0
 
