@@ -60,8 +60,11 @@ class Policy:
     # contribution (0 = none) and accepts when the replay lands within replay_tolerance
     # of the published end, relative to the segment's own movement. Calibrated by
     # bench/replay_drift.py: honest replays on other kernel paths and thread counts land
-    # within ~1e-4 over 10 steps, cheats at 0.1 and beyond.
-    segment_steps: int = 10
+    # within 2e-4 over 10 steps (8e-5 over 5), cheats at 0.45 and beyond. 5 steps, not
+    # 10: one replayed segment of each contribution then costs an aggregator 0.1 of the
+    # round's training instead of 0.2 (bench/verification.py), for 9 snapshots (27
+    # checkpoints' worth of storage) instead of 4 (12).
+    segment_steps: int = 5
     replay_segments: int = 1
     replay_tolerance: float = 1e-2
     max_checkpoint_bytes: int = 256 * 1024 * 1024
