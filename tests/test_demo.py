@@ -34,7 +34,7 @@ def _nothing_running(tmp_path: Path) -> None:
 
 def test_demo_ipfs_audits_ok_and_stops_everything(tmp_path):
     r = _run(tmp_path, "demo", "--ipfs", "--workers", "2", "--aggregators", "2", "--quorum", "2", "--rounds", "1",
-             "--steps", "3", "--replay-fraction", "0", "--tokens", "20")
+             "--steps", "3", "--replay-segments", "0", "--tokens", "20")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "audit        OK" in r.stdout and "AUDIT OK final model" in r.stdout, out[-4000:]

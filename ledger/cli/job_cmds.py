@@ -46,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--max-update-norm", type=float, default=None, help="reject updates with a larger L2 norm")
     p.add_argument("--max-val-loss-increase", type=float, default=None, help="reject if validation loss exceeds the parent's by more")
     p.add_argument("--segment-steps", type=int, default=None,
-                   help="steps between the training-state snapshots a worker commits to (default 10)")
+                   help="steps between the training-state snapshots a worker commits to (default 5)")
     p.add_argument("--replay-segments", type=int, default=None,
                    help="transcript segments of every contribution each aggregator replays (default 1; 0 = none)")
     p.add_argument("--replay-tolerance", type=float, default=None,
