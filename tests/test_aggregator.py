@@ -197,7 +197,7 @@ EXPECTED = {
     "noise": {Verdict.UPDATE_NORM, Verdict.VALIDATION_LOSS},
     "shape": {Verdict.STRUCTURE},
     "pickle": {Verdict.FORMAT},
-    "copy": {Verdict.DUPLICATE},
+    "copy": {Verdict.LINEAGE},          # a byte copy names the original worker
 }
 
 
