@@ -18,8 +18,8 @@ from pathlib import Path
 from ledger import atomic
 from ledger.cid import cid_to_chain
 from ledger.digest import short, to_hex
-from ledger.errors import ContractReverted, TransactionFailed
-from ledger.verdicts import describe
+from ledger.errors import ContractReverted, StorageError, TransactionFailed
+from ledger.verdicts import Verdict, describe
 
 from .faults import crash_point
 from .rounds import judge_round
@@ -95,6 +95,7 @@ class Aggregator:
             out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages)
             for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
                 log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
+            self._pin_verified(subs, out.verified.reports)
             m = out.merged
             if m.merged_bytes is not None:
                 obj = ctx.store.put(m.merged_bytes)
@@ -138,6 +139,19 @@ class Aggregator:
         log.info("round %d: proposed merge %s (%s) with %d accepted in tx %s (verify+merge %.1fs)",
                  r, state["merged_cid"], short(digest), sum(1 for v in state["verdicts"] if v == 0),
                  h.to_0x_hex() if hasattr(h, "to_0x_hex") else h, state["seconds"])
+
+
+    def _pin_verified(self, subs, reports) -> None:
+        """Keep what this aggregator fetched and judged retrievable, so an accepted contribution
+        stays available to auditors after its worker unpins it (the merge is pinned too)."""
+        ctx, cap = self.ctx, self.ctx.config.policy.max_checkpoint_bytes
+        for s, rep in zip(subs, reports):
+            if rep.verdict in (Verdict.UNAVAILABLE, Verdict.INTEGRITY) or s.size > cap:
+                continue
+            try:
+                ctx.store.pin(ctx.cid(s.cid, s.size))
+            except StorageError as e:
+                log.warning("could not pin %s's contribution: %s", s.worker, e)
 
 
 def run_aggregator(ledger, store, job_id: int, address: str, state_dir: Path, options: AggregatorOptions | None = None) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ledger import checkpoint
 from ledger.digest import sha256_bytes
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, NotFoundError
 from ledger.verdicts import Verdict
 
 from . import merge as mergemod
@@ -60,10 +60,12 @@ def replay_seed(ledger, submissions) -> bytes:
 
 
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
-                       stages: set[str] | None = None) -> Verified:
+                       stages: set[str] | None = None, withheld: set[int] = frozenset()) -> Verified:
     """Run the shared verification pipeline over every submission of round ``r``.
 
     ``replay``: "policy" (the job's replay fraction, as aggregators do), "none" or "all".
+    ``withheld``: submission indices to treat as unfetchable (the audit re-verifying a
+    round as its quorum saw it, whatever storage serves now).
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
@@ -90,6 +92,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     )
 
     def fetch(c) -> bytes:
+        if c.index in withheld:
+            raise NotFoundError(f"{c.cid}: recorded unavailable by the round's quorum")
         return ctx.store.get(c.cid, c.digest, max_size=cfg.policy.max_checkpoint_bytes)
 
     reports = verifymod.verify_round(rctx, contributions, fetch)
