@@ -35,6 +35,7 @@ from eth_abi import decode as abi_decode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import (
+    BlockNotFound,
     ContractLogicError,
     TimeExhausted,
     TransactionNotFound,
@@ -522,6 +523,23 @@ class Chain:
                 raise self._translate(e, f"block {number}") from None
             self._timestamps[number] = ts
         return ts
+
+    def block_hash_or_none(self, number: int) -> bytes | None:
+        """The hash of block ``number``, or None if the chain has no such block (any more:
+        a node comparing it with the hash it saw earlier notices a rollback or reorg)."""
+        blk = self._fast.call("eth_getBlockByNumber", [hex(number), False])
+        if isinstance(blk, dict) and isinstance(blk.get("hash"), str):
+            return bytes.fromhex(blk["hash"][2:])
+        try:
+            return bytes(self.w3.eth.get_block(number)["hash"])
+        except BlockNotFound:
+            return None
+        except Exception as e:
+            raise self._translate(e, f"block {number}") from None
+
+    def forget_blocks(self) -> None:
+        """Drop what was cached per block number: after a rollback those blocks may be others."""
+        self._timestamps.clear()
 
     def block_hash(self, number: int) -> bytes:
         try:

@@ -22,7 +22,7 @@ from ledger.errors import ContractReverted, StorageError, TransactionFailed
 from ledger.verdicts import Verdict, describe
 
 from .faults import crash_point
-from .rounds import judge_round
+from .rounds import judge_round, replay_seed
 from .task import JobContext
 
 log = logging.getLogger("ledger.aggregator")
@@ -48,6 +48,10 @@ class Aggregator:
         self.opt = options or AggregatorOptions()
 
     def run(self) -> int:
+        """Judge every round until the job completes, riding out chain outages."""
+        return self.ctx.ride_out(self._loop, log)
+
+    def _loop(self) -> int:
         ctx, proposed, said = self.ctx, 0, None
         log.info("aggregator %s on job %d (quorum %d of %d)", self.address, ctx.job_id, ctx.info.quorum, len(ctx.info.aggregators))
         while True:
@@ -90,7 +94,15 @@ class Aggregator:
         state_file = self.dir / f"round-{r}.json"
         state = atomic.read_json(state_file, {}) or {}
         subs = ctx.ledger.submissions(ctx.job_id, r)
-        if state.get("commitment") != to_hex(rd.commitment) or "verdicts" not in state:
+        # Judge only events that match the round's state (a rollback between the two reads
+        # would have us judge erased submissions), and re-judge when the block seeding the
+        # validation batches and the replay sample is no longer the one judged with.
+        if ctx.ledger.commitment_of(ctx.job_id, r, subs) != rd.commitment:
+            log.info("round %d: the submission events do not match the round's commitment (the chain moved or "
+                     "rolled back); re-reading", r)
+            return
+        seed = to_hex(replay_seed(ctx.ledger, subs))
+        if state.get("commitment") != to_hex(rd.commitment) or state.get("seed") != seed or "verdicts" not in state:
             t0 = time.perf_counter()
             out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages)
             for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
@@ -106,6 +118,7 @@ class Aggregator:
                 log.info("round %d: fewer than %d accepted contributions: proposing to keep the parent", r, ctx.info.min_submissions)
             state = {
                 "commitment": to_hex(rd.commitment),
+                "seed": seed,
                 "verdicts": out.verdicts,
                 "merged_digest": to_hex(m.digest),
                 "merged_cid": merged_cid,
@@ -125,6 +138,9 @@ class Aggregator:
                 # proposed; the next poll proposes again if not.
                 log.warning("round %d: proposal failed (%s); retrying", r, e)
                 time.sleep(max(self.opt.poll, 1.0))
+                return
+            if e.name in ("CommitmentMismatch", "WrongRound", "VerdictCountMismatch"):
+                log.warning("round %d: the chain no longer shows the round as judged (%s: rolled back?); re-reading", r, e.name)
                 return
             if e.name in ("AlreadyProposed", "RoundAlreadyFinalized"):
                 log.info("round %d: %s (a restart after proposing, or the quorum was already reached)", r, e.name)

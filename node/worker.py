@@ -43,7 +43,11 @@ class Worker:
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> int:
-        """Work every round until the job completes. Returns the number of rounds submitted."""
+        """Work every round until the job completes, riding out chain outages. Returns the
+        number of rounds submitted (since the last outage)."""
+        return self.ctx.ride_out(self._loop, log)
+
+    def _loop(self) -> int:
         ctx, submitted, announced = self.ctx, 0, None
         log.info("worker %s on job %d (shard %d)", self.address, ctx.job_id, self.index)
         while True:
@@ -79,12 +83,13 @@ class Worker:
         if state.get("parent") != to_hex(parent):
             state = {}  # stale local state from another parent: start the round afresh
         ckpt_file = self.dir / f"round-{r}.safetensors"
-        if state.get("status") in ("trained", "published") and ckpt_file.exists():
+        # "submitted" too: a rollback can erase a submission; the same bytes go again.
+        if state.get("status") in ("trained", "published", "submitted") and ckpt_file.exists():
             data = ckpt_file.read_bytes()
             if to_hex(sha256_bytes(data)) != state["digest"]:
                 log.warning("round %d: local checkpoint does not match its recorded digest; training again", r)
                 state = {}
-        if state.get("status") not in ("trained", "published"):
+        if state.get("status") not in ("trained", "published", "submitted"):
             data, num_samples = self._train(r, parent)
             state = {"status": "trained", "parent": to_hex(parent), "digest": to_hex(sha256_bytes(data)),
                      "num_samples": num_samples, "size": len(data)}
@@ -140,6 +145,10 @@ class Worker:
                 log.info("round %d: already on chain (submitted before a restart)", r)
                 return False
             if e.name in ("RoundClosed", "WrongParent", "WrongRound"):
+                if e.name != "RoundClosed" and ctx.refresh().current_round <= r:
+                    log.warning("round %d: the chain no longer has this round open with this parent (%s: rolled "
+                                "back?); re-reading", r, e.name)
+                    return False
                 log.warning("round %d: too late, the round is closed (%s); moving on to the next round", r, e.name)
                 return False
             raise
