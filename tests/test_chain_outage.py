@@ -104,3 +104,33 @@ def test_roles_ride_out_chain_outages_and_rollbacks(settings):
         if env:
             env.stop_all()
         anvil.chain_down(settings)
+
+
+def test_a_reorg_without_outage_is_noticed_and_erased_events_redone(deployed):
+    """The chain swaps its recent blocks for others while the roles stay connected
+    (evm_revert, then more blocks than were erased, so the head only moves forward):
+    a worker whose submission was erased notices at once that the block it last saw
+    has another hash, and submits again; it does not wait for its idle re-read."""
+    env = deployed
+    a, b = WORKERS
+    job = env.create_job(WORKERS, AGGS[:1], quorum=1, rounds=2, round_duration=300)
+    w = lambda k, *more: env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3", *more)
+    roles = [env.spawn(AGGS[0], "aggregator", "run", "--job", str(job), "--poll", "0.3")]
+    once = [w(a, "--rounds", "1"), w(b, "--rounds", "1")]
+    wait_for(lambda: env.ledger.job(job).current_round >= 2, 240, "round 2", roles + once)
+    rpc = env.ledger.chain.w3.provider
+    snapshot = rpc.make_request("evm_snapshot", [])["result"]
+    roles.append(w(a))
+    wait_for(lambda: "round 2: submitted; waiting" in log_text(roles[-1]), 120, "A's round 2 submission", roles)
+    head = env.ledger.chain.block_number()
+    assert rpc.make_request("evm_revert", [snapshot])["result"] is True
+    assert env.ledger.round(job, 2).submissions == 0
+    rpc.make_request("anvil_mine", [head - env.ledger.chain.block_number() + 5])
+    assert env.ledger.chain.block_number() > head
+    # IDLE_REREAD is 30 s: noticing within 10 s is the hash check, not the safety net.
+    wait_for(lambda: env.ledger.round(job, 2).submissions == 1, 10, "A to submit its erased submission again", roles)
+    assert "chain rolled back" in log_text(roles[-1])
+    roles.append(w(b))
+    wait_for(lambda: env.ledger.job(job).completed, 240, "the job to complete", roles)
+    for p in roles + once:
+        assert p.wait(timeout=60) == 0, log_text(p)[-3000:]
