@@ -88,7 +88,7 @@ def test_roles_ride_out_chain_outages_and_rollbacks(settings):
                 raise AssertionError(f"{p.args} did not exit after the job completed:\n{log_text(p)[-3000:]}")
             text = log_text(p)
             assert rc == 0, f"{p.args} exited {rc}:\n{text[-3000:]}"
-            assert "Traceback" not in text and "lost the chain" not in text.split("chain unreachable")[0]
+            assert "Traceback" not in text and "error: " not in text
         logs = [log_text(p) for p in roles]
         # the three aggregators and worker A were up through both outages
         assert sum(t.count("chain unreachable at http://127.0.0.1") >= 2 and "chain back at" in t for t in logs) == 4, logs[-2][-3000:]
