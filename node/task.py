@@ -86,7 +86,14 @@ class JobContext:
             return
         while True:
             head = chain.wait_for_block(self._head, poll)
-            if head < self._head or (head > self._head and chain.block_hash_or_none(self._head) != self._head_hash):
+            ids = chain.block_ids_or_none(head) if head > self._head else None
+            # One read per new block: the new head's parent is the block we saw, or (when
+            # several came at once) the block we saw still has its hash.
+            if head == self._head + 1 and ids is not None:
+                gone = ids[1] != self._head_hash
+            else:
+                gone = head < self._head or (head > self._head and chain.block_hash_or_none(self._head) != self._head_hash)
+            if gone:
                 # The block we last saw is gone or is another block: what we read since may
                 # have been erased. Forget it and read everything again.
                 logging.getLogger("ledger.node").warning(
@@ -96,7 +103,7 @@ class JobContext:
                 return
             if head > self._head:
                 seen, self._head = self._head, head
-                self._head_hash = chain.block_hash_or_none(head)
+                self._head_hash = ids[0] if ids else None
                 if chain.has_logs(address, seen + 1, head):
                     return
             if until is not None and time.time() > until:
