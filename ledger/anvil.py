@@ -2,8 +2,9 @@
 
 ``chain up`` starts anvil on 127.0.0.1 with ``--state`` (loaded at start, written on
 SIGTERM) and ``--state-interval`` (written every N seconds, so a kill -9 loses at
-most N seconds). A backup of the last good state is kept because a kill during a
-dump could leave a truncated file; ``up`` falls back to it and says so.
+most N seconds). anvil rewrites that file in place, so a kill during a dump leaves it
+truncated: ``ledger.chainkeeper`` runs beside anvil and copies every complete dump to
+``state.good.json``, and ``up`` restores the newest complete copy and says so.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +21,12 @@ from pathlib import Path
 from . import listen
 from .config import Settings
 from .errors import ConfigError, LedgerError
-from .procs import PROJECT_ROOT, LocalService, ServiceInfo
+from .procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.backup.json"
+GOOD_FILE = "state.good.json"      # the last complete interval dump (ledger.chainkeeper)
+KEEPER_PID = "keeper.pid"
 
 
 def anvil_binary() -> Path:
@@ -84,11 +89,15 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0,
             return
         if _valid_state(state):
             _copy_atomic(state, backup)
-        elif backup.exists():
-            _copy_atomic(backup, state)
+            return
+        good = d / GOOD_FILE
+        copies = sorted((p for p in (good, backup) if p.exists() and _valid_state(p)),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+        if copies:
+            _copy_atomic(copies[0], state)
             notes.append(
-                "state file was unreadable (killed mid-write?); restored the backup from "
-                f"{time.ctime(backup.stat().st_mtime)}"
+                f"state file was unreadable (killed mid-write?); restored the last complete dump "
+                f"({copies[0].name}, {time.ctime(copies[0].stat().st_mtime)})"
             )
         else:
             state.rename(d / f"state.corrupt.{int(time.time())}.json")
@@ -118,12 +127,45 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0,
         extra={"state_file": str(state), "host": host},
         prepare=prepare,
     )
+    if started:
+        _start_keeper(info.pid, state, d, settings.state_interval)
     return ChainUp(info, started, "; ".join(notes))
+
+
+def _start_keeper(anvil_pid: int, state: Path, d: Path, interval: int) -> None:
+    """``ledger.chainkeeper`` beside anvil: it keeps the last complete dump and exits with anvil."""
+    period = min(0.5, max(1, interval) / 4)
+    env = service_env({"PYTHONPATH": str(PROJECT_ROOT)})
+    with open(d / "keeper.log", "ab") as log:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "ledger.chainkeeper", "--pid", str(anvil_pid), "--state", str(state),
+             "--good", str(d / GOOD_FILE), "--period", str(period)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=d, env=env, start_new_session=True,
+        )
+    (d / KEEPER_PID).write_text(f"{p.pid}\n")
 
 
 def chain_down(settings: Settings) -> ServiceInfo | None:
     """Stop the local chain by PID with SIGTERM so anvil writes its state."""
-    return service(settings).stop()
+    stopped = service(settings).stop()
+    _wait_keeper(settings.chain_dir.resolve())
+    return stopped
+
+
+def _wait_keeper(d: Path, timeout: float = 5.0) -> None:
+    """The keeper copies anvil's last dump and exits once anvil is gone; wait for it (by PID)."""
+    try:
+        pid = int((d / KEEPER_PID).read_text())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                break
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
 
 
 def chain_status(settings: Settings) -> dict:

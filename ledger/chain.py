@@ -35,6 +35,7 @@ from eth_abi import decode as abi_decode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import (
+    BlockNotFound,
     ContractLogicError,
     TimeExhausted,
     TransactionNotFound,
@@ -545,6 +546,29 @@ class Chain:
                 raise self._translate(e, f"block {number}") from None
             self._timestamps[number] = ts
         return ts
+
+    def block_hash_or_none(self, number: int) -> bytes | None:
+        """The hash of block ``number``, or None if the chain has no such block (any more:
+        a node comparing it with the hash it saw earlier notices a rollback or reorg)."""
+        ids = self.block_ids_or_none(number)
+        return ids[0] if ids else None
+
+    def block_ids_or_none(self, number: int) -> tuple[bytes, bytes] | None:
+        """(hash, parent hash) of block ``number``, or None if the chain has no such block."""
+        blk = self._fast.call("eth_getBlockByNumber", [hex(number), False])
+        if isinstance(blk, dict) and isinstance(blk.get("hash"), str) and isinstance(blk.get("parentHash"), str):
+            return bytes.fromhex(blk["hash"][2:]), bytes.fromhex(blk["parentHash"][2:])
+        try:
+            b = self.w3.eth.get_block(number)
+        except BlockNotFound:
+            return None
+        except Exception as e:
+            raise self._translate(e, f"block {number}") from None
+        return bytes(b["hash"]), bytes(b["parentHash"])
+
+    def forget_blocks(self) -> None:
+        """Drop what was cached per block number: after a rollback those blocks may be others."""
+        self._timestamps.clear()
 
     def block_hash(self, number: int) -> bytes:
         try:

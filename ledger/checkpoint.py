@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from typing import Mapping
@@ -28,6 +29,13 @@ from .errors import CheckpointFormatError
 
 META_KEY = "ledger"
 MAX_HEADER = 16 << 20  # a header larger than this is not a checkpoint of ours
+# A valid header nests three deep ({name: {"shape": [..]}}), the ledger metadata one
+# ({key: str}). Deeper JSON is refused before json.loads sees it: CPython's parser
+# recurses per level, so a few thousand brackets raise RecursionError.
+HEADER_DEPTH = 3
+META_DEPTH = 1
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 # safetensors dtype tag -> numpy dtype (little-endian). BF16 and FP8 have no numpy type.
 DTYPES: dict[str, np.dtype] = {
@@ -121,6 +129,32 @@ def _no_dupes(pairs):
     return out
 
 
+def _nesting_ok(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests arrays/objects at most ``limit`` deep
+    (brackets inside strings do not count); stops at the first level too deep."""
+    depth = 0
+    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return False
+        else:
+            depth -= 1
+    return True
+
+
+def _loads(raw: bytes | str, limit: int):
+    """json.loads of a header part, refusing duplicate keys and nesting deeper than ``limit``."""
+    b = raw.encode("utf-8") if isinstance(raw, str) else raw
+    if not _nesting_ok(b, limit):
+        raise ValueError(f"JSON nested deeper than {limit} levels; a checkpoint header is a flat "
+                         "{name: {dtype, shape, data_offsets}} map plus __metadata__")
+    try:
+        return json.loads(raw, object_pairs_hook=_no_dupes)
+    except RecursionError:  # the scan above should make this unreachable; never let it escape
+        raise ValueError("JSON nested too deeply") from None
+
+
 def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = None) -> Header:
     """Parse and validate the header without building any array."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -141,7 +175,7 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
     raw = bytes(data[8:8 + hlen])
     try:
         text = raw.decode("utf-8")
-        header = json.loads(text, object_pairs_hook=_no_dupes)
+        header = _loads(raw, HEADER_DEPTH)
     except (UnicodeDecodeError, ValueError) as e:
         raise _fail(cid, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -151,7 +185,7 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
     if not isinstance(md, dict) or set(md) != {META_KEY} or not isinstance(md[META_KEY], str):
         raise _fail(cid, f"no ledger metadata (expected __metadata__ with exactly one key {META_KEY!r})")
     try:
-        meta = json.loads(md[META_KEY], object_pairs_hook=_no_dupes)
+        meta = _loads(md[META_KEY], META_DEPTH)
     except ValueError as e:
         raise _fail(cid, f"ledger metadata is not JSON ({e})") from None
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):

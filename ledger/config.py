@@ -94,6 +94,49 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
         raise ConfigError(f"{source}: {f.name} must be {kind}, got {value!r}") from None
 
 
+# The TOML types each kind of setting takes: a TOML value is typed, so `rpc_url = 8545`
+# is a mistake to name, not a string to guess from.
+_TOML_TYPES = {"str": (str,), "Path": (str,), "int": (int,), "float": (int, float)}
+
+
+def _read_toml(p: Path) -> dict[str, Any]:
+    """The settings table of the TOML file ``p``, each key checked; ConfigError naming the file otherwise."""
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} is not a regular file (a directory?); point --config or LEDGER_CONFIG at a TOML file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    try:
+        toml = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    toml = toml.get("ledger", toml)
+    if not isinstance(toml, dict):
+        raise ConfigError(f"config file {p}: [ledger] must be a table")
+    by_name = {f.name: f for f in fields(Settings)}
+    unknown = sorted(k for k in toml if k not in by_name)
+    if unknown:
+        raise ConfigError(f"config file {p}: unknown keys {unknown}; known: {sorted(by_name)}")
+    for k, v in toml.items():
+        kind = by_name[k].type if isinstance(by_name[k].type, str) else by_name[k].type.__name__
+        base = kind.split("|")[0].strip()
+        allowed = _TOML_TYPES.get(base, (str,))
+        if isinstance(v, bool) or not isinstance(v, allowed):
+            want = {"str": "a string", "Path": "a path string", "int": "an integer", "float": "a number"}.get(base, "a string")
+            raise ConfigError(f"config file {p}: {k} must be {want}, got {v!r} ({type(v).__name__}); "
+                              f"e.g. {k} = {_example(base)}")
+    return toml
+
+
+def _example(base: str) -> str:
+    return {"int": "8545", "float": "30.0", "Path": '".ledger"'}.get(base, '"..."')
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -109,19 +152,9 @@ def load_settings(
     env = os.environ if env is None else env
     path = config_file or env.get("LEDGER_CONFIG")
     toml: dict[str, Any] = {}
-    if path or Path(DEFAULT_TOML).is_file():
+    if path or Path(DEFAULT_TOML).exists():
         p = Path(path or DEFAULT_TOML)
-        try:
-            toml = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        toml = toml.get("ledger", toml)
-        known = {f.name for f in fields(Settings)}
-        unknown = sorted(k for k in toml if k not in known)
-        if unknown:
-            raise ConfigError(f"config file {p}: unknown keys {unknown}; known: {sorted(known)}")
+        toml = _read_toml(p)
     values: dict[str, Any] = {}
     for f in fields(Settings):
         if flags and flags.get(f.name) is not None:
@@ -129,7 +162,7 @@ def load_settings(
         elif env.get(f.metadata["env"]) not in (None, ""):
             values[f.name] = _coerce(f, env[f.metadata["env"]], f.metadata["env"])
         elif f.name in toml:
-            values[f.name] = _coerce(f, toml[f.name], f"{path or DEFAULT_TOML}")
+            values[f.name] = _coerce(f, toml[f.name], f"config file {path or DEFAULT_TOML}")
     s = Settings(**values)
     if s.storage not in ("embedded", "ipfs"):
         raise ConfigError(f"storage must be 'embedded' or 'ipfs', got {s.storage!r}")

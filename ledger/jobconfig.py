@@ -7,7 +7,10 @@ stored by CID. No torch here: the audit and the history read it too.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -116,26 +119,17 @@ class JobConfig:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "JobConfig":
+        """Parse a stored config; a field of the wrong JSON type is a ValueError naming it
+        (the config comes from storage: whoever created the job chose its bytes)."""
         try:
             d = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise ValueError(f"job config is not JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"job config must be a JSON object, got {_json_type(d)}")
         if d.get("format") != FORMAT:
             raise ValueError(f"job config format {d.get('format')!r} is not {FORMAT!r}")
-        return cls(
-            name=d["name"],
-            seed=d["seed"],
-            model=_build(ModelSpec, d["model"]),
-            train=_build(TrainSpec, d["train"]),
-            policy=_build(Policy, d["policy"]),
-            data=DataSpec(
-                **{k: v for k, v in d["data"].items() if k not in ("shards", "validation")},
-                shards=[_build(ShardSpec, s) for s in d["data"]["shards"]],
-                validation=_build(ShardSpec, d["data"]["validation"]) if d["data"].get("validation") else None,
-            ),
-            cid_version=d.get("cid_version", 0),
-            format=d["format"],
-        )
+        return _build(cls, d, "")
 
 
 def num_samples(train: TrainSpec) -> int:
@@ -147,6 +141,45 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def _build(cls, d: dict):
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in d.items() if k in known})
+def _json_type(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as the type ``hint`` of a dataclass field, or ValueError naming ``where``.
+    Driven by the field annotations, so a field added to a spec is checked without listing it here."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"job config field {where} must be an array, got {_json_type(value)}")
+        return [_check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    ok = {
+        bool: lambda v: type(v) is bool,
+        int: lambda v: type(v) is int,
+        float: lambda v: type(v) in (int, float),
+        str: lambda v: type(v) is str,
+    }.get(hint)
+    if ok is None:  # pragma: no cover - a field type this checker does not know yet
+        raise TypeError(f"job config field {where}: unsupported annotation {hint!r}")
+    if not ok(value):
+        want = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[hint]
+        raise ValueError(f"job config field {where} must be {want}, got {_json_type(value)} {json.dumps(value)[:40]}")
+    return value
+
+
+def _build(cls, d: Any, where: str):
+    """A dataclass from a JSON object: known keys type-checked, missing ones default, unknown ignored."""
+    if not isinstance(d, dict):
+        raise ValueError(f"job config field {where or 'top level'} must be an object, got {_json_type(d)}")
+    hints = typing.get_type_hints(cls)
+    values = {f.name: _check(d[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
+              for f in fields(cls) if f.name in d}
+    return cls(**values)

@@ -36,6 +36,19 @@ class ServiceInfo:
     extra: dict = field(default_factory=dict)
 
 
+# What a server needs from the caller's environment: where programs and home are,
+# the locale and the time zone. Nothing else: the caller's environment holds
+# LEDGER_PRIVATE_KEY, LEDGER_KEY_PASSWORD and whatever else its user exported.
+SERVICE_ENV_KEYS = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+
+
+def service_env(extra: dict | None = None) -> dict:
+    """The environment a background server gets: ``SERVICE_ENV_KEYS`` from ours, plus ``extra``."""
+    env = {k: os.environ[k] for k in SERVICE_ENV_KEYS if k in os.environ}
+    env.update(extra or {})
+    return env
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -126,7 +139,7 @@ class LocalService:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.dir,
-                env=env,
+                env=env if env is not None else service_env(),
                 start_new_session=True,  # survives the CLI exiting; not killed by the terminal's Ctrl-C
             )
             log.close()

@@ -24,9 +24,10 @@ from pathlib import Path
 from ledger import atomic
 from ledger.cid import cid_to_chain
 from ledger.digest import short, to_hex
-from ledger.errors import ContractReverted, LedgerError, TransactionFailed
-from ledger.verdicts import describe
+from ledger.errors import ContractReverted, LedgerError, StorageError, TransactionFailed
+from ledger.verdicts import Verdict, describe
 
+from . import transcript
 from .faults import crash_point
 from .rounds import judge_round
 from .task import JobContext
@@ -37,7 +38,7 @@ log = logging.getLogger("ledger.aggregator")
 # mined yet": the next poll tries again.
 _RETRY = ("RoundNotClosed", "CommitPhaseOpen", "ProposalWindowOpen")
 # Errors that mean the round moved on without us.
-_MOVED_ON = ("RoundAlreadyFinalized", "WrongRound", "JobFinished")
+_MOVED_ON = ("RoundAlreadyFinalized", "WrongRound", "JobFinished", "CommitmentMismatch", "VerdictCountMismatch")
 
 
 @dataclass
@@ -66,6 +67,10 @@ class Aggregator:
             self._said = key
 
     def run(self) -> int:
+        """Judge every round until the job completes, riding out chain outages."""
+        return self.ctx.ride_out(self._loop, log)
+
+    def _loop(self) -> int:
         ctx, proposed = self.ctx, 0
         log.info("aggregator %s on job %d (quorum %d of %d, proposal window %ds)", self.address, ctx.job_id,
                  ctx.info.quorum, len(ctx.info.aggregators), ctx.info.proposal_window)
@@ -132,14 +137,24 @@ class Aggregator:
         ctx = self.ctx
         state_file = self._state_file(r)
         state = atomic.read_json(state_file, {}) or {}
-        if state.get("commitment") == to_hex(rd.commitment) and "verdicts" in state and "salt" in state:
-            return state
         subs = ctx.ledger.submissions(ctx.job_id, r)
+        # Judge only events that match the round's state (a rollback between the two reads
+        # would have us judge erased submissions), and re-judge when the block seeding the
+        # validation batches and the segment draw is no longer the one judged with.
+        if ctx.ledger.commitment_of(ctx.job_id, r, subs) != rd.commitment:
+            log.info("round %d: the submission events do not match the round's commitment (the chain moved or "
+                     "rolled back); re-reading", r)
+            return None
+        seed = to_hex(replay_seed(ctx.ledger, subs))
+        if (state.get("commitment") == to_hex(rd.commitment) and state.get("seed") == seed
+                and "verdicts" in state and "salt" in state):
+            return state
         t0 = time.perf_counter()
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
                           threads=self.opt.threads)
         for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
             log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
+        self._pin_verified(subs, out.verified.reports)
         m = out.merged
         if m.merged_bytes is not None:
             obj = ctx.store.put(m.merged_bytes)
@@ -150,6 +165,7 @@ class Aggregator:
             log.info("round %d: fewer than %d accepted contributions: proposing to keep the parent", r, ctx.info.min_submissions)
         state = {
             "commitment": to_hex(rd.commitment),
+            "seed": seed,
             "verdicts": out.verdicts,
             "merged_digest": to_hex(m.digest),
             "merged_cid": merged_cid,
@@ -170,6 +186,8 @@ class Aggregator:
     def _commit(self, r: int, rd) -> None:
         ctx = self.ctx
         state = self._judge(r, rd)
+        if state is None:
+            return
         commit = ctx.ledger.commit_hash_of(self._outcome(state), bytes.fromhex(state["salt"][2:]), self.address)
         try:
             receipt = ctx.ledger.commit_proposal(ctx.job_id, r, commit)
@@ -222,6 +240,34 @@ class Aggregator:
         else:
             raise e
         time.sleep(max(self.opt.poll, 1.0))
+
+
+    def _pin_verified(self, subs, reports) -> None:
+        """Keep what this aggregator fetched and judged retrievable, so an accepted
+        contribution and the transcript snapshots it replayed stay available to auditors
+        after their worker unpins them (the merge is pinned too)."""
+        ctx, cap = self.ctx, self.ctx.config.policy.max_checkpoint_bytes
+        for s, rep in zip(subs, reports):
+            if rep.verdict in (Verdict.UNAVAILABLE, Verdict.INTEGRITY) or s.size > cap:
+                continue
+            cids = [ctx.cid(s.cid, s.size)]
+            try:
+                manifest = transcript.read_manifest(rep.meta or {}, steps=ctx.config.train.steps,
+                                                    segment_steps=ctx.config.policy.segment_steps, max_size=cap)
+                cids += [manifest.snapshots[i - 1].cid for i in _touched(rep.metrics.get("replay_segments", []),
+                                                                         len(manifest.snapshots))]
+            except transcript.TranscriptError:
+                pass
+            for cid in cids:
+                try:
+                    ctx.store.pin(cid)
+                except StorageError as e:
+                    log.warning("could not pin %s of %s's contribution: %s", cid, s.worker, e)
+
+
+def _touched(segments: list[int], n_snapshots: int) -> set[int]:
+    """The snapshot boundaries (1..n) the replayed segments start or end at."""
+    return {b for i in segments for b in (i, i + 1) if 1 <= b <= n_snapshots}
 
 
 def _when(ts: int) -> str:

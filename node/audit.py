@@ -29,6 +29,8 @@ from .task import JobContext, Located
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
 REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE)
+# Verdicts that depend on the round's other contributions, not on the contribution alone.
+ROUND_RELATIVE = {Verdict.UPDATE_NORM, Verdict.DUPLICATE}
 
 
 def _hex(b) -> str:
@@ -116,21 +118,31 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
     if not rh.submissions:
         ra.ok = len(found) == before
         return ra
+    quorum = rh.quorum_proposals()
+    onchain = quorum[0].verdicts if quorum else None
+    # Availability is a local observation: re-verify as the quorum saw the round, its
+    # UNAVAILABLE contributions left out (the round-relative checks, the median norm bound
+    # and the duplicate check, then see the same set), and report separately whether
+    # those bytes can be fetched now.
+    withheld = {n for n, x in enumerate(onchain or ()) if x == Verdict.UNAVAILABLE}
     try:
-        v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode, threads=threads)
+        v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode, threads=threads, withheld=withheld)
     except (LedgerError, ValueError) as e:
         found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "unavailable or invalid", str(e)))
         ra.ok = False
         return ra
     ra.parent_val_loss = v.parent_val_loss
     audit_verdicts = v.verdicts
-    quorum = rh.quorum_proposals()
-    onchain = quorum[0].verdicts if quorum else None
+    missing_now = [c for c, rep in zip(v.contributions, v.reports)
+                   if rep.verdict == Verdict.UNAVAILABLE and c.index not in withheld]
     for c, rep, s in zip(v.contributions, v.reports, rh.submissions):
         m = rep.metrics or {}
+        reason = rep.reason
+        if c.index in withheld:
+            reason = _withheld_note(ctx, r, c, report)
         ca = ContributionAudit(
             index=c.index, worker=c.worker, digest=_hex(c.digest), cid=c.cid, size=c.size, num_samples=c.num_samples,
-            onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=rep.reason,
+            onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=reason,
             val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
             replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
         )
@@ -140,9 +152,28 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if onchain is None:
             continue
         chain_v = onchain[c.index]
-        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE):
-            check = "integrity" if rep.verdict == Verdict.INTEGRITY else "availability"
-            found.append(Discrepancy(r, c.worker, check, f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
+        if c.index in withheld:
+            continue  # the quorum could not fetch it: consistent whatever the bytes are now
+        if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
+            found.append(Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
+            continue
+        if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
+            # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
+            report.notes.append(Discrepancy(
+                r, c.worker, "availability", "the drawn transcript snapshots unavailable to the quorum",
+                f"retrievable now ({describe(rep.verdict)})", "availability is a local observation of its time"))
+            continue
+        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE):
+            # Fetched by the quorum, gone now: the record is not shown wrong, but what rests
+            # on these bytes cannot be re-checked until someone republishes them.
+            if chain_v == Verdict.ACCEPTED:
+                report.unavailable.append(Discrepancy(
+                    r, c.worker, "availability", f"accepted contribution {c.cid} (sha256 {_hex(c.digest)}) retrievable",
+                    "unavailable now", f"the merge of round {r} cannot be recomputed without it; any copy with that sha256 restores it"))
+            else:
+                report.notes.append(Discrepancy(
+                    r, c.worker, "availability", f"rejected contribution {c.cid} retrievable", "unavailable now",
+                    f"its rejection ({describe(chain_v)}) cannot be re-checked; the merge does not use it"))
             continue
         if chain_v != rep.verdict:
             if chain_v in REPLAY_VERDICTS and mode == "none":
@@ -153,6 +184,11 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
                 found.append(Discrepancy(r, c.worker, "replay", f"transcript segments replaying within "
                                          f"{ctx.config.policy.replay_tolerance:g}", describe(rep.verdict), rep.reason))
                 continue
+            if missing_now and {chain_v, int(rep.verdict)} & ROUND_RELATIVE:
+                report.unavailable.append(Discrepancy(
+                    r, c.worker, "verdict", f"{describe(chain_v)} (quorum) re-checked", "not re-checkable now",
+                    "a round-relative check (median norm bound, duplicates) needs the contributions unavailable now"))
+                continue
             found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
                                      rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))
     if i.status == "skipped" and rh.proposals:
@@ -162,16 +198,22 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         except LedgerError:
             pass
     if i.status == "finalized" and quorum:
-        try:
-            merged = merge_accepted(ctx, v, [x == 0 for x in onchain])
-            ra.recomputed_digest = _hex(merged.digest)
-        except LedgerError as e:
-            merged = None
-            found.append(Discrepancy(r, "", "merge", "a merge of the accepted set", "not computable", str(e)))
+        accepted = [x == 0 for x in onchain]
+        merged = None
+        if any(a and c in missing_now for a, c in zip(accepted, v.contributions)):
+            report.unavailable.append(Discrepancy(
+                r, "", "merge", "a merge of the accepted set", "not recomputable now",
+                "accepted contributions are unavailable now; the finalized merge rests on the quorum's word until they are republished"))
+        else:
+            try:
+                merged = merge_accepted(ctx, v, accepted)
+                ra.recomputed_digest = _hex(merged.digest)
+            except LedgerError as e:
+                found.append(Discrepancy(r, "", "merge", "a merge of the accepted set", "not computable", str(e)))
         ra.merged_digest = _hex(i.merged_digest)
         if merged is not None and merged.digest != i.merged_digest:
             found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
-        if merged is not None and not merged.keeps_parent:
+        if (merged is None or not merged.keeps_parent) and i.merged_digest != i.parent:
             try:
                 ctx.load_checkpoint(Located(i.merged_digest, ctx.cid(i.merged_cid, i.merged_size), i.merged_size))
                 report.bytes_verified += i.merged_size
@@ -224,6 +266,19 @@ def _check_skip(ctx: JobContext, rh, found: list) -> None:
                                      f"skipped at {skipped.timestamp} with {len(rh.commits) - len(rh.proposals)} commit(s) unrevealed"))
     elif i.submissions >= job.min_submissions:
         found.append(Discrepancy(r, "", "skip", f"fewer than {job.min_submissions} submissions", str(i.submissions)))
+
+
+def _withheld_note(ctx: JobContext, r: int, c, report: AuditReport) -> str:
+    """A contribution the quorum recorded UNAVAILABLE: consistent either way; say whether it
+    can be fetched now (published late, or the quorum's storage failed it at the time)."""
+    try:
+        ctx.store.get(c.cid, c.digest, max_size=ctx.config.policy.max_checkpoint_bytes)
+        now = "retrievable now"
+    except (StorageError, LedgerError):
+        now = "still unavailable"
+    note = f"the quorum could not fetch it at the time (recorded unavailable); {now}: consistent, not a failure"
+    report.notes.append(Discrepancy(r, c.worker, "availability", "unavailable to the quorum", now, note))
+    return note
 
 
 def _val_loss_of(ctx: JobContext, rh) -> float | None:

@@ -360,7 +360,7 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
             say("-" * 60)
         say(f"job          {job_id}")
         say(f"final model  {report.final_digest}")
-        say(f"audit        {'OK' if report.ok else f'FAILED ({len(report.discrepancies)} discrepancies)'}")
+        say(f"audit        {'OK' if report.ok else f'{report.status} ({len(report.discrepancies)} discrepancies, {len(report.unavailable)} unavailable now)'}")
         say(f"report       {html}")
         say(f"time         {time.monotonic() - t0:.0f}s")
         return 0 if report.ok else 1

@@ -87,12 +87,30 @@ class AuditReport:
     bytes_verified: int = 0
     seconds: float = 0.0
     discrepancies: list[Discrepancy] = field(default_factory=list)
+    # Artifacts the record depends on that storage does not serve now (an accepted
+    # contribution, a merge): nothing is shown wrong, but what rests on them is not
+    # provable until someone republishes them (any copy with the on-chain digest does).
+    unavailable: list[Discrepancy] = field(default_factory=list)
+    # Consistent observations worth reading, not failures: e.g. a contribution the quorum
+    # could not fetch at the time (recorded UNAVAILABLE) that is retrievable now.
+    notes: list[Discrepancy] = field(default_factory=list)
+
+    @property
+    def provable(self) -> bool:
+        """Whether every artifact the final model's lineage rests on could be re-checked."""
+        return not self.unavailable
+
+    @property
+    def status(self) -> str:
+        """FAILED: the record is wrong somewhere; INCOMPLETE: nothing wrong was found but
+        artifacts are unavailable now, so the final model is not provable; OK: all held."""
+        return "FAILED" if self.discrepancies else "INCOMPLETE" if self.unavailable else "OK"
 
     @property
     def ok(self) -> bool:
-        return not self.discrepancies
+        return self.status == "OK"
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["ok"] = self.ok
+        d.update(ok=self.ok, status=self.status, provable=self.provable)
         return d

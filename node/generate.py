@@ -27,9 +27,13 @@ class Generated:
     report: AuditReport
 
 
-def final_model_digest(ctx: JobContext) -> bytes:
-    """The completed job's final model, or the latest finalized one while it runs."""
-    return ctx.refresh().current_parent
+def audited_model_digest(report: AuditReport) -> bytes:
+    """The model whose lineage ``report`` checked: the completed job's final model, or the
+    latest finalized one while the job ran. Never the job's parent read again afterwards:
+    a round finalized after the audit would be loaded unaudited."""
+    if not report.final_digest or not report.final_digest.startswith("0x"):
+        raise UnverifiedModel(f"refusing to generate: the audit of job {report.job_id} names no final model")
+    return bytes.fromhex(report.final_digest[2:])
 
 
 def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: int = 200,
@@ -37,6 +41,13 @@ def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: i
                       report: AuditReport | None = None) -> Generated:
     if report is None:
         report = audit_job(ledger, store, job_id, replay="none", evaluate_merged=False)
+    if report.job_id != job_id:
+        raise UnverifiedModel(f"refusing to generate: the audit given is of job {report.job_id}, not job {job_id}")
+    if report.status == "INCOMPLETE":
+        first = report.unavailable[0].line()
+        raise UnverifiedModel(
+            f"refusing to generate: the final model of job {job_id} is not provable now: {first}"
+            f" (nothing was found wrong; republish the missing artifacts and audit again)")
     if not report.ok:
         first = report.discrepancies[0].line()
         more = len(report.discrepancies) - 1
@@ -45,7 +56,7 @@ def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: i
             + (f" (and {more} more; run `ledger audit --job {job_id}`)" if more else "")
         )
     ctx = JobContext.load(ledger, store, job_id)
-    digest = final_model_digest(ctx)
+    digest = audited_model_digest(report)
     params, _ = ctx.load_checkpoint(ctx.locate_model(digest))
     model = load_into(GPT(GPTConfig.from_spec(ctx.config.model), seed=None), params).eval()
     # Batch-1 sampling gains nothing from more threads and loses much on a shared machine.

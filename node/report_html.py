@@ -674,8 +674,13 @@ def _replay_cell(c: ContributionAudit) -> str:
 def _discrepancy_table(report: AuditReport) -> str:
     if not report.discrepancies:
         return '<p class="none" id="discrepancies">No discrepancies: every check passed.</p>'
+    return _located_table(report.discrepancies, "discrepancies")
+
+
+def _located_table(items, table_id: str) -> str:
+    """Located findings (discrepancies, artifacts unavailable now, notes) as one table."""
     rows = []
-    for d in sorted(report.discrepancies, key=lambda d: d.round):
+    for d in sorted(items, key=lambda d: d.round):
         where = f'<a href="#round-{d.round}">{d.round}</a>' if d.round else "job"
         rows.append(
             "<tr>"
@@ -688,7 +693,7 @@ def _discrepancy_table(report: AuditReport) -> str:
             "</tr>"
         )
     return (
-        '<table id="discrepancies" class="grid discrepancies"><thead><tr>'
+        f'<table id="{table_id}" class="grid discrepancies"><thead><tr>'
         "<th>round</th><th>party</th><th>check</th><th>expected</th><th>actual</th><th>detail</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
@@ -828,7 +833,9 @@ def render_html(report: AuditReport) -> str:
     rounds = sorted_rounds(report)
     idx = _Index(report)
     n_disc = len(report.discrepancies)
-    verdict = "AUDIT OK" if report.ok else f"AUDIT FAILED: {plural(n_disc, 'discrepancy')}"
+    verdict = ("AUDIT OK" if report.ok else f"AUDIT FAILED: {plural(n_disc, 'discrepancy')}"
+               if report.discrepancies else f"AUDIT INCOMPLETE: {plural(len(report.unavailable), 'artifact')} "
+               "unavailable now; the final model is not provable until they are republished")
     n_fin = sum(1 for r in rounds if r.status == "finalized")
     n_skip = sum(1 for r in rounds if r.status == "skipped")
     subs = [c for r in rounds for c in r.contributions]
@@ -890,7 +897,12 @@ def render_html(report: AuditReport) -> str:
         '<h2>Validation loss</h2>'
         f'<div class="scroll">{loss_svg(report)}</div>'
         f"<h2>Discrepancies ({n_disc})</h2>{_discrepancy_table(report)}"
-        f"<h2>Rounds</h2>{sections}"
+        + (f"<h2>Unavailable now ({len(report.unavailable)})</h2><p class=muted>Nothing shown wrong; not "
+           f"re-checkable until republished.</p>{_located_table(report.unavailable, 'unavailable')}"
+           if report.unavailable else "")
+        + (f"<h2>Notes ({len(report.notes)})</h2><p class=muted>Consistent, not failures.</p>"
+           f"{_located_table(report.notes, 'notes')}" if report.notes else "")
+        + f"<h2>Rounds</h2>{sections}"
         f"<footer>ledger audit &middot; job {e(report.job_id)} &middot; chain {e(report.chain_id)} &middot; "
         f"contract {e(report.contract)}</footer>"
         "</body></html>\n"

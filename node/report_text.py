@@ -241,8 +241,19 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
         for d in sorted(report.discrepancies, key=lambda d: d.round):
             lines.append("  " + d.line())
 
+    for title, items in (("unavailable now (nothing shown wrong; not re-checkable)", report.unavailable),
+                         ("notes (consistent, not failures)", report.notes)):
+        if items:
+            lines.append("")
+            lines.append(paint(f"{title}:", _BOLD))
+            for d in sorted(items, key=lambda d: d.round):
+                lines.append("  " + d.line())
+
     lines.append("")
-    if report.ok:
+    if report.status == "INCOMPLETE":
+        lines.append(paint(f"AUDIT INCOMPLETE: {plural(len(report.unavailable), 'artifact')} unavailable now; "
+                           "no discrepancy found, but the final model is not provable until they are republished", _RED))
+    elif report.ok:
         model = latest_model(report)
         if report.final_digest:
             final = f"AUDIT OK final model {report.final_digest}"

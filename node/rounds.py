@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ledger import checkpoint
 from ledger.digest import sha256_bytes
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, NotFoundError
 from ledger.verdicts import Verdict
 
 from . import merge as mergemod
@@ -62,12 +62,15 @@ def replay_seed(ledger, submissions) -> bytes:
 
 
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
-                       stages: set[str] | None = None, threads: int | None = None) -> Verified:
+                       stages: set[str] | None = None, threads: int | None = None,
+                       withheld: set[int] = frozenset()) -> Verified:
     """Run the shared verification pipeline over every submission of round ``r``.
 
     ``replay``: "policy" (the job policy's drawn segments, as aggregators do), "none"
     or "all" (every segment of every transcript). ``threads``: this verifier's torch
-    threads for replays (default: the job's).
+    threads for replays (default: the job's). ``withheld``: submission indices to
+    treat as unfetchable (the audit re-verifying a round as its quorum saw it,
+    whatever storage serves now).
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
@@ -96,6 +99,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     )
 
     def fetch(c) -> bytes:
+        if c.index in withheld:
+            raise NotFoundError(f"{c.cid}: recorded unavailable by the round's quorum")
         return ctx.store.get(c.cid, c.digest, max_size=cfg.policy.max_checkpoint_bytes)
 
     reports = verifymod.verify_round(rctx, contributions, fetch)

@@ -7,16 +7,20 @@ see exactly the same config, shards, validation split and parent checkpoints.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from ledger import checkpoint
+from ledger.chain import redact_url
 from ledger.cid import cid_from_chain
 from ledger.digest import sha256_bytes, to_hex
-from ledger.errors import LedgerError
+from ledger.errors import ChainUnreachable, LedgerError
 from ledger.jobconfig import JobConfig, ShardSpec
 
 from . import data as datamod
@@ -25,6 +29,10 @@ CHECKPOINT_FORMAT = "training-ledger/checkpoint/1"
 # A waiting node re-reads the job at least this often even on a head that does not move
 # (a chain swapped under it at the same height, say): a safety net, not the signal.
 IDLE_REREAD = 30.0
+# Seconds between attempts to reach a chain that went away, then every OUTAGE_MAX_DELAY.
+OUTAGE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+OUTAGE_MAX_DELAY = 10.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +52,7 @@ class JobContext:
         self.info = info
         self.config = config
         self._head: int | None = None  # the last block a wait() saw
+        self._head_hash: bytes | None = None  # and its hash: another hash there means a rollback
 
     @classmethod
     def load(cls, ledger, store, job_id: int) -> "JobContext":
@@ -73,20 +82,61 @@ class JobContext:
         chain, address, start = self.ledger.chain, self.ledger.address, time.monotonic()
         if self._head is None:
             self._head = chain.block_number()
+            self._head_hash = chain.block_hash_or_none(self._head)
             return
         while True:
             head = chain.wait_for_block(self._head, poll)
-            if head < self._head:          # a chain reset under us: read it all again
-                self._head = head
+            ids = chain.block_ids_or_none(head) if head > self._head else None
+            # One read per new block: the new head's parent is the block we saw, or (when
+            # several came at once) the block we saw still has its hash.
+            if head == self._head + 1 and ids is not None:
+                gone = ids[1] != self._head_hash
+            else:
+                gone = head < self._head or (head > self._head and chain.block_hash_or_none(self._head) != self._head_hash)
+            if gone:
+                # The block we last saw is gone or is another block: what we read since may
+                # have been erased. Forget it and read everything again.
+                logging.getLogger("ledger.node").warning(
+                    "chain rolled back: block %d is gone or has another hash (head now %d); re-reading", self._head, head)
+                self._head = None
+                chain.forget_blocks()
                 return
             if head > self._head:
                 seen, self._head = self._head, head
+                self._head_hash = ids[0] if ids else None
                 if chain.has_logs(address, seen + 1, head):
                     return
             if until is not None and time.time() > until:
                 return
             if time.monotonic() - start >= idle:
                 return
+
+    def ride_out(self, loop: Callable[[], T], log: logging.Logger) -> T:
+        """Run a role's ``loop``; when the chain cannot be reached, wait for it with backoff
+        (one warning per outage, one line when it is back), then run the loop again: it
+        re-reads everything from the chain, as after a restart, so a rollback that came
+        with the outage erases nothing the role still acts on."""
+        while True:
+            try:
+                return loop()
+            except ChainUnreachable as e:
+                self._wait_for_chain(e, log)
+
+    def _wait_for_chain(self, err: ChainUnreachable, log: logging.Logger) -> None:
+        chain, t0 = self.ledger.chain, time.monotonic()
+        url = redact_url(chain.rpc_url)
+        for n, delay in enumerate(itertools.chain(OUTAGE_BACKOFF, itertools.repeat(OUTAGE_MAX_DELAY))):
+            if n == 0:
+                log.warning("chain unreachable at %s, retrying in %gs (%s)", url, delay, err)
+            time.sleep(delay)
+            try:
+                chain.block_number()
+            except ChainUnreachable:
+                continue
+            log.warning("chain back at %s after %.1fs; re-reading the job", url, time.monotonic() - t0)
+            self._head = None
+            chain.forget_blocks()
+            return
 
     # --- artifacts -------------------------------------------------------------------
     def cid(self, cid32: bytes, size: int) -> str:

@@ -53,7 +53,11 @@ class Worker:
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> int:
-        """Work every round until the job completes. Returns the number of rounds submitted."""
+        """Work every round until the job completes, riding out chain outages. Returns the
+        number of rounds submitted (since the last outage)."""
+        return self.ctx.ride_out(self._loop, log)
+
+    def _loop(self) -> int:
         ctx, submitted, announced = self.ctx, 0, None
         log.info("worker %s on job %d (shard %d)", self.address, ctx.job_id, self.index)
         while True:
@@ -89,10 +93,11 @@ class Worker:
         if state.get("parent") != to_hex(parent):
             state = {}  # stale local state from another parent: start the round afresh
         ckpt_file = self.dir / f"round-{r}.safetensors"
-        if state.get("status") in ("trained", "published") and not self._local_files_intact(state, ckpt_file):
+        # "submitted" too: a rollback can erase a submission; the same bytes go again.
+        if state.get("status") in ("trained", "published", "submitted") and not self._local_files_intact(state, ckpt_file):
             log.warning("round %d: local checkpoint or snapshots do not match their recorded digests; training again", r)
             state = {}
-        if state.get("status") not in ("trained", "published"):
+        if state.get("status") not in ("trained", "published", "submitted"):
             data, num_samples, snaps = self._train(r, parent)
             for (step, blob) in snaps:
                 atomic.write_bytes(self._snap_file(r, step), blob)
@@ -183,6 +188,10 @@ class Worker:
                 log.info("round %d: already on chain (submitted before a restart)", r)
                 return False
             if e.name in ("RoundClosed", "WrongParent", "WrongRound"):
+                if e.name != "RoundClosed" and ctx.refresh().current_round <= r:
+                    log.warning("round %d: the chain no longer has this round open with this parent (%s: rolled "
+                                "back?); re-reading", r, e.name)
+                    return False
                 log.warning("round %d: too late, the round is closed (%s); moving on to the next round", r, e.name)
                 return False
             raise

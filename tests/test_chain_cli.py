@@ -198,7 +198,7 @@ def test_unreadable_state_falls_back_to_backup(settings, env):
     ok(ledger(["chain", "down"], env))
     (settings.chain_dir / anvil.STATE_FILE).write_text('{"block": {"trunc')  # killed mid-dump
     r = ok(ledger(["chain", "up"], env))
-    assert "restored the backup" in r.stderr
+    assert "restored the last complete dump" in r.stderr
     r = ok(ledger(["verify-deployment"], env))
     assert record["address"] in r.stdout
 

@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Sequence
 
 from ..config import load_settings
-from ..errors import LedgerError
+from ..errors import ConfigError, LedgerError
 
 GROUPS = [
     "ledger.cli.chain_cmds",      # chain up|down|status, deploy, verify-deployment
@@ -109,6 +109,17 @@ def settings_from_args(args: argparse.Namespace):
     return load_settings(flags, config_file=args.config)
 
 
+MAX_UINT256 = 2**256 - 1
+
+
+def check_job_arg(args: argparse.Namespace) -> None:
+    """A job id is a uint256 on chain: anything else would reach web3 as an encoding error."""
+    job = getattr(args, "job", None)
+    if isinstance(job, int) and not 0 <= job <= MAX_UINT256:
+        raise ConfigError(f"--job {job} is not a job id: a job id is a whole number from 0 to 2**256-1 "
+                          "(printed by `ledger job create` as `job <id>`)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -118,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
     try:
+        check_job_arg(args)
         settings = settings_from_args(args)
         return int(handler(args, settings) or 0)
     except LedgerError as e:

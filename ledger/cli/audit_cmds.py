@@ -66,7 +66,8 @@ def _audit(args, settings) -> int:
         print(render_text(report))
         if args.html:
             print(f"HTML report: {args.html}")
-    return 0 if report.ok else 1
+    # 0 OK, 1 FAILED (the record is wrong), 3 INCOMPLETE (artifacts unavailable now).
+    return {"OK": 0, "FAILED": 1, "INCOMPLETE": 3}[report.status]
 
 
 def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True, threads: int | None = None):
