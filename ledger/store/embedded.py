@@ -53,8 +53,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from ..cid import (
     DAG_PB,
     RAW,
@@ -675,7 +673,10 @@ class _Progress:
 
 
 def _address(mv: memoryview) -> int:
-    """Where a buffer's memory starts (read through numpy's array interface; nothing is written)."""
+    """Where a buffer's memory starts (read through numpy's array interface; nothing is written).
+    numpy is imported here, not with the module, so ``ledger.store`` loads without it."""
+    import numpy as np
+
     return np.frombuffer(mv, dtype=np.uint8).__array_interface__["data"][0] if len(mv) else 0
 
 
