@@ -1,6 +1,6 @@
 """Shared helpers for the benchmarks under bench/.
 
-- ``print_table``: a plain-text table (the one output format of every bench).
+- ``print_table``: a titled text table (``ledger.tables``), the one output format of every bench.
 - ``RssSampler``: the peak of the summed resident memory of a set of process trees,
   sampled with psutil every ~0.2 s; it also remembers every process it has seen so
   that ``stop_processes`` can stop each of them by PID, orphans included.
@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from ledger.tables import text_table  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -46,54 +48,22 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence], file=None) -> None:
-    """Print ``rows`` under ``headers`` as an aligned text table with a title line.
-    Numbers are right-aligned, everything else left-aligned; floats keep the
-    formatting the caller gave them (format before passing if it matters)."""
+    """Print ``rows`` under ``headers`` as an aligned text table between a title and rules.
+    Numeric-looking columns are right-aligned, the rest left-aligned; floats get two
+    decimals (three significant digits when small), anything else prints as given."""
     out = file or sys.stdout
-    rows = [["" if c is None else c for c in r] for r in rows]
-    cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) if i < len(r) else 0 for r in cells) for i in range(len(headers))]
-    numeric = [all(_is_num(r[i]) for r in rows if i < len(r) and r[i] != "") and any(i < len(r) and r[i] != "" for r in rows)
-               for i in range(len(headers))]
-
-    def fmt(r):
-        parts = []
-        for i, w in enumerate(widths):
-            c = r[i] if i < len(r) else ""
-            parts.append(c.rjust(w) if numeric[i] else c.ljust(w))
-        return "  ".join(parts).rstrip()
-
-    rule = "-" * max(len(title), sum(widths) + 2 * (len(widths) - 1))
-    print(title, file=out)
-    print(rule, file=out)
-    print(fmt(cells[0]), file=out)
-    print(fmt(["-" * w for w in widths]), file=out)
-    for r in cells[1:]:
-        print(fmt(r), file=out)
-    print(rule, file=out)
+    lines = text_table(headers, [[_cell(c) for c in r] for r in rows])
+    rule = "-" * max(len(title), *(len(line) for line in lines))
+    print("\n".join([title, rule, *lines, rule]), file=out)
     out.flush()
 
 
 def _cell(c) -> str:
+    if c is None:
+        return ""
     if isinstance(c, float):
         return f"{c:.3g}" if abs(c) < 1e-2 and c else f"{c:.2f}"
     return str(c)
-
-
-def _is_num(c) -> bool:
-    """Numbers, and strings that read as one (``12.5``, ``0.81x``, ``n/a``)."""
-    if isinstance(c, bool):
-        return False
-    if isinstance(c, (int, float)):
-        return True
-    t = str(c).strip().removeprefix("<=").strip().rstrip("x%")
-    if t in ("n/a", "-"):
-        return True
-    try:
-        float(t)
-        return True
-    except ValueError:
-        return False
 
 
 def mib(n_bytes: float) -> float:

@@ -40,6 +40,7 @@ from ledger.artifacts import load_artifact  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.contract import JobParams, TrainingLedger  # noqa: E402
+from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000
 CEILING = 45_000
@@ -169,13 +170,9 @@ def render(rows: list[dict], versions: str) -> str:
         ("closeRound", "closeRound (too few)"),
         ("closeRound_no_quorum", "closeRound (no quorum)"),
     ]
-    widths = [max(len(h), *(len(f"{r[k]:,}") for r in rows)) for k, h in cols]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     out = [f"TrainingLedger gas per operation ({versions}; real receipts, 3 aggregators, quorum 2)", ""]
-    out.append(line([h for _, h in cols]))
-    out.append(line(["-" * w for w in widths]))
-    for r in rows:
-        out.append(line([f"{r[k]:,}" for k, _ in cols]))
+    out += text_table([h for _, h in cols], [[f"{r[k]:,}" for k, _ in cols] for r in rows],
+                      right=set(range(len(cols))))
     out.append("")
     out.append("proposal cost per aggregator per round (median commit + reveal): "
                + ", ".join(f"{r['per_aggregator']:,} ({r['workers']} workers)" for r in rows))

@@ -55,27 +55,14 @@ from ledger.digest import sha256_bytes, to_hex  # noqa: E402
 from ledger.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
 from ledger.verdicts import Verdict  # noqa: E402
 
+from bench.common import print_table  # noqa: E402
+
 ATTACKS = ("none", "scale", "sign-flip", "noise", "nan", "shape", "collude")
 COLLUDE_FACTOR = 10.0
 JOB_ID = 1
 FINAL_EVAL_BATCHES = 16
 FINAL_EVAL_BATCH_SIZE = 32
 BAND = 1.05            # "within 5%"
-
-try:  # the shared table printer, if another engineer has landed it
-    from bench.common import print_table  # type: ignore
-except Exception:  # noqa: BLE001 - absent or broken: fall back to our own
-    def print_table(title, headers, rows):
-        cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-        line = "  ".join("-" * w for w in widths)
-        print(title)
-        print(line)
-        for k, r in enumerate(cells):
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-            if k == 0:
-                print(line)
-        print(line)
 
 
 # --------------------------------------------------------------------------- pool side

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ledger.store.embedded import EmbeddedStore  # noqa: E402
+from ledger.tables import text_table  # noqa: E402
 
 MiB = 1 << 20
 
@@ -199,23 +200,22 @@ def main() -> int:
 
         def cpu(name: str) -> str:
             if name not in CPU:
-                return "  -  "
+                return "-"
             total, main = min(CPU[name])
-            return f"{total / gb:5.2f} ({main / gb:.2f} + {(total - main) / gb:.2f})"
+            return f"{total / gb:.2f} ({main / gb:.2f} + {(total - main) / gb:.2f})"
 
         def two_core_bound(name: str) -> str:
             """Fastest possible on two idle cores given the work measured: the calling thread's
             CPU time or half of the total, whichever is larger (a bound, not a measurement)."""
             total, main = min(CPU[name])
-            return f"{gb / max(main, total / 2):5.2f}"
+            return f"{gb / max(main, total / 2):.2f}"
 
-        print(f"{'physical limits (same bytes, this run)':40} {'GB/s':>6}  cpu s/GB")
-        for label, key, value in (("sha256, one core", "sha256, one core", sha),
-                                  ("sequential write + fsync (dd-like)", "write + fsync", disk)):
-            print(f"  {label:38} {value:6.2f}  {min(CPU[key])[0] / gb:5.2f}")
+        print("\n".join(text_table(
+            ["physical limits (same bytes, this run)", "GB/s", "cpu s/GB"],
+            [[label, f"{value:.2f}", f"{min(CPU[key])[0] / gb:.2f}"]
+             for label, key, value in (("sha256, one core", "sha256, one core", sha),
+                                       ("sequential write + fsync (dd-like)", "write + fsync", disk))])))
         print()
-        print(f"{'operation':26} {'GB/s':>6} {'runs (GB/s)':>20}  {'vs limit':>22}  {'target':13} "
-              f"{'cpu s/GB (caller + others)':26} 2-core bound GB/s")
         rows = [
             ("embedded put", put_limit, "min(sha,disk)", 0.8),
             ("embedded get", sha, "sha256", 0.8),
@@ -224,14 +224,17 @@ def main() -> int:
             ("ipfs put", put_limit, "min(sha,disk)", None),
             ("ipfs get", sha, "sha256", None),
         ]
+        table = []
         for name, limit, limit_name, target in rows:
             if name not in best:
                 continue
             ratio = best[name] / limit
-            runs = " ".join(f"{x:.2f}" for x in results[name])
-            verdict = "" if target is None else (f">= {target}  {'ok' if ratio >= target else 'BELOW'}")
-            print(f"{name:26} {best[name]:6.2f} {runs:>20}  {ratio:5.2f} x {limit_name:14}  {verdict:13} "
-                  f"{cpu(name):26} {two_core_bound(name)}")
+            verdict = "" if target is None else f">= {target}  {'ok' if ratio >= target else 'BELOW'}"
+            table.append([name, f"{best[name]:.2f}", " ".join(f"{x:.2f}" for x in results[name]),
+                          f"{ratio:.2f} x {limit_name}", verdict, cpu(name), two_core_bound(name)])
+        print("\n".join(text_table(
+            ["operation", "GB/s", "runs (GB/s)", "vs limit", "target", "cpu s/GB (caller + others)",
+             "2-core bound GB/s"], table, right={1, 2, 6})))
         print("cpu s/GB: user + system seconds per GB of all threads of this process (the calling thread + the "
               "others), best run; for ipfs the node's own CPU is not counted.\n2-core bound: GB / max(caller's "
               "cpu, total cpu / 2), what two otherwise idle cores allow for the work measured (Linux shares the "
@@ -242,7 +245,6 @@ def main() -> int:
         small = work / "small.bin"
         make_input(small, args.rss_small_mb * MiB)
         small_obj = store.put(small)
-        print(f"{'operation':34} {f'{args.rss_small_mb} MiB':>10} {f'{args.size_mb} MiB':>10}")
         cases = [
             ("embedded put", "embedded", "put", {"store": work / "store"}),
             ("embedded get_to_file", "embedded", "get_to_file", {"store": work / "store"}),
@@ -253,6 +255,7 @@ def main() -> int:
                 ("ipfs put (client)", "ipfs", "put", {"api": ipfs.api}),
                 ("ipfs get_to_file (client)", "ipfs", "get_to_file", {"api": ipfs.api}),
             ]
+        rss_rows = []
         for label, backend, op, extra in cases:
             row = []
             for f, o in ((small, small_obj), (src, obj)):
@@ -262,9 +265,11 @@ def main() -> int:
                 else:
                     kw.update(cid=o.cid, digest=o.digest.hex(), out=work / "rss-out.bin")
                 row.append(measure_rss(backend, op, **kw))
-            print(f"{label:34} {row[0]:10.0f} {row[1]:10.0f}")
+            rss_rows.append([label, f"{row[0]:.0f}", f"{row[1]:.0f}"])
         if node is not None:
-            print(f"{'helia node (whole run, VmHWM)':34} {'':>10} {node_hwm(node):10.0f}")
+            rss_rows.append(["helia node (whole run, VmHWM)", "", f"{node_hwm(node):.0f}"])
+        print("\n".join(text_table(["operation", f"{args.rss_small_mb} MiB", f"{args.size_mb} MiB"], rss_rows,
+                                   right={1, 2})))
         return 0
     finally:
         if node is not None:

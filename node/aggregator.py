@@ -29,7 +29,7 @@ from ledger.verdicts import Verdict, describe
 
 from . import transcript
 from .faults import crash_point
-from .rounds import judge_round
+from .rounds import judge_round, replay_seed
 from .task import JobContext
 
 log = logging.getLogger("ledger.aggregator")

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from ledger.tables import text_table
 from ledger.verdicts import describe
 
 from .findings import AuditReport, ContributionAudit, RoundAudit
@@ -143,21 +144,6 @@ def plural(n: int, word: str) -> str:
 # ---------------------------------------------------------------- the text report
 
 
-def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def fmt(row: list[str]) -> str:
-        cells = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
-        return "  ".join(cells).rstrip()
-
-    out = [fmt(headers), "  ".join("-" * w for w in widths)]
-    out.extend(fmt(r) for r in rows)
-    return out
-
-
 def render_text(report: AuditReport, *, color: bool | None = None) -> str:
     """The terminal summary of `report` (ends with a newline).
 
@@ -212,7 +198,7 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
                 ]
             )
             oks.append(rnd.ok)
-        table = _table(headers, rows, right={0, 2, 3, 4, 6})
+        table = text_table(headers, rows, right={0, 2, 3, 4, 6})
         lines.extend(table[:2])
         for line, ok in zip(table[2:], oks):
             if color:

@@ -13,6 +13,7 @@ import re
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import zlib
 from html.parser import HTMLParser
@@ -196,7 +197,7 @@ def test_text_report_three_rounds():
     text = render_text(report, color=False)
     assert "\x1b" not in text
     lines = text.splitlines()
-    header = next(l for l in lines if l.startswith("round"))
+    header = next(l for l in lines if l.lstrip().startswith("round"))
     for col in ("status", "submissions", "accepted", "agreement", "merged", "val loss", "ok"):
         assert col in header
     rows = [l for l in lines if re.match(r"^\s*[123]\s+finalized", l)]
@@ -248,6 +249,8 @@ def test_html_is_self_contained_and_escaped():
         assert "http://" not in page and "https://" not in page
         assert not re.search(r"\b(?:src|href)\s*=\s*[\"']?(?![\"'#])", page), "only in-page links allowed"
         assert "<script" not in page.lower() and "<link" not in page.lower() and "@import" not in page
+        assert not re.search(r"url\((?!#)", page) and "@font-face" not in page  # glyphs are paths
+        assert "<image" not in page and "<?xml" not in page
         assert 'id="lineage-graph"' in page and 'id="loss-plot"' in page and 'id="verdict"' in page
     page = render_html(three_round_report())
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -413,15 +416,23 @@ def test_html_three_rounds_in_chromium(tmp_path: Path):
     dissent = list(dom.inside("lineage-graph", "g", "dissent"))
     assert [(a["data-round"], a["data-aggregator"]) for _, a in dissent] == [("2", AGGREGATORS[2])]
     assert len(list(dom.inside("lineage-graph", "g", "agg"))) == 9
-    assert len(list(dom.inside("lineage-graph", "line", "link"))) == 3
+    links = list(dom.inside("lineage-graph", "g", "link"))
+    assert [a["data-round"] for _, a in links] == ["1", "2", "3"]
+    assert not any("broken" in a["class"] for _, a in links)
 
     lines = list(dom.inside("loss-plot", "path", "loss-line")) + list(dom.inside("loss-plot", "polyline"))
     assert lines, "the loss plot has no line"
     d = lines[0][1]["d"]
     assert d.count("L") == 3  # start + 3 rounds
-    assert len(list(dom.inside("loss-plot", "circle", "loss-point"))) == 4
-    assert len(list(dom.inside("loss-plot", None, "ytick"))) >= 3
-    assert len(list(dom.inside("loss-plot", None, "xtick"))) == 4
+    points = list(dom.inside("loss-plot", "g", "loss-point"))
+    assert [a["data-round"] for _, a in points] == ["0", "1", "2", "3"]
+    assert "start" in points[0][1]["class"]
+    assert len(list(dom.inside("loss-plot", "g", "contribution-point"))) == 11
+    yticks = [float(a["data-value"]) for _, a in dom.inside("loss-plot", None, "ytick")]
+    assert len(yticks) >= 3 and yticks == sorted(yticks)
+    assert yticks[0] <= 4.05 and yticks[-1] >= 6.3  # every accepted loss is on the scale
+    xticks = [a["data-value"] for _, a in dom.inside("loss-plot", None, "xtick")]
+    assert xticks == ["0", "1", "2", "3"]
 
     verdict = [a for t, a, _ in dom.elements if a.get("id") == "verdict"]
     assert verdict and "failed" in verdict[0]["class"]
@@ -447,7 +458,7 @@ def test_html_empty_cases_in_chromium(tmp_path: Path, make):
         states = sorted(next(c for c in a["class"].split() if c != "cell") for _, a in cells)
         assert states == ["missing", "missing", "missing", "submitted"]  # no on-chain verdict
     assert not list(dom.inside("loss-plot", "path", "loss-line"))
-    assert list(dom.inside("loss-plot", "text", "empty"))
+    assert list(dom.inside("loss-plot", None, "empty"))
     verdict = [a for t, a, _ in dom.elements if a.get("id") == "verdict"]
     assert verdict and "ok" in verdict[0]["class"].split()
 
@@ -459,7 +470,7 @@ def test_html_empty_cases_in_chromium(tmp_path: Path, make):
 
 
 def test_cell_states_and_ticks():
-    from node.report_html import ORANGE, PURPLE, cell_state, nice_ticks
+    from node.report_html import ORANGE, PURPLE, cell_state
 
     def contrib(onchain, audit):
         return ContributionAudit(0, WORKERS[0], digest("x"), cid("x"), 1, 1, onchain, audit)
@@ -474,7 +485,31 @@ def test_cell_states_and_ticks():
     assert cell_state(contrib(7, 8), []) == ("discrepancy", ORANGE)  # different reason byte
     assert cell_state(contrib(0, 0), flag) == ("discrepancy", ORANGE)
 
-    ticks, decimals = nice_ticks(4.05, 6.3)
-    assert ticks[0] <= 4.05 and ticks[-1] >= 6.3 and 3 <= len(ticks) <= 8 and decimals == 1
-    ticks, _ = nice_ticks(2.0, 2.0)  # a flat series still gets a range
-    assert ticks[0] < 2.0 < ticks[-1]
+
+
+def test_flat_loss_still_gets_a_scale():
+    from node.report_graphs import loss_svg
+
+    report = three_round_report()
+    for rnd in report.rounds:
+        rnd.parent_val_loss = rnd.merged_val_loss = 2.0
+        for c in rnd.contributions:
+            c.val_loss = 2.0
+    ticks = [float(v) for v in re.findall(r'class="tick ytick" data-value="([^"]+)"', loss_svg(report))]
+    assert len(ticks) >= 3 and ticks[0] < 2.0 < ticks[-1]
+
+
+def test_graph_ids_are_unique_on_the_page():
+    page = render_html(three_round_report())
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)[:5]
+
+
+def test_matplotlib_is_loaded_only_to_render():
+    code = (
+        "import sys, ledger, node.report_html, node.report_text\n"
+        "assert 'matplotlib' not in sys.modules, 'imported at import time'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
