@@ -28,7 +28,9 @@ from .task import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
-REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE)
+REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF)
+PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
 
 
 def _hex(b) -> str:
@@ -38,7 +40,8 @@ def _hex(b) -> str:
 def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True,
               threads: int | None = None) -> AuditReport:
     """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
-    aggregators drew) or all (every segment). ``threads``: torch threads for replays.
+    aggregators drew) or all (every segment; for private data, the drawn ones: no other
+    windows are ever revealed). ``threads``: torch threads for replays.
     ``progress(done, total, label)`` is called per round."""
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {REPLAY_MODES}")
@@ -57,6 +60,8 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "unavailable or invalid", str(e)))
         return _done(report, t0)
     report.merge_rule = ctx.config.policy.merge_rule
+    if replay == "all" and ctx.config.data.private:
+        report.replay = PRIVATE_ALL
     try:
         ctx.load_checkpoint(ctx.genesis)
         report.bytes_verified += ctx.genesis.size + info.config_size
@@ -140,7 +145,10 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if onchain is None:
             continue
         chain_v = onchain[c.index]
-        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE):
+        if chain_v == Verdict.WINDOWS_UNREVEALED and rep.verdict == Verdict.ACCEPTED:
+            continue  # revealed after the quorum's reveal window: whether it was late is not on record
+        if chain_v == Verdict.ACCEPTED and rep.verdict in (Verdict.INTEGRITY, Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE,
+                                                           Verdict.WINDOWS_UNREVEALED):
             check = "integrity" if rep.verdict == Verdict.INTEGRITY else "availability"
             found.append(Discrepancy(r, c.worker, check, f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
             continue
