@@ -106,3 +106,18 @@ def test_cli_data_commit(tmp_path):
     assert out.returncode != 0 and "empty" in out.stderr
     h = _cli("data", "commit", "--help")
     assert "example:" in h.stdout and "ledger data commit" in h.stdout
+
+
+def test_job_config_private_fields_round_trip_and_corpus_configs_unchanged():
+    from ledger.jobconfig import DataRoot, JobConfig
+
+    plain = JobConfig()
+    raw = plain.to_bytes()
+    assert b"roots" not in raw and b"validation_cid" not in raw   # corpus jobs hash as before
+    assert JobConfig.from_bytes(raw).to_bytes() == raw and not JobConfig.from_bytes(raw).data.private
+    cfg = JobConfig()
+    cfg.data.roots = [DataRoot("0x" + "ab" * 32, 1000), DataRoot("0x" + "cd" * 32, 2000)]
+    cfg.data.validation_cid = "QmTest"
+    back = JobConfig.from_bytes(cfg.to_bytes())
+    assert back.data.private and back.data.roots == cfg.data.roots and back.data.validation_cid == "QmTest"
+    assert back.to_bytes() == cfg.to_bytes()

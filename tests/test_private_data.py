@@ -94,6 +94,18 @@ def test_private_data_job_end_to_end_reveals_only_drawn_windows(deployed, tmp_pa
         assert m.group(1) == "0x" + dc.commit(p.read_bytes()).root.hex()
         roots.append(f"{m.group(1)}:{m.group(2)}")
 
+    two = ["--worker", address(workers[0]), "--worker", address(workers[1]), "--aggregator", address(agg)]
+    for bad, says in ([["--data-root", roots[0], "--validation", str(val)], "1 --data-root given for 2 workers"],
+                      [["--data-root", roots[0], "--data-root", roots[1]], "--validation"],
+                      [["--data-root", roots[0].split(":")[0], "--data-root", roots[1], "--validation", str(val)],
+                       "add the length"]):
+        out = env.run(DEV0, "job", "create", *two, *bad, *SHAPE)
+        assert out.returncode != 0 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    corpus_job = env.create_job(workers, [agg])
+    out = env.run(workers[0], "worker", "run", "--job", str(corpus_job), "--data", str(paths[0]), "--no-progress")
+    assert out.returncode != 0 and "--data-root" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
     out = env.run(DEV0, "job", "create", "--worker", address(workers[0]), "--worker", address(workers[1]),
                   "--aggregator", address(agg), "--rounds", "2", "--round-duration", "120",
                   "--proposal-window", "60", "--reveal-window", "20", "--data-root", roots[0], "--data-root", roots[1],
