@@ -117,6 +117,7 @@ def _resolve(settings, names: list[str]) -> list[str]:
 
 
 def _create(args, settings) -> int:
+    roots, validation = _private_data(args)     # bad input fails here, before torch is imported
     setup_logging()
     from ledger.jobconfig import JobConfig
 
@@ -135,7 +136,6 @@ def _create(args, settings) -> int:
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
-    roots, validation = _private_data(args)
     ledger, store, _ = open_role(settings)
     workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
     quorum = args.quorum or len(aggregators) // 2 + 1
@@ -154,6 +154,11 @@ def _private_data(args):
     if args.data_root:
         if args.throughput or args.split != "iid":
             raise LedgerError("--throughput and --split cut the bundled corpus; they do not apply with --data-root")
+        if len(args.data_root) != len(args.worker):
+            raise LedgerError(f"{len(args.data_root)} --data-root given for {len(args.worker)} workers: give one per "
+                              f"worker, in worker order")
+        if not args.validation:
+            raise LedgerError("a job on private data needs the owner's held-out text: add --validation FILE")
         roots = []
         for text in args.data_root:
             root, n = parse_root(text)
