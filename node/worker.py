@@ -267,15 +267,18 @@ class Worker:
         for r, state in self._pending_reveals():
             rd = ctx.ledger.round(ctx.job_id, r)
             subs = ctx.ledger.submissions(ctx.job_id, r)
-            if not any(s.worker.lower() == self.address.lower() for s in subs):
-                continue      # not (yet) on chain: nothing to reveal
-            if rd.status == "open" and len(subs) < len(ctx.info.workers):
+            closed = rd.status != "open" or len(subs) >= len(ctx.info.workers)
+            if not closed:
                 # closed only once the *chain's* clock passes the deadline: a submission that
                 # still lands would change the draw
                 chain = ctx.ledger.chain
-                if chain.block_timestamp(chain.block_number()) <= rd.deadline:
-                    continue
-            self._reveal(r, state, subs)
+                closed = chain.block_timestamp(chain.block_number()) > rd.deadline
+            if not any(s.worker.lower() == self.address.lower() for s in subs):
+                if closed:    # never made it on chain (late): nothing is due, ever
+                    atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": []})
+                continue
+            if closed:
+                self._reveal(r, state, subs)
 
     def _reveal(self, r: int, state: dict, subs) -> None:
         from .rounds import replay_seed

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import signal
 
 import pytest
 
@@ -122,12 +123,18 @@ def test_private_data_job_end_to_end_reveals_only_drawn_windows(deployed, tmp_pa
     out = env.run(workers[0], "worker", "run", "--job", str(job), "--no-progress")
     assert out.returncode != 0 and "--data" in out.stderr and "Traceback" not in out.stderr
 
+    # kill -9 right after its first submission, before it wrote that down: the restart must still reveal
+    crashed = env.spawn(workers[0], "worker", "run", "--job", str(job), "--data", str(paths[0]), "--no-progress",
+                        LEDGER_CRASH_AT="worker:after-submit")
+    assert crashed.wait(timeout=120) == -signal.SIGKILL, log_text(crashed)
+    assert "revealed" not in log_text(crashed)
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--data", str(p), "--no-progress", "--poll", "0.3")
              for k, p in zip(workers, paths)]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 300, "the job to complete", procs)
+    assert "round 1: revealed the windows of drawn segment" in log_text(procs[0])   # after the restart
     for p in procs[:2]:
-        assert "revealed the windows of drawn segment" in log_text(p)
+        assert "round 2: revealed the windows of drawn segment" in log_text(p)
 
     rc, report = _audit(env, job)
     assert rc == 0 and report["ok"], report["discrepancies"]
