@@ -171,7 +171,8 @@ class RoundContext:
 
     def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
         """The segments of this worker's transcript that are replayed: every one in
-        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``."""
+        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``;
+        for private data always the drawn ones (no other segment's windows are revealed)."""
         if not self.replaying():
             return []
         count = int(self.policy.replay_segments)

@@ -103,6 +103,9 @@ def test_private_data_job_end_to_end_reveals_only_drawn_windows(deployed, tmp_pa
         out = env.run(DEV0, "job", "create", *two, *bad, *SHAPE)
         assert out.returncode != 0 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    out = env.run(DEV0, "job", "create", *two, "--data-root", roots[0], "--data-root", roots[1], "--validation", str(val),
+                  "--proposal-window", "60", "--reveal-window", "40", *SHAPE)
+    assert out.returncode != 0 and "at most half the proposal window" in out.stderr, out.stderr
     corpus_job = env.create_job(workers, [agg])
     out = env.run(workers[0], "worker", "run", "--job", str(corpus_job), "--data", str(paths[0]), "--no-progress")
     assert out.returncode != 0 and "--data-root" in out.stderr and "Traceback" not in out.stderr, out.stderr
