@@ -99,7 +99,9 @@ class Worker:
                 if announced != r:
                     log.info("round %d: submitted; waiting for the round to finalize", r)
                     announced = r
-                ctx.wait(self.opt.poll, until=rd.deadline + 1 if self.private else None)
+                # a reveal still due waits for the deadline too (a round can close on it, eventless)
+                due = self.private and bool(self._pending_reveals())
+                ctx.wait(self.opt.poll, until=rd.deadline + 1 if due else None)
                 continue
             if ctx.round_closed(rd):
                 if announced != (r, "late"):
