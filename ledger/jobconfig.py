@@ -71,6 +71,11 @@ class Policy:
     replay_segments: int = 1
     replay_tolerance: float = 1e-2
     max_checkpoint_bytes: int = 256 * 1024 * 1024
+    # Private-data jobs: seconds after a round closes that aggregators wait for the
+    # workers to reveal the windows of their drawn segments (node.privdata) before
+    # judging; a window still missing then is WINDOWS_UNREVEALED. Must sit well inside
+    # the proposal window (checked at job creation).
+    reveal_window: int = 60
 
     def __post_init__(self):
         if self.merge_rule not in MERGE_RULES:
@@ -90,6 +95,14 @@ class ShardSpec:
 
 
 @dataclass
+class DataRoot:
+    """A worker's commitment to its private data (``ledger.datacommit``)."""
+
+    root: str         # 0x-hex of commitment_of(merkle root, length)
+    num_bytes: int
+
+
+@dataclass
 class DataSpec:
     corpus: str = "tinyshakespeare.txt"
     corpus_sha256: str = "0x86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -97,6 +110,18 @@ class DataSpec:
     val_fraction: float = 0.1
     shards: list[ShardSpec] = field(default_factory=list)
     validation: ShardSpec | None = None
+    # Bring-your-own-data jobs: one commitment per worker (worker order) instead of
+    # corpus shards, and the owner's validation text stored at validation_cid. Both
+    # are left out of the canonical bytes when empty, so corpus jobs hash as before.
+    roots: list[DataRoot] = field(default_factory=list)
+    validation_cid: str = ""
+
+    @property
+    def private(self) -> bool:
+        return bool(self.roots)
+
+
+OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
 
 
 @dataclass
@@ -111,7 +136,11 @@ class JobConfig:
     format: str = FORMAT
 
     def to_bytes(self) -> bytes:
-        return canonical_json(asdict(self))
+        d = asdict(self)
+        for k in OPTIONAL_DATA_KEYS:
+            if not d["data"][k]:
+                del d["data"][k]
+        return canonical_json(d)
 
     @property
     def digest(self) -> bytes:

@@ -27,6 +27,9 @@ class Verdict(IntEnum):
     TRANSCRIPT = 12      # no or a malformed training transcript, or a snapshot that breaks the chain of
                          # states (not its committed digest, another contribution's, wrong shape)
     TRANSCRIPT_UNAVAILABLE = 13  # a drawn segment's snapshot could not be fetched from storage
+    WINDOWS_UNREVEALED = 14      # private data: a drawn segment's window bundle was not revealed in time
+    WINDOWS_PROOF = 15           # private data: a revealed window bundle is not the committed one, or its
+                                 # chunks are not the segment's or fail their Merkle proof against the root
 
     @property
     def label(self) -> str:

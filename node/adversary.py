@@ -26,6 +26,13 @@ Training that did not happen as declared, behind a transcript (node.transcript):
   forge        honest final tensors, interpolated snapshots          -> replay
   tamper-snapshot  honest, but one committed snapshot altered by 1%  -> replay, when a segment
                touching it is drawn (2 of the round's segments)
+
+Private data (jobs created with --data-root; node.privdata):
+  other-data   trains on other text of the same length than it committed to, reveals the
+               committed text's windows                                  -> replay
+  bad-proof    honest training; every window bundle carries one altered byte (committed in
+               the manifest as is), so its chunks do not prove against the root -> windows-proof
+  withhold     honest, but never reveals its drawn windows                -> windows-unrevealed
 """
 
 from __future__ import annotations
@@ -51,8 +58,9 @@ from .worker import Worker, WorkerOptions
 log = logging.getLogger("ledger.adversary")
 
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
+PRIVATE_ATTACKS = ("other-data", "bad-proof", "withhold")
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
-           "wrong-seed") + TRANSCRIPT_ATTACKS
+           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -96,6 +104,9 @@ class Adversary(Worker):
     def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
         """The transcript attacks: a round that was not trained as declared, published
         through the honest worker's own publishing and submission code."""
+        if self.attack == "other-data":
+            shard = shard[::-1]        # other text, same length: the same windows' offsets, other bytes
+            log.info("round %d: attack other-data trains on text it did not commit to", r)
         if self.attack not in TRANSCRIPT_ATTACKS:
             return super().training(r, params, shard, seed, progress)
         ctx, cfg, a = self.ctx, self.ctx.config, self.attack
@@ -130,15 +141,38 @@ class Adversary(Worker):
         log.info("round %d: attack %s trained", r, a)
         return res
 
+    def window_bundles(self, r: int, parent: bytes, seed: int) -> list[tuple[int, bytes]]:
+        bundles = super().window_bundles(r, parent, seed)
+        if self.attack != "bad-proof":
+            return bundles
+        import json
+
+        from ledger.jobconfig import canonical_json
+
+        out = []
+        for seg, blob in bundles:
+            d = json.loads(blob)
+            i, h = d["chunks"][0]
+            d["chunks"][0] = [i, bytes([bytes.fromhex(h)[0] ^ 0x20]).hex() + h[2:]]
+            out.append((seg, canonical_json(d)))
+        return out
+
+    def _reveal_due(self) -> None:
+        if self.attack != "withhold":
+            super()._reveal_due()
+
+    def _pending_reveals(self):
+        return [] if self.attack == "withhold" else super()._pending_reveals()
+
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx
-        if self.attack in TRANSCRIPT_ATTACKS:
+        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS:
             return super().work_round(r, parent)
         if self.attack == "copy":
             return self._copy(r, parent)
         if self.attack == "wrong-seed":
             self._seed_offset = 1
-        honest, n, snaps = self._train(r, parent)
+        honest, n, snaps, _ = self._train(r, parent)
         for step, blob in snaps:      # the transcript is published; the attack is elsewhere
             ctx.store.put(blob)
         digest = None
@@ -191,6 +225,7 @@ def _line(start: dict, end: dict, like: list[TrainState], steps: int) -> list[Tr
 def main(argv=None) -> int:
     from ledger.cli.roles import open_role, setup_logging
     from ledger.config import load_settings
+    from ledger.datacommit import read_text_data
 
     from .task import JobContext
 
@@ -199,13 +234,15 @@ def main(argv=None) -> int:
     ap.add_argument("--attack", choices=ATTACKS, required=True)
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--poll", type=float, default=0.5)
+    ap.add_argument("--data", default=None, help="private-data jobs: the text this worker committed to")
     args = ap.parse_args(argv)
     setup_logging()
     settings = load_settings({})
     ledger, store, account = open_role(settings)
     ctx = JobContext.load(ledger, store, args.job)
     adv = Adversary(ctx, account.address, settings.data_dir / "adversary",
-                    WorkerOptions(poll=args.poll, progress=False, max_rounds=args.rounds), attack=args.attack)
+                    WorkerOptions(poll=args.poll, progress=False, max_rounds=args.rounds), attack=args.attack,
+                    data=read_text_data(args.data) if args.data else None)
     adv.run()
     return 0
 

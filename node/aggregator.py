@@ -29,7 +29,7 @@ from ledger.verdicts import Verdict, describe
 
 from . import transcript
 from .faults import crash_point
-from .rounds import judge_round, replay_seed
+from .rounds import drawn_windows, judge_round, replay_seed
 from .task import JobContext
 
 log = logging.getLogger("ledger.aggregator")
@@ -106,6 +106,8 @@ class Aggregator:
                 ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
                 continue
             committed = ctx.ledger.commit_of(ctx.job_id, r, self.address)
+            if committed == b"\0" * 32 and not commits_closed and not self._reveals_in(r, rd):
+                continue
             if committed == b"\0" * 32:
                 if commits_closed:
                     self._say((r, "late"), "round %d: commits closed at %s before we committed: this round "
@@ -125,6 +127,30 @@ class Aggregator:
                     return proposed
             else:
                 ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
+
+    def _reveals_in(self, r: int, rd) -> bool:
+        """Private data: True once every drawn window bundle of the round is in storage,
+        or the reveal window (``policy.reveal_window`` seconds after the round closed, by
+        chain time) has passed; until then, sleep a poll and say False."""
+        ctx = self.ctx
+        if not ctx.config.data.private:
+            return True
+        subs = ctx.ledger.submissions(ctx.job_id, r)
+        if not subs:
+            return True
+        closed_at = (ctx.ledger.chain.block_timestamp(subs[-1].block) if len(subs) >= len(ctx.info.workers)
+                     else rd.deadline)
+        until = closed_at + int(ctx.config.policy.reveal_window)
+        if time.time() > until:
+            return True
+        self._manifests = getattr(self, "_manifests", {})
+        missing = [(w, seg) for w, seg, cid in drawn_windows(ctx, r, subs, self._manifests) if not ctx.store.has(cid)]
+        if not missing:
+            return True
+        self._say((r, "reveal"), "round %d: waiting until %s for %d drawn window bundle(s) to be revealed (%s)", r,
+                  _when(until), len(missing), ", ".join(f"{w[:10]} segment {seg}" for w, seg in missing))
+        time.sleep(self.opt.poll)
+        return False
 
     # ---- the round's outcome, kept on disk ---------------------------------------------
     def _state_file(self, r: int) -> Path:

@@ -28,7 +28,9 @@ from .task import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
-REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE)
+REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF)
+PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
 # Verdicts that depend on the round's other contributions, not on the contribution alone.
 ROUND_RELATIVE = {Verdict.UPDATE_NORM, Verdict.DUPLICATE}
 
@@ -40,7 +42,8 @@ def _hex(b) -> str:
 def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True,
               threads: int | None = None) -> AuditReport:
     """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
-    aggregators drew) or all (every segment). ``threads``: torch threads for replays.
+    aggregators drew) or all (every segment; for private data, the drawn ones: no other
+    windows are ever revealed). ``threads``: torch threads for replays.
     ``progress(done, total, label)`` is called per round."""
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {REPLAY_MODES}")
@@ -59,6 +62,8 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "unavailable or invalid", str(e)))
         return _done(report, t0)
     report.merge_rule = ctx.config.policy.merge_rule
+    if replay == "all" and ctx.config.data.private:
+        report.replay = PRIVATE_ALL
     try:
         ctx.load_checkpoint(ctx.genesis)
         report.bytes_verified += ctx.genesis.size + info.config_size
@@ -157,13 +162,15 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
             found.append(Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
             continue
+        if chain_v == Verdict.WINDOWS_UNREVEALED and rep.verdict == Verdict.ACCEPTED:
+            continue  # revealed after the quorum's reveal window: whether it was late is not on record
         if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
             # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
             report.notes.append(Discrepancy(
                 r, c.worker, "availability", "the drawn transcript snapshots unavailable to the quorum",
                 f"retrievable now ({describe(rep.verdict)})", "availability is a local observation of its time"))
             continue
-        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE):
+        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE, Verdict.WINDOWS_UNREVEALED):
             # Fetched by the quorum, gone now: the record is not shown wrong, but what rests
             # on these bytes cannot be re-checked until someone republishes them.
             if chain_v == Verdict.ACCEPTED:

@@ -9,7 +9,8 @@ from ledger import checkpoint
 from ledger.cid import cid_to_chain
 from ledger.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
 from ledger.digest import to_hex
-from ledger.jobconfig import JobConfig
+from ledger.errors import LedgerError
+from ledger.jobconfig import DataRoot, JobConfig, ShardSpec
 
 from . import data as datamod
 from .model import GPTConfig, init_params
@@ -42,6 +43,40 @@ def prepare_config(config: JobConfig, num_workers: int, throughputs: list[float]
     return config
 
 
+def _own_validation(config: JobConfig, validation: bytes, store) -> None:
+    if len(validation) <= config.model.block_size + 1:
+        raise LedgerError(f"the validation text is {len(validation)} bytes; it needs more than a window "
+                          f"({config.model.block_size + 1} bytes)")
+    obj = store.put(validation)
+    store.pin(obj.cid)
+    config.data.validation = ShardSpec(0, to_hex(obj.digest), len(validation))
+    config.data.validation_cid = obj.cid
+
+
+def private_config(config: JobConfig, workers: list[str], data_roots, validation: bytes | None, store,
+                   proposal_window: int) -> JobConfig:
+    """A bring-your-own-data config: the workers' commitments instead of corpus shards."""
+    if len(data_roots) != len(workers):
+        raise LedgerError(f"{len(data_roots)} --data-root given for {len(workers)} workers: give one per worker, "
+                          f"in worker order")
+    if validation is None:
+        raise LedgerError("a job on private data needs the owner's held-out text: add --validation FILE")
+    for w, (root, n) in zip(workers, data_roots):
+        if n is None or n <= config.model.block_size + 1:
+            raise LedgerError(f"worker {w}: committed data of {n} bytes is too short for windows of "
+                              f"{config.model.block_size + 1} bytes")
+    window = int(config.policy.reveal_window)
+    if not 0 < 2 * window <= int(proposal_window):
+        raise LedgerError(f"the reveal window ({window}s) must be positive and at most half the proposal window "
+                          f"({proposal_window}s): aggregators judge after it and must still commit in time")
+    d = config.data
+    d.shards, d.split = [], "private"
+    d.corpus, d.corpus_sha256 = "", ""
+    d.roots = [DataRoot(to_hex(root), int(n)) for root, n in data_roots]
+    _own_validation(config, validation, store)
+    return config
+
+
 def create_job(
     ledger,
     store,
@@ -54,8 +89,18 @@ def create_job(
     min_submissions: int,
     throughputs: list[float] | None = None,
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW,
+    data_roots: list[tuple[bytes, int]] | None = None,
+    validation: bytes | None = None,
 ) -> CreatedJob:
-    config = prepare_config(config, len(workers), throughputs)
+    """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
+    commit``: each worker trains on its own private text (node.privdata). ``validation``:
+    the owner's held-out text, stored and committed in the config (needed with roots)."""
+    if data_roots:
+        config = private_config(config, workers, data_roots, validation, store, proposal_window)
+    else:
+        config = prepare_config(config, len(workers), throughputs)
+        if validation is not None:
+            _own_validation(config, validation, store)
     raw_config = config.to_bytes()
     cfg_obj = store.put(raw_config)
     params = init_params(GPTConfig.from_spec(config.model), config.seed)

@@ -61,6 +61,35 @@ def replay_seed(ledger, submissions) -> bytes:
     return bytes(ledger.block_hash(submissions[-1].block))
 
 
+def drawn_windows(ctx: JobContext, r: int, submissions, cache: dict | None = None) -> list[tuple[str, int, str]]:
+    """Private-data jobs: (worker, segment, CID) of every window bundle the verifiers'
+    draw needs from round ``r``'s submissions. A checkpoint that cannot be fetched or
+    has no valid manifest needs none (verification rejects it on its own).
+    ``cache`` maps a checkpoint digest to its manifest across calls."""
+    from . import transcript as tx
+
+    cfg = ctx.config
+    cache = {} if cache is None else cache
+    seed = replay_seed(ctx.ledger, submissions)
+    out = []
+    for s in submissions:
+        if s.digest not in cache:
+            try:
+                raw = ctx.store.get(ctx.cid(s.cid, s.size), s.digest, max_size=cfg.policy.max_checkpoint_bytes)
+                meta = checkpoint.read_meta(raw, max_size=cfg.policy.max_checkpoint_bytes)
+                cache[s.digest] = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=cfg.policy.segment_steps,
+                                                   max_size=cfg.policy.max_checkpoint_bytes, private=True)
+            except Exception:  # noqa: BLE001 - hostile or missing: the verification decides its verdict
+                cache[s.digest] = None
+        m = cache[s.digest]
+        if m is None:
+            continue
+        n = len(m.windows)
+        for seg in tx.draw_segments(seed, ctx.job_id, r, s.worker, n, cfg.policy.replay_segments):
+            out.append((s.worker.lower(), seg, m.windows[seg].cid))
+    return out
+
+
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
                        stages: set[str] | None = None, threads: int | None = None,
                        withheld: set[int] = frozenset()) -> Verified:
@@ -91,6 +120,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         parent_params=parent_params,
         validation=ctx.validation,
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
+        data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=cfg.policy.max_checkpoint_bytes),
         replay_seed=replay_seed(ctx.ledger, submissions),
         replay_mode=replay,

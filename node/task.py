@@ -19,7 +19,7 @@ import numpy as np
 from ledger import checkpoint
 from ledger.chain import redact_url
 from ledger.cid import cid_from_chain
-from ledger.digest import sha256_bytes, to_hex
+from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ChainUnreachable, LedgerError
 from ledger.jobconfig import JobConfig, ShardSpec
 
@@ -173,10 +173,24 @@ class JobContext:
         return datamod.make_split(corpus, len(d.shards), mode=d.split, val_fraction=d.val_fraction, sizes=sizes)
 
     def shard(self, index: int) -> bytes:
+        if self.config.data.private:
+            raise LedgerError(f"job {self.job_id} trains on private data: worker {index}'s text is on its own "
+                              f"machine only (verifiers replay from the windows it reveals)")
         return _checked(self._split.shards[index], self.config.data.shards[index], f"shard {index}")
+
+    def data_root(self, index: int) -> tuple[bytes, int]:
+        """Worker ``index``'s committed (root, length) in a private-data job."""
+        r = self.config.data.roots[index]
+        return from_hex(r.root), int(r.num_bytes)
 
     @cached_property
     def validation(self) -> bytes:
+        d = self.config.data
+        if d.validation_cid:   # the owner's own held-out text, stored with the config
+            if d.validation is None:
+                raise LedgerError(f"job {self.job_id}: the config names validation {d.validation_cid} but not its digest")
+            raw = self.store.get(d.validation_cid, from_hex(d.validation.sha256), max_size=d.validation.num_bytes)
+            return _checked(raw, d.validation, "validation text")
         return _checked(self._split.validation, self.config.data.validation, "validation split")
 
     def worker_index(self, address: str) -> int:

@@ -70,24 +70,36 @@ class SnapshotRef:
 class Manifest:
     segment_steps: int
     snapshots: tuple[SnapshotRef, ...]
+    # Private-data jobs: one window bundle per segment (node.privdata), ``step`` holding
+    # the segment's index. Committed at training time, stored only when drawn.
+    windows: tuple[SnapshotRef, ...] = ()
 
     def to_json(self) -> str:
-        return canonical_json({
-            "segment_steps": self.segment_steps,
-            "snapshots": [{"step": s.step, "digest": to_hex(s.digest), "cid": s.cid, "size": s.size}
-                          for s in self.snapshots],
-        }).decode()
+        d = {"segment_steps": self.segment_steps, "snapshots": [_ref_json(s) for s in self.snapshots]}
+        if self.windows:
+            d["windows"] = [{**_ref_json(w), "segment": w.step} for w in self.windows]
+            for w in d["windows"]:
+                del w["step"]
+        return canonical_json(d).decode()
 
 
-def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], import_options) -> Manifest:
-    """The manifest of encoded snapshots (step, bytes): each one's digest, size and the
-    CID a store with ``import_options`` gives it, computed here without storing it."""
+def _ref_json(s: SnapshotRef) -> dict:
+    return {"step": s.step, "digest": to_hex(s.digest), "cid": s.cid, "size": s.size}
+
+
+def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], import_options,
+                   windows: list[tuple[int, bytes]] = ()) -> Manifest:
+    """The manifest of encoded snapshots (step, bytes) and window bundles (segment,
+    bytes): each one's digest, size and the CID a store with ``import_options`` gives
+    it, computed here without storing it."""
     from ledger.cid import cid_of_bytes
     from ledger.digest import sha256_bytes
 
-    return Manifest(int(segment_steps), tuple(
-        SnapshotRef(step, sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
-        for step, blob in snapshots))
+    def refs(items):
+        return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
+                     for k, blob in items)
+
+    return Manifest(int(segment_steps), refs(snapshots), refs(windows))
 
 
 def segment_bounds(steps: int, segment_steps: int) -> list[tuple[int, int]]:
@@ -103,8 +115,10 @@ def inner_boundaries(steps: int, segment_steps: int) -> list[int]:
     return [end for _, end in segment_bounds(steps, segment_steps)[:-1]]
 
 
-def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, max_size: int) -> Manifest:
-    """Parse and check a checkpoint's manifest against the job's schedule."""
+def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, max_size: int,
+                  private: bool = False) -> Manifest:
+    """Parse and check a checkpoint's manifest against the job's schedule (and, for a
+    private-data job, its window bundles: one per segment, in order)."""
     raw = meta.get(MANIFEST_KEY)
     if raw is None:
         raise TranscriptError("the checkpoint commits to no training transcript")
@@ -115,6 +129,10 @@ def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, ma
         if not isinstance(k, int) or not isinstance(refs, list):
             raise TypeError("wrong field types")
         snaps = tuple(_ref(s, max_size) for s in refs)
+        wins = d.get("windows", [])
+        if not isinstance(wins, list) or not all(isinstance(w, dict) for w in wins):
+            raise TypeError("windows must be a list of entries")
+        windows = tuple(_ref({**w, "step": w.get("segment")}, max_size) for w in wins)
     except (ValueError, KeyError, TypeError) as e:
         raise TranscriptError(f"the transcript manifest is malformed ({e})") from None
     if k != int(segment_steps):
@@ -123,7 +141,13 @@ def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, ma
     got = [s.step for s in snaps]
     if got != want:
         raise TranscriptError(f"the transcript snapshots steps {got}, the job's schedule needs {want}")
-    return Manifest(k, snaps)
+    n = len(want) + 1
+    if private and [w.step for w in windows] != list(range(n)):
+        raise TranscriptError(f"the transcript commits to window bundles of segments {[w.step for w in windows]}, "
+                              f"a private-data job needs one for each of its {n} segments")
+    if not private and windows:
+        raise TranscriptError("the transcript commits to window bundles, but the job trains on public shards")
+    return Manifest(k, snaps, windows)
 
 
 def _ref(s, max_size: int) -> SnapshotRef:

@@ -20,6 +20,9 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
   each drawn segment's snapshots fetched                          TRANSCRIPT_UNAVAILABLE
     ... and matching their committed digests and this
     contribution (job, round, worker, parent, step, tensors)      TRANSCRIPT
+  private data: each drawn segment's window bundle fetched        WINDOWS_UNREVEALED
+    ... matching its committed digest, revealing exactly the
+    segment's chunks, each proven against the worker's root       WINDOWS_PROOF
   each drawn segment replayed from its start lands within
     replay_tolerance of its published end                         REPLAY
     -- last --
@@ -125,6 +128,9 @@ class RoundContext:
       contribution: what aggregators run), "none", or "all" (every segment: audit).
     - ``replay_threads`` / ``replay_device``: where this verifier replays (its own
       choice: honest segments replay within the tolerance on any kernel path).
+    - ``data_root_of(worker) -> (root, length)``: set for private-data jobs: replays
+      then run on the windows the worker revealed (``node.privdata``), never on
+      ``shard_of``; "all" mode replays the drawn segments only (nothing else is revealed).
     - ``stages``: the subset of ``STAGES`` that runs; ``None`` = all.
     - ``evaluate``: defaults to ``node.train.evaluate``; injectable for benchmarks.
     """
@@ -144,6 +150,7 @@ class RoundContext:
     replay_device: str | None = None
     stages: Iterable[str] | None = None
     evaluate: Callable[..., float] | None = None
+    data_root_of: Callable[[str], tuple[bytes, int]] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -164,10 +171,13 @@ class RoundContext:
 
     def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
         """The segments of this worker's transcript that are replayed: every one in
-        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``."""
+        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``;
+        for private data always the drawn ones (no other segment's windows are revealed)."""
         if not self.replaying():
             return []
-        count = n_segments if self.replay_mode == "all" else int(self.policy.replay_segments)
+        count = int(self.policy.replay_segments)
+        if self.replay_mode == "all" and self.data_root_of is None:
+            count = n_segments
         return tx.draw_segments(self.replay_seed, self.job_id, self.round, worker, n_segments, count)
 
     @property
@@ -545,18 +555,20 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
     """Replay the drawn segments of the contribution's transcript (node.transcript)."""
     cfg, policy, c = ctx.config, ctx.policy, report.contribution
     cap = int(policy.max_checkpoint_bytes)
+    private = ctx.data_root_of is not None
     try:
-        manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap)
+        manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap,
+                                    private=private)
     except tx.TranscriptError as e:
         raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
     bounds = tx.segment_bounds(cfg.train.steps, policy.segment_steps)
     chosen = ctx.segments_to_replay(c.worker, len(bounds))
     report.metrics["replay_segments"] = chosen
-    if ctx.shard_of is None or ctx.fetch_object is None:
+    if (ctx.shard_of is None and not private) or ctx.fetch_object is None:
         raise ValueError("RoundContext.shard_of and fetch_object are needed for the replay stage")
     train = _node_train()
-    shard = ctx.shard_of(c.worker.lower())
     seed = train.derive_seed(cfg.seed, ctx.job_id, ctx.round, c.worker)
+    shard = None if private else ctx.shard_of(c.worker.lower())
     snapshots: dict[int, tx.TrainState] = {}
 
     def state_at(i: int) -> tx.TrainState:
@@ -571,6 +583,8 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
 
     worst = 0.0
     for i in chosen:
+        if private:    # the revealed windows first: no snapshot is fetched for a segment without them
+            shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
         start, end = state_at(i), state_at(i + 1)
         replayed, _, _ = train.train_steps(cfg.model, cfg.train, start, shard, seed, end.step,
                                            threads=ctx.replay_threads, device=ctx.replay_device)
@@ -592,6 +606,25 @@ def _snapshot(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, cap: int)
         return tx.decode_snapshot(data, cid=ref.cid, expect_meta=link, like=ctx.parent_params, max_size=cap)
     except tx.TranscriptError as e:
         raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
+
+
+def _revealed_windows(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, segment: int, seed: int,
+                      bounds: tuple[int, int]) -> bytes:
+    """The sparse shard segment ``segment`` replays on: its revealed window bundle,
+    checked against the manifest's digest and, chunk by chunk, the worker's root."""
+    from . import privdata
+
+    what = f"the window bundle of segment {segment}: "
+    data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
+                          missing=Verdict.WINDOWS_UNREVEALED, mismatch=Verdict.WINDOWS_PROOF, what=what)
+    root, length = ctx.data_root_of(c.worker.lower())
+    cfg = ctx.config
+    want = privdata.segment_chunks(seed, bounds[0], bounds[1], length, cfg.model.block_size, cfg.train.batch_size)
+    meta = privdata.bundle_meta(ctx.job_id, ctx.round, c.worker, ctx.parent_digest, segment)
+    try:
+        return privdata.open_bundle(data, expect_meta=meta, root=root, length=length, want_chunks=want)
+    except privdata.BundleError as e:
+        raise _Reject(Verdict.WINDOWS_PROOF, f"segment {segment}: {e}") from None
 
 
 def _node_train():

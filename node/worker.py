@@ -7,6 +7,13 @@ digest and CID, so the one on-chain digest commits to all of them. Snapshots are
 published with the checkpoint, before the submission: a verifier can replay any
 segment at any time later without the worker being online.
 
+Private-data jobs (``node.privdata``): the worker trains on its own text, whose
+commitment is in the job config, and builds one window bundle per segment (the
+chunks the segment's windows read, with their Merkle proofs), committed in the
+manifest but kept on disk. Once its round closes it computes the verifiers' draw
+and stores exactly the drawn bundles (the *reveal*), then moves on; the state
+file records the reveal, so a restart reveals what is still due.
+
 Crash-safe by construction: the chain says what was submitted (``hasSubmitted``),
 and local state (``<data>/worker/job-J/<address>/round-R.json`` plus the checkpoint
 and snapshot files) is written atomically after each step, so a restart after
@@ -22,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic, checkpoint
+from ledger import datacommit as dc
 from ledger.cid import cid_to_chain
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
 
+from . import privdata
 from . import train as trainmod
 from . import transcript as tx
 from .faults import crash_point
@@ -44,12 +53,33 @@ class WorkerOptions:
 
 
 class Worker:
-    def __init__(self, ctx: JobContext, address: str, state_dir: Path, options: WorkerOptions | None = None):
+    def __init__(self, ctx: JobContext, address: str, state_dir: Path, options: WorkerOptions | None = None,
+                 data: bytes | None = None):
         self.ctx = ctx
         self.address = address
         self.index = ctx.worker_index(address)
         self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
         self.opt = options or WorkerOptions()
+        self.private = ctx.config.data.private
+        self.data = self._checked_data(data)
+
+    def _checked_data(self, data: bytes | None) -> bytes | None:
+        """The worker's own text, if the job trains on private data: exactly what it committed to."""
+        job = self.ctx.job_id
+        if not self.private:
+            if data is not None:
+                raise LedgerError(f"job {job} trains on shards of the bundled corpus; --data is for jobs created "
+                                  f"with --data-root")
+            return None
+        if data is None:
+            raise LedgerError(f"job {job} trains on private data: give this worker's text with --data PATH")
+        root, n = self.ctx.data_root(self.index)
+        got = dc.commit(data) if data else None
+        if got is None or got.root != root or got.length != n:
+            have = f"{to_hex(got.root)} ({got.length} bytes)" if got else "nothing (empty data)"
+            raise LedgerError(f"--data has root {have} but job {job} committed worker {self.address} to root "
+                              f"{to_hex(root)} ({n} bytes): point --data at the text you committed")
+        return bytes(data)
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> int:
@@ -62,6 +92,7 @@ class Worker:
         log.info("worker %s on job %d (shard %d)", self.address, ctx.job_id, self.index)
         while True:
             info = ctx.refresh()
+            self._reveal_due()
             if info.completed:
                 log.info("job %d is complete; worker exits", ctx.job_id)
                 return submitted
@@ -72,7 +103,9 @@ class Worker:
                 if announced != r:
                     log.info("round %d: submitted; waiting for the round to finalize", r)
                     announced = r
-                ctx.wait(self.opt.poll)
+                # a reveal still due waits for the deadline too (a round can close on it, eventless)
+                due = self.private and bool(self._pending_reveals())
+                ctx.wait(self.opt.poll, until=rd.deadline + 1 if due else None)
                 continue
             if ctx.round_closed(rd):
                 if announced != (r, "late"):
@@ -83,6 +116,7 @@ class Worker:
             if self.work_round(r, rd.parent):
                 submitted += 1
                 if self.opt.max_rounds is not None and submitted >= self.opt.max_rounds:
+                    self._finish_reveals()
                     return submitted
 
     def work_round(self, r: int, parent: bytes) -> bool:
@@ -98,13 +132,17 @@ class Worker:
             log.warning("round %d: local checkpoint or snapshots do not match their recorded digests; training again", r)
             state = {}
         if state.get("status") not in ("trained", "published", "submitted"):
-            data, num_samples, snaps = self._train(r, parent)
+            data, num_samples, snaps, bundles = self._train(r, parent)
             for (step, blob) in snaps:
                 atomic.write_bytes(self._snap_file(r, step), blob)
+            for (seg, blob) in bundles:
+                atomic.write_bytes(self._bundle_file(r, seg), blob)
             atomic.write_bytes(ckpt_file, data)
             state = {"status": "trained", "parent": to_hex(parent), "digest": to_hex(sha256_bytes(data)),
                      "num_samples": num_samples, "size": len(data),
                      "snapshots": {str(step): to_hex(sha256_bytes(blob)) for step, blob in snaps}}
+            if bundles:
+                state["windows"] = {str(seg): to_hex(sha256_bytes(blob)) for seg, blob in bundles}
             atomic.write_json(state_file, state)
             crash_point("worker:after-train")
         if state["status"] == "trained":
@@ -119,14 +157,15 @@ class Worker:
         return self._submit(r, parent, state)
 
     # --- steps -----------------------------------------------------------------------
-    def _train(self, r: int, parent: bytes) -> tuple[bytes, int, list[tuple[int, bytes]]]:
+    def _train(self, r: int, parent: bytes) -> tuple[bytes, int, list[tuple[int, bytes]], list[tuple[int, bytes]]]:
         """Train round ``r``: the checkpoint bytes (its metadata holds the transcript's
-        manifest), the sample count, and the encoded snapshots as (step, bytes)."""
+        manifest), the sample count, the encoded snapshots as (step, bytes) and, for
+        private data, the window bundles as (segment, bytes)."""
         ctx, cfg = self.ctx, self.ctx.config
         parent_loc: Located = ctx.locate_model(parent, before_round=r)
         params, _ = ctx.load_checkpoint(parent_loc)
         log.info("round %d: parent %s verified (sha256 %s)", r, parent_loc.cid, to_hex(parent))
-        shard = ctx.shard(self.index)
+        shard = self.data if self.private else ctx.shard(self.index)
         seed = trainmod.derive_seed(cfg.seed, ctx.job_id, r, self.address) + getattr(self, "_seed_offset", 0)
         bar = _progress_bar(cfg.train.steps, f"round {r}", enabled=self.opt.progress)
 
@@ -144,9 +183,16 @@ class Worker:
                  r, m["steps"], m["device"], m["loss_start"], m["loss_end"], m["seconds"])
         snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step)))
                  for s in result.snapshots]
-        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options)
+        bundles = self.window_bundles(r, parent, seed) if self.private else []
+        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles)
         meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
-        return checkpoint.encode(result.params, meta), int(m["samples"]), snaps
+        return checkpoint.encode(result.params, meta), int(m["samples"]), snaps, bundles
+
+    def window_bundles(self, r: int, parent: bytes, seed: int) -> list[tuple[int, bytes]]:
+        """One bundle per segment of the committed text's windows (a Byzantine worker overrides this)."""
+        ctx = self.ctx
+        return privdata.all_bundles(ctx.config, self.data, seed,
+                                    lambda i: privdata.bundle_meta(ctx.job_id, r, self.address, parent, i))
 
     def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
         """The round's training and its transcript (a Byzantine worker overrides this)."""
@@ -158,10 +204,14 @@ class Worker:
     def _snap_file(self, r: int, step: int) -> Path:
         return self.dir / f"round-{r}.step-{step}.snapshot"
 
+    def _bundle_file(self, r: int, segment: int) -> Path:
+        return self.dir / f"round-{r}.windows-{segment}.bundle"
+
     def _local_files_intact(self, state: dict, ckpt_file: Path) -> bool:
         files = [(ckpt_file, state.get("digest"))]
         r = int(ckpt_file.stem.split("-")[1])
         files += [(self._snap_file(r, int(step)), d) for step, d in state.get("snapshots", {}).items()]
+        files += [(self._bundle_file(r, int(seg)), d) for seg, d in state.get("windows", {}).items()]
         return all(f.exists() and to_hex(sha256_bytes(f.read_bytes())) == d for f, d in files)
 
     def _publish_snapshots(self, r: int, state: dict) -> None:
@@ -203,9 +253,75 @@ class Worker:
     def _forget_older(self, r: int) -> None:
         """Checkpoints of rounds before r are published and on chain: drop the local copies."""
         for p in self.dir.glob("round-*"):
-            m = re.match(r"round-(\d+)\.(safetensors|step-\d+\.snapshot)$", p.name)
+            m = re.match(r"round-(\d+)\.(safetensors|step-\d+\.snapshot|windows-\d+\.bundle)$", p.name)
             if m and int(m.group(1)) < r:
                 p.unlink(missing_ok=True)
+
+
+    # --- the reveal (private data) -------------------------------------------------------
+    def _pending_reveals(self) -> list[tuple[int, dict]]:
+        out = []
+        for f in sorted(self.dir.glob("round-*.json")):
+            m = re.match(r"round-(\d+)\.json$", f.name)
+            state = atomic.read_json(f, {}) or {}
+            # "published" too: a kill between the submission and the state write leaves it so
+            if m and state.get("windows") and state.get("status") in ("published", "submitted") \
+                    and "revealed" not in state:
+                out.append((int(m.group(1)), state))
+        return out
+
+    def _reveal_due(self) -> None:
+        """Reveal the drawn window bundles of every submitted round that has closed."""
+        if not self.private:
+            return
+        ctx = self.ctx
+        for r, state in self._pending_reveals():
+            rd = ctx.ledger.round(ctx.job_id, r)
+            subs = ctx.ledger.submissions(ctx.job_id, r)
+            closed = rd.status != "open" or len(subs) >= len(ctx.info.workers)
+            if not closed:
+                # closed only once the *chain's* clock passes the deadline: a submission that
+                # still lands would change the draw
+                chain = ctx.ledger.chain
+                closed = chain.block_timestamp(chain.block_number()) > rd.deadline
+            if not any(s.worker.lower() == self.address.lower() for s in subs):
+                if closed:    # never made it on chain (late): nothing is due, ever
+                    atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": []})
+                continue
+            if closed:
+                self._reveal(r, state, subs)
+
+    def _reveal(self, r: int, state: dict, subs) -> None:
+        from .rounds import replay_seed
+
+        ctx, cfg = self.ctx, self.ctx.config
+        n = len(tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps))
+        drawn = tx.draw_segments(replay_seed(ctx.ledger, subs), ctx.job_id, r, self.address, n,
+                                 cfg.policy.replay_segments)
+        for seg in drawn:
+            f = self._bundle_file(r, seg)
+            want = state["windows"].get(str(seg))
+            if not f.exists():
+                log.error("round %d: the window bundle of drawn segment %d is gone from %s: cannot reveal it", r, seg, f)
+                continue
+            obj = ctx.store.put(f.read_bytes())
+            if to_hex(obj.digest) != want:
+                log.error("round %d: the window bundle of segment %d changed on disk since training: not revealed", r, seg)
+                continue
+            ctx.store.pin(obj.cid)
+        crash_point("worker:after-reveal")
+        atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": drawn})
+        log.info("round %d: revealed the windows of drawn segment(s) %s (%d of %d); the rest stay on this machine",
+                 r, ",".join(map(str, drawn)), len(drawn), n)
+
+    def _finish_reveals(self) -> None:
+        """Stay until every submitted round's draw is revealed (or its round is long gone)."""
+        while self.private and self._pending_reveals():
+            info = self.ctx.refresh()
+            self._reveal_due()
+            if info.completed or not self._pending_reveals():
+                break
+            self.ctx.wait(self.opt.poll)
 
 
 def _tx_hex(receipt) -> str:
@@ -219,6 +335,7 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=not enabled or None, leave=False, dynamic_ncols=True)
 
 
-def run_worker(ledger, store, job_id: int, account_address: str, state_dir: Path, options: WorkerOptions | None = None) -> int:
+def run_worker(ledger, store, job_id: int, account_address: str, state_dir: Path, options: WorkerOptions | None = None,
+               data: bytes | None = None) -> int:
     ctx = JobContext.load(ledger, store, job_id)
-    return Worker(ctx, account_address, state_dir, options).run()
+    return Worker(ctx, account_address, state_dir, options, data=data).run()

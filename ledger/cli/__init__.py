@@ -25,6 +25,7 @@ GROUPS = [
     "ledger.cli.compile_cmd",     # compile [--check]
     "ledger.cli.account_cmds",    # account new|list
     "ledger.cli.storage_cmds",    # ipfs up|down|status, store put|get|verify
+    "ledger.cli.data_cmds",       # data commit
     "ledger.cli.job_cmds",        # job create, worker run
     "ledger.cli.aggregator_cmds", # aggregator run
     "ledger.cli.audit_cmds",      # history, audit
@@ -36,6 +37,7 @@ examples:
   ledger chain up                      start the local chain (state kept in .ledger/chain)
   ledger deploy                        deploy TrainingLedger and record where
   ledger account new --name w0         an encrypted keystore account (prompts for a password)
+  ledger data commit notes.txt         a worker's commitment to its private text
   ledger job create --worker w0 --worker w1 --aggregator a0 --quorum 1
                                        create a training job, prints `job <id>`
   ledger --account w0 worker run --job 1

@@ -32,7 +32,8 @@ def register(sub) -> None:
     )
     add_job_arg(p)
     p.add_argument("--replay", choices=["none", "sample", "all"], default="sample",
-                   help="transcript segments to replay: none, the ones the aggregators drew (default), or all")
+                   help="transcript segments to replay: none, the ones the aggregators drew (default), or all "
+                        "(for a private-data job: the drawn ones, the only ones whose windows were revealed)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for replays (default: the job's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")

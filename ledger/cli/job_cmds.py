@@ -15,11 +15,25 @@ def register(sub) -> None:
         description=(
             "Build the job config (model, shards, hyperparameters, verification policy, merge rule),\n"
             "store it and the genesis checkpoint, and create the job on chain. Prints `job <id>`.\n"
-            "Workers and aggregators are addresses or keystore account names."
+            "Workers and aggregators are addresses or keystore account names.\n\n"
+            "Bring your own data: each worker runs `ledger data commit FILE` on its own text and\n"
+            "hands the owner `0x<root>:<bytes>`; give one --data-root per worker, in worker order,\n"
+            "and --validation with the owner's held-out text (stored and committed in the config).\n"
+            "Without --data-root the workers get shards of the bundled corpus (the demo).\n\n"
+            "  ledger job create --worker w0 --worker w1 --aggregator a0 \\\n"
+            "      --data-root 0x6c1e…:48213 --data-root 0x09af…:51002 --validation heldout.txt"
         ),
     )
     p.add_argument("--worker", action="append", required=True, metavar="ADDR|NAME", help="a worker (repeat; shard i goes to the i-th)")
     p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
+    p.add_argument("--data-root", action="append", default=None, metavar="0xROOT:BYTES",
+                   help="a worker's data commitment from `ledger data commit` (repeat, in worker order): "
+                        "that worker trains on its own private text")
+    p.add_argument("--validation", metavar="FILE", default=None,
+                   help="the owner's held-out text, stored and committed in the config (needed with --data-root)")
+    p.add_argument("--reveal-window", type=int, default=None, metavar="S",
+                   help="private data: seconds aggregators wait after a round closes for the drawn windows "
+                        "(default 60; at most half the proposal window)")
     p.add_argument("--quorum", type=int, default=None,
                    help="aggregators that must agree: a strict majority of them (default: the smallest majority)")
     p.add_argument("--rounds", type=int, default=3, help="number of rounds (default 3)")
@@ -61,15 +75,21 @@ def register(sub) -> None:
     p.set_defaults(handler=None, group_parser=p)
     r = add_command(
         ws, "run", "wait for each open round, fetch and verify the parent, train, publish, submit", _worker,
-        "ledger --account w0 worker run --job 1",
+        "ledger --account w0 worker run --job 1 --data notes.txt",
         description=(
             "Runs until the job completes. Each round it publishes the checkpoint and its training\n"
             "transcript (the whole training state every segment_steps steps), which verifiers replay\n"
             "in drawn segments. Safe to kill at any point: a restart resumes without submitting twice\n"
-            "and without losing a finished checkpoint."
+            "and without losing a finished checkpoint.\n\n"
+            "Private-data jobs (--data PATH): after each round closes the worker stays to reveal the\n"
+            "windows of the segments the verifiers drew, with their Merkle proofs; nothing else of\n"
+            "PATH ever leaves this machine."
         ),
     )
     add_job_arg(r)
+    r.add_argument("--data", metavar="PATH", default=None,
+                   help="private-data jobs: this worker's text (a file or a folder, as given to `ledger data commit`); "
+                        "refused unless it matches the root committed in the job")
     r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
     r.add_argument("--rounds", type=int, default=None, help="stop after submitting this many rounds")
     r.add_argument("--threads", type=int, default=None, help="torch threads for training (default: the job's)")
@@ -97,6 +117,7 @@ def _resolve(settings, names: list[str]) -> list[str]:
 
 
 def _create(args, settings) -> int:
+    roots, validation = _private_data(args)     # bad input fails here, before torch is imported
     setup_logging()
     from ledger.jobconfig import JobConfig
 
@@ -111,6 +132,7 @@ def _create(args, settings) -> int:
         ("krum_f", cfg.policy, "krum_f"), ("max_update_norm", cfg.policy, "max_update_norm"),
         ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("segment_steps", cfg.policy, "segment_steps"),
         ("replay_segments", cfg.policy, "replay_segments"), ("replay_tolerance", cfg.policy, "replay_tolerance"),
+        ("reveal_window", cfg.policy, "reveal_window"),
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
@@ -118,9 +140,40 @@ def _create(args, settings) -> int:
     workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
-                     args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window)
+                     args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
+                     data_roots=roots, validation=validation)
     print(describe(job))
     return 0
+
+
+def _private_data(args):
+    from ..datacommit import parse_root
+    from ..errors import LedgerError
+
+    roots = None
+    if args.data_root:
+        if args.throughput or args.split != "iid":
+            raise LedgerError("--throughput and --split cut the bundled corpus; they do not apply with --data-root")
+        if len(args.data_root) != len(args.worker):
+            raise LedgerError(f"{len(args.data_root)} --data-root given for {len(args.worker)} workers: give one per "
+                              f"worker, in worker order")
+        if not args.validation:
+            raise LedgerError("a job on private data needs the owner's held-out text: add --validation FILE")
+        roots = []
+        for text in args.data_root:
+            root, n = parse_root(text)
+            if n is None:
+                raise LedgerError(f"--data-root {text}: add the length, 0x<root>:<bytes>, as `ledger data commit` prints it")
+            roots.append((root, n))
+    validation = None
+    if args.validation:
+        from pathlib import Path
+
+        try:
+            validation = Path(args.validation).read_bytes()
+        except OSError as e:
+            raise LedgerError(f"--validation {args.validation}: cannot read it ({e.strerror})") from None
+    return roots, validation
 
 
 def _worker(args, settings) -> int:
@@ -128,8 +181,13 @@ def _worker(args, settings) -> int:
     from node.worker import WorkerOptions, run_worker
 
     ledger, store, account = open_role(settings)
+    data = None
+    if args.data:
+        from ..datacommit import read_text_data
+
+        data = read_text_data(args.data)
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
                    WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds,
-                                 threads=args.threads, device=args.device))
+                                 threads=args.threads, device=args.device), data=data)
     print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
     return 0
