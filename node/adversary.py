@@ -189,7 +189,7 @@ def _line(start: dict, end: dict, like: list[TrainState], steps: int) -> list[Tr
 
 
 def main(argv=None) -> int:
-    from ledger.cli.roles import open_role, setup_logging
+    from ledger.party import open_party, setup_logging
     from ledger.config import load_settings
 
     from .task import JobContext
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     settings = load_settings({})
-    ledger, store, account = open_role(settings)
+    ledger, store, account = open_party(settings)
     ctx = JobContext.load(ledger, store, args.job)
     adv = Adversary(ctx, account.address, settings.data_dir / "adversary",
                     WorkerOptions(poll=args.poll, progress=False, max_rounds=args.rounds), attack=args.attack)
