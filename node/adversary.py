@@ -41,7 +41,6 @@ from dataclasses import replace
 import numpy as np
 
 from ledger import checkpoint
-from ledger.cid import cid_to_chain
 from ledger.digest import sha256_bytes, to_hex
 
 from . import train as trainmod
@@ -160,7 +159,7 @@ class Adversary(Worker):
             data = checkpoint.encode(attack_params(self.attack, parent_params, params, seed=r), meta)
         obj = ctx.store.put(data)
         log.info("round %d: attack %s published %s", r, self.attack, obj.cid)
-        ctx.ledger.submit_update(ctx.job_id, r, parent, digest or obj.digest, cid_to_chain(obj.cid), obj.size, n)
+        ctx.ledger.submit_update(ctx.job_id, r, parent, digest or obj.digest, obj.cid, obj.size, n)
         log.info("round %d: attack %s submitted", r, self.attack)
         return True
 
