@@ -8,7 +8,7 @@
   (``node.train.train_local`` on the job's shards, ``node.merge.fedavg``) on a pool
   of worker processes, in memory: no chain, no storage.
 - ``LedgerJob``: a whole ledger job on a private local chain (temp data dir, anvil on
-  a free port), its workers and aggregators as ``python -m ledger ... run`` processes,
+  a free port), its workers and aggregators as ``python -m ledger_cli ... run`` processes,
   with per-round wall times observed from the chain and the peak memory of all of
   its processes.
 
@@ -668,7 +668,7 @@ class LedgerJob(Footprint):
             sampler.start()
             t_spawn = time.monotonic()
             for n, (role, acct) in enumerate(parties):
-                cmd = [sys.executable, "-m", "ledger", role, "run", "--job", str(job.job_id), "--poll", str(self.poll)]
+                cmd = [sys.executable, "-m", "ledger_cli", role, "run", "--job", str(job.job_id), "--poll", str(self.poll)]
                 if role == "worker":
                     cmd.append("--no-progress")
                 else:

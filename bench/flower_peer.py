@@ -14,7 +14,7 @@
    deployed, a job created with the same model, data and steps, N workers and 3
    aggregators with quorum 2 and full verification (format, integrity, structure,
    finite values, update norm, validation loss; replay at the job default
-   fraction), each party a ``python -m ledger worker|aggregator run`` process.
+   fraction), each party a ``python -m ledger_cli worker|aggregator run`` process.
    Round times are observed on chain (RoundOpened -> RoundFinalized).
 
 For both: wall time per round and the peak of the summed RSS of every process of

@@ -7,7 +7,7 @@
      thread each) running ``node.train.train_local`` on the job's shards, merged with
      ``node.merge.fedavg`` in the parent; no chain, no storage;
    - the ledger: a private anvil chain, the job on chain, every worker and aggregator
-     a ``python -m ledger ... run`` process, aggregators run with
+     a ``python -m ledger_cli ... run`` process, aggregators run with
      ``--skip-stage validation --skip-stage replay --skip-stage norm`` (what stays on
      cannot be turned off: fetch, sha256 integrity, format, lineage, structure,
      finite values, duplicates).

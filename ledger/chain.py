@@ -124,14 +124,14 @@ def _canonical_type(inp: dict) -> str:
     return t
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """ABI-decoded values as plain Python: bytes, int, str (checksummed addresses), lists."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict) or hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_value(v) for k, v in value.items()}
     return value
 
 
@@ -189,7 +189,7 @@ class ErrorDecoder:
         except Exception:
             return err.name, {"data": data}
         return err.name, {
-            n: (to_checksum_address(v) if t == "address" else _plain(v))
+            n: (to_checksum_address(v) if t == "address" else plain_value(v))
             for n, t, v in zip(err.names, err.types, values)
         }
 

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Sequence
 from eth_utils import keccak, to_checksum_address
 
 from .artifacts import load_artifact
-from .chain import Chain
+from .chain import Chain, plain_value
+from .cid import cid_from_chain, cid_to_chain
 
 ROUND_STATUS = ("none", "open", "closed", "finalized", "skipped")
 SKIP_REASONS = ("", "too-few-submissions", "no-quorum")
@@ -48,6 +49,12 @@ def _b32(value: Any, what: str) -> bytes:
     return value
 
 
+def _cid32(cid: Any, what: str) -> bytes:
+    """A CID's on-chain form: the 32-byte sha2-256 digest of its root (a ``str`` CID is
+    converted here, so no caller handles the encoding; raw ``bytes32`` pass as they are)."""
+    return cid_to_chain(cid) if isinstance(cid, str) else _b32(cid, what)
+
+
 def _hex(h: Any) -> str:
     if hasattr(h, "to_0x_hex"):
         return h.to_0x_hex()
@@ -69,10 +76,10 @@ class JobParams:
     """The arguments of ``createJob`` (see HACKING.md)."""
 
     config_digest: bytes
-    config_cid: bytes
+    config_cid: str | bytes           # a CID (or its on-chain bytes32)
     config_size: int
     genesis_digest: bytes
-    genesis_cid: bytes
+    genesis_cid: str | bytes
     genesis_size: int
     workers: list[str]
     aggregators: list[str]
@@ -86,10 +93,10 @@ class JobParams:
     def to_abi(self) -> tuple:
         return (
             _b32(self.config_digest, "config_digest"),
-            _b32(self.config_cid, "config_cid"),
+            _cid32(self.config_cid, "config_cid"),
             int(self.config_size),
             _b32(self.genesis_digest, "genesis_digest"),
-            _b32(self.genesis_cid, "genesis_cid"),
+            _cid32(self.genesis_cid, "genesis_cid"),
             int(self.genesis_size),
             [to_checksum_address(w) for w in self.workers],
             [to_checksum_address(a) for a in self.aggregators],
@@ -132,6 +139,11 @@ class JobInfo:
     @property
     def creator(self) -> str:
         return self.owner
+
+    def cid(self, cid32: bytes, size: int) -> str:
+        """The CID an on-chain (root digest, size) of this job stands for: the one place
+        the chain's encoding of a CID is read back (the job's ``cid_version`` decides)."""
+        return cid_from_chain(cid32, size, self.cid_version)
 
     @property
     def num_workers(self) -> int:
@@ -246,18 +258,6 @@ class ChainEvent:
 # ------------------------------------------------------------------------------ wrapper
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value
-    if hasattr(value, "items"):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 class TrainingLedger:
     """The TrainingLedger contract at ``address`` on ``chain``."""
 
@@ -297,10 +297,10 @@ class TrainingLedger:
         raise RuntimeError("createJob succeeded but emitted no JobCreated event")  # pragma: no cover
 
     def submit_update(
-        self, job_id: int, round: int, parent: bytes, digest: bytes, cid32: bytes, size: int, num_samples: int
+        self, job_id: int, round: int, parent: bytes, digest: bytes, cid: str | bytes, size: int, num_samples: int
     ):
         fn = self.contract.functions.submitUpdate(
-            int(job_id), int(round), _b32(parent, "parent"), _b32(digest, "digest"), _b32(cid32, "cid"),
+            int(job_id), int(round), _b32(parent, "parent"), _b32(digest, "digest"), _cid32(cid, "cid"),
             int(size), int(num_samples),
         )
         return self.chain.transact(fn, context=f"submit job {job_id} round {round}")
@@ -317,7 +317,7 @@ class TrainingLedger:
         commitment: bytes,
         verdicts: Sequence[int],
         merged_digest: bytes,
-        merged_cid32: bytes,
+        merged_cid: str | bytes,
         merged_size: int,
         salt: bytes,
     ):
@@ -325,7 +325,7 @@ class TrainingLedger:
         the merge, and the salt of the commit."""
         fn = self.contract.functions.revealProposal(
             int(job_id), int(round), _b32(commitment, "commitment"), bytes(int(v) for v in verdicts),
-            _b32(merged_digest, "merged_digest"), _b32(merged_cid32, "merged_cid"), int(merged_size),
+            _b32(merged_digest, "merged_digest"), _cid32(merged_cid, "merged_cid"), int(merged_size),
             _b32(salt, "salt"),
         )
         # Estimated alone, a reveal may not be the one that reaches the quorum; mined
@@ -467,7 +467,7 @@ class TrainingLedger:
                 continue
             d = ev.process_log(lg)
             out.append(ChainEvent(
-                name=d["event"], args={k: _plain(v) for k, v in d["args"].items()},
+                name=d["event"], args={k: plain_value(v) for k, v in d["args"].items()},
                 block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])), job_id=int(job_id),
             ))
@@ -501,10 +501,10 @@ class TrainingLedger:
         return keccak(_b32(outcome, "outcome") + _b32(salt, "salt") + bytes.fromhex(to_checksum_address(aggregator)[2:]))
 
     @staticmethod
-    def outcome_of(merged_digest: bytes, merged_cid: bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
+    def outcome_of(merged_digest: bytes, merged_cid: str | bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
         """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))."""
         return keccak(
-            _b32(merged_digest, "merged_digest") + _b32(merged_cid, "merged_cid")
+            _b32(merged_digest, "merged_digest") + _cid32(merged_cid, "merged_cid")
             + int(merged_size).to_bytes(8, "big") + bytes(int(v) for v in verdicts)
         )
 

@@ -10,7 +10,6 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from .cid import cid_from_chain
 from .digest import short, to_hex
 from .verdicts import describe
 
@@ -49,7 +48,7 @@ class JobHistory:
     rounds: list[RoundHistory]
 
     def cid(self, cid32: bytes, size: int) -> str:
-        return cid_from_chain(cid32, size, self.job.cid_version)
+        return self.job.cid(cid32, size)
 
 
 def load_history(ledger, job_id: int) -> JobHistory:

@@ -48,7 +48,6 @@ from dataclasses import replace
 import numpy as np
 
 from ledger import checkpoint
-from ledger.cid import cid_to_chain
 from ledger.digest import sha256_bytes, to_hex
 
 from . import train as trainmod
@@ -194,7 +193,7 @@ class Adversary(Worker):
             data = checkpoint.encode(attack_params(self.attack, parent_params, params, seed=r), meta)
         obj = ctx.store.put(data)
         log.info("round %d: attack %s published %s", r, self.attack, obj.cid)
-        ctx.ledger.submit_update(ctx.job_id, r, parent, digest or obj.digest, cid_to_chain(obj.cid), obj.size, n)
+        ctx.ledger.submit_update(ctx.job_id, r, parent, digest or obj.digest, obj.cid, obj.size, n)
         log.info("round %d: attack %s submitted", r, self.attack)
         return True
 
@@ -223,7 +222,7 @@ def _line(start: dict, end: dict, like: list[TrainState], steps: int) -> list[Tr
 
 
 def main(argv=None) -> int:
-    from ledger.cli.roles import open_role, setup_logging
+    from ledger.party import open_party, setup_logging
     from ledger.config import load_settings
     from ledger.datacommit import read_text_data
 
@@ -238,7 +237,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     setup_logging()
     settings = load_settings({})
-    ledger, store, account = open_role(settings)
+    ledger, store, account = open_party(settings)
     ctx = JobContext.load(ledger, store, args.job)
     adv = Adversary(ctx, account.address, settings.data_dir / "adversary",
                     WorkerOptions(poll=args.poll, progress=False, max_rounds=args.rounds), attack=args.attack,

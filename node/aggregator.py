@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic
-from ledger.cid import cid_to_chain
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, TransactionFailed
 from ledger.verdicts import Verdict, describe
@@ -205,7 +204,7 @@ class Aggregator:
         return state
 
     def _outcome(self, state: dict) -> bytes:
-        return self.ctx.ledger.outcome_of(bytes.fromhex(state["merged_digest"][2:]), cid_to_chain(state["merged_cid"]),
+        return self.ctx.ledger.outcome_of(bytes.fromhex(state["merged_digest"][2:]), state["merged_cid"],
                                           state["merged_size"], state["verdicts"])
 
     # ---- transactions ----------------------------------------------------------------
@@ -239,7 +238,7 @@ class Aggregator:
         digest = bytes.fromhex(state["merged_digest"][2:])
         try:
             receipt = ctx.ledger.reveal_proposal(ctx.job_id, r, rd.commitment, state["verdicts"], digest,
-                                                 cid_to_chain(state["merged_cid"]), state["merged_size"], salt)
+                                                 state["merged_cid"], state["merged_size"], salt)
         except TransactionFailed as e:
             self._failed("reveal", r, e, ("AlreadyRevealed", "RevealPhaseOver"))
             return False

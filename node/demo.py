@@ -246,7 +246,7 @@ class Demo:
             base["LEDGER_CONTRACT"] = self.settings.contract
         for p in self.parties:
             p.log = logs / f"{p.name}.log"
-            cmd = [sys.executable, "-m", "ledger", "--account", p.name, p.role, "run", "--job", str(job_id)]
+            cmd = [sys.executable, "-m", "ledger_cli", "--account", p.name, p.role, "run", "--job", str(job_id)]
             if p.role == "worker":
                 cmd.append("--no-progress")
             with open(p.log, "ab") as log:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ledger import checkpoint
-from ledger.cid import cid_to_chain
 from ledger.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
 from ledger.digest import to_hex
 from ledger.errors import LedgerError
@@ -111,10 +110,10 @@ def create_job(
     job_id = ledger.create_job(
         JobParams(
             config_digest=cfg_obj.digest,
-            config_cid=cid_to_chain(cfg_obj.cid),
+            config_cid=cfg_obj.cid,
             config_size=cfg_obj.size,
             genesis_digest=gen_obj.digest,
-            genesis_cid=cid_to_chain(gen_obj.cid),
+            genesis_cid=gen_obj.cid,
             genesis_size=gen_obj.size,
             workers=list(workers),
             aggregators=list(aggregators),

@@ -18,7 +18,6 @@ import numpy as np
 
 from ledger import checkpoint
 from ledger.chain import redact_url
-from ledger.cid import cid_from_chain
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ChainUnreachable, LedgerError
 from ledger.jobconfig import JobConfig, ShardSpec
@@ -57,7 +56,7 @@ class JobContext:
     @classmethod
     def load(cls, ledger, store, job_id: int) -> "JobContext":
         info = ledger.job(job_id)
-        cid = cid_from_chain(info.config_cid, info.config_size, info.cid_version)
+        cid = info.cid(info.config_cid, info.config_size)
         raw = store.get(cid, info.config_digest, max_size=1 << 20)
         try:
             config = JobConfig.from_bytes(raw)
@@ -140,7 +139,7 @@ class JobContext:
 
     # --- artifacts -------------------------------------------------------------------
     def cid(self, cid32: bytes, size: int) -> str:
-        return cid_from_chain(cid32, size, self.info.cid_version)
+        return self.info.cid(cid32, size)
 
     def fetch(self, loc: Located) -> bytes:
         return self.store.get(loc.cid, loc.digest, max_size=self.config.policy.max_checkpoint_bytes)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from ledger import atomic, checkpoint
 from ledger import datacommit as dc
-from ledger.cid import cid_to_chain
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
 
@@ -230,7 +229,7 @@ class Worker:
         crash_point("worker:before-submit")
         try:
             receipt = ctx.ledger.submit_update(
-                ctx.job_id, r, parent, bytes.fromhex(state["digest"][2:]), cid_to_chain(state["cid"]),
+                ctx.job_id, r, parent, bytes.fromhex(state["digest"][2:]), state["cid"],
                 state["size"], state["num_samples"],
             )
         except ContractReverted as e:

@@ -1,6 +1,6 @@
 """Helpers for the end-to-end tests: a deployed contract, tiny jobs, role processes.
 
-The roles run as real processes (`python -m ledger ... worker run`), against the
+The roles run as real processes (`python -m ledger_cli ... worker run`), against the
 test's own anvil and embedded store, with raw keys passed in LEDGER_PRIVATE_KEY.
 """
 
@@ -103,7 +103,7 @@ class Env:
         """`ledger <args>` as `key`, output to a log file next to the data dir."""
         log = log or self.settings.data_dir / f"{args[0]}-{address(key)[:10]}-{len(self.procs)}.log"
         fh = open(log, "ab")
-        p = subprocess.Popen([sys.executable, "-m", "ledger", *args], stdout=fh, stderr=subprocess.STDOUT,
+        p = subprocess.Popen([sys.executable, "-m", "ledger_cli", *args], stdout=fh, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, env=self.env(key, **extra_env))
         p.log = log
         self.procs.append(p)
@@ -119,7 +119,7 @@ class Env:
         return p
 
     def run(self, key: str | None, *args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "ledger_cli", *args], capture_output=True, text=True,
                               timeout=timeout, env=self.env(key, **extra_env))
 
     def stop_all(self) -> None:

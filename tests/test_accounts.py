@@ -22,7 +22,7 @@ DEV0 = Account.from_key(DEV_KEYS[0]).address
 
 def ledger(args, env, stdin=subprocess.DEVNULL, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True, stdin=stdin, timeout=timeout
+        [sys.executable, "-m", "ledger_cli", *args], env=env, capture_output=True, text=True, stdin=stdin, timeout=timeout
     )
 
 

@@ -109,18 +109,18 @@ def test_clean_history_verifies_from_an_empty_data_dir(world, tmp_path):
     cli_env.update(LEDGER_DATA_DIR=str(s.data_dir), LEDGER_RPC_URL=s.rpc_url, LEDGER_CONTRACT=s.contract,
                    LEDGER_STORE_DIR=str(s.store_dir))
     html = tmp_path / "report.html"
-    r = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(jobs["clean"]), "--html", str(html)],
+    r = subprocess.run([sys.executable, "-m", "ledger_cli", "audit", "--job", str(jobs["clean"]), "--html", str(html)],
                        capture_output=True, text=True, env=cli_env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     final = env.ledger.job(jobs["clean"]).current_parent
     assert "AUDIT OK" in r.stdout and final.hex() in r.stdout
     assert html.read_text().count("lineage-graph") >= 1
     assert not (s.data_dir / "worker").exists() and not (s.data_dir / "aggregator").exists()
-    j = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(jobs["clean"]), "--json"],
+    j = subprocess.run([sys.executable, "-m", "ledger_cli", "audit", "--job", str(jobs["clean"]), "--json"],
                        capture_output=True, text=True, env=cli_env, timeout=300)
     doc = json.loads(j.stdout)
     assert doc["ok"] is True and doc["final_digest"] == "0x" + final.hex() and len(doc["rounds"]) == 2
-    h = subprocess.run([sys.executable, "-m", "ledger", "history", "--job", str(jobs["clean"])],
+    h = subprocess.run([sys.executable, "-m", "ledger_cli", "history", "--job", str(jobs["clean"])],
                        capture_output=True, text=True, env=cli_env, timeout=120)
     assert h.returncode == 0 and h.stdout.count("[finalized]") == 2 and "submit" in h.stdout
 

@@ -94,7 +94,7 @@ def _cli(env, tmp_path, *args, store_dir=None):
     e = {k: v for k, v in env.env().items() if not k.startswith("LEDGER_")}
     e.update(LEDGER_DATA_DIR=str(s.data_dir), LEDGER_RPC_URL=s.rpc_url, LEDGER_CONTRACT=s.contract,
              LEDGER_STORE_DIR=str(s.store_dir))
-    return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True, text=True, env=e, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ledger_cli", *args], capture_output=True, text=True, env=e, timeout=300)
 
 
 def _verdict_of(env, job, key):

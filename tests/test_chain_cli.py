@@ -17,14 +17,14 @@ from web3 import HTTPProvider, Web3
 from conftest import DEV_KEYS, cli_env
 from ledger import anvil
 from ledger.artifacts import load_artifact
-from ledger.cli import main
+from ledger_cli import main
 
 STATE_INTERVAL = 1
 
 
 def ledger(args, env, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "ledger_cli", *args], env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=timeout,
     )
 
@@ -109,7 +109,7 @@ def test_up_is_idempotent_and_single_instance(settings, env):
     # two `chain up` at once on a running chain, and on a stopped one: still one anvil
     ok(ledger(["chain", "down"], env))
     assert anvil_pids_for(settings) == []
-    procs = [subprocess.Popen([sys.executable, "-m", "ledger", "chain", "up"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "ledger_cli", "chain", "up"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

@@ -97,7 +97,7 @@ def test_roles_ride_out_chain_outages_and_rollbacks(settings):
             assert sorted(s.worker for s in subs) == sorted(Account.from_key(k).address for k in WORKERS)
             assert len(env.ledger.proposals(job, r)) <= len(AGGS)
         e = {k: v for k, v in env.env().items()}
-        a = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(job), "--replay", "none", "--no-progress"],
+        a = subprocess.run([sys.executable, "-m", "ledger_cli", "audit", "--job", str(job), "--replay", "none", "--no-progress"],
                            capture_output=True, text=True, env=e, timeout=300)
         assert a.returncode == 0 and "AUDIT OK" in a.stdout, a.stdout + a.stderr
     finally:

@@ -18,7 +18,7 @@ DEV1 = Account.from_key(DEV_KEYS[1]).address
 
 def ledger(args, env, timeout=120):
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "ledger_cli", *args], env=env, capture_output=True, text=True,
         stdin=subprocess.DEVNULL, timeout=timeout,
     )
 

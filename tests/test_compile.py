@@ -24,7 +24,7 @@ SOURCE = ROOT / "contracts/TrainingLedger.sol"
 
 def ledger_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ledger", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "ledger_cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in __import__("os").environ.items() if not k.startswith("LEDGER_")},
     )
 

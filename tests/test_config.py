@@ -108,7 +108,7 @@ def test_bad_values(tmp_path):
 
 
 def _run(args, env):
-    return subprocess.run([sys.executable, "-m", "ledger", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "ledger_cli", *args], env=env, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ def test_parse_root():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ledger", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "ledger_cli", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_cli_data_commit(tmp_path):

@@ -20,7 +20,7 @@ REL = "rel-data"
 def _run(cwd: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
     env.update(LEDGER_DATA_DIR=REL, LEDGER_CHAIN_PORT="0", LEDGER_IPFS_PORT="0", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "ledger", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ledger_cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
 

@@ -55,7 +55,7 @@ def test_fund_detects_hardhat(hh_env):
     env = hh_env
     assert dev_node_kind(env.ledger.chain.w3) == "hardhat"
     fresh = Account.create().address
-    r = subprocess.run([sys.executable, "-m", "ledger", "account", "fund", fresh, "--eth", "3"],
+    r = subprocess.run([sys.executable, "-m", "ledger_cli", "account", "fund", fresh, "--eth", "3"],
                        capture_output=True, text=True, timeout=120, env=_env(env))
     assert r.returncode == 0, r.stderr
     assert env.ledger.chain.w3.eth.get_balance(fresh) == 3 * 10**18
@@ -95,7 +95,7 @@ def test_job_on_hardhat_with_a_deadline_passing_and_a_worker_missing(hh_env):
         assert "proposed 2 round(s)" in log_text(agg), log_text(agg)
     assert "submitted 1 round(s)" in log_text(procs[0])
 
-    h = subprocess.run([sys.executable, "-m", "ledger", "history", "--job", str(job), "--json"],
+    h = subprocess.run([sys.executable, "-m", "ledger_cli", "history", "--job", str(job), "--json"],
                        capture_output=True, text=True, timeout=120, env=_env(env))
     assert h.returncode == 0, h.stderr
     doc = json.loads(h.stdout)
@@ -109,7 +109,7 @@ def test_job_on_hardhat_with_a_deadline_passing_and_a_worker_missing(hh_env):
         assert rd["finalized_tx"] in {p["tx_hash"] for p in rd["proposals"]}
         assert all(p["merged_cid"] == rd["info"]["merged_cid"] for p in rd["proposals"])
 
-    audit = subprocess.run([sys.executable, "-m", "ledger", "audit", "--job", str(job), "--replay", "all", "--no-progress"],
+    audit = subprocess.run([sys.executable, "-m", "ledger_cli", "audit", "--job", str(job), "--replay", "all", "--no-progress"],
                            capture_output=True, text=True, timeout=300, env=_env(env))
     assert audit.returncode == 0, audit.stdout[-3000:] + audit.stderr[-2000:]
     assert "AUDIT OK final model" in audit.stdout

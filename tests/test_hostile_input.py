@@ -142,7 +142,7 @@ def test_bad_ledger_toml_is_one_line_naming_file_and_key(tmp_path, settings, mak
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "ledger", "chain", "status"], cwd=work, env=cli_env(settings),
+    r = subprocess.run([sys.executable, "-m", "ledger_cli", "chain", "status"], cwd=work, env=cli_env(settings),
                        capture_output=True, text=True, timeout=60)
     line = one_line_error(r)
     assert "config file ledger.toml" in line and says in line

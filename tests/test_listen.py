@@ -30,7 +30,7 @@ def test_check_host_and_exposure():
 
 @pytest.mark.parametrize("group", ["chain", "ipfs"])
 def test_cli_refuses_a_host_name_in_one_line(settings, group):
-    r = subprocess.run([sys.executable, "-m", "ledger", group, "up", "--host", "chain.example"],
+    r = subprocess.run([sys.executable, "-m", "ledger_cli", group, "up", "--host", "chain.example"],
                        capture_output=True, text=True, timeout=60, env=cli_env(settings))
     assert r.returncode != 0
     lines = [l for l in r.stderr.splitlines() if l.strip()]

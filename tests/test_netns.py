@@ -89,7 +89,7 @@ def _party_env(data_dir: Path, **ledger_env: str) -> dict:
 
 
 def _ledger(hosts: Hosts, party: str, env: dict, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    r = subprocess.run(hosts.cmd(party, sys.executable, "-m", "ledger", *args), capture_output=True, text=True,
+    r = subprocess.run(hosts.cmd(party, sys.executable, "-m", "ledger_cli", *args), capture_output=True, text=True,
                        timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, f"{party}: ledger {' '.join(args)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r
@@ -166,7 +166,7 @@ def test_parties_on_separate_hosts(tmp_path):
                                  LEDGER_IPFS_API=ipfs_api, LEDGER_PRIVATE_KEY=key)
                 extra = ["--no-progress"] if role == "worker" else []
                 log = open(dirs[party] / f"{role}.log", "wb")
-                p = subprocess.Popen(hosts.cmd(party, sys.executable, "-m", "ledger", role, "run", "--job", job,
+                p = subprocess.Popen(hosts.cmd(party, sys.executable, "-m", "ledger_cli", role, "run", "--job", job,
                                                "--poll", "0.3", *extra),
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
                 p.log = dirs[party] / f"{role}.log"

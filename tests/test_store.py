@@ -20,7 +20,7 @@ import pytest
 import ledger.store.embedded as embedded
 from conftest import cli_env, require_tool
 from ledger.cid import CHUNK_SIZE, ImportOptions, cid_of_bytes
-from ledger.cli import main as cli_main
+from ledger_cli import main as cli_main
 from ledger.digest import to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageError
 from ledger.store import EmbeddedStore, StoredObject, open_store
@@ -449,7 +449,7 @@ def test_cli_in_a_subprocess(settings, tmp_path):
     src = tmp_path / "x.bin"
     src.write_bytes(b"hello ledger")
     env = cli_env(settings)
-    out = subprocess.run([sys.executable, "-m", "ledger", "store", "put", str(src)], env=env,
+    out = subprocess.run([sys.executable, "-m", "ledger_cli", "store", "put", str(src)], env=env,
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert cid_of_bytes(b"hello ledger").cid in out.stdout

@@ -6,7 +6,7 @@ import json
 import sys
 import textwrap
 
-from . import add_command, add_group
+from .common import add_command, add_group
 
 
 def _wrap(text: str) -> str:
@@ -104,8 +104,8 @@ def register(sub) -> None:
 
 
 def _ipfs_up(args, settings) -> int:
-    from .. import listen
-    from ..ipfs_node import ipfs_up
+    from ledger import listen
+    from ledger.ipfs_node import ipfs_up
 
     up = ipfs_up(settings, port=args.port, host=args.host)
     host = up.info.extra.get("host", listen.DEFAULT_HOST)
@@ -123,7 +123,7 @@ def _ipfs_up(args, settings) -> int:
 
 
 def _ipfs_down(args, settings) -> int:
-    from ..ipfs_node import ipfs_down
+    from ledger.ipfs_node import ipfs_down
 
     info = ipfs_down(settings)
     print(f"ipfs node stopped (pid {info.pid})" if info else "ipfs node was not running")
@@ -131,7 +131,7 @@ def _ipfs_down(args, settings) -> int:
 
 
 def _ipfs_status(args, settings) -> int:
-    from ..ipfs_node import ipfs_status
+    from ledger.ipfs_node import ipfs_status
 
     st = ipfs_status(settings)
     for k, v in st.items():
@@ -140,14 +140,14 @@ def _ipfs_status(args, settings) -> int:
 
 
 def _store(settings, cid_version: int = 0):
-    from ..store import open_store
+    from ledger.store import open_store
 
     return open_store(settings, cid_version=cid_version)
 
 
 def _parse_digest(text: str) -> bytes:
-    from ..digest import from_hex
-    from ..errors import LedgerError
+    from ledger.digest import from_hex
+    from ledger.errors import LedgerError
 
     try:
         return from_hex(text)
@@ -156,7 +156,7 @@ def _parse_digest(text: str) -> bytes:
 
 
 def _put(args, settings) -> int:
-    from ..digest import to_hex
+    from ledger.digest import to_hex
 
     store = _store(settings, args.cid_version)
     try:

@@ -8,7 +8,7 @@ import textwrap
 import time
 import urllib.request
 
-from . import add_command, add_group
+from .common import add_command, add_group
 
 
 def _wrap(text: str) -> str:
@@ -111,8 +111,8 @@ def _err(msg: str) -> None:
 
 
 def _resolve_address(settings, name_or_address: str) -> str:
-    from ..errors import AccountError
-    from ..keys import find_account, is_address
+    from ledger.errors import AccountError
+    from ledger.keys import find_account, is_address
 
     if is_address(name_or_address):
         return name_or_address
@@ -141,8 +141,8 @@ def _age(seconds: float) -> str:
 
 
 def _fund_many(settings, url: str, targets: list[str], eth: float) -> None:
-    from ..chain import Chain
-    from ..keys import fund_local
+    from ledger.chain import Chain
+    from ledger.keys import fund_local
 
     chain = Chain.connect(url)
     wei = int(round(eth * 10**18))
@@ -156,7 +156,7 @@ def _fund_many(settings, url: str, targets: list[str], eth: float) -> None:
 
 
 def _up(args, settings) -> int:
-    from .. import anvil, listen
+    from ledger import anvil, listen
 
     for t in args.fund:  # fail before starting anything on a bad name
         _resolve_address(settings, t)
@@ -185,7 +185,7 @@ def _up(args, settings) -> int:
 
 
 def _down(args, settings) -> int:
-    from .. import anvil
+    from ledger import anvil
 
     recorded = anvil.service(settings).recorded()
     info = anvil.chain_down(settings)
@@ -203,7 +203,7 @@ def _down(args, settings) -> int:
 
 
 def _status(args, settings) -> int:
-    from .. import anvil
+    from ledger import anvil
 
     st = anvil.chain_status(settings)
     ok = False
@@ -238,7 +238,7 @@ def _status(args, settings) -> int:
 
 
 def _fund(args, settings) -> int:
-    from ..deploy import resolve_rpc_url
+    from ledger.deploy import resolve_rpc_url
 
     _fund_many(settings, resolve_rpc_url(settings), [args.address], args.eth)
     return 0
@@ -248,7 +248,7 @@ def _fund(args, settings) -> int:
 
 
 def _deploy(args, settings) -> int:
-    from ..deploy import deploy, record_path
+    from ledger.deploy import deploy, record_path
 
     t0 = time.monotonic()
     rec = deploy(settings, account=None, force=args.force, notify=_err)
@@ -259,11 +259,11 @@ def _deploy(args, settings) -> int:
 
 
 def _verify(args, settings) -> int:
-    from ..deploy import DeploymentRecord, connect, load_record, record_path, verify_deployment
+    from ledger.deploy import DeploymentRecord, connect, load_record, record_path, verify_deployment
 
     chain = connect(settings)
     if settings.contract:
-        from ..deploy import check_code
+        from ledger.deploy import check_code
 
         how = check_code(chain, settings.contract, "LEDGER_CONTRACT")
         print(f"ok: {settings.contract} on chain {chain.chain_id} holds the TrainingLedger code ({how} match)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from . import add_command, add_group
-from .roles import add_job_arg, open_role, setup_logging
+from .common import add_command, add_group
+from ledger.party import open_party, setup_logging
+
+from .common import add_job_arg
 
 
 def register(sub) -> None:
@@ -101,8 +103,8 @@ def register(sub) -> None:
 
 def _resolve(settings, names: list[str]) -> list[str]:
     """Addresses as given; anything else is a keystore account name (no password needed)."""
-    from ..errors import AccountError
-    from ..keys import find_account, is_address
+    from ledger.errors import AccountError
+    from ledger.keys import find_account, is_address
 
     out = []
     for n in names:
@@ -136,7 +138,7 @@ def _create(args, settings) -> int:
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
-    ledger, store, _ = open_role(settings)
+    ledger, store, _ = open_party(settings)
     workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
@@ -147,8 +149,8 @@ def _create(args, settings) -> int:
 
 
 def _private_data(args):
-    from ..datacommit import parse_root
-    from ..errors import LedgerError
+    from ledger.datacommit import parse_root
+    from ledger.errors import LedgerError
 
     roots = None
     if args.data_root:
@@ -180,10 +182,10 @@ def _worker(args, settings) -> int:
     setup_logging(args.verbose)
     from node.worker import WorkerOptions, run_worker
 
-    ledger, store, account = open_role(settings)
+    ledger, store, account = open_party(settings)
     data = None
     if args.data:
-        from ..datacommit import read_text_data
+        from ledger.datacommit import read_text_data
 
         data = read_text_data(args.data)
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import add_command, add_group
+from .common import add_command, add_group
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def _commit(args, settings) -> int:
-    from ..datacommit import commit_path
+    from ledger.datacommit import commit_path
 
     print(commit_path(args.path))
     return 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from . import add_command
-from .roles import add_job_arg, open_role, setup_logging
+from .common import add_command
+from ledger.party import open_party, setup_logging
+
+from .common import add_job_arg
 
 
 def register(sub) -> None:
@@ -36,7 +38,7 @@ def _run(args, settings) -> int:
     setup_logging(args.verbose)
     from node.aggregator import AggregatorOptions, run_aggregator
 
-    ledger, store, account = open_role(settings)
+    ledger, store, account = open_party(settings)
     stages = None
     if args.skip_stage:
         stages = {"validation", "replay", "norm"} - set(args.skip_stage)

@@ -6,8 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from . import add_command
-from .roles import add_job_arg, open_role, setup_logging
+from .common import add_command
+from ledger.party import open_party, setup_logging
+
+from .common import add_job_arg
 
 
 def register(sub) -> None:
@@ -41,9 +43,9 @@ def register(sub) -> None:
 
 
 def _history(args, settings) -> int:
-    from ..history import load_history, render_timeline, to_json
+    from ledger.history import load_history, render_timeline, to_json
 
-    ledger, _, _ = open_role(settings, need_account=False)
+    ledger, _, _ = open_party(settings, need_account=False)
     h = load_history(ledger, args.job)
     print(to_json(h) if args.json else render_timeline(h))
     return 0
@@ -54,7 +56,7 @@ def _audit(args, settings) -> int:
     from node.audit import audit_job
     from node.report_text import render_text
 
-    ledger, store, _ = open_role(settings, need_account=False)
+    ledger, store, _ = open_party(settings, need_account=False)
     report = run_audit_with_progress(ledger, store, args.job, args.replay, progress=not args.no_progress and not args.json,
                                      threads=args.threads)
     if args.html:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import add_command
-from .roles import add_job_arg, open_role, setup_logging
+from .common import add_command
+from ledger.party import open_party, setup_logging
+
+from .common import add_job_arg
 
 
 def register(sub) -> None:
@@ -72,7 +74,7 @@ def _generate(args, settings) -> int:
     setup_logging()
     from node.generate import generate_verified
 
-    ledger, store, _ = open_role(settings, need_account=False)
+    ledger, store, _ = open_party(settings, need_account=False)
     g = generate_verified(ledger, store, args.job, args.prompt, max_new_tokens=args.tokens,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     print(f"# model {g.model_digest} (audit OK)")

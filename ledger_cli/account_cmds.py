@@ -6,7 +6,7 @@ import os
 import sys
 import textwrap
 
-from . import add_command, add_group
+from .common import add_command, add_group
 
 
 def _wrap(text: str) -> str:
@@ -64,8 +64,8 @@ def register(sub) -> None:
 
 
 def _new(args, settings) -> int:
-    from ..errors import AccountError
-    from ..keys import ENV_PRIVATE_KEY, new_account, read_password
+    from ledger.errors import AccountError
+    from ledger.keys import ENV_PRIVATE_KEY, new_account, read_password
 
     key = None
     if args.import_env_key:
@@ -86,7 +86,7 @@ def _fund(args, settings) -> int:
 
 
 def _list(args, settings) -> int:
-    from ..keys import keystore_problems, list_accounts
+    from ledger.keys import keystore_problems, list_accounts
 
     entries = list_accounts(settings)
     for problem in keystore_problems(settings):

@@ -1,4 +1,5 @@
-"""What every role command needs: logging, the contract, the store, the account."""
+"""A party's connections (its account, the contract, its store) and its log format:
+what every role needs, from the command line or a test harness alike."""
 
 from __future__ import annotations
 
@@ -18,15 +19,12 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def open_role(settings, need_account: bool = True):
-    """(ledger, store, account) for a role; the account is None when not needed."""
-    from ..deploy import open_ledger
-    from ..keys import load_account
-    from ..store import open_store
+def open_party(settings, need_account: bool = True):
+    """(ledger, store, account) of the party the settings name; the account is None
+    when not needed (an auditor)."""
+    from .deploy import open_ledger
+    from .keys import load_account
+    from .store import open_store
 
     account = load_account(settings, settings.account) if need_account else None
     return open_ledger(settings, account), open_store(settings), account
-
-
-def add_job_arg(p) -> None:
-    p.add_argument("--job", type=int, required=True, metavar="ID", help="job id (printed by `ledger job create` as `job <id>`)")

@@ -1,9 +1,12 @@
-"""The ``ledger`` command line: one front door for every role.
+"""The ``ledger`` command line: one front door for every role, above both packages.
 
-Each command group lives in its own module with a ``register(subparsers)`` function;
-handlers receive ``(args, settings)``. Role commands import ``node`` (and so torch)
-inside their handler, never at start-up, so ``ledger --help``, ``chain``, ``deploy``,
-``store`` and ``history`` work without torch.
+The arrows run cli -> node -> ledger and cli -> ledger: ``ledger`` never imports
+``node``, torch or this package, and ``node`` never imports this package. Each
+command group lives in its own module with a ``register(subparsers)`` function;
+handlers receive ``(args, settings)``. Role commands import ``node`` (and so torch,
+1-2 s and 200 MB) inside their handler, with plain import statements, never at
+start-up, so ``ledger --help``, ``chain``, ``deploy``, ``store`` and ``history`` work
+without torch.
 
 Errors the user can act on (``LedgerError``) print one line and exit non-zero;
 nothing prints a traceback unless ``LEDGER_DEBUG=1``.
@@ -12,24 +15,28 @@ nothing prints a traceback unless ``LEDGER_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
-from ..config import load_settings
-from ..errors import ConfigError, LedgerError
+from ledger.config import load_settings
+from ledger.errors import ConfigError, LedgerError
 
+from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
+               job_cmds, storage_cmds)
+from .common import HelpFormatter
+
+# One module per command group, each with ``register(subparsers)``, in --help order.
 GROUPS = [
-    "ledger.cli.chain_cmds",      # chain up|down|status, deploy, verify-deployment
-    "ledger.cli.compile_cmd",     # compile [--check]
-    "ledger.cli.account_cmds",    # account new|list
-    "ledger.cli.storage_cmds",    # ipfs up|down|status, store put|get|verify
-    "ledger.cli.data_cmds",       # data commit
-    "ledger.cli.job_cmds",        # job create, worker run
-    "ledger.cli.aggregator_cmds", # aggregator run
-    "ledger.cli.audit_cmds",      # history, audit
-    "ledger.cli.demo_cmds",       # demo, generate
+    chain_cmds,       # chain up|down|status, deploy, verify-deployment
+    compile_cmd,      # compile [--check]
+    account_cmds,     # account new|list|fund
+    storage_cmds,     # ipfs up|down|status, store put|get|verify
+    data_cmds,        # data commit
+    job_cmds,         # job create, worker run
+    aggregator_cmds,  # aggregator run
+    audit_cmds,       # history, audit
+    demo_cmds,        # demo, generate
 ]
 
 EPILOG = """\
@@ -52,10 +59,6 @@ keys: an encrypted keystore (`ledger account new`) or LEDGER_PRIVATE_KEY; never 
 """
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger",
@@ -72,31 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ipfs-api", metavar="ADDR", help="Kubo-compatible RPC API, e.g. /ip4/127.0.0.1/tcp/5001/http")
     g.add_argument("--account", metavar="NAME|ADDR", help="keystore account to act as (default: LEDGER_PRIVATE_KEY)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in GROUPS:
-        importlib.import_module(name).register(sub)
+    for group in GROUPS:
+        group.register(sub)
     return parser
-
-
-def add_command(
-    sub, name: str, help: str, handler: Callable, example: str, description: str | None = None
-) -> argparse.ArgumentParser:
-    """Add a subcommand whose --help ends with a worked example."""
-    p = sub.add_parser(
-        name,
-        help=help,
-        description=description or help,
-        epilog=f"example:\n  {example}",
-        formatter_class=HelpFormatter,
-    )
-    p.set_defaults(handler=handler)
-    return p
-
-
-def add_group(sub, name: str, help: str):
-    """Add a command group (``ledger chain ...``); returns its subparsers."""
-    p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
-    p.set_defaults(handler=None, group_parser=p)
-    return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
 
 
 def settings_from_args(args: argparse.Namespace):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_command
+from .common import add_command
 
 
 def register(sub) -> None:
@@ -33,9 +33,9 @@ def register(sub) -> None:
 def _compile(args, settings) -> int:
     from pathlib import Path
 
-    from .. import compile as comp
-    from ..errors import ConfigError
-    from ..procs import PROJECT_ROOT
+    from ledger import compile as comp
+    from ledger.errors import ConfigError
+    from ledger.procs import PROJECT_ROOT
 
     root = Path(args.root).resolve() if args.root else PROJECT_ROOT
     if not (root / comp.CONTRACTS_SUBDIR).is_dir():
