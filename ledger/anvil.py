@@ -9,7 +9,6 @@ truncated: ``ledger.chainkeeper`` runs beside anvil and copies every complete du
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import listen
+from .chainkeeper import complete_json
 from .config import Settings
 from .errors import ConfigError, LedgerError
 from .procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
@@ -53,10 +53,8 @@ class ChainUp:
 
 def _valid_state(path: Path) -> bool:
     try:
-        with open(path, "rb") as f:
-            json.load(f)
-        return True
-    except (OSError, ValueError):
+        return complete_json(path.read_bytes())
+    except OSError:
         return False
 
 

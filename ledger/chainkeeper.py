@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+from . import atomic
 from .procs import pid_alive
 
 
@@ -28,21 +29,6 @@ def complete_json(data: bytes) -> bool:
         return True
     except (ValueError, RecursionError):
         return False
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    """``data`` at ``path`` whole or not at all, on disk before the call returns."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def keep_once(state: Path, good: Path, last: tuple | None) -> tuple | None:
@@ -59,7 +45,7 @@ def keep_once(state: Path, good: Path, last: tuple | None) -> tuple | None:
     # Rewritten while we read, or cut short: try again at the next period.
     if (after.st_mtime_ns, after.st_size) != sig or len(data) != sig[1] or not complete_json(data):
         return last
-    write_durably(good, data)
+    atomic.write_bytes(good, data)
     return sig
 
 

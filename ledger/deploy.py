@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
+from . import atomic
 from .config import Settings
 from .errors import (
     ChainUnreachable,
@@ -64,27 +65,9 @@ def record_path(settings: Settings, chain_id: int) -> Path:
     return settings.deployments_dir / f"{int(chain_id)}.json"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
 def save_record(settings: Settings, record: DeploymentRecord) -> Path:
     path = record_path(settings, record.chain_id)
-    _write_atomic(path, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
