@@ -70,7 +70,9 @@ demo: install
 
 test: install install-debian
 	$(LEDGER) compile --check
-	$(BIN)/python -m pytest -q
+	@# Two pytest workers, one test file each at a time (module fixtures stay whole): the
+	@# end-to-end tests spend most of their time waiting on chains and processes.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
 $(STAMP)/flower: $(STAMP)/python
