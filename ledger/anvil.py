@@ -20,7 +20,7 @@ from pathlib import Path
 from . import listen
 from .chainkeeper import complete_json
 from .config import Settings
-from .errors import ConfigError, LedgerError
+from .errors import ConfigError
 from .procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
 
 STATE_FILE = "state.json"

@@ -174,7 +174,7 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
         raise _fail(cid, f"header length {hlen} runs past the end of the {size}-byte file (truncated?)")
     raw = bytes(data[8:8 + hlen])
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")          # UTF-8 first: a clear error before any JSON parsing
         header = _loads(raw, HEADER_DEPTH)
     except (UnicodeDecodeError, ValueError) as e:
         raise _fail(cid, f"header is not valid JSON ({e})") from None

@@ -53,7 +53,6 @@ def _history(args, settings) -> int:
 
 def _audit(args, settings) -> int:
     setup_logging()
-    from node.audit import audit_job
     from node.report_text import render_text
 
     ledger, store, _ = open_party(settings, need_account=False)

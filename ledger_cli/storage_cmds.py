@@ -118,7 +118,7 @@ def _ipfs_up(args, settings) -> int:
     print(f"ipfs node {state}: api {up.info.url} (pid {up.info.pid}), blocks in {up.info.extra.get('repo')}")
     if not up.started and args.host and listen.check_host(args.host) != host:
         print(f"note: it listens on {host}, not --host {args.host}; `ledger ipfs down` first to move it", file=sys.stderr)
-    print(f"use it with: ledger --storage ipfs ...  (or LEDGER_STORAGE=ipfs); stop with: ledger ipfs down")
+    print("use it with: ledger --storage ipfs ...  (or LEDGER_STORAGE=ipfs); stop with: ledger ipfs down")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from ledger import anvil, atomic
 from ledger.config import Settings
 from ledger.chain import redact_url
-from ledger.digest import short, to_hex
+from ledger.digest import short
 from ledger.errors import LedgerError
 from ledger.jobconfig import JobConfig
 
