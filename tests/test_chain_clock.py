@@ -10,7 +10,9 @@ from support import keys, log_text, wait_for
 
 W = keys(2, "clock-worker")
 A = keys(1, "clock-aggregator")
-LAG = 8  # seconds the chain's clock is set behind the wall clock
+# Seconds the chain's clock is set behind the wall clock: longer than a loaded machine takes
+# to verify the round (8 s seen under two parallel test workers), so retries are still seen.
+LAG = 20
 
 
 def test_aggregator_retries_a_lagging_chain_and_counts_one_proposal(deployed):
