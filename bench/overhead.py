@@ -93,7 +93,6 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     import numpy as np
 
     from ledger import checkpoint
-    from ledger.cid import cid_to_chain
     from ledger.digest import sha256_bytes
     from node import verify as V
     from node.merge import fedavg, tensor_digest, update_norm
@@ -107,8 +106,7 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     n = len(subs)
     parent = ctx.locate_model(rd.parent, before_round=r)
     parent_params, _ = ctx.load_checkpoint(parent)
-    contribs = [V.Contribution(index=i, worker=s.worker.lower(), digest=s.digest, cid=ctx.cid(s.cid, s.size),
-                               size=s.size, num_samples=s.num_samples) for i, s in enumerate(subs)]
+    contribs = subs
     shard_index = {w.lower(): i for i, w in enumerate(ctx.info.workers)}
     cap = cfg.policy.max_checkpoint_bytes
     out = []
@@ -161,11 +159,11 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
                 f"{segs} segment(s) timed, worst distance {max(rep.metrics.get('replay_distance', 0) for rep in reports):.2g}"))
 
     def merge_publish():
-        good = sorted((c.worker, c.num_samples, t) for c, t in zip(contribs, tensors))
+        good = sorted((c.worker.lower(), c.num_samples, t) for c, t in zip(contribs, tensors))
         res = fedavg(parent_params, good, cfg.policy)
         data = checkpoint.encode(res.params, ctx.merge_meta(r, rd.parent, "fedavg", [w for w, _, _ in good]))
         obj = ctx.store.put(data)
-        return cid_to_chain(obj.cid)
+        return obj.cid
 
     _, t_merge = timed(merge_publish)
     out.append(("merge (fedavg) + encode + publish", t_merge, n, "not a verification stage; for scale"))

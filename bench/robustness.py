@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from ledger import checkpoint  # noqa: E402
+from ledger.contract import Submission  # noqa: E402
 from ledger.digest import sha256_bytes, to_hex  # noqa: E402
 from ledger.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
 from ledger.verdicts import Verdict  # noqa: E402
@@ -137,7 +138,8 @@ def _judge_task(task):
                     "steps": str(cfg.train.steps), "threads": str(cfg.train.threads)}
             blob = checkpoint.encode(contrib[i], meta)
             blobs.append(blob)
-            contributions.append(V.Contribution(index=i, worker=addresses[i], digest=sha256_bytes(blob),
+            contributions.append(Submission(job_id=JOB_ID, round=r, index=i, worker=addresses[i],
+                                            digest=sha256_bytes(blob),
                                                 cid=f"bench-r{r}-w{i}", size=len(blob), num_samples=samples))
         ctx = V.RoundContext(
             config=cfg, job_id=JOB_ID, round=r, parent_digest=parent_digest, parent_params=parent,

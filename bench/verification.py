@@ -39,7 +39,7 @@ def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: 
     from node import transcript as tx
     from node.task import contribution_meta
     from node.train import derive_seed, train_local
-    from node.verify import Contribution
+    from ledger.contract import Submission
 
     contributions, cpu, transcript_bytes, ckpt_bytes = [], 0.0, 0, 0
     for i, (w, shard) in enumerate(zip(workers, shards)):
@@ -54,7 +54,7 @@ def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: 
         manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, store.options)
         data = checkpoint.encode(res.params, contribution_meta(JOB, r, w, parent_digest, seed, res.metrics, manifest))
         obj = store.put(data)
-        contributions.append(Contribution(i, w, sha256_bytes(data), obj.cid, len(data), res.metrics["samples"]))
+        contributions.append(Submission(JOB, r, i, w, sha256_bytes(data), obj.cid, len(data), res.metrics["samples"]))
         transcript_bytes += sum(len(b) for _, b in snaps)
         ckpt_bytes += len(data)
     return contributions, cpu, transcript_bytes / len(workers), ckpt_bytes / len(workers)

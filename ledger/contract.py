@@ -1,9 +1,13 @@
 """``TrainingLedger``: a typed wrapper of the contract, one method per function, view and event.
 
-Values cross this boundary as Python types: digests and CIDs as 32-byte ``bytes``
-(a CID on chain is its multihash's sha2-256 digest plus the object's size; see
-``ledger.cid``), addresses as checksummed ``str``, verdicts as ``list[int]``, round
-status as a ``str`` (``none``/``open``/``closed``/``finalized``/``skipped``).
+Values cross this boundary as Python types: digests as 32-byte ``bytes``, CIDs as
+their text (``Qm...``/``b...``; ``""`` where none is recorded), addresses as
+checksummed ``str``, verdicts as ``list[int]``, round status as a ``str``
+(``none``/``open``/``closed``/``finalized``/``skipped``).
+
+A CID is stored on chain as its root's sha2-256 digest beside the object's size;
+with the job's CID version that rebuilds the CID (``ledger.cid``). This module is
+the only one that converts between the two forms: every other module sees text.
 
 ``commitment_of``, ``outcome_of`` and ``commit_hash_of`` recompute off chain exactly
 what the contract computes, so an auditor can check a round from its events alone::
@@ -24,6 +28,9 @@ from eth_utils import keccak, to_checksum_address
 from .artifacts import load_artifact
 from .chain import Chain, plain_value
 from .cid import cid_from_chain, cid_to_chain
+from .errors import ChainUnreachable
+
+ZERO32 = b"\0" * 32
 
 ROUND_STATUS = ("none", "open", "closed", "finalized", "skipped")
 SKIP_REASONS = ("", "too-few-submissions", "no-quorum")
@@ -53,6 +60,13 @@ def _cid32(cid: Any, what: str) -> bytes:
     """A CID's on-chain form: the 32-byte sha2-256 digest of its root (a ``str`` CID is
     converted here, so no caller handles the encoding; raw ``bytes32`` pass as they are)."""
     return cid_to_chain(cid) if isinstance(cid, str) else _b32(cid, what)
+
+
+def _cid_text(cid32: Any, size: int, version: int) -> str:
+    """The CID an on-chain (root digest, size) stands for in a job of CID ``version``;
+    ``""`` for the zero digest the contract holds where nothing is recorded yet."""
+    cid32 = bytes(cid32)
+    return "" if cid32 == ZERO32 else cid_from_chain(cid32, int(size), int(version))
 
 
 def _hex(h: Any) -> str:
@@ -116,10 +130,10 @@ class JobInfo:
     job_id: int
     owner: str  # the creator
     config_digest: bytes
-    config_cid: bytes
+    config_cid: str
     config_size: int
     genesis_digest: bytes
-    genesis_cid: bytes
+    genesis_cid: str
     genesis_size: int
     workers: list[str]
     aggregators: list[str]
@@ -130,7 +144,7 @@ class JobInfo:
     cid_version: int
     current_round: int  # the open/closed round; num_rounds once completed
     current_parent: bytes  # the current global model; the final model once completed
-    current_parent_cid: bytes
+    current_parent_cid: str
     current_parent_size: int
     completed: bool
     created_block: int
@@ -139,11 +153,6 @@ class JobInfo:
     @property
     def creator(self) -> str:
         return self.owner
-
-    def cid(self, cid32: bytes, size: int) -> str:
-        """The CID an on-chain (root digest, size) of this job stands for: the one place
-        the chain's encoding of a CID is read back (the job's ``cid_version`` decides)."""
-        return cid_from_chain(cid32, size, self.cid_version)
 
     @property
     def num_workers(self) -> int:
@@ -166,7 +175,7 @@ class RoundInfo:
     commitment: bytes
     status: str  # none / open / closed / finalized / skipped
     merged_digest: bytes
-    merged_cid: bytes
+    merged_cid: str  # "" until the round is finalized
     merged_size: int
     outcome: bytes
     accepted: int
@@ -187,19 +196,23 @@ class RoundInfo:
 
 @dataclass
 class Submission:
-    """One ``UpdateSubmitted`` event; ``index`` is its position in the round (verdict order)."""
+    """One ``UpdateSubmitted`` event, the one type of a contribution every role passes
+    around: ``index`` is its position in the round (verdict order), ``digest`` the
+    sha256 of the checkpoint's bytes and ``size`` their length."""
 
     job_id: int
     round: int
     index: int
     worker: str
     digest: bytes
-    cid: bytes
+    cid: str
     size: int
     num_samples: int
-    block: int
-    tx_hash: str
-    log_index: int
+    # Where the event is on chain; left at their defaults for a submission not read
+    # from a chain (a benchmark's or a test's).
+    block: int = 0
+    tx_hash: str = ""
+    log_index: int = 0
     timestamp: int = 0
 
 
@@ -226,7 +239,7 @@ class Proposal:
     round: int
     aggregator: str
     merged_digest: bytes
-    merged_cid: bytes
+    merged_cid: str
     merged_size: int
     outcome: bytes
     accepted: int
@@ -267,6 +280,7 @@ class TrainingLedger:
         self.address = to_checksum_address(address)
         self.contract = chain.contract(self.address, self.abi)
         self._members: dict[tuple, tuple[list, list]] = {}
+        self._cid_versions: dict[int, int] = {}
         self._topic_to_event = {}
         for name in EVENT_NAMES:
             ev = getattr(self.contract.events, name)
@@ -347,6 +361,7 @@ class TrainingLedger:
         f = self.contract.functions
         ctx = f"job {job_id}"
         info = _job_info(int(job_id), self.chain.call(f.getJob(int(job_id)), ctx), (), ())
+        self._cid_versions[info.job_id] = info.cid_version
         # A job's workers and aggregators are fixed when it is created, and every node
         # reads the job each time it wakes: they are read once per job. The key includes
         # what identifies the job's creation, so a chain that was reset and re-used the
@@ -363,7 +378,7 @@ class TrainingLedger:
 
     def round(self, job_id: int, round: int) -> RoundInfo:
         v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")
-        return _round_info(int(job_id), int(round), v)
+        return _round_info(int(job_id), int(round), v, self._cid_version(job_id))
 
     def has_submitted(self, job_id: int, round: int, address: str) -> bool:
         fn = self.contract.functions.hasSubmitted(int(job_id), int(round), to_checksum_address(address))
@@ -394,18 +409,31 @@ class TrainingLedger:
 
     # -------------------------------------------------------------- events
 
-    def _from_block(self, job_id: int) -> int:
+    def _cid_version(self, job_id: int) -> int:
+        """The job's CID version (fixed at creation), read with the job and kept: rounds
+        and events name CIDs in it."""
+        v = self._cid_versions.get(int(job_id))
+        return v if v is not None else self._event_range(job_id)[1]
+
+    def _event_range(self, job_id: int) -> tuple[int, int]:
+        """(the block the job was created in, its CID version): events are searched from
+        there. A job that does not exist has neither: (0, 0)."""
         try:
-            return int(self.chain.call(self.contract.functions.getJob(int(job_id)), f"job {job_id}")[-1])
+            v = self.chain.call(self.contract.functions.getJob(int(job_id)), f"job {job_id}")
+        except ChainUnreachable:
+            raise
         except Exception:
-            return 0
+            return 0, 0
+        self._cid_versions[int(job_id)] = int(v[12])
+        return int(v[-1]), int(v[12])
 
     def submissions(self, job_id: int, round: int | None = None) -> list[Submission]:
         """A job's submissions (of one round, or all), in submission order (block, log index)."""
         filters: dict = {"jobId": int(job_id)}
         if round is not None:
             filters["round"] = int(round)
-        logs = self.chain.get_logs(self.contract.events.UpdateSubmitted, self._from_block(job_id), "latest", filters)
+        start, version = self._event_range(job_id)
+        logs = self.chain.get_logs(self.contract.events.UpdateSubmitted, start, "latest", filters)
         out, position = [], {}
         for lg in logs:
             a = lg["args"]
@@ -414,7 +442,7 @@ class TrainingLedger:
             position[r] = idx + 1
             out.append(Submission(
                 job_id=int(a["jobId"]), round=r, index=idx, worker=a["worker"], digest=bytes(a["digest"]),
-                cid=bytes(a["cid"]), size=int(a["size"]), num_samples=int(a["numSamples"]),
+                cid=_cid_text(a["cid"], a["size"], version), size=int(a["size"]), num_samples=int(a["numSamples"]),
                 block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
             ))
@@ -425,7 +453,8 @@ class TrainingLedger:
         filters: dict = {"jobId": int(job_id)}
         if round is not None:
             filters["round"] = int(round)
-        logs = self.chain.get_logs(self.contract.events.ProposalCommitted, self._from_block(job_id), "latest", filters)
+        logs = self.chain.get_logs(self.contract.events.ProposalCommitted, self._event_range(job_id)[0], "latest",
+                                   filters)
         return [
             Commit(
                 job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), aggregator=lg["args"]["aggregator"],
@@ -441,13 +470,15 @@ class TrainingLedger:
         filters: dict = {"jobId": int(job_id)}
         if round is not None:
             filters["round"] = int(round)
-        logs = self.chain.get_logs(self.contract.events.ProposalRevealed, self._from_block(job_id), "latest", filters)
+        start, version = self._event_range(job_id)
+        logs = self.chain.get_logs(self.contract.events.ProposalRevealed, start, "latest", filters)
         out = []
         for lg in logs:
             a = lg["args"]
             out.append(Proposal(
                 job_id=int(a["jobId"]), round=int(a["round"]), aggregator=a["aggregator"],
-                merged_digest=bytes(a["mergedDigest"]), merged_cid=bytes(a["mergedCid"]),
+                merged_digest=bytes(a["mergedDigest"]),
+                merged_cid=_cid_text(a["mergedCid"], a["mergedSize"], version),
                 merged_size=int(a["mergedSize"]), outcome=bytes(a["outcome"]), accepted=int(a["accepted"]),
                 verdicts=list(bytes(a["verdicts"])), salt=bytes(a["salt"]), block=int(lg["blockNumber"]),
                 tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
@@ -458,7 +489,7 @@ class TrainingLedger:
     def events(self, job_id: int) -> list[ChainEvent]:
         """Every event of the job in chain order (every event's first indexed topic is the job id)."""
         topic = "0x" + int(job_id).to_bytes(32, "big").hex()
-        raw = self.chain.get_raw_logs(self.address, [None, topic], self._from_block(job_id), "latest")
+        raw = self.chain.get_raw_logs(self.address, [None, topic], self._event_range(job_id)[0], "latest")
         out = []
         for lg in raw:
             t0 = bytes(lg["topics"][0]) if lg["topics"] else b""
@@ -490,7 +521,7 @@ class TrainingLedger:
             get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
             worker = bytes.fromhex(to_checksum_address(get("worker"))[2:])
             c = keccak(
-                c + worker + _b32(get("digest"), "digest") + _b32(get("cid"), "cid")
+                c + worker + _b32(get("digest"), "digest") + _cid32(get("cid"), "cid")
                 + int(get("size")).to_bytes(8, "big") + int(get("num_samples")).to_bytes(8, "big")
             )
         return c
@@ -519,24 +550,28 @@ def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
     (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
      round_duration, proposal_window, num_rounds, min_submissions, cid_version, _nw, _na, current_round,
      parent_digest, parent_cid, parent_size, completed, created_block) = v
+    v = int(cid_version)
     return JobInfo(
-        job_id=job_id, owner=creator, config_digest=bytes(config_digest), config_cid=bytes(config_cid),
-        config_size=int(config_size), genesis_digest=bytes(genesis_digest), genesis_cid=bytes(genesis_cid),
+        job_id=job_id, owner=creator, config_digest=bytes(config_digest),
+        config_cid=_cid_text(config_cid, config_size, v), config_size=int(config_size),
+        genesis_digest=bytes(genesis_digest), genesis_cid=_cid_text(genesis_cid, genesis_size, v),
         genesis_size=int(genesis_size), workers=list(workers), aggregators=list(aggregators), quorum=int(quorum),
         round_duration=int(round_duration), num_rounds=int(num_rounds), min_submissions=int(min_submissions),
         cid_version=int(cid_version), current_round=int(current_round), current_parent=bytes(parent_digest),
-        current_parent_cid=bytes(parent_cid), current_parent_size=int(parent_size), completed=bool(completed),
+        current_parent_cid=_cid_text(parent_cid, parent_size, v), current_parent_size=int(parent_size),
+        completed=bool(completed),
         created_block=int(created_block), proposal_window=int(proposal_window),
     )
 
 
-def _round_info(job_id: int, round: int, v) -> RoundInfo:
+def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
     (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
      accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason) = v
     return RoundInfo(
         job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
         commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
-        merged_cid=bytes(merged_cid), merged_size=int(merged_size), outcome=bytes(outcome),
+        merged_cid=_cid_text(merged_cid, merged_size, cid_version), merged_size=int(merged_size),
+        outcome=bytes(outcome),
         accepted=int(accepted), proposals=int(proposals), commits=int(commits),
         commit_deadline=int(commit_deadline), reveal_deadline=int(reveal_deadline),
         skip_reason=SKIP_REASONS[int(skip_reason)],

@@ -47,9 +47,6 @@ class JobHistory:
     events: list
     rounds: list[RoundHistory]
 
-    def cid(self, cid32: bytes, size: int) -> str:
-        return self.job.cid(cid32, size)
-
 
 def load_history(ledger, job_id: int) -> JobHistory:
     job = ledger.job(job_id)
@@ -82,8 +79,8 @@ def render_timeline(h: JobHistory) -> str:
     j = h.job
     out = [
         f"job {j.job_id}  owner {j.owner}",
-        f"  config  {h.cid(j.config_cid, j.config_size)}  sha256 {to_hex(j.config_digest)}",
-        f"  genesis {h.cid(j.genesis_cid, j.genesis_size)}  sha256 {to_hex(j.genesis_digest)}",
+        f"  config  {j.config_cid}  sha256 {to_hex(j.config_digest)}",
+        f"  genesis {j.genesis_cid}  sha256 {to_hex(j.genesis_digest)}",
         f"  {len(j.workers)} workers, {len(j.aggregators)} aggregators, quorum {j.quorum}, "
         f"{j.num_rounds} rounds of {j.round_duration}s, min {j.min_submissions} submissions, "
         f"proposal window {j.proposal_window}s to commit + {j.proposal_window}s to reveal",
@@ -96,7 +93,7 @@ def render_timeline(h: JobHistory) -> str:
         for n, s in enumerate(rh.submissions):
             out.append(
                 f"  {_when(getattr(s, 'timestamp', 0))}  submit   #{n} {s.worker}  {short(s.digest)}  "
-                f"{h.cid(s.cid, s.size)}  {s.num_samples} samples  tx {s.tx_hash}"
+                f"{s.cid}  {s.num_samples} samples  tx {s.tx_hash}"
             )
         for c in rh.commits:
             out.append(f"  {_when(getattr(c, 'timestamp', 0))}  commit   {c.aggregator}  {short(c.commit_hash)}  tx {c.tx_hash}")
@@ -112,7 +109,7 @@ def render_timeline(h: JobHistory) -> str:
                 f"[{verdicts}]{agree}  tx {p.tx_hash}"
             )
         if i.status == "finalized":
-            out.append(f"  finalized: merged {h.cid(i.merged_cid, i.merged_size)}  sha256 {to_hex(i.merged_digest)}")
+            out.append(f"  finalized: merged {i.merged_cid}  sha256 {to_hex(i.merged_digest)}")
         elif i.status == "skipped":
             out.append("  skipped: " + skip_text(rh, j) + "; parent kept")
         elif i.status == "closed":
@@ -143,9 +140,9 @@ def _closing_event(rh: RoundHistory):
 
 
 def to_json(h: JobHistory) -> str:
-    """The history as one JSON document. Digests are ``0x`` hex; CIDs of stored objects
-    are CID strings (``Qm…`` / ``b…``), with the on-chain bytes32 beside them as ``*_cid32``;
-    each round names the transaction and block that finalized (or skipped) it."""
+    """The history as one JSON document. Digests are ``0x`` hex; CIDs are CID strings
+    (``Qm…`` / ``b…``; null where nothing was merged); each round names the transaction
+    and block that finalized (or skipped) it."""
 
     def conv(o):
         if isinstance(o, (bytes, bytearray)):
@@ -156,23 +153,21 @@ def to_json(h: JobHistory) -> str:
             return o.to_0x_hex()
         return str(o)
 
-    def merged(obj, finalized: bool = True) -> dict:
-        """``merged_cid`` as the CID string (None where nothing was merged), the raw bytes32 kept."""
+    def merged(obj) -> dict:
         d = conv(obj)
-        d["merged_cid32"] = to_hex(bytes(obj.merged_cid))
-        d["merged_cid"] = h.cid(obj.merged_cid, obj.merged_size) if finalized else None
+        d["merged_cid"] = obj.merged_cid or None
         return d
 
     def round_doc(rh: RoundHistory) -> dict:
         closing = _closing_event(rh)
         return {
             "round": rh.round,
-            "info": merged(rh.info, rh.info.status == "finalized"),
+            "info": merged(rh.info),
             "finalized_tx": closing.tx_hash if closing else None,
             "finalized_block": closing.block if closing else None,
             "finalized_at": closing.timestamp if closing else None,
             "closed_by": closing.name if closing else None,
-            "submissions": [{**conv(s), "cid_str": h.cid(s.cid, s.size)} for s in rh.submissions],
+            "submissions": [conv(s) for s in rh.submissions],
             "commits": [conv(c) for c in rh.commits],
             "proposals": [{**merged(p), "verdict_labels": [describe(v) for v in p.verdicts]} for p in rh.proposals],
         }
@@ -180,8 +175,6 @@ def to_json(h: JobHistory) -> str:
     j = h.job
     doc = {
         "job": j,
-        "config_cid": h.cid(j.config_cid, j.config_size),
-        "genesis_cid": h.cid(j.genesis_cid, j.genesis_size),
         "rounds": [round_doc(rh) for rh in h.rounds],
     }
     return json.dumps(doc, default=conv, indent=2)

@@ -275,7 +275,7 @@ class Aggregator:
         for s, rep in zip(subs, reports):
             if rep.verdict in (Verdict.UNAVAILABLE, Verdict.INTEGRITY) or s.size > cap:
                 continue
-            cids = [ctx.cid(s.cid, s.size)]
+            cids = [s.cid]
             try:
                 manifest = transcript.read_manifest(rep.meta or {}, steps=ctx.config.train.steps,
                                                     segment_steps=ctx.config.policy.segment_steps, max_size=cap)

@@ -146,8 +146,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if c.index in withheld:
             reason = _withheld_note(ctx, r, c, report)
         ca = ContributionAudit(
-            index=c.index, worker=c.worker, digest=_hex(c.digest), cid=c.cid, size=c.size, num_samples=c.num_samples,
-            onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=reason,
+            submission=c, onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=reason,
             val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
             replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
         )
@@ -222,13 +221,13 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
         if (merged is None or not merged.keeps_parent) and i.merged_digest != i.parent:
             try:
-                ctx.load_checkpoint(Located(i.merged_digest, ctx.cid(i.merged_cid, i.merged_size), i.merged_size))
+                ctx.load_checkpoint(Located(i.merged_digest, i.merged_cid, i.merged_size))
                 report.bytes_verified += i.merged_size
             except (StorageError, LedgerError) as e:
                 found.append(Discrepancy(r, "", "merged-artifact", f"stored merge {_hex(i.merged_digest)}", "unavailable or corrupt", str(e)))
     for p in rh.proposals:
         ra.proposals.append(ProposalAudit(
-            aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=ctx.cid(p.merged_cid, p.merged_size),
+            aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=p.merged_cid,
             verdicts=list(p.verdicts), agrees_with_quorum=bool(quorum) and p.outcome == i.outcome,
             agrees_with_audit=(list(p.verdicts) == audit_verdicts and ra.recomputed_digest == _hex(p.merged_digest)),
             block=p.block, tx_hash=str(p.tx_hash),
@@ -291,7 +290,7 @@ def _withheld_note(ctx: JobContext, r: int, c, report: AuditReport) -> str:
 def _val_loss_of(ctx: JobContext, rh) -> float | None:
     i = rh.info
     try:
-        params, _ = ctx.load_checkpoint(Located(i.merged_digest, ctx.cid(i.merged_cid, i.merged_size), i.merged_size))
+        params, _ = ctx.load_checkpoint(Located(i.merged_digest, i.merged_cid, i.merged_size))
     except (LedgerError, ValueError):
         return None
     p = ctx.config.policy

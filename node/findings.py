@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ledger.contract import Submission
+from ledger.digest import to_hex
+
 
 @dataclass
 class Discrepancy:
@@ -27,12 +30,9 @@ class Discrepancy:
 
 @dataclass
 class ContributionAudit:
-    index: int                 # submission order in the round
-    worker: str
-    digest: str                # 0x hex
-    cid: str
-    size: int
-    num_samples: int
+    """What the audit found of one submission; the submission's own fields read through."""
+
+    submission: Submission
     onchain_verdict: int | None    # the finalized verdict (None if the round did not finalize)
     audit_verdict: int             # what the shared verification says now
     reason: str = ""
@@ -40,6 +40,30 @@ class ContributionAudit:
     update_norm: float | None = None
     replayed_segments: list[int] = field(default_factory=list)   # transcript segments replayed
     replay_distance: float | None = None   # worst replay's distance to the published end / the segment's movement
+
+    @property
+    def index(self) -> int:
+        return self.submission.index
+
+    @property
+    def worker(self) -> str:
+        return self.submission.worker
+
+    @property
+    def digest(self) -> str:
+        return to_hex(self.submission.digest)
+
+    @property
+    def cid(self) -> str:
+        return self.submission.cid
+
+    @property
+    def size(self) -> int:
+        return self.submission.size
+
+    @property
+    def num_samples(self) -> int:
+        return self.submission.num_samples
 
 
 @dataclass
@@ -111,6 +135,10 @@ class AuditReport:
         return self.status == "OK"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """JSON-ready: digests as 0x hex, each contribution's submission fields beside
+        what the audit found of it."""
+        d = asdict(self, dict_factory=lambda kv: {k: to_hex(v) if isinstance(v, bytes) else v for k, v in kv})
+        for rnd in d["rounds"]:
+            rnd["contributions"] = [{**c.pop("submission"), **c} for c in rnd["contributions"]]
         d.update(ok=self.ok, status=self.status, provable=self.provable)
         return d

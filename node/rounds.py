@@ -75,7 +75,7 @@ def drawn_windows(ctx: JobContext, r: int, submissions, cache: dict | None = Non
     for s in submissions:
         if s.digest not in cache:
             try:
-                raw = ctx.store.get(ctx.cid(s.cid, s.size), s.digest, max_size=cfg.policy.max_checkpoint_bytes)
+                raw = ctx.store.get(s.cid, s.digest, max_size=cfg.policy.max_checkpoint_bytes)
                 meta = checkpoint.read_meta(raw, max_size=cfg.policy.max_checkpoint_bytes)
                 cache[s.digest] = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=cfg.policy.segment_steps,
                                                    max_size=cfg.policy.max_checkpoint_bytes, private=True)
@@ -104,13 +104,9 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
     parent_params, _ = ctx.load_checkpoint(parent)
-    contributions = [
-        verifymod.Contribution(
-            index=i, worker=s.worker.lower(), digest=s.digest, cid=ctx.cid(s.cid, s.size),
-            size=s.size, num_samples=s.num_samples,
-        )
-        for i, s in enumerate(submissions)
-    ]
+    contributions = list(submissions)
+    if [s.index for s in contributions] != list(range(len(contributions))):
+        raise ValueError(f"round {r}: submissions must be the round's, in submission order")
     shard_index = {w.lower(): i for i, w in enumerate(ctx.info.workers)}
     rctx = verifymod.RoundContext(
         config=cfg,

@@ -56,7 +56,7 @@ class JobContext:
     @classmethod
     def load(cls, ledger, store, job_id: int) -> "JobContext":
         info = ledger.job(job_id)
-        cid = info.cid(info.config_cid, info.config_size)
+        cid = info.config_cid
         raw = store.get(cid, info.config_digest, max_size=1 << 20)
         try:
             config = JobConfig.from_bytes(raw)
@@ -138,9 +138,6 @@ class JobContext:
             return
 
     # --- artifacts -------------------------------------------------------------------
-    def cid(self, cid32: bytes, size: int) -> str:
-        return self.info.cid(cid32, size)
-
     def fetch(self, loc: Located) -> bytes:
         return self.store.get(loc.cid, loc.digest, max_size=self.config.policy.max_checkpoint_bytes)
 
@@ -150,7 +147,7 @@ class JobContext:
     @property
     def genesis(self) -> Located:
         i = self.info
-        return Located(i.genesis_digest, self.cid(i.genesis_cid, i.genesis_size), i.genesis_size)
+        return Located(i.genesis_digest, i.genesis_cid, i.genesis_size)
 
     def locate_model(self, digest: bytes, before_round: int | None = None) -> Located:
         """Where the model with this digest is: the genesis or a finalized merge."""
@@ -160,7 +157,7 @@ class JobContext:
         for r in range(last, 0, -1):
             rd = self.ledger.round(self.job_id, r)
             if rd.status == "finalized" and rd.merged_digest == digest:
-                return Located(digest, self.cid(rd.merged_cid, rd.merged_size), rd.merged_size)
+                return Located(digest, rd.merged_cid, rd.merged_size)
         raise LedgerError(f"job {self.job_id}: no genesis or finalized model has digest {to_hex(digest)}")
 
     # --- data ------------------------------------------------------------------------

@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from ledger import checkpoint
+from ledger.contract import Submission
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import (
     CheckpointFormatError,
@@ -81,22 +82,6 @@ VALIDATION_DOMAIN = b"training-ledger/validation/1"
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """One on-chain submission (an ``UpdateSubmitted`` event) of the round.
-
-    ``index`` is its position in submission (event) order, 0-based; ``digest``
-    the 32-byte sha256 of the checkpoint bytes; ``size`` their length.
-    """
-
-    index: int
-    worker: str
-    digest: bytes
-    cid: str
-    size: int
-    num_samples: int
 
 
 STAGES = frozenset({"norm", "validation", "replay"})
@@ -223,7 +208,7 @@ class Report:
     ``tensor_digest`` is set whenever the tensors were decoded and well formed.
     """
 
-    contribution: Contribution
+    contribution: Submission
     verdict: Verdict
     reason: str
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -279,8 +264,8 @@ def validation_seed(replay_seed: bytes, job_id: int, round: int) -> int:
 # --------------------------------------------------------------------------- pipeline
 
 
-def verify_round(ctx: RoundContext, contributions: Iterable[Contribution],
-                 fetch: Callable[[Contribution], bytes], *, keep_params: bool = True,
+def verify_round(ctx: RoundContext, contributions: Iterable[Submission],
+                 fetch: Callable[[Submission], bytes], *, keep_params: bool = True,
                  progress: Callable[[Report], None] | None = None, prefetch: int = 4) -> list[Report]:
     """Verify the round's contributions in submission order (sorted by ``index``);
     one ``Report`` each, in that order. ``fetch(c)`` returns the checkpoint bytes
@@ -354,7 +339,7 @@ class _Prefetcher:
     ahead in threads (hashlib and socket reads release the GIL). A fetch's exception
     is raised where the contribution asks for its bytes, exactly as without it."""
 
-    def __init__(self, ordered: list[Contribution], fetch: Callable[[Contribution], bytes], ahead: int):
+    def __init__(self, ordered: list[Submission], fetch: Callable[[Submission], bytes], ahead: int):
         self._fetch = fetch
         self._ahead = max(0, int(ahead))
         self._todo = deque(ordered)
@@ -377,7 +362,7 @@ class _Prefetcher:
             c = self._todo.popleft()
             self._pending.append((c.index, self._pool.submit(self._fetch, c)))
 
-    def __call__(self, c: Contribution) -> bytes:
+    def __call__(self, c: Submission) -> bytes:
         if self._pending and self._pending[0][0] == c.index:
             fut = self._pending.popleft()[1]
             self._fill()
@@ -400,7 +385,7 @@ def relative_norm_bound(policy: Policy, norms: list[float]) -> float | None:
     return ratio * median
 
 
-def _decoded_checks(ctx: RoundContext, c: Contribution, fetch, report: Report) -> tuple[dict, dict]:
+def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> tuple[dict, dict]:
     """Size cap, fetch, integrity, format, lineage, sample count, structure, finite
     values: what makes a file a well-formed contribution of this worker to this round.
     Returns its (tensors, meta), mergeable from here on."""
@@ -516,7 +501,7 @@ def _decode(data: bytes, cid: str, cap: int):
     return dict(tensors), dict(meta)
 
 
-def _check_lineage(ctx: RoundContext, c: Contribution, meta: Mapping[str, str]) -> None:
+def _check_lineage(ctx: RoundContext, c: Submission, meta: Mapping[str, str]) -> None:
     expected = {
         "parent": to_hex(ctx.parent_digest),
         "job": str(int(ctx.job_id)),
@@ -597,7 +582,7 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
                                           f"from the published end (tolerance {policy.replay_tolerance:g})")
 
 
-def _snapshot(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, cap: int) -> tx.TrainState:
+def _snapshot(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, cap: int) -> tx.TrainState:
     what = f"the snapshot at step {ref.step}: "
     data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
                           missing=Verdict.TRANSCRIPT_UNAVAILABLE, mismatch=Verdict.TRANSCRIPT, what=what)
@@ -608,7 +593,7 @@ def _snapshot(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, cap: int)
         raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
 
 
-def _revealed_windows(ctx: RoundContext, c: Contribution, ref: tx.SnapshotRef, segment: int, seed: int,
+def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, segment: int, seed: int,
                       bounds: tuple[int, int]) -> bytes:
     """The sparse shard segment ``segment`` replays on: its revealed window bundle,
     checked against the manifest's digest and, chunk by chunk, the worker's root."""
@@ -664,6 +649,6 @@ def with_stages(ctx: RoundContext, stages: Iterable[str] | None) -> RoundContext
 
 
 __all__ = [
-    "Contribution", "STAGES", "CHEAP_STAGES", "REPLAY_MODES", "RoundContext", "Report",
+    "STAGES", "CHEAP_STAGES", "REPLAY_MODES", "RoundContext", "Report",
     "verify_round", "validation_seed", "relative_norm_bound", "accepted", "verdict_bytes", "with_stages",
 ]

@@ -12,7 +12,6 @@ import pytest
 from eth_account import Account
 
 from ledger import anvil
-from ledger.cid import cid_from_chain
 from ledger.config import load_settings
 from ledger.digest import sha256_bytes
 from support import DEV0, Env, address, keys, log_text, tiny_config, wait_for
@@ -131,7 +130,7 @@ def test_replaced_bytes_are_located(world, tmp_path):
     from ledger.store.embedded import EmbeddedStore
 
     sub = _submission(env, jobs["clean"], 2, HONEST[1])
-    pack, _ = EmbeddedStore(store).paths_of(cid_from_chain(sub.cid, sub.size, 0))
+    pack, _ = EmbeddedStore(store).paths_of(sub.cid)
     raw = bytearray(pack.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     pack.write_bytes(bytes(raw))
@@ -146,7 +145,7 @@ def test_deleted_artifact_is_located(world, tmp_path):
     from ledger.store.embedded import EmbeddedStore
 
     sub = _submission(env, jobs["clean"], 1, HONEST[0])
-    for p in EmbeddedStore(store).paths_of(cid_from_chain(sub.cid, sub.size, 0)):
+    for p in EmbeddedStore(store).paths_of(sub.cid):
         p.unlink()
     report = _audit(env, store, tmp_path, jobs["clean"])
     # Gone from storage after the quorum fetched it: not a wrong record, but not provable now.
@@ -200,7 +199,7 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
     from ledger.history import RoundHistory
 
     info = RoundInfo(job_id=1, round=1, parent=b"\1" * 32, deadline=0, submissions=2, commitment=b"\2" * 32,
-                     status=status, merged_digest=b"", merged_cid=b"", merged_size=0, outcome=b"", accepted=0,
+                     status=status, merged_digest=b"", merged_cid="", merged_size=0, outcome=b"", accepted=0,
                      proposals=len(reveals), commits=len(commits), commit_deadline=reveal_deadline - 100,
                      reveal_deadline=reveal_deadline, skip_reason=skip_reason)
     cs = [Commit(1, 1, a, h, 0, block, "0x", 0) for a, h, block in commits]

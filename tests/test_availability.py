@@ -22,7 +22,6 @@ import pytest
 from eth_account import Account
 
 from ledger import anvil, checkpoint
-from ledger.cid import cid_to_chain
 from ledger.config import load_settings
 from ledger.digest import to_hex
 from ledger.store.embedded import EmbeddedStore
@@ -64,7 +63,7 @@ def world(tmp_path_factory):
         late = private.put(late_bytes)
         raw = env.store.put(_junk("raw"))
         for key, obj in ((LATE, late), (RAW, raw)):
-            env.as_party(key).submit_update(griefed, 1, parent, obj.digest, cid_to_chain(obj.cid), obj.size, 8)
+            env.as_party(key).submit_update(griefed, 1, parent, obj.digest, obj.cid, obj.size, 8)
         wait_for(lambda: env.ledger.job(griefed).completed, 300, "the griefed job", procs)
         wait_for(lambda: env.ledger.job(two).current_round == 2, 300, "round 1 of the two-round job", procs)
         yield env, {"griefed": griefed, "two": two, "late": late, "late_bytes": late_bytes, "raw": raw, "procs": procs}
@@ -127,7 +126,7 @@ def test_accepted_contribution_gone_later_is_unavailable_not_a_wrong_verdict(wor
     honest = next(s for s in env.ledger.submissions(job, 1) if s.worker == address(HONEST))
     copy = tmp_path / "store-copy"
     shutil.copytree(env.settings.store_dir, copy)
-    for p in EmbeddedStore(copy).paths_of(_cid(env, job, honest)):
+    for p in EmbeddedStore(copy).paths_of(honest.cid):
         p.unlink()
     report = _audit(env, tmp_path, job, store_dir=copy)
     assert report.discrepancies == [], [d.line() for d in report.discrepancies]
@@ -140,25 +139,13 @@ def test_accepted_contribution_gone_later_is_unavailable_not_a_wrong_verdict(wor
     assert g.returncode == 1 and "not provable now" in g.stderr and "Traceback" not in g.stderr, g.stderr
 
 
-def _cid(env, job, sub):
-    from ledger.cid import cid_from_chain
-
-    return cid_from_chain(sub.cid, sub.size, env.ledger.job(job).cid_version)
-
-
 def test_aggregator_pins_what_it_verified_and_merged(world):
     env, w = world
     job = w["griefed"]
     pinned = set(env.store.pinned())
     rd = env.ledger.round(job, 1)
     assert w["raw"].cid in pinned  # published unpinned by its worker; the aggregator fetched and judged it
-    assert _cid_of_merge(env, rd, job) in pinned
-
-
-def _cid_of_merge(env, rd, job):
-    from ledger.cid import cid_from_chain
-
-    return cid_from_chain(rd.merged_cid, rd.merged_size, env.ledger.job(job).cid_version)
+    assert rd.merged_cid in pinned
 
 
 def test_generate_loads_the_model_the_audit_checked(world, tmp_path):

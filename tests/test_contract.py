@@ -23,6 +23,7 @@ from eth_utils import keccak, to_checksum_address
 from conftest import DEV_KEYS
 from ledger.artifacts import load_artifact
 from ledger.chain import Chain
+from ledger.cid import cid_from_chain, cid_to_chain
 from ledger.contract import ChainEvent, JobParams, TrainingLedger
 from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, TransactionFailed, WrongChain
 
@@ -164,11 +165,11 @@ def test_create_job_events_and_views(env: Env):
 
     assert env.ledger.job_count() == 1
     j = env.ledger.job(1)
-    assert (j.job_id, j.owner, j.config_digest, j.config_cid, j.config_size) == (1, OWNER.address, p.config_digest, p.config_cid, 1234)
-    assert (j.genesis_digest, j.genesis_cid, j.genesis_size) == (GENESIS, p.genesis_cid, 56789)
+    assert (j.job_id, j.owner, j.config_digest, cid_to_chain(j.config_cid), j.config_size) == (1, OWNER.address, p.config_digest, p.config_cid, 1234)
+    assert (j.genesis_digest, j.genesis_cid, j.genesis_size) == (GENESIS, cid_from_chain(p.genesis_cid, 56789, 0), 56789)
     assert j.workers == p.workers and j.aggregators == p.aggregators
     assert (j.quorum, j.round_duration, j.num_rounds, j.min_submissions, j.cid_version) == (2, DURATION, 3, 2, 0)
-    assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (1, GENESIS, p.genesis_cid, 56789)
+    assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (1, GENESIS, j.genesis_cid, 56789)
     assert j.completed is False and j.created_block == rc["blockNumber"] and j.proposal_window == WINDOW
 
     r = env.ledger.round(1, 1)
@@ -277,7 +278,7 @@ def test_submission_event_fields_order_and_commitment(env: Env):
     assert [s.worker for s in subs] == [WORKERS[i].address for i in (2, 0, 1)]
     assert [s.index for s in subs] == [0, 1, 2]
     for s, rc, i in zip(subs, rcs, (2, 0, 1)):
-        assert (s.job_id, s.round, s.digest, s.cid, s.size, s.num_samples) == (job, 1, h(f"ckpt {job} 1 {i}"), h(f"cid {job} 1 {i}"), 100_000 + i, 1_000 + i)
+        assert (s.job_id, s.round, s.digest, cid_to_chain(s.cid), s.size, s.num_samples) == (job, 1, h(f"ckpt {job} 1 {i}"), h(f"cid {job} 1 {i}"), 100_000 + i, 1_000 + i)
         assert s.block == rc["blockNumber"] and s.tx_hash == rc["transactionHash"].to_0x_hex()
         assert s.log_index == rc["logs"][0]["logIndex"] and s.timestamp == env.block_time(rc)
     r = env.ledger.round(job, 1)
@@ -286,7 +287,7 @@ def test_submission_event_fields_order_and_commitment(env: Env):
     # the rule written out: keccak256(abi.encodePacked(c, worker, digest, cid, uint64 size, uint64 numSamples))
     c = keccak(job.to_bytes(32, "big") + (1).to_bytes(32, "big"))
     for s in subs:
-        c = keccak(c + bytes.fromhex(s.worker[2:]) + s.digest + s.cid + s.size.to_bytes(8, "big") + s.num_samples.to_bytes(8, "big"))
+        c = keccak(c + bytes.fromhex(s.worker[2:]) + s.digest + cid_to_chain(s.cid) + s.size.to_bytes(8, "big") + s.num_samples.to_bytes(8, "big"))
     assert c == r.commitment
     # order matters
     assert TrainingLedger.commitment_of(job, 1, list(reversed(subs))) != r.commitment
@@ -391,12 +392,12 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
 
     r = env.ledger.round(job, 1)
     assert (r.status, r.parent, r.submissions, r.commitment) == ("finalized", GENESIS, 3, r1.commitment)
-    assert (r.merged_digest, r.merged_cid, r.merged_size, r.outcome, r.accepted, r.proposals) == (merged, mcid, 7777, outcome, 2, 2)
+    assert (r.merged_digest, cid_to_chain(r.merged_cid), r.merged_size, r.outcome, r.accepted, r.proposals) == (merged, mcid, 7777, outcome, 2, 2)
     assert (r.commits, r.commit_deadline, r.reveal_deadline, r.skip_reason) == (3, c0["commitDeadline"], c0["commitDeadline"] + WINDOW, "")
     assert r.deadline == r1.deadline
     assert env.ledger.votes(job, 1, outcome) == 2
     j = env.ledger.job(job)
-    assert (j.current_round, j.current_parent, j.current_parent_cid, j.current_parent_size) == (2, merged, mcid, 7777)
+    assert (j.current_round, j.current_parent, cid_to_chain(j.current_parent_cid), j.current_parent_size) == (2, merged, mcid, 7777)
     r2 = env.ledger.round(job, 2)
     assert (r2.status, r2.parent, r2.submissions, r2.commits, r2.proposals) == ("open", merged, 0, 0, 0)
     # past rounds keep who submitted; the new round starts empty
@@ -636,7 +637,7 @@ def test_round_below_minimum_is_skipped_and_keeps_its_parent(env: Env):
     assert opened == {"jobId": job, "round": 2, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
     r = env.ledger.round(job, 1)
     assert (r.status, r.parent, r.submissions, r.commitment) == ("skipped", GENESIS, 1, r1.commitment)
-    assert (r.merged_digest, r.merged_cid, r.merged_size) == (GENESIS, h("genesis cid"), 56789)
+    assert (r.merged_digest, cid_to_chain(r.merged_cid), r.merged_size) == (GENESIS, h("genesis cid"), 56789)
     assert r.outcome == b"\0" * 32 and r.accepted == 0 and r.skip_reason == "too-few-submissions"
     j = env.ledger.job(job)
     assert (j.current_round, j.current_parent) == (2, GENESIS)

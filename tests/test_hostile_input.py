@@ -12,7 +12,6 @@ import pytest
 
 from conftest import cli_env
 from ledger import checkpoint
-from ledger.cid import cid_to_chain
 from ledger.contract import JobParams
 from ledger.errors import CheckpointFormatError
 from ledger.jobconfig import JobConfig
@@ -44,8 +43,8 @@ def _job_with(env, config_bytes: bytes, genesis: bytes) -> int:
     env.fund(WORKER, AGG)
     cfg, gen = _put(env.store, config_bytes), _put(env.store, genesis)
     return env.ledger.create_job(JobParams(
-        config_digest=cfg.digest, config_cid=cid_to_chain(cfg.cid), config_size=cfg.size,
-        genesis_digest=gen.digest, genesis_cid=cid_to_chain(gen.cid), genesis_size=gen.size,
+        config_digest=cfg.digest, config_cid=cfg.cid, config_size=cfg.size,
+        genesis_digest=gen.digest, genesis_cid=gen.cid, genesis_size=gen.size,
         workers=[address(WORKER)], aggregators=[address(AGG)], quorum=1, round_duration=60,
         num_rounds=1, min_submissions=1))
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from ledger.verdicts import Verdict
+from ledger.contract import Submission
 from node.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
 from node.report_html import GREEN, RED, render_html
 from node.report_text import render_text
@@ -44,6 +45,11 @@ def cid(label: str) -> str:
     alphabet = "abcdefghijklmnopqrstuvwxyz234567"
     h = hashlib.sha256(("cid:" + label).encode()).digest()
     return "bafkrei" + "".join(alphabet[b % 32] for b in h)[:52]
+
+
+def submission(r: int, index: int, worker: str, label: str, size: int, num_samples: int) -> Submission:
+    return Submission(job_id=1, round=r, index=index, worker=worker, digest=bytes.fromhex(digest(label)[2:]),
+                      cid=cid(label), size=size, num_samples=num_samples)
 
 
 WORKERS = [address(f"worker{i}") for i in range(1, 5)]
@@ -77,12 +83,7 @@ def three_round_report() -> AuditReport:
                 reason = "val loss 6.3 > parent 4.35 * 1.05 <script>alert(1)</script>"
             contribs.append(
                 ContributionAudit(
-                    index=i,
-                    worker=w,
-                    digest=digest(f"r{r}w{i}"),
-                    cid=cid(f"r{r}w{i}"),
-                    size=1_234_567,
-                    num_samples=4096 + 128 * i,
+                    submission(r, i, w, f"r{r}w{i}", 1_234_567, 4096 + 128 * i),
                     onchain_verdict=onchain,
                     audit_verdict=audit,
                     reason=reason,
@@ -177,10 +178,7 @@ def skipped_report() -> AuditReport:
             parent=genesis,
             status="skipped",
             contributions=[
-                ContributionAudit(
-                    index=0, worker=WORKERS[0], digest=digest("lonely"), cid=cid("lonely"), size=10,
-                    num_samples=5, onchain_verdict=None, audit_verdict=0,
-                )
+                ContributionAudit(submission(2, 0, WORKERS[0], "lonely", 10, 5), onchain_verdict=None, audit_verdict=0)
             ],
         ),
     ]
@@ -473,7 +471,7 @@ def test_cell_states_and_ticks():
     from node.report_html import ORANGE, PURPLE, cell_state
 
     def contrib(onchain, audit):
-        return ContributionAudit(0, WORKERS[0], digest("x"), cid("x"), 1, 1, onchain, audit)
+        return ContributionAudit(submission(1, 0, WORKERS[0], "x", 1, 1), onchain, audit)
 
     flag = [Discrepancy(1, WORKERS[0], "integrity", "a", "b")]
     assert cell_state(None, []) == ("missing", None)

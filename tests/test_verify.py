@@ -19,12 +19,12 @@ from ledger import checkpoint
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
 from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
+from ledger.contract import Submission
 from ledger.verdicts import Verdict
 from node.merge import merge, tensor_digest
 from node import transcript as tx
 from node.verify import (
     CHEAP_STAGES,
-    Contribution,
     RoundContext,
     accepted,
     validation_seed,
@@ -101,18 +101,18 @@ def meta_for(task, sender: str, manifest: tx.Manifest | None = None, **over) -> 
 
 
 class Round:
-    """Builds a round's submissions (Contribution + the bytes the store returns)."""
+    """Builds a round's submissions (Submission + the bytes the store returns)."""
 
     def __init__(self, task):
         self.task = task
-        self.contributions: list[Contribution] = []
+        self.contributions: list[Submission] = []
         self.served: dict[int, object] = {}      # index -> bytes, or an exception to raise
 
     def add(self, worker: str, data: bytes, *, digest: bytes | None = None, size: int | None = None,
             serve: object = None, num_samples: int = 16) -> int:
         i = len(self.contributions)
-        self.contributions.append(Contribution(
-            index=i, worker=worker, digest=sha256_bytes(data) if digest is None else digest,
+        self.contributions.append(Submission(
+            job_id=JOB, round=ROUND, index=i, worker=worker, digest=sha256_bytes(data) if digest is None else digest,
             cid=f"cid-{i}", size=len(data) if size is None else size, num_samples=num_samples))
         self.served[i] = data if serve is None else serve
         return i
@@ -120,7 +120,7 @@ class Round:
     def add_params(self, sender: str, params: dict, manifest: tx.Manifest | None = None, **meta_over) -> int:
         return self.add(sender, checkpoint.encode(params, meta_for(self.task, sender, manifest, **meta_over)))
 
-    def fetch(self, c: Contribution) -> bytes:
+    def fetch(self, c: Submission) -> bytes:
         got = self.served[c.index]
         if isinstance(got, BaseException):
             raise got

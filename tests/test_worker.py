@@ -23,13 +23,10 @@ def test_two_workers_submit_round_one_with_correct_events(deployed):
     assert sorted(s.worker for s in subs) == sorted(address(k) for k in W[:2])
     cfg = tiny_config()
     genesis = env.ledger.job(job).genesis_digest
-    from ledger.cid import cid_from_chain
-
     for s in subs:
         assert s.round == 1 and s.job_id == job
         assert s.num_samples == cfg.train.steps * cfg.train.batch_size
-        cid = cid_from_chain(s.cid, s.size, 0)
-        data = env.store.get(cid, s.digest)
+        data = env.store.get(s.cid, s.digest)
         assert sha256_bytes(data) == s.digest and len(data) == s.size
         from ledger import checkpoint
 
