@@ -380,25 +380,26 @@ class TrainingLedger:
         v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")
         return _round_info(int(job_id), int(round), v, self._cid_version(job_id))
 
+    def _party_view(self, name: str, job_id: int, round: int, address: str):
+        """One of the views keyed by (job, round, party address)."""
+        fn = getattr(self.contract.functions, name)(int(job_id), int(round), to_checksum_address(address))
+        return self.chain.call(fn, name)
+
     def has_submitted(self, job_id: int, round: int, address: str) -> bool:
-        fn = self.contract.functions.hasSubmitted(int(job_id), int(round), to_checksum_address(address))
-        return bool(self.chain.call(fn, "hasSubmitted"))
+        return bool(self._party_view("hasSubmitted", job_id, round, address))
 
     def commit_of(self, job_id: int, round: int, address: str) -> bytes:
-        fn = self.contract.functions.commitOf(int(job_id), int(round), to_checksum_address(address))
-        return bytes(self.chain.call(fn, "commitOf"))
+        return bytes(self._party_view("commitOf", job_id, round, address))
 
     def has_committed(self, job_id: int, round: int, address: str) -> bool:
         return self.commit_of(job_id, round, address) != b"\0" * 32
 
     def has_proposed(self, job_id: int, round: int, address: str) -> bool:
         """Whether ``address`` revealed a proposal in the round."""
-        fn = self.contract.functions.hasProposed(int(job_id), int(round), to_checksum_address(address))
-        return bool(self.chain.call(fn, "hasProposed"))
+        return bool(self._party_view("hasProposed", job_id, round, address))
 
     def proposal_of(self, job_id: int, round: int, address: str) -> bytes:
-        fn = self.contract.functions.proposalOf(int(job_id), int(round), to_checksum_address(address))
-        return bytes(self.chain.call(fn, "proposalOf"))
+        return bytes(self._party_view("proposalOf", job_id, round, address))
 
     def votes(self, job_id: int, round: int, outcome: bytes) -> int:
         fn = self.contract.functions.votes(int(job_id), int(round), _b32(outcome, "outcome"))
@@ -427,13 +428,17 @@ class TrainingLedger:
         self._cid_versions[int(job_id)] = int(v[12])
         return int(v[-1]), int(v[12])
 
-    def submissions(self, job_id: int, round: int | None = None) -> list[Submission]:
-        """A job's submissions (of one round, or all), in submission order (block, log index)."""
+    def _job_logs(self, event: str, job_id: int, round: int | None) -> tuple[list, int]:
+        """(the job's ``event`` logs, of one round or all, in chain order; its CID version)."""
         filters: dict = {"jobId": int(job_id)}
         if round is not None:
             filters["round"] = int(round)
         start, version = self._event_range(job_id)
-        logs = self.chain.get_logs(self.contract.events.UpdateSubmitted, start, "latest", filters)
+        return self.chain.get_logs(getattr(self.contract.events, event), start, "latest", filters), version
+
+    def submissions(self, job_id: int, round: int | None = None) -> list[Submission]:
+        """A job's submissions (of one round, or all), in submission order (block, log index)."""
+        logs, version = self._job_logs("UpdateSubmitted", job_id, round)
         out, position = [], {}
         for lg in logs:
             a = lg["args"]
@@ -450,11 +455,7 @@ class TrainingLedger:
 
     def commits(self, job_id: int, round: int | None = None) -> list[Commit]:
         """A job's proposal commits (of one round, or all), in chain order."""
-        filters: dict = {"jobId": int(job_id)}
-        if round is not None:
-            filters["round"] = int(round)
-        logs = self.chain.get_logs(self.contract.events.ProposalCommitted, self._event_range(job_id)[0], "latest",
-                                   filters)
+        logs, _ = self._job_logs("ProposalCommitted", job_id, round)
         return [
             Commit(
                 job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), aggregator=lg["args"]["aggregator"],
@@ -467,11 +468,7 @@ class TrainingLedger:
 
     def proposals(self, job_id: int, round: int | None = None) -> list[Proposal]:
         """A job's proposals, i.e. reveals (of one round, or all), in chain order."""
-        filters: dict = {"jobId": int(job_id)}
-        if round is not None:
-            filters["round"] = int(round)
-        start, version = self._event_range(job_id)
-        logs = self.chain.get_logs(self.contract.events.ProposalRevealed, start, "latest", filters)
+        logs, version = self._job_logs("ProposalRevealed", job_id, round)
         out = []
         for lg in logs:
             a = lg["args"]
