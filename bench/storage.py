@@ -13,7 +13,8 @@ Each is repeated --repeat times, interleaved with the limits, and the best run i
 reported (other processes on a shared machine only ever slow a run down). Targets:
 put >= 0.8 x min(sha256, write+fsync); get >= 0.8 x sha256.
 
-Then peak RSS (VmHWM of a fresh subprocess doing one operation) for a 100 MiB
+Then get() by object size (1 to 64 MiB) through its two read paths, which shows
+where the store's switch to the pipelined read belongs; and peak RSS (VmHWM of a fresh subprocess doing one operation) for a 100 MiB
 and a SIZE MiB input: streaming operations must not grow with the input. get()
 returns the whole object as bytes, so it is shown for reference (it must be about
 the size of the object, not a multiple of it).
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ledger.store import embedded  # noqa: E402
 from ledger.store.embedded import EmbeddedStore  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
@@ -92,6 +94,33 @@ def write_fsync(data: bytes, dest: Path) -> float:
     t = timed(run, "write + fsync")
     dest.unlink()
     return t
+
+
+def get_by_size(root: Path, repeat: int) -> list[list[str]]:
+    """Best GB/s of get() through each read path, for objects from below the default
+    checkpoint's size (3.4 MB) to well above the switch-over: where the pipelined read
+    pays, and where its thread costs more than it saves."""
+    import numpy as np
+
+    store, rows, switch = EmbeddedStore(root), [], embedded.PIPELINE_MIN
+    try:
+        for mib in (1, 4, 8, 16, 64):
+            data = np.random.default_rng(mib).bytes(mib * MiB)
+            obj = store.put(data)
+            n = max(3, 256 // mib)  # ~256 MiB a timing, so small objects are not timer noise
+            best = {}
+            for name, threshold in (("plain", 1 << 62), ("pipelined", 0), ("sha256", None)):
+                embedded.PIPELINE_MIN = threshold if threshold is not None else switch
+                one = (lambda: hashlib.sha256(data).digest()) if threshold is None else (
+                    lambda: store.get(obj.cid, obj.digest))
+                secs = min(timed(lambda: [one() for _ in range(n)]) for _ in range(repeat))
+                best[name] = n * len(data) / secs / 1e9
+            faster = "pipelined" if best["pipelined"] > best["plain"] else "plain"
+            rows.append([f"{mib} MiB", f"{best['plain']:.2f}", f"{best['pipelined']:.2f}", f"{best['sha256']:.2f}",
+                         faster])
+    finally:
+        embedded.PIPELINE_MIN = switch
+    return rows
 
 
 # ---------------------------------------------------------------------- RSS children
@@ -239,6 +268,12 @@ def main() -> int:
               "others), best run; for ipfs the node's own CPU is not counted.\n2-core bound: GB / max(caller's "
               "cpu, total cpu / 2), what two otherwise idle cores allow for the work measured (Linux shares the "
               "CPU between sessions, so with another busy session the threads get one core between them).")
+
+        print()
+        print(f"get by object size: one read then sha256, or reading overlapped with hashing "
+              f"(the store switches at {embedded.PIPELINE_MIN // MiB} MiB)")
+        print("\n".join(text_table(["object", "plain GB/s", "pipelined GB/s", "sha256 GB/s", "faster"],
+                                   get_by_size(work / "sizes", args.repeat), right={1, 2, 3})))
 
         print()
         print("peak RSS of one operation in a fresh process (MiB)")
