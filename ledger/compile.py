@@ -226,5 +226,9 @@ def check(root: Path = PROJECT_ROOT, build_dir: Path | None = None, solc: Solc |
         fresh = compile_contracts(root, solc, list(committed))
         for name, art in committed.items():
             path = artifact_path(name, build_dir)
-            problems += [f"{path}: {d}" for d in compare_artifacts(art, fresh[name])]
+            diffs = compare_artifacts(art, fresh[name])
+            if not diffs and path.read_text() != dumps_artifact(fresh[name]):
+                # the same contract, but not the very file `ledger compile` writes
+                diffs = ["the file is not byte for byte what `ledger compile` writes (formatting or extra fields)"]
+            problems += [f"{path}: {d}" for d in diffs]
     return problems

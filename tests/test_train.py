@@ -57,12 +57,15 @@ def test_derive_seed():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_train_bit_identical_across_processes(split, threads):
-    def run() -> dict:
-        out = subprocess.run([sys.executable, "-c", REPLAY, "6", str(threads)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    first, second = run(), run()
+    # two fresh processes at once (the same bytes whichever finishes first)
+    procs = [subprocess.Popen([sys.executable, "-c", REPLAY, "6", str(threads)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = outs
     assert first == second
     # and this process agrees with both
     r = train_local(ModelSpec(), TrainSpec(steps=6, threads=threads), init_params(GPTConfig(), 11), split.shards[2],
