@@ -22,7 +22,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys

@@ -283,7 +283,7 @@ def main(argv=None) -> int:
             live = [run for run in runs if run.failed is None]
             pkeys = {id(run): tensor_key(run.params) for run in live}
             seeds = [derive_seed(base.seed, JOB_ID, r, a) for a in addresses]
-            todo, parents = {}, {}
+            todo = {}
             for run in live:
                 for i in range(n):
                     k = (pkeys[id(run)], r, i)

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 
 from .common import add_command, add_group
 
 
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=88)
-
-
 def register(sub) -> None:
-    g = add_group(sub, "account", "encrypted keystore accounts: new, list, fund")
-    sub.choices["account"].epilog = (
-        "examples:\n  LEDGER_KEY_PASSWORD_FILE=pw.txt ledger account new --name w0\n  ledger account list"
-    )
+    g = add_group(sub, "account", "encrypted keystore accounts: new, list, fund",
+                  ["LEDGER_KEY_PASSWORD_FILE=pw.txt ledger account new --name w0", "ledger account list"])
     p = add_command(
         g,
         "new",
         "create an encrypted keystore account; prints its name and address (never the key)",
         _new,
         example="LEDGER_KEY_PASSWORD_FILE=~/.ledger-pw ledger account new --name w0",
-        description=_wrap(
+        description=(
             "Create a new account in the keystore (settings.keystore, default .ledger/keystore) as an "
             "encrypted keystore JSON file with mode 0600. The password comes from --password-file, "
             "LEDGER_KEY_PASSWORD, LEDGER_KEY_PASSWORD_FILE, or a prompt on a terminal. "
@@ -46,7 +39,7 @@ def register(sub) -> None:
         "give an account ETH on a local chain (same as `ledger chain fund`)",
         _fund,
         example="ledger account fund w0 --eth 50",
-        description=_wrap(
+        description=(
             "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
             "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node."
         ),

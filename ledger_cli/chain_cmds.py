@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 import time
 import urllib.request
 
-from .common import add_command, add_group
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=88)
+from .common import add_command, add_group, add_listen_args
 
 
 DEFAULT_FUND_ETH = 100.0
 
 
 def register(sub) -> None:
-    g = add_group(sub, "chain", "the local chain (anvil, state persisted in <data-dir>/chain): up, down, status, fund")
-    sub.choices["chain"].epilog = (
-        "examples:\n  ledger chain up && ledger deploy\n  ledger chain status\n  ledger chain down"
-    )
+    g = add_group(sub, "chain", "the local chain (anvil, state persisted in <data-dir>/chain): up, down, status, fund",
+                  ["ledger chain up && ledger deploy", "ledger chain status", "ledger chain down"])
 
     p = add_command(
         g,
@@ -30,17 +23,15 @@ def register(sub) -> None:
         "start the local chain (idempotent); prints its URL, pid and state file",
         _up,
         example="ledger chain up --port 8545 --fund 0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
-        description=_wrap(
+        description=(
             "Start anvil in the background on 127.0.0.1 (or --host), its state loaded from and saved to "
             "<data-dir>/chain/state.json (every LEDGER_STATE_INTERVAL seconds and on `chain down`), "
             "so history survives a restart. Running it again reports the running chain; a second "
             "chain on the same data dir is refused."
         ),
     )
-    p.add_argument("--port", type=int, help="port to listen on (default LEDGER_CHAIN_PORT or 8545; 0 = any free port)")
-    p.add_argument("--host", metavar="ADDR", default=None,
-                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 = every interface: "
-                        "exposes the chain's JSON-RPC, dev methods included, to the network)")
+    add_listen_args(p, "LEDGER_CHAIN_PORT or 8545",
+                    "0.0.0.0 = every interface: exposes the chain's JSON-RPC, dev methods included, to the network")
     p.add_argument("--fund", nargs="+", metavar="ADDR", default=[], help="addresses or keystore names to give ETH")
     p.add_argument("--fund-eth", type=float, default=DEFAULT_FUND_ETH, metavar="N",
                    help=f"ETH each --fund account gets (default {DEFAULT_FUND_ETH:g})")
@@ -67,7 +58,7 @@ def register(sub) -> None:
         "give an account ETH on a local dev chain (anvil or Hardhat: sets its balance)",
         _fund,
         example="ledger chain fund w0 --eth 50",
-        description=_wrap(
+        description=(
             "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
             "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node (asked with web3_clientVersion)."
         ),
@@ -81,7 +72,7 @@ def register(sub) -> None:
         "deploy TrainingLedger from the committed artifact and record where",
         _deploy,
         example="ledger chain up && ledger deploy",
-        description=_wrap(
+        description=(
             "Deploy the committed contracts/build/TrainingLedger.json (no compiler needed) and write "
             "<data-dir>/deployments/<chain-id>.json. Refuses to replace an existing record unless --force. "
             "Signs with --account / LEDGER_ACCOUNT / LEDGER_PRIVATE_KEY; on a local anvil chain with none "
@@ -96,7 +87,7 @@ def register(sub) -> None:
         "check that the recorded address holds the TrainingLedger artifact's code",
         _verify,
         example="ledger verify-deployment",
-        description=_wrap(
+        description=(
             "Compare the code at the recorded (or LEDGER_CONTRACT) address with the committed artifact's "
             "runtime bytecode; warn when the artifact changed since the deployment."
         ),

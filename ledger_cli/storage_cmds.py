@@ -4,39 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
-from .common import add_command, add_group
-
-
-def _wrap(text: str) -> str:
-    return textwrap.fill(text, width=88)
+from .common import add_command, add_group, add_listen_args, add_object_args
 
 
 def register(sub) -> None:
     # ---------------------------------------------------------------- ipfs
-    g = add_group(sub, "ipfs", "the local IPFS node (Helia, offline; blocks in <data-dir>/ipfs): up, down, status")
-    sub.choices["ipfs"].epilog = (
-        "examples:\n  ledger ipfs up && ledger --storage ipfs store put model.safetensors\n"
-        "  ledger ipfs status\n  ledger ipfs down"
-    )
+    g = add_group(sub, "ipfs", "the local IPFS node (Helia, offline; blocks in <data-dir>/ipfs): up, down, status",
+                  ["ledger ipfs up && ledger --storage ipfs store put model.safetensors", "ledger ipfs status",
+                   "ledger ipfs down"])
     p = add_command(
         g,
         "up",
         "start the local IPFS node (idempotent); prints its API address and pid",
         _ipfs_up,
         example="ledger ipfs up --port 5001",
-        description=_wrap(
+        description=(
             "Start ipfs-node/server.mjs (Helia on node 22, offline, filesystem blockstore in "
             "<data-dir>/ipfs/repo) in the background on 127.0.0.1 (or --host). It serves the part of Kubo's RPC "
             "API the IPFS backend uses (add, cat, pin/add, pin/ls, block/stat, id, version), so "
             "`--storage ipfs` works without Kubo; with Kubo installed, pass --ipfs-api instead."
         ),
     )
-    p.add_argument("--port", type=int, help="port to listen on (default LEDGER_IPFS_PORT or 5001; 0 = any free port)")
-    p.add_argument("--host", metavar="ADDR", default=None,
-                   help="address to listen on (default 127.0.0.1, this machine only; another address exposes "
-                        "the unauthenticated RPC API, every stored artifact, to the network)")
+    add_listen_args(p, "LEDGER_IPFS_PORT or 5001",
+                    "another address exposes the unauthenticated RPC API, every stored artifact, to the network")
     add_command(g, "down", "stop the local IPFS node by PID", _ipfs_down, example="ledger ipfs down")
     add_command(
         g,
@@ -47,19 +38,16 @@ def register(sub) -> None:
     )
 
     # ---------------------------------------------------------------- store
-    g = add_group(sub, "store", "content-addressed storage (embedded, or IPFS with --storage ipfs): put, get, verify")
-    sub.choices["store"].epilog = (
-        "examples:\n  ledger store put model.safetensors\n"
-        "  ledger store get QmX... --digest 0xabc... -o model.safetensors\n"
-        "  ledger store verify QmX... --digest 0xabc..."
-    )
+    g = add_group(sub, "store", "content-addressed storage (embedded, or IPFS with --storage ipfs): put, get, verify",
+                  ["ledger store put model.safetensors", "ledger store get QmX... --digest 0xabc... -o model.safetensors",
+                   "ledger store verify QmX... --digest 0xabc..."])
     p = add_command(
         g,
         "put",
         "store a file; prints its CID, sha256 and size",
         _put,
         example="ledger store put model.safetensors            # cid Qm..., sha256 0x..., size N",
-        description=_wrap(
+        description=(
             "Store FILE in the configured backend and print its CID (the same CID `ipfs add` gives "
             "with Kubo's defaults: CIDv0, 256 KiB chunks, balanced DAG; --cid-version 1 gives raw "
             "leaves like `ipfs add --cid-version=1`) and the sha256 of its exact bytes, the identity "
@@ -76,13 +64,12 @@ def register(sub) -> None:
         "fetch a CID into a file, verified against its sha256 before it appears",
         _get,
         example="ledger store get QmX... --digest 0x5f2a... -o model.safetensors",
-        description=_wrap(
+        description=(
             "Stream CID into FILE through a temporary file; the bytes must hash to --digest (and, in the "
             "embedded store, every block to its CID) or nothing is written and the command fails."
         ),
     )
-    p.add_argument("cid", metavar="CID")
-    p.add_argument("--digest", required=True, metavar="0xSHA256", help="expected sha256 of the bytes (from the chain)")
+    add_object_args(p, "expected sha256 of the bytes (from the chain)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the verified bytes")
 
     p = add_command(
@@ -91,13 +78,12 @@ def register(sub) -> None:
         "check that a stored CID is intact and hashes to the expected sha256",
         _verify,
         example="ledger store verify QmX... --digest 0x5f2a...",
-        description=_wrap(
+        description=(
             "Read CID from the configured backend and check it against --digest without writing it "
             "anywhere; exits 1 (naming the CID and both digests) when it does not match."
         ),
     )
-    p.add_argument("cid", metavar="CID")
-    p.add_argument("--digest", required=True, metavar="0xSHA256", help="expected sha256 of the bytes")
+    add_object_args(p, "expected sha256 of the bytes")
 
 
 # ------------------------------------------------------------------------ handlers

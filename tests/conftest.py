@@ -73,16 +73,7 @@ def require_tool(name: str) -> str:
 def deployed(settings: Settings, chain_service):
     """A deployed TrainingLedger, the embedded store, and DEV0 as the job owner.
     Every process spawned through it is killed at the end of the test."""
-    from eth_account import Account
+    from support import deployed_env
 
-    from ledger.deploy import deploy, open_ledger
-    from ledger.store import open_store
-
-    from support import DEV0, Env
-
-    deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
-    env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
-    try:
+    with deployed_env(settings) as env:
         yield env
-    finally:
-        env.stop_all()

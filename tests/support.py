@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,38 @@ class Env:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
+
+
+@contextmanager
+def deployed_env(settings: Settings):
+    """The contract deployed on the chain ``settings`` names, the embedded store, and DEV0
+    as the job owner. Every process spawned through the Env is killed on exit."""
+    from ledger.deploy import deploy, open_ledger
+    from ledger.store import open_store
+
+    deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
+    env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
+    try:
+        yield env
+    finally:
+        env.stop_all()
+
+
+@contextmanager
+def chain_of_its_own(tmp_path_factory, name: str):
+    """For a module's fixture: an anvil of its own on a free port, under a fresh folder
+    ``name``, with the contract deployed (``deployed_env``); the chain is stopped on exit."""
+    from ledger import anvil
+    from ledger.config import load_settings
+
+    d = tmp_path_factory.mktemp(name)
+    settings = load_settings({"data_dir": d / "parties", "chain_port": 0}, env={}, config_file=None)
+    anvil.chain_up(settings)
+    try:
+        with deployed_env(settings) as env:
+            yield env
+    finally:
+        anvil.chain_down(settings)
 
 
 def wait_for(cond, timeout: float = 120, what: str = "condition", procs=()):

@@ -9,12 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from eth_account import Account
 
-from ledger import anvil
 from ledger.config import load_settings
 from ledger.digest import sha256_bytes
-from support import DEV0, Env, address, keys, log_text, tiny_config, wait_for
+from support import address, chain_of_its_own, keys, tiny_config, wait_for
 
 HONEST = keys(2, "honest")
 AGGS = keys(2, "audit-agg")
@@ -27,16 +25,7 @@ def world(tmp_path_factory):
     """One chain with four finished jobs: clean, a quorum that accepts a NaN checkpoint,
     a quorum that finalizes a merge that is not the merge, and a worker whose training
     does not replay."""
-    from ledger.deploy import deploy, open_ledger
-    from ledger.store import open_store
-
-    d = tmp_path_factory.mktemp("audit")
-    settings = load_settings({"data_dir": d / "parties", "chain_port": 0}, env={}, config_file=None)
-    anvil.chain_up(settings)
-    env = None
-    try:
-        deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
-        env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
+    with chain_of_its_own(tmp_path_factory, "audit") as env:
         jobs = {
             "clean": env.create_job(HONEST, AGGS[:1], quorum=1, rounds=2),
             "accepts-bad": env.create_job([HONEST[0], NAN], AGGS, quorum=2, rounds=1),
@@ -64,10 +53,6 @@ def world(tmp_path_factory):
             wait_for(lambda: env.ledger.job(j).completed, 300, f"job {name} to complete", procs)
         env.stop_all()
         yield env, jobs
-    finally:
-        if env:
-            env.stop_all()
-        anvil.chain_down(settings)
 
 
 def _auditor(env, store_dir, tmp_path):

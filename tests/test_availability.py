@@ -19,14 +19,13 @@ import sys
 
 import numpy as np
 import pytest
-from eth_account import Account
 
-from ledger import anvil, checkpoint
+from ledger import checkpoint
 from ledger.config import load_settings
 from ledger.digest import to_hex
 from ledger.store.embedded import EmbeddedStore
 from ledger.verdicts import Verdict
-from support import DEV0, Env, address, keys, wait_for
+from support import address, chain_of_its_own, keys, wait_for
 
 HONEST, LATE, RAW = keys(3, "avail-w")
 AGG = keys(1, "avail-agg")[0]
@@ -39,16 +38,7 @@ def _junk(tag: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ledger.deploy import deploy, open_ledger
-    from ledger.store import open_store
-
-    d = tmp_path_factory.mktemp("availability")
-    settings = load_settings({"data_dir": d / "parties", "chain_port": 0}, env={}, config_file=None)
-    anvil.chain_up(settings)
-    env = None
-    try:
-        deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
-        env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
+    with chain_of_its_own(tmp_path_factory, "availability") as env:
         griefed = env.create_job([HONEST, LATE, RAW], [AGG], quorum=1, rounds=1)
         two = env.create_job([SOLO], [AGG], quorum=1, rounds=2)
         procs = [env.spawn(HONEST, "worker", "run", "--job", str(griefed), "--no-progress", "--poll", "0.3"),
@@ -58,7 +48,7 @@ def world(tmp_path_factory):
         # LATE withholds: its bytes are only in a store nobody else reads. RAW publishes
         # without pinning.
         parent = env.ledger.round(griefed, 1).parent
-        private = EmbeddedStore(d / "late-private")
+        private = EmbeddedStore(env.settings.data_dir.parent / "late-private")
         late_bytes = _junk("late")
         late = private.put(late_bytes)
         raw = env.store.put(_junk("raw"))
@@ -67,10 +57,6 @@ def world(tmp_path_factory):
         wait_for(lambda: env.ledger.job(griefed).completed, 300, "the griefed job", procs)
         wait_for(lambda: env.ledger.job(two).current_round == 2, 300, "round 1 of the two-round job", procs)
         yield env, {"griefed": griefed, "two": two, "late": late, "late_bytes": late_bytes, "raw": raw, "procs": procs}
-    finally:
-        if env:
-            env.stop_all()
-        anvil.chain_down(settings)
 
 
 def _auditor(env, tmp_path, store_dir=None):

@@ -25,7 +25,7 @@ from ledger.artifacts import load_artifact
 from ledger.chain import Chain
 from ledger.cid import cid_from_chain, cid_to_chain
 from ledger.contract import ChainEvent, JobParams, TrainingLedger
-from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, TransactionFailed, WrongChain
+from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, WrongChain
 
 ROOT = Path(__file__).resolve().parent.parent
 CAST = ROOT / "hardhat-config/node_modules/.bin/cast"

@@ -14,7 +14,7 @@ import pytest
 from eth_account import Account
 
 import hardhat_node
-from support import DEV0, Env, address, keys, log_text, tiny_config, wait_for
+from support import Env, address, deployed_env, keys, log_text, tiny_config, wait_for
 
 W = keys(2, "hh-worker")
 A = keys(2, "hh-aggregator")
@@ -33,16 +33,10 @@ def hardhat(tmp_path):
 @pytest.fixture
 def hh_env(tmp_path, hardhat):
     from ledger.config import load_settings
-    from ledger.deploy import deploy, open_ledger
-    from ledger.store import open_store
 
     settings = load_settings({"data_dir": tmp_path / "data", "rpc_url": hardhat.url}, env={}, config_file=None)
-    deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
-    env = Env(settings, open_ledger(settings, Account.from_key(DEV0)), open_store(settings))
-    try:
+    with deployed_env(settings) as env:
         yield env
-    finally:
-        env.stop_all()
 
 
 def _env(env: Env, key: str | None = None, **extra) -> dict:

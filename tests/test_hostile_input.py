@@ -16,7 +16,7 @@ from ledger.contract import JobParams
 from ledger.errors import CheckpointFormatError
 from ledger.jobconfig import JobConfig
 from support import address, keys, tiny_config
-from test_cli_errors import ledger, one_line_error
+from test_cli_errors import one_line_error
 
 WORKER, AGG = keys(1, "hostile-w")[0], keys(1, "hostile-a")[0]
 TOO_BIG = str(2**256)
