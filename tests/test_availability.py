@@ -97,8 +97,8 @@ def test_withheld_then_published_is_consistent_and_generate_runs(world, tmp_path
     env.store.put(w["late_bytes"])  # published after the round was judged
     after = _audit(env, tmp_path, job)
     assert after.ok, [d.line() for d in after.discrepancies + after.unavailable]
-    assert any(n.party == address(LATE).lower() and n.actual == "still unavailable" for n in before.notes)
-    (note,) = [n for n in after.notes if n.party == address(LATE).lower()]
+    assert any(n.party == address(LATE) and n.actual == "still unavailable" for n in before.notes)
+    (note,) = [n for n in after.notes if n.party == address(LATE)]
     assert note.actual == "retrievable now" and "consistent" in note.detail
     r = _cli(env, tmp_path, "audit", "--job", str(job), "--replay", "none", "--no-progress")
     assert r.returncode == 0 and "AUDIT OK" in r.stdout and "retrievable now" in r.stdout, r.stdout + r.stderr
@@ -118,7 +118,7 @@ def test_accepted_contribution_gone_later_is_unavailable_not_a_wrong_verdict(wor
     assert report.discrepancies == [], [d.line() for d in report.discrepancies]
     assert report.status == "INCOMPLETE" and not report.provable
     where = {(d.round, d.party, d.check) for d in report.unavailable}
-    assert (1, address(HONEST).lower(), "availability") in where and (1, "", "merge") in where
+    assert (1, address(HONEST), "availability") in where and (1, "", "merge") in where
     r = _cli(env, tmp_path, "audit", "--job", str(job), "--replay", "none", "--no-progress", store_dir=copy)
     assert r.returncode == 3 and "AUDIT INCOMPLETE" in r.stdout and "AUDIT FAILED" not in r.stdout, r.stdout
     g = _cli(env, tmp_path, "generate", "--job", str(job), "--prompt", "x", "--tokens", "4", store_dir=copy)
