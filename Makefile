@@ -69,8 +69,8 @@ demo: install
 	$(LEDGER) demo
 
 test: install install-debian
-	$(LEDGER) compile --check
-	@# Two pytest workers, one test file each at a time (module fixtures stay whole): the
+	@# tests/test_compile.py runs `ledger compile --check` (the artifact is what the sources
+	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
