@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from multiformats import CID, multihash
+from multiformats import CID, multihash, varint
 
 CHUNK_SIZE = 262144          # Kubo's default chunker: size-262144
 MAX_LINKS = 174              # Kubo's balanced layout: links per node
@@ -80,32 +80,15 @@ DEFAULT_OPTIONS = ImportOptions()
 
 
 def _uvarint(n: int) -> bytes:
-    """Protobuf / multiformats unsigned varint."""
-    if n < 0:
-        raise ValueError("varint of a negative number")
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    """Protobuf / multiformats unsigned varint (multiformats' own encoder)."""
+    return varint.encode(n)
 
 
 def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and shift:
-                raise ValueError("non-minimal varint")
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+    """(the varint at ``pos``, the position after it); a truncated, non-minimal or
+    over-long (more than 9 bytes) varint is a ValueError."""
+    n, k, _ = varint.decode_raw(memoryview(buf)[pos:])
+    return n, pos + k
 
 
 def _ld(field_no: int, payload: bytes) -> bytes:

@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
+from web3 import Web3
 
 from .artifacts import load_artifact
 from .chain import Chain, plain_value
@@ -505,7 +507,7 @@ class TrainingLedger:
 
     @staticmethod
     def commitment_seed(job_id: int, round: int) -> bytes:
-        return keccak(int(job_id).to_bytes(32, "big") + int(round).to_bytes(32, "big"))
+        return keccak(abi_encode(["uint256", "uint256"], [int(job_id), int(round)]))
 
     @staticmethod
     def commitment_of(job_id: int, round: int, submissions: Iterable[Any]) -> bytes:
@@ -516,25 +518,27 @@ class TrainingLedger:
         c = TrainingLedger.commitment_seed(job_id, round)
         for s in submissions:
             get = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
-            worker = bytes.fromhex(to_checksum_address(get("worker"))[2:])
-            c = keccak(
-                c + worker + _b32(get("digest"), "digest") + _cid32(get("cid"), "cid")
-                + int(get("size")).to_bytes(8, "big") + int(get("num_samples")).to_bytes(8, "big")
-            )
+            c = bytes(Web3.solidity_keccak(
+                ["bytes32", "address", "bytes32", "bytes32", "uint64", "uint64"],
+                [c, to_checksum_address(get("worker")), _b32(get("digest"), "digest"), _cid32(get("cid"), "cid"),
+                 int(get("size")), int(get("num_samples"))],
+            ))
         return c
 
     @staticmethod
     def commit_hash_of(outcome: bytes, salt: bytes, aggregator: str) -> bytes:
         """keccak256(abi.encodePacked(outcome, salt, aggregator)): what an aggregator commits."""
-        return keccak(_b32(outcome, "outcome") + _b32(salt, "salt") + bytes.fromhex(to_checksum_address(aggregator)[2:]))
+        return bytes(Web3.solidity_keccak(["bytes32", "bytes32", "address"],
+                                          [_b32(outcome, "outcome"), _b32(salt, "salt"), to_checksum_address(aggregator)]))
 
     @staticmethod
     def outcome_of(merged_digest: bytes, merged_cid: str | bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
         """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))."""
-        return keccak(
-            _b32(merged_digest, "merged_digest") + _cid32(merged_cid, "merged_cid")
-            + int(merged_size).to_bytes(8, "big") + bytes(int(v) for v in verdicts)
-        )
+        return bytes(Web3.solidity_keccak(
+            ["bytes32", "bytes32", "uint64", "bytes"],
+            [_b32(merged_digest, "merged_digest"), _cid32(merged_cid, "merged_cid"), int(merged_size),
+             bytes(int(v) for v in verdicts)],
+        ))
 
 
 def _discard():
