@@ -17,7 +17,6 @@
 // itself so a slow client cannot make the node buffer a whole file (see catFile).
 
 import http from 'node:http'
-import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { createHeliaLight } from 'helia'
@@ -30,6 +29,9 @@ import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import { balanced } from 'ipfs-unixfs-importer/layout'
 import { CID } from 'multiformats/cid'
 import { base58btc } from 'multiformats/bases/base58'
+import busboy from 'busboy'
+import { generateKeyPair, publicKeyToProtobuf } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { base32 } from 'multiformats/bases/base32'
 
 const NODE_VERSION = '0.1.0'
@@ -135,17 +137,18 @@ async function blockBytes (helia, cid) {
   return Buffer.concat(parts)
 }
 
-// A libp2p-style peer id (identity multihash of an Ed25519 public key), kept in the repo.
-function loadIdentity (repo) {
+// The node's libp2p peer id (an Ed25519 key's), made once and kept in the repo. Only the
+// id and public key are kept: the node is offline and never signs anything.
+async function loadIdentity (repo) {
   const file = path.join(repo, 'identity.json')
   try {
     return JSON.parse(fs.readFileSync(file, 'utf8'))
   } catch {}
-  const { publicKey } = crypto.generateKeyPairSync('ed25519')
-  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32)
-  const pb = Buffer.concat([Buffer.from([0x08, 0x01, 0x12, 0x20]), raw])
-  const mh = Buffer.concat([Buffer.from([0x00, pb.length]), pb])
-  const id = { ID: base58btc.baseEncode(mh), PublicKey: pb.toString('base64') }
+  const key = await generateKeyPair('Ed25519')
+  const id = {
+    ID: peerIdFromPrivateKey(key).toString(),
+    PublicKey: Buffer.from(publicKeyToProtobuf(key.publicKey)).toString('base64')
+  }
   fs.writeFileSync(file + '.tmp', JSON.stringify(id))
   fs.renameSync(file + '.tmp', file)
   return id
@@ -153,98 +156,55 @@ function loadIdentity (repo) {
 
 // ------------------------------------------------------------------ multipart (streaming)
 
-class Reader {
-  constructor (source) {
-    this.it = source[Symbol.asyncIterator]()
-    this.buf = Buffer.alloc(0)
-    this.eof = false
-  }
-
-  async more () {
-    if (this.eof) return false
-    const { value, done } = await this.it.next()
-    if (done) {
-      this.eof = true
-      return false
-    }
-    this.buf = this.buf.length ? Buffer.concat([this.buf, value]) : value
-    return true
-  }
-
-  // Consume through the first occurrence of `pat`; returns what came before (bounded).
-  async until (pat, limit) {
-    for (;;) {
-      const i = this.buf.indexOf(pat)
-      if (i >= 0) {
-        const head = this.buf.subarray(0, i)
-        this.buf = this.buf.subarray(i + pat.length)
-        return head
-      }
-      if (this.buf.length > limit) throw new ApiError('malformed multipart body', 400)
-      if (!await this.more()) throw new ApiError('unexpected end of multipart body', 400)
-    }
-  }
-
-  async take (n) {
-    while (this.buf.length < n) {
-      if (!await this.more()) throw new ApiError('unexpected end of multipart body', 400)
-    }
-    const head = this.buf.subarray(0, n)
-    this.buf = this.buf.subarray(n)
-    return head
-  }
-
-  // Yield everything before `pat`, then consume `pat`. Memory: one socket chunk + pat.
-  async * streamUntil (pat) {
-    for (;;) {
-      const i = this.buf.indexOf(pat)
-      if (i >= 0) {
-        if (i > 0) yield this.buf.subarray(0, i)
-        this.buf = this.buf.subarray(i + pat.length)
-        return
-      }
-      const keep = pat.length - 1
-      if (this.buf.length > keep) {
-        const out = this.buf.subarray(0, this.buf.length - keep)
-        this.buf = this.buf.subarray(this.buf.length - keep)
-        yield out
-      }
-      if (!await this.more()) throw new ApiError('unexpected end of multipart body', 400)
-    }
-  }
-}
-
-function parseHeaders (raw) {
-  const headers = {}
-  for (const line of raw.toString('utf8').split('\r\n')) {
-    const i = line.indexOf(':')
-    if (i > 0) headers[line.slice(0, i).trim().toLowerCase()] = line.slice(i + 1).trim()
-  }
-  return headers
-}
-
-function dispositionName (value) {
-  const m = /filename\*?="?([^";]*)"?/i.exec(value ?? '')
-  if (!m) return ''
+// The files of a multipart/form-data request, in order, each as a stream (busboy parses;
+// its backpressure holds the request while a file is being imported). A malformed or
+// truncated body is a 400 wherever busboy finds it, in a file's stream or after it.
+async function * multipartFiles (req) {
+  let bb
   try {
-    return decodeURIComponent(m[1])
-  } catch {
-    return m[1]
+    bb = busboy({ headers: req.headers, limits: { fieldSize: 1 << 16, fields: 64, headerPairs: 64 } })
+  } catch (e) {
+    throw new ApiError(`add expects a multipart/form-data body with a file (${e.message})`, 400)
+  }
+  const queue = []
+  let done = false
+  let failure = null
+  let wake = null
+  const poke = () => { if (wake) { wake(); wake = null } }
+  bb.on('file', (_field, stream, info) => {
+    // marks busboy's own errors, so a reader of the stream can tell them from its own
+    stream.on('error', (e) => { e.multipart = true })
+    queue.push({ stream, info })
+    poke()
+  })
+  bb.on('close', () => { done = true; poke() })
+  bb.on('error', (e) => { failure = e; poke() })
+  req.pipe(bb)
+  try {
+    for (;;) {
+      if (failure) throw failure
+      if (queue.length) {
+        const { stream, info } = queue.shift()
+        yield { stream, type: (info.mimeType ?? '').toLowerCase(), name: info.filename ?? '' }
+        stream.resume() // drain whatever the consumer left
+        continue
+      }
+      if (done) return
+      await new Promise((resolve) => { wake = resolve })
+    }
+  } catch (e) {
+    throw e instanceof ApiError ? e : new ApiError(`malformed multipart body: ${e.message}`, 400)
+  } finally {
+    req.unpipe(bb)
   }
 }
 
-async function * multipartParts (req, boundary) {
-  const r = new Reader(req)
-  const delim = Buffer.from(`--${boundary}`)
-  await r.until(delim, 1 << 16)
-  for (;;) {
-    const after = (await r.take(2)).toString('latin1')
-    if (after === '--') return
-    if (after !== '\r\n') throw new ApiError('malformed multipart body', 400)
-    const headers = parseHeaders(await r.until(Buffer.from('\r\n\r\n'), 1 << 16))
-    const body = r.streamUntil(Buffer.from(`\r\n--${boundary}`))
-    yield { headers, body }
-    for await (const _ of body) {} // drain whatever the consumer left
+// Kubo's clients (ipfshttpclient among them) percent-encode the file name.
+function safeName (raw) {
+  try {
+    return decodeURIComponent(raw)
+  } catch {
+    return raw
   }
 }
 
@@ -273,18 +233,20 @@ async function handleAdd (ctx, req, res, params) {
     layout: balanced({ maxChildrenPerNode: MAX_LINKS }),
     reduceSingleLeafToSelf: true
   }
-  const ct = req.headers['content-type'] ?? ''
-  const bm = /boundary=(?:"([^"]+)"|([^;]+))/i.exec(ct)
-  if (!ct.toLowerCase().startsWith('multipart/form-data') || !bm) {
+  if (!(req.headers['content-type'] ?? '').toLowerCase().startsWith('multipart/form-data')) {
     throw new ApiError('add expects a multipart/form-data body with a file', 400)
   }
   const blockstore = onlyHash ? { put: async (cid) => cid } : ctx.helia.blockstore
   const results = []
-  for await (const part of multipartParts(req, bm[1] ?? bm[2])) {
-    const type = (part.headers['content-type'] ?? '').toLowerCase()
-    if (type.startsWith('application/x-directory')) throw new ApiError('directories are not supported by this node', 400)
-    const name = dispositionName(part.headers['content-disposition'])
-    const result = await importFile({ path: name || undefined, content: part.body }, blockstore, options)
+  for await (const part of multipartFiles(req)) {
+    if (part.type.startsWith('application/x-directory')) throw new ApiError('directories are not supported by this node', 400)
+    const name = safeName(part.name)
+    let result
+    try {
+      result = await importFile({ path: name || undefined, content: part.stream }, blockstore, options)
+    } catch (e) {
+      throw e.multipart ? new ApiError(`malformed multipart body: ${e.message}`, 400) : e
+    }
     if (pin && !onlyHash) await pinOne(ctx, result.cid)
     results.push({ Name: name || cidText(result.cid), Hash: cidText(result.cid), Size: String(result.size) })
   }
@@ -492,7 +454,7 @@ async function main () {
   await datastore.open()
   const helia = createHeliaLight({ blockstore, datastore })
   await helia.start()
-  const ctx = { helia, identity: loadIdentity(repo) }
+  const ctx = { helia, identity: await loadIdentity(repo) }
 
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1')

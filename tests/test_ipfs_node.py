@@ -227,3 +227,40 @@ def test_cat_ranges_across_blocks(ipfs_store, version):
     for offset, length in [(0, 1), (CHUNK_SIZE - 3, 10), (CHUNK_SIZE * 2 + 50, CHUNK_SIZE + 50), (len(data) - 5, 100)]:
         assert ipfs_store.client.cat(obj.cid, offset=offset, length=length) == data[offset:offset + length]
     assert ipfs_store.client.cat(obj.cid, offset=CHUNK_SIZE + 7) == data[CHUNK_SIZE + 7:]
+
+
+def _post_add(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"{ipfs_node.http_url(url)}/api/v0/add?pin=false", data=body, method="POST",
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read().decode().splitlines()[0])
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def test_add_refuses_malformed_multipart_and_keeps_serving(ipfs, ipfs_store):
+    """The node's multipart parsing (busboy): every hostile body is a 400 with Kubo's error
+    shape, never a crash or a hang, and the node goes on serving."""
+    b = "xYz"
+    part = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a%20b.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode()
+    whole = part + b"hello" + f"\r\n--{b}--\r\n".encode()
+    status, doc = _post_add(ipfs.url, whole, f"multipart/form-data; boundary={b}")
+    assert status == 200 and doc["Name"] == "a b.bin" and doc["Hash"] == cid_of_bytes(b"hello").cid
+    cases = {
+        "truncated inside the file": (part + b"hel", f"multipart/form-data; boundary={b}"),
+        "no boundary": (whole, "multipart/form-data"),
+        "not multipart": (b"hello", "application/octet-stream"),
+        "a field, no file": (f"--{b}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\nv\r\n--{b}--\r\n".encode(),
+                             f"multipart/form-data; boundary={b}"),
+        "garbage": (b"\x00\xff" * 100, f"multipart/form-data; boundary={b}"),
+    }
+    for what, (body, ctype) in cases.items():
+        status, doc = _post_add(ipfs.url, body, ctype)
+        assert status == 400 and doc["Type"] == "error", (what, status, doc)
+        assert any(m in doc["Message"] for m in ("malformed multipart", "expects a multipart", "no file")), (what, doc)
+    assert ipfs_store.get(ipfs_store.put(b"still serving").cid, hashlib.sha256(b"still serving").digest())
