@@ -77,3 +77,28 @@ def deployed(settings: Settings, chain_service):
 
     with deployed_env(settings) as env:
         yield env
+
+
+# The slowest test files (seconds of one pytest worker, measured in `make test` runs),
+# collected first: `make test` hands whole files to two workers in collection order, and
+# a heavy file that starts last leaves one worker idle while the other finishes it.
+SLOWEST_FIRST = (
+    "test_aggregator.py",      # ~270 s
+    "test_worker.py",          # ~110 s
+    "test_chain_outage.py",    # ~90 s
+    "test_audit.py",           # ~80 s
+    "test_segment_replay.py",  # ~80 s
+    "test_hardhat.py",         # ~75 s
+    "test_private_data.py",    # ~70 s
+    "test_train.py",           # ~70 s
+    "test_compile.py",         # ~60 s
+    "test_demo.py",            # ~60 s
+    "test_chain_clock.py",     # ~50 s
+    "test_availability.py",    # ~45 s
+    "test_netns.py",           # ~40 s
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
