@@ -124,6 +124,12 @@ def _canonical_type(inp: dict) -> str:
     return t
 
 
+def tx_hash_of(receipt) -> str:
+    """A receipt's transaction hash as ``0x`` hex, for logs and records."""
+    h = receipt["transactionHash"]
+    return h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
+
+
 def plain_value(value: Any) -> Any:
     """ABI-decoded values as plain Python: bytes, int, str (checksummed addresses), lists."""
     if isinstance(value, (bytes, bytearray)):
@@ -446,8 +452,7 @@ class Chain:
 
     def _replay_failure(self, tx: dict, receipt, context: str) -> Exception:
         """A status-0 receipt: replay the transaction with eth_call at its block to get the error."""
-        h = receipt["transactionHash"]
-        h = h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
+        h = tx_hash_of(receipt)
         call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
         block = int(receipt["blockNumber"])
         for at in dict.fromkeys((block, max(0, block - 1))):  # its block, then the state before it

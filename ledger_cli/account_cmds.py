@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .chain_cmds import add_fund_command
 from .common import add_command, add_group
 
 
@@ -33,19 +34,7 @@ def register(sub) -> None:
         help="encrypt the key in LEDGER_PRIVATE_KEY instead of generating a new one",
     )
 
-    p = add_command(
-        g,
-        "fund",
-        "give an account ETH on a local chain (same as `ledger chain fund`)",
-        _fund,
-        example="ledger account fund w0 --eth 50",
-        description=(
-            "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
-            "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node."
-        ),
-    )
-    p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
-    p.add_argument("--eth", type=float, default=100.0, help="amount in ETH (default 100)")
+    add_fund_command(g, "account")
 
     add_command(
         g,
@@ -70,12 +59,6 @@ def _new(args, settings) -> int:
     print(f"{entry.name} {entry.address}")
     print(f"keystore file: {entry.path}", file=sys.stderr)
     return 0
-
-
-def _fund(args, settings) -> int:
-    from .chain_cmds import _fund as chain_fund
-
-    return chain_fund(args, settings)
 
 
 def _list(args, settings) -> int:

@@ -13,6 +13,23 @@ from .common import add_command, add_group, add_listen_args
 DEFAULT_FUND_ETH = 100.0
 
 
+def add_fund_command(group, group_name: str) -> None:
+    """``ledger <group_name> fund``: the one command, offered under ``chain`` and ``account``."""
+    p = add_command(
+        group,
+        "fund",
+        "give an account ETH on a local dev chain (anvil or Hardhat: sets its balance)",
+        _fund,
+        example=f"ledger {group_name} fund w0 --eth 50",
+        description=(
+            "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
+            "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node (asked with web3_clientVersion)."
+        ),
+    )
+    p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
+    p.add_argument("--eth", type=float, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
+
+
 def register(sub) -> None:
     g = add_group(sub, "chain", "the local chain (anvil, state persisted in <data-dir>/chain): up, down, status, fund",
                   ["ledger chain up && ledger deploy", "ledger chain status", "ledger chain down"])
@@ -52,19 +69,7 @@ def register(sub) -> None:
         example="ledger chain status || ledger chain up",
     )
 
-    p = add_command(
-        g,
-        "fund",
-        "give an account ETH on a local dev chain (anvil or Hardhat: sets its balance)",
-        _fund,
-        example="ledger chain fund w0 --eth 50",
-        description=(
-            "Add ETH to an address (or keystore account name) on a local dev chain (chain id 31337) only: "
-            "anvil_setBalance on anvil, hardhat_setBalance on Hardhat's node (asked with web3_clientVersion)."
-        ),
-    )
-    p.add_argument("address", metavar="ADDR", help="address or keystore account name")
-    p.add_argument("--eth", type=float, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
+    add_fund_command(g, "chain")
 
     p = add_command(
         sub,

@@ -144,12 +144,8 @@ def _parse_digest(text: str) -> bytes:
 def _put(args, settings) -> int:
     from ledger.digest import to_hex
 
-    store = _store(settings, args.cid_version)
-    try:
-        src = sys.stdin.buffer if args.file == "-" else args.file
-        obj = store.put(src)
-    finally:
-        store.close()
+    with _store(settings, args.cid_version) as store:
+        obj = store.put(sys.stdin.buffer if args.file == "-" else args.file)
     if args.json:
         print(json.dumps({"cid": obj.cid, "sha256": to_hex(obj.digest), "size": obj.size, "backend": store.name}))
     else:
@@ -161,21 +157,15 @@ def _put(args, settings) -> int:
 
 def _get(args, settings) -> int:
     digest = _parse_digest(args.digest)
-    store = _store(settings)
-    try:
+    with _store(settings) as store:
         dest = store.get_to_file(args.cid, digest, args.output)
-    finally:
-        store.close()
     print(f"wrote {dest} ({dest.stat().st_size} bytes, sha256 verified)")
     return 0
 
 
 def _verify(args, settings) -> int:
     digest = _parse_digest(args.digest)
-    store = _store(settings)
-    try:
+    with _store(settings) as store:
         size = store.verify(args.cid, digest)
-    finally:
-        store.close()
     print(f"ok: {args.cid} ({size} bytes) matches sha256 {args.digest}")
     return 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic
+from ledger.chain import tx_hash_of
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, TransactionFailed
 from ledger.verdicts import Verdict, describe
@@ -58,6 +59,7 @@ class Aggregator:
         self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
         self.opt = options or AggregatorOptions()
         self._said = None
+        self._manifests: dict = {}  # checkpoint digest -> transcript manifest, for the reveal wait
 
     def _say(self, key, msg: str, *args) -> None:
         """Log a waiting state once, not on every poll."""
@@ -142,7 +144,6 @@ class Aggregator:
         until = closed_at + int(ctx.config.policy.reveal_window)
         if time.time() > until:
             return True
-        self._manifests = getattr(self, "_manifests", {})
         missing = [(w, seg) for w, seg, cid in drawn_windows(ctx, r, subs, self._manifests) if not ctx.store.has(cid)]
         if not missing:
             return True
@@ -221,7 +222,7 @@ class Aggregator:
             return
         crash_point("aggregator:after-commit")
         log.info("round %d: committed to merge %s with %d accepted in tx %s (verify+merge %.1fs)",
-                 r, state["merged_cid"], sum(1 for v in state["verdicts"] if v == 0), _tx(receipt), state["seconds"])
+                 r, state["merged_cid"], sum(1 for v in state["verdicts"] if v == 0), tx_hash_of(receipt), state["seconds"])
 
     def _reveal(self, r: int, rd, committed: bytes) -> bool:
         ctx = self.ctx
@@ -243,13 +244,13 @@ class Aggregator:
             self._failed("reveal", r, e, ("AlreadyRevealed", "RevealPhaseOver"))
             return False
         log.info("round %d: revealed merge %s (%s) with %d accepted in tx %s", r, state["merged_cid"], short(digest),
-                 sum(1 for v in state["verdicts"] if v == 0), _tx(receipt))
+                 sum(1 for v in state["verdicts"] if v == 0), tx_hash_of(receipt))
         return True
 
     def _close(self, r: int) -> None:
         try:
             receipt = self.ctx.ledger.close_round(self.ctx.job_id, r)
-            log.info("round %d: skipped in tx %s", r, _tx(receipt))
+            log.info("round %d: skipped in tx %s", r, tx_hash_of(receipt))
         except TransactionFailed as e:
             self._failed("closeRound", r, e, ())
 
@@ -299,9 +300,6 @@ def _when(ts: int) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(ts)) + " UTC"
 
 
-def _tx(receipt) -> str:
-    h = receipt["transactionHash"]
-    return h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
 
 
 def run_aggregator(ledger, store, job_id: int, address: str, state_dir: Path, options: AggregatorOptions | None = None) -> int:

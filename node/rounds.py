@@ -28,7 +28,7 @@ class Verified:
 
     @property
     def verdicts(self) -> list[int]:
-        return [int(rep.verdict) for rep in self.reports]
+        return verifymod.verdict_bytes(self.reports)
 
 
 @dataclass
@@ -130,7 +130,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         return ctx.store.get(c.cid, c.digest, max_size=cfg.policy.max_checkpoint_bytes)
 
     reports = verifymod.verify_round(rctx, contributions, fetch)
-    return Verified(r, parent, parent_params, contributions, reports, getattr(rctx, "parent_val_loss", None))
+    return Verified(r, parent, parent_params, contributions, reports, rctx.parent_val_loss)
 
 
 def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged:

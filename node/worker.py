@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic, checkpoint
+from ledger.chain import tx_hash_of
 from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
@@ -127,7 +128,7 @@ class Worker:
             state = {}  # stale local state from another parent: start the round afresh
         ckpt_file = self.dir / f"round-{r}.safetensors"
         # "submitted" too: a rollback can erase a submission; the same bytes go again.
-        if state.get("status") in ("trained", "published", "submitted") and not self._local_files_intact(state, ckpt_file):
+        if state.get("status") in ("trained", "published", "submitted") and not self._local_files_intact(r, state, ckpt_file):
             log.warning("round %d: local checkpoint or snapshots do not match their recorded digests; training again", r)
             state = {}
         if state.get("status") not in ("trained", "published", "submitted"):
@@ -206,9 +207,8 @@ class Worker:
     def _bundle_file(self, r: int, segment: int) -> Path:
         return self.dir / f"round-{r}.windows-{segment}.bundle"
 
-    def _local_files_intact(self, state: dict, ckpt_file: Path) -> bool:
+    def _local_files_intact(self, r: int, state: dict, ckpt_file: Path) -> bool:
         files = [(ckpt_file, state.get("digest"))]
-        r = int(ckpt_file.stem.split("-")[1])
         files += [(self._snap_file(r, int(step)), d) for step, d in state.get("snapshots", {}).items()]
         files += [(self._bundle_file(r, int(seg)), d) for seg, d in state.get("windows", {}).items()]
         return all(f.exists() and to_hex(sha256_bytes(f.read_bytes())) == d for f, d in files)
@@ -245,8 +245,9 @@ class Worker:
                 return False
             raise
         crash_point("worker:after-submit")
-        atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": _tx_hex(receipt)})
-        log.info("round %d: submitted %s in tx %s (gas %s)", r, state["cid"], _tx_hex(receipt), receipt.get("gasUsed"))
+        tx_hash = tx_hash_of(receipt)
+        atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": tx_hash})
+        log.info("round %d: submitted %s in tx %s (gas %s)", r, state["cid"], tx_hash, receipt.get("gasUsed"))
         return True
 
     def _forget_older(self, r: int) -> None:
@@ -323,9 +324,6 @@ class Worker:
             self.ctx.wait(self.opt.poll)
 
 
-def _tx_hex(receipt) -> str:
-    h = receipt["transactionHash"]
-    return h.to_0x_hex() if hasattr(h, "to_0x_hex") else str(h)
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
