@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1x2,2x4,3x4", help="ROUNDSxWORKERS list (default 1x2,2x4,3x4)")
     ap.add_argument("--steps", type=int, default=10, help="local steps per round (default 10)")
     args = ap.parse_args()
-    from node.audit import audit_job
+    from node.roles.audit import audit_job
 
     rows = []
     for size in args.sizes.split(","):

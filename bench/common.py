@@ -5,7 +5,7 @@
   sampled with psutil every ~0.2 s; it also remembers every process it has seen so
   that ``stop_processes`` can stop each of them by PID, orphans included.
 - ``PlainFedAvg`` / ``plain_fedavg_round``: the same training as a ledger job
-  (``node.train.train_local`` on the job's shards, ``node.merge.fedavg``) on a pool
+  (``node.training.train.train_local`` on the job's shards, ``node.verification.merge.fedavg``) on a pool
   of worker processes, in memory: no chain, no storage.
 - ``LedgerJob``: a whole ledger job on a private local chain (temp data dir, anvil on
   a free port), its workers and aggregators as ``python -m ledger_cli ... run`` processes,
@@ -429,15 +429,15 @@ def bench_config(steps: int = 50, replay_segments: int | None = None):
 
 def split_for(cfg, num_workers: int):
     """The shards and validation split a ledger job with ``num_workers`` workers
-    cuts (``node.jobs.prepare_config`` without throughputs: equal IID shards)."""
-    from node import data as datamod
+    cuts (``node.roles.owner.prepare_config`` without throughputs: equal IID shards)."""
+    from node.training import data as datamod
 
     corpus = datamod.load_corpus(expected_sha256=cfg.data.corpus_sha256)
     return datamod.make_split(corpus, num_workers, mode=cfg.data.split, val_fraction=cfg.data.val_fraction)
 
 
 def genesis_params(cfg):
-    from node.model import GPTConfig, init_params
+    from node.models.bytegpt import GPTConfig, init_params
 
     return init_params(GPTConfig.from_spec(cfg.model), cfg.seed)
 
@@ -445,7 +445,7 @@ def genesis_params(cfg):
 def val_loss(cfg, params, validation: bytes) -> float:
     """The validation loss every bench reports for a final model: the policy's batches,
     a fixed seed (0), the job's thread count."""
-    from node.train import evaluate
+    from node.training.train import evaluate
 
     p = cfg.policy
     return evaluate(cfg.model, params, validation, p.val_batches, p.val_batch_size, seed=0, threads=cfg.train.threads)
@@ -469,7 +469,7 @@ def _plain_init(cfg_bytes: bytes, num_workers: int) -> None:
 
 def _plain_train(task):
     i, r, params = task
-    from node.train import derive_seed, train_local
+    from node.training.train import derive_seed, train_local
 
     cfg = _W["cfg"]
     name = f"plain-worker-{i:02d}"
@@ -481,7 +481,7 @@ def _plain_train(task):
 class PlainFedAvg:
     """A pool of ``processes`` worker processes (``spawn``: fresh interpreters, one
     torch thread each), each holding the job's shards; ``round`` trains every worker
-    on its shard from ``params`` and merges with ``node.merge.fedavg``. Nothing is
+    on its shard from ``params`` and merges with ``node.verification.merge.fedavg``. Nothing is
     written anywhere: this is the floor the ledger's overhead is measured against."""
 
     def __init__(self, cfg, num_workers: int, processes: int | None = None, start_method: str = "spawn"):
@@ -527,10 +527,10 @@ def _noop(_):
 
 def plain_fedavg_round(pool, params, r: int, num_workers: int, cfg=None):
     """One plain in-memory FedAvg round on ``pool`` (see ``PlainFedAvg``): every
-    worker trains ``node.train.train_local`` on its shard, the parent process merges
-    with ``node.merge.fedavg`` (sample-weighted). Returns (merged params, seconds,
+    worker trains ``node.training.train.train_local`` on its shard, the parent process merges
+    with ``node.verification.merge.fedavg`` (sample-weighted). Returns (merged params, seconds,
     mean last-batch training loss)."""
-    from node.merge import fedavg
+    from node.verification.merge import fedavg
 
     t0 = time.perf_counter()
     out = pool.map(_plain_train, [(i, r, params) for i in range(num_workers)], chunksize=1)
@@ -629,7 +629,7 @@ class LedgerJob(Footprint):
         from ledger.config import Settings
         from ledger.deploy import deploy, open_ledger
         from ledger.store import open_store
-        from node.jobs import create_job
+        from node.roles.owner import create_job
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
         self.data_dir = tmp
@@ -765,7 +765,7 @@ class LedgerJob(Footprint):
                 t.block_seconds = int(closed[t.round] - opened[t.round])
 
     def _final_params(self, ledger, store):
-        from node.task import JobContext
+        from node.context import JobContext
 
         try:
             ctx = JobContext.load(ledger, store, self.job_id)

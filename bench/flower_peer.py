@@ -7,8 +7,8 @@
    ``--node-config "partition-id=i num-partitions=N"``), then ``flwr run
    bench/flower_app <connection> --stream`` (FLWR_HOME and HOME in a temp dir,
    telemetry and update checks off, the connection in $FLWR_HOME/config.toml).
-   The app (bench/flower_app) trains the ledger's model with ``node.train.train_local``
-   on shard i of ``node.data.make_split``; the server runs Flower's FedAvg and
+   The app (bench/flower_app) trains the ledger's model with ``node.training.train.train_local``
+   on shard i of ``node.training.data.make_split``; the server runs Flower's FedAvg and
    timestamps every round.
 2. The ledger: a private anvil chain (temp data dir, free port), the contract
    deployed, a job created with the same model, data and steps, N workers and 3

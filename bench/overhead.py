@@ -4,8 +4,8 @@
 
 1. The same job twice, in one run, with the same process layout:
    - plain in-memory FedAvg: a pool of one process per worker (``spawn``, one torch
-     thread each) running ``node.train.train_local`` on the job's shards, merged with
-     ``node.merge.fedavg`` in the parent; no chain, no storage;
+     thread each) running ``node.training.train.train_local`` on the job's shards, merged with
+     ``node.verification.merge.fedavg`` in the parent; no chain, no storage;
    - the ledger: a private anvil chain, the job on chain, every worker and aggregator
      a ``python -m ledger_cli ... run`` process, aggregators run with
      ``--skip-stage validation --skip-stage replay --skip-stage norm`` (what stays on
@@ -87,17 +87,17 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     """Time every verification stage over round ``r``'s real contributions.
 
     Returns (stage, seconds for the whole round, how many items it ran on, note).
-    Each stage is the function the pipeline (node.verify) calls for it, timed on
+    Each stage is the function the pipeline (node.verification.verify) calls for it, timed on
     its own with the job's thread count.
     """
     import numpy as np
 
     from ledger import checkpoint
     from ledger.digest import sha256_bytes
-    from node import verify as V
-    from node.merge import fedavg, tensor_digest, update_norm
-    from node.rounds import replay_seed
-    from node.task import JobContext
+    from node.verification import verify as V
+    from node.verification.merge import fedavg, tensor_digest, update_norm
+    from node.verification.rounds import replay_seed
+    from node.context import JobContext
 
     ctx = JobContext.load(ledger, store, job.job_id)
     cfg = ctx.config

@@ -31,9 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ledger.jobconfig import JobConfig  # noqa: E402
-from node.data import load_corpus, make_split  # noqa: E402
-from node.model import GPTConfig, init_params  # noqa: E402
-from node.train import derive_seed, evaluate, train_local  # noqa: E402
+from node.training.data import load_corpus, make_split  # noqa: E402
+from node.models.bytegpt import GPTConfig, init_params  # noqa: E402
+from node.training.train import derive_seed, evaluate, train_local  # noqa: E402
 
 
 def fedavg(results: list[tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:

@@ -42,8 +42,8 @@ def config(steps: int):
 
 def reference(out: Path, steps: int, every: int) -> None:
     """Two rounds on the reference kernels; every state every ``every`` steps to ``out``."""
-    from node.train import train_local
-    from node.transcript import TrainState, encode_snapshot
+    from node.training.train import train_local
+    from node.training.transcript import TrainState, encode_snapshot
 
     cfg = config(steps)
     shard = split_for(cfg, 4).shards[0]
@@ -55,7 +55,7 @@ def reference(out: Path, steps: int, every: int) -> None:
         for s in states:
             (out / f"r{rnd}-{s.step}.safetensors").write_bytes(encode_snapshot(s, {"round": str(rnd)}))
         # the end state's moments are not in TrainResult: run the last stretch again for them
-        from node.train import train_steps
+        from node.training.train import train_steps
 
         end, _, _ = train_steps(cfg.model, cfg.train, res.snapshots[-1], shard, SEED + rnd, steps)
         (out / f"r{rnd}-{steps}.safetensors").write_bytes(encode_snapshot(end, {"round": str(rnd)}))
@@ -64,7 +64,7 @@ def reference(out: Path, steps: int, every: int) -> None:
 
 def load(out: Path, rnd: int, step: int, like):
     from ledger import checkpoint
-    from node.transcript import TrainState
+    from node.training.transcript import TrainState
 
     tensors, _ = checkpoint.decode((out / f"r{rnd}-{step}.safetensors").read_bytes())
     g = {grp: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(grp + "/")}
@@ -76,8 +76,8 @@ def load(out: Path, rnd: int, step: int, like):
 
 def replay_all(out: Path, steps: int, lengths: list[int], threads: int) -> dict:
     """In a verifier process: the worst replay_distance per (round, length)."""
-    from node.train import train_steps
-    from node.transcript import replay_distance
+    from node.training.train import train_steps
+    from node.training.transcript import replay_distance
 
     cfg = config(steps)
     shard = split_for(cfg, 4).shards[0]
@@ -100,8 +100,8 @@ def cheats(out: Path, steps: int, L: int) -> dict:
     segment starting at step L)."""
     import numpy as np
 
-    from node.train import train_steps
-    from node.transcript import TrainState, replay_distance
+    from node.training.train import train_steps
+    from node.training.transcript import TrainState, replay_distance
 
     cfg = config(steps)
     shard = split_for(cfg, 4).shards[0]

@@ -4,21 +4,21 @@ An in-memory simulation of federated rounds. There is no chain and no storage; t
 benchmark measures the rules and the verification, and those are the same code the
 aggregators run:
 
-- every worker trains with ``node.train.train_local`` on its IID shard
-  (``node.data.make_split``), from the round's parent, with the seed
-  ``node.train.derive_seed`` gives it;
+- every worker trains with ``node.training.train.train_local`` on its IID shard
+  (``node.training.data.make_split``), from the round's parent, with the seed
+  ``node.training.train.derive_seed`` gives it;
 - the Byzantine workers train honestly too, then replace their result with
-  ``node.adversary.attack_params(attack, parent, honest, seed)`` (or, for
+  ``node.roles.adversary.attack_params(attack, parent, honest, seed)`` (or, for
   ``collude``, one shared vector: parent - 10 x the mean of their honest updates);
 - verification on: each contribution is encoded with ``ledger.checkpoint.encode``
   (with the lineage metadata a worker writes) and goes through
-  ``node.verify.verify_round`` with a fetch function that returns those bytes,
+  ``node.verification.verify.verify_round`` with a fetch function that returns those bytes,
   the norm bounds and the validation loss on (segment replay off: these attacks
   are on the tensors, measured without transcripts); only the accepted ones are merged;
-- verification off: every contribution goes straight to ``node.merge.merge``;
+- verification off: every contribution goes straight to ``node.verification.merge.merge``;
   NaN / wrong-shape tensors make the merge refuse (``ValueError``), which is shown
   as "merge failed (...)" and ends that run;
-- the final model of each run is scored with ``node.train.evaluate`` on the
+- the final model of each run is scored with ``node.training.train.evaluate`` on the
   validation split (fixed batches, seed 0) and compared with the all-honest run of
   the same rule and the same verification setting.
 
@@ -72,7 +72,7 @@ _W: dict = {}
 
 
 def _init_worker(num_workers: int) -> None:
-    from node.data import load_corpus, make_split
+    from node.training.data import load_corpus, make_split
 
     split = make_split(load_corpus(), num_workers, "iid")
     _W["shards"], _W["validation"] = split.shards, split.validation
@@ -80,8 +80,8 @@ def _init_worker(num_workers: int) -> None:
 
 def _train_task(task):
     """Honest local training of one worker from one parent."""
-    from node.merge import update_norm
-    from node.train import train_local
+    from node.verification.merge import update_norm
+    from node.training.train import train_local
 
     key, model, train, parent, shard_index, seed = task
     res = train_local(model, train, parent, _W["shards"][shard_index], seed)
@@ -90,7 +90,7 @@ def _train_task(task):
 
 
 def _eval_task(task):
-    from node.train import evaluate
+    from node.training.train import evaluate
 
     key, model, params = task
     if not _finite(params):
@@ -105,10 +105,10 @@ def _finite(params) -> bool:
 
 def _judge_task(task):
     """One round of one run: build the contributions, verify (or not), merge."""
-    from node import verify as V
-    from node.adversary import attack_params
-    from node.merge import merge, update_norm
-    from node.task import CHECKPOINT_FORMAT
+    from node.verification import verify as V
+    from node.roles.adversary import attack_params
+    from node.verification.merge import merge, update_norm
+    from node.context import CHECKPOINT_FORMAT
 
     (run_key, attack, rule, verify_on, r, cfg, parent, parent_digest, honest, addresses, byz,
      samples, seeds) = task
@@ -210,7 +210,7 @@ class Run:
 
 
 def tensor_key(params) -> bytes:
-    from node.merge import tensor_digest
+    from node.verification.merge import tensor_digest
 
     return tensor_digest(params)
 
@@ -250,8 +250,8 @@ def main(argv=None) -> int:
     if not 0 <= args.byzantine < args.workers:
         ap.error("--byzantine must be in [0, workers)")
 
-    from node.model import GPTConfig, init_params
-    from node.train import derive_seed, num_samples
+    from node.models.bytegpt import GPTConfig, init_params
+    from node.training.train import derive_seed, num_samples
 
     model = ModelSpec(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
     train = TrainSpec(steps=args.steps, batch_size=args.batch_size)
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
                      loss_s, ratio_s])
     print()
     print_table(title, headers, rows)
-    print(f"final val loss: node.train.evaluate, {FINAL_EVAL_BATCHES} x {FINAL_EVAL_BATCH_SIZE} fixed validation "
+    print(f"final val loss: node.training.train.evaluate, {FINAL_EVAL_BATCHES} x {FINAL_EVAL_BATCH_SIZE} fixed validation "
           f"windows (seed 0), genesis {genesis_loss:.4f}; h/b = honest/Byzantine contributions, summed over "
           f"rounds; merged = went into the model (krum: selected); ratio vs the all-honest run of the same "
           f"rule and verification setting")

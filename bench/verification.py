@@ -7,7 +7,7 @@ Under the default job policy (the default model, 50 steps a round, a snapshot ev
 its round in this process, exactly as ``ledger worker run`` does (transcript,
 snapshots and checkpoint into an embedded store), and the CPU time of its training
 is measured. Then one aggregator runs the shared verification pipeline
-(``node.verify.verify_round``, the very code ``ledger aggregator run`` and
+(``node.verification.verify.verify_round``, the very code ``ledger aggregator run`` and
 ``ledger audit`` run) over the round, and its CPU time is split by stage. Both
 sides run with the job's one torch thread, so CPU seconds compare like for like.
 
@@ -32,13 +32,13 @@ STAGES = ("fetch", "decode", "norm", "validation", "replay")
 
 
 def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: list[bytes], workers: list[str]):
-    """Every worker's round as ``node.worker`` runs it: (contributions, their bytes,
+    """Every worker's round as ``node.roles.worker`` runs it: (contributions, their bytes,
     CPU seconds of training, transcript bytes, checkpoint bytes)."""
     from ledger import checkpoint
     from ledger.digest import sha256_bytes
-    from node import transcript as tx
-    from node.task import contribution_meta
-    from node.train import derive_seed, train_local
+    from node.training import transcript as tx
+    from node.context import contribution_meta
+    from node.training.train import derive_seed, train_local
     from ledger.contract import Submission
 
     contributions, cpu, transcript_bytes, ckpt_bytes = [], 0.0, 0, 0
@@ -62,7 +62,7 @@ def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: 
 
 def verify(cfg, store, r: int, parent: dict, parent_digest: bytes, shards, workers, contributions, seed: bytes):
     """One aggregator's verification of the round: (reports, CPU seconds in all)."""
-    from node.verify import RoundContext, verify_round
+    from node.verification.verify import RoundContext, verify_round
 
     shard_of = {w.lower(): s for w, s in zip(workers, shards)}
     cap = cfg.policy.max_checkpoint_bytes
@@ -86,9 +86,9 @@ def main() -> int:
     from ledger import checkpoint
     from ledger.digest import sha256_bytes
     from ledger.store.embedded import EmbeddedStore
-    from node.merge import merge
-    from node.transcript import inner_boundaries
-    from node.verify import accepted
+    from node.verification.merge import merge
+    from node.training.transcript import inner_boundaries
+    from node.verification.verify import accepted
 
     cfg = bench_config(steps=args.steps)
     p = cfg.policy

@@ -13,7 +13,7 @@ commitment without disclosing anything else of the file.
   passed off as a chunk).
 - the commitment is ``sha256(0x02 || merkle_root || length as 8 bytes big-endian)``:
   the length is committed too, because the window offsets of every training step are a
-  function of it (``node.train.step_offsets``).
+  function of it (``node.training.train.step_offsets``).
 
 Proofs are multiproofs: the sibling nodes the revealed chunks need, keyed by (level,
 index), each sent once; a segment reveals hundreds of adjacent chunks whose paths to

@@ -22,7 +22,7 @@ MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
 
 @dataclass
 class ModelSpec:
-    """A byte-level GPT (see node.model.GPTConfig for the meaning of each field)."""
+    """A byte-level GPT (see node.models.bytegpt.GPTConfig for the meaning of each field)."""
 
     vocab_size: int = 256
     block_size: int = 128
@@ -58,7 +58,7 @@ class Policy:
     max_val_loss_increase: float = 0.25  # accepted if val_loss <= parent_val_loss + this
     val_batches: int = 8
     val_batch_size: int = 32
-    # Segment replay (node.transcript): a worker snapshots its whole training state every
+    # Segment replay (node.training.transcript): a worker snapshots its whole training state every
     # segment_steps steps; each aggregator re-runs replay_segments drawn segments of every
     # contribution (0 = none) and accepts when the replay lands within replay_tolerance
     # of the published end, relative to the segment's own movement. Calibrated by
@@ -72,7 +72,7 @@ class Policy:
     replay_tolerance: float = 1e-2
     max_checkpoint_bytes: int = 256 * 1024 * 1024
     # Private-data jobs: seconds after a round closes that aggregators wait for the
-    # workers to reveal the windows of their drawn segments (node.privdata) before
+    # workers to reveal the windows of their drawn segments (node.training.privdata) before
     # judging; a window still missing then is WINDOWS_UNREVEALED. Must sit well inside
     # the proposal window (checked at job creation).
     reveal_window: int = 60

@@ -3,7 +3,7 @@
 The contract only counts zeros (accepted); the meaning of each non-zero code is
 fixed here and shared by the aggregators, the audit and the history display.
 Codes are on chain, so they never change meaning and new ones are appended: their
-numbers do not follow the pipeline's order (``node.verify`` lists the checks in order).
+numbers do not follow the pipeline's order (``node.verification.verify`` lists the checks in order).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 def _run(args, settings) -> int:
     setup_logging(args.verbose)
-    from node.aggregator import AggregatorOptions, run_aggregator
+    from node.roles.aggregator import AggregatorOptions, run_aggregator
 
     ledger, store, account = open_party(settings)
     stages = None

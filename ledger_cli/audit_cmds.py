@@ -53,13 +53,13 @@ def _history(args, settings) -> int:
 
 def _audit(args, settings) -> int:
     setup_logging()
-    from node.report_text import render_text
+    from node.reports.text import render_text
 
     ledger, store, _ = open_party(settings, need_account=False)
     report = run_audit_with_progress(ledger, store, args.job, args.replay, progress=not args.no_progress and not args.json,
                                      threads=args.threads)
     if args.html:
-        from node.report_html import render_html
+        from node.reports.html import render_html
 
         Path(args.html).write_text(render_html(report))
     if args.json:
@@ -75,7 +75,7 @@ def _audit(args, settings) -> int:
 def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True, threads: int | None = None):
     from tqdm import tqdm
 
-    from node.audit import audit_job
+    from node.roles.audit import audit_job
 
     bar = tqdm(total=None, desc="audit", unit="round", disable=not progress or None, file=sys.stderr, leave=False)
 

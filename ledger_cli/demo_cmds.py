@@ -60,7 +60,7 @@ def register(sub) -> None:
 
 def _demo(args, settings) -> int:
     setup_logging()
-    from node.demo import DemoOptions, run_demo
+    from node.roles.demo import DemoOptions, run_demo
 
     opt = DemoOptions(
         workers=args.workers, aggregators=args.aggregators, quorum=args.quorum, rounds=args.rounds,
@@ -72,7 +72,7 @@ def _demo(args, settings) -> int:
 
 def _generate(args, settings) -> int:
     setup_logging()
-    from node.generate import generate_verified
+    from node.roles.generate import generate_verified
 
     ledger, store, _ = open_party(settings, need_account=False)
     g = generate_verified(ledger, store, args.job, args.prompt, max_new_tokens=args.tokens,

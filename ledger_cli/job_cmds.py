@@ -123,7 +123,7 @@ def _create(args, settings) -> int:
     setup_logging()
     from ledger.jobconfig import JobConfig
 
-    from node.jobs import create_job, describe
+    from node.roles.owner import create_job, describe
 
     cfg = JobConfig(name=args.name, seed=args.seed, cid_version=args.cid_version)
     cfg.data.split = args.split
@@ -180,7 +180,7 @@ def _private_data(args):
 
 def _worker(args, settings) -> int:
     setup_logging(args.verbose)
-    from node.worker import WorkerOptions, run_worker
+    from node.roles.worker import WorkerOptions, run_worker
 
     ledger, store, account = open_party(settings)
     data = None

@@ -66,7 +66,7 @@ class Env:
                    round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None,
                    proposal_window: int = 120) -> int:
         """A job on chain; ``quorum`` defaults to the smallest strict majority of the aggregators."""
-        from node.jobs import create_job
+        from node.roles.owner import create_job
 
         self.fund(*workers, *aggregators)
         job = create_job(self.ledger, self.store, config or tiny_config(),

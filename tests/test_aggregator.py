@@ -114,7 +114,7 @@ def test_two_aggregators_that_disagree_the_window_expires_and_the_audit_agrees(d
     attacker = keys(1, "scaler")[0]
     job = env.create_job([W[0], attacker], A, quorum=2, rounds=1, proposal_window=window)
     procs = _run_workers(env, job, W[:1], "--rounds", "1")
-    procs.append(env.spawn_module(attacker, "node.adversary", "--job", str(job), "--attack", "scale", "--rounds", "1"))
+    procs.append(env.spawn_module(attacker, "node.roles.adversary", "--job", str(job), "--attack", "scale", "--rounds", "1"))
     wait_for(lambda: env.ledger.round(job, 1).submissions == 2, 180, "both submissions", procs)
     strict = _run_aggregators(env, job, A[:1])[0]
     lax = _run_aggregators(env, job, A[1:2], "--skip-stage", "norm", "--skip-stage", "validation",
@@ -137,8 +137,8 @@ def test_two_aggregators_that_disagree_the_window_expires_and_the_audit_agrees(d
     for p in (strict, lax):
         assert p.wait(timeout=60) == 0, log_text(p)
 
-    from node.audit import audit_job
-    from node.report_text import render_text
+    from node.roles.audit import audit_job
+    from node.reports.text import render_text
 
     report = audit_job(env.ledger, env.store, job, replay="none")
     assert report.ok, [d.line() for d in report.discrepancies]
@@ -212,7 +212,7 @@ def test_byzantine_workers_are_rejected_with_the_right_reason(deployed):
     procs = _run_workers(env, job, honest, "--rounds", "1")
     wait_for(lambda: env.ledger.round(job, 1).submissions >= 1, 180, "an honest submission", procs)
     for k, attack in zip(bad, attacks):
-        procs.append(env.spawn_module(k, "node.adversary", "--job", str(job), "--attack", attack, "--rounds", "1"))
+        procs.append(env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", attack, "--rounds", "1"))
     procs += _run_aggregators(env, job, A[:2])
     wait_for(lambda: env.ledger.job(job).completed, 400, "the round to finalize", procs)
     rd = env.ledger.round(job, 1)
@@ -239,7 +239,7 @@ def test_waiting_roles_reread_on_a_contract_event_or_a_deadline_not_on_every_blo
     was most of an idle aggregator's CPU."""
     import threading
 
-    from node.task import JobContext
+    from node.context import JobContext
 
     env = deployed
     job = env.create_job(W[:1], A[:1], quorum=1, rounds=1)

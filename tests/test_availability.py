@@ -68,7 +68,7 @@ def _auditor(env, tmp_path, store_dir=None):
 def _audit(env, tmp_path, job, store_dir=None):
     from ledger.deploy import open_ledger
     from ledger.store import open_store
-    from node.audit import audit_job
+    from node.roles.audit import audit_job
 
     s = _auditor(env, tmp_path, store_dir)
     return audit_job(open_ledger(s), open_store(s), job, replay="none", evaluate_merged=False)
@@ -137,7 +137,7 @@ def test_aggregator_pins_what_it_verified_and_merged(world):
 def test_generate_loads_the_model_the_audit_checked(world, tmp_path):
     from ledger.deploy import open_ledger
     from ledger.store import open_store
-    from node.generate import generate_verified
+    from node.roles.generate import generate_verified
 
     env, w = world
     job = w["two"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ledger.jobconfig import DataSpec
-from node.data import (CorpusError, as_tensor, balance_sizes, load_corpus, windows, make_split, shard_specs,
+from node.training.data import (CorpusError, as_tensor, balance_sizes, load_corpus, windows, make_split, shard_specs,
                        speeches, split_point)
 
 

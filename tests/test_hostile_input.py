@@ -50,7 +50,7 @@ def _job_with(env, config_bytes: bytes, genesis: bytes) -> int:
 
 
 def _valid_config() -> bytes:
-    from node.jobs import prepare_config
+    from node.roles.owner import prepare_config
 
     return prepare_config(tiny_config(), 1).to_bytes()
 

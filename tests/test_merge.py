@@ -1,4 +1,4 @@
-"""Merge rules (node/merge.py): exact values, robustness, determinism, streaming."""
+"""Merge rules (node/verification/merge.py): exact values, robustness, determinism, streaming."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ledger.jobconfig import Policy
-from node.merge import (
+from node.verification.merge import (
     MergeResult,
     exact_sum_of_squares,
     fedavg,
@@ -369,7 +369,7 @@ if {import_torch}:
     import torch
     torch.set_num_threads(1)
 from ledger.jobconfig import Policy
-from node.merge import merge, tensor_digest
+from node.verification.merge import merge, tensor_digest
 sys.path.insert(0, {tests!r})
 from test_merge import random_round
 out = {{}}

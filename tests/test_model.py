@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ledger.jobconfig import ModelSpec
-from node.model import GPT, GPTConfig, init_params
-from node.params import load_into, param_bytes, to_numpy, to_state_dict
+from node.models.bytegpt import GPT, GPTConfig, init_params
+from node.models.params import load_into, param_bytes, to_numpy, to_state_dict
 
 
 def test_config_from_spec():

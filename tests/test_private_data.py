@@ -52,9 +52,11 @@ SHAPE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "3
 
 def _revealed_chunks(env, job: int, worker: str, length: int) -> set[int]:
     """The chunks of the worker's file that the verifiers' draws asked for, every round."""
-    from node import privdata, train, transcript as tx
-    from node.rounds import replay_seed
-    from node.task import JobContext
+    from node.training import privdata
+    from node.training import train
+    from node.training import transcript as tx
+    from node.verification.rounds import replay_seed
+    from node.context import JobContext
 
     ctx = JobContext.load(env.ledger, env.store, job)
     cfg = ctx.config
@@ -168,7 +170,7 @@ PRIVATE_ATTACKS = {"bad-proof": Verdict.WINDOWS_PROOF, "other-data": Verdict.REP
 
 
 def test_dishonest_private_workers_are_rejected_with_their_reason(deployed, tmp_path):
-    from node.jobs import create_job
+    from node.roles.owner import create_job
 
     env = deployed
     honest = keys(1, "byod-h")[0]
@@ -185,7 +187,7 @@ def test_dishonest_private_workers_are_rejected_with_their_reason(deployed, tmp_
 
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--data", str(paths[0]), "--no-progress",
                        "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.adversary", "--job", str(job), "--attack", a, "--data", str(p), "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--data", str(p), "--poll", "0.3")
               for (a, k), p in zip(cheats.items(), paths[1:])]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 300, "the job to complete", procs)

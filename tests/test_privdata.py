@@ -1,4 +1,4 @@
-"""Window bundles (node.privdata): what a verifier accepts, and every way it refuses."""
+"""Window bundles (node.training.privdata): what a verifier accepts, and every way it refuses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from ledger import datacommit as dc
 from ledger.jobconfig import canonical_json
-from node import privdata, train
+from node.training import privdata
+from node.training import train
 
 DATA = bytes((i * 7 + i // 13) % 256 for i in range(5000))
 ROOT = dc.commit(DATA).root

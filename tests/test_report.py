@@ -24,9 +24,9 @@ import pytest
 
 from ledger.verdicts import Verdict
 from ledger.contract import Submission
-from node.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
-from node.report_html import GREEN, RED, render_html
-from node.report_text import render_text
+from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
+from node.reports.html import GREEN, RED, render_html
+from node.reports.text import render_text
 from conftest import require_tool  # tests/ is on sys.path (rootdir conftest, prepend import mode)
 
 
@@ -468,7 +468,7 @@ def test_html_empty_cases_in_chromium(tmp_path: Path, make):
 
 
 def test_cell_states_and_ticks():
-    from node.report_html import ORANGE, PURPLE, cell_state
+    from node.reports.html import ORANGE, PURPLE, cell_state
 
     def contrib(onchain, audit):
         return ContributionAudit(submission(1, 0, WORKERS[0], "x", 1, 1), onchain, audit)
@@ -486,7 +486,7 @@ def test_cell_states_and_ticks():
 
 
 def test_flat_loss_still_gets_a_scale():
-    from node.report_graphs import loss_svg
+    from node.reports.graphs import loss_svg
 
     report = three_round_report()
     for rnd in report.rounds:
@@ -505,7 +505,7 @@ def test_graph_ids_are_unique_on_the_page():
 
 def test_matplotlib_is_loaded_only_to_render():
     code = (
-        "import sys, ledger, node.report_html, node.report_text\n"
+        "import sys, ledger, node.reports.html, node.reports.text\n"
         "assert 'matplotlib' not in sys.modules, 'imported at import time'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

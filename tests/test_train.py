@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from ledger.jobconfig import ModelSpec, TrainSpec
-from node.data import load_corpus, make_split
-from node.model import GPTConfig, init_params
-from node.params import param_bytes
+from node.training.data import load_corpus, make_split
+from node.models.bytegpt import GPTConfig, init_params
+from node.models.params import param_bytes
 from ledger.errors import LedgerError
-from node.train import derive_seed, evaluate, num_samples, step_offsets, train_local
+from node.training.train import derive_seed, evaluate, num_samples, step_offsets, train_local
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 REPLAY = r"""
 import hashlib, json, sys
 from ledger.jobconfig import ModelSpec, TrainSpec
-from node.data import load_corpus, make_split
-from node.model import GPTConfig, init_params
-from node.params import param_bytes
-from node.train import train_local
+from node.training.data import load_corpus, make_split
+from node.models.bytegpt import GPTConfig, init_params
+from node.models.params import param_bytes
+from node.training.train import train_local
 steps, threads = int(sys.argv[1]), int(sys.argv[2])
 shard = make_split(load_corpus(), 4, "speaker").shards[2]
 params = init_params(GPTConfig(), 11)

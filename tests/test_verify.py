@@ -1,4 +1,4 @@
-"""The verification pipeline (node/verify.py) on real checkpoint bytes and the real tiny GPT."""
+"""The verification pipeline (node/verification/verify.py) on real checkpoint bytes and the real tiny GPT."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
 from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
 from ledger.contract import Submission
 from ledger.verdicts import Verdict
-from node.merge import merge, tensor_digest
-from node import transcript as tx
-from node.verify import (
+from node.verification.merge import merge, tensor_digest
+from node.training import transcript as tx
+from node.verification.verify import (
     CHEAP_STAGES,
     RoundContext,
     accepted,
@@ -50,8 +50,8 @@ def task(tmp_path_factory):
     """A tiny GPT job: 1 layer, 32 wide, 32-byte context, 4 steps a round in 2 segments
     of 2 steps; each worker's transcript (one snapshot, at step 2) in a real store."""
     from ledger.store.embedded import EmbeddedStore
-    from node.model import GPTConfig, init_params
-    from node.train import derive_seed, train_local
+    from node.models.bytegpt import GPTConfig, init_params
+    from node.training.train import derive_seed, train_local
 
     cfg = JobConfig(
         seed=99,
@@ -300,7 +300,7 @@ def test_validation_loss_rejects_a_damaging_update(task):
     rd.add_params(addr(1), task["trained"][addr(1)])
     rd.add_params(addr(2), noisy)
     calls = []
-    from node.train import evaluate
+    from node.training.train import evaluate
 
     def counting_evaluate(*args):
         calls.append(args)
@@ -316,7 +316,7 @@ def test_validation_loss_rejects_a_damaging_update(task):
     assert len(calls) == 3             # the parent once, then each contribution
     # every evaluation uses the same batches: the round's validation seed
     assert {c[5] for c in calls} == {validation_seed(SEED_BYTES, JOB, ROUND)}
-    # the default evaluate (node.train's, with the job's thread count) gives the same numbers
+    # the default evaluate (node.training.train's, with the job's thread count) gives the same numbers
     again = verify_round(rd.context(config=loose, stages={"norm", "validation"}), rd.contributions, rd.fetch)
     assert [r.metrics for r in again] == [r1.metrics, r2.metrics]
 
@@ -442,7 +442,7 @@ def test_segment_draw_is_deterministic_seeded_and_uniform():
 def test_restoring_a_snapshot_continues_training_bit_for_bit(task):
     """The property segment replay rests on: on one machine a segment replayed from a
     snapshot lands exactly where uninterrupted training went."""
-    from node.train import derive_seed, train_steps
+    from node.training.train import derive_seed, train_steps
 
     cfg, w = task["cfg"], addr(2)
     mid = task["snapshots"][w][0]
@@ -494,7 +494,7 @@ import json, pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
 from ledger.jobconfig import JobConfig
 from ledger.store.embedded import EmbeddedStore
-from node.verify import RoundContext, verify_round
+from node.verification.verify import RoundContext, verify_round
 d = pickle.load(open({str(blob)!r}, "rb"))
 ctx = RoundContext(config=JobConfig.from_bytes(d["cfg"]), job_id={JOB}, round={ROUND},
                    parent_digest=d["parent_digest"], parent_params=d["parent"], validation=d["validation"],
@@ -563,7 +563,7 @@ def test_relative_norm_bound_rejects_an_outlier_the_absolute_cap_lets_through(ta
 
 def test_relative_norm_bound_needs_three_contributions():
     from ledger.jobconfig import Policy
-    from node.verify import relative_norm_bound
+    from node.verification.verify import relative_norm_bound
 
     assert relative_norm_bound(Policy(), [1.0, 2.0]) is None
     assert relative_norm_bound(Policy(), [1.0, 2.0, 4.0]) == 6.0

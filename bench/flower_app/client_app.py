@@ -1,8 +1,8 @@
 """Flower ClientApp: one round of the ledger's local training on this node's shard.
 
 The node's ``partition-id`` / ``num-partitions`` (``flower-supernode --node-config``)
-pick shard i of ``node.data.make_split`` (the same equal IID shards a ledger job with
-that many workers cuts); training is ``node.train.train_local`` with the ledger's
+pick shard i of ``node.training.data.make_split`` (the same equal IID shards a ledger job with
+that many workers cuts); training is ``node.training.train.train_local`` with the ledger's
 default model and training spec and the run's ``steps``, one torch thread. The reply
 carries the new parameters by name and ``num-examples`` = steps x batch size, the
 weight the ledger's FedAvg uses too.
@@ -30,7 +30,7 @@ def _config(steps: int):
 def _shard(cfg, i: int, n: int) -> bytes:
     key = (i, n)
     if key not in _SHARDS:
-        from node import data as datamod
+        from node.training import data as datamod
 
         corpus = datamod.load_corpus(expected_sha256=cfg.data.corpus_sha256)
         split = datamod.make_split(corpus, n, mode=cfg.data.split, val_fraction=cfg.data.val_fraction)
@@ -40,7 +40,7 @@ def _shard(cfg, i: int, n: int) -> bytes:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    from node.train import derive_seed, train_local
+    from node.training.train import derive_seed, train_local
 
     i = int(context.node_config["partition-id"])
     n = int(context.node_config["num-partitions"])

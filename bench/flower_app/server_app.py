@@ -1,7 +1,7 @@
 """Flower ServerApp: FedAvg over every node for ``num-server-rounds`` rounds.
 
 The genesis parameters come from a .npz file the bench writes (the ledger job's
-genesis, ``node.model.init_params``), so the server needs numpy only. Per-round
+genesis, ``node.models.bytegpt.init_params``), so the server needs numpy only. Per-round
 wall-clock timestamps (Flower logs only the total) are appended to ``timing-file``
 by the strategy's ``evaluate_fn``, which Flower calls before round 1 and after each
 round; after the last round the global model is saved to ``final-file``.

@@ -45,7 +45,7 @@ The caller supplies the fetch functions and the round's context; ``verify_round`
 returns one ``Report`` per contribution, in submission order. Reports of mergeable
 contributions carry the decoded tensors so the merge does not decode twice:
 ``accepted(reports)`` gives the (worker, num_samples, params) triples
-``node.merge.merge`` takes.
+``node.verification.merge.merge`` takes.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ from ledger.errors import (
 from ledger.jobconfig import JobConfig, Policy, num_samples
 from ledger.verdicts import Verdict
 
-from . import transcript as tx
-from .merge import is_float, structure_mismatch, tensor_digest, update_norm
+from node.training import transcript as tx
+from node.verification.merge import is_float, structure_mismatch, tensor_digest, update_norm
 
 VALIDATION_DOMAIN = b"training-ledger/validation/1"
 
@@ -99,7 +99,7 @@ class RoundContext:
 
     - ``config``: the job config (its ``policy`` holds the bounds).
     - ``parent_digest`` / ``parent_params``: the round's parent, decoded (numpy).
-    - ``validation``: the job's held-out split, as ``node.train.evaluate`` takes it.
+    - ``validation``: the job's held-out split, as ``node.training.train.evaluate`` takes it.
     - ``parent_val_loss``: the parent's validation loss; ``None`` = computed once,
       on first need (``parent_loss()``), and cached here.
     - ``shard_of(worker) -> shard``: the worker's training data (for replay);
@@ -114,10 +114,10 @@ class RoundContext:
     - ``replay_threads`` / ``replay_device``: where this verifier replays (its own
       choice: honest segments replay within the tolerance on any kernel path).
     - ``data_root_of(worker) -> (root, length)``: set for private-data jobs: replays
-      then run on the windows the worker revealed (``node.privdata``), never on
+      then run on the windows the worker revealed (``node.training.privdata``), never on
       ``shard_of``; "all" mode replays the drawn segments only (nothing else is revealed).
     - ``stages``: the subset of ``STAGES`` that runs; ``None`` = all.
-    - ``evaluate``: defaults to ``node.train.evaluate``; injectable for benchmarks.
+    - ``evaluate``: defaults to ``node.training.train.evaluate``; injectable for benchmarks.
     """
 
     config: JobConfig
@@ -156,7 +156,7 @@ class RoundContext:
 
     def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
         """The segments of this worker's transcript that are replayed: every one in
-        "all" mode, else the policy's count drawn by ``node.transcript.draw_segments``;
+        "all" mode, else the policy's count drawn by ``node.training.transcript.draw_segments``;
         for private data always the drawn ones (no other segment's windows are revealed)."""
         if not self.replaying():
             return []
@@ -537,7 +537,7 @@ def _accepted_reason(metrics: Mapping[str, Any]) -> str:
 
 
 def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
-    """Replay the drawn segments of the contribution's transcript (node.transcript)."""
+    """Replay the drawn segments of the contribution's transcript (node.training.transcript)."""
     cfg, policy, c = ctx.config, ctx.policy, report.contribution
     cap = int(policy.max_checkpoint_bytes)
     private = ctx.data_root_of is not None
@@ -597,7 +597,7 @@ def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, seg
                       bounds: tuple[int, int]) -> bytes:
     """The sparse shard segment ``segment`` replays on: its revealed window bundle,
     checked against the manifest's digest and, chunk by chunk, the worker's root."""
-    from . import privdata
+    from node.training import privdata
 
     what = f"the window bundle of segment {segment}: "
     data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
@@ -613,7 +613,7 @@ def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, seg
 
 
 def _node_train():
-    from node import train     # torch, only where a replay runs
+    from node.training import train     # torch, only where a replay runs
 
     return train
 
@@ -624,7 +624,7 @@ def _node_train():
 def accepted(reports: Iterable[Report], mask: Iterable[bool] | None = None) -> list[tuple[str, int, dict[str, np.ndarray]]]:
     """(worker, num_samples, params) of the accepted reports (or of those ``mask``
     marks, in report order: an auditor recomputing a quorum's merge), sorted by
-    lowercase worker address: the input of ``node.merge.merge``. Needs ``keep_params``."""
+    lowercase worker address: the input of ``node.verification.merge.merge``. Needs ``keep_params``."""
     reports = list(reports)
     marks = [r.accepted for r in reports] if mask is None else list(mask)
     out = []

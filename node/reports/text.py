@@ -17,7 +17,7 @@ import sys
 from ledger.tables import text_table
 from ledger.verdicts import describe
 
-from .findings import AuditReport, ContributionAudit, RoundAudit
+from node.reports.findings import AuditReport, ContributionAudit, RoundAudit
 
 __all__ = ["render_text", "short_hex", "fmt_num", "agreement", "verdict_text", "accepted_counts", "use_color", "human_bytes"]
 

@@ -209,7 +209,7 @@ class Demo:
         from ledger.deploy import open_ledger
         from ledger.store import open_store
 
-        from .jobs import create_job, describe
+        from node.roles.owner import create_job, describe
 
         o = self.opt
         cfg = JobConfig()
@@ -330,10 +330,10 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
     from ledger.deploy import open_ledger
     from ledger.store import open_store
 
-    from .audit import audit_job
-    from .generate import generate_verified
-    from .report_html import render_html
-    from .report_text import render_text
+    from node.roles.audit import audit_job
+    from node.roles.generate import generate_verified
+    from node.reports.html import render_html
+    from node.reports.text import render_text
 
     demo = Demo(settings, opt, say)
     t0 = time.monotonic()

@@ -12,9 +12,9 @@ from ledger.digest import sha256_bytes
 from ledger.errors import LedgerError, NotFoundError
 from ledger.verdicts import Verdict
 
-from . import merge as mergemod
-from . import verify as verifymod
-from .task import JobContext, Located
+from node.verification import merge as mergemod
+from node.verification import verify as verifymod
+from node.context import JobContext, Located
 
 
 @dataclass
@@ -66,7 +66,7 @@ def drawn_windows(ctx: JobContext, r: int, submissions, cache: dict | None = Non
     draw needs from round ``r``'s submissions. A checkpoint that cannot be fetched or
     has no valid manifest needs none (verification rejects it on its own).
     ``cache`` maps a checkpoint digest to its manifest across calls."""
-    from . import transcript as tx
+    from node.training import transcript as tx
 
     cfg = ctx.config
     cache = {} if cache is None else cache

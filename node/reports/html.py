@@ -1,15 +1,15 @@
 """The audit as one self-contained HTML page, rendered from a Jinja2 template.
 
-`render_html(report)` fills ``node/templates/audit.html.j2`` (loaded from the package
+`render_html(report)` fills ``node/reports/templates/audit.html.j2`` (loaded from the package
 with Jinja2's PackageLoader, autoescape on, so every value from the report is escaped)
-with the report and its two graphs from ``node.report_graphs`` (inline SVG drawn by
+with the report and its two graphs from ``node.reports.graphs`` (inline SVG drawn by
 matplotlib). CSS is inline and nothing is fetched (no scripts, fonts, images or style
 sheets), so the file can be mailed, archived or opened offline and still shows
 everything. The same report gives the same bytes.
 
 Stable hooks (tests and anyone scripting against the page): `#verdict` (class `ok` or
 `failed`), `#job`, `#discrepancies`, `#round-<n>`, and the graphs' hooks listed in
-``node.report_graphs``.
+``node.reports.graphs``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from markupsafe import Markup
 
 from ledger.verdicts import describe
 
-from .findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
-from .report_graphs import (
+from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
+from node.reports.graphs import (
     BLUE,
     GREEN,
     GREY,
@@ -36,7 +36,7 @@ from .report_graphs import (
     lineage_svg,
     loss_svg,
 )
-from .report_text import (
+from node.reports.text import (
     accepted_counts,
     agreement,
     fmt_num,
@@ -73,7 +73,7 @@ def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
     env = Environment(
-        loader=PackageLoader("node", "templates"),
+        loader=PackageLoader("node.reports", "templates"),
         autoescape=True,
         undefined=StrictUndefined,  # a misspelt field fails the render instead of vanishing
         keep_trailing_newline=True,

@@ -16,7 +16,7 @@ checkpoint's metadata (the *manifest*), so the on-chain digest of the checkpoint
 commits to all of them and a submission costs no extra gas.
 
 No torch here: the aggregators' cheap checks, the history and the audit parse
-manifests; only the replay itself (``node.train``) needs torch.
+manifests; only the replay itself (``node.training.train``) needs torch.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class SnapshotRef:
 class Manifest:
     segment_steps: int
     snapshots: tuple[SnapshotRef, ...]
-    # Private-data jobs: one window bundle per segment (node.privdata), ``step`` holding
+    # Private-data jobs: one window bundle per segment (node.training.privdata), ``step`` holding
     # the segment's index. Committed at training time, stored only when drawn.
     windows: tuple[SnapshotRef, ...] = ()
 
@@ -241,7 +241,7 @@ def replay_distance(start: TrainState, published: TrainState, replayed: TrainSta
     whenever the published end has them (every snapshot; not the final checkpoint),
     so a snapshot with forged moments fails the segment that ends in it. 0/0 is 0
     (nothing moved, nothing differs); x/0 is infinite."""
-    from .merge import update_norm
+    from node.verification.merge import update_norm
 
     pairs = [(published.params, replayed.params, start.params)]
     if published.exp_avg is not None:

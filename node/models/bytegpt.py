@@ -107,7 +107,7 @@ class GPT(nn.Module):
         self.h = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         if seed is not None:
-            from .params import load_into
+            from node.models.params import load_into
             load_into(self, init_params(cfg, seed))
 
     def num_params(self) -> int:

@@ -11,9 +11,9 @@ from ledger.digest import to_hex
 from ledger.errors import LedgerError
 from ledger.jobconfig import DataRoot, JobConfig, ShardSpec
 
-from . import data as datamod
-from .model import GPTConfig, init_params
-from .task import genesis_meta
+from node.training import data as datamod
+from node.models.bytegpt import GPTConfig, init_params
+from node.context import genesis_meta
 
 
 @dataclass
@@ -92,7 +92,7 @@ def create_job(
     validation: bytes | None = None,
 ) -> CreatedJob:
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
-    commit``: each worker trains on its own private text (node.privdata). ``validation``:
+    commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
     the owner's held-out text, stored and committed in the config (needed with roots)."""
     if data_roots:
         config = private_config(config, workers, data_roots, validation, store, proposal_window)

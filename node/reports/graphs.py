@@ -32,8 +32,8 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from .findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
-from .report_text import (
+from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
+from node.reports.text import (
     agreement,
     effective_verdict,
     finite,

@@ -1,7 +1,7 @@
 """Private training data: window bundles, the only part of a worker's text that leaves its machine.
 
 Each training step reads ``batch_size`` windows of ``block_size + 1`` bytes at offsets
-that depend only on (seed, step, the data's length) (``node.train.step_offsets``), so
+that depend only on (seed, step, the data's length) (``node.training.train.step_offsets``), so
 anyone who knows the committed length knows exactly which bytes a segment of the
 transcript read. A *window bundle* holds the 64-byte chunks (``ledger.datacommit``)
 covering those bytes for one segment, with their Merkle multiproof against the
@@ -24,8 +24,8 @@ from ledger import datacommit as dc
 from ledger.digest import to_hex
 from ledger.jobconfig import canonical_json
 
-from . import train as trainmod
-from .transcript import segment_bounds
+from node.training import train as trainmod
+from node.training.transcript import segment_bounds
 
 BUNDLE_KIND = "training-ledger/windows/1"
 

@@ -1,6 +1,6 @@
 """Byzantine workers, for the tests and the robustness benchmark.
 
-Each attack is a real worker process (``python -m node.adversary --attack NAME``)
+Each attack is a real worker process (``python -m node.roles.adversary --attack NAME``)
 that follows the protocol on chain but publishes a malicious contribution, so the
 aggregators meet it exactly as they would meet a real attacker. The tensor attacks
 are plain functions of (parent, honest result) so the benchmark can also apply
@@ -17,7 +17,7 @@ Attacks (DESIGN.md / the aggregator issue):
   pickle       a Python pickle instead of safetensors              -> format
   copy         a copy of another worker's checkpoint this round    -> lineage (it names the original)
 
-Training that did not happen as declared, behind a transcript (node.transcript):
+Training that did not happen as declared, behind a transcript (node.training.transcript):
   wrong-seed   honest-looking training from another data order       -> replay
   other-shard  honest training on another worker's shard             -> replay
   lazy         half the declared steps in every segment              -> replay
@@ -27,7 +27,7 @@ Training that did not happen as declared, behind a transcript (node.transcript):
   tamper-snapshot  honest, but one committed snapshot altered by 1%  -> replay, when a segment
                touching it is drawn (2 of the round's segments)
 
-Private data (jobs created with --data-root; node.privdata):
+Private data (jobs created with --data-root; node.training.privdata):
   other-data   trains on other text of the same length than it committed to, reveals the
                committed text's windows                                  -> replay
   bad-proof    honest training; every window bundle carries one altered byte (committed in
@@ -50,9 +50,9 @@ import numpy as np
 from ledger import checkpoint
 from ledger.digest import sha256_bytes, to_hex
 
-from . import train as trainmod
-from .transcript import TrainState
-from .worker import Worker, WorkerOptions
+from node.training import train as trainmod
+from node.training.transcript import TrainState
+from node.roles.worker import Worker, WorkerOptions
 
 log = logging.getLogger("ledger.adversary")
 
@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     from ledger.config import load_settings
     from ledger.datacommit import read_text_data
 
-    from .task import JobContext
+    from node.context import JobContext
 
     ap = argparse.ArgumentParser(description="a Byzantine worker (tests and benchmarks only)")
     ap.add_argument("--job", type=int, required=True)

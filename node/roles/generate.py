@@ -9,11 +9,11 @@ import torch
 
 from ledger.errors import LedgerError
 
-from .audit import audit_job
-from .findings import AuditReport
-from .model import GPT, GPTConfig
-from .params import load_into
-from .task import JobContext
+from node.roles.audit import audit_job
+from node.reports.findings import AuditReport
+from node.models.bytegpt import GPT, GPTConfig
+from node.models.params import load_into
+from node.context import JobContext
 
 
 class UnverifiedModel(LedgerError):

@@ -8,7 +8,7 @@ seed) that a verifier can re-run. Hence:
 - deterministic algorithms on, no dropout, a fresh AdamW every round;
 - ``train_steps`` runs from any ``TrainState`` (parameters + AdamW moments + step):
   workers run whole rounds and snapshot the state every ``segment_steps`` steps (the
-  transcript, ``node.transcript``), verifiers re-run drawn segments from a snapshot.
+  transcript, ``node.training.transcript``), verifiers re-run drawn segments from a snapshot.
 On one machine, thread count and torch build the same inputs give bit-identical
 results; across CPUs, kernel paths (``ATEN_CPU_CAPABILITY``), thread counts and GPUs
 they drift apart chaotically, which is why verifiers replay short segments and
@@ -30,10 +30,10 @@ import torch
 from ledger.errors import LedgerError
 from ledger.jobconfig import num_samples
 
-from .data import as_tensor, windows
-from .model import GPT, GPTConfig
-from .params import load_into, to_numpy
-from .transcript import TrainState, inner_boundaries
+from node.training.data import as_tensor, windows
+from node.models.bytegpt import GPT, GPTConfig
+from node.models.params import load_into, to_numpy
+from node.training.transcript import TrainState, inner_boundaries
 
 SEED_DOMAIN = "training-ledger/seed/1"
 

@@ -22,7 +22,7 @@ from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ChainUnreachable, LedgerError
 from ledger.jobconfig import JobConfig, ShardSpec
 
-from . import data as datamod
+from node.training import data as datamod
 
 CHECKPOINT_FORMAT = "training-ledger/checkpoint/1"
 # A waiting node re-reads the job at least this often even on a head that does not move
@@ -218,7 +218,7 @@ def contribution_meta(job_id: int, round_: int, worker: str, parent: bytes, seed
                       manifest=None) -> dict:
     """Metadata of a worker's checkpoint: only deterministic fields (no timings), so
     the same training gives the same bytes; ``manifest`` (a
-    ``node.transcript.Manifest``) commits to the training transcript."""
+    ``node.training.transcript.Manifest``) commits to the training transcript."""
     extra = {"transcript": manifest.to_json()} if manifest is not None else {}
     return {**extra,
         "format": CHECKPOINT_FORMAT,

@@ -4,7 +4,7 @@ It reads no local state of any worker or aggregator: the job, its rounds,
 submissions, proposal commits and reveals, finalizations and skips come from chain
 events and views (``ledger.history``); every artifact comes from storage and is
 checked against its on-chain digest. It then re-runs the very verification and merge
-code the aggregators ran (``node.rounds``) and reports each discrepancy with its location.
+code the aggregators ran (``node.verification.rounds``) and reports each discrepancy with its location.
 
 A round skipped for want of a quorum is not a failure of the record: the audit checks
 that no outcome did reach the quorum and that the skip came after the proposal window
@@ -21,10 +21,10 @@ from ledger.errors import LedgerError, StorageError
 from ledger.history import load_history
 from ledger.verdicts import Verdict, describe
 
-from . import train as trainmod
-from .findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
-from .rounds import merge_accepted, verify_submissions
-from .task import JobContext, Located
+from node.training import train as trainmod
+from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
+from node.verification.rounds import merge_accepted, verify_submissions
+from node.context import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.

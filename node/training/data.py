@@ -10,7 +10,7 @@ sha256 goes into the job config, whose digest is on chain.
   (whole speakers assigned to shards, so shards differ in who speaks).
 - ``balance_sizes``: shard sizes proportional to each worker's throughput, so that
   the slowest worker's round time is as short as it can be.
-- ``windows``: (x, y) byte windows at given offsets (``node.train`` draws the offsets
+- ``windows``: (x, y) byte windows at given offsets (``node.training.train`` draws the offsets
   of each step from the seed and the step, nothing else).
 """
 
@@ -29,7 +29,7 @@ from ledger.digest import to_hex
 from ledger.errors import LedgerError
 from ledger.jobconfig import DataSpec, ShardSpec
 
-DEFAULT_CORPUS = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 SPLIT_MODES = ("iid", "speaker")
 
 

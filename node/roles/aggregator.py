@@ -27,10 +27,10 @@ from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, TransactionFailed
 from ledger.verdicts import Verdict, describe
 
-from . import transcript
-from .faults import crash_point
-from .rounds import drawn_windows, judge_round, replay_seed
-from .task import JobContext
+from node.training import transcript
+from node.roles.faults import crash_point
+from node.verification.rounds import drawn_windows, judge_round, replay_seed
+from node.context import JobContext
 
 log = logging.getLogger("ledger.aggregator")
 

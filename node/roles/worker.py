@@ -1,13 +1,13 @@
 """The worker: for each open round, fetch and check the parent, train on its own
 shard, publish the checkpoint and its training transcript, submit its digest on chain.
 
-The transcript (``node.transcript``) is the whole training state every
+The transcript (``node.training.transcript``) is the whole training state every
 ``policy.segment_steps`` steps; the checkpoint's metadata lists each snapshot's
 digest and CID, so the one on-chain digest commits to all of them. Snapshots are
 published with the checkpoint, before the submission: a verifier can replay any
 segment at any time later without the worker being online.
 
-Private-data jobs (``node.privdata``): the worker trains on its own text, whose
+Private-data jobs (``node.training.privdata``): the worker trains on its own text, whose
 commitment is in the job config, and builds one window bundle per segment (the
 chunks the segment's windows read, with their Merkle proofs), committed in the
 manifest but kept on disk. Once its round closes it computes the verifiers' draw
@@ -34,11 +34,11 @@ from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
 
-from . import privdata
-from . import train as trainmod
-from . import transcript as tx
-from .faults import crash_point
-from .task import JobContext, Located, contribution_meta
+from node.training import privdata
+from node.training import train as trainmod
+from node.training import transcript as tx
+from node.roles.faults import crash_point
+from node.context import JobContext, Located, contribution_meta
 
 log = logging.getLogger("ledger.worker")
 
@@ -292,7 +292,7 @@ class Worker:
                 self._reveal(r, state, subs)
 
     def _reveal(self, r: int, state: dict, subs) -> None:
-        from .rounds import replay_seed
+        from node.verification.rounds import replay_seed
 
         ctx, cfg = self.ctx, self.ctx.config
         n = len(tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps))
