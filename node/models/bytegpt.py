@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from node.models.base import LanguageModel
+
 
 @dataclass
 class GPTConfig:
@@ -182,3 +184,34 @@ def init_params(cfg: GPTConfig, seed: int) -> dict[str, np.ndarray]:
             arr = (rng.standard_normal(shape) * std).astype(np.float32)
         out[name] = np.ascontiguousarray(arr)
     return out
+
+
+class ByteGPTModel(LanguageModel):
+    """The byte GPT behind the ``LanguageModel`` interface: tokens are bytes."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.config = GPTConfig.from_spec(spec)
+
+    @property
+    def describe(self) -> str:
+        c = self.config
+        return f"byte-level GPT, {c.n_layer} layers x {c.n_embd} wide, context {c.block_size} bytes"
+
+    def encode(self, text: bytes) -> np.ndarray:
+        return np.frombuffer(bytes(text), dtype=np.uint8).astype(np.int64)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) & 0xFF for i in ids).decode("utf-8", errors="replace")
+
+    def genesis(self, seed: int) -> dict[str, np.ndarray]:
+        return init_params(self.config, seed)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return param_shapes(self.config)
+
+    def _new_module(self) -> torch.nn.Module:
+        return GPT(self.config, seed=None)
+
+    def logits(self, module, x):
+        return module(x)[0]

@@ -46,10 +46,12 @@ def to_state_dict(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C", copy=True)) for k, v in sorted(params.items())}
 
 
-def load_into(model: torch.nn.Module, params: dict[str, np.ndarray]) -> torch.nn.Module:
+def load_into(model: torch.nn.Module, params: dict[str, np.ndarray],
+              named: list[tuple[str, torch.nn.Parameter]] | None = None) -> torch.nn.Module:
     """Copy ``params`` into ``model``'s parameters in place, strictly: the names and
-    shapes must match the model's parameters exactly (no missing, no extra)."""
-    own = dict(model.named_parameters())
+    shapes must match exactly (no missing, no extra). ``named``: the (name, parameter)
+    pairs to fill (a LoRA model's adapter); default every parameter of ``model``."""
+    own = dict(model.named_parameters() if named is None else named)
     missing = sorted(set(own) - set(params))
     extra = sorted(set(params) - set(own))
     if missing or extra:

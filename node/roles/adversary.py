@@ -104,7 +104,8 @@ class Adversary(Worker):
         """The transcript attacks: a round that was not trained as declared, published
         through the honest worker's own publishing and submission code."""
         if self.attack == "other-data":
-            shard = shard[::-1]        # other text, same length: the same windows' offsets, other bytes
+            w = self.ctx.config.model.token_bytes   # other text, same length: the same windows' offsets, other tokens
+            shard = b"".join(shard[i:i + w] for i in range(len(shard) - w, -1, -w))
             log.info("round %d: attack other-data trains on text it did not commit to", r)
         if self.attack not in TRANSCRIPT_ATTACKS:
             return super().training(r, params, shard, seed, progress)
@@ -114,7 +115,7 @@ class Adversary(Worker):
             shard = ctx.shard((self.index + 1) % len(ctx.info.workers))
         if a == "lazy":
             # half the steps of every segment, snapshots labelled as if each were whole
-            res = trainmod.train_local(cfg.model, replace(cfg.train, steps=max(1, cfg.train.steps // 2)), params,
+            res = trainmod.train_local(ctx.model, replace(cfg.train, steps=max(1, cfg.train.steps // 2)), params,
                                        shard, seed, segment_steps=max(1, k // 2))
             res.snapshots = [replace(s, step=s.step * 2) for s in res.snapshots]
             res.metrics["steps"], res.metrics["samples"] = cfg.train.steps, trainmod.num_samples(cfg.train)

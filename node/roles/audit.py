@@ -294,4 +294,4 @@ def _val_loss_of(ctx: JobContext, rh) -> float | None:
     except (LedgerError, ValueError):
         return None
     p = ctx.config.policy
-    return trainmod.evaluate(ctx.config.model, params, ctx.validation, p.val_batches, p.val_batch_size, ctx.config.seed)
+    return trainmod.evaluate(ctx.model, params, ctx.validation, p.val_batches, p.val_batch_size, ctx.config.seed)

@@ -11,8 +11,6 @@ from ledger.errors import LedgerError
 
 from node.roles.audit import audit_job
 from node.reports.findings import AuditReport
-from node.models.bytegpt import GPT, GPTConfig
-from node.models.params import load_into
 from node.context import JobContext
 
 
@@ -36,7 +34,7 @@ def audited_model_digest(report: AuditReport) -> bytes:
     return bytes.fromhex(report.final_digest[2:])
 
 
-def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: int = 200,
+def generate_verified(ledger, store, job_id: int, prompt: str | bytes, max_new_tokens: int = 200,
                       temperature: float = 0.8, top_k: int | None = 40, seed: int = 0,
                       report: AuditReport | None = None) -> Generated:
     if report is None:
@@ -58,11 +56,19 @@ def generate_verified(ledger, store, job_id: int, prompt: str, max_new_tokens: i
     ctx = JobContext.load(ledger, store, job_id)
     digest = audited_model_digest(report)
     params, _ = ctx.load_checkpoint(ctx.locate_model(digest))
-    model = load_into(GPT(GPTConfig.from_spec(ctx.config.model), seed=None), params).eval()
+    return Generated(sample(ctx.model, params, prompt, max_new_tokens, temperature, top_k, seed),
+                     "0x" + digest.hex(), report)
+
+
+def sample(lm, params, prompt: str | bytes, max_new_tokens: int, temperature: float = 0.8,
+           top_k: int | None = 40, seed: int = 0) -> str:
+    """The prompt and its continuation by the model with ``params``, through the job's
+    tokenizer; the same seed gives the same text."""
     # Batch-1 sampling gains nothing from more threads and loses much on a shared machine.
     torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.tensor([list(prompt.encode("utf-8"))[-ctx.config.model.block_size:] or [10]], dtype=torch.long)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
-    text = bytes(out[0].tolist()).decode("utf-8", errors="replace")
-    return Generated(text, "0x" + digest.hex(), report)
+    text = prompt if isinstance(prompt, bytes) else prompt.encode("utf-8", errors="surrogateescape")
+    ids = [int(i) for i in lm.encode(text)] or [10 if lm.token_bytes == 1 else 0]
+    module = lm.module(params)
+    out = lm.generate(module, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                      generator=torch.Generator().manual_seed(int(seed)))
+    return lm.decode(out)

@@ -1,5 +1,12 @@
-"""Creating a job: cut the data, build and store the config and the genesis model,
-and record the job on chain."""
+"""Creating a job: choose the model, cut the data, build and store the config and the
+genesis model, and record the job on chain.
+
+The model is the byte GPT (built from the config), or a Hugging Face model imported
+once here (``node.models.importer``): its tokenizer and, for LoRA, its frozen base
+weights are stored and committed in the config; the genesis is the pretrained
+weights (full fine-tuning), a fresh initialisation under the job seed (``init
+random``), or the LoRA adapter's initialisation. Every party starts from these
+bytes; nobody imports or converts the model again."""
 
 from __future__ import annotations
 
@@ -9,11 +16,24 @@ from ledger import checkpoint
 from ledger.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
 from ledger.digest import to_hex
 from ledger.errors import LedgerError
-from ledger.jobconfig import DataRoot, JobConfig, ShardSpec
+from ledger.jobconfig import Artifact, DataRoot, JobConfig, ShardSpec, canonical_json
 
 from node.training import data as datamod
-from node.models.bytegpt import GPTConfig, init_params
 from node.context import genesis_meta
+
+INIT_MODES = ("pretrained", "random")
+DEFAULT_HF_BLOCK = 128
+
+
+@dataclass
+class ModelChoice:
+    """What ``ledger job create --model`` asked for."""
+
+    imported: object = None            # node.models.importer.Imported, or None for the byte GPT
+    init: str = "pretrained"           # or "random": a fresh initialisation of the config
+    lora_rank: int = 0
+    lora_alpha: float | None = None    # default 2 x rank
+    lora_targets: list[str] | None = None
 
 
 @dataclass
@@ -42,10 +62,15 @@ def prepare_config(config: JobConfig, num_workers: int, throughputs: list[float]
     return config
 
 
-def _own_validation(config: JobConfig, validation: bytes, store) -> None:
-    if len(validation) <= config.model.block_size + 1:
-        raise LedgerError(f"the validation text is {len(validation)} bytes; it needs more than a window "
-                          f"({config.model.block_size + 1} bytes)")
+def _tokens(lm, text: bytes) -> int:
+    return len(lm.stream(text)) // lm.token_bytes
+
+
+def _own_validation(config: JobConfig, validation: bytes, store, lm) -> None:
+    n = _tokens(lm, validation)
+    if n <= config.model.block_size + 1:
+        raise LedgerError(f"the validation text is {n} tokens long; it needs more than a window "
+                          f"({config.model.block_size + 1} tokens)")
     obj = store.put(validation)
     store.pin(obj.cid)
     config.data.validation = ShardSpec(0, to_hex(obj.digest), len(validation))
@@ -53,17 +78,21 @@ def _own_validation(config: JobConfig, validation: bytes, store) -> None:
 
 
 def private_config(config: JobConfig, workers: list[str], data_roots, validation: bytes | None, store,
-                   proposal_window: int) -> JobConfig:
+                   proposal_window: int, lm) -> JobConfig:
     """A bring-your-own-data config: the workers' commitments instead of corpus shards."""
     if len(data_roots) != len(workers):
         raise LedgerError(f"{len(data_roots)} --data-root given for {len(workers)} workers: give one per worker, "
                           f"in worker order")
     if validation is None:
         raise LedgerError("a job on private data needs the owner's held-out text: add --validation FILE")
+    width = config.model.token_bytes
     for w, (root, n) in zip(workers, data_roots):
-        if n is None or n <= config.model.block_size + 1:
-            raise LedgerError(f"worker {w}: committed data of {n} bytes is too short for windows of "
-                              f"{config.model.block_size + 1} bytes")
+        if n is not None and n % width:
+            raise LedgerError(f"worker {w}: committed data of {n} bytes is not a stream of {width}-byte tokens: commit "
+                              f"it with this job's model (`ledger data commit FILE --model ...`)")
+        if n is None or n // width <= config.model.block_size + 1:
+            raise LedgerError(f"worker {w}: committed data of {n // width if n else n} tokens is too short for "
+                              f"windows of {config.model.block_size + 1} tokens")
     window = int(config.policy.reveal_window)
     if not 0 < 2 * window <= int(proposal_window):
         raise LedgerError(f"the reveal window ({window}s) must be positive and at most half the proposal window "
@@ -72,8 +101,75 @@ def private_config(config: JobConfig, workers: list[str], data_roots, validation
     d.shards, d.split = [], "private"
     d.corpus, d.corpus_sha256 = "", ""
     d.roots = [DataRoot(to_hex(root), int(n)) for root, n in data_roots]
-    _own_validation(config, validation, store)
+    _own_validation(config, validation, store, lm)
     return config
+
+
+def _check_shards(config: JobConfig, lm) -> None:
+    """Every shard of the corpus must hold more than a window of the job's tokens."""
+    split = datamod.make_split(datamod.load_corpus(expected_sha256=config.data.corpus_sha256), len(config.data.shards),
+                               mode=config.data.split, val_fraction=config.data.val_fraction,
+                               sizes=[s.num_bytes for s in config.data.shards] if config.data.split == "iid" else None)
+    for i, text in enumerate(split.shards):
+        n = _tokens(lm, text)
+        if n <= config.model.block_size + 1:
+            raise LedgerError(f"shard {i} is {n} tokens long, too short for windows of {config.model.block_size + 1} "
+                              f"tokens: fewer workers or a shorter --block-size")
+
+
+def attach_model(config: JobConfig, store, choice: ModelChoice | None):
+    """Set ``config.model`` for the choice, storing (and pinning) what it commits to, and
+    return (the LanguageModel, the genesis parameters)."""
+    from node.models import language_model
+
+    m = config.model
+    if choice is None or choice.imported is None:
+        if choice is not None and (choice.lora_rank or choice.init != "pretrained"):
+            raise LedgerError("--lora-rank and --init apply to Hugging Face models (--model DIR or smollm2); the "
+                              "byte GPT always starts from a fresh initialisation")
+        lm = language_model(m)
+        return lm, lm.genesis(config.seed)
+    if choice.init not in INIT_MODES:
+        raise LedgerError(f"--init must be one of {INIT_MODES}, got {choice.init!r}")
+    from node.models.hf import HFModel, context_limit
+
+    imp = choice.imported
+    hf = imp.hf_config
+    limit = context_limit(hf)
+    if m.block_size == 0:
+        m.block_size = min(DEFAULT_HF_BLOCK, limit)
+    if not 1 <= m.block_size <= limit:
+        raise LedgerError(f"--block-size {m.block_size} is outside 1..{limit} (the model's position limit)")
+    m.kind, m.source = "hf", imp.source
+    m.hf_config = canonical_json(hf).decode()
+    m.vocab_size = int(hf["vocab_size"])
+    m.n_layer = int(hf.get("n_layer") or hf.get("num_hidden_layers") or 0)
+    m.n_head = int(hf.get("n_head") or hf.get("num_attention_heads") or 0)
+    m.n_embd = int(hf.get("n_embd") or hf.get("hidden_size") or 0)
+    m.tokenizer = _store_artifact(store, imp.tokenizer_json)
+    weights = imp.params
+    if choice.init == "random":
+        weights = HFModel(m, imp.tokenizer_json).genesis(config.seed)
+    if not choice.lora_rank:
+        if choice.lora_targets or choice.lora_alpha:
+            raise LedgerError("--lora-alpha and --lora-target need --lora-rank")
+        return HFModel(m, imp.tokenizer_json), weights
+    from node.models.hf import DEFAULT_LORA_TARGETS
+    from node.models.lora import LoraModel
+
+    m.lora_rank = int(choice.lora_rank)
+    m.lora_alpha = float(choice.lora_alpha or 2 * m.lora_rank)
+    m.lora_targets = list(choice.lora_targets or DEFAULT_LORA_TARGETS[hf["model_type"]])
+    m.base = _store_artifact(store, checkpoint.encode(weights, {"format": "training-ledger/base/1",
+                                                                  "source": imp.source}))
+    lm = LoraModel(m, imp.tokenizer_json, weights)
+    return lm, lm.genesis(config.seed)
+
+
+def _store_artifact(store, data: bytes) -> Artifact:
+    obj = store.put(data)
+    store.pin(obj.cid)
+    return Artifact(to_hex(obj.digest), obj.cid, obj.size)
 
 
 def create_job(
@@ -90,20 +186,27 @@ def create_job(
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW,
     data_roots: list[tuple[bytes, int]] | None = None,
     validation: bytes | None = None,
+    model: ModelChoice | None = None,
 ) -> CreatedJob:
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
     commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
     the owner's held-out text, stored and committed in the config (needed with roots)."""
+    lm, params = attach_model(config, store, model)
     if data_roots:
-        config = private_config(config, workers, data_roots, validation, store, proposal_window)
+        config = private_config(config, workers, data_roots, validation, store, proposal_window, lm)
     else:
         config = prepare_config(config, len(workers), throughputs)
+        if config.model.token_bytes > 1:
+            _check_shards(config, lm)
         if validation is not None:
-            _own_validation(config, validation, store)
+            _own_validation(config, validation, store, lm)
+    genesis = checkpoint.encode(params, genesis_meta(config))
+    policy = config.policy
+    if len(genesis) > policy.max_checkpoint_bytes:
+        # a contribution is the size of the genesis: room for it, and a margin
+        policy.max_checkpoint_bytes = len(genesis) + len(genesis) // 4
     raw_config = config.to_bytes()
     cfg_obj = store.put(raw_config)
-    params = init_params(GPTConfig.from_spec(config.model), config.seed)
-    genesis = checkpoint.encode(params, genesis_meta(config))
     gen_obj = store.put(genesis)
     for obj in (cfg_obj, gen_obj):
         store.pin(obj.cid)

@@ -74,11 +74,13 @@ class Worker:
         if data is None:
             raise LedgerError(f"job {job} trains on private data: give this worker's text with --data PATH")
         root, n = self.ctx.data_root(self.index)
+        data = self.ctx.model.stream(data) if data and self.ctx.config.model.token_bytes > 1 else data
         got = dc.commit(data) if data else None
         if got is None or got.root != root or got.length != n:
             have = f"{to_hex(got.root)} ({got.length} bytes)" if got else "nothing (empty data)"
             raise LedgerError(f"--data has root {have} but job {job} committed worker {self.address} to root "
-                              f"{to_hex(root)} ({n} bytes): point --data at the text you committed")
+                              f"{to_hex(root)} ({n} bytes): point --data at the text you committed"
+                              + (" (tokenized with the job's tokenizer)" if self.ctx.config.model.token_bytes > 1 else ""))
         return bytes(data)
 
     # --- main loop -------------------------------------------------------------------
@@ -197,7 +199,7 @@ class Worker:
     def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
         """The round's training and its transcript (a Byzantine worker overrides this)."""
         cfg = self.ctx.config
-        return trainmod.train_local(cfg.model, cfg.train, params, shard, seed, progress=progress,
+        return trainmod.train_local(self.ctx.model, cfg.train, params, shard, seed, progress=progress,
                                     segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
                                     device=self.opt.device)
 

@@ -209,9 +209,15 @@ def balance_sizes(throughputs: list[float], total: int, min_size: int = 0) -> li
     return sizes
 
 
-def as_tensor(data: bytes) -> torch.Tensor:
-    """Bytes as a uint8 tensor (a copy: torch wants writable memory)."""
-    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+def as_tensor(stream: bytes, token_bytes: int = 1) -> torch.Tensor:
+    """A token stream (``ledger.tokens``; the text itself for the byte GPT) as a tensor of
+    ids: uint8 for bytes (widened when windows are cut), int64 otherwise (a copy: torch
+    wants writable memory)."""
+    if token_bytes == 1:
+        return torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).copy())
+    from ledger.tokens import from_stream
+
+    return torch.from_numpy(from_stream(stream, token_bytes))
 
 
 def windows(data: torch.Tensor, offsets: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

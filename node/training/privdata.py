@@ -34,12 +34,15 @@ class BundleError(ValueError):
     """A bundle that is not the committed windows of this segment."""
 
 
-def segment_chunks(seed: int, start: int, end: int, length: int, block_size: int, batch_size: int) -> list[int]:
-    """The chunks steps ``start`` .. ``end - 1`` read: windows [o, o + block_size + 1)."""
+def segment_chunks(seed: int, start: int, end: int, length: int, block_size: int, batch_size: int,
+                   token_bytes: int = 1) -> list[int]:
+    """The chunks steps ``start`` .. ``end - 1`` read from a stream of ``length`` bytes:
+    windows of ``block_size + 1`` tokens at the step's token offsets, as byte ranges."""
+    w = int(token_bytes)
     ranges = []
     for step in range(start, end):
-        for o in trainmod.step_offsets(seed, step, length, block_size, batch_size).tolist():
-            ranges.append((o, o + block_size + 1))
+        for o in trainmod.step_offsets(seed, step, length // w, block_size, batch_size).tolist():
+            ranges.append((o * w, (o + block_size + 1) * w))
     return dc.chunks_covering(ranges)
 
 
@@ -61,7 +64,8 @@ def all_bundles(cfg, data: bytes, seed: int, meta_of) -> list[tuple[int, bytes]]
     """(segment, bundle bytes) for every segment of a round; ``meta_of(segment)`` binds each."""
     out = []
     for i, (a, b) in enumerate(segment_bounds(cfg.train.steps, cfg.policy.segment_steps)):
-        chunks = segment_chunks(seed, a, b, len(data), cfg.model.block_size, cfg.train.batch_size)
+        chunks = segment_chunks(seed, a, b, len(data), cfg.model.block_size, cfg.train.batch_size,
+                                cfg.model.token_bytes)
         out.append((i, encode_bundle(data, chunks, meta_of(i))))
     return out
 

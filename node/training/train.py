@@ -31,8 +31,8 @@ from ledger.errors import LedgerError
 from ledger.jobconfig import num_samples
 
 from node.training.data import as_tensor, windows
-from node.models.bytegpt import GPT, GPTConfig
-from node.models.params import load_into, to_numpy
+from node.models.base import LanguageModel
+from node.models.params import to_numpy
 from node.training.transcript import TrainState, inner_boundaries
 
 SEED_DOMAIN = "training-ledger/seed/1"
@@ -84,10 +84,6 @@ def resolve_device(device: str | None) -> torch.device:
     raise LedgerError(f"--device {device!r}: use cpu or cuda")
 
 
-def build_model(model_spec, params: dict[str, np.ndarray]) -> GPT:
-    return load_into(GPT(GPTConfig.from_spec(model_spec), seed=None), params)
-
-
 def lr_at(step: int, steps: int, base: float) -> float:
     """Learning rate for ``step`` of ``steps``: a short linear warm-up (every round
     starts a fresh Adam, whose first updates are sign-like and large), then constant.
@@ -98,11 +94,12 @@ def lr_at(step: int, steps: int, base: float) -> float:
     return base * (step + 1) / warmup if step < warmup else base
 
 
-def make_optimizer(model: torch.nn.Module, train_spec) -> torch.optim.AdamW:
+def make_optimizer(named: list[tuple[str, torch.nn.Parameter]], train_spec) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters (``LanguageModel.trainable``, sorted)."""
     # Weight decay only on matrices (embeddings and Linear weights), not on biases and
     # layer norms, as in nanoGPT. foreach/fused pinned off: one code path everywhere.
-    decay = [p for _, p in sorted(model.named_parameters()) if p.dim() >= 2]
-    no_decay = [p for _, p in sorted(model.named_parameters()) if p.dim() < 2]
+    decay = [p for _, p in named if p.dim() >= 2]
+    no_decay = [p for _, p in named if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": train_spec.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=train_spec.learning_rate, betas=(0.9, 0.99), eps=1e-8,
@@ -116,11 +113,12 @@ def step_seed(seed: int, step: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & ((1 << 63) - 1)
 
 
-def step_offsets(seed: int, step: int, n_bytes: int, block_size: int, batch_size: int) -> torch.Tensor:
-    """The window offsets of training step ``step``: a function of (seed, step, shard length)."""
-    hi = n_bytes - block_size  # offsets 0 .. len-block_size-1 keep y inside the data
+def step_offsets(seed: int, step: int, n_tokens: int, block_size: int, batch_size: int) -> torch.Tensor:
+    """The window offsets (in tokens) of training step ``step``: a function of (seed,
+    step, the data's length in tokens)."""
+    hi = n_tokens - block_size  # offsets 0 .. len-block_size-1 keep y inside the data
     if hi < 1:
-        raise ValueError(f"data of {n_bytes} bytes is too short for windows of {block_size + 1}")
+        raise ValueError(f"data of {n_tokens} tokens is too short for windows of {block_size + 1}")
     return torch.randint(hi, (batch_size,), generator=torch.Generator().manual_seed(step_seed(seed, step)))
 
 
@@ -130,11 +128,10 @@ class _Run:
     machine): parameters and moments are copied exactly and the step count is AdamW's
     own float step tensor."""
 
-    def __init__(self, model_spec, train_spec, start: TrainState, device: torch.device):
-        self.model = build_model(model_spec, start.params).to(device)
-        self.model.train()
-        self.opt = make_optimizer(self.model, train_spec)
-        self.named = sorted(self.model.named_parameters())
+    def __init__(self, lm: LanguageModel, train_spec, start: TrainState, device: torch.device):
+        self.model = lm.module(start.params, device)
+        self.named = lm.trainable(self.model)
+        self.opt = make_optimizer(self.named, train_spec)
         if start.exp_avg is not None:
             for name, p in self.named:
                 self.opt.state[p] = {
@@ -146,7 +143,7 @@ class _Run:
             raise ValueError(f"a state at step {start.step} needs its optimizer moments")
 
     def state(self, step: int) -> TrainState:
-        params = to_numpy(self.model)
+        params = to_numpy(dict(self.named))
         m, v = {}, {}
         for name, p in self.named:
             st = self.opt.state.get(p) or {}
@@ -161,7 +158,7 @@ def _np(t, like) -> np.ndarray:
     return np.array(t.detach().cpu().numpy(), dtype=np.float32, order="C", copy=True)
 
 
-def train_steps(model_spec, train_spec, start: TrainState, shard: bytes, seed: int, end: int, *,
+def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, seed: int, end: int, *,
                 snapshot_at: tuple[int, ...] = (), threads: int | None = None, device: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None) -> tuple[TrainState, list[TrainState], dict]:
     """Steps ``start.step`` .. ``end - 1`` of a round of ``train_spec.steps`` from ``start``:
@@ -174,20 +171,20 @@ def train_steps(model_spec, train_spec, start: TrainState, shard: bytes, seed: i
     snaps: list[TrainState] = []
     with torch_settings(threads or train_spec.threads):
         torch.manual_seed(seed)  # nothing should draw from it; pinned anyway
-        run = _Run(model_spec, train_spec, start, dev)
-        block = run.model.config.block_size
-        data = as_tensor(shard)
+        run = _Run(lm, train_spec, start, dev)
+        block = lm.block_size
+        data = as_tensor(shard, lm.token_bytes)
         loss_start = loss_end = float("nan")
         t0 = time.perf_counter()
         for step in range(start.step, end):
             for g in run.opt.param_groups:
                 g["lr"] = lr_at(step, total, train_spec.learning_rate)
             x, y = windows(data, step_offsets(seed, step, len(data), block, train_spec.batch_size), block)
-            _, loss = run.model(x.to(dev), y.to(dev))
+            loss = lm.loss(run.model, x.to(dev), y.to(dev))
             run.opt.zero_grad(set_to_none=True)
             loss.backward()
             if train_spec.grad_clip and train_spec.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), train_spec.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for _, p in run.named], train_spec.grad_clip)
             run.opt.step()
             lv = loss.item()
             if step == start.step:
@@ -203,7 +200,7 @@ def train_steps(model_spec, train_spec, start: TrainState, shard: bytes, seed: i
         return run.state(end), snaps, metrics
 
 
-def train_local(model_spec, train_spec, params: dict[str, np.ndarray], shard: bytes, seed: int,
+def train_local(lm: LanguageModel, train_spec, params: dict[str, np.ndarray], shard: bytes, seed: int,
                 progress: Callable[[int, int, float], None] | None = None, *, segment_steps: int | None = None,
                 threads: int | None = None, device: str | None = None) -> TrainResult:
     """A worker's round: ``train_spec.steps`` AdamW steps on windows of ``shard`` from
@@ -215,34 +212,32 @@ def train_local(model_spec, train_spec, params: dict[str, np.ndarray], shard: by
     if steps < 1:
         raise ValueError(f"train steps must be >= 1, got {steps}")
     at = tuple(inner_boundaries(steps, segment_steps)) if segment_steps else ()
-    end, snaps, m = train_steps(model_spec, train_spec, TrainState.fresh(params), shard, seed, steps,
+    end, snaps, m = train_steps(lm, train_spec, TrainState.fresh(params), shard, seed, steps,
                                 snapshot_at=at, threads=threads, device=device, progress=progress)
     m["steps"], m["samples"] = steps, num_samples(train_spec)
     return TrainResult(params=end.params, metrics=m, snapshots=snaps)
 
 
-def eval_offsets(n_bytes: int, block_size: int, count: int, seed: int) -> torch.Tensor:
+def eval_offsets(n_tokens: int, block_size: int, count: int, seed: int) -> torch.Tensor:
     """The fixed window offsets ``evaluate`` uses: a function of (length, block, count, seed)."""
-    hi = n_bytes - block_size
+    hi = n_tokens - block_size
     if hi < 1:
-        raise ValueError(f"data of {n_bytes} bytes is too short for windows of {block_size + 1}")
+        raise ValueError(f"data of {n_tokens} tokens is too short for windows of {block_size + 1}")
     return torch.randint(hi, (count,), generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
-def evaluate(model_spec, params: dict[str, np.ndarray], data: bytes, batches: int, batch_size: int,
+def evaluate(lm: LanguageModel, params: dict[str, np.ndarray], data: bytes, batches: int, batch_size: int,
              seed: int = 0, threads: int | None = None) -> float:
-    """Mean cross-entropy (nats per byte) of ``params`` on ``batches`` x ``batch_size``
-    windows of ``data`` whose offsets depend only on the seed: every caller scores
-    every model on the same text."""
+    """Mean cross-entropy (nats per token) of ``params`` on ``batches`` x ``batch_size``
+    windows of the token stream ``data`` whose offsets depend only on the seed: every
+    caller scores every model on the same text."""
     with torch_settings(threads):
-        model = build_model(model_spec, params)
-        model.eval()
-        d = as_tensor(data)
-        offsets = eval_offsets(len(d), model.config.block_size, batches * batch_size, seed)
+        model = lm.module(params)
+        d = as_tensor(data, lm.token_bytes)
+        offsets = eval_offsets(len(d), lm.block_size, batches * batch_size, seed)
         total = 0.0
         for b in range(batches):
-            x, y = windows(d, offsets[b * batch_size:(b + 1) * batch_size], model.config.block_size)
-            _, loss = model(x, y)
-            total += float(loss)
+            x, y = windows(d, offsets[b * batch_size:(b + 1) * batch_size], lm.block_size)
+            total += float(lm.loss(model, x, y))
     return total / batches

@@ -115,6 +115,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         parent_digest=parent_digest,
         parent_params=parent_params,
         validation=ctx.validation,
+        model=ctx.model,
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=cfg.policy.max_checkpoint_bytes),

@@ -118,6 +118,8 @@ class RoundContext:
       ``shard_of``; "all" mode replays the drawn segments only (nothing else is revealed).
     - ``stages``: the subset of ``STAGES`` that runs; ``None`` = all.
     - ``evaluate``: defaults to ``node.training.train.evaluate``; injectable for benchmarks.
+    - ``model``: the job's ``node.models.LanguageModel`` (built from ``config.model``
+      when not given; a Hugging Face model must be given, its files come from storage).
     """
 
     config: JobConfig
@@ -136,6 +138,7 @@ class RoundContext:
     stages: Iterable[str] | None = None
     evaluate: Callable[..., float] | None = None
     data_root_of: Callable[[str], tuple[bytes, int]] | None = None
+    model: Any = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -170,6 +173,14 @@ class RoundContext:
         return self.config.policy
 
     @property
+    def lm(self):
+        if self.model is None:
+            from node.models import language_model
+
+            self.model = language_model(self.config.model)
+        return self.model
+
+    @property
     def validation_seed(self) -> int:
         return validation_seed(self.replay_seed, self.job_id, self.round)
 
@@ -183,7 +194,7 @@ class RoundContext:
         if self.validation is None:
             raise ValueError("RoundContext.validation is needed for the validation stage")
         p = self.policy
-        args = (self.config.model, params, self.validation, p.val_batches, p.val_batch_size, self.validation_seed)
+        args = (self.lm, params, self.validation, p.val_batches, p.val_batch_size, self.validation_seed)
         if self.evaluate is not None:
             return float(self.evaluate(*args))
         # the job's thread count, as in training: a different count may change the low bits
@@ -571,7 +582,7 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
         if private:    # the revealed windows first: no snapshot is fetched for a segment without them
             shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
         start, end = state_at(i), state_at(i + 1)
-        replayed, _, _ = train.train_steps(cfg.model, cfg.train, start, shard, seed, end.step,
+        replayed, _, _ = train.train_steps(ctx.lm, cfg.train, start, shard, seed, end.step,
                                            threads=ctx.replay_threads, device=ctx.replay_device)
         d = tx.replay_distance(start, end, replayed)
         worst = max(worst, d)
@@ -604,7 +615,8 @@ def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, seg
                           missing=Verdict.WINDOWS_UNREVEALED, mismatch=Verdict.WINDOWS_PROOF, what=what)
     root, length = ctx.data_root_of(c.worker.lower())
     cfg = ctx.config
-    want = privdata.segment_chunks(seed, bounds[0], bounds[1], length, cfg.model.block_size, cfg.train.batch_size)
+    want = privdata.segment_chunks(seed, bounds[0], bounds[1], length, cfg.model.block_size, cfg.train.batch_size,
+                                   cfg.model.token_bytes)
     meta = privdata.bundle_meta(ctx.job_id, ctx.round, c.worker, ctx.parent_digest, segment)
     try:
         return privdata.open_bundle(data, expect_meta=meta, root=root, length=length, want_chunks=want)
