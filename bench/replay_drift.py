@@ -1,7 +1,7 @@
 """How far an honest segment replay lands on other kernel paths, and how far cheats land:
 the measurement behind the job policy's ``segment_steps`` and ``replay_tolerance``.
 
-    .venv/bin/python bench/replay_drift.py [--lengths 5,10,25] [--steps 50]
+    .venv/bin/python bench/replay_drift.py [--lengths 5,10,25] [--steps 50] [--dtype bfloat16]
 
 A reference worker (this machine's default kernels, 1 thread) trains round 1 from the
 random genesis and round 2 from that result, snapshotting its whole state every 5
@@ -12,6 +12,8 @@ its end (the distance divided by the segment's own movement, parameters and both
 AdamW moments). The cheats are replayed on the reference kernels: a segment one step
 short, a segment trained on another data order (another worker's seed), and the
 middle of a straight-line interpolation between two snapshots (a forged transcript).
+``--dtype bfloat16`` runs forward and backward passes under bfloat16 autocast, as a
+job created with ``--dtype bfloat16`` trains: its default tolerance comes from here.
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ VARIANTS = [("avx2, 1 thread", {"ATEN_CPU_CAPABILITY": "avx2"}, 1),
             ("default, 2 threads", {}, 2),
             ("avx2, 2 threads", {"ATEN_CPU_CAPABILITY": "avx2"}, 2)]
 SEED = 4242
+DTYPE = os.environ.get("BENCH_DTYPE", "float32")
 
 
 def config(steps: int):
     from common import bench_config
 
-    return bench_config(steps=steps)
+    cfg = bench_config(steps=steps)
+    cfg.model.dtype = DTYPE
+    return cfg
 
 
 def reference(out: Path, steps: int, every: int) -> None:
@@ -129,8 +134,13 @@ def main() -> int:
     ap.add_argument("--lengths", default="5,10,25", help="segment lengths to measure (default 5,10,25)")
     ap.add_argument("--steps", type=int, default=50, help="steps per round (default 50, the job default)")
     ap.add_argument("--tolerance", type=float, default=None, help="tolerance to judge (default: the job policy's)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                    help="precision of the forward and backward passes (default float32)")
     ap.add_argument("--verifier", nargs=2, metavar=("DIR", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global DTYPE
+    if args.dtype:
+        DTYPE = os.environ["BENCH_DTYPE"] = args.dtype
     lengths = [int(x) for x in args.lengths.split(",")]
     if args.verifier:
         print(json.dumps(replay_all(Path(args.verifier[0]), args.steps, lengths, int(args.verifier[1]))))
@@ -138,10 +148,15 @@ def main() -> int:
     from ledger.jobconfig import Policy
 
     tol = args.tolerance if args.tolerance is not None else Policy().replay_tolerance
+    if args.tolerance is None and DTYPE == "bfloat16":
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from ledger_cli.job_cmds import BF16_REPLAY_TOLERANCE
+
+        tol = BF16_REPLAY_TOLERANCE
     every = 5 if all(L % 5 == 0 for L in lengths) else 1
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        say(f"reference: 2 rounds x {args.steps} steps, default kernels, 1 thread")
+        say(f"reference: 2 rounds x {args.steps} steps, default kernels, 1 thread, {DTYPE}")
         reference(out, args.steps, every)
         results = {}
         for name, env, threads in VARIANTS:
@@ -157,10 +172,10 @@ def main() -> int:
         for name, _, _ in VARIANTS:
             r = results[name]
             rows.append([L, name, f"{r[f'1/{L}']:.2e}", f"{r[f'2/{L}']:.2e}"])
-    print_table("Honest segment replay on other kernel paths: worst replay_distance "
+    print_table(f"Honest segment replay on other kernel paths ({DTYPE}): worst replay_distance "
                 "(distance to the published end / the segment's own movement)",
                 ["segment steps", "verifier", "round 1 (from genesis)", "round 2"], rows)
-    print_table(f"Dishonest segments of {min(lengths)} steps (round 2, reference kernels)",
+    print_table(f"Dishonest segments of {min(lengths)} steps (round 2, reference kernels, {DTYPE})",
                 ["segment", "replay_distance"], [[k, f"{v:.3g}"] for k, v in bad.items()])
     honest_max = max(v for r in results.values() for k, v in r.items() if int(k.split("/")[1]) <= 10)
     cheat_min = min(v for k, v in bad.items() if not k.startswith("honest"))

@@ -145,7 +145,8 @@ class HFModel(LanguageModel):
         return encode_text(self.tokenizer, text)
 
     def decode(self, ids) -> str:
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        # special tokens (an end-of-turn marker, say) are control, not text
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def _new_module(self) -> torch.nn.Module:
         m = _from_config(_config_object(self.hf))

@@ -19,7 +19,9 @@ plain model directory under ``<data>/models/``, which later imports read directl
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import shutil
 import time
@@ -157,10 +159,12 @@ def builtin_dir(name: str, cache_dir: Path, say=print) -> Path:
     from node.models.params import to_numpy
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32,
-                                                     trust_remote_code=False, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, trust_remote_code=False,
-                                            local_files_only=True)
+        # the GGUF reader draws its own progress bar: ours is the line above
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32,
+                                                         trust_remote_code=False, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, trust_remote_code=False,
+                                                local_files_only=True)
     except ImportError as e:
         raise LedgerError(f"reading {gguf.name} needs the gguf package ({e}); make install installs it") from None
     cfg = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}

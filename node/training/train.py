@@ -84,6 +84,16 @@ def resolve_device(device: str | None) -> torch.device:
     raise LedgerError(f"--device {device!r}: use cpu or cuda")
 
 
+def as_model(model) -> LanguageModel:
+    """A ``LanguageModel``, or the byte GPT a ``ModelSpec`` describes (benches and tests
+    pass specs; a Hugging Face model comes built, with its files from storage)."""
+    if isinstance(model, LanguageModel):
+        return model
+    from node.models import language_model
+
+    return language_model(model)
+
+
 def lr_at(step: int, steps: int, base: float) -> float:
     """Learning rate for ``step`` of ``steps``: a short linear warm-up (every round
     starts a fresh Adam, whose first updates are sign-like and large), then constant.
@@ -171,6 +181,7 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
     snaps: list[TrainState] = []
     with torch_settings(threads or train_spec.threads):
         torch.manual_seed(seed)  # nothing should draw from it; pinned anyway
+        lm = as_model(lm)
         run = _Run(lm, train_spec, start, dev)
         block = lm.block_size
         data = as_tensor(shard, lm.token_bytes)
@@ -232,6 +243,7 @@ def evaluate(lm: LanguageModel, params: dict[str, np.ndarray], data: bytes, batc
     """Mean cross-entropy (nats per token) of ``params`` on ``batches`` x ``batch_size``
     windows of the token stream ``data`` whose offsets depend only on the seed: every
     caller scores every model on the same text."""
+    lm = as_model(lm)
     with torch_settings(threads):
         model = lm.module(params)
         d = as_tensor(data, lm.token_bytes)
