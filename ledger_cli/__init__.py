@@ -5,8 +5,8 @@ The arrows run cli -> node -> ledger and cli -> ledger: ``ledger`` never imports
 command group lives in its own module with a ``register(subparsers)`` function;
 handlers receive ``(args, settings)``. Role commands import ``node`` (and so torch,
 1-2 s and 200 MB) inside their handler, with plain import statements, never at
-start-up, so ``ledger --help``, ``chain``, ``deploy``, ``store`` and ``history`` work
-without torch.
+start-up, so ``ledger --help``, ``chain``, ``deploy``, ``store``, ``history``, ``round``
+and ``verify-export`` work without torch.
 
 Errors the user can act on (``LedgerError``) print one line and exit non-zero;
 nothing prints a traceback unless ``LEDGER_DEBUG=1``.
@@ -23,7 +23,7 @@ from ledger.config import load_settings
 from ledger.errors import ConfigError, LedgerError
 
 from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
-               job_cmds, storage_cmds)
+               export_cmds, job_cmds, round_cmds, storage_cmds)
 from .common import HelpFormatter
 
 # One module per command group, each with ``register(subparsers)``, in --help order.
@@ -35,8 +35,10 @@ GROUPS = [
     data_cmds,        # data commit
     job_cmds,         # job create, worker run
     aggregator_cmds,  # aggregator run
+    round_cmds,       # round status|close (any account)
     audit_cmds,       # history, audit
     demo_cmds,        # demo, generate
+    export_cmds,      # export, verify-export
 ]
 
 EPILOG = """\

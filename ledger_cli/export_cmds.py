@@ -1,0 +1,121 @@
+"""`ledger export` and `ledger verify-export`: the audited final model as plain files
+with a signed in-toto provenance statement, and the check of such a folder.
+
+``export`` imports ``node`` (and torch) inside its handler; ``verify-export`` needs
+neither (``ledger.provenance``), so anyone can check an export without the training stack.
+
+Exit codes: export 0 done, 1 refused (the audit FAILED), 3 refused (the audit is
+INCOMPLETE: artifacts unavailable now), 2 usage (the job is not completed, OUT not
+empty); verify-export 0 ``EXPORT OK``, 1 the verification failed (one line per
+failure), 2 usage or environment (no such folder, no chain, no contract).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from ledger.errors import LedgerError
+from ledger.party import open_party, setup_logging
+
+from .common import add_command, add_job_arg
+
+
+def register(sub) -> None:
+    p = add_command(
+        sub, "export", "write a job's audited final model and a signed provenance statement to a folder", _export,
+        "ledger --account owner export --job 1 ./model-job1",
+        description=(
+            "Audits the job first (every artifact against its on-chain digest, every merge recomputed;\n"
+            "--replay adds transcript replays) and refuses a job that is not completed or whose audit\n"
+            "is not OK. Then writes to OUT (new or empty) the final model as files the usual libraries\n"
+            "load, without pickle: a Hugging Face model as config.json, model.safetensors and\n"
+            "tokenizer.json (AutoModelForCausalLM.from_pretrained(OUT)); a LoRA job merged into its base,\n"
+            "plus adapter.safetensors; the byte GPT as model.safetensors and config.json. Beside them,\n"
+            "provenance.intoto.jsonl: an in-toto Statement v1 (the files' sha256; chain, contract, job,\n"
+            "config and genesis digests, every round's merge or skip and its accepted contributors, the\n"
+            "audit verdict) in a DSSE envelope signed by your account (EIP-191 over the DSSE PAE)."
+        ),
+    )
+    add_job_arg(p)
+    p.add_argument("out", metavar="OUT", type=Path, help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--replay", choices=["none", "sample", "all"], default="none",
+                   help="transcript segments the audit replays first: none (default), the drawn ones, or all")
+
+    p = add_command(
+        sub, "verify-export", "check an exported model folder: its signature, its files, and the chain's record",
+        _verify, "ledger verify-export ./model-job1 --job 1",
+        description=(
+            "Offline: the envelope's signature recovers to its keyid (an address; --signer requires\n"
+            "one), its payload is an in-toto statement of this project, every file it lists is in OUT\n"
+            "with that sha256, and OUT holds no file it does not list. Then against the chain of the\n"
+            "settings (LEDGER_RPC_URL, the contract from LEDGER_CONTRACT or the deployment record: the\n"
+            "ledger you trust): the chain id and contract, the job's config and genesis digests, every\n"
+            "round's finalized or kept digest and accepted contributors, and the final model.\n"
+            "One line per failure; exit 0 EXPORT OK, 1 failed, 2 usage/environment."
+        ),
+    )
+    p.add_argument("out", metavar="OUT", type=Path, help="the folder `ledger export` wrote")
+    p.add_argument("--job", type=int, default=None, metavar="ID", help="require the statement to be about this job")
+    p.add_argument("--signer", metavar="ADDR", default=None, help="require the statement to be signed by this address")
+    p.add_argument("--offline", action="store_true", help="check the signature and the files only, not the chain")
+
+
+def _export(args, settings) -> int:
+    setup_logging()
+    from node.roles.export import export_job
+
+    ledger, store, account = open_party(settings)
+    # progress as log lines on stderr; the result on stdout; a refusal is the one `error:` line
+    ex = export_job(ledger, store, args.job, args.out, account, replay=args.replay,
+                    notify=logging.getLogger("ledger.export").info)
+    for name, digest in sorted(ex.files.items()):
+        print(f"  {name}  sha256 {digest}")
+    print(f"EXPORTED job {args.job} final model {ex.model_digest} to {ex.folder}: {len(ex.files)} files, "
+          f"provenance signed by {ex.signer}")
+    return 0
+
+
+def _verify(args, settings) -> int:
+    from eth_utils import is_address
+
+    from ledger import provenance
+
+    if args.signer and not is_address(args.signer):
+        raise provenance.ExportError(f"--signer {args.signer} is not an Ethereum address")
+    check = provenance.verify_offline(args.out, signer=args.signer)
+    if check.statement is not None and not args.offline:
+        from ledger.deploy import open_ledger
+        from ledger.store import open_store
+
+        try:
+            ledger = open_ledger(settings)
+        except LedgerError as e:
+            for line in check.failures:
+                print(f"FAILED: {line}", file=sys.stderr)
+            raise provenance.ExportError(f"cannot check the export against the chain: {e} "
+                                         "(--offline checks the signature and files only)") from None
+        store = None  # without one, the weights are bound to the chain by the signature alone
+        if settings.storage != "embedded" or settings.store_dir.is_dir():  # never make an empty store here
+            try:
+                store = open_store(settings)
+            except LedgerError:
+                store = None
+        provenance.verify_on_chain(check, ledger, job=args.job, store=store)
+    elif check.statement is not None and args.job is not None and check.job_id != args.job:
+        check.failures.append(f"the statement is for job {check.job_id}, not job {args.job}")
+    if not check.ok:
+        for line in check.failures:
+            print(f"FAILED: {line}", file=sys.stderr)
+        return 1
+    p = check.predicate
+    head = f"EXPORT OK job {p['job']['id']} final model {p['finalModel']['digest']}: {len(check.files)} files, " \
+           f"signed by {check.signer}"
+    if check.chain_checked:
+        print(f"{head}; config, genesis, {len(p['rounds'])} round(s), contributors and final model match chain "
+              f"{p['ledger']['chainId']} contract {p['ledger']['contract']}; weights: "
+              f"{check.weights or 'not compared: no store'}")
+    else:
+        print(f"{head} (offline: signature and files only, the chain was not checked)")
+    return 0
