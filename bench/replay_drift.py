@@ -46,8 +46,11 @@ def config(steps: int):
 
 
 def reference(out: Path, steps: int, every: int) -> None:
-    """Two rounds on the reference kernels; every state every ``every`` steps to ``out``."""
-    from node.training.train import train_local
+    """Two rounds on the reference kernels; every state every ``every`` steps to ``out``:
+    the inner boundaries as the compact snapshots a worker publishes (and continues
+    from), the round's start and end exactly (the parent, and the checkpoint)."""
+    from ledger import checkpoint
+    from node.training.train import train_local, train_steps
     from node.training.transcript import TrainState, encode_snapshot
 
     cfg = config(steps)
@@ -55,23 +58,35 @@ def reference(out: Path, steps: int, every: int) -> None:
     params = genesis_params(cfg)
     for rnd in (1, 2):
         res = train_local(cfg.model, cfg.train, params, shard, SEED + rnd, segment_steps=every)
-        states = [TrainState(0, params, {k: 0 * v for k, v in params.items()}, {k: 0 * v for k, v in params.items()})]
-        states += res.snapshots
-        for s in states:
-            (out / f"r{rnd}-{s.step}.safetensors").write_bytes(encode_snapshot(s, {"round": str(rnd)}))
+        (out / f"r{rnd}-origin.safetensors").write_bytes(checkpoint.encode(params, {}))
+        zero = {k: 0 * v for k, v in params.items()}
+        _save_exact(out / f"r{rnd}-0.safetensors", TrainState(0, params, zero, zero))
+        for s in res.snapshots:
+            (out / f"r{rnd}-{s.step}.safetensors").write_bytes(encode_snapshot(s, {"round": str(rnd)}, params))
         # the end state's moments are not in TrainResult: run the last stretch again for them
-        from node.training.train import train_steps
-
         end, _, _ = train_steps(cfg.model, cfg.train, res.snapshots[-1], shard, SEED + rnd, steps)
-        (out / f"r{rnd}-{steps}.safetensors").write_bytes(encode_snapshot(end, {"round": str(rnd)}))
+        _save_exact(out / f"r{rnd}-{steps}.safetensors", end)
         params = res.params
+
+
+def _save_exact(path: Path, s) -> None:
+    from ledger import checkpoint
+
+    tensors = {f"{g}/{k}": v for g, d in (("param", s.params), ("exp_avg", s.exp_avg), ("exp_avg_sq", s.exp_avg_sq))
+               for k, v in d.items()}
+    path.write_bytes(checkpoint.encode(tensors, {"exact": "1"}))
 
 
 def load(out: Path, rnd: int, step: int, like):
     from ledger import checkpoint
-    from node.training.transcript import TrainState
+    from node.training.transcript import TrainState, decode_snapshot
 
-    tensors, _ = checkpoint.decode((out / f"r{rnd}-{step}.safetensors").read_bytes())
+    raw = (out / f"r{rnd}-{step}.safetensors").read_bytes()
+    tensors, meta = checkpoint.decode(raw)
+    if meta.get("exact") != "1":
+        origin, _ = checkpoint.decode((out / f"r{rnd}-origin.safetensors").read_bytes())
+        return decode_snapshot(raw, cid="-", expect_meta={"round": str(rnd), "step": str(step)}, like=origin,
+                               max_size=len(raw))
     g = {grp: {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(grp + "/")}
          for grp in ("param", "exp_avg", "exp_avg_sq")}
     if step == 0:

@@ -47,7 +47,7 @@ def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: 
         t0 = time.process_time()
         res = train_local(cfg.model, cfg.train, parent, shard, seed, segment_steps=cfg.policy.segment_steps)
         cpu += time.process_time() - t0
-        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(JOB, r, w, parent_digest, s.step)))
+        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(JOB, r, w, parent_digest, s.step), parent))
                  for s in res.snapshots]
         for _, blob in snaps:
             store.put(blob)

@@ -8,33 +8,116 @@ stored by CID. No torch here: the audit and the history read it too.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, field, fields
+from typing import Annotated, Any
+
+import pydantic
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field
 
 from .digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
 MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
+PUBLISH_MODES = ("drawn", "all")
 
 
 MODEL_KINDS = ("byte-gpt", "hf")
 HF_MODEL_TYPES = ("gpt2", "llama")
 DTYPES = ("float32", "bfloat16")
+SPLITS = ("iid", "speaker", "private")
+
+# The range of every number in a job config, checked by pydantic whenever a spec is
+# built or a field assigned (``validate_assignment``), so an out-of-range value never
+# reaches a worker, the chain or storage; a config parsed from storage gets the same
+# checks. The CLI's flags take their ranges from here (``limits``).
+MAX_UINT32 = 2**32 - 1
+MAX_SEED = 2**63 - 1          # every seed API (torch, numpy) takes 63 bits without sign trouble
+MAX_WORKERS = 128             # the contract's limit
 
 
-@dataclass
+def _int(lo: int, hi: int):
+    return Annotated[int, Field(ge=lo, le=hi)]
+
+
+def _num(lo: float, hi: float, *, lo_open: bool = False):
+    bound = {"gt": lo} if lo_open else {"ge": lo}
+    return Annotated[float, Field(le=hi, allow_inf_nan=False, **bound)]
+
+
+class ConfigValueError(ValueError):
+    """A job-config value out of its range (or of the wrong kind), in one line naming the field."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        sep = " " if problem.startswith("must ") else ": "
+        super().__init__(f"job config field {field}{sep}{problem}" if field else f"job config: {problem}")
+
+
+def _problem(e: pydantic.ValidationError, name: str) -> ConfigValueError:
+    """pydantic's (multi-line) error as one line: the first problem, its field and the value given."""
+    err = e.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or name
+    msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    if " should " in msg:                  # "Input should be greater than 0" -> "must be greater than 0"
+        msg = "must " + msg.split(" should ", 1)[1]
+    if "input" in err and where and err.get("type") != "value_error":
+        msg = f"{msg}, got {json.dumps(err['input'], default=repr)[:40]}"
+    return ConfigValueError(where, msg)
+
+
+def _spec(cls):
+    """A pydantic dataclass (a std dataclass too: ``fields``, ``asdict``, ``replace`` work)
+    whose construction and assignments raise one-line ``ConfigValueError``s."""
+    cls = pydantic.dataclasses.dataclass(cls, config=ConfigDict(validate_assignment=True))
+    init, setattr_ = cls.__init__, cls.__setattr__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except pydantic.ValidationError as e:
+            raise _problem(e, "") from None
+
+    def __setattr__(self, name, value):
+        try:
+            setattr_(self, name, value)
+        except pydantic.ValidationError as e:
+            raise _problem(e, name) from None
+
+    cls.__init__, cls.__setattr__ = __init__, __setattr__
+    return cls
+
+
+def limits(cls, name: str) -> tuple[type, float | None, float | None, bool]:
+    """(int or float, lo, hi, lo_open) of a spec's numeric field, for the CLI's argparse types."""
+    lo = hi = None
+    lo_open = False
+    info = cls.__pydantic_fields__[name]
+    for m in info.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+    return info.annotation, lo, hi, lo_open
+
+
+@_spec
 class Artifact:
     """Bytes the config commits to and where storage keeps them (a tokenizer, base weights)."""
 
     sha256: str       # 0x-hex of the exact bytes
     cid: str
-    num_bytes: int
+    num_bytes: _int(0, 2**63 - 1)
 
 
-@dataclass
+@_spec
 class ModelSpec:
     """What the job trains (``node.models`` builds it; see there for each kind).
 
@@ -52,18 +135,20 @@ class ModelSpec:
     """
 
     kind: str = "byte-gpt"
-    vocab_size: int = 256
-    block_size: int = 128
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
+    vocab_size: _int(1, 1 << 22) = 256
+    # 0 only while a job is being made: "the model's own limit" (node.roles.owner.attach_model)
+    block_size: _int(0, 1 << 17) = 128
+    # 0: a Hugging Face config that does not say (for a Hugging Face model they repeat its config, for people)
+    n_layer: _int(0, 1024) = 4
+    n_head: _int(0, 1024) = 4
+    n_embd: _int(0, 1 << 16) = 128
     bias: bool = True
     source: str = ""                  # where the weights came from ("smollm2", a directory's name)
     hf_config: str = ""
     tokenizer: Artifact | None = None
     base: Artifact | None = None
-    lora_rank: int = 0
-    lora_alpha: float = 0.0
+    lora_rank: _int(0, 256) = 0
+    lora_alpha: _num(0, 4096) = 0.0
     lora_targets: list[str] = field(default_factory=list)
     dtype: str = "float32"
 
@@ -72,8 +157,6 @@ class ModelSpec:
             raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"model dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if int(self.lora_rank) < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
         if self.kind == "byte-gpt" and (self.lora_rank or self.hf_config or self.tokenizer or self.base):
             raise ValueError("a byte-gpt model has no Hugging Face config, tokenizer, base weights or LoRA")
         if self.kind == "hf" and (not self.hf_config or self.tokenizer is None):
@@ -94,32 +177,44 @@ class ModelSpec:
         return 2 if int(self.vocab_size) <= 1 << 16 else 4
 
 
-@dataclass
+    def check(self) -> None:
+        """What a finished spec must also satisfy (its fields are assigned one at a time while a job is made)."""
+        if self.block_size < 1:
+            raise ConfigValueError("model.block_size", f"must be >= 1, got {self.block_size}")
+        if self.kind == "byte-gpt":
+            for name in ("n_layer", "n_head", "n_embd"):
+                if getattr(self, name) < 1:
+                    raise ConfigValueError(f"model.{name}", f"must be >= 1 for the byte GPT, got {getattr(self, name)}")
+            if self.n_embd % self.n_head:
+                raise ConfigValueError("model.n_embd", f"must be a multiple of n_head ({self.n_head}), got {self.n_embd}")
+
+
+@_spec
 class TrainSpec:
-    steps: int = 50            # local optimiser steps per round
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    threads: int = 1           # torch threads; recorded in every checkpoint
+    steps: _int(1, 1_000_000) = 50            # local optimiser steps per round
+    batch_size: _int(1, 1 << 16) = 32
+    learning_rate: _num(0, 10, lo_open=True) = 3e-3
+    weight_decay: _num(0, 10) = 0.0
+    grad_clip: _num(0, 1e6) = 1.0              # 0 = no clipping
+    threads: _int(1, 1024) = 1                 # torch threads; recorded in every checkpoint
 
 
-@dataclass
+@_spec
 class Policy:
     """How aggregators judge and merge contributions."""
 
     merge_rule: str = "fedavg"
-    trim_ratio: float = 0.25         # trimmed_mean: fraction cut at each end
-    krum_f: int = 1                  # krum: number of Byzantine workers tolerated
-    krum_m: int = 0                  # krum: how many to keep (0 = n - f)
+    trim_ratio: _num(0, 0.5) = 0.25         # trimmed_mean: fraction cut at each end
+    krum_f: _int(0, MAX_WORKERS - 1) = 1    # krum: number of Byzantine workers tolerated
+    krum_m: _int(0, MAX_WORKERS) = 0        # krum: how many to keep (0 = n - f)
     # L2 norm of (checkpoint - parent) over all tensors: an absolute cap, and a bound
     # relative to the round (ratio x the median norm of the contributions that pass the
     # cheap checks, when there are >= 3), which follows the model size and the steps.
-    max_update_norm: float = 100.0
-    max_update_norm_ratio: float = 3.0
-    max_val_loss_increase: float = 0.25  # accepted if val_loss <= parent_val_loss + this
-    val_batches: int = 8
-    val_batch_size: int = 32
+    max_update_norm: _num(0, 1e12, lo_open=True) = 100.0
+    max_update_norm_ratio: _num(0, 1e6) = 3.0     # 0 = no relative bound
+    max_val_loss_increase: _num(0, 1e6) = 0.25  # accepted if val_loss <= parent_val_loss + this
+    val_batches: _int(1, 10_000) = 8
+    val_batch_size: _int(1, 1 << 16) = 32
     # Segment replay (node.training.transcript): a worker snapshots its whole training state every
     # segment_steps steps; each aggregator re-runs replay_segments drawn segments of every
     # contribution (0 = none) and accepts when the replay lands within replay_tolerance
@@ -129,47 +224,57 @@ class Policy:
     # 10: one replayed segment of each contribution then costs an aggregator 0.1 of the
     # round's training instead of 0.2 (bench/verification.py), for 9 snapshots (27
     # checkpoints' worth of storage) instead of 4 (12).
-    segment_steps: int = 5
-    replay_segments: int = 1
-    replay_tolerance: float = 1e-2
-    max_checkpoint_bytes: int = 256 * 1024 * 1024
-    # Private-data jobs: seconds after a round closes that aggregators wait for the
-    # workers to reveal the windows of their drawn segments (node.training.privdata) before
-    # judging; a window still missing then is WINDOWS_UNREVEALED. Must sit well inside
-    # the proposal window (checked at job creation).
-    reveal_window: int = 60
+    segment_steps: _int(1, 1_000_000) = 5
+    replay_segments: _int(0, 1_000_000) = 1
+    replay_tolerance: _num(0, 10, lo_open=True) = 1e-2
+    max_checkpoint_bytes: _int(1, 1 << 40) = 256 * 1024 * 1024
+    # Which transcript snapshots a worker stores: "drawn" (default) only those the drawn
+    # segments start and end at, after the round closes and the draw is known (at most
+    # 2 snapshots of 1.5 checkpoints' worth each per drawn segment: 3 checkpoints' worth
+    # under the default policy); "all" every snapshot with the checkpoint, so any later
+    # auditor can replay any segment (`ledger audit --replay all`), at 1.5 checkpoints'
+    # worth per snapshot.
+    publish_snapshots: str = "drawn"
+    # Seconds after a round closes that aggregators wait for the workers to reveal what
+    # the draw asks for (drawn snapshots; private data: the windows of drawn segments,
+    # node.training.privdata) before judging; what is still missing then is
+    # TRANSCRIPT_UNREVEALED / WINDOWS_UNREVEALED. Must sit well inside the proposal
+    # window (checked at job creation; 0 there means a minute, at most half the window).
+    reveal_window: _int(0, MAX_UINT32 // 2) = 0
 
     def __post_init__(self):
         if self.merge_rule not in MERGE_RULES:
             raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
-        if int(self.segment_steps) < 1 or int(self.replay_segments) < 0:
-            raise ValueError(f"segment_steps must be >= 1 and replay_segments >= 0, got "
-                             f"{self.segment_steps} and {self.replay_segments}")
-        if not float(self.replay_tolerance) > 0:
-            raise ValueError(f"replay_tolerance must be > 0, got {self.replay_tolerance}")
+        if self.publish_snapshots not in PUBLISH_MODES:
+            raise ValueError(f"publish_snapshots must be one of {PUBLISH_MODES}, got {self.publish_snapshots!r}")
+
+    @property
+    def reveals(self) -> bool:
+        """True when workers reveal drawn snapshots after the round closes."""
+        return self.publish_snapshots == "drawn" and int(self.replay_segments) > 0
 
 
-@dataclass
+@_spec
 class ShardSpec:
-    index: int
+    index: _int(-1, MAX_WORKERS - 1)      # -1: the validation split
     sha256: str       # 0x-hex of the shard's bytes
-    num_bytes: int
+    num_bytes: _int(0, 2**63 - 1)
 
 
-@dataclass
+@_spec
 class DataRoot:
     """A worker's commitment to its private data (``ledger.datacommit``)."""
 
     root: str         # 0x-hex of commitment_of(merkle root, length)
-    num_bytes: int
+    num_bytes: _int(1, 2**63 - 1)
 
 
-@dataclass
+@_spec
 class DataSpec:
     corpus: str = "tinyshakespeare.txt"
     corpus_sha256: str = "0x86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-    split: str = "iid"                # "iid" or "speaker"
-    val_fraction: float = 0.1
+    split: str = "iid"                # "iid" or "speaker" ("private": each worker's own committed text)
+    val_fraction: _num(0, 1, lo_open=True) = 0.1
     shards: list[ShardSpec] = field(default_factory=list)
     validation: ShardSpec | None = None
     # Bring-your-own-data jobs: one commitment per worker (worker order) instead of
@@ -177,6 +282,10 @@ class DataSpec:
     # are left out of the canonical bytes when empty, so corpus jobs hash as before.
     roots: list[DataRoot] = field(default_factory=list)
     validation_cid: str = ""
+
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"data split must be one of {SPLITS}, got {self.split!r}")
 
     @property
     def private(self) -> bool:
@@ -189,18 +298,24 @@ OPTIONAL_MODEL_KEYS = {"kind": "byte-gpt", "source": "", "hf_config": "", "token
                        "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": [], "dtype": "float32"}
 
 
-@dataclass
+@_spec
 class JobConfig:
-    name: str = "tiny-shakespeare"
-    seed: int = 1337
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "tiny-shakespeare"
+    seed: _int(0, MAX_SEED) = 1337
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     policy: Policy = field(default_factory=Policy)
     data: DataSpec = field(default_factory=DataSpec)
-    cid_version: int = 0
+    cid_version: _int(0, 1) = 0
     format: str = FORMAT
 
+    def check(self) -> None:
+        """What a whole config must satisfy beyond each field's range (ConfigValueError
+        otherwise); run on every config written (``to_bytes``) and read (``from_bytes``)."""
+        self.model.check()
+
     def to_bytes(self) -> bytes:
+        self.check()
         d = asdict(self)
         for k in OPTIONAL_DATA_KEYS:
             if not d["data"][k]:
@@ -226,7 +341,9 @@ class JobConfig:
             raise ValueError(f"job config must be a JSON object, got {_json_type(d)}")
         if d.get("format") != FORMAT:
             raise ValueError(f"job config format {d.get('format')!r} is not {FORMAT!r}")
-        return _build(cls, d, "")
+        config = _build(cls, d, "")
+        config.check()
+        return config
 
 
 def num_samples(train: TrainSpec) -> int:
@@ -279,4 +396,7 @@ def _build(cls, d: Any, where: str):
     hints = typing.get_type_hints(cls)
     values = {f.name: _check(d[f.name], hints[f.name], f"{where}.{f.name}" if where else f.name)
               for f in fields(cls) if f.name in d}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigValueError as e:   # a value out of range: named from the top of the config
+        raise ConfigValueError(".".join(p for p in (where, e.field) if p), e.problem) from None

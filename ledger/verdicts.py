@@ -30,6 +30,8 @@ class Verdict(IntEnum):
     WINDOWS_UNREVEALED = 14      # private data: a drawn segment's window bundle was not revealed in time
     WINDOWS_PROOF = 15           # private data: a revealed window bundle is not the committed one, or its
                                  # chunks are not the segment's or fail their Merkle proof against the root
+    TRANSCRIPT_UNREVEALED = 16   # a drawn segment's snapshot, published only after the draw, was not
+                                 # revealed within the reveal window
 
     @property
     def label(self) -> str:

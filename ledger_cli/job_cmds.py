@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from ledger.party import open_party, setup_logging
 
-from .common import add_command, add_group, add_job_arg, float_in, int_in
+from .common import (SEED, add_command, add_group, add_job_arg, device_name, float_in, int_in, spec_range,
+                     text_in)
+
+MAX_UINT32 = 2**32 - 1
+MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
 
 
 def register(sub) -> None:
@@ -41,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--init", choices=["pretrained", "random"], default="pretrained",
                    help="Hugging Face models: start from the directory's weights (default) or a fresh "
                         "initialisation of its config under the job seed")
-    p.add_argument("--lora-rank", type=int_in(1, 256), default=None, metavar="R",
+    p.add_argument("--lora-rank", type=spec_range("ModelSpec", "lora_rank", lo=1), default=None, metavar="R",
                    help="fine-tune LoRA adapters of rank R (1..256) on a frozen, committed base (Hugging Face models)")
     p.add_argument("--lora-alpha", type=float_in(0, 4096, lo_open=True), default=None, metavar="A",
                    help="LoRA scaling numerator (default 2 x rank)")
@@ -57,41 +61,48 @@ def register(sub) -> None:
                         "that worker trains on its own private text")
     p.add_argument("--validation", metavar="FILE", default=None,
                    help="the owner's held-out text, stored and committed in the config (needed with --data-root)")
-    p.add_argument("--reveal-window", type=int, default=None, metavar="S",
-                   help="private data: seconds aggregators wait after a round closes for the drawn windows "
-                        "(default 60; at most half the proposal window)")
-    p.add_argument("--quorum", type=int, default=None,
+    p.add_argument("--reveal-window", type=spec_range("Policy", "reveal_window", lo=1), default=None, metavar="S",
+                   help="seconds aggregators wait after a round closes for the workers to reveal what the draw "
+                        "asks (drawn snapshots; private data: drawn windows); default 60 or half the proposal "
+                        "window if less; at most half the proposal window")
+    p.add_argument("--quorum", type=int_in(1, MAX_AGGREGATORS), default=None,
                    help="aggregators that must agree: a strict majority of them (default: the smallest majority)")
-    p.add_argument("--rounds", type=int, default=3, help="number of rounds (default 3)")
-    p.add_argument("--round-duration", type=int, default=300, metavar="S", help="seconds before a round's deadline (default 300)")
-    p.add_argument("--proposal-window", type=int, default=300, metavar="S",
+    p.add_argument("--rounds", type=int_in(1, MAX_UINT32), default=3, help="number of rounds (default 3)")
+    p.add_argument("--round-duration", type=int_in(1, MAX_UINT32), default=300, metavar="S", help="seconds before a round's deadline (default 300)")
+    p.add_argument("--proposal-window", type=int_in(1, MAX_UINT32), default=300, metavar="S",
                    help="seconds aggregators have to commit after a round closes, and again to reveal; then a round "
                         "without a quorum is skipped (default 300)")
-    p.add_argument("--min-submissions", type=int, default=1, help="fewer accepted contributions keep the parent (default 1)")
-    p.add_argument("--name", default="tiny-shakespeare", help="job name recorded in the config")
-    p.add_argument("--seed", type=int, default=1337, help="job seed: genesis init and every worker's training seed derive from it")
+    p.add_argument("--min-submissions", type=int_in(1, MAX_WORKERS), default=1, help="fewer accepted contributions keep the parent (default 1)")
+    p.add_argument("--name", type=text_in(1, 200), default="tiny-shakespeare", help="job name recorded in the config")
+    p.add_argument("--seed", type=SEED, default=1337, help="job seed: genesis init and every worker's training seed derive from it")
     p.add_argument("--split", choices=["iid", "speaker"], default="iid", help="IID shards or non-IID by speaker (default iid)")
-    p.add_argument("--throughput", type=float, action="append", metavar="X",
+    p.add_argument("--throughput", type=float_in(0, 1e12, lo_open=True), action="append", metavar="X",
                    help="declared throughput per worker (repeat, same order): shard sizes minimise the slowest worker's time")
-    p.add_argument("--steps", type=int, default=None, help="local training steps per round (default 50)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate")
-    p.add_argument("--threads", type=int, default=None, help="default torch threads per worker (each may choose its own; default 1)")
-    p.add_argument("--n-layer", type=int, default=None, help="transformer blocks (default 4)")
-    p.add_argument("--n-embd", type=int, default=None, help="width (default 128)")
-    p.add_argument("--n-head", type=int, default=None, help="attention heads (default 4)")
-    p.add_argument("--block-size", type=int_in(1, 1 << 17), default=None,
+    p.add_argument("--steps", type=spec_range("TrainSpec", "steps"), default=None, help="local training steps per round (default 50)")
+    p.add_argument("--batch-size", type=spec_range("TrainSpec", "batch_size"), default=None, help="batch size (default 32)")
+    p.add_argument("--lr", type=spec_range("TrainSpec", "learning_rate"), default=None,
+                   help="learning rate (default 0.003)")
+    p.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="default torch threads per worker (each may choose its own; default 1)")
+    p.add_argument("--n-layer", type=spec_range("ModelSpec", "n_layer", lo=1), default=None, help="transformer blocks (default 4)")
+    p.add_argument("--n-embd", type=spec_range("ModelSpec", "n_embd", lo=1), default=None, help="width (default 128)")
+    p.add_argument("--n-head", type=spec_range("ModelSpec", "n_head", lo=1), default=None,
+                   help="attention heads (default 4; --n-embd must be a multiple)")
+    p.add_argument("--block-size", type=spec_range("ModelSpec", "block_size", lo=1), default=None,
                    help="training context in tokens (bytes for the byte GPT; default 128, or the model's limit if lower)")
     p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default=None, help="merge rule (default fedavg)")
-    p.add_argument("--krum-f", type=int, default=None, help="Byzantine workers Multi-Krum tolerates")
-    p.add_argument("--max-update-norm", type=float, default=None, help="reject updates with a larger L2 norm")
-    p.add_argument("--max-val-loss-increase", type=float, default=None, help="reject if validation loss exceeds the parent's by more")
-    p.add_argument("--segment-steps", type=int, default=None,
+    p.add_argument("--krum-f", type=spec_range("Policy", "krum_f"), default=None, help="Byzantine workers Multi-Krum tolerates")
+    p.add_argument("--max-update-norm", type=spec_range("Policy", "max_update_norm"), default=None, help="reject updates with a larger L2 norm")
+    p.add_argument("--max-val-loss-increase", type=spec_range("Policy", "max_val_loss_increase"), default=None, help="reject if validation loss exceeds the parent's by more")
+    p.add_argument("--segment-steps", type=spec_range("Policy", "segment_steps"), default=None,
                    help="steps between the training-state snapshots a worker commits to (default 5)")
-    p.add_argument("--replay-segments", type=int, default=None,
+    p.add_argument("--replay-segments", type=spec_range("Policy", "replay_segments"), default=None,
                    help="transcript segments of every contribution each aggregator replays (default 1; 0 = none)")
-    p.add_argument("--replay-tolerance", type=float, default=None,
+    p.add_argument("--replay-tolerance", type=spec_range("Policy", "replay_tolerance"), default=None,
                    help="accepted distance of a replay to the published end, relative to the segment's movement (default 0.01)")
+    p.add_argument("--publish-snapshots", choices=["drawn", "all"], default=None,
+                   help="transcript snapshots a worker stores: only those the drawn segments need, after the draw "
+                        "(default; at most 3 checkpoints' worth a round), or all of them with the checkpoint, so "
+                        "any later audit can replay any segment")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
 
     p = add_command(
@@ -104,11 +115,12 @@ def register(sub) -> None:
         ws, "run", "wait for each open round, fetch and verify the parent, train, publish, submit", _worker,
         "ledger --account w0 worker run --job 1 --data notes.txt",
         description=(
-            "Runs until the job completes. Each round it publishes the checkpoint and its training\n"
-            "transcript (the whole training state every segment_steps steps), which verifiers replay\n"
-            "in drawn segments. Safe to kill at any point: a restart resumes without submitting twice\n"
-            "and without losing a finished checkpoint.\n\n"
-            "Private-data jobs (--data PATH): after each round closes the worker stays to reveal the\n"
+            "Runs until the job completes. Each round it publishes the checkpoint, which commits to its\n"
+            "training transcript (the whole training state every segment_steps steps); once the round\n"
+            "closes it reveals the snapshots of the segments the verifiers drew (all of them at once in a\n"
+            "job made with --publish-snapshots all). Safe to kill at any point: a restart resumes\n"
+            "without submitting twice and without losing a finished checkpoint.\n\n"
+            "Private-data jobs (--data PATH): after each round closes the worker also reveals the\n"
             "windows of the segments the verifiers drew, with their Merkle proofs; nothing else of\n"
             "PATH ever leaves this machine."
         ),
@@ -117,10 +129,10 @@ def register(sub) -> None:
     r.add_argument("--data", metavar="PATH", default=None,
                    help="private-data jobs: this worker's text (a file or a folder, as given to `ledger data commit`); "
                         "refused unless it matches the root committed in the job")
-    r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
-    r.add_argument("--rounds", type=int, default=None, help="stop after submitting this many rounds")
-    r.add_argument("--threads", type=int, default=None, help="torch threads for training (default: the job's)")
-    r.add_argument("--device", default="cpu", metavar="cpu|cuda",
+    r.add_argument("--poll", type=float_in(0, 3600, lo_open=True), default=1.0, help="seconds between chain polls (default 1)")
+    r.add_argument("--rounds", type=int_in(1, MAX_UINT32), default=None, help="stop after submitting this many rounds")
+    r.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="torch threads for training (default: the job's)")
+    r.add_argument("--device", type=device_name, default="cpu", metavar="cpu|cuda[:N]",
                    help="train on the CPU (default) or a CUDA GPU; verifiers replay GPU-trained segments on their CPUs")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("-v", "--verbose", action="store_true")
@@ -143,8 +155,53 @@ def _resolve(settings, names: list[str]) -> list[str]:
     return out
 
 
+def _check_create(args) -> None:
+    """What no single flag's range says: counts and proportions the contract (or a worker)
+    would refuse only after the config and genesis were stored. Checked first."""
+    from ledger.errors import ConfigError
+
+    n_w, n_a = len(args.worker), len(args.aggregator)
+    if n_w > MAX_WORKERS:
+        raise ConfigError(f"{n_w} --worker given: a job has at most {MAX_WORKERS} workers")
+    if n_a > MAX_AGGREGATORS:
+        raise ConfigError(f"{n_a} --aggregator given: a job has at most {MAX_AGGREGATORS} aggregators")
+    if args.quorum is not None and not (2 * args.quorum > n_a and args.quorum <= n_a):
+        raise ConfigError(f"--quorum {args.quorum} with {n_a} aggregator(s): the quorum must be a strict majority, "
+                          f"{n_a // 2 + 1}..{n_a}")
+    if args.min_submissions > n_w:
+        raise ConfigError(f"--min-submissions {args.min_submissions} with {n_w} worker(s): at most {n_w}")
+    if args.throughput and len(args.throughput) != n_w:
+        raise ConfigError(f"{len(args.throughput)} --throughput given for {n_w} workers: give one per worker, "
+                          f"in worker order")
+    if args.throughput and args.split != "iid":
+        raise ConfigError("--throughput balances IID shards; it does not apply with --split speaker")
+    if args.reveal_window is not None and 2 * args.reveal_window > args.proposal_window:
+        raise ConfigError(f"--reveal-window {args.reveal_window} is more than half the proposal window "
+                          f"({args.proposal_window} s): aggregators must still commit after it")
+    n_embd, n_head = args.n_embd or 128, args.n_head or 4
+    if (args.n_embd or args.n_head) and n_embd % n_head:
+        raise ConfigError(f"--n-embd {n_embd} is not a multiple of --n-head {n_head}")
+
+
+def _check_parties(workers: list[str], aggregators: list[str]) -> None:
+    """The contract refuses these, but only after the config and genesis were stored."""
+    from ledger.errors import ConfigError
+
+    for flag, addrs in (("--worker", workers), ("--aggregator", aggregators)):
+        if len({a.lower() for a in addrs}) != len(addrs):
+            raise ConfigError(f"{flag}: a party is given twice (by name or address); give each {flag[2:]} once")
+    both = {a.lower() for a in workers} & {a.lower() for a in aggregators}
+    if both:
+        raise ConfigError(f"{sorted(both)[0]} is both a worker and an aggregator; a party plays one role in a job")
+
+
 def _create(args, settings) -> int:
+    _check_create(args)
     roots, validation = _private_data(args)     # bad input fails here, before torch is imported
+    # the chain, the owner's key and the parties before anything is imported, stored or written
+    ledger, store, _ = open_party(settings)
+    workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
+    _check_parties(workers, aggregators)
     setup_logging()
     from ledger.jobconfig import JobConfig
 
@@ -166,12 +223,10 @@ def _create(args, settings) -> int:
         ("krum_f", cfg.policy, "krum_f"), ("max_update_norm", cfg.policy, "max_update_norm"),
         ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("segment_steps", cfg.policy, "segment_steps"),
         ("replay_segments", cfg.policy, "replay_segments"), ("replay_tolerance", cfg.policy, "replay_tolerance"),
-        ("reveal_window", cfg.policy, "reveal_window"),
+        ("reveal_window", cfg.policy, "reveal_window"), ("publish_snapshots", cfg.policy, "publish_snapshots"),
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
-    ledger, store, _ = open_party(settings)
-    workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
@@ -231,6 +286,8 @@ def _private_data(args):
     if args.validation:
         from pathlib import Path
 
+        if not Path(args.validation).is_file():
+            raise LedgerError(f"--validation {args.validation}: not a regular file; give the owner's held-out text file")
         try:
             validation = Path(args.validation).read_bytes()
         except OSError as e:

@@ -25,7 +25,7 @@ OTHER_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2"}
 def _config(**policy):
     """Big enough that kernel paths and thread counts change the low bits (a 1-layer,
     32-wide model can run the very same instructions either way), small enough to be quick."""
-    cfg = tiny_config(**policy)
+    cfg = tiny_config(**{"publish_snapshots": "all", **policy})   # every segment replayable by the audit
     cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.model.block_size = 2, 64, 4, 64
     cfg.train.steps, cfg.train.batch_size = 6, 16
     cfg.policy.segment_steps = 2

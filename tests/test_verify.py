@@ -58,7 +58,8 @@ def task(tmp_path_factory):
         model=ModelSpec(block_size=32, n_layer=1, n_head=2, n_embd=32),
         train=TrainSpec(steps=4, batch_size=4, learning_rate=3e-3, threads=1),
         policy=Policy(max_update_norm=20.0, max_val_loss_increase=0.25, val_batches=2, val_batch_size=8,
-                      segment_steps=2, replay_segments=1, max_checkpoint_bytes=4 * 1024 * 1024),
+                      segment_steps=2, replay_segments=1, max_checkpoint_bytes=4 * 1024 * 1024,
+                      publish_snapshots="all"),
     )
     store = EmbeddedStore(tmp_path_factory.mktemp("store"))
     corpus = (ROOT / "data" / "tinyshakespeare.txt").read_bytes()
@@ -70,7 +71,8 @@ def task(tmp_path_factory):
 
     def publish(worker: str, states, label_as: str | None = None) -> tx.Manifest:
         """Encode, store and commit to a transcript's snapshots (labelled for ``label_as``)."""
-        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(JOB, ROUND, label_as or worker, parent_digest, s.step)))
+        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(JOB, ROUND, label_as or worker, parent_digest, s.step),
+                                             parent))
                  for s in states]
         for _, blob in snaps:
             store.put(blob)
@@ -385,6 +387,12 @@ def test_segment_replay_accepts_honest_and_rejects_each_dishonest_transcript(tas
     assert reports[1].metrics["replay_distance"] > 0.1 and reports[2].metrics["replay_distance"] > 0.1
     assert "segment" in reports[1].reason and "tolerance" in reports[1].reason
     assert "not match" in reports[7].reason and "fetch" in reports[8].reason
+
+    # in a job whose workers reveal only the drawn snapshots, after the draw, a drawn
+    # snapshot missing from storage is the worker's failure to reveal it
+    drawn = replace(task["cfg"], policy=replace(task["cfg"].policy, publish_snapshots="drawn", replay_segments=2))
+    reports = rd.verify(stages={"norm", "replay"}, replay_mode="all", config=drawn)
+    assert reports[8].verdict == Verdict.TRANSCRIPT_UNREVEALED, reports[8].reason
 
     # replay_mode "none" or the stage off: nothing is replayed, no transcript is read
     for kw in ({"replay_mode": "none", "stages": {"norm", "replay"}}, {"stages": {"norm"}}):

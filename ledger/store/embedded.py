@@ -369,6 +369,12 @@ class EmbeddedStore(Store):
         obj = self._load(cid)
         if max_size is not None and obj.size > max_size:
             raise too_large(obj.cid, obj.size, max_size)
+        # The bytes live in the helper's frame only: parsing the CID above may leave this
+        # frame referenced from a caught exception's traceback (a cycle inside the CID
+        # library), which would keep a local holding the object alive until a gc pass.
+        return self._read_checked(obj, expected)
+
+    def _read_checked(self, obj: _Object, expected: bytes) -> bytes:
         if obj.size < PIPELINE_MIN:
             data = _read_exact(obj.pack, obj.size)
             actual = hashlib.sha256(data).digest()

@@ -32,7 +32,10 @@ Private data (jobs created with --data-root; node.training.privdata):
                committed text's windows                                  -> replay
   bad-proof    honest training; every window bundle carries one altered byte (committed in
                the manifest as is), so its chunks do not prove against the root -> windows-proof
-  withhold     honest, but never reveals its drawn windows                -> windows-unrevealed
+
+After the draw (any job that reveals: drawn snapshots by default, private windows):
+  withhold     honest, but never reveals what the draw asks: its drawn snapshots
+               (-> transcript-unrevealed) and, for private data, windows (-> windows-unrevealed)
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ from node.roles.worker import Worker, WorkerOptions
 log = logging.getLogger("ledger.adversary")
 
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
-PRIVATE_ATTACKS = ("other-data", "bad-proof", "withhold")
+PRIVATE_ATTACKS = ("other-data", "bad-proof")
+REVEAL_ATTACKS = ("withhold",)
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
-           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS
+           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -137,7 +141,7 @@ class Adversary(Worker):
         elif a == "tamper-snapshot" and res.snapshots:
             i = len(res.snapshots) // 2
             s = res.snapshots[i]
-            res.snapshots[i] = replace(s, params={n: v * np.float32(1.01) for n, v in s.params.items()})
+            res.snapshots[i] = replace(s, params={n: v * np.float32(1.01) for n, v in s.params.items()}, delta=None)
         log.info("round %d: attack %s trained", r, a)
         return res
 
@@ -166,7 +170,7 @@ class Adversary(Worker):
 
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx
-        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS:
+        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS:
             return super().work_round(r, parent)
         if self.attack == "copy":
             return self._copy(r, parent)

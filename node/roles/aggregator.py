@@ -29,7 +29,7 @@ from ledger.verdicts import Verdict, describe
 
 from node.training import transcript
 from node.roles.faults import crash_point
-from node.verification.rounds import drawn_windows, judge_round, replay_seed
+from node.verification.rounds import drawn_artifacts, judge_round, replay_seed
 from node.context import JobContext
 
 log = logging.getLogger("ledger.aggregator")
@@ -130,11 +130,12 @@ class Aggregator:
                 ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
 
     def _reveals_in(self, r: int, rd) -> bool:
-        """Private data: True once every drawn window bundle of the round is in storage,
-        or the reveal window (``policy.reveal_window`` seconds after the round closed, by
-        chain time) has passed; until then, sleep a poll and say False."""
+        """True once everything the draw asks the workers to reveal (drawn snapshots, and
+        for private data drawn window bundles) is in storage, or the reveal window
+        (``policy.reveal_window`` seconds after the round closed, by chain time) has
+        passed; until then, sleep a poll and say False."""
         ctx = self.ctx
-        if not ctx.config.data.private:
+        if not (ctx.config.data.private or ctx.config.policy.reveals):
             return True
         subs = ctx.ledger.submissions(ctx.job_id, r)
         if not subs:
@@ -144,11 +145,11 @@ class Aggregator:
         until = closed_at + int(ctx.config.policy.reveal_window)
         if time.time() > until:
             return True
-        missing = [(w, seg) for w, seg, cid in drawn_windows(ctx, r, subs, self._manifests) if not ctx.store.has(cid)]
+        missing = [(w, what) for w, what, cid in drawn_artifacts(ctx, r, subs, self._manifests) if not ctx.store.has(cid)]
         if not missing:
             return True
-        self._say((r, "reveal"), "round %d: waiting until %s for %d drawn window bundle(s) to be revealed (%s)", r,
-                  _when(until), len(missing), ", ".join(f"{w[:10]} segment {seg}" for w, seg in missing))
+        self._say((r, "reveal"), "round %d: waiting until %s for %d drawn artifact(s) to be revealed (%s)", r,
+                  _when(until), len(missing), ", ".join(f"{w[:10]}'s {what}" for w, what in missing[:6]))
         time.sleep(self.opt.poll)
         return False
 
@@ -198,6 +199,7 @@ class Aggregator:
             "merged_size": m.size,
             "salt": "0x" + secrets.token_bytes(32).hex(),
             "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_mb": peak_rss_mb(),
         }
         # The salt is a secret until the reveal: the file is ours alone.
         atomic.write_json(state_file, state, mode=0o600)
@@ -221,8 +223,9 @@ class Aggregator:
             self._failed("commit", r, e, ("AlreadyCommitted", "CommitPhaseClosed"))
             return
         crash_point("aggregator:after-commit")
-        log.info("round %d: committed to merge %s with %d accepted in tx %s (verify+merge %.1fs)",
-                 r, state["merged_cid"], sum(1 for v in state["verdicts"] if v == 0), tx_hash_of(receipt), state["seconds"])
+        log.info("round %d: committed to merge %s with %d accepted in tx %s (verify+merge %.1fs, peak memory %s MB)",
+                 r, state["merged_cid"], sum(1 for v in state["verdicts"] if v == 0), tx_hash_of(receipt), state["seconds"],
+                 state.get("peak_rss_mb", "?"))
 
     def _reveal(self, r: int, rd, committed: bytes) -> bool:
         ctx = self.ctx
@@ -279,7 +282,9 @@ class Aggregator:
             cids = [s.cid]
             try:
                 manifest = transcript.read_manifest(rep.meta or {}, steps=ctx.config.train.steps,
-                                                    segment_steps=ctx.config.policy.segment_steps, max_size=cap)
+                                                    segment_steps=ctx.config.policy.segment_steps,
+                                                    max_size=transcript.snapshot_cap(ctx.config.policy),
+                                                    private=ctx.config.data.private)
                 cids += [manifest.snapshots[i - 1].cid for i in _touched(rep.metrics.get("replay_segments", []),
                                                                          len(manifest.snapshots))]
             except transcript.TranscriptError:
@@ -294,6 +299,13 @@ class Aggregator:
 def _touched(segments: list[int], n_snapshots: int) -> set[int]:
     """The snapshot boundaries (1..n) the replayed segments start or end at."""
     return {b for i in segments for b in (i, i + 1) if 1 <= b <= n_snapshots}
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def _when(ts: int) -> str:

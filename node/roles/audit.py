@@ -29,7 +29,9 @@ from node.context import JobContext, Located
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
 REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
-                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF)
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED)
+# Verdicts for something the worker had to reveal after the draw and did not, in time.
+UNREVEALED = (Verdict.WINDOWS_UNREVEALED, Verdict.TRANSCRIPT_UNREVEALED)
 PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
 # Verdicts that depend on the round's other contributions, not on the contribution alone.
 ROUND_RELATIVE = {Verdict.UPDATE_NORM, Verdict.DUPLICATE}
@@ -161,7 +163,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
             found.append(Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
             continue
-        if chain_v == Verdict.WINDOWS_UNREVEALED and rep.verdict == Verdict.ACCEPTED:
+        if chain_v in UNREVEALED and rep.verdict == Verdict.ACCEPTED:
             continue  # revealed after the quorum's reveal window: whether it was late is not on record
         if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
             # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
@@ -169,7 +171,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
                 r, c.worker, "availability", "the drawn transcript snapshots unavailable to the quorum",
                 f"retrievable now ({describe(rep.verdict)})", "availability is a local observation of its time"))
             continue
-        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE, Verdict.WINDOWS_UNREVEALED):
+        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE) + UNREVEALED:
             # Fetched by the quorum, gone now: the record is not shown wrong, but what rests
             # on these bytes cannot be re-checked until someone republishes them.
             if chain_v == Verdict.ACCEPTED:

@@ -93,10 +93,6 @@ def private_config(config: JobConfig, workers: list[str], data_roots, validation
         if n is None or n // width <= config.model.block_size + 1:
             raise LedgerError(f"worker {w}: committed data of {n // width if n else n} tokens is too short for "
                               f"windows of {config.model.block_size + 1} tokens")
-    window = int(config.policy.reveal_window)
-    if not 0 < 2 * window <= int(proposal_window):
-        raise LedgerError(f"the reveal window ({window}s) must be positive and at most half the proposal window "
-                          f"({proposal_window}s): aggregators judge after it and must still commit in time")
     d = config.data
     d.shards, d.split = [], "private"
     d.corpus, d.corpus_sha256 = "", ""
@@ -166,6 +162,19 @@ def attach_model(config: JobConfig, store, choice: ModelChoice | None):
     return lm, lm.genesis(config.seed)
 
 
+def _reveal_window(config: JobConfig, proposal_window: int, private: bool) -> None:
+    """The seconds aggregators wait for reveals after a round closes: given, or (0) a
+    minute, at most half the proposal window; aggregators judge after it and must
+    still commit in time."""
+    p = config.policy
+    if int(p.reveal_window) == 0:
+        p.reveal_window = max(1, min(60, int(proposal_window) // 2))
+    window = int(p.reveal_window)
+    if (private or p.reveals) and not 0 < 2 * window <= int(proposal_window):
+        raise LedgerError(f"the reveal window ({window}s) must be positive and at most half the proposal window "
+                          f"({proposal_window}s): aggregators judge after it and must still commit in time")
+
+
 def _store_artifact(store, data: bytes) -> Artifact:
     obj = store.put(data)
     store.pin(obj.cid)
@@ -191,6 +200,7 @@ def create_job(
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
     commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
     the owner's held-out text, stored and committed in the config (needed with roots)."""
+    _reveal_window(config, proposal_window, private=bool(data_roots))
     lm, params = attach_model(config, store, model)
     if data_roots:
         config = private_config(config, workers, data_roots, validation, store, proposal_window, lm)

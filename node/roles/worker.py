@@ -61,6 +61,8 @@ class Worker:
         self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
         self.opt = options or WorkerOptions()
         self.private = ctx.config.data.private
+        # what is stored only once the draw is known: drawn snapshots, drawn window bundles
+        self.reveals = self.private or ctx.config.policy.reveals
         self.data = self._checked_data(data)
 
     def _checked_data(self, data: bytes | None) -> bytes | None:
@@ -106,7 +108,7 @@ class Worker:
                     log.info("round %d: submitted; waiting for the round to finalize", r)
                     announced = r
                 # a reveal still due waits for the deadline too (a round can close on it, eventless)
-                due = self.private and bool(self._pending_reveals())
+                due = self.reveals and bool(self._pending_reveals())
                 ctx.wait(self.opt.poll, until=rd.deadline + 1 if due else None)
                 continue
             if ctx.round_closed(rd):
@@ -148,13 +150,16 @@ class Worker:
             atomic.write_json(state_file, state)
             crash_point("worker:after-train")
         if state["status"] == "trained":
-            self._publish_snapshots(r, state)
+            if not ctx.config.policy.reveals:
+                self._publish_snapshots(r, state)     # every snapshot now; else the drawn ones after the close
             obj = ctx.store.put(ckpt_file.read_bytes())
             ctx.store.pin(obj.cid)
             state.update(status="published", cid=obj.cid)
             atomic.write_json(state_file, state)
-            log.info("round %d: published %s (sha256 %s, %d bytes) and %d transcript snapshot(s)",
-                     r, obj.cid, state["digest"], obj.size, len(state.get("snapshots", {})))
+            log.info("round %d: published %s (sha256 %s, %d bytes)%s", r, obj.cid, state["digest"], obj.size,
+                     f" and {len(state.get('snapshots', {}))} transcript snapshot(s)" if not ctx.config.policy.reveals
+                     else f"; {len(state.get('snapshots', {}))} transcript snapshot(s) committed, the drawn ones "
+                          f"revealed after the round closes")
             crash_point("worker:after-publish")
         return self._submit(r, parent, state)
 
@@ -183,7 +188,7 @@ class Worker:
         m = result.metrics
         log.info("round %d: trained %d steps on %s, loss %.3f -> %.3f in %.1fs",
                  r, m["steps"], m["device"], m["loss_start"], m["loss_end"], m["seconds"])
-        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step)))
+        snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step), params))
                  for s in result.snapshots]
         bundles = self.window_bundles(r, parent, seed) if self.private else []
         manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles)
@@ -260,21 +265,21 @@ class Worker:
                 p.unlink(missing_ok=True)
 
 
-    # --- the reveal (private data) -------------------------------------------------------
+    # --- the reveal (drawn snapshots; private data: drawn windows) -------------------------
     def _pending_reveals(self) -> list[tuple[int, dict]]:
         out = []
         for f in sorted(self.dir.glob("round-*.json")):
             m = re.match(r"round-(\d+)\.json$", f.name)
             state = atomic.read_json(f, {}) or {}
+            due = state.get("windows") or (self.ctx.config.policy.reveals and state.get("snapshots"))
             # "published" too: a kill between the submission and the state write leaves it so
-            if m and state.get("windows") and state.get("status") in ("published", "submitted") \
-                    and "revealed" not in state:
+            if m and due and state.get("status") in ("published", "submitted") and "revealed" not in state:
                 out.append((int(m.group(1)), state))
         return out
 
     def _reveal_due(self) -> None:
-        """Reveal the drawn window bundles of every submitted round that has closed."""
-        if not self.private:
+        """Reveal what the draw asks of every submitted round that has closed."""
+        if not self.reveals:
             return
         ctx = self.ctx
         for r, state in self._pending_reveals():
@@ -300,25 +305,34 @@ class Worker:
         n = len(tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps))
         drawn = tx.draw_segments(replay_seed(ctx.ledger, subs), ctx.job_id, r, self.address, n,
                                  cfg.policy.replay_segments)
+        files = []
         for seg in drawn:
-            f = self._bundle_file(r, seg)
-            want = state["windows"].get(str(seg))
+            if state.get("windows"):
+                files.append((f"the window bundle of drawn segment {seg}", self._bundle_file(r, seg),
+                              state["windows"].get(str(seg))))
+            if cfg.policy.reveals:
+                for step in tx.segment_snapshot_steps(cfg.train.steps, cfg.policy.segment_steps, seg):
+                    files.append((f"the snapshot at step {step}", self._snap_file(r, step),
+                                  state["snapshots"].get(str(step))))
+        for what, f, want in files:
             if not f.exists():
-                log.error("round %d: the window bundle of drawn segment %d is gone from %s: cannot reveal it", r, seg, f)
+                log.error("round %d: %s is gone from %s: cannot reveal it", r, what, f)
                 continue
             obj = ctx.store.put(f.read_bytes())
             if to_hex(obj.digest) != want:
-                log.error("round %d: the window bundle of segment %d changed on disk since training: not revealed", r, seg)
+                log.error("round %d: %s changed on disk since training: not revealed", r, what)
                 continue
             ctx.store.pin(obj.cid)
         crash_point("worker:after-reveal")
         atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": drawn})
-        log.info("round %d: revealed the windows of drawn segment(s) %s (%d of %d); the rest stay on this machine",
-                 r, ",".join(map(str, drawn)), len(drawn), n)
+        kinds = " and ".join(k for k, on in (("snapshots", cfg.policy.reveals), ("windows", bool(state.get("windows"))))
+                             if on)
+        log.info("round %d: revealed the %s of drawn segment(s) %s (%d of %d); the rest stay on this machine",
+                 r, kinds, ",".join(map(str, drawn)), len(drawn), n)
 
     def _finish_reveals(self) -> None:
         """Stay until every submitted round's draw is revealed (or its round is long gone)."""
-        while self.private and self._pending_reveals():
+        while self.reveals and self._pending_reveals():
             info = self.ctx.refresh()
             self._reveal_due()
             if info.completed or not self._pending_reveals():

@@ -33,7 +33,7 @@ from ledger.jobconfig import num_samples
 from node.training.data import as_tensor, windows
 from node.models.base import LanguageModel
 from node.models.params import to_numpy
-from node.training.transcript import TrainState, inner_boundaries
+from node.training.transcript import TrainState, compact, inner_boundaries
 
 SEED_DOMAIN = "training-ledger/seed/1"
 
@@ -152,6 +152,15 @@ class _Run:
         elif start.step != 0:
             raise ValueError(f"a state at step {start.step} needs its optimizer moments")
 
+    def restore(self, state: TrainState) -> None:
+        """Continue from ``state`` (same step): its parameters and moments replace the live ones."""
+        with torch.no_grad():
+            for name, p in self.named:
+                p.copy_(torch.from_numpy(np.array(state.params[name], dtype=np.float32)))
+                st = self.opt.state[p]
+                st["exp_avg"].copy_(torch.from_numpy(np.array(state.exp_avg[name], dtype=np.float32)))
+                st["exp_avg_sq"].copy_(torch.from_numpy(np.array(state.exp_avg_sq[name], dtype=np.float32)))
+
     def state(self, step: int) -> TrainState:
         params = to_numpy(dict(self.named))
         m, v = {}, {}
@@ -169,11 +178,16 @@ def _np(t, like) -> np.ndarray:
 
 
 def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, seed: int, end: int, *,
-                snapshot_at: tuple[int, ...] = (), threads: int | None = None, device: str | None = None,
+                snapshot_at: tuple[int, ...] = (), origin: dict[str, np.ndarray] | None = None,
+                threads: int | None = None, device: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None) -> tuple[TrainState, list[TrainState], dict]:
     """Steps ``start.step`` .. ``end - 1`` of a round of ``train_spec.steps`` from ``start``:
     the one training loop, for whole rounds (workers) and drawn segments (verifiers).
-    Returns (end state, the states at the steps in ``snapshot_at``, metrics)."""
+    Returns (end state, the states at the steps in ``snapshot_at``, metrics).
+
+    At each step in ``snapshot_at`` the state is made compact against ``origin`` (the
+    round's parent; ``node.training.transcript.compact``) and training continues from
+    the compact state: a snapshot is then exactly where the next segment started."""
     total = int(train_spec.steps)
     if not 0 <= start.step < end <= total:
         raise ValueError(f"steps {start.step}..{end} are outside a round of {total} steps")
@@ -202,7 +216,9 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
                 loss_start = lv
             loss_end = lv
             if step + 1 in snapshot_at and step + 1 < end:
-                snaps.append(run.state(step + 1))
+                snap = compact(run.state(step + 1), origin if origin is not None else start.params)
+                run.restore(snap)
+                snaps.append(snap)
             if progress is not None:
                 progress(step + 1, total, lv)
         metrics = {"loss_start": loss_start, "loss_end": loss_end, "steps": end - start.step,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -36,6 +37,11 @@ from ledger.jobconfig import canonical_json
 MANIFEST_KEY = "transcript"
 SNAPSHOT_KIND = "snapshot"
 GROUPS = ("param", "exp_avg", "exp_avg_sq")
+# A snapshot stores bfloat16 bit patterns (safetensors U16): the parameters as their
+# difference from the round's parent, both moments as they are. 6 bytes a parameter
+# against a float32 checkpoint's 4: a snapshot is 1.5 checkpoints' worth.
+SNAPSHOT_ENCODING = "bf16/1"
+SNAPSHOT_GROUPS = ("param_delta", "exp_avg", "exp_avg_sq")
 DRAW_DOMAIN = b"training-ledger/segments/1"
 
 
@@ -46,16 +52,63 @@ class TranscriptError(ValueError):
 @dataclass
 class TrainState:
     """The whole training state at a step boundary. ``exp_avg`` / ``exp_avg_sq`` are
-    None at step 0: a fresh optimizer, as every round starts."""
+    None at step 0: a fresh optimizer, as every round starts.
+
+    ``delta`` is set on a *compact* state (``compact``): the bfloat16 bits of the
+    parameters' difference from the round's parent, which ``params`` equals exactly
+    (parent + delta); its moments are bfloat16 values too. A worker continues training
+    from the compact state at every snapshot boundary, so the stored snapshot is
+    exactly the state its next segment started from."""
 
     step: int
     params: dict[str, np.ndarray]
     exp_avg: dict[str, np.ndarray] | None = None
     exp_avg_sq: dict[str, np.ndarray] | None = None
+    delta: dict[str, np.ndarray] | None = None
 
     @classmethod
     def fresh(cls, params: Mapping[str, np.ndarray]) -> "TrainState":
         return cls(0, {k: np.array(v, copy=True) for k, v in params.items()})
+
+
+# --------------------------------------------------------------------------- bfloat16
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> the bits of the nearest bfloat16 (ties to even), as uint16. Integer
+    arithmetic on the float's bits: the same result on every machine."""
+    b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) -> float32, exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def compact(state: TrainState, origin: Mapping[str, np.ndarray]) -> TrainState:
+    """The state rounded to what a snapshot stores: parameters ``origin + bf16(params -
+    origin)`` (float32 addition, exactly rounded everywhere), moments to bfloat16."""
+    if state.exp_avg is None or state.exp_avg_sq is None:
+        raise ValueError("a snapshot needs the optimizer moments")
+    delta = {k: bf16_bits(np.asarray(v, dtype=np.float32) - origin[k]) for k, v in state.params.items()}
+    params = {k: (origin[k] + from_bf16(d)).astype(np.float32) for k, d in delta.items()}
+    m = {k: from_bf16(bf16_bits(v)) for k, v in state.exp_avg.items()}
+    v2 = {k: from_bf16(bf16_bits(v)) for k, v in state.exp_avg_sq.items()}
+    return TrainState(state.step, params, m, v2, delta)
+
+
+def rounding_slack(state: TrainState) -> tuple[dict, dict, dict] | None:
+    """How far, element by element, a compact state may lie from the unrounded state it
+    was made from: a bfloat16 ulp of each stored value, plus a float32 ulp of each
+    parameter (the addition to the parent). None for an exact state."""
+    if state.delta is None:
+        return None
+    def ulp16(a):
+        return np.spacing(np.abs(a)).astype(np.float64) * 65536.0
+    p = {k: ulp16(from_bf16(d)) + np.spacing(np.abs(state.params[k])).astype(np.float64)
+         for k, d in state.delta.items()}
+    return p, {k: ulp16(v) for k, v in state.exp_avg.items()}, {k: ulp16(v) for k, v in state.exp_avg_sq.items()}
 
 
 @dataclass(frozen=True)
@@ -108,6 +161,19 @@ def segment_bounds(steps: int, segment_steps: int) -> list[tuple[int, int]]:
     if steps < 1 or k < 1:
         raise ValueError(f"steps and segment_steps must be >= 1, got {steps} and {k}")
     return [(a, min(a + k, steps)) for a in range(0, steps, k)]
+
+
+def snapshot_cap(policy) -> int:
+    """The largest snapshot (or window bundle) a verifier fetches: a snapshot is 1.5
+    checkpoints' worth plus its header, so twice the checkpoint cap."""
+    return 2 * int(policy.max_checkpoint_bytes)
+
+
+def segment_snapshot_steps(steps: int, segment_steps: int, segment: int) -> list[int]:
+    """The snapshot steps segment ``segment`` starts and ends at (segment 0 starts at the
+    parent, the last ends at the checkpoint: those are not snapshots)."""
+    inner = inner_boundaries(steps, segment_steps)
+    return [inner[b - 1] for b in (segment, segment + 1) if 1 <= b <= len(inner)]
 
 
 def inner_boundaries(steps: int, segment_steps: int) -> list[int]:
@@ -172,44 +238,54 @@ def snapshot_meta(job: int, round_: int, worker: str, parent: bytes, step: int) 
             "worker": worker.lower(), "parent": to_hex(parent), "step": str(int(step))}
 
 
-def encode_snapshot(state: TrainState, meta: Mapping[str, str]) -> bytes:
-    if state.exp_avg is None or state.exp_avg_sq is None:
-        raise ValueError("a snapshot needs the optimizer moments")
+def encode_snapshot(state: TrainState, meta: Mapping[str, str], origin: Mapping[str, np.ndarray]) -> bytes:
+    """A snapshot's bytes: the compact state (``compact`` against ``origin``, the round's
+    parent, unless the state is compact already) as bfloat16 bits."""
+    cs = state if state.delta is not None else compact(state, origin)
     tensors = {}
-    for group, d in zip(GROUPS, (state.params, state.exp_avg, state.exp_avg_sq)):
+    for group, d in zip(SNAPSHOT_GROUPS, (cs.delta, {k: bf16_bits(v) for k, v in cs.exp_avg.items()},
+                                          {k: bf16_bits(v) for k, v in cs.exp_avg_sq.items()})):
         tensors.update({f"{group}/{k}": v for k, v in d.items()})
-    return checkpoint.encode(tensors, {**meta, "step": str(int(state.step))})
+    return checkpoint.encode(tensors, {**meta, "step": str(int(cs.step)), "encoding": SNAPSHOT_ENCODING})
 
 
 def decode_snapshot(data: bytes, *, cid: str, expect_meta: Mapping[str, str],
                     like: Mapping[str, np.ndarray], max_size: int) -> TrainState:
     """Strictly decode a snapshot whose bytes already matched their committed digest:
-    its metadata must be ``expect_meta`` and each group must have ``like``'s names,
-    shapes and dtypes, all finite."""
+    its metadata must be ``expect_meta``, each group must have ``like``'s names and
+    shapes (bfloat16 bits), all finite; ``like`` is the round's parent, which the
+    parameter differences are added to."""
     try:
         tensors, meta = checkpoint.decode(data, cid=cid, max_size=max_size)
     except ValueError as e:   # CheckpointFormatError included
         raise TranscriptError(f"snapshot {cid} is not a valid snapshot: {e}") from None
-    for key, want in expect_meta.items():
+    for key, want in {**expect_meta, "encoding": SNAPSHOT_ENCODING}.items():
         if meta.get(key, "").lower() != str(want).lower():
             raise TranscriptError(f"snapshot {cid} declares {key} {meta.get(key)!r}, expected {want!r}")
-    groups: dict[str, dict[str, np.ndarray]] = {g: {} for g in GROUPS}
+    groups: dict[str, dict[str, np.ndarray]] = {g: {} for g in SNAPSHOT_GROUPS}
     for name, t in tensors.items():
         g, _, rest = name.partition("/")
         if g not in groups:
             raise TranscriptError(f"snapshot {cid} has an unexpected tensor {name!r}")
         groups[g][rest] = t
+    values = {}
     for g, d in groups.items():
         if set(d) != set(like):
             raise TranscriptError(f"snapshot {cid}: the {g} tensors do not match the model's")
         for name, ref in like.items():
             t = d[name]
-            if t.shape != ref.shape or t.dtype != ref.dtype:
+            if t.shape != ref.shape or t.dtype != np.uint16:
                 raise TranscriptError(f"snapshot {cid}: {g}/{name} is {t.dtype}{list(t.shape)}, "
-                                      f"expected {ref.dtype}{list(ref.shape)}")
-            if not np.isfinite(t).all():
+                                      f"expected bfloat16 bits (uint16){list(ref.shape)}")
+            f = from_bf16(t)
+            if not np.isfinite(f).all():
                 raise TranscriptError(f"snapshot {cid}: {g}/{name} has NaN/Inf values")
-    return TrainState(int(expect_meta["step"]), groups["param"], groups["exp_avg"], groups["exp_avg_sq"])
+            values[(g, name)] = f
+    params = {n: (np.asarray(like[n], dtype=np.float32) + values[("param_delta", n)]).astype(np.float32) for n in like}
+    if not all(np.isfinite(v).all() for v in params.values()):
+        raise TranscriptError(f"snapshot {cid}: parameters overflow when added to the parent")
+    return TrainState(int(expect_meta["step"]), params, {n: values[("exp_avg", n)] for n in like},
+                      {n: values[("exp_avg_sq", n)] for n in like}, dict(groups["param_delta"]))
 
 
 # --------------------------------------------------------------------------- the lottery
@@ -240,20 +316,30 @@ def replay_distance(start: TrainState, published: TrainState, replayed: TrainSta
     serves every model size, learning rate and segment length. Moments are compared
     whenever the published end has them (every snapshot; not the final checkpoint),
     so a snapshot with forged moments fails the segment that ends in it. 0/0 is 0
-    (nothing moved, nothing differs); x/0 is infinite."""
-    from node.verification.merge import update_norm
+    (nothing moved, nothing differs); x/0 is infinite.
 
-    pairs = [(published.params, replayed.params, start.params)]
+    A compact (bfloat16) published end is compared with the slack its rounding
+    explains: each element's difference counts only beyond ``rounding_slack``, so an
+    honest replay lands exactly as close as it would to the unrounded state; a forged
+    end gains at most that slack (a bfloat16 ulp of each stored value)."""
+    from node.verification.merge import exact_sum_of_squares
+
+    slack = rounding_slack(published)
+    pairs = [(published.params, replayed.params, start.params, slack[0] if slack else None)]
     if published.exp_avg is not None:
         zero = {k: np.zeros_like(v) for k, v in published.params.items()}
-        pairs.append((published.exp_avg, replayed.exp_avg, start.exp_avg or zero))
-        pairs.append((published.exp_avg_sq, replayed.exp_avg_sq, start.exp_avg_sq or zero))
+        pairs.append((published.exp_avg, replayed.exp_avg, start.exp_avg or zero, slack[1] if slack else None))
+        pairs.append((published.exp_avg_sq, replayed.exp_avg_sq, start.exp_avg_sq or zero, slack[2] if slack else None))
     worst = 0.0
-    for pub, rep, st in pairs:
-        if set(rep) != set(pub):
+    for pub, rep, st, sl in pairs:
+        if rep is None or set(rep) != set(pub):
             return float("inf")
-        off = update_norm(rep, pub)
-        moved = update_norm(pub, st)
+        def beyond(k):
+            d = np.abs(np.asarray(rep[k], dtype=np.float64) - np.asarray(pub[k], dtype=np.float64))
+            return d if sl is None else np.maximum(d - sl[k], 0.0)
+        off = math.sqrt(exact_sum_of_squares(beyond(k) for k in sorted(pub)))
+        moved = math.sqrt(exact_sum_of_squares(np.asarray(pub[k], dtype=np.float64) - np.asarray(st[k], dtype=np.float64)
+                                               for k in sorted(pub)))
         rel = 0.0 if off == 0 else (off / moved if moved > 0 else float("inf"))
         if not rel == rel:           # NaN: a replay that blew up
             return float("inf")

@@ -112,6 +112,30 @@ def exact_sum_of_squares(arrays: Iterable[np.ndarray], chunk: int = _EXACT_CHUNK
     return _round_exact(totals)
 
 
+class ExactSquares:
+    """``exact_sum_of_squares`` fed a piece at a time (blocks of a model read from disk):
+    the same exactly rounded value whatever the pieces."""
+
+    def __init__(self):
+        self.totals: dict[int, int] = {}
+        self.special: float | None = None          # inf or nan, once seen
+
+    def add(self, values: np.ndarray) -> None:
+        if self.special is not None and math.isnan(self.special):
+            return
+        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        for start in range(0, flat.size, _EXACT_CHUNK):
+            with np.errstate(over="ignore"):
+                sq = np.square(flat[start:start + _EXACT_CHUNK])
+            if not np.isfinite(sq).all():
+                self.special = math.nan if np.isnan(sq).any() else math.inf
+                return
+            _add_mantissas(self.totals, sq)
+
+    def value(self) -> float:
+        return self.special if self.special is not None else _round_exact(self.totals)
+
+
 def _add_mantissas(totals: dict[int, int], values: np.ndarray) -> None:
     m, e = np.frexp(values)                                   # values = m * 2**e, 0.5 <= m < 1 (or 0)
     mant = (m * float(1 << 53)).astype(np.int64)              # exact: m has at most 53 significant bits
@@ -216,6 +240,19 @@ def _float_names(parent: Params) -> list[str]:
     return [name for name in sorted(parent) if is_float(parent[name])]
 
 
+# Coordinates per block, across all contributions, of the rules that need every
+# contribution at once (median, trimmed mean, Krum's distances): a block of n
+# contributions in float64 stays under this many bytes, so their memory does not grow
+# with n (contributions may be ``spill.SpilledParams``, read a block at a time).
+BLOCK_BYTES = 64 << 20
+
+
+def _blocks(size: int, n: int):
+    step = max(4096, BLOCK_BYTES // (8 * max(1, n)))
+    for a in range(0, size, step):
+        yield a, min(size, a + step)
+
+
 # --------------------------------------------------------------------------- rules
 
 
@@ -280,13 +317,11 @@ def median(parent: Params, contributions: Iterable[Sequence], policy: Policy | N
     if not items:
         return MergeResult(_copy_parent(parent), [], {"rule": "median", "empty": True})
     n = len(items)
-    update = {}
-    for name in _float_names(parent):
-        s = _sorted_stack(name, items, parent)
-        if n % 2:
-            update[name] = s[n // 2]
-        else:
-            update[name] = np.multiply(np.add(s[n // 2 - 1], s[n // 2]), 0.5)
+
+    def rule(s: np.ndarray) -> np.ndarray:
+        return s[n // 2] if n % 2 else np.multiply(np.add(s[n // 2 - 1], s[n // 2]), 0.5)
+
+    update = _coordinatewise(parent, items, rule)
     return MergeResult(_finish(parent, update), [w for w, _, _ in items], {"rule": "median", "n": n})
 
 
@@ -305,22 +340,40 @@ def trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Poli
         raise ValueError(f"trim_ratio must be >= 0, got {policy.trim_ratio}")
     k = min(math.floor(ratio * n), (n - 1) // 2)
     kept = n - 2 * k
-    update = {}
-    for name in _float_names(parent):
-        s = _sorted_stack(name, items, parent)
+
+    def rule(s: np.ndarray) -> np.ndarray:
         acc = s[k].copy()
         for i in range(k + 1, n - k):
             np.add(acc, s[i], out=acc)
-        update[name] = np.divide(acc, float(kept))
+        return np.divide(acc, float(kept))
+
+    update = _coordinatewise(parent, items, rule)
     info = {"rule": "trimmed_mean", "n": n, "trimmed_each_end": k, "kept": kept}
     return MergeResult(_finish(parent, update), [w for w, _, _ in items], info)
 
 
-def _sorted_stack(name: str, items: list[ContributionT], parent: Params) -> np.ndarray:
-    p64 = np.asarray(parent[name], dtype=np.float64)
-    stack = np.empty((len(items),) + p64.shape, dtype=np.float64)
+def _coordinatewise(parent: Params, items: list[ContributionT], rule) -> dict[str, np.ndarray]:
+    """``rule(sorted updates)`` per coordinate, one block of coordinates at a time: the
+    (n, block) stack of every contribution's update, sorted along the contributions."""
+
+    update = {}
+    for name in _float_names(parent):
+        p = np.asarray(parent[name])
+        out = np.empty(p.size, dtype=np.float64)
+        flat_parent = p.reshape(-1)
+        for a, b in _blocks(p.size, len(items)):
+            out[a:b] = rule(_sorted_stack(name, a, b, items, flat_parent[a:b]))
+        update[name] = out.reshape(p.shape)
+    return update
+
+
+def _sorted_stack(name: str, a: int, b: int, items: list[ContributionT], parent_block: np.ndarray) -> np.ndarray:
+    from node.verification.spill import block_of
+
+    p64 = np.asarray(parent_block, dtype=np.float64)
+    stack = np.empty((len(items), b - a), dtype=np.float64)
     for i, (_, _, params) in enumerate(items):
-        np.subtract(np.asarray(params[name], dtype=np.float64), p64, out=stack[i])
+        np.subtract(np.asarray(block_of(params, name, a, b), dtype=np.float64), p64, out=stack[i])
         np.add(stack[i], 0.0, out=stack[i])      # canonical +0.0
     stack.sort(axis=0)                            # no NaN, no -0.0: value order is total
     return stack
@@ -332,16 +385,19 @@ def krum_scores(parent: Params, items: list[ContributionT], f: int) -> tuple[lis
     1, at most n - 1; 0 when n == 1). Distances are between the contributions'
     float tensors (the same as between their updates), each an exactly rounded
     ``fsum`` of float64 squared differences. Returns (scores, neighbours, distances)."""
+    from node.verification.spill import block_of
+
     n = len(items)
     names = _float_names(parent)
+    acc = {(i, j): ExactSquares() for i in range(n) for j in range(i + 1, n)}
+    for name in names:
+        for a, b in _blocks(int(np.asarray(parent[name]).size), n):
+            blk = [np.asarray(block_of(params, name, a, b), dtype=np.float64) for _, _, params in items]
+            for (i, j), e in acc.items():
+                e.add(np.subtract(blk[i], blk[j]))
     dist = [[0.0] * n for _ in range(n)]
-    for i in range(n):
-        for j in range(i + 1, n):
-            d = exact_sum_of_squares(
-                np.subtract(np.asarray(items[i][2][name], dtype=np.float64),
-                            np.asarray(items[j][2][name], dtype=np.float64))
-                for name in names)
-            dist[i][j] = dist[j][i] = d
+    for (i, j), e in acc.items():
+        dist[i][j] = dist[j][i] = e.value()
     nb = min(max(1, n - f - 2), n - 1)
     scores = []
     for i in range(n):

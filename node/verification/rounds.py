@@ -12,6 +12,7 @@ from ledger.digest import sha256_bytes
 from ledger.errors import LedgerError, NotFoundError
 from ledger.verdicts import Verdict
 
+from node.training import transcript as tx
 from node.verification import merge as mergemod
 from node.verification import verify as verifymod
 from node.context import JobContext, Located
@@ -61,16 +62,21 @@ def replay_seed(ledger, submissions) -> bytes:
     return bytes(ledger.block_hash(submissions[-1].block))
 
 
-def drawn_windows(ctx: JobContext, r: int, submissions, cache: dict | None = None) -> list[tuple[str, int, str]]:
-    """Private-data jobs: (worker, segment, CID) of every window bundle the verifiers'
-    draw needs from round ``r``'s submissions. A checkpoint that cannot be fetched or
-    has no valid manifest needs none (verification rejects it on its own).
+def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = None) -> list[tuple[str, str, str]]:
+    """(worker, what, CID) of everything the verifiers' draw needs revealed from round
+    ``r``'s submissions: the drawn segments' snapshots (policy ``publish_snapshots``
+    "drawn") and, for private data, their window bundles. A checkpoint that cannot be
+    fetched or has no valid manifest needs none (verification rejects it on its own).
     ``cache`` maps a checkpoint digest to its manifest across calls."""
     from node.training import transcript as tx
 
     cfg = ctx.config
+    private, snaps = cfg.data.private, cfg.policy.reveals
+    if not (private or snaps):
+        return []
     cache = {} if cache is None else cache
     seed = replay_seed(ctx.ledger, submissions)
+    inner = tx.inner_boundaries(cfg.train.steps, cfg.policy.segment_steps)
     out = []
     for s in submissions:
         if s.digest not in cache:
@@ -78,15 +84,19 @@ def drawn_windows(ctx: JobContext, r: int, submissions, cache: dict | None = Non
                 raw = ctx.store.get(s.cid, s.digest, max_size=cfg.policy.max_checkpoint_bytes)
                 meta = checkpoint.read_meta(raw, max_size=cfg.policy.max_checkpoint_bytes)
                 cache[s.digest] = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=cfg.policy.segment_steps,
-                                                   max_size=cfg.policy.max_checkpoint_bytes, private=True)
+                                                   max_size=tx.snapshot_cap(cfg.policy), private=private)
             except Exception:  # noqa: BLE001 - hostile or missing: the verification decides its verdict
                 cache[s.digest] = None
         m = cache[s.digest]
         if m is None:
             continue
-        n = len(m.windows)
+        n = len(inner) + 1
         for seg in tx.draw_segments(seed, ctx.job_id, r, s.worker, n, cfg.policy.replay_segments):
-            out.append((s.worker.lower(), seg, m.windows[seg].cid))
+            if private:
+                out.append((s.worker.lower(), f"window bundle of segment {seg}", m.windows[seg].cid))
+            if snaps:
+                for step in tx.segment_snapshot_steps(cfg.train.steps, cfg.policy.segment_steps, seg):
+                    out.append((s.worker.lower(), f"snapshot at step {step}", m.snapshots[inner.index(step)].cid))
     return out
 
 
@@ -118,7 +128,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         model=ctx.model,
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
-        fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=cfg.policy.max_checkpoint_bytes),
+        fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=tx.snapshot_cap(cfg.policy)),
         replay_seed=replay_seed(ctx.ledger, submissions),
         replay_mode=replay,
         replay_threads=threads,

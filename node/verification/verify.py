@@ -77,8 +77,11 @@ from ledger.verdicts import Verdict
 
 from node.training import transcript as tx
 from node.verification.merge import is_float, structure_mismatch, tensor_digest, update_norm
+from node.verification.spill import SpillDir, SpilledParams
 
 VALIDATION_DOMAIN = b"training-ledger/validation/1"
+# Fetched checkpoint bytes waiting ahead of the checks, at most (one at least).
+PREFETCH_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------- data
@@ -120,6 +123,8 @@ class RoundContext:
     - ``evaluate``: defaults to ``node.training.train.evaluate``; injectable for benchmarks.
     - ``model``: the job's ``node.models.LanguageModel`` (built from ``config.model``
       when not given; a Hugging Face model must be given, its files come from storage).
+    - ``spill_root``: where mergeable contributions wait on disk (default: the
+      system's temporary folder; ``node.verification.spill``).
     """
 
     config: JobConfig
@@ -139,6 +144,7 @@ class RoundContext:
     evaluate: Callable[..., float] | None = None
     data_root_of: Callable[[str], tuple[bytes, int]] | None = None
     model: Any = None
+    spill_root: str | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -164,7 +170,7 @@ class RoundContext:
         if not self.replaying():
             return []
         count = int(self.policy.replay_segments)
-        if self.replay_mode == "all" and self.data_root_of is None:
+        if self.replay_mode == "all" and self.data_root_of is None and not self.policy.reveals:
             count = n_segments
         return tx.draw_segments(self.replay_seed, self.job_id, self.round, worker, n_segments, count)
 
@@ -298,28 +304,39 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Submission],
         raise ValueError("contribution indexes must be unique (submission order)")
     parent_tensors = tensor_digest(ctx.parent_params)
     cap = int(ctx.policy.max_checkpoint_bytes)
-    staged: list[tuple[Report, tuple | None]] = []
+    # Fetched bytes waiting in memory stay under PREFETCH_BYTES whatever the model's size.
+    largest = max((c.size for c in ordered if c.size <= cap), default=1)
+    prefetch = min(int(prefetch), max(1, PREFETCH_BYTES // max(1, largest))) if prefetch else 0
+    # A contribution's tensors live in memory only while it is checked: mergeable ones
+    # wait on local disk (node.verification.spill), so memory does not grow with n.
+    spill = SpillDir(ctx.spill_root)
+    staged: list[tuple[Report, SpilledParams | None]] = []
     with _Prefetcher([c for c in ordered if c.size <= cap], fetch, prefetch) as fetched:  # no oversized downloads
         for c in ordered:
             report = Report(c, Verdict.ACCEPTED, "accepted", {"size": int(c.size)})
             decoded = _judged(report, lambda: _decoded_checks(ctx, c, fetched, report))
+            held = None
             if decoded is not None:
-                report.tensor_digest = tensor_digest(decoded[0])
-                _judged(report, lambda: _update_checks(ctx, decoded[0], report, parent_tensors))
-            staged.append((report, decoded))
+                tensors, meta, data = decoded
+                report.tensor_digest = tensor_digest(tensors)
+                _judged(report, lambda: _update_checks(ctx, tensors, report, parent_tensors))
+                held = SpilledParams(spill, data)
+                report.meta = meta
+                del tensors, data, decoded
+            staged.append((report, held))
     bound = (relative_norm_bound(ctx.policy, [r.metrics["update_norm"] for r, _ in staged if r.accepted])
              if ctx.runs("norm") else None)
     first_with: dict[bytes, int] = {}
     reports = []
-    for report, decoded in staged:
+    for report, held in staged:
         if report.accepted:
-            _judged(report, lambda: _expensive_checks(ctx, report, decoded, bound))
+            _judged(report, lambda: _expensive_checks(ctx, report, (held.load(), report.meta), bound))
         if report.accepted:
             _judged(report, lambda: _not_a_copy(report, first_with))
         if report.accepted:
             report.reason = _accepted_reason(report.metrics)
-        if keep_params and decoded is not None:
-            report.params, report.meta = decoded
+        if keep_params and held is not None:
+            report.params = held
         reports.append(report)
         if progress is not None:
             progress(report)
@@ -396,10 +413,10 @@ def relative_norm_bound(policy: Policy, norms: list[float]) -> float | None:
     return ratio * median
 
 
-def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> tuple[dict, dict]:
+def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> tuple[dict, dict, bytes]:
     """Size cap, fetch, integrity, format, lineage, sample count, structure, finite
     values: what makes a file a well-formed contribution of this worker to this round.
-    Returns its (tensors, meta), mergeable from here on."""
+    Returns its (tensors, meta, bytes), mergeable from here on."""
     cap = int(ctx.policy.max_checkpoint_bytes)
     # -- size cap, from the on-chain size: no download of oversized objects
     if c.size > cap:
@@ -421,7 +438,7 @@ def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> 
         if is_float(t) and not np.isfinite(t).all():
             bad = int(t.size - np.count_nonzero(np.isfinite(t)))
             raise _Reject(Verdict.NON_FINITE, f"tensor {name!r} has {bad} NaN/Inf value(s)")
-    return tensors, meta
+    return tensors, meta, data
 
 
 def _fetch_checked(get: Callable[[], bytes], cid: str, digest: bytes, size: int | None, *,
@@ -550,7 +567,7 @@ def _accepted_reason(metrics: Mapping[str, Any]) -> str:
 def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
     """Replay the drawn segments of the contribution's transcript (node.training.transcript)."""
     cfg, policy, c = ctx.config, ctx.policy, report.contribution
-    cap = int(policy.max_checkpoint_bytes)
+    cap = tx.snapshot_cap(policy)
     private = ctx.data_root_of is not None
     try:
         manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap,
@@ -595,8 +612,10 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
 
 def _snapshot(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, cap: int) -> tx.TrainState:
     what = f"the snapshot at step {ref.step}: "
+    # published only once the draw is known: missing then means the worker did not reveal it
+    missing = Verdict.TRANSCRIPT_UNREVEALED if ctx.policy.reveals else Verdict.TRANSCRIPT_UNAVAILABLE
     data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
-                          missing=Verdict.TRANSCRIPT_UNAVAILABLE, mismatch=Verdict.TRANSCRIPT, what=what)
+                          missing=missing, mismatch=Verdict.TRANSCRIPT, what=what)
     link = tx.snapshot_meta(ctx.job_id, ctx.round, c.worker, ctx.parent_digest, ref.step)
     try:
         return tx.decode_snapshot(data, cid=ref.cid, expect_meta=link, like=ctx.parent_params, max_size=cap)
