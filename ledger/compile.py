@@ -51,6 +51,8 @@ class CompileError(LedgerError):
 class ArtifactMismatch(LedgerError):
     """``ledger compile --check``: the committed artifact is not what the sources compile to."""
 
+    exit_code = 1      # a finding (FAILED), like the check's own exit
+
 
 @dataclass(frozen=True)
 class Solc:

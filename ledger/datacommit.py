@@ -28,7 +28,9 @@ No torch: the CLI (``ledger data commit``) and the audit use it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import os
+import stat
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from .errors import LedgerError
 CHUNK = 64
 LEAF, NODE, ROOT = b"\x00", b"\x01", b"\x02"
 MAX_FILES = 100_000
+READ_BLOCK = 1 << 20          # a multiple of CHUNK: what a streamed commitment holds at once
 
 
 def _h(*parts: bytes) -> bytes:
@@ -95,6 +98,41 @@ class DataCommitment:
 
 def commit(data: bytes) -> DataCommitment:
     return DataCommitment(commitment_of(_levels(bytes(data))[-1][0], len(data)), len(data))
+
+
+def commit_stream(blocks: Iterable[bytes]) -> DataCommitment:
+    """``commit`` of the concatenation of ``blocks``, in memory of one block plus one hash
+    per level: the root of the level-by-level tree (odd node promoted) is the fold, right
+    to left, of the perfect subtrees the length decomposes into, which a stack of
+    (height, hash) builds as the leaves arrive."""
+    stack: list[tuple[int, bytes]] = []
+    length = 0
+    carry = b""
+
+    def leaf(chunk: bytes) -> None:
+        h, height = _h(LEAF, chunk), 0
+        while stack and stack[-1][0] == height:
+            h = _h(NODE, stack.pop()[1], h)
+            height += 1
+        stack.append((height, h))
+
+    for block in blocks:
+        if not block:
+            continue
+        length += len(block)
+        data = carry + bytes(block) if carry else bytes(block)
+        end = len(data) - len(data) % CHUNK
+        for i in range(0, end, CHUNK):
+            leaf(data[i:i + CHUNK])
+        carry = data[end:]
+    if carry:
+        leaf(carry)
+    if not stack:
+        raise ValueError("cannot commit to empty data")
+    root = stack.pop()[1]
+    while stack:
+        root = _h(NODE, stack.pop()[1], root)
+    return DataCommitment(commitment_of(root, length), length)
 
 
 def _level_sizes(n_leaves: int) -> list[int]:
@@ -170,30 +208,61 @@ def verify(root: bytes, length: int, chunks: Mapping[int, bytes], nodes: Mapping
     return None
 
 
-def read_text_data(path: str | Path) -> bytes:
-    """A file's bytes, or a folder's regular files (recursively, by sorted relative
-    path, hidden files skipped) concatenated: the bytes are the tokens."""
+_KINDS = [(stat.S_ISCHR, "a character device (like /dev/null)"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket")]
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The files PATH names, in the order their bytes are read: PATH itself (a regular
+    file, or a pipe such as /dev/stdin or ``<(cmd)``), or a folder's regular files
+    (recursively, by sorted relative path, hidden files skipped). LedgerError, in one
+    line saying what PATH is, for anything else."""
     p = Path(path)
-    if p.is_file():
-        return p.read_bytes()
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise LedgerError(f"{p}: no such file or folder; give a text file or a folder of text files") from None
+    except OSError as e:
+        raise LedgerError(f"{p}: cannot read it ({e.strerror}); give a text file or a folder of text files") from None
+    if stat.S_ISREG(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+        return [p]
+    if stat.S_ISDIR(st.st_mode):
         files = sorted((f for f in p.rglob("*") if f.is_file()
                         and not any(part.startswith(".") for part in f.relative_to(p).parts)),
                        key=lambda f: f.relative_to(p).as_posix())
         if len(files) > MAX_FILES:
             raise LedgerError(f"{p}: {len(files)} files, more than {MAX_FILES}; concatenate them first")
-        data = b"".join(f.read_bytes() for f in files)
-        if not data:
-            raise LedgerError(f"{p}: no data in the folder's files; point at a text file or a folder of them")
-        return data
-    raise LedgerError(f"{p}: no such file or folder; give a text file or a folder of text files")
+        return files
+    kind = next((k for test, k in _KINDS if test(st.st_mode)), "not a regular file")
+    raise LedgerError(f"{p} is {kind}, not a file or a folder; give a text file or a folder of text files")
+
+
+def iter_text_data(path: str | Path, block: int = READ_BLOCK) -> Iterator[bytes]:
+    """The bytes ``read_text_data`` returns, in blocks of at most ``block`` bytes."""
+    for f in data_files(path):
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(block):
+                    yield chunk
+        except OSError as e:
+            raise LedgerError(f"{f}: cannot read it ({e.strerror or e})") from None
+
+
+def read_text_data(path: str | Path) -> bytes:
+    """A file's bytes, or a folder's regular files (recursively, by sorted relative
+    path, hidden files skipped) concatenated: the bytes are the tokens."""
+    data = b"".join(iter_text_data(path))
+    if not data and Path(path).is_dir():
+        raise LedgerError(f"{path}: no data in the folder's files; point at a text file or a folder of them")
+    return data
 
 
 def commit_path(path: str | Path) -> DataCommitment:
-    data = read_text_data(path)
-    if not data:
-        raise LedgerError(f"{path}: the file is empty; a worker needs text to train on")
-    return commit(data)
+    """``commit(read_text_data(path))``, streamed: memory of one read block, whatever the size."""
+    try:
+        return commit_stream(iter_text_data(path))
+    except ValueError:
+        raise LedgerError(f"{path}: no data (an empty file or folder); a worker needs text to train on") from None
 
 
 def parse_root(text: str) -> tuple[bytes, int | None]:

@@ -79,7 +79,7 @@ def load_record(settings: Settings, chain_id: int) -> DeploymentRecord:
     except FileNotFoundError:
         raise NoDeployment(
             f"no TrainingLedger deployment recorded for chain {chain_id} (no {path}); "
-            "run `ledger deploy`, or set LEDGER_CONTRACT to an existing deployment"
+            "run `ledger deploy`, or set --contract / LEDGER_CONTRACT to an existing deployment"
         ) from None
     except (OSError, ValueError) as e:
         raise NoDeployment(f"deployment record {path} is unreadable ({type(e).__name__}); "
@@ -191,16 +191,19 @@ def code_matches(onchain: bytes, artifact) -> str:
 def check_code(chain, address: str, what: str, record: DeploymentRecord | None = None) -> str:
     """Raise NotOurContract unless the code at ``address`` is TrainingLedger's; returns code_matches().
 
-    With the ``record`` of the deployment, a mismatch caused by a recompiled artifact says so.
+    ``what`` names where the address came from (``--contract``, ``LEDGER_CONTRACT``, a
+    deployment record), so the message says what to fix. With the ``record`` of the
+    deployment, a mismatch caused by a recompiled artifact says so.
     """
+    fix = "fix the deployment record or set --contract / LEDGER_CONTRACT" if record is not None else f"fix {what}"
     from .artifacts import artifact_sha256, load_artifact
 
-    code = _code_at(chain, address)
+    code = _code_at(chain, address, what)
     if not code:
         raise NotOurContract(
             f"{what}: there is no contract code at {address} on chain {chain.chain_id} "
             "(an account, not a contract, or the chain was reset); "
-            "run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
+            f"run `ledger deploy` (--force to replace a record) or {fix}"
         )
     how = code_matches(code, load_artifact())
     if not how and record is not None and record.artifact_sha256 != artifact_sha256():
@@ -212,14 +215,14 @@ def check_code(chain, address: str, what: str, record: DeploymentRecord | None =
     if not how:
         raise NotOurContract(
             f"{what}: the code at {address} on chain {chain.chain_id} is not the TrainingLedger "
-            "artifact (another contract?); run `ledger deploy` (--force to replace a record) or fix LEDGER_CONTRACT"
+            f"artifact (another contract?); run `ledger deploy` (--force to replace a record) or {fix}"
         )
     return how
 
 
-def _code_at(chain, address: str) -> bytes:
+def _code_at(chain, address: str, what: str = "the contract address") -> bytes:
     try:
-        return bytes(chain.w3.eth.get_code(_checksum(address)))
+        return bytes(chain.w3.eth.get_code(_checksum(address, what)))
     except LedgerError:
         raise
     except Exception as e:  # noqa: BLE001 - connection errors of several kinds
@@ -229,11 +232,11 @@ def _code_at(chain, address: str) -> bytes:
         ) from None
 
 
-def _checksum(address: str) -> str:
+def _checksum(address: str, what: str = "--contract / LEDGER_CONTRACT or the deployment record") -> str:
     from eth_utils import is_address, to_checksum_address
 
     if not is_address(address):
-        raise NotOurContract(f"{address!r} is not an address (check LEDGER_CONTRACT / the deployment record)")
+        raise NotOurContract(f"{what}: {address!r} is not an address (0x and 40 hex digits)")
     return to_checksum_address(address)
 
 
@@ -360,8 +363,8 @@ def open_ledger(settings: Settings, account=None):
     chain = connect(settings, account=account)
     record = None
     if settings.contract:
-        address = _checksum(settings.contract)
-        what = "LEDGER_CONTRACT"
+        what = settings.source_of("contract")
+        address = _checksum(settings.contract, what)
     else:
         record = load_record(settings, chain.chain_id)
         address = record.address

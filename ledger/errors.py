@@ -1,17 +1,29 @@
 """Errors a user can act on.
 
 Every error here carries a one-line message saying what happened and what to do.
-The CLI prints ``str(err)`` and exits non-zero; it never shows a traceback for these.
-Messages must never contain a private key or a password.
+The CLI prints ``str(err)`` and exits with ``exit_code``; it never shows a traceback
+for these. Messages must never contain a private key or a password.
+
+Exit codes (``ledger --help`` and the README say the same):
+
+- 0 OK;
+- 1 FAILED: an audit or a verification found the record wrong (bytes that do not hash
+  to their digest, a malformed checkpoint, a model whose audit failed);
+- 2 usage and environment errors: bad arguments (argparse exits 2 too), an unknown job,
+  a chain or storage that does not answer, a missing file, a refused operation;
+- 3 INCOMPLETE: storage lacks an object the record rests on, and nothing was found wrong.
 """
 
 from __future__ import annotations
 
+OK, FAILED, USAGE, INCOMPLETE = 0, 1, 2, 3
+
 
 class LedgerError(Exception):
-    """Base class: a failure the user can understand and act on."""
+    """Base class: a failure the user can understand and act on. By default a usage or
+    environment error (exit 2); the subclasses that report a finding say otherwise."""
 
-    exit_code = 1
+    exit_code = USAGE
 
 
 class ConfigError(LedgerError):
@@ -54,7 +66,15 @@ class ContractReverted(TransactionFailed):
         self.args_dict = dict(args or {})
         shown = ", ".join(f"{k}={_short(v)}" for k, v in self.args_dict.items())
         where = f"{context}: " if context else ""
-        super().__init__(f"{where}contract reverted with {name}({shown})")
+        hint = _HINTS.get(name)
+        super().__init__(f"{where}contract reverted with {name}({shown})" + (f"; {hint}" if hint else ""))
+
+
+# What to do about the reverts a user causes by a typo rather than by the protocol.
+_HINTS = {
+    "UnknownJob": "no such job on this contract: check --job (`ledger job create` printed it as `job <id>`) "
+                  "and that --rpc-url / --contract name the chain and contract it was created on",
+}
 
 
 class AccountError(LedgerError):
@@ -70,11 +90,15 @@ class StorageUnreachable(StorageError):
 
 
 class NotFoundError(StorageError):
-    """No content for this CID in the store."""
+    """No content for this CID in the store: the record may be right, it cannot be shown now."""
+
+    exit_code = INCOMPLETE
 
 
 class IntegrityError(StorageError):
     """Fetched content does not hash to the expected digest."""
+
+    exit_code = FAILED
 
     def __init__(self, cid: str, expected: str, actual: str, what: str = "content"):
         self.cid, self.expected, self.actual = cid, expected, actual
@@ -85,6 +109,8 @@ class IntegrityError(StorageError):
 
 class CheckpointFormatError(LedgerError):
     """A checkpoint that is not a well-formed safetensors file of the allowed size."""
+
+    exit_code = FAILED
 
 
 def _short(v) -> str:

@@ -210,9 +210,14 @@ def read_password(
 
 def _password_from_file(path: Path, source: str) -> str:
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:        # a bounded read: /dev/zero is not a password file
+            raw = f.read(1 << 16)
     except OSError as e:
         raise AccountError(f"{source}: cannot read password file {path} ({e.strerror or type(e).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AccountError(f"{source}: password file {path} is not UTF-8 text") from None
     pw = text.rstrip("\r\n")
     if not pw:
         raise AccountError(f"{source}: password file {path} is empty")

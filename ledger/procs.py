@@ -175,7 +175,10 @@ class LocalService:
             return info, True
 
     def stop(self, timeout: float = 15.0) -> ServiceInfo | None:
-        """Stop by PID (SIGTERM, then SIGKILL after ``timeout``). Returns what was stopped."""
+        """Stop by PID (SIGTERM, then SIGKILL after ``timeout``). Returns what was stopped.
+        A folder that does not exist holds no service: nothing is created to find that out."""
+        if not self.dir.is_dir():
+            return None
         with self._lock():
             info = self.running()
             if info is not None:

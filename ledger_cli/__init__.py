@@ -8,8 +8,10 @@ handlers receive ``(args, settings)``. Role commands import ``node`` (and so tor
 start-up, so ``ledger --help``, ``chain``, ``deploy``, ``store``, ``history``, ``round``
 and ``verify-export`` work without torch.
 
-Errors the user can act on (``LedgerError``) print one line and exit non-zero;
-nothing prints a traceback unless ``LEDGER_DEBUG=1``.
+Errors the user can act on (``LedgerError``) print one line and exit with their
+code (``ledger.errors``: 0 OK, 1 FAILED, 2 usage or environment, 3 INCOMPLETE); so do
+a file or folder the system refuses (``OSError``). Nothing prints a traceback unless
+``LEDGER_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import sys
 from typing import Sequence
 
 from ledger.config import load_settings
-from ledger.errors import ConfigError, LedgerError
+from ledger.errors import USAGE, ConfigError, LedgerError
 
 from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
                export_cmds, job_cmds, round_cmds, storage_cmds)
-from .common import HelpFormatter
+from .common import HelpFormatter, Parser, one_line
 
 # One module per command group, each with ``register(subparsers)``, in --help order.
 GROUPS = [
@@ -58,11 +60,16 @@ configuration: flags, then env vars (LEDGER_RPC_URL, LEDGER_DATA_DIR, LEDGER_STO
 LEDGER_IPFS_API, LEDGER_CONTRACT, LEDGER_ACCOUNT, ...), then a TOML file
 (--config, $LEDGER_CONFIG or ./ledger.toml), then defaults.
 keys: an encrypted keystore (`ledger account new`) or LEDGER_PRIVATE_KEY; never printed.
+
+exit codes: 0 OK; 1 FAILED (an audit or verification found the record wrong);
+2 usage or environment error (bad arguments, unknown job, unreachable chain or storage,
+missing file, refused operation); 3 INCOMPLETE (storage lacks an object the record
+rests on, nothing found wrong). Every error is one `error:` line saying what to do.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ledger",
         description="Verifiable training ledger: federated training anchored on an EVM chain and content-addressed storage.",
         epilog=EPILOG,
@@ -91,7 +98,7 @@ def settings_from_args(args: argparse.Namespace):
         "ipfs_api": args.ipfs_api,
         "account": args.account,
     }
-    return load_settings(flags, config_file=args.config)
+    return load_settings(flags, config_file=args.config, check_dirs=True)
 
 
 MAX_UINT256 = 2**256 - 1
@@ -106,8 +113,17 @@ def check_job_arg(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns its exit code (usage errors too: argparse's exit 2, and
+    --help's 0, come back as a return value, so callers in-process get a code)."""
+    _tolerant_output()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else USAGE)
+    except OSError as e:        # a path an argument type looked at (a name too long, ...)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
+        return USAGE
     handler = getattr(args, "handler", None)
     if handler is None:
         # A group without its subcommand, or nothing at all: teach instead of failing.
@@ -120,11 +136,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LedgerError as e:
         if os.environ.get("LEDGER_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # A file or folder the system refused (permissions, a full disk, a path through a
+        # file): the environment, not the record; one line naming it.
+        if os.environ.get("LEDGER_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {one_line(where + str(e.strerror or e))}", file=sys.stderr)
+        return USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _tolerant_output() -> None:
+    """Paths and prompts can hold bytes that are not UTF-8 (surrogate escapes in argv):
+    printing them must not raise. Escaped as \\x.. on the terminal and in pipes."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):   # a closed or detached stream: nothing to print to
+                pass
 
 
 if __name__ == "__main__":

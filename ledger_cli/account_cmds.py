@@ -6,7 +6,7 @@ import os
 import sys
 
 from .chain_cmds import add_fund_command
-from .common import add_command, add_group
+from .common import add_command, add_group, text_in
 
 
 def register(sub) -> None:
@@ -25,7 +25,8 @@ def register(sub) -> None:
             "Use the account later with --account NAME or LEDGER_ACCOUNT=NAME."
         ),
     )
-    p.add_argument("--name", help="name of the account (default acct-<address prefix>)")
+    p.add_argument("--name", type=text_in(1, 64), help="name of the account: letters, digits, '.', '_' or '-' "
+                   "(default acct-<address prefix>)")
     p.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
     p.add_argument("--kdf", choices=["scrypt", "pbkdf2"], default="scrypt", help="key derivation (default scrypt)")
     p.add_argument(

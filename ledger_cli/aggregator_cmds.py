@@ -5,7 +5,7 @@ from __future__ import annotations
 from .common import add_command
 from ledger.party import open_party, setup_logging
 
-from .common import add_job_arg
+from .common import add_job_arg, float_in, int_in, spec_range
 
 
 def register(sub) -> None:
@@ -24,11 +24,11 @@ def register(sub) -> None:
         ),
     )
     add_job_arg(r)
-    r.add_argument("--poll", type=float, default=1.0, help="seconds between chain polls (default 1)")
-    r.add_argument("--rounds", type=int, default=None, help="stop after proposing this many rounds")
+    r.add_argument("--poll", type=float_in(0, 3600, lo_open=True), default=1.0, help="seconds between chain polls (default 1)")
+    r.add_argument("--rounds", type=int_in(1, 2**32 - 1), default=None, help="stop after proposing this many rounds")
     r.add_argument("--replay", choices=["policy", "none", "all"], default="policy",
                    help="transcript segments to replay: the job policy's drawn ones (default), none, or all")
-    r.add_argument("--threads", type=int, default=None, help="torch threads for replays (default: the job's)")
+    r.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="torch threads for replays (default: the job's)")
     r.add_argument("--skip-stage", action="append", choices=["validation", "replay", "norm"], default=None,
                    help="turn a verification stage off (benchmarks only)")
     r.add_argument("-v", "--verbose", action="store_true")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from .common import add_command
 from ledger.party import open_party, setup_logging
 
-from .common import add_job_arg
+from .common import add_job_arg, spec_range, writable_file
 
 
 def register(sub) -> None:
@@ -29,16 +28,19 @@ def register(sub) -> None:
             "training transcripts (the drawn ones, or all), "
             "and checks the lineage from the genesis model to the final one. Needs no local state:\n"
             "an RPC URL, the contract address, the job id and storage access are enough.\n"
-            "Exit code 0 only when everything verifies."
+            "Exit code 0 only when everything verifies: 1 when the record is wrong, 3 when artifacts are\n"
+            "unavailable now and nothing was found wrong, 2 for usage and environment errors."
         ),
     )
     add_job_arg(p)
     p.add_argument("--replay", choices=["none", "sample", "all"], default="sample",
                    help="transcript segments to replay: none, the ones the aggregators drew (default), or all "
                         "(for a private-data job: the drawn ones, the only ones whose windows were revealed)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for replays (default: the job's)")
+    p.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None,
+                   help="torch threads for replays (default: the job's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--html", metavar="FILE", type=writable_file,
+                   help="write a self-contained HTML report (its folder must exist; checked before the audit runs)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -61,7 +63,9 @@ def _audit(args, settings) -> int:
     if args.html:
         from node.reports.html import render_html
 
-        Path(args.html).write_text(render_html(report))
+        from ledger.atomic import write_bytes
+
+        write_bytes(args.html, render_html(report).encode())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:

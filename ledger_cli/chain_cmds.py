@@ -7,7 +7,9 @@ import sys
 import time
 import urllib.request
 
-from .common import add_command, add_group, add_listen_args
+from .common import add_command, add_group, add_listen_args, float_in
+
+ETH = float_in(0, 1e9, lo_open=True)     # a dev chain's balance, in ETH
 
 
 DEFAULT_FUND_ETH = 100.0
@@ -27,7 +29,7 @@ def add_fund_command(group, group_name: str) -> None:
         ),
     )
     p.add_argument("address", metavar="NAME|ADDR", help="keystore account name or address")
-    p.add_argument("--eth", type=float, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
+    p.add_argument("--eth", type=ETH, default=DEFAULT_FUND_ETH, help=f"amount in ETH (default {DEFAULT_FUND_ETH:g})")
 
 
 def register(sub) -> None:
@@ -50,7 +52,7 @@ def register(sub) -> None:
     add_listen_args(p, "LEDGER_CHAIN_PORT or 8545",
                     "0.0.0.0 = every interface: exposes the chain's JSON-RPC, dev methods included, to the network")
     p.add_argument("--fund", nargs="+", metavar="ADDR", default=[], help="addresses or keystore names to give ETH")
-    p.add_argument("--fund-eth", type=float, default=DEFAULT_FUND_ETH, metavar="N",
+    p.add_argument("--fund-eth", type=ETH, default=DEFAULT_FUND_ETH, metavar="N",
                    help=f"ETH each --fund account gets (default {DEFAULT_FUND_ETH:g})")
 
     add_command(
@@ -64,7 +66,7 @@ def register(sub) -> None:
     add_command(
         g,
         "status",
-        "is the chain running? block number, state age; exits 1 when it is down",
+        "is the chain running? block number, state age; exits 2 when it is down or does not answer",
         _status,
         example="ledger chain status || ledger chain up",
     )
@@ -228,9 +230,15 @@ def _status(args, settings) -> int:
         except Exception as e:  # noqa: BLE001
             print(f"configured endpoint {settings.rpc_url}: not answering ({type(e).__name__})")
             ok = False
-    if not ok and not st.get("running"):
-        _err("the chain is down: run `ledger chain up`")
-    return 0 if ok else 1
+    if ok:
+        return 0
+    if settings.rpc_url:
+        _err(f"error: {settings.source_of('rpc_url')} {settings.rpc_url} does not answer; start that chain or fix the URL")
+    elif not st.get("running"):
+        _err("error: the chain is down: run `ledger chain up`")
+    else:
+        _err("error: the local chain's process runs but does not answer; `ledger chain down && ledger chain up`")
+    return 2     # the environment: no chain to talk to
 
 
 def _fund(args, settings) -> int:
@@ -255,13 +263,25 @@ def _deploy(args, settings) -> int:
 
 
 def _verify(args, settings) -> int:
+    """Exit 1 when the code at the address is not the artifact's: the one finding this
+    verification makes (an unreachable chain or a missing record stay usage errors, 2)."""
+    from ledger.errors import FAILED, NotOurContract
+
+    try:
+        return _verify_code(settings)
+    except NotOurContract as e:
+        e.exit_code = FAILED
+        raise
+
+
+def _verify_code(settings) -> int:
     from ledger.deploy import DeploymentRecord, connect, load_record, record_path, verify_deployment
 
     chain = connect(settings)
     if settings.contract:
         from ledger.deploy import check_code
 
-        how = check_code(chain, settings.contract, "LEDGER_CONTRACT")
+        how = check_code(chain, settings.contract, settings.source_of("contract"))
         print(f"ok: {settings.contract} on chain {chain.chain_id} holds the TrainingLedger code ({how} match)")
         return 0
     rec: DeploymentRecord = load_record(settings, chain.chain_id)

@@ -7,8 +7,41 @@ import textwrap
 from typing import Callable, Sequence
 
 
+_CONTROLS = {i: f"\\x{i:02x}" for i in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t", 127: "\\x7f"}
+
+
+def one_line(text: str) -> str:
+    """An error message as one line: a value that held a newline (or another control
+    character) is shown escaped, so it cannot split the line or drive the terminal."""
+    return str(text).translate(_CONTROLS)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with ``--opt=--`` read as the value "--" (Python 3.11's argparse drops
+    that "--" and hands the command an empty list where it expects one value), and its
+    error line kept one line whatever the values it quotes."""
+
+    def error(self, message):
+        super().error(one_line(message))
+
+    def _get_values(self, action, arg_strings):
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    pass
+    """Every checked parameter's --help line ends with its range, taken from its type
+    (``int_in``, ``float_in``, ``text_in``), unless the help already states it."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action) or ""
+        span = getattr(action.type, "span", None)
+        if span and span not in text:
+            text = f"{text}; range {span}" if text else f"range {span}"
+        return text
 
 
 def add_command(
@@ -39,12 +72,14 @@ def add_group(sub, name: str, help: str, examples: Sequence[str] = ()):
 
 
 def add_job_arg(p) -> None:
-    p.add_argument("--job", type=int, required=True, metavar="ID", help="job id (printed by `ledger job create` as `job <id>`)")
+    # A plain whole number here: main() checks the uint256 range with its own one-line error.
+    p.add_argument("--job", type=job_id, required=True, metavar="ID",
+                   help="job id (printed by `ledger job create` as `job <id>`)")
 
 
 def add_listen_args(p, default_port: str, exposes: str) -> None:
     """--port and --host of a server a command starts (``chain up``, ``ipfs up``)."""
-    p.add_argument("--port", type=int, help=f"port to listen on (default {default_port}; 0 = any free port)")
+    p.add_argument("--port", type=PORT, help=f"port to listen on (default {default_port}; 0 = any free port)")
     p.add_argument("--host", metavar="ADDR", default=None,
                    help=f"address to listen on (default 127.0.0.1, this machine only; {exposes})")
 
@@ -57,39 +92,158 @@ def add_object_args(p, digest_help: str) -> None:
 
 def int_in(lo: int | None = None, hi: int | None = None):
     """An argparse type: a whole number in [lo, hi] (either end open when None), so a
-    value out of range is refused before anything is written, with its range in the error."""
+    value out of range is refused before anything is written, with its range in the error.
+    Its ``span`` ("1..256") ends the option's --help line (``HelpFormatter``)."""
+    span = _span(lo, hi)
+
     def parse(text: str) -> int:
         try:
-            v = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+            v = int(text.strip(), 10)
+        except ValueError:          # not digits, or more digits than int() reads
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a whole number ({span})") from None
         if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{v} is outside {_span(lo, hi)}")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is outside {span}")
         return v
     parse.__name__ = "integer"
+    parse.span = span
     return parse
 
 
-def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
-    """An argparse type: a finite number in [lo, hi] ((lo, hi] with ``lo_open``)."""
+def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse type: a finite number in [lo, hi] (an end open with ``lo_open`` /
+    ``hi_open``; unbounded when None); NaN and infinities are refused."""
     import math
 
     low = "(-inf" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
-    high = "inf)" if hi is None else f"{hi:g}]"
+    high = "inf)" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+    span = f"{low}, {high}"
 
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f"{text} is outside {low}, {high}")
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is not a number ({span})") from None
+        if (not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo))
+                or (hi is not None and (v >= hi if hi_open else v > hi))):
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is outside {span}")
         return v
     parse.__name__ = "number"
+    parse.span = span
     return parse
 
 
+def text_in(lo: int = 0, hi: int = 4096, what: str = "characters"):
+    """An argparse type: text of lo..hi characters (names, labels): an empty or a megabyte
+    name is refused at the door instead of being written into a config or a file name."""
+    span = f"{lo}..{hi} {what}"
+
+    def parse(text: str) -> str:
+        if not lo <= len(text) <= hi:
+            raise argparse.ArgumentTypeError(f"{_shown(text)} is {len(text)} {what} long, outside {span}")
+        return text
+    parse.__name__ = "text"
+    parse.span = span
+    return parse
+
+
+def job_id(text: str) -> int:
+    """A job id as argparse reads it: a whole number (its uint256 range is checked by main)."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a job id (a whole number, printed by "
+                                         f"`ledger job create` as `job <id>`)") from None
+
+
+job_id.span = "0..2**256-1"
+
+
 def _span(lo, hi) -> str:
+    def show(v):
+        return {2**63 - 1: "2**63-1", 2**32 - 1: "2**32-1", 2**31 - 1: "2**31-1"}.get(v, str(v))
     if lo is not None and hi is not None:
-        return f"{lo}..{hi}"
-    return f">= {lo}" if lo is not None else f"<= {hi}"
+        return f"{show(lo)}..{show(hi)}"
+    return f">= {show(lo)}" if lo is not None else f"<= {show(hi)}"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A value as an error line may show it: quoted, escaped (no raw control bytes or
+    surrogates reach the terminal), and cut."""
+    r = ascii(text)
+    return r if len(r) <= limit else r[:limit] + "...'"
+
+
+PORT = int_in(0, 65535)
+SEED = int_in(0, 2**63 - 1)
+
+
+class spec_range:
+    """An argparse type with the range of a job-config field (``ledger.jobconfig``, the one
+    place ranges are written down), read when first needed: ``ledger --help`` does not
+    import the config's validation. ``lo`` narrows the lower end (``--lora-rank``: 0 means
+    "no LoRA" in a config, and is simply not given on the command line)."""
+
+    def __init__(self, spec: str, field: str, lo=None):
+        self.spec, self.field, self.lo = spec, field, lo
+        self.__name__ = "integer"
+
+    @property
+    def _parse(self):
+        if "_type" not in self.__dict__:
+            from ledger import jobconfig
+
+            kind, lo, hi, lo_open = jobconfig.limits(getattr(jobconfig, self.spec), self.field)
+            if self.lo is not None:
+                lo, lo_open = self.lo, False
+            self._type = int_in(lo, hi) if kind is int else float_in(lo, hi, lo_open=lo_open)
+        return self._type
+
+    @property
+    def span(self) -> str:
+        return self._parse.span
+
+    def __call__(self, text: str):
+        return self._parse(text)
+
+
+def device_name(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N (torch's names), checked before torch is imported."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:[0-9]{1,3})?", text):
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not a device: cpu, cuda or cuda:N")
+    return text
+
+
+
+
+def writable_file(text: str):
+    """A file a command will write (``--html``): refused before the command runs when it
+    is a folder, or its folder is missing, not a folder, or not writable."""
+    from pathlib import Path
+
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a file name")
+    try:
+        return _writable_file(Path(text), text)
+    except OSError as e:              # a name too long, a loop of links...
+        raise argparse.ArgumentTypeError(f"{_shown(text)}: {e.strerror or e}") from None
+
+
+def _writable_file(p, text: str):
+    import os
+
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():
+        raise argparse.ArgumentTypeError(f"{_shown(text)} exists and is not a regular file (a device?)")
+    parent = p.parent
+    if not parent.exists():
+        raise argparse.ArgumentTypeError(f"the folder of {_shown(text)} does not exist; create it first")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{_shown(str(parent))} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"the folder {_shown(str(parent))} is not writable by this user")
+    return p
+
+

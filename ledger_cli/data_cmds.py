@@ -27,16 +27,16 @@ def register(sub) -> None:
 
 
 def _commit(args, settings) -> int:
-    from ledger.datacommit import commit, read_text_data
+    from ledger.datacommit import commit, commit_path, read_text_data
 
+    if args.model in (None, "byte", "byte-gpt"):
+        print(commit_path(args.path))        # streamed: a 100 MB file is never in memory at once
+        return 0
     data = read_text_data(args.path)
     if not data:
         from ledger.errors import LedgerError
 
         raise LedgerError(f"{args.path}: the file is empty; a worker needs text to train on")
-    if args.model in (None, "byte", "byte-gpt"):
-        print(commit(data))
-        return 0
     from pathlib import Path
 
     from ledger.tokens import model_dir_tokenizer, text_stream

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from ledger.party import open_party, setup_logging
 
-from .common import add_command, add_job_arg, float_in, int_in
+from .common import SEED, add_command, add_job_arg, float_in, int_in, spec_range, writable_file
 
 
 def register(sub) -> None:
@@ -29,16 +28,17 @@ def register(sub) -> None:
             "genesis and by the audited final model side by side."
         ),
     )
-    p.add_argument("--workers", type=int, default=4, help="worker processes, one data shard each (default 4)")
-    p.add_argument("--aggregators", type=int, default=3, help="aggregator processes (default 3)")
-    p.add_argument("--quorum", type=int, default=2, help="aggregators that must agree bit-for-bit (default 2)")
+    p.add_argument("--workers", type=int_in(1, 128), default=4, help="worker processes, one data shard each (default 4)")
+    p.add_argument("--aggregators", type=int_in(1, 255), default=3, help="aggregator processes (default 3)")
+    p.add_argument("--quorum", type=int_in(1, 255), default=2,
+                   help="aggregators that must agree bit-for-bit: a strict majority of them (default 2)")
     p.add_argument("--rounds", type=int_in(1, 1000), default=None, help="training rounds (default 3; 2 with --model)")
     p.add_argument("--steps", type=int_in(1, 100000), default=None,
                    help="local steps per worker per round (default 50; 10 with --model)")
-    p.add_argument("--round-duration", type=int, default=300, metavar="S", help="round deadline in seconds (default 300)")
+    p.add_argument("--round-duration", type=int_in(1, 2**32 - 1), default=300, metavar="S", help="round deadline in seconds (default 300)")
     p.add_argument("--merge-rule", choices=["fedavg", "median", "trimmed_mean", "krum"], default="fedavg")
     p.add_argument("--split", choices=["iid", "speaker"], default="iid", help="IID shards or non-IID by speaker")
-    p.add_argument("--replay-segments", type=int, default=1,
+    p.add_argument("--replay-segments", type=spec_range("Policy", "replay_segments"), default=1,
                    help="transcript segments of every contribution each aggregator replays (default 1)")
     p.add_argument("--ipfs", action="store_true", help="store artifacts on the local IPFS node instead of the embedded store")
     p.add_argument("--model", metavar="smollm2|DIR", default=None,
@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the generated text")
     p.add_argument("--tokens", "--max-new-tokens", dest="tokens", type=int_in(1, 100000), default=None,
                    help="tokens to generate (bytes for the byte GPT; default 300, 48 with --model)")
-    p.add_argument("--html", type=Path, default=None, help="where to write the audit report (default .ledger/reports/job-<id>.html)")
+    p.add_argument("--html", type=writable_file, default=None, help="where to write the audit report (default .ledger/reports/job-<id>.html)")
 
     p = add_command(
         sub, "generate", "generate text with a job's final model, after its audit passes", _generate,
@@ -65,11 +65,16 @@ def register(sub) -> None:
                    help="tokens to generate, 1..100000 (bytes for the byte GPT; default 300)")
     p.add_argument("--temperature", type=float_in(0, 100), default=0.8, help="sampling temperature, 0..100; 0 = greedy")
     p.add_argument("--top-k", type=int_in(0), default=40, metavar="K",
-                   help="sample among the K likeliest tokens (0 = all; default 40)")
-    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="sampling seed: the same seed gives the same text")
+                   help="sample among the K likeliest tokens (0 = all of them; default 40)")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed: the same seed gives the same text")
 
 
 def _demo(args, settings) -> int:
+    from ledger.errors import ConfigError
+
+    if not (2 * args.quorum > args.aggregators and args.quorum <= args.aggregators):
+        raise ConfigError(f"--quorum {args.quorum} with {args.aggregators} aggregator(s): the quorum must be a strict "
+                          f"majority, {args.aggregators // 2 + 1}..{args.aggregators}")
     setup_logging()
     from node.roles.demo import DemoOptions, run_demo
 

@@ -32,7 +32,7 @@ def register(sub) -> None:
     add_command(
         g,
         "status",
-        "is the local IPFS node running and answering? exits 1 when it is down",
+        "is the local IPFS node running and answering? exits 2 when it is down",
         _ipfs_status,
         example="ledger ipfs status || ledger ipfs up",
     )
@@ -70,7 +70,8 @@ def register(sub) -> None:
         ),
     )
     add_object_args(p, "expected sha256 of the bytes (from the chain)")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write the verified bytes")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to write the verified bytes ('-' for standard output, written only once verified)")
 
     p = add_command(
         g,
@@ -80,7 +81,8 @@ def register(sub) -> None:
         example="ledger store verify QmX... --digest 0x5f2a...",
         description=(
             "Read CID from the configured backend and check it against --digest without writing it "
-            "anywhere; exits 1 (naming the CID and both digests) when it does not match."
+            "anywhere; exits 1 (naming the CID and both digests) when it does not match, 3 when the "
+            "store does not have it."
         ),
     )
     add_object_args(p, "expected sha256 of the bytes")
@@ -122,7 +124,14 @@ def _ipfs_status(args, settings) -> int:
     st = ipfs_status(settings)
     for k, v in st.items():
         print(f"{k:10} {v}")
-    return 0 if st.get("running") and st.get("answering", True) else 1
+    if not st.get("running"):
+        print("error: the local IPFS node is not running: run `ledger ipfs up`", file=sys.stderr)
+        return 2
+    if not st.get("answering", True):
+        print("error: the local IPFS node runs but its API does not answer; `ledger ipfs down && ledger ipfs up`",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 def _store(settings, cid_version: int = 0):
@@ -157,10 +166,40 @@ def _put(args, settings) -> int:
 
 def _get(args, settings) -> int:
     digest = _parse_digest(args.digest)
+    if args.output == "-":
+        # Verified in memory first: nothing reaches standard output unless every byte checks out.
+        with _store(settings) as store:
+            data = store.get(args.cid, digest)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        print(f"wrote {len(data)} bytes to standard output (sha256 verified)", file=sys.stderr)
+        return 0
+    _check_output(args.output)
     with _store(settings) as store:
         dest = store.get_to_file(args.cid, digest, args.output)
     print(f"wrote {dest} ({dest.stat().st_size} bytes, sha256 verified)")
     return 0
+
+
+def _check_output(path: str) -> None:
+    """-o FILE: refused before anything is fetched when it cannot be a file."""
+    from pathlib import Path
+
+    from ledger.errors import LedgerError
+
+    p = Path(path)
+    if not path:
+        raise LedgerError("-o: an empty path; give a file name, or '-' for standard output")
+    if p.is_dir():
+        raise LedgerError(f"-o {path}: is a folder; give a file name inside it")
+    if p.exists() and not p.is_file():
+        raise LedgerError(f"-o {path}: exists and is not a regular file (a device?); give a file name, or '-'")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LedgerError(f"-o {path}: {parent} is a file, not a folder")
+            break
 
 
 def _verify(args, settings) -> int:

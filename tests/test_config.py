@@ -36,17 +36,21 @@ def test_defaults():
     assert s.chain_dir == Path(".ledger/chain")
 
 
+TOML_ADDR = "0x" + "70" * 20
+
+
 def test_precedence_flags_env_toml_defaults(tmp_path):
     cfg = write(
         tmp_path / "c.toml",
-        'rpc_url = "http://toml:1"\ncontract = "0xtoml"\nchain_port = 1111\nstate_interval = 7\n',
+        f'rpc_url = "http://toml:1"\ncontract = "{TOML_ADDR}"\nchain_port = 1111\nstate_interval = 7\n',
     )
     env = {"LEDGER_RPC_URL": "http://env:2", "LEDGER_CHAIN_PORT": "2222"}
     flags = {"rpc_url": "http://flag:3", "contract": None}
     s = load_settings(flags, env=env, config_file=cfg)
     assert s.rpc_url == "http://flag:3"  # flag beats env and TOML
     assert s.chain_port == 2222  # env beats TOML
-    assert s.contract == "0xtoml"  # TOML beats default; a None flag is "not given"
+    assert s.contract == TOML_ADDR  # TOML beats default; a None flag is "not given"
+    assert s.source_of("contract") == f"contract in config file {cfg}" and s.source_of("rpc_url") == "--rpc-url"
     assert s.state_interval == 7
     assert s.storage == "embedded"  # default
     # without the flag, env wins; without env, TOML wins
@@ -129,4 +133,4 @@ def test_cli_flag_beats_env(tmp_path, settings):
     env = cli_env(settings, LEDGER_RPC_URL="http://127.0.0.1:9/env")
     r = _run(["--rpc-url", "http://127.0.0.1:9/flag", "chain", "status"], env)
     assert "http://127.0.0.1:9/flag" in r.stdout and "/env" not in r.stdout
-    assert r.returncode == 1
+    assert r.returncode == 2 and "error: --rpc-url http://127.0.0.1:9/flag does not answer" in r.stderr

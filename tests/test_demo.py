@@ -44,7 +44,7 @@ def test_demo_ipfs_audits_ok_and_stops_everything(tmp_path):
     assert any((repo / "blocks").rglob("*.data")), sorted(p.name for p in repo.rglob("*"))[:20]
     assert not (tmp_path / REL / "ipfs" / REL).exists()
     st = _run(tmp_path, "ipfs", "status", timeout=60)
-    assert st.returncode == 1 and f"repo       {repo}" in st.stdout, st.stdout
+    assert st.returncode == 2 and f"repo       {repo}" in st.stdout, st.stdout
     # The same data dir given as an absolute path is the same repo: the genesis is there.
     m = re.search(r"genesis (Qm\w+)  sha256 (0x[0-9a-f]{64})", r.stdout)
     assert m, r.stdout[:2000]

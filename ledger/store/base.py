@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +133,18 @@ def open_source(data: Source) -> tuple[BinaryIO | None, memoryview | None, bool]
         return None, memoryview(data).cast("B"), False
     if isinstance(data, (str, os.PathLike)):
         try:
-            return open(data, "rb", buffering=0), None, True
+            f = open(data, "rb", buffering=0)
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+                f.close()         # /dev/zero would be stored until the disk is full
+                raise StorageError(f"{data} is a device or a socket, not a file; only files (or a pipe) can be stored")
+            return f, None, True
         except FileNotFoundError:
             raise StorageError(f"no such file: {data}") from None
         except IsADirectoryError:
             raise StorageError(f"{data} is a directory; only files can be stored") from None
+        except OSError as e:
+            raise StorageError(f"cannot read {data}: {e.strerror or e}") from None
     if hasattr(data, "read"):
         return data, None, False
     raise TypeError(f"put() takes a path, bytes or a binary stream, got {type(data).__name__}")

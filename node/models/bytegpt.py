@@ -146,8 +146,8 @@ class GPT(nn.Module):
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                if top_k:                       # None or 0: sample among all
+                    v, _ = torch.topk(logits, min(int(top_k), logits.size(-1)))
                     logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
                 probs = F.softmax(logits, dim=-1)
                 nxt = torch.multinomial(probs, num_samples=1, generator=generator)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ledger.errors import LedgerError
+from ledger.errors import FAILED, INCOMPLETE, LedgerError
 
 from node.roles.audit import audit_job
 from node.reports.findings import AuditReport
@@ -15,7 +15,10 @@ from node.context import JobContext
 
 
 class UnverifiedModel(LedgerError):
-    """The audit of the model's lineage failed: refuse to run it."""
+    """The audit of the model's lineage failed (exit 1), or could not be completed with
+    what storage holds now (exit 3): refuse to run it."""
+
+    exit_code = FAILED
 
 
 @dataclass
@@ -43,9 +46,11 @@ def generate_verified(ledger, store, job_id: int, prompt: str | bytes, max_new_t
         raise UnverifiedModel(f"refusing to generate: the audit given is of job {report.job_id}, not job {job_id}")
     if report.status == "INCOMPLETE":
         first = report.unavailable[0].line()
-        raise UnverifiedModel(
+        e = UnverifiedModel(
             f"refusing to generate: the final model of job {job_id} is not provable now: {first}"
             f" (nothing was found wrong; republish the missing artifacts and audit again)")
+        e.exit_code = INCOMPLETE
+        raise e
     if not report.ok:
         first = report.discrepancies[0].line()
         more = len(report.discrepancies) - 1
