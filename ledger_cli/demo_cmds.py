@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 from ledger.party import open_party, setup_logging
 
@@ -75,6 +76,12 @@ def _demo(args, settings) -> int:
     if not (2 * args.quorum > args.aggregators and args.quorum <= args.aggregators):
         raise ConfigError(f"--quorum {args.quorum} with {args.aggregators} aggregator(s): the quorum must be a strict "
                           f"majority, {args.aggregators // 2 + 1}..{args.aggregators}")
+    if args.model and not Path(args.model).is_dir():
+        from node.models.importer import BUILTINS
+
+        if args.model not in BUILTINS:
+            raise ConfigError(f"--model {args.model}: not a folder and not a built-in model ({', '.join(BUILTINS)}); "
+                              f"give a Hugging Face model directory (config.json, safetensors weights, tokenizer.json)")
     setup_logging()
     from node.roles.demo import DemoOptions, run_demo
 

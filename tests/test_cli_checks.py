@@ -138,6 +138,7 @@ def test_out_of_range_is_refused_before_anything(cli, argv, option):
     (JOB + ["--throughput", "1", "--throughput", "2"], "one per worker"),
     (JOB + ["--reveal-window", "200", "--proposal-window", "300"], "more than half the proposal window"),
     (["demo", "--quorum", "1", "--aggregators", "3"], "strict majority"),
+    (["demo", "--model", "/no/such/model"], "not a folder and not a built-in model (smollm2)"),
 ])
 def test_cross_checks_are_one_line_before_anything(cli, argv, says):
     code, _, err = cli(*argv)

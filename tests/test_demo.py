@@ -60,10 +60,12 @@ def test_demo_ipfs_audits_ok_and_stops_everything(tmp_path):
 
 
 def test_demo_failing_after_ipfs_up_leaves_nothing_running(tmp_path):
-    # A quorum larger than the aggregators is refused by the contract at job creation:
-    # after the chain and the IPFS node were started.
-    r = _run(tmp_path, "demo", "--ipfs", "--workers", "1", "--aggregators", "1", "--quorum", "3", "--rounds", "1",
-             timeout=300)
+    # A --model folder that holds no model is found out when the job is made: after the
+    # chain and the IPFS node were started (a bad quorum is refused before anything starts).
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    r = _run(tmp_path, "demo", "--ipfs", "--workers", "1", "--aggregators", "1", "--quorum", "1", "--rounds", "1",
+             "--model", str(empty), timeout=300)
     assert r.returncode != 0
     assert "ipfs    /ip4/127.0.0.1/tcp/" in r.stdout, r.stdout
     err = [line for line in r.stderr.splitlines() if line.strip()]
