@@ -16,6 +16,8 @@ size; with the job's CID version that rebuilds the CID (``cid_to_chain`` /
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +89,29 @@ def _uvarint(n: int) -> bytes:
 def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
     """(the varint at ``pos``, the position after it); a truncated, non-minimal or
     over-long (more than 9 bytes) varint is a ValueError."""
-    n, k, _ = varint.decode_raw(memoryview(buf)[pos:])
+    # bytes, the first type multiformats' argument check tries (see ``_reclaiming``)
+    n, k, _ = varint.decode_raw(bytes(buf[pos:pos + 10]))
     return n, pos + k
+
+
+def _reclaiming(f):
+    """Run ``f`` (a call into multiformats), then collect the young garbage it made.
+
+    multiformats checks its arguments with typing_validation, which tries each member of
+    a union in turn and builds a TypeError (with its traceback) for every miss. Those
+    exceptions form reference cycles with the frames they were raised in, and through
+    their ``f_back`` with every caller's frame: until a collection finds the cycle, a
+    caller that returns keeps its locals, such as a checkpoint's bytes just read from
+    storage. Collecting the two young generations right away costs a fraction of the
+    call (measured 0.3 ms for both) and keeps an aggregator's memory flat."""
+    @functools.wraps(f)
+    def call(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        finally:
+            if gc.isenabled():
+                gc.collect(1)
+    return call
 
 
 def _ld(field_no: int, payload: bytes) -> bytes:
@@ -231,6 +254,7 @@ _V1_PB_PREFIX = bytes(CID("base32", 1, DAG_PB, _mh(_ZERO)))[:-32]       # 0x01 0
 _V1_RAW_PREFIX = bytes(CID("base32", 1, RAW, _mh(_ZERO)))[:-32]         # 0x01 0x55 0x12 0x20
 
 
+@_reclaiming
 def make_cid(digest: bytes, version: int, codec: str) -> CID:
     """The CID of a sha2-256 digest: v0 (base58btc, dag-pb) or v1 (base32)."""
     if version == 0:
@@ -240,6 +264,7 @@ def make_cid(digest: bytes, version: int, codec: str) -> CID:
     return CID("base32", 1, codec, _mh(digest))
 
 
+@_reclaiming
 def _cid_from_link_bytes(b: bytes) -> CID:
     if b[:2] == _MH_PREFIX and len(b) == 34:
         return CID("base58btc", 0, DAG_PB, b)
@@ -268,6 +293,7 @@ def link_bytes(digest: bytes, version: int, codec: str) -> bytes:
     return (_V1_RAW_PREFIX if codec == RAW else _V1_PB_PREFIX) + digest
 
 
+@_reclaiming
 def parse_cid(cid: str | CID) -> CID:
     """Parse and check a CID this project can hold: sha2-256, dag-pb or raw. ValueError otherwise."""
     try:
