@@ -26,6 +26,13 @@ pragma solidity 0.8.28;
 /// - after the reveal deadline (or once every commit is revealed) without a quorum,
 ///   anyone may `closeRound`: the round is skipped, the parent kept, the next round opens.
 ///
+/// Disclosure (jobs with `disclosureWindow` > 0): once the round is closed, each worker
+/// that submitted stores what the verifiers' draw asks of it (the snapshots of its drawn
+/// transcript segments, the windows of private data) and calls `disclose`, until the
+/// round's deadline + `disclosureWindow`. Commits open once every submitter disclosed or
+/// that deadline passed, and the commit phase is timed from there: whether a worker
+/// disclosed in time is read from the chain, alike by every aggregator and the auditor.
+///
 /// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
 /// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
 ///   round number, deadline, submission count, status and a bitmap of who submitted
@@ -58,6 +65,7 @@ contract TrainingLedger {
         uint32 numRounds;       // rounds until the job completes
         uint16 minSubmissions;  // accepted contributions needed to move the model
         uint8 cidVersion;       // 0 or 1: how CIDs are rebuilt from (digest, size)
+        uint32 disclosureWindow; // seconds after the round's deadline to `disclose` (0: nothing to disclose)
     }
 
     /// @notice Status of a round as reported by `getRound`.
@@ -99,6 +107,7 @@ contract TrainingLedger {
         uint64 parentSize;
         bool completed;
         uint64 createdBlock;      // where to start reading the job's events
+        uint32 disclosureWindow;
     }
 
     /// @notice Everything known about one round (see `getRound`).
@@ -118,6 +127,8 @@ contract TrainingLedger {
         uint64 commitDeadline; // last second of the commit phase (unless every aggregator committed before)
         uint64 revealDeadline; // last second of the reveal phase
         SkipReason skipReason;
+        uint16 disclosed;          // submitters that disclosed (see `disclose`)
+        uint64 disclosureDeadline; // last second to disclose (zero when the job has no disclosures)
     }
 
     /// @dev Job storage, packed: slot 0 and slot 1 hold all the small fields.
@@ -145,6 +156,7 @@ contract TrainingLedger {
         bytes32 parentCid;
         uint64 createdBlock;
         uint32 proposalWindow;
+        uint32 disclosureWindow;
     }
 
     /// @dev A closed round's record, written once at finalize/skip.
@@ -164,6 +176,7 @@ contract TrainingLedger {
         uint8 skipReason; // SkipReason
         uint128 submitted; // bitmap of worker indexes that submitted
         uint64 commitDeadline;
+        uint16 disclosed;  // submitters that disclosed
     }
 
     /// @dev The packed live state of a round (a struct so one storage pointer serves read and write).
@@ -183,6 +196,14 @@ contract TrainingLedger {
         uint64 commitDeadline; // zero until the first commit sets it
         uint16 commits;
         uint16 reveals;
+    }
+
+    /// @dev Who disclosed in a job's current round: one slot, stale when `round` is not
+    /// the current round (overwritten from round to round, like the phase).
+    struct Disclosures {
+        uint32 round;
+        uint16 count;
+        uint128 bitmap; // worker indexes, as the submitted bitmap
     }
 
     /// @dev A proposal's merge and its outcome, kept together in memory.
@@ -232,6 +253,8 @@ contract TrainingLedger {
     /// @dev outcome an aggregator revealed for a round (zero = none)
     mapping(uint256 jobId => mapping(uint32 round => mapping(address aggregator => bytes32))) private _proposed;
     mapping(uint256 jobId => mapping(uint32 round => mapping(bytes32 outcome => uint256))) private _votes;
+    /// @dev disclosures of the job's current round
+    mapping(uint256 jobId => Disclosures) private _disclosures;
 
     // ----------------------------------------------------------------- events
 
@@ -297,6 +320,9 @@ contract TrainingLedger {
     /// @notice The last round closed; the final model is (finalDigest, finalCid, finalSize).
     event JobCompleted(uint256 indexed jobId, bytes32 finalDigest, bytes32 finalCid, uint64 finalSize);
 
+    /// @notice `worker` stored what the draw asked of it for `round` and says so in time.
+    event Disclosed(uint256 indexed jobId, uint32 indexed round, address indexed worker);
+
     // ----------------------------------------------------------------- errors
 
     /// @notice No job with this id.
@@ -347,6 +373,16 @@ contract TrainingLedger {
     error TooManyWorkers(uint256 count, uint256 max);
     /// @notice The job completed: no more rounds.
     error JobFinished(uint256 jobId);
+    /// @notice The job has no disclosure phase (its disclosureWindow is zero).
+    error NothingToDisclose(uint256 jobId);
+    /// @notice Only a worker that submitted in the round discloses for it.
+    error NotSubmitted(uint256 jobId, uint32 round, address worker);
+    /// @notice The round's disclosure deadline has passed.
+    error DisclosureClosed(uint256 jobId, uint32 round, uint64 disclosureDeadline);
+    /// @notice This worker already disclosed for the round.
+    error AlreadyDisclosed(uint256 jobId, uint32 round, address worker);
+    /// @notice Commits open once every submitter disclosed or the disclosure deadline passed.
+    error DisclosuresPending(uint256 jobId, uint32 round, uint64 disclosureDeadline);
 
     // -------------------------------------------------------------- modifiers
 
@@ -378,6 +414,7 @@ contract TrainingLedger {
         j.currentRound = 1;
         j.createdBlock = uint64(block.number);
         j.proposalWindow = p.proposalWindow;
+        j.disclosureWindow = p.disclosureWindow;
         j.numWorkers = uint8(p.workers.length);
         j.numAggregators = uint8(p.aggregators.length);
         j.configSize = p.configSize;
@@ -476,11 +513,15 @@ contract TrainingLedger {
         if (commitHash == bytes32(0)) revert EmptyCommit(jobId, round);
         if (_commits[jobId][round][msg.sender] != 0) revert AlreadyCommitted(jobId, round, msg.sender);
         Phase memory ph = _phaseOf(jobId, round);
-        uint64 roundDeadline = uint40(live >> DEADLINE_SHIFT);
-        uint64 commitDeadline = _commitDeadline(ph, roundDeadline, j.proposalWindow);
+        // the proposal phase starts after the disclosures (at the round's deadline without them)
+        uint64 proposalStart = uint64(uint40(live >> DEADLINE_SHIFT)) + j.disclosureWindow;
+        if (j.disclosureWindow != 0 && block.timestamp <= proposalStart && !_allDisclosed(jobId, round, live)) {
+            revert DisclosuresPending(jobId, round, proposalStart);
+        }
+        uint64 commitDeadline = _commitDeadline(ph, proposalStart, j.proposalWindow);
         if (block.timestamp > commitDeadline) revert CommitPhaseClosed(jobId, round, commitDeadline);
-        if (ph.commits == 0 && block.timestamp < roundDeadline) {
-            // closed early (every worker submitted): the window runs from the first commit
+        if (ph.commits == 0 && block.timestamp < proposalStart) {
+            // closed early (every worker submitted, and disclosed): the window runs from the first commit
             commitDeadline = uint64(block.timestamp) + j.proposalWindow;
         }
         _phase[jobId] = Phase({round: round, commitDeadline: commitDeadline, commits: ph.commits + 1, reveals: 0});
@@ -525,6 +566,30 @@ contract TrainingLedger {
         if (_recordReveal(jobId, round, m, verdicts, salt)) _finalize(jobId, round, live, m);
     }
 
+    /// @notice Say, as a worker that submitted in the closed `round`, that what the
+    /// verifiers' draw asks of it is stored (its drawn snapshots; its drawn windows for
+    /// private data), before the round's deadline + the job's disclosureWindow. Every
+    /// aggregator and the auditor then judge "disclosed in time" from this record.
+    /// @param jobId the job
+    /// @param round the job's current round, closed
+    function disclose(uint256 jobId, uint32 round) external jobExists(jobId) {
+        Job storage j = _jobs[jobId];
+        if (j.disclosureWindow == 0) revert NothingToDisclose(jobId);
+        uint256 index = _workerIndex[jobId][msg.sender];
+        if (index == 0) revert NotWorker(jobId, msg.sender);
+        _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
+        uint256 live = _live[jobId][j.parentDigest].packed;
+        _requireClosed(jobId, round, live, j.numWorkers);
+        if ((live >> (BITMAP_SHIFT + index - 1)) & 1 == 0) revert NotSubmitted(jobId, round, msg.sender);
+        uint64 deadline = uint64(uint40(live >> DEADLINE_SHIFT)) + j.disclosureWindow;
+        if (block.timestamp > deadline) revert DisclosureClosed(jobId, round, deadline);
+        Disclosures memory d = _disclosuresOf(jobId, round);
+        uint128 bit = uint128(1) << (index - 1);
+        if (d.bitmap & bit != 0) revert AlreadyDisclosed(jobId, round, msg.sender);
+        _disclosures[jobId] = Disclosures({round: round, count: d.count + 1, bitmap: d.bitmap | bit});
+        emit Disclosed(jobId, round, msg.sender);
+    }
+
     /// @notice Skip a round that cannot move the model: past its deadline with fewer than
     /// minSubmissions submissions (`TooFewSubmissions`), or without a quorum once the
     /// reveal deadline passed or every commit was revealed after the commit phase
@@ -542,7 +607,7 @@ contract TrainingLedger {
         uint256 count = (live >> COUNT_SHIFT) & 0xff;
         SkipReason reason;
         Phase memory ph = _phaseOf(jobId, round);
-        uint64 commitDeadline = _commitDeadline(ph, deadline, j.proposalWindow);
+        uint64 commitDeadline = _commitDeadline(ph, deadline + j.disclosureWindow, j.proposalWindow);
         if (count < j.minSubmissions) {
             if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
             reason = SkipReason.TooFewSubmissions;
@@ -558,6 +623,7 @@ contract TrainingLedger {
 
         _live[jobId][parent].packed = live & ~STATUS_MASK;
         _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Skipped, ph, commitDeadline);
+        rec.disclosed = _disclosuresOf(jobId, round).count;
         rec.skipReason = uint8(reason);
         rec.mergedDigest = parent;
         rec.mergedCid = j.parentCid;
@@ -600,6 +666,7 @@ contract TrainingLedger {
         v.parentSize = j.parentSize;
         v.completed = j.completed;
         v.createdBlock = j.createdBlock;
+        v.disclosureWindow = j.disclosureWindow;
     }
 
     /// @notice A job's workers, in registration order (index i = bit i of the bitmap).
@@ -639,6 +706,8 @@ contract TrainingLedger {
             v.commitDeadline = rec.commitDeadline;
             v.revealDeadline = rec.commitDeadline + j.proposalWindow;
             v.skipReason = SkipReason(rec.skipReason);
+            v.disclosed = rec.disclosed;
+            if (j.disclosureWindow != 0) v.disclosureDeadline = rec.deadline + j.disclosureWindow;
         } else if (round == j.currentRound && !j.completed) {
             uint256 live = _live[jobId][j.parentDigest].packed;
             Phase memory ph = _phaseOf(jobId, round);
@@ -649,8 +718,10 @@ contract TrainingLedger {
             v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
             v.proposals = ph.reveals;
             v.commits = ph.commits;
-            v.commitDeadline = _commitDeadline(ph, v.deadline, j.proposalWindow);
+            v.commitDeadline = _commitDeadline(ph, v.deadline + j.disclosureWindow, j.proposalWindow);
             v.revealDeadline = v.commitDeadline + j.proposalWindow;
+            v.disclosed = _disclosuresOf(jobId, round).count;
+            if (j.disclosureWindow != 0) v.disclosureDeadline = v.deadline + j.disclosureWindow;
         }
     }
 
@@ -704,6 +775,18 @@ contract TrainingLedger {
     /// @return the number of aggregators who revealed it
     function votes(uint256 jobId, uint32 round, bytes32 outcome) external view returns (uint256) {
         return _votes[jobId][round][outcome];
+    }
+
+    /// @notice Whether `worker` disclosed for `round` (the current round, or a past one
+    /// through its `Disclosed` event: past rounds keep only the count).
+    /// @param jobId the job
+    /// @param round the job's current round
+    /// @param worker the worker address
+    /// @return true if it disclosed
+    function hasDisclosed(uint256 jobId, uint32 round, address worker) external view returns (bool) {
+        uint256 index = _workerIndex[jobId][worker];
+        if (index == 0) return false;
+        return (_disclosuresOf(jobId, round).bitmap >> (index - 1)) & 1 == 1;
     }
 
     // -------------------------------------------------------------- internals
@@ -816,7 +899,18 @@ contract TrainingLedger {
         if (ph.round != round) ph = Phase({round: round, commitDeadline: 0, commits: 0, reveals: 0});
     }
 
-    /// @dev The commit phase's last second: set by the first commit, else the round's deadline + window.
+    /// @dev The job's disclosures for `round`: empty when the stored ones are an earlier round's.
+    function _disclosuresOf(uint256 jobId, uint32 round) private view returns (Disclosures memory d) {
+        d = _disclosures[jobId];
+        if (d.round != round) d = Disclosures({round: round, count: 0, bitmap: 0});
+    }
+
+    /// @dev Every worker that submitted in `round` disclosed.
+    function _allDisclosed(uint256 jobId, uint32 round, uint256 live) private view returns (bool) {
+        return _disclosuresOf(jobId, round).bitmap == uint128(live >> BITMAP_SHIFT);
+    }
+
+    /// @dev The commit phase's last second: set by the first commit, else the proposal phase's start + window.
     function _commitDeadline(Phase memory ph, uint64 roundDeadline, uint32 window) private pure returns (uint64) {
         return ph.commits != 0 ? ph.commitDeadline : roundDeadline + window;
     }
@@ -840,6 +934,7 @@ contract TrainingLedger {
         _live[jobId][parent].packed = live & ~STATUS_MASK;
         Phase memory ph = _phase[jobId];
         _writeRecord(rec, parent, _commitment[jobId].value, live, RoundStatus.Finalized, ph, ph.commitDeadline);
+        rec.disclosed = _disclosuresOf(jobId, round).count;
         rec.mergedDigest = m.digest;
         rec.mergedCid = m.cid;
         rec.mergedSize = m.size;

@@ -45,6 +45,7 @@ EVENT_NAMES = (
     "RoundFinalized",
     "RoundSkipped",
     "JobCompleted",
+    "Disclosed",
 )
 
 
@@ -105,6 +106,8 @@ class JobParams:
     min_submissions: int
     cid_version: int = 0
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW
+    # seconds after a round's deadline for workers to `disclose` (0: the job has nothing to disclose)
+    disclosure_window: int = 0
 
     def to_abi(self) -> tuple:
         return (
@@ -122,6 +125,7 @@ class JobParams:
             int(self.num_rounds),
             int(self.min_submissions),
             int(self.cid_version),
+            int(self.disclosure_window),
         )
 
 
@@ -151,6 +155,7 @@ class JobInfo:
     completed: bool
     created_block: int
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW  # seconds of the commit phase, and of the reveal phase
+    disclosure_window: int = 0  # seconds after a round's deadline for workers to disclose (0: none)
 
     @property
     def creator(self) -> str:
@@ -186,6 +191,8 @@ class RoundInfo:
     commit_deadline: int = 0  # last second of the commit phase (it ends earlier once every aggregator committed)
     reveal_deadline: int = 0  # last second of the reveal phase; then closeRound skips the round
     skip_reason: str = ""  # "" / "too-few-submissions" / "no-quorum"
+    disclosed: int = 0  # submitters that disclosed (jobs with a disclosure window)
+    disclosure_deadline: int = 0  # last second to disclose; 0 when the job has no disclosures
 
     @property
     def is_closed(self) -> bool:
@@ -215,6 +222,19 @@ class Submission:
     block: int = 0
     tx_hash: str = ""
     log_index: int = 0
+    timestamp: int = 0
+
+
+@dataclass
+class Disclosure:
+    """One ``Disclosed`` event: ``worker`` stored what the draw asked of it, in time."""
+
+    job_id: int
+    round: int
+    worker: str
+    block: int
+    tx_hash: str
+    log_index: int
     timestamp: int = 0
 
 
@@ -354,6 +374,11 @@ class TrainingLedger:
         fn = self.contract.functions.closeRound(int(job_id), int(round))
         return self.chain.transact(fn, context=f"close job {job_id} round {round}")
 
+    def disclose(self, job_id: int, round: int):
+        """As a worker that submitted in the closed round: what the draw asks is stored."""
+        fn = self.contract.functions.disclose(int(job_id), int(round))
+        return self.chain.transact(fn, context=f"disclose job {job_id} round {round}")
+
     # -------------------------------------------------------------- views
 
     def job_count(self) -> int:
@@ -396,6 +421,10 @@ class TrainingLedger:
     def has_committed(self, job_id: int, round: int, address: str) -> bool:
         return self.commit_of(job_id, round, address) != b"\0" * 32
 
+    def has_disclosed(self, job_id: int, round: int, address: str) -> bool:
+        """Whether ``address`` disclosed in the job's current round (past rounds: ``disclosures``)."""
+        return bool(self._party_view("hasDisclosed", job_id, round, address))
+
     def has_proposed(self, job_id: int, round: int, address: str) -> bool:
         """Whether ``address`` revealed a proposal in the round."""
         return bool(self._party_view("hasProposed", job_id, round, address))
@@ -428,7 +457,7 @@ class TrainingLedger:
         except Exception:
             return 0, 0
         self._cid_versions[int(job_id)] = int(v[12])
-        return int(v[-1]), int(v[12])
+        return int(v[20]), int(v[12])
 
     def _job_logs(self, event: str, job_id: int, round: int | None) -> tuple[list, int]:
         """(the job's ``event`` logs, of one round or all, in chain order; its CID version)."""
@@ -465,6 +494,16 @@ class TrainingLedger:
                 block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
             )
+            for lg in logs
+        ]
+
+    def disclosures(self, job_id: int, round: int | None = None) -> list[Disclosure]:
+        """A job's disclosures (of one round, or all), in chain order."""
+        logs, _ = self._job_logs("Disclosed", job_id, round)
+        return [
+            Disclosure(job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), worker=lg["args"]["worker"],
+                       block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
+                       timestamp=self.chain.block_timestamp(int(lg["blockNumber"])))
             for lg in logs
         ]
 
@@ -550,7 +589,7 @@ def _discard():
 def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
     (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
      round_duration, proposal_window, num_rounds, min_submissions, cid_version, _nw, _na, current_round,
-     parent_digest, parent_cid, parent_size, completed, created_block) = v
+     parent_digest, parent_cid, parent_size, completed, created_block, disclosure_window) = v
     v = int(cid_version)
     return JobInfo(
         job_id=job_id, owner=creator, config_digest=bytes(config_digest),
@@ -562,12 +601,13 @@ def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
         current_parent_cid=_cid_text(parent_cid, parent_size, v), current_parent_size=int(parent_size),
         completed=bool(completed),
         created_block=int(created_block), proposal_window=int(proposal_window),
+        disclosure_window=int(disclosure_window),
     )
 
 
 def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
     (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
-     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason) = v
+     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason, disclosed, disclosure_deadline) = v
     return RoundInfo(
         job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
         commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
@@ -575,5 +615,6 @@ def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
         outcome=bytes(outcome),
         accepted=int(accepted), proposals=int(proposals), commits=int(commits),
         commit_deadline=int(commit_deadline), reveal_deadline=int(reveal_deadline),
-        skip_reason=SKIP_REASONS[int(skip_reason)],
+        skip_reason=SKIP_REASONS[int(skip_reason)], disclosed=int(disclosed),
+        disclosure_deadline=int(disclosure_deadline),
     )

@@ -158,7 +158,7 @@ def test_create_job_events_and_views(env: Env):
         "configDigest": p.config_digest, "configCid": p.config_cid, "configSize": p.config_size,
         "genesisDigest": p.genesis_digest, "genesisCid": p.genesis_cid, "genesisSize": p.genesis_size,
         "workers": p.workers, "aggregators": p.aggregators, "quorum": 2, "roundDuration": DURATION,
-        "numRounds": 3, "minSubmissions": 2, "cidVersion": 0, "proposalWindow": WINDOW,
+        "numRounds": 3, "minSubmissions": 2, "cidVersion": 0, "proposalWindow": WINDOW, "disclosureWindow": 0,
     }
     (opened,) = env.events(rc, "RoundOpened")
     assert opened == {"jobId": 1, "round": 1, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
@@ -970,3 +970,78 @@ def test_wait_for_block_returns_at_the_next_block(env: Env):
     t0 = time.monotonic()
     assert env.chain.wait_for_block(head, timeout=60) > head
     assert time.monotonic() - t0 < 30                      # did not sit out the timeout
+
+
+# ------------------------------------------------------------------------------ disclosure
+
+
+DISCLOSE = 120
+
+
+def test_disclosure_gates_the_commits_and_is_judged_by_the_chain(env: Env):
+    """A job with a disclosure window: submitters disclose once the round is closed and
+    until its deadline + the window; commits open once every submitter disclosed or that
+    time passed; a disclosure one second late is refused by the chain, for everyone."""
+    job = env.create(disclosure_window=DISCLOSE)
+    assert env.ledger.job(job).disclosure_window == DISCLOSE
+    env.submit(job, 1, 0)
+    with reverted("RoundNotClosed"):
+        env.as_(WORKERS[0]).disclose(job, 1)
+    env.submit(job, 1, 1)
+    r = env.ledger.round(job, 1)
+    assert r.disclosure_deadline == r.deadline + DISCLOSE and r.disclosed == 0
+    # every window is timed from the disclosures: no commit deadline before they end
+    assert r.commit_deadline == r.deadline + DISCLOSE + WINDOW
+    env.warp_past(r.deadline)                                   # closed at the deadline, worker 2 missing
+    with reverted("NotSubmitted"):
+        env.as_(WORKERS[2]).disclose(job, 1)
+    with reverted("NotWorker"):
+        env.as_(OUTSIDER).disclose(job, 1)
+    with reverted("WrongRound"):
+        env.as_(WORKERS[0]).disclose(job, 2)
+    with reverted("DisclosuresPending"):
+        env.commit(job, 1, 0, [0, 0], h("merged"))
+    rc = env.as_(WORKERS[0]).disclose(job, 1)
+    assert env.events(rc, "Disclosed") == [{"jobId": job, "round": 1, "worker": WORKERS[0].address}]
+    assert env.ledger.has_disclosed(job, 1, WORKERS[0].address)
+    assert not env.ledger.has_disclosed(job, 1, WORKERS[1].address)
+    with reverted("AlreadyDisclosed"):
+        env.as_(WORKERS[0]).disclose(job, 1)
+    with reverted("DisclosuresPending"):                         # worker 1 may still disclose
+        env.commit(job, 1, 0, [0, 0], h("merged"))
+    # the last second is in time; the next one is not
+    env.w3.provider.make_request("evm_setNextBlockTimestamp", [r.disclosure_deadline])
+    env.as_(WORKERS[1]).disclose(job, 1)
+    assert env.ledger.round(job, 1).disclosed == 2
+    # the first job: everyone disclosed, so commits opened at once and the round finalizes
+    env.propose(job, 1, {0: ([0, 0], h("merged")), 1: ([0, 0], h("merged"))})
+    done = env.ledger.round(job, 1)
+    assert done.status == "finalized" and done.disclosed == 2 and done.disclosure_deadline == r.disclosure_deadline
+    assert [d.worker for d in env.ledger.disclosures(job, 1)] == [WORKERS[0].address, WORKERS[1].address]
+    # one second late: refused, and commits open at the deadline without it
+    job2 = env.create(disclosure_window=DISCLOSE)
+    env.submit(job2, 1, 0)
+    env.submit(job2, 1, 1)
+    r2 = env.ledger.round(job2, 1)
+    env.warp_past(r2.disclosure_deadline)
+    with reverted("DisclosureClosed"):
+        env.as_(WORKERS[0]).disclose(job2, 1)
+    env.commit(job2, 1, 0, [0, 0], h("merged"))                 # the deadline passed: commits are open
+
+
+def test_a_round_where_everyone_disclosed_early_times_its_commits_from_the_first(env: Env):
+    job = env.create(disclosure_window=DISCLOSE)
+    env.submit_all(job, 1)
+    for w in WORKERS:
+        env.as_(w).disclose(job, 1)
+    rc = env.commit(job, 1, 0, [0, 0, 0], h("merged"))
+    (ev,) = env.events(rc, "ProposalCommitted")
+    assert ev["commitDeadline"] == env.block_time(rc) + WINDOW
+
+
+def test_a_job_without_disclosures_refuses_them(env: Env):
+    job = env.create()
+    env.submit_all(job, 1)
+    with reverted("NothingToDisclose"):
+        env.as_(WORKERS[0]).disclose(job, 1)
+    env.commit(job, 1, 0, [0, 0, 0], h("merged"))               # commits open at the close, as before
