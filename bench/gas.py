@@ -3,7 +3,8 @@
 Starts its own anvil (ledger.anvil, a temporary data directory, any free port),
 deploys the committed artifact, and for 4, 16 and 64 workers runs a job through
 two finalized rounds (every worker submits; each of the 3 aggregators commits, then
-one reveal that does not finalize and one that does), a round skipped by closeRound
+one reveal that does not finalize and one that does; every worker discloses first,
+the job having a disclosure window), a round skipped by closeRound
 after its deadline with too few submissions, and a last round whose three reveals
 disagree, skipped by closeRound for want of a quorum. Workers and aggregators are
 deterministic keys (keccak of a label) funded with anvil_setBalance. Prints a table,
@@ -71,7 +72,7 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
         genesis_digest=sha(f"genesis {n_workers}"), genesis_cid=sha("genesis cid"), genesis_size=3_412_345,
         workers=[w.address for w in workers], aggregators=[a.address for a in aggs], quorum=quorum,
         round_duration=duration, num_rounds=4, min_submissions=max(1, n_workers // 2), cid_version=0,
-        proposal_window=600,
+        proposal_window=600, disclosure_window=120,
     )
     t0 = time.perf_counter()
     rc = chain.transact(ledger.contract.functions.createJob(params.to_abi()), context="create job")
@@ -84,6 +85,7 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
     commit: list[int] = []
     reveal: list[int] = []
     finalize: list[int] = []
+    disclose: list[int] = []
 
     def submit_all(r: int, parent: bytes) -> None:
         for i, w in enumerate(workers):
@@ -92,6 +94,9 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
                 3_412_345 + i, 1_600 + i,
             )
             submit.append(rc["gasUsed"])
+        # the round closed early: every worker discloses what the draw asked (so commits open)
+        for w in workers:
+            disclose.append(ledger.with_account(w).disclose(job, r)["gasUsed"])
 
     def commit_reveal(r: int, merges: list[bytes], reveals: int) -> list[int]:
         """Every aggregator commits (so reveals open at once), the first ``reveals`` reveal."""
@@ -152,6 +157,8 @@ def measure(chain: Chain, ledger: TrainingLedger, n_workers: int, n_aggs: int = 
         "per_aggregator_finalizing": c + f,
         "closeRound": close_gas,
         "closeRound_no_quorum": no_quorum_gas,
+        "disclose_first": disclose[0],
+        "disclose": int(statistics.median(disclose)),
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -163,6 +170,7 @@ def render(rows: list[dict], versions: str) -> str:
         ("submit_first", "submit first"),
         ("submit_median", "submit median"),
         ("submit_max", "submit max"),
+        ("disclose", "disclose median"),
         ("commit_first", "commit (first)"),
         ("commit", "commit"),
         ("reveal", "reveal"),

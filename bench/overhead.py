@@ -144,7 +144,7 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
         config=cfg, job_id=job.job_id, round=r, parent_digest=rd.parent, parent_params=parent_params,
         validation=ctx.validation, shard_of=lambda w: ctx.shard(shard_index[w.lower()]),
         fetch_object=lambda cid, d: ctx.store.get(cid, d, max_size=cap),
-        replay_seed=replay_seed(ledger, subs), replay_mode="policy",
+        replay_seed=replay_seed(ledger, job.job_id, r, subs), replay_mode="policy",
     )
     _, t_val = timed(lambda: (rctx.parent_loss(), [rctx.val_loss(t) for t in tensors]))
     out.append(("validation loss (parent + each contribution)", t_val, n + 1,

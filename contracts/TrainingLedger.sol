@@ -29,15 +29,17 @@ pragma solidity 0.8.28;
 /// Disclosure (jobs with `disclosureWindow` > 0): once the round is closed, each worker
 /// that submitted stores what the verifiers' draw asks of it (the snapshots of its drawn
 /// transcript segments, the windows of private data) and calls `disclose`, until the
-/// round's deadline + `disclosureWindow`. Commits open once every submitter disclosed or
-/// that deadline passed, and the commit phase is timed from there: whether a worker
-/// disclosed in time is read from the chain, alike by every aggregator and the auditor.
+/// round's close (its last submission, or its deadline) + `disclosureWindow`. Commits
+/// open once every submitter disclosed or that deadline passed, and the commit phase is
+/// timed from there: whether a worker disclosed in time is read from the chain, alike by
+/// every aggregator and the auditor.
 ///
 /// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
 /// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
-///   round number, deadline, submission count, status and a bitmap of who submitted
-///   (so at most 128 workers a job). It is overwritten from round to round, so a
-///   submission only rewrites existing slots; a wrong parent finds an empty slot.
+///   round number, deadline, submission count, status, a bitmap of who submitted (so at
+///   most 128 workers a job), the job's worker count and, once the last worker submitted,
+///   how long before the deadline the round closed. It is overwritten from round to
+///   round, so a submission only rewrites existing slots; a wrong parent finds an empty slot.
 /// - the running commitment over the round's submissions is one slot per job, seeded
 ///   non-zero (keccak256(abi.encode(jobId, round))) when the round opens.
 /// - a worker's index is one mapping slot; CIDs, sizes and sample counts live only in
@@ -177,6 +179,7 @@ contract TrainingLedger {
         uint128 submitted; // bitmap of worker indexes that submitted
         uint64 commitDeadline;
         uint16 disclosed;  // submitters that disclosed
+        uint32 closedEarlyBy; // seconds before the deadline that the last worker submitted (0: closed by the deadline)
     }
 
     /// @dev The packed live state of a round (a struct so one storage pointer serves read and write).
@@ -222,11 +225,14 @@ contract TrainingLedger {
     /// @notice Most aggregators a job can have.
     uint256 public constant MAX_AGGREGATORS = 255;
 
-    // Live round slot: | bitmap (128) @88 | status (8) @80 | count (8) @72 | deadline (40) @32 | round (32) @0 |
+    // Live round slot: | closed early by (32) @224 | workers (8) @216 | bitmap (128) @88 | status (8) @80 |
+    //                  count (8) @72 | deadline (40) @32 | round (32) @0 |
     uint256 private constant DEADLINE_SHIFT = 32;
     uint256 private constant COUNT_SHIFT = 72;
     uint256 private constant STATUS_SHIFT = 80;
     uint256 private constant BITMAP_SHIFT = 88;
+    uint256 private constant WORKERS_SHIFT = 216;
+    uint256 private constant EARLY_SHIFT = 224;
     uint256 private constant COUNT_ONE = 1 << COUNT_SHIFT;
     uint256 private constant LIVE_OPEN = 1 << STATUS_SHIFT;
     uint256 private constant STATUS_MASK = 0xff << STATUS_SHIFT;
@@ -484,9 +490,14 @@ contract TrainingLedger {
         ) {
             _rejectSubmission(jobId, round, parentDigest, index);
         }
-        // effects: count + 1 and the worker's bit (the count never exceeds 128 < 256)
+        // effects: count + 1 and the worker's bit (the count never exceeds 128 < 256); the
+        // last worker also records how early the round closed (its timestamp <= deadline)
         unchecked {
-            slot.packed = live + COUNT_ONE + bit;
+            uint256 next = live + COUNT_ONE + bit;
+            if ((next >> COUNT_SHIFT) & 0xff == (live >> WORKERS_SHIFT) & 0xff) {
+                next |= (uint256(uint40(live >> DEADLINE_SHIFT)) - block.timestamp) << EARLY_SHIFT;
+            }
+            slot.packed = next;
         }
         Commitment storage c = _commitment[jobId];
         c.value = keccak256(abi.encodePacked(c.value, msg.sender, digest, cid, size, numSamples));
@@ -514,7 +525,7 @@ contract TrainingLedger {
         if (_commits[jobId][round][msg.sender] != 0) revert AlreadyCommitted(jobId, round, msg.sender);
         Phase memory ph = _phaseOf(jobId, round);
         // the proposal phase starts after the disclosures (at the round's deadline without them)
-        uint64 proposalStart = uint64(uint40(live >> DEADLINE_SHIFT)) + j.disclosureWindow;
+        uint64 proposalStart = _proposalStart(live, j.disclosureWindow);
         if (j.disclosureWindow != 0 && block.timestamp <= proposalStart && !_allDisclosed(jobId, round, live)) {
             revert DisclosuresPending(jobId, round, proposalStart);
         }
@@ -581,7 +592,7 @@ contract TrainingLedger {
         uint256 live = _live[jobId][j.parentDigest].packed;
         _requireClosed(jobId, round, live, j.numWorkers);
         if ((live >> (BITMAP_SHIFT + index - 1)) & 1 == 0) revert NotSubmitted(jobId, round, msg.sender);
-        uint64 deadline = uint64(uint40(live >> DEADLINE_SHIFT)) + j.disclosureWindow;
+        uint64 deadline = _proposalStart(live, j.disclosureWindow);
         if (block.timestamp > deadline) revert DisclosureClosed(jobId, round, deadline);
         Disclosures memory d = _disclosuresOf(jobId, round);
         uint128 bit = uint128(1) << (index - 1);
@@ -607,7 +618,7 @@ contract TrainingLedger {
         uint256 count = (live >> COUNT_SHIFT) & 0xff;
         SkipReason reason;
         Phase memory ph = _phaseOf(jobId, round);
-        uint64 commitDeadline = _commitDeadline(ph, deadline + j.disclosureWindow, j.proposalWindow);
+        uint64 commitDeadline = _commitDeadline(ph, _proposalStart(live, j.disclosureWindow), j.proposalWindow);
         if (count < j.minSubmissions) {
             if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
             reason = SkipReason.TooFewSubmissions;
@@ -707,7 +718,7 @@ contract TrainingLedger {
             v.revealDeadline = rec.commitDeadline + j.proposalWindow;
             v.skipReason = SkipReason(rec.skipReason);
             v.disclosed = rec.disclosed;
-            if (j.disclosureWindow != 0) v.disclosureDeadline = rec.deadline + j.disclosureWindow;
+            if (j.disclosureWindow != 0) v.disclosureDeadline = rec.deadline - rec.closedEarlyBy + j.disclosureWindow;
         } else if (round == j.currentRound && !j.completed) {
             uint256 live = _live[jobId][j.parentDigest].packed;
             Phase memory ph = _phaseOf(jobId, round);
@@ -718,10 +729,10 @@ contract TrainingLedger {
             v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
             v.proposals = ph.reveals;
             v.commits = ph.commits;
-            v.commitDeadline = _commitDeadline(ph, v.deadline + j.disclosureWindow, j.proposalWindow);
+            v.commitDeadline = _commitDeadline(ph, _proposalStart(live, j.disclosureWindow), j.proposalWindow);
             v.revealDeadline = v.commitDeadline + j.proposalWindow;
             v.disclosed = _disclosuresOf(jobId, round).count;
-            if (j.disclosureWindow != 0) v.disclosureDeadline = v.deadline + j.disclosureWindow;
+            if (j.disclosureWindow != 0) v.disclosureDeadline = _proposalStart(live, j.disclosureWindow);
         }
     }
 
@@ -899,6 +910,15 @@ contract TrainingLedger {
         if (ph.round != round) ph = Phase({round: round, commitDeadline: 0, commits: 0, reveals: 0});
     }
 
+    /// @dev When the proposal phase starts: the round's deadline in a job without
+    /// disclosures (commits still open at an early close: see commitProposal), else the
+    /// round's close (its last submission, or its deadline) + the disclosure window.
+    function _proposalStart(uint256 live, uint32 disclosureWindow) private pure returns (uint64) {
+        uint64 deadline = uint40(live >> DEADLINE_SHIFT);
+        if (disclosureWindow == 0) return deadline;
+        return deadline - uint32(live >> EARLY_SHIFT) + disclosureWindow;
+    }
+
     /// @dev The job's disclosures for `round`: empty when the stored ones are an earlier round's.
     function _disclosuresOf(uint256 jobId, uint32 round) private view returns (Disclosures memory d) {
         d = _disclosures[jobId];
@@ -965,6 +985,7 @@ contract TrainingLedger {
         rec.proposals = ph.reveals;
         rec.commits = ph.commits;
         rec.commitDeadline = commitDeadline;
+        rec.closedEarlyBy = uint32(live >> EARLY_SHIFT);
     }
 
     /// @dev After round `round` closed: complete the job or open the next round on the job's parent.
@@ -980,7 +1001,8 @@ contract TrainingLedger {
 
     function _openRound(uint256 jobId, uint32 round, bytes32 parent, uint32 duration) private {
         uint256 deadline = block.timestamp + duration;
-        _live[jobId][parent].packed = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN;
+        uint256 workers = _jobs[jobId].numWorkers;
+        _live[jobId][parent].packed = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN | (workers << WORKERS_SHIFT);
         _commitment[jobId].value = keccak256(abi.encode(jobId, round));
         emit RoundOpened(jobId, round, parent, uint64(deadline));
     }

@@ -581,6 +581,37 @@ class Chain:
         except Exception as e:
             raise self._translate(e, f"block {number}") from None
 
+    def first_block_after(self, ts: int, lo: int = 0) -> int | None:
+        """The first block (from ``lo`` on) whose timestamp is past unix time ``ts``, or
+        None while the head's is not: where a round closed by its deadline closed.
+        Block timestamps never decrease, so a binary search (log2(head - lo) reads)."""
+        head = self.block_number()
+        if self.block_timestamp(head) <= ts:
+            return None
+        lo = max(0, int(lo))
+        hi = head
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.block_timestamp(mid) > ts:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def nudge(self) -> bool:
+        """On a local dev node (anvil, Hardhat) that mines only when a transaction comes,
+        mine an empty block, so something waiting for a later block (a round's draw) is not
+        waiting for someone else's transaction; elsewhere nothing. True if a block was mined."""
+        from .keys import dev_node_kind
+
+        if dev_node_kind(self.w3) is None:
+            return False
+        try:
+            self.w3.provider.make_request("evm_mine", [])
+        except Exception:  # noqa: BLE001 - a hint only
+            return False
+        return True
+
     def get_logs(
         self,
         event,

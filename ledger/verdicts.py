@@ -26,7 +26,7 @@ class Verdict(IntEnum):
     SAMPLE_COUNT = 11    # declared sample count (the FedAvg weight) is not what the job's training uses
     TRANSCRIPT = 12      # no or a malformed training transcript, or a snapshot that breaks the chain of
                          # states (not its committed digest, another contribution's, wrong shape)
-    TRANSCRIPT_UNAVAILABLE = 13  # a drawn segment's snapshot could not be fetched from storage
+    TRANSCRIPT_UNAVAILABLE = 13  # a drawn snapshot (or a disclosed window bundle) could not be fetched from storage
     WINDOWS_UNREVEALED = 14      # private data: a drawn segment's window bundle was not revealed in time
     WINDOWS_PROOF = 15           # private data: a revealed window bundle is not the committed one, or its
                                  # chunks are not the segment's or fail their Merkle proof against the root

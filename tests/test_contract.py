@@ -1031,7 +1031,12 @@ def test_disclosure_gates_the_commits_and_is_judged_by_the_chain(env: Env):
 
 def test_a_round_where_everyone_disclosed_early_times_its_commits_from_the_first(env: Env):
     job = env.create(disclosure_window=DISCLOSE)
-    env.submit_all(job, 1)
+    env.submit(job, 1, 0)
+    env.submit(job, 1, 1)
+    last = env.submit(job, 1, 2)
+    # the disclosure window runs from the round's close (the last submission), not its deadline
+    r = env.ledger.round(job, 1)
+    assert r.disclosure_deadline == env.block_time(last) + DISCLOSE < r.deadline
     for w in WORKERS:
         env.as_(w).disclose(job, 1)
     rc = env.commit(job, 1, 0, [0, 0, 0], h("merged"))

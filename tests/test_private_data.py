@@ -67,7 +67,7 @@ def _revealed_chunks(env, job: int, worker: str, length: int) -> set[int]:
         if not any(s.worker.lower() == worker.lower() for s in subs):
             continue
         seed = train.derive_seed(cfg.seed, job, r, worker)
-        for seg in tx.draw_segments(replay_seed(env.ledger, subs), job, r, worker, len(bounds), cfg.policy.replay_segments):
+        for seg in tx.draw_segments(replay_seed(env.ledger, job, r, subs), job, r, worker, len(bounds), cfg.policy.replay_segments):
             a, b = bounds[seg]
             out.update(privdata.segment_chunks(seed, a, b, length, cfg.model.block_size, cfg.train.batch_size))
     return out

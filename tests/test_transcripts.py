@@ -63,7 +63,7 @@ def test_only_drawn_snapshots_are_stored_and_still_audited_after_the_workers_lef
     inner = tx.inner_boundaries(cfg.train.steps, cfg.policy.segment_steps)
     for r in (1, 2):
         subs = env.ledger.submissions(job, r)
-        seed = replay_seed(env.ledger, subs)
+        seed = replay_seed(env.ledger, job, r, subs)
         for s in subs:
             if s.worker.lower() == address(withhold).lower():
                 continue

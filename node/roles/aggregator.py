@@ -24,19 +24,20 @@ from pathlib import Path
 from ledger import atomic
 from ledger.chain import tx_hash_of
 from ledger.digest import short, to_hex
-from ledger.errors import ContractReverted, LedgerError, StorageError, TransactionFailed
+from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
+from ledger.procs import hold_lock
 from ledger.verdicts import Verdict, describe
 
 from node.training import transcript
 from node.roles.faults import crash_point
-from node.verification.rounds import drawn_artifacts, judge_round, replay_seed
+from node.verification.rounds import DrawNotReady, disclosed_workers, drawn_artifacts, judge_round, replay_seed
 from node.context import JobContext
 
 log = logging.getLogger("ledger.aggregator")
 
 # Errors that mean "our clock ran ahead of the chain's, or a peer's transaction is not
 # mined yet": the next poll tries again.
-_RETRY = ("RoundNotClosed", "CommitPhaseOpen", "ProposalWindowOpen")
+_RETRY = ("RoundNotClosed", "CommitPhaseOpen", "ProposalWindowOpen", "DisclosuresPending")
 # Errors that mean the round moved on without us.
 _MOVED_ON = ("RoundAlreadyFinalized", "WrongRound", "JobFinished", "CommitmentMismatch", "VerdictCountMismatch")
 
@@ -56,7 +57,7 @@ class Aggregator:
         self.address = address
         if address.lower() not in [a.lower() for a in ctx.info.aggregators]:
             raise LedgerError(f"{address} is not an aggregator of job {ctx.job_id}; its aggregators are {', '.join(ctx.info.aggregators)}")
-        self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
+        self.dir = ctx.state_dir(state_dir, address)
         self.opt = options or AggregatorOptions()
         self._said = None
         self._manifests: dict = {}  # checkpoint digest -> transcript manifest, for the reveal wait
@@ -68,8 +69,13 @@ class Aggregator:
             self._said = key
 
     def run(self) -> int:
-        """Judge every round until the job completes, riding out chain outages."""
-        return self.ctx.ride_out(self._loop, log)
+        """Judge every round until the job completes, riding out chain outages and outages
+        of its own storage (never judged against the workers: see ``JobContext.ride_out``).
+        One process per aggregator and job: a second one is refused (``AlreadyRunning``)."""
+        ctx = self.ctx
+        self._lock = hold_lock(self.dir / "lock", f"aggregator {self.address} on job {ctx.job_id} of contract "
+                                                  f"{ctx.ledger.address} (chain {ctx.ledger.chain_id})")
+        return ctx.ride_out(self._loop, log)
 
     def _loop(self) -> int:
         ctx, proposed = self.ctx, 0
@@ -130,22 +136,44 @@ class Aggregator:
                 ctx.wait(self.opt.poll, until=rd.reveal_deadline + 1)
 
     def _reveals_in(self, r: int, rd) -> bool:
-        """True once everything the draw asks the workers to reveal (drawn snapshots, and
-        for private data drawn window bundles) is in storage, or the reveal window
-        (``policy.reveal_window`` seconds after the round closed, by chain time) has
-        passed; until then, sleep a poll and say False."""
+        """True once the round can be judged: its draw is seeded (the block ``DRAW_DELAY``
+        after the close is mined) and, in a job with a disclosure phase, every submitter
+        disclosed on chain or the disclosure deadline passed by the chain's clock (so every
+        aggregator judges "revealed in time" from the same record); then, for a while, the
+        disclosed artifacts are given time to reach this node's storage (a local wait: it
+        decides nothing against anyone). Until then, wait and say False."""
         ctx = self.ctx
         if not (ctx.config.data.private or ctx.config.policy.reveals):
             return True
         subs = ctx.ledger.submissions(ctx.job_id, r)
         if not subs:
             return True
-        closed_at = (ctx.ledger.chain.block_timestamp(subs[-1].block) if len(subs) >= len(ctx.info.workers)
-                     else rd.deadline)
-        until = closed_at + int(ctx.config.policy.reveal_window)
+        chain = ctx.ledger.chain
+        try:
+            replay_seed(ctx.ledger, ctx.job_id, r, subs)
+        except DrawNotReady as e:
+            self._say((r, "draw"), "round %d: closed; %s", r, e)
+            chain.nudge()
+            ctx.wait(self.opt.poll, until=time.time())
+            return False
+        if int(getattr(ctx.info, "disclosure_window", 0) or 0):
+            now = chain.block_timestamp(chain.block_number())
+            if rd.disclosed < rd.submissions and now <= rd.disclosure_deadline:
+                self._say((r, "disclose"), "round %d: %d of %d submitter(s) disclosed; waiting for the rest until "
+                          "the disclosure deadline %s", r, rd.disclosed, rd.submissions, _when(rd.disclosure_deadline))
+                ctx.wait(self.opt.poll, until=rd.disclosure_deadline + 1)
+                return False
+            disclosed = disclosed_workers(ctx, r) or frozenset()
+            # leave half the commit phase to judge and commit
+            until = rd.commit_deadline - ctx.info.proposal_window // 2
+        else:
+            disclosed = None
+            closed_at = chain.block_timestamp(subs[-1].block) if len(subs) >= len(ctx.info.workers) else rd.deadline
+            until = closed_at + int(ctx.config.policy.reveal_window)
         if time.time() > until:
             return True
-        missing = [(w, what) for w, what, cid in drawn_artifacts(ctx, r, subs, self._manifests) if not ctx.store.has(cid)]
+        missing = [(w, what) for w, what, cid in drawn_artifacts(ctx, r, subs, self._manifests)
+                   if (disclosed is None or w in disclosed) and not ctx.store.reachable(cid)]
         if not missing:
             return True
         self._say((r, "reveal"), "round %d: waiting until %s for %d drawn artifact(s) to be revealed (%s)", r,
@@ -172,10 +200,20 @@ class Aggregator:
             log.info("round %d: the submission events do not match the round's commitment (the chain moved or "
                      "rolled back); re-reading", r)
             return None
-        seed = to_hex(replay_seed(ctx.ledger, subs))
+        try:
+            seed = to_hex(replay_seed(ctx.ledger, ctx.job_id, r, subs))
+        except DrawNotReady as e:
+            self._say((r, "draw"), "round %d: closed; %s", r, e)
+            ctx.ledger.chain.nudge()
+            time.sleep(min(self.opt.poll, 1.0))
+            return None
         if (state.get("commitment") == to_hex(rd.commitment) and state.get("seed") == seed
                 and "verdicts" in state and "salt" in state):
-            return state
+            if self._served(rd, state):
+                return state
+            # Not committed yet (only _commit judges): judge again and store the merge again.
+            log.warning("round %d: this aggregator's store no longer serves its merge %s; judging the round again",
+                        r, state["merged_cid"])
         t0 = time.perf_counter()
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
                           threads=self.opt.threads)
@@ -205,6 +243,28 @@ class Aggregator:
         atomic.write_json(state_file, state, mode=0o600)
         crash_point("aggregator:after-publish")
         return state
+
+    def _served(self, rd, state: dict) -> bool:
+        """Whether this aggregator's store serves the merge it proposes (a proposal that
+        keeps the parent names the parent, which is not ours to serve)."""
+        return state["merged_digest"] == to_hex(rd.parent) or self.ctx.store.has(state["merged_cid"])
+
+    def _merge_again(self, r: int, rd, state: dict) -> bool:
+        """We committed to a merge our store has lost since: judge the round again (the same
+        inputs give the same bytes) and put the merge back before revealing it."""
+        ctx = self.ctx
+        log.warning("round %d: this aggregator's store no longer serves its merge %s; merging again before the reveal",
+                    r, state["merged_cid"])
+        subs = ctx.ledger.submissions(ctx.job_id, r)
+        out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
+                          threads=self.opt.threads)
+        m = out.merged
+        if m.merged_bytes is None or to_hex(m.digest) != state["merged_digest"] or out.verdicts != state["verdicts"]:
+            log.error("round %d: judged again, the round gives another outcome than the one committed to: not revealed", r)
+            return False
+        obj = ctx.store.put(m.merged_bytes)
+        ctx.store.pin(obj.cid)
+        return obj.cid == state["merged_cid"]
 
     def _outcome(self, state: dict) -> bytes:
         return self.ctx.ledger.outcome_of(bytes.fromhex(state["merged_digest"][2:]), state["merged_cid"],
@@ -239,6 +299,8 @@ class Aggregator:
             self._say((r, "mismatch"), "round %d: our state file %s does not match our commit on chain: cannot "
                       "reveal", r, self._state_file(r))
             return False
+        if not self._served(rd, state) and not self._merge_again(r, rd, state):
+            return False
         digest = bytes.fromhex(state["merged_digest"][2:])
         try:
             receipt = ctx.ledger.reveal_proposal(ctx.job_id, r, rd.commitment, state["verdicts"], digest,
@@ -272,9 +334,10 @@ class Aggregator:
 
 
     def _pin_verified(self, subs, reports) -> None:
-        """Keep what this aggregator fetched and judged retrievable, so an accepted
-        contribution and the transcript snapshots it replayed stay available to auditors
-        after their worker unpins them (the merge is pinned too)."""
+        """Keep, on this aggregator's own store, what it fetched and judged retrievable, so
+        a contribution and the transcript snapshots and window bundles it replayed stay
+        available to auditors after their worker unpins them or its IPFS node is gone
+        (the merge is pinned too). A pin of something the store lacks fetches it first."""
         ctx, cap = self.ctx, self.ctx.config.policy.max_checkpoint_bytes
         for s, rep in zip(subs, reports):
             if rep.verdict in (Verdict.UNAVAILABLE, Verdict.INTEGRITY) or s.size > cap:
@@ -285,13 +348,16 @@ class Aggregator:
                                                     segment_steps=ctx.config.policy.segment_steps,
                                                     max_size=transcript.snapshot_cap(ctx.config.policy),
                                                     private=ctx.config.data.private)
-                cids += [manifest.snapshots[i - 1].cid for i in _touched(rep.metrics.get("replay_segments", []),
-                                                                         len(manifest.snapshots))]
+                replayed = rep.metrics.get("replay_segments", [])
+                cids += [manifest.snapshots[i - 1].cid for i in _touched(replayed, len(manifest.snapshots))]
+                cids += [manifest.windows[i].cid for i in replayed if i < len(manifest.windows or ())]
             except transcript.TranscriptError:
                 pass
             for cid in cids:
                 try:
                     ctx.store.pin(cid)
+                except StorageUnreachable:
+                    raise       # before the outcome is written: judged again once the store answers
                 except StorageError as e:
                     log.warning("could not pin %s of %s's contribution: %s", cid, s.worker, e)
 

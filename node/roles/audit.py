@@ -6,6 +6,18 @@ events and views (``ledger.history``); every artifact comes from storage and is
 checked against its on-chain digest. It then re-runs the very verification and merge
 code the aggregators ran (``node.verification.rounds``) and reports each discrepancy with its location.
 
+Every artifact the record commits to and the job's policy puts in storage is fetched
+and hashed, whatever the audit replays: each contribution, each finalized merge, and the
+transcript snapshots and window bundles that were published (every snapshot under
+``publish_snapshots`` "all", the drawn ones under "drawn"). One rule for all of them:
+bytes that do not hash to their digest are a discrepancy (AUDIT FAILED); an object
+storage does not have is "unavailable now" (AUDIT INCOMPLETE) when the record rests on it
+(an accepted contribution, its transcript, a merge), a note otherwise; and the audit goes
+on past either. A round whose parent is unavailable is still hashed, and the next rounds
+checked from the chain's digests (a merge the audit recomputed to its on-chain digest
+stands in for a stored copy that is gone). Its own storage not answering
+(``StorageUnreachable``) stops the audit: an environment error (exit 2), not a finding.
+
 A round skipped for want of a quorum is not a failure of the record: the audit checks
 that no outcome did reach the quorum and that the skip came after the proposal window
 (or once every commit was revealed), and still judges the round itself, so the report
@@ -16,14 +28,16 @@ from __future__ import annotations
 
 import time
 
-from ledger.digest import to_hex
-from ledger.errors import LedgerError, StorageError
+from ledger import checkpoint
+from ledger.digest import sha256_bytes, to_hex
+from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnreachable
 from ledger.history import load_history
 from ledger.verdicts import Verdict, describe
 
 from node.training import train as trainmod
+from node.training import transcript as tx
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
-from node.verification.rounds import merge_accepted, verify_submissions
+from node.verification.rounds import drawn_artifacts, merge_accepted, verify_submissions
 from node.context import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
@@ -41,6 +55,35 @@ def _hex(b) -> str:
     return to_hex(bytes(b)) if b is not None else "-"
 
 
+class _AuditStore:
+    """The auditor's store: remembers which (CID, digest) it fetched and hashed, so each
+    artifact is read once, and serves a merge the audit recomputed to its on-chain digest
+    where storage no longer has it (the next round is then checked all the same; the
+    missing copy is still reported)."""
+
+    def __init__(self, store):
+        self._store = store
+        self.verified: set[tuple[str, bytes]] = set()
+        self._stand_ins: dict[str, bytes] = {}
+
+    def get(self, cid, expected_digest, max_size=None):
+        try:
+            data = self._store.get(cid, expected_digest, max_size=max_size)
+        except NotFoundError:
+            data = self._stand_ins.get(cid)
+            if data is None or sha256_bytes(data) != bytes(expected_digest):
+                raise
+            return data
+        self.verified.add((cid, bytes(expected_digest)))
+        return data
+
+    def stand_in(self, cid: str, data: bytes) -> None:
+        self._stand_ins = {cid: data}      # the latest merge only: the next round's parent
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None, evaluate_merged: bool = True,
               threads: int | None = None) -> AuditReport:
     """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
@@ -55,23 +98,35 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         job_id=job_id, contract=ledger.address, chain_id=ledger.chain_id,
         config_digest=_hex(info.config_digest), genesis_digest=_hex(info.genesis_digest),
         merge_rule="?", quorum=info.quorum, workers=list(info.workers), aggregators=list(info.aggregators),
-        completed=info.completed, replay=replay,
+        completed=info.completed, replay=replay, current_round=info.current_round, num_rounds=info.num_rounds,
     )
     found = report.discrepancies
+    store = _AuditStore(store)
     try:
         ctx = JobContext.load(ledger, store, job_id)
+    except StorageUnreachable:
+        raise
+    except NotFoundError as e:
+        report.unavailable.append(Discrepancy(0, "", "config", f"config {info.config_cid} retrievable", "unavailable now",
+                                              f"nothing can be re-checked without it ({e})"))
+        return _done(report, t0)
     except (LedgerError, ValueError) as e:
-        found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "unavailable or invalid", str(e)))
+        found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "invalid", str(e)))
         return _done(report, t0)
     report.merge_rule = ctx.config.policy.merge_rule
     if replay == "all" and ctx.config.data.private:
         report.replay = PRIVATE_ALL
+    report.bytes_verified += info.config_size
     try:
         ctx.load_checkpoint(ctx.genesis)
-        report.bytes_verified += ctx.genesis.size + info.config_size
+        report.bytes_verified += ctx.genesis.size
+    except StorageUnreachable:
+        raise
+    except NotFoundError as e:
+        report.unavailable.append(Discrepancy(0, "", "genesis", f"genesis {ctx.genesis.cid} retrievable", "unavailable now",
+                                              f"round 1 cannot be re-verified until it is republished ({e})"))
     except (LedgerError, ValueError) as e:
-        found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "unavailable or invalid", str(e)))
-        return _done(report, t0)
+        found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "invalid", str(e)))
 
     history = load_history(ledger, job_id)
     mode = {"none": "none", "sample": "policy", "all": "all"}[replay]
@@ -93,11 +148,12 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     if progress:
         progress(len(history.rounds), len(history.rounds), "done")
     if info.completed:
-        report.final_digest = _hex(info.current_parent)
+        report.final_digest = report.latest_digest = _hex(info.current_parent)
         if info.current_parent != expected_parent:
             found.append(Discrepancy(0, "", "lineage", f"final model {_hex(expected_parent)} (last round's merge)", _hex(info.current_parent)))
     else:
-        report.final_digest = _hex(expected_parent)
+        # unfinished: no final model yet; the latest one the audited rounds lead to
+        report.latest_digest = _hex(expected_parent)
     return _done(report, t0)
 
 
@@ -117,16 +173,17 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
     if commitment != i.commitment:
         found.append(Discrepancy(r, "", "commitment", _hex(i.commitment), _hex(commitment), "submission events do not match the on-chain commitment"))
     _check_commit_reveal(ctx, rh, found)
+    quorum = rh.quorum_proposals()
+    onchain = quorum[0].verdicts if quorum else None
     if i.status == "skipped":
         _check_skip(ctx, rh, found)
         if i.skip_reason != "no-quorum" or not rh.proposals:
+            _hash_only(ctx, rh, onchain, found, report)   # nothing rests on them: stored bytes still checked
             ra.ok = len(found) == before
             return ra
     if not rh.submissions:
         ra.ok = len(found) == before
         return ra
-    quorum = rh.quorum_proposals()
-    onchain = quorum[0].verdicts if quorum else None
     # Availability is a local observation: re-verify as the quorum saw the round, its
     # UNAVAILABLE contributions left out (the round-relative checks, the median norm bound
     # and the duplicate check, then see the same set), and report separately whether
@@ -134,8 +191,28 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
     withheld = {n for n, x in enumerate(onchain or ()) if x == Verdict.UNAVAILABLE}
     try:
         v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode, threads=threads, withheld=withheld)
+    except StorageUnreachable:
+        raise
+    except NotFoundError as e:
+        # The parent is gone from storage (its round reported the merge): nothing is shown
+        # wrong, but this round cannot be re-verified. Its stored bytes are still checked,
+        # and the next round goes on from the chain's digests.
+        report.unavailable.append(Discrepancy(
+            r, "", "parent", f"parent model {_hex(i.parent)} retrievable", "unavailable now",
+            f"round {r}'s verdicts and merge cannot be re-checked until it is republished ({e})"))
+        _hash_only(ctx, rh, onchain, found, report)
+        if i.status == "finalized" and i.merged_digest != i.parent:
+            _check_merge_artifact(ctx, r, i, None, found, report)
+        ra.merged_digest = _hex(i.merged_digest) if i.status == "finalized" else None
+        ra.ok = len(found) == before
+        return ra
     except (LedgerError, ValueError) as e:
-        found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "unavailable or invalid", str(e)))
+        if i.status not in ("finalized", "skipped"):
+            # an unfinished round (its draw not seeded yet, say): nothing of it is on record to check
+            report.notes.append(Discrepancy(r, "", "open", "a round to judge", "not judged yet", str(e)))
+            ra.ok = len(found) == before
+            return ra
+        found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "invalid", str(e)))
         ra.ok = False
         return ra
     ra.parent_val_loss = v.parent_val_loss
@@ -163,8 +240,10 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
             found.append(Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
             continue
-        if chain_v in UNREVEALED and rep.verdict == Verdict.ACCEPTED:
+        if chain_v in UNREVEALED and rep.verdict == Verdict.ACCEPTED and not ctx.info.disclosure_window:
             continue  # revealed after the quorum's reveal window: whether it was late is not on record
+        # with a disclosure phase it is: the audit's own verdict, from the same Disclosed
+        # records, must then equal the quorum's (below)
         if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
             # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
             report.notes.append(Discrepancy(
@@ -175,8 +254,9 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             # Fetched by the quorum, gone now: the record is not shown wrong, but what rests
             # on these bytes cannot be re-checked until someone republishes them.
             if chain_v == Verdict.ACCEPTED:
+                whose = "" if rep.verdict == Verdict.UNAVAILABLE else "the drawn transcript snapshots of "
                 report.unavailable.append(Discrepancy(
-                    r, c.worker, "availability", f"accepted contribution {c.cid} (sha256 {_hex(c.digest)}) retrievable",
+                    r, c.worker, "availability", f"{whose}accepted contribution {c.cid} (sha256 {_hex(c.digest)}) retrievable",
                     "unavailable now", f"the merge of round {r} cannot be recomputed without it; any copy with that sha256 restores it"))
             else:
                 report.notes.append(Discrepancy(
@@ -222,11 +302,8 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         if merged is not None and merged.digest != i.merged_digest:
             found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
         if (merged is None or not merged.keeps_parent) and i.merged_digest != i.parent:
-            try:
-                ctx.load_checkpoint(Located(i.merged_digest, i.merged_cid, i.merged_size))
-                report.bytes_verified += i.merged_size
-            except (StorageError, LedgerError) as e:
-                found.append(Discrepancy(r, "", "merged-artifact", f"stored merge {_hex(i.merged_digest)}", "unavailable or corrupt", str(e)))
+            _check_merge_artifact(ctx, r, i, merged, found, report)
+    _check_published(ctx, r, rh.submissions, [rep.meta for rep in v.reports], onchain, found, report)
     for p in rh.proposals:
         ra.proposals.append(ProposalAudit(
             aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=p.merged_cid,
@@ -236,6 +313,131 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ))
     ra.ok = len(found) == before
     return ra
+
+
+def _check_merge_artifact(ctx: JobContext, r: int, i, merged, found: list, report: AuditReport) -> None:
+    """Fetch and hash round ``r``'s finalized merge. Gone from storage: unavailable now (the
+    next round is then checked from the audit's own merge when that hashes to the on-chain
+    digest); other bytes or not a checkpoint: a discrepancy."""
+    try:
+        ctx.load_checkpoint(Located(i.merged_digest, i.merged_cid, i.merged_size))
+        report.bytes_verified += i.merged_size
+    except StorageUnreachable:
+        raise
+    except NotFoundError as e:
+        recomputed = merged is not None and merged.merged_bytes is not None and merged.digest == i.merged_digest
+        if recomputed:
+            ctx.store.stand_in(i.merged_cid, merged.merged_bytes)
+        report.unavailable.append(Discrepancy(
+            r, "", "merged-artifact", f"finalized merge {i.merged_cid} (sha256 {_hex(i.merged_digest)}) retrievable",
+            "unavailable now",
+            ("recomputed here to its digest, so the next round is still checked; " if recomputed else "")
+            + f"anyone who uses the model needs a copy with that sha256 republished ({e})"))
+    except (LedgerError, ValueError) as e:
+        found.append(Discrepancy(r, "", "merged-artifact", f"stored merge {_hex(i.merged_digest)}", "corrupt", str(e)))
+
+
+def _hash_only(ctx: JobContext, rh, onchain, found: list, report: AuditReport) -> None:
+    """Fetch and hash each contribution of a round that is not re-verified (its parent is
+    unavailable, or it was skipped for too few submissions), and its published artifacts."""
+    cap = ctx.config.policy.max_checkpoint_bytes
+    metas = []
+    for c in rh.submissions:
+        chain_v = onchain[c.index] if onchain else None
+        meta = None
+        if c.size > cap:
+            metas.append(None)
+            continue
+        try:
+            data = ctx.store.get(c.cid, c.digest, max_size=cap)
+            if len(data) != c.size:
+                raise LedgerError(f"{c.cid} is {len(data)} bytes, the chain says {c.size}")
+            report.bytes_verified += c.size
+            try:
+                meta = checkpoint.read_meta(data, max_size=cap)
+            except Exception:  # noqa: BLE001 - hostile bytes: no manifest to follow
+                meta = None
+        except StorageUnreachable:
+            raise
+        except NotFoundError as e:
+            _missing(report, rh.round, c.worker, f"contribution {c.cid}", chain_v, str(e))
+        except (LedgerError, ValueError) as e:
+            if chain_v != Verdict.INTEGRITY:
+                found.append(Discrepancy(rh.round, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}",
+                                         "other bytes", str(e)))
+        metas.append(meta)
+    _check_published(ctx, rh.round, rh.submissions, metas, onchain, found, report)
+
+
+def _missing(report: AuditReport, r: int, worker: str, what: str, chain_v, detail: str) -> None:
+    """An object storage does not have now: unavailable (INCOMPLETE) when the record rests
+    on it (the quorum accepted the contribution), a note otherwise."""
+    if chain_v == Verdict.ACCEPTED:
+        report.unavailable.append(Discrepancy(r, worker, "availability", f"{what} of an accepted contribution retrievable",
+                                              "unavailable now", f"not re-checkable until it is republished ({detail})"))
+    else:
+        why = f"its rejection ({describe(chain_v)}) does not rest on it" if chain_v else "no verdict rests on it"
+        report.notes.append(Discrepancy(r, worker, "availability", f"{what} retrievable", "unavailable now", why))
+
+
+def _check_published(ctx: JobContext, r: int, submissions, metas, onchain, found: list, report: AuditReport) -> None:
+    """Fetch and hash every transcript artifact of round ``r`` that the job's policy put in
+    storage and the verification did not read: each snapshot under ``publish_snapshots``
+    "all", the drawn snapshots under "drawn", and for private data the drawn window
+    bundles. ``metas``: each submission's checkpoint metadata (None where it had none)."""
+    cfg = ctx.config
+    manifests = {}
+    for c, meta in zip(submissions, metas):
+        m = None
+        if meta is not None:
+            try:
+                m = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=cfg.policy.segment_steps,
+                                     max_size=tx.snapshot_cap(cfg.policy), private=cfg.data.private)
+            except tx.TranscriptError:
+                m = None
+        manifests[c.digest] = m
+    todo = []       # (submission, what, ref)
+    if not cfg.policy.reveals:
+        for c in submissions:
+            m = manifests.get(c.digest)
+            todo += [(c, f"snapshot at step {ref.step}", ref) for ref in (m.snapshots if m else ())]
+    if cfg.policy.reveals or cfg.data.private:
+        by_worker = {c.worker.lower(): c for c in submissions}
+        try:
+            drawn = drawn_artifacts(ctx, r, submissions, dict(manifests))
+        except StorageUnreachable:
+            raise
+        except LedgerError as e:        # an unfinished round whose draw is not seeded yet
+            report.notes.append(Discrepancy(r, "", "open", "the round's draw", "not made yet", str(e)))
+            drawn = []
+        for w, what, cid in drawn:
+            m = manifests.get(by_worker[w].digest)
+            ref = next((x for x in (*m.snapshots, *(m.windows or ())) if x.cid == cid), None) if m else None
+            if ref is not None and (cfg.policy.reveals or not what.startswith("snapshot")):
+                todo.append((by_worker[w], what, ref))
+    # a contribution the verification already found fault with is reported once
+    flagged = {(d.round, d.party.lower()) for d in (*found, *report.unavailable)}
+    cap = tx.snapshot_cap(cfg.policy)
+    for c, what, ref in todo:
+        if (r, c.worker.lower()) in flagged:
+            continue
+        chain_v = onchain[c.index] if onchain else None
+        if (ref.cid, bytes(ref.digest)) not in ctx.store.verified:
+            try:
+                data = ctx.store.get(ref.cid, ref.digest, max_size=cap)
+                if len(data) != ref.size:
+                    raise LedgerError(f"{ref.cid} is {len(data)} bytes, the manifest commits to {ref.size}")
+            except StorageUnreachable:
+                raise
+            except NotFoundError as e:
+                _missing(report, r, c.worker, f"published {what} {ref.cid}", chain_v, str(e))
+                continue
+            except (LedgerError, ValueError) as e:
+                if chain_v not in (Verdict.TRANSCRIPT, Verdict.WINDOWS_PROOF):   # else the record says so already
+                    found.append(Discrepancy(r, c.worker, "integrity", f"published {what} {ref.cid} with sha256 "
+                                             f"{_hex(ref.digest)}", "other bytes", str(e)))
+                continue
+        report.bytes_verified += ref.size
 
 
 def _check_commit_reveal(ctx: JobContext, rh, found: list) -> None:
@@ -282,6 +484,8 @@ def _withheld_note(ctx: JobContext, r: int, c, report: AuditReport) -> str:
     try:
         ctx.store.get(c.cid, c.digest, max_size=ctx.config.policy.max_checkpoint_bytes)
         now = "retrievable now"
+    except StorageUnreachable:
+        raise
     except (StorageError, LedgerError):
         now = "still unavailable"
     note = f"the quorum could not fetch it at the time (recorded unavailable); {now}: consistent, not a failure"
@@ -293,6 +497,8 @@ def _val_loss_of(ctx: JobContext, rh) -> float | None:
     i = rh.info
     try:
         params, _ = ctx.load_checkpoint(Located(i.merged_digest, i.merged_cid, i.merged_size))
+    except StorageUnreachable:
+        raise
     except (LedgerError, ValueError):
         return None
     p = ctx.config.policy

@@ -236,6 +236,8 @@ def create_job(
             num_rounds=rounds,
             min_submissions=min_submissions,
             cid_version=config.cid_version,
+            # the chain judges whether a worker revealed what the draw asked in time
+            disclosure_window=int(config.policy.reveal_window) if (config.data.private or config.policy.reveals) else 0,
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)

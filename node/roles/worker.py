@@ -15,16 +15,19 @@ and stores exactly the drawn bundles (the *reveal*), then moves on; the state
 file records the reveal, so a restart reveals what is still due.
 
 Crash-safe by construction: the chain says what was submitted (``hasSubmitted``),
-and local state (``<data>/worker/job-J/<address>/round-R.json`` plus the checkpoint
-and snapshot files) is written atomically after each step, so a restart after
-kill -9 at any point resumes without training twice after a finished checkpoint and
-without ever submitting twice.
+and local state (``<data>/worker/chain-C/<contract>/job-J/<address>/round-R.json``
+plus the checkpoint and snapshot files: keyed by deployment, since job ids restart on
+every one) is written atomically after each step, so a restart after kill -9 at any
+point resumes without training twice after a finished checkpoint and without ever
+submitting twice. Nothing is submitted that the worker's own store does not serve at
+that moment: what it lost is put again from the local files (or trained again).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from ledger.chain import tx_hash_of
 from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
+from ledger.procs import hold_lock
 
 from node.training import privdata
 from node.training import train as trainmod
@@ -58,7 +62,7 @@ class Worker:
         self.ctx = ctx
         self.address = address
         self.index = ctx.worker_index(address)
-        self.dir = Path(state_dir) / f"job-{ctx.job_id}" / address.lower()
+        self.dir = ctx.state_dir(state_dir, address)
         self.opt = options or WorkerOptions()
         self.private = ctx.config.data.private
         # what is stored only once the draw is known: drawn snapshots, drawn window bundles
@@ -87,9 +91,13 @@ class Worker:
 
     # --- main loop -------------------------------------------------------------------
     def run(self) -> int:
-        """Work every round until the job completes, riding out chain outages. Returns the
-        number of rounds submitted (since the last outage)."""
-        return self.ctx.ride_out(self._loop, log)
+        """Work every round until the job completes, riding out chain and storage outages.
+        Returns the number of rounds submitted (since the last outage). One process per
+        worker and job: a second one is refused (``AlreadyRunning``, naming the first's pid)."""
+        ctx = self.ctx
+        self._lock = hold_lock(self.dir / "lock", f"worker {self.address} on job {ctx.job_id} of contract "
+                                                  f"{ctx.ledger.address} (chain {ctx.ledger.chain_id})")
+        return ctx.ride_out(self._loop, log)
 
     def _loop(self) -> int:
         ctx, submitted, announced = self.ctx, 0, None
@@ -105,11 +113,14 @@ class Worker:
             if ctx.ledger.has_submitted(ctx.job_id, r, self.address):
                 self._forget_older(r)
                 if announced != r:
+                    self._keep_served(r)
                     log.info("round %d: submitted; waiting for the round to finalize", r)
                     announced = r
                 # a reveal still due waits for the deadline too (a round can close on it, eventless)
                 due = self.reveals and bool(self._pending_reveals())
-                ctx.wait(self.opt.poll, until=rd.deadline + 1 if due else None)
+                # waiting for the block that seeds the draw: look again at the next block
+                until = time.time() if getattr(self, "_draw_waiting", None) else rd.deadline + 1
+                ctx.wait(self.opt.poll, until=until if due else None)
                 continue
             if ctx.round_closed(rd):
                 if announced != (r, "late"):
@@ -135,6 +146,12 @@ class Worker:
         if state.get("status") in ("trained", "published", "submitted") and not self._local_files_intact(r, state, ckpt_file):
             log.warning("round %d: local checkpoint or snapshots do not match their recorded digests; training again", r)
             state = {}
+        if state.get("status") in ("published", "submitted") and not self._served(state):
+            # Never submit what this party's store cannot serve now (a store wiped or
+            # replaced since): put it again from the local files, checked above.
+            log.warning("round %d: this worker's store no longer serves %s%s; publishing it again from the local files",
+                        r, state.get("cid"), "" if ctx.config.policy.reveals else " or its transcript snapshots")
+            state = {**state, "status": "trained"}
         if state.get("status") not in ("trained", "published", "submitted"):
             data, num_samples, snaps, bundles = self._train(r, parent)
             for (step, blob) in snaps:
@@ -151,7 +168,8 @@ class Worker:
             crash_point("worker:after-train")
         if state["status"] == "trained":
             if not ctx.config.policy.reveals:
-                self._publish_snapshots(r, state)     # every snapshot now; else the drawn ones after the close
+                # every snapshot now; else the drawn ones after the close
+                state["snapshot_cids"] = self._publish_snapshots(r, state)
             obj = ctx.store.put(ckpt_file.read_bytes())
             ctx.store.pin(obj.cid)
             state.update(status="published", cid=obj.cid)
@@ -220,13 +238,50 @@ class Worker:
         files += [(self._bundle_file(r, int(seg)), d) for seg, d in state.get("windows", {}).items()]
         return all(f.exists() and to_hex(sha256_bytes(f.read_bytes())) == d for f, d in files)
 
-    def _publish_snapshots(self, r: int, state: dict) -> None:
+    def _publish_snapshots(self, r: int, state: dict) -> dict:
+        """Store and pin every snapshot; returns their CIDs by step."""
+        cids = {}
         for step, digest in sorted(state.get("snapshots", {}).items(), key=lambda kv: int(kv[0])):
             obj = self.ctx.store.put(self._snap_file(r, int(step)).read_bytes())
             if obj.digest != from_hex(digest):
                 raise LedgerError(f"round {r}: snapshot at step {step} changed on disk since training; "
                                   f"delete {self.dir} to train the round again")
             self.ctx.store.pin(obj.cid)
+            cids[step] = obj.cid
+        return cids
+
+    def _served(self, state: dict) -> bool:
+        """Whether this worker's store serves what the round's state says it published:
+        the checkpoint and, when snapshots go out with it (policy "all"), every snapshot."""
+        store = self.ctx.store
+        if not state.get("cid") or not store.has(state["cid"]):
+            return False
+        if self.ctx.config.policy.reveals:
+            return True
+        cids = state.get("snapshot_cids")
+        if cids is None or set(cids) != set(state.get("snapshots", {})):
+            return False
+        return all(store.has(cid) for cid in cids.values())
+
+    def _keep_served(self, r: int) -> None:
+        """Round ``r`` is submitted: if this worker's store lost what it submitted (a store
+        wiped or replaced since), put it back from the local files while the round is judged."""
+        state_file = self.dir / f"round-{r}.json"
+        state = atomic.read_json(state_file, {}) or {}
+        if state.get("status") not in ("published", "submitted") or self._served(state):
+            return
+        ckpt_file = self.dir / f"round-{r}.safetensors"
+        if not self._local_files_intact(r, state, ckpt_file):
+            log.error("round %d: this worker's store no longer serves its submission %s and the local files are gone "
+                      "or changed: it cannot be republished", r, state.get("cid"))
+            return
+        obj = self.ctx.store.put(ckpt_file.read_bytes())
+        self.ctx.store.pin(obj.cid)
+        if not self.ctx.config.policy.reveals:
+            state["snapshot_cids"] = self._publish_snapshots(r, state)
+        atomic.write_json(state_file, state)
+        log.warning("round %d: this worker's store had lost its submission %s: published it again from the local files",
+                    r, obj.cid)
 
     def _submit(self, r: int, parent: bytes, state: dict) -> bool:
         ctx = self.ctx
@@ -299,12 +354,22 @@ class Worker:
                 self._reveal(r, state, subs)
 
     def _reveal(self, r: int, state: dict, subs) -> None:
-        from node.verification.rounds import replay_seed
+        from node.verification.rounds import DrawNotReady, replay_seed
 
         ctx, cfg = self.ctx, self.ctx.config
         n = len(tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps))
-        drawn = tx.draw_segments(replay_seed(ctx.ledger, subs), ctx.job_id, r, self.address, n,
-                                 cfg.policy.replay_segments)
+        try:
+            seed = replay_seed(ctx.ledger, ctx.job_id, r, subs)
+        except DrawNotReady as e:
+            # the block that seeds the draw comes after the close: wait for it (a dev node
+            # that mines only on transactions gets an empty block)
+            if not getattr(self, "_draw_waiting", None) == r:
+                log.info("round %d: closed; %s", r, e)
+            self._draw_waiting = r
+            ctx.ledger.chain.nudge()
+            return
+        self._draw_waiting = None
+        drawn = tx.draw_segments(seed, ctx.job_id, r, self.address, n, cfg.policy.replay_segments)
         files = []
         for seg in drawn:
             if state.get("windows"):
@@ -324,11 +389,36 @@ class Worker:
                 continue
             ctx.store.pin(obj.cid)
         crash_point("worker:after-reveal")
+        if not self._disclose(r):
+            return
         atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": drawn})
         kinds = " and ".join(k for k, on in (("snapshots", cfg.policy.reveals), ("windows", bool(state.get("windows"))))
                              if on)
         log.info("round %d: revealed the %s of drawn segment(s) %s (%d of %d); the rest stay on this machine",
                  r, kinds, ",".join(map(str, drawn)), len(drawn), n)
+
+    def _disclose(self, r: int) -> bool:
+        """Say on chain that what the draw asked is stored (jobs with a disclosure phase);
+        False if the chain is not ready for it yet (try again later)."""
+        ctx = self.ctx
+        if not int(getattr(ctx.info, "disclosure_window", 0) or 0):
+            return True
+        try:
+            receipt = ctx.ledger.disclose(ctx.job_id, r)
+        except ContractReverted as e:
+            if e.name == "AlreadyDisclosed":
+                return True                     # before a restart
+            if e.name == "RoundNotClosed":
+                return False
+            if e.name == "DisclosureClosed":
+                log.warning("round %d: too late to disclose (the disclosure deadline passed): the verifiers record "
+                            "this contribution's drawn artifacts as unrevealed", r)
+                return True
+            if e.name in ("RoundAlreadyFinalized", "WrongRound", "JobFinished"):
+                return True                     # the round moved on without it
+            raise
+        log.info("round %d: disclosed on chain in tx %s (gas %s)", r, tx_hash_of(receipt), receipt.get("gasUsed"))
+        return True
 
     def _finish_reveals(self) -> None:
         """Stay until every submitted round's draw is revealed (or its round is long gone)."""

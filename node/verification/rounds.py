@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ledger import checkpoint
 from ledger.digest import sha256_bytes
-from ledger.errors import LedgerError, NotFoundError
+from ledger.errors import LedgerError, NotFoundError, StorageUnreachable
 from ledger.verdicts import Verdict
 
 from node.training import transcript as tx
@@ -52,14 +52,51 @@ class RoundOutcome:
         return self.verified.verdicts
 
 
-def replay_seed(ledger, submissions) -> bytes:
-    """The segment lottery and the validation batches are drawn from the hash of the
-    block holding the round's last submission: unknown to every worker while it
-    trains (a worker's own submission cannot change a block mined after it unless it
-    is the last and mines it), the same for every verifier."""
+# The draw is seeded by the hash of the block this many blocks after the one that closed
+# the round: a block nobody has when the last submission is made.
+DRAW_DELAY = 2
+
+
+class DrawNotReady(LedgerError):
+    """The block that seeds a round's draw is not mined yet: wait (``Chain.nudge`` on a dev node)."""
+
+
+def close_block(ledger, job_id: int, r: int, submissions) -> int | None:
+    """The block that closed round ``r``: the last submission's when every worker
+    submitted, else the first block past the round's deadline (None: not mined yet).
+    Read from the chain alone, the same for every party."""
+    workers = len(ledger.job(job_id).workers)
+    if submissions and len(submissions) >= workers:
+        return int(submissions[-1].block)
+    rd = ledger.round(job_id, r)
+    start = int(submissions[-1].block) if submissions else 0
+    return ledger.chain.first_block_after(int(rd.deadline), lo=start)
+
+
+def replay_seed(ledger, job_id: int, r: int, submissions) -> bytes:
+    """The seed of round ``r``'s segment lottery and validation batches: the hash of the
+    block ``DRAW_DELAY`` blocks after the one that closed the round (``close_block``).
+
+    Fixed only once every submission is final, and unknown to everyone when the last
+    one is sent, the last submitter included: the seed block is mined later, on top of
+    it. Whoever produces that block can still bias the draw, by one bit, by withholding
+    it (README, "Trust model"). Raises ``DrawNotReady`` until the block exists."""
     if not submissions:
         return b"\0" * 32
-    return bytes(ledger.block_hash(submissions[-1].block))
+    close = close_block(ledger, job_id, r, submissions)
+    head = ledger.chain.block_number()
+    if close is None or close + DRAW_DELAY > head:
+        where = f"block {close + DRAW_DELAY}" if close is not None else f"{DRAW_DELAY} blocks after the deadline's"
+        raise DrawNotReady(f"job {job_id} round {r}: the draw is seeded by {where}, not mined yet (head {head})")
+    return bytes(ledger.block_hash(close + DRAW_DELAY))
+
+
+def disclosed_workers(ctx: JobContext, r: int) -> frozenset[str] | None:
+    """Lower-case addresses of round ``r``'s workers that disclosed in time (``Disclosed``
+    events; the contract refuses a late one), or None when the job has no disclosures."""
+    if not int(getattr(ctx.info, "disclosure_window", 0) or 0):
+        return None
+    return frozenset(d.worker.lower() for d in ctx.ledger.disclosures(ctx.job_id, r))
 
 
 def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = None) -> list[tuple[str, str, str]]:
@@ -75,7 +112,7 @@ def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = N
     if not (private or snaps):
         return []
     cache = {} if cache is None else cache
-    seed = replay_seed(ctx.ledger, submissions)
+    seed = replay_seed(ctx.ledger, ctx.job_id, r, submissions)
     inner = tx.inner_boundaries(cfg.train.steps, cfg.policy.segment_steps)
     out = []
     for s in submissions:
@@ -85,6 +122,8 @@ def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = N
                 meta = checkpoint.read_meta(raw, max_size=cfg.policy.max_checkpoint_bytes)
                 cache[s.digest] = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=cfg.policy.segment_steps,
                                                    max_size=tx.snapshot_cap(cfg.policy), private=private)
+            except StorageUnreachable:
+                raise   # our own storage is down: nothing is known of this checkpoint yet (ride_out waits)
             except Exception:  # noqa: BLE001 - hostile or missing: the verification decides its verdict
                 cache[s.digest] = None
         m = cache[s.digest]
@@ -129,7 +168,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=tx.snapshot_cap(cfg.policy)),
-        replay_seed=replay_seed(ctx.ledger, submissions),
+        replay_seed=replay_seed(ctx.ledger, ctx.job_id, r, submissions),
+        disclosed=disclosed_workers(ctx, r),
         replay_mode=replay,
         replay_threads=threads,
         stages=stages,

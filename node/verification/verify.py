@@ -39,7 +39,9 @@ verdicts: nothing here depends on time, randomness, dict order or the machine â€
 except the two torch stages (validation loss, replay), whose numbers differ in
 their last bits across CPUs, kernel paths, thread counts and GPUs; the policy's
 margins absorb that (bench/replay_drift.py measures the replay's). Storage
-availability (UNAVAILABLE, TRANSCRIPT_UNAVAILABLE) is by nature a local observation.
+availability (UNAVAILABLE, TRANSCRIPT_UNAVAILABLE) is by nature a local observation,
+made only when the verifier's storage answers: its own outage (``StorageUnreachable``)
+is raised out of ``verify_round``, never turned into a verdict.
 
 The caller supplies the fetch functions and the round's context; ``verify_round``
 returns one ``Report`` per contribution, in submission order. Reports of mergeable
@@ -125,6 +127,10 @@ class RoundContext:
       when not given; a Hugging Face model must be given, its files come from storage).
     - ``spill_root``: where mergeable contributions wait on disk (default: the
       system's temporary folder; ``node.verification.spill``).
+    - ``disclosed``: for a job with a disclosure phase, the lower-case addresses of the
+      workers whose ``Disclosed`` event is on chain (the contract refuses a late one): a
+      drawn artifact of any other worker is unrevealed without a fetch, so every
+      verifier judges "revealed in time" alike. None: no disclosure phase.
     """
 
     config: JobConfig
@@ -145,6 +151,7 @@ class RoundContext:
     data_root_of: Callable[[str], tuple[bytes, int]] | None = None
     model: Any = None
     spill_root: str | None = None
+    disclosed: frozenset[str] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -286,8 +293,8 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Submission],
                  progress: Callable[[Report], None] | None = None, prefetch: int = 4) -> list[Report]:
     """Verify the round's contributions in submission order (sorted by ``index``);
     one ``Report`` each, in that order. ``fetch(c)`` returns the checkpoint bytes
-    or raises a storage error (``NotFoundError``/``StorageUnreachable`` ->
-    UNAVAILABLE, ``IntegrityError`` -> INTEGRITY).
+    or raises a storage error (``NotFoundError`` -> UNAVAILABLE, ``IntegrityError`` ->
+    INTEGRITY; ``StorageUnreachable`` is raised out of here: no verdict).
 
     Three passes: every contribution first goes through the checks that need no
     model evaluation (up to its update norm); then the update norms of the survivors
@@ -444,15 +451,21 @@ def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> 
 def _fetch_checked(get: Callable[[], bytes], cid: str, digest: bytes, size: int | None, *,
                    missing: Verdict, mismatch: Verdict, what: str) -> bytes:
     """Bytes from storage that hash to ``digest`` (and are ``size`` long), or the
-    rejection: ``missing`` when storage cannot deliver, ``mismatch`` when what it
-    delivers is not what was committed."""
+    rejection: ``missing`` when storage answers that it cannot deliver (not found, or a
+    Kubo node that found no provider in time), ``mismatch`` when what it delivers is not
+    what was committed. ``StorageUnreachable`` (the verifier's own storage does not
+    answer) is raised as is: it is no verdict on the author."""
     try:
         data = bytes(get())
     except IntegrityError as e:
         raise _Reject(mismatch, f"{what}content does not match the committed digest: {e}") from None
     except CheckpointFormatError as e:
         raise _Reject(Verdict.FORMAT, f"{what}not a valid checkpoint: {e}") from None
-    except (NotFoundError, StorageUnreachable, StorageError, OSError, TimeoutError) as e:
+    except StorageUnreachable:
+        # The verifier's own storage does not answer: that says nothing of the author, so no
+        # verdict; the caller waits for its storage (JobContext.ride_out) and judges again.
+        raise
+    except (NotFoundError, StorageError, OSError, TimeoutError) as e:
         raise _Reject(missing, f"could not fetch {what}{cid}: {e}") from None
     actual = sha256_bytes(data)
     if actual != bytes(digest):
@@ -610,10 +623,22 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
                                           f"from the published end (tolerance {policy.replay_tolerance:g})")
 
 
+def _undisclosed(ctx: RoundContext, c: Submission, verdict: Verdict, what: str) -> None:
+    """A drawn artifact of a worker that did not disclose on chain, in time: unrevealed,
+    whatever storage holds (the chain, not this verifier's clock, says it was late)."""
+    if ctx.disclosed is not None and c.worker.lower() not in ctx.disclosed:
+        raise _Reject(verdict, f"{what}not revealed: no Disclosed record of {c.worker} on chain for round "
+                               f"{ctx.round} by its disclosure deadline")
+
+
 def _snapshot(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, cap: int) -> tx.TrainState:
     what = f"the snapshot at step {ref.step}: "
-    # published only once the draw is known: missing then means the worker did not reveal it
-    missing = Verdict.TRANSCRIPT_UNREVEALED if ctx.policy.reveals else Verdict.TRANSCRIPT_UNAVAILABLE
+    if ctx.policy.reveals:
+        _undisclosed(ctx, c, Verdict.TRANSCRIPT_UNREVEALED, what)
+    # published only once the draw is known: missing then means the worker did not reveal
+    # it, unless the chain records that it did (then storage is what failed)
+    missing = (Verdict.TRANSCRIPT_UNREVEALED if ctx.policy.reveals and ctx.disclosed is None
+               else Verdict.TRANSCRIPT_UNAVAILABLE)
     data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
                           missing=missing, mismatch=Verdict.TRANSCRIPT, what=what)
     link = tx.snapshot_meta(ctx.job_id, ctx.round, c.worker, ctx.parent_digest, ref.step)
@@ -630,8 +655,10 @@ def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, seg
     from node.training import privdata
 
     what = f"the window bundle of segment {segment}: "
+    _undisclosed(ctx, c, Verdict.WINDOWS_UNREVEALED, what)
+    missing = Verdict.WINDOWS_UNREVEALED if ctx.disclosed is None else Verdict.TRANSCRIPT_UNAVAILABLE
     data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
-                          missing=Verdict.WINDOWS_UNREVEALED, mismatch=Verdict.WINDOWS_PROOF, what=what)
+                          missing=missing, mismatch=Verdict.WINDOWS_PROOF, what=what)
     root, length = ctx.data_root_of(c.worker.lower())
     cfg = ctx.config
     want = privdata.segment_chunks(seed, bounds[0], bounds[1], length, cfg.model.block_size, cfg.train.batch_size,
