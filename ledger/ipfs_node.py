@@ -1,10 +1,19 @@
 """The local IPFS node: Helia on node 22 from ipfs-node/, managed by PID.
 
-``ipfs up`` starts ``ipfs-node/server.mjs`` (offline Helia, filesystem blockstore in
-``<data_dir>/ipfs/repo``, always passed as an absolute path) on 127.0.0.1 (or the
-``--host`` given, see ``ledger.listen``), the way ``ledger.anvil`` runs the chain: a
-``LocalService`` with a pidfile and a log in ``<data_dir>/ipfs``. It serves the part
-of Kubo's RPC API the IPFS backend uses, so the same code talks to a user's Kubo.
+``ipfs up`` starts ``ipfs-node/server.mjs`` (Helia, filesystem blockstore in
+``<data_dir>/ipfs/repo``, always passed as an absolute path) with its RPC API on
+127.0.0.1 (or the ``--host`` given, see ``ledger.listen``), the way ``ledger.anvil``
+runs the chain: a ``LocalService`` with a pidfile and a log in ``<data_dir>/ipfs``. It
+serves the part of Kubo's RPC API the IPFS backend uses, so the same code talks to a
+user's Kubo.
+
+Peers (each party of a consortium runs its own node): ``listen`` gives the node's
+swarm addresses (``/ip4/ADDR/tcp/PORT``, libp2p over TCP with noise and yamux; none by
+default) and ``peers`` the nodes it dials (``/ip4/ADDR/tcp/PORT/p2p/PEERID``, dialled at
+start and again whenever one is not connected). Blocks move between them by bitswap;
+there is no DHT, bootstrap list or mDNS, so a node talks to no one it was not told of.
+The node keeps its peer id in ``<repo>/identity.json``; ``ipfs_status`` reports it, its
+swarm addresses and its connected peers (``id`` and ``swarm/peers``).
 
 Which API the IPFS backend uses (``resolve_api``): ``settings.ipfs_api`` if given
 (a multiaddr such as ``/ip4/127.0.0.1/tcp/5001/http`` or an ``http://host:port`` URL),
@@ -14,6 +23,7 @@ saying how to get one.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -80,6 +90,63 @@ def _adopt_misplaced_repo(settings: Settings, repo: Path) -> str:
     return f"moved the blocks an earlier version had put in {old} to {repo}"
 
 
+_LISTEN = re.compile(r"/(ip4|ip6)/([^/]+)/tcp/(\d{1,5})/?")
+_PEER = re.compile(r"/(ip4|ip6|dns4|dns6|dns)/([^/]+)/tcp/(\d{1,5})/p2p/([1-9A-HJ-NP-Za-km-z]{46,60}|b[a-z2-7]{50,70})/?")
+
+
+def _ip_of(proto: str, host: str, what: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what}: {host!r} is not an IP address") from None
+    if (ip.version == 4) != (proto == "ip4"):
+        raise ConfigError(f"{what}: {host} is not an /{proto} address")
+    return str(ip)
+
+
+def check_listen(addr: str) -> str:
+    """A swarm listen address, ``/ip4/ADDR/tcp/PORT`` (or ``/ip6/...``; PORT 0 = any free
+    port), in canonical form; ConfigError otherwise."""
+    what = f"--listen {addr!r}"
+    m = _LISTEN.fullmatch(addr.strip())
+    if not m:
+        raise ConfigError(f"{what}: expected /ip4/ADDR/tcp/PORT (the node's peer-to-peer address, TCP), "
+                          "e.g. /ip4/10.0.0.5/tcp/4001")
+    proto, host, port = m.group(1), _ip_of(m.group(1), m.group(2), what), int(m.group(3))
+    if port > 65535:
+        raise ConfigError(f"{what}: port {port} is outside 0..65535")
+    return f"/{proto}/{host}/tcp/{port}"
+
+
+def check_peer(addr: str) -> str:
+    """A peer to dial, ``/ip4/ADDR/tcp/PORT/p2p/PEERID`` (``/dns4/NAME/...`` too): what
+    that node's ``ledger ipfs status`` prints as its swarm address; ConfigError otherwise."""
+    what = f"--peer {addr!r}"
+    m = _PEER.fullmatch(addr.strip())
+    if not m:
+        raise ConfigError(f"{what}: expected /ip4/ADDR/tcp/PORT/p2p/PEERID (a swarm address that "
+                          "`ledger ipfs status` prints on that node)")
+    proto, host, port, peer = m.groups()
+    if proto in ("ip4", "ip6"):
+        host = _ip_of(proto, host, what)
+    if not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{what}: port {port} is outside 1..65535")
+    return f"/{proto}/{host}/tcp/{int(port)}/p2p/{peer}"
+
+
+def swarm_exposure(listen: list[str]) -> str | None:
+    """None when every swarm address is on loopback; else what listening there exposes."""
+    public = [a for a in listen if not ipaddress.ip_address(a.split("/")[2]).is_loopback]
+    if not public:
+        return None
+    return (
+        f"WARNING: the IPFS node accepts peers on {', '.join(public)}. Any node that reaches that "
+        "address can connect and fetch every block this node holds (bitswap asks no credentials); "
+        "only do this on a network you control (a firewall, a VPN, a private subnet). The RPC API "
+        "stays where --host puts it."
+    )
+
+
 def to_multiaddr(api: str) -> str:
     """A Kubo API address as the multiaddr ipfshttpclient takes.
 
@@ -123,13 +190,32 @@ class IpfsUp:
     note: str = ""
 
 
-def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0, host: str | None = None) -> IpfsUp:
-    """Start the local node (idempotent). Returns its info and whether it was started now."""
+def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0, host: str | None = None,
+            listen_on: list[str] | None = None, peers: list[str] | None = None,
+            fetch_timeout: float | None = None) -> IpfsUp:
+    """Start the local node (idempotent). Returns its info and whether it was started now.
+
+    ``listen_on``: swarm addresses (``check_listen``); ``peers``: nodes to dial
+    (``check_peer``); ``fetch_timeout``: seconds the node waits for a peer to deliver a
+    block it lacks. On a node that already runs, ``peers`` are connected through its
+    ``swarm/connect`` (and kept dialled); its swarm addresses stay as they are."""
     host = listen.check_host(host)
+    listen_on = [check_listen(a) for a in listen_on or []]
+    peers = [check_peer(a) for a in peers or []]
     svc = service(settings)
     running = svc.running()
     if running:
-        return IpfsUp(running, False)
+        notes = []
+        for p in peers:
+            try:
+                api_call(running.url, "swarm/connect", timeout=15, arg=p)
+                notes.append(f"connected the running node to {p}")
+            except StorageUnreachable as e:
+                raise StorageUnreachable(f"the running IPFS node could not connect to {p}: {e}") from None
+        if listen_on and sorted(listen_on) != sorted(running.extra.get("listen", [])):
+            notes.append(f"it keeps its swarm addresses {', '.join(running.extra.get('listen', [])) or '(none)'}; "
+                         "`ledger ipfs down` first to change them")
+        return IpfsUp(running, False, "; ".join(notes))
     repo = repo_dir(settings)
     note = _adopt_misplaced_repo(settings, repo)
     repo.mkdir(parents=True, exist_ok=True)
@@ -142,14 +228,33 @@ def ipfs_up(settings: Settings, port: int | None = None, timeout: float = 30.0, 
         "--port", str(port),
         "--host", host,
     ]
+    for a in listen_on:
+        cmd += ["--listen", a]
+    for p in peers:
+        cmd += ["--peer", p]
+    if fetch_timeout is not None:
+        cmd += ["--fetch-timeout", f"{fetch_timeout:g}"]
     info, started = svc.start(
         cmd,
         ready_pattern=READY,
         url_for_port=lambda p: multiaddr_for_port(p, host),
         timeout=timeout,
-        extra={"repo": str(repo), "host": host},
+        extra={"repo": str(repo), "host": host, "listen": listen_on, "peers": peers},
     )
     return IpfsUp(info, started, note)
+
+
+def swarm_info(api: str, timeout: float = 5.0) -> dict:
+    """The node's peer id, swarm addresses (each ending in /p2p/<id>: what other nodes
+    pass to --peer) and connected peers (``peer`` id, ``addr``, ``direction``)."""
+    ident = api_call(api, "id", timeout=timeout)
+    peers = api_call(api, "swarm/peers", timeout=timeout).get("Peers") or []
+    return {
+        "peer_id": ident.get("ID", ""),
+        "swarm": list(ident.get("Addresses") or []),
+        "peers": [{"peer": p.get("Peer", ""), "addr": p.get("Addr", ""),
+                   "direction": {1: "inbound", 2: "outbound"}.get(p.get("Direction"), "")} for p in peers],
+    }
 
 
 def ipfs_down(settings: Settings) -> ServiceInfo | None:
@@ -173,6 +278,12 @@ def ipfs_status(settings: Settings, probe: bool = True) -> dict:
             except StorageUnreachable as e:
                 out["answering"] = False
                 out["note"] = str(e)
+            if out["answering"]:
+                try:
+                    out.update(swarm_info(info.url))
+                except StorageUnreachable as e:   # a node from before networking: no swarm endpoints
+                    out["note"] = f"no peer information: {e}"
+        out["dials"] = list(info.extra.get("peers", []))
         return out
     out["running"] = False
     recorded = svc.recorded()

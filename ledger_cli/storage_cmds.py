@@ -2,37 +2,70 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from .common import add_command, add_group, add_listen_args, add_object_args
+from .common import add_command, add_group, add_listen_args, add_object_args, float_in
+
+
+def _addr_type(check_name: str, name: str):
+    """An argparse type from a ``ledger.ipfs_node`` address check (one-line usage error)."""
+    def parse(text: str) -> str:
+        from ledger import ipfs_node
+        from ledger.errors import ConfigError
+
+        try:
+            return getattr(ipfs_node, check_name)(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+    parse.__name__ = name
+    return parse
 
 
 def register(sub) -> None:
     # ---------------------------------------------------------------- ipfs
-    g = add_group(sub, "ipfs", "the local IPFS node (Helia, offline; blocks in <data-dir>/ipfs): up, down, status",
-                  ["ledger ipfs up && ledger --storage ipfs store put model.safetensors", "ledger ipfs status",
-                   "ledger ipfs down"])
+    g = add_group(sub, "ipfs", "this party's IPFS node (Helia; blocks in <data-dir>/ipfs; explicit peers): up, down, "
+                  "status",
+                  ["ledger ipfs up && ledger --storage ipfs store put model.safetensors",
+                   "ledger ipfs up --listen /ip4/10.0.0.5/tcp/4001 --peer /ip4/10.0.0.6/tcp/4001/p2p/12D3KooW...",
+                   "ledger ipfs status", "ledger ipfs down"])
     p = add_command(
         g,
         "up",
-        "start the local IPFS node (idempotent); prints its API address and pid",
+        "start this party's IPFS node (idempotent); prints its API address, pid, peer id and peers",
         _ipfs_up,
-        example="ledger ipfs up --port 5001",
+        example="ledger ipfs up --listen /ip4/10.0.0.5/tcp/4001 --peer /ip4/10.0.0.6/tcp/4001/p2p/12D3KooW...",
         description=(
-            "Start ipfs-node/server.mjs (Helia on node 22, offline, filesystem blockstore in "
-            "<data-dir>/ipfs/repo) in the background on 127.0.0.1 (or --host). It serves the part of Kubo's RPC "
-            "API the IPFS backend uses (add, cat, pin/add, pin/ls, block/stat, id, version), so "
-            "`--storage ipfs` works without Kubo; with Kubo installed, pass --ipfs-api instead."
+            "Start ipfs-node/server.mjs (Helia on node 22, filesystem blockstore in <data-dir>/ipfs/repo) in the "
+            "background, its RPC API on 127.0.0.1 (or --host). It serves the part of Kubo's RPC API the IPFS "
+            "backend uses (add, cat, pin/add, pin/ls, block/stat, id, version, swarm/connect, swarm/peers), so "
+            "`--storage ipfs` works without Kubo; with Kubo installed, pass --ipfs-api instead. Each party of a "
+            "consortium runs its own node: --listen opens its peer-to-peer port (libp2p over TCP, noise, yamux), "
+            "--peer dials other parties' nodes (kept connected), and a CID this node lacks is fetched from its "
+            "peers by bitswap; no DHT, bootstrap list or mDNS, so it talks to no one it was not told of. On a "
+            "running node, --peer connects it to more peers."
         ),
     )
     add_listen_args(p, "LEDGER_IPFS_PORT or 5001",
                     "another address exposes the unauthenticated RPC API, every stored artifact, to the network")
+    p.add_argument("--listen", action="append", default=None, metavar="/ip4/ADDR/tcp/PORT",
+                   type=_addr_type("check_listen", "listen address"),
+                   help="swarm address other parties' nodes dial (repeat; default none: this node only dials out); "
+                        "its peer id is printed on start")
+    p.add_argument("--peer", action="append", default=None, metavar="/ip4/ADDR/tcp/PORT/p2p/PEERID",
+                   type=_addr_type("check_peer", "peer address"),
+                   help="another party's node to connect to and keep connected (repeat): its swarm address as its "
+                        "`ledger ipfs status` prints it")
+    p.add_argument("--fetch-timeout", type=float_in(0, 3600, lo_open=True), default=None, metavar="S",
+                   help="seconds to wait for a peer to deliver a block this node lacks before answering "
+                        "'not found on this node or its peers' (default 20; sooner when every peer says it lacks it)")
     add_command(g, "down", "stop the local IPFS node by PID", _ipfs_down, example="ledger ipfs down")
     add_command(
         g,
         "status",
-        "is the local IPFS node running and answering? exits 2 when it is down",
+        "is the local IPFS node running and answering? its peer id, swarm addresses and peers; exits 2 when it "
+        "is down",
         _ipfs_status,
         example="ledger ipfs status || ledger ipfs up",
     )
@@ -93,21 +126,42 @@ def register(sub) -> None:
 
 def _ipfs_up(args, settings) -> int:
     from ledger import listen
-    from ledger.ipfs_node import ipfs_up
+    from ledger.errors import StorageUnreachable
+    from ledger.ipfs_node import ipfs_up, swarm_exposure, swarm_info
 
-    up = ipfs_up(settings, port=args.port, host=args.host)
+    up = ipfs_up(settings, port=args.port, host=args.host, listen_on=args.listen, peers=args.peer,
+                 fetch_timeout=args.fetch_timeout)
     host = up.info.extra.get("host", listen.DEFAULT_HOST)
-    warning = listen.exposure("ipfs", host, up.info.port)
-    if warning:
-        print(warning, file=sys.stderr)
+    for warning in (listen.exposure("ipfs", host, up.info.port), swarm_exposure(up.info.extra.get("listen", []))):
+        if warning:
+            print(warning, file=sys.stderr)
     if up.note:
         print(f"note: {up.note}", file=sys.stderr)
     state = "started" if up.started else "already running"
     print(f"ipfs node {state}: api {up.info.url} (pid {up.info.pid}), blocks in {up.info.extra.get('repo')}")
     if not up.started and args.host and listen.check_host(args.host) != host:
         print(f"note: it listens on {host}, not --host {args.host}; `ledger ipfs down` first to move it", file=sys.stderr)
+    try:
+        _print_swarm(swarm_info(up.info.url), up.info.extra.get("peers", []))
+    except StorageUnreachable as e:
+        print(f"note: no peer information from the node: {e}", file=sys.stderr)
     print("use it with: ledger --storage ipfs ...  (or LEDGER_STORAGE=ipfs); stop with: ledger ipfs down")
     return 0
+
+
+def _print_swarm(sw: dict, dials: list[str]) -> None:
+    """The node's peer id, swarm addresses (what other nodes pass to --peer) and peers."""
+    print(f"{'peer_id':10} {sw['peer_id']}")
+    for i, a in enumerate(sw["swarm"] or ["(none: no --listen; this node only dials out)"]):
+        print(f"{'swarm' if i == 0 else '':10} {a}")
+    connected = {p["peer"] for p in sw["peers"]}
+    missing = [d for d in dials if d.rsplit("/p2p/", 1)[-1] not in connected]
+    print(f"{'peers':10} {len(sw['peers'])} connected" + (f"; {len(missing)} of its --peer not (yet) reached, "
+                                                        "retried every 5 s" if missing else ""))
+    for p in sw["peers"]:
+        print(f"{'':10} {p['addr']}/p2p/{p['peer']} ({p['direction']})")
+    for d in missing:
+        print(f"{'':10} {d} (not connected)")
 
 
 def _ipfs_down(args, settings) -> int:
@@ -122,8 +176,12 @@ def _ipfs_status(args, settings) -> int:
     from ledger.ipfs_node import ipfs_status
 
     st = ipfs_status(settings)
+    swarm = {k: st.pop(k) for k in ("peer_id", "swarm", "peers") if k in st}
+    dials = st.pop("dials", [])
     for k, v in st.items():
         print(f"{k:10} {v}")
+    if "peer_id" in swarm:
+        _print_swarm(swarm, dials)
     if not st.get("running"):
         print("error: the local IPFS node is not running: run `ledger ipfs up`", file=sys.stderr)
         return 2

@@ -61,9 +61,15 @@ class Store(ABC):
     def has(self, cid: str) -> bool:
         """Whether the store holds ``cid`` (no verification)."""
 
+    def reachable(self, cid: str) -> bool:
+        """Whether the store can serve ``cid`` now: it holds it or, for an IPFS node with
+        peers, one of them does (a short wait; see ``IpfsStore.reachable``). Unlike ``has``
+        it says whether something published elsewhere has arrived, not who keeps it."""
+        return self.has(cid)
+
     @abstractmethod
     def pin(self, cid: str) -> None:
-        """Keep ``cid`` (NotFoundError if absent)."""
+        """Keep ``cid`` here (NotFoundError if neither here nor, for an IPFS node, on a peer)."""
 
     def verify(self, cid: str, expected_digest: Digest) -> int:
         """Read and verify ``cid`` without keeping it; returns its size."""

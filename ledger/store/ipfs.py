@@ -9,6 +9,13 @@ not a silent fork of identities. Every read is hashed against the expected diges
 Timeouts: a read waits at most ``timeout`` seconds for the node to start answering
 (a Kubo daemon would otherwise search the network for a missing CID indefinitely);
 then the CID counts as missing.
+
+Peers: a node with peers (``ledger ipfs up --peer``, or a user's Kubo) fetches what it
+lacks from them on ``get`` and ``pin``; the project's node answers "not found on this
+node or its peers" as soon as every peer has said it lacks a block, or after its
+``--fetch-timeout``. ``has`` asks the node alone (``offline``): what this party keeps.
+``reachable`` also asks its peers, for a few seconds: whether something published on
+another party's node has arrived.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ def _quiet():
 
 UPLOAD_CHUNK = 1 << 20
 ADD_READ_TIMEOUT = 600.0   # the node answers an add only once it has imported (and pinned) everything
+REACH_WAIT = 5.0           # how long ``reachable`` lets the node ask its peers (Kubo: the network)
 _NOT_FOUND = ("not found", "could not find", "no link named", "not pinned", "does not exist")
 
 
@@ -157,10 +165,12 @@ class IpfsStore(Store):
         return StoredObject(local.cid, reader.sha.digest(), reader.size)
 
     def pin(self, cid: str) -> None:
+        """Pin on this node; blocks it lacks are fetched from its peers first, so the
+        answer may take as long as a get of the whole object."""
         cid = check_cid(cid)
         try:
             with _quiet():
-                self.client.pin.add(cid, timeout=self.timeout)
+                self.client.pin.add(cid, timeout=(self.timeout, max(ADD_READ_TIMEOUT, self.timeout)))
         except ipfs_exc.Error as e:
             raise self._translate(e, cid, "pin") from None
 
@@ -172,6 +182,20 @@ class IpfsStore(Store):
                 self.client.block.stat(cid, offline=True, timeout=self.timeout)
                 return True
         except ipfs_exc.ErrorResponse:
+            return False
+        except ipfs_exc.Error as e:
+            raise self._translate(e, cid, "stat") from None
+
+    def reachable(self, cid: str) -> bool:
+        """Whether the node holds the root block or gets it from a peer within
+        ``REACH_WAIT`` seconds (Kubo's ``timeout`` option; the block is then kept)."""
+        cid = check_cid(cid)
+        wait = min(REACH_WAIT, self.timeout)
+        try:
+            with _quiet():
+                self.client.block.stat(cid, opts={"timeout": f"{wait:g}s"}, timeout=self.timeout + wait)
+                return True
+        except (ipfs_exc.ErrorResponse, ipfs_exc.TimeoutError):
             return False
         except ipfs_exc.Error as e:
             raise self._translate(e, cid, "stat") from None
