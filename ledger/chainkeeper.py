@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from . import atomic
-from .procs import pid_alive
+from .procs import Stopped, on_stop_signals, pid_alive
 
 
 def complete_json(data: bytes) -> bool:
@@ -64,7 +64,16 @@ def main(argv=None) -> int:
     ap.add_argument("--good", type=Path, required=True)
     ap.add_argument("--period", type=float, default=0.25)
     a = ap.parse_args(argv)
-    keep(a.pid, a.state, a.good, a.period)
+    restore = on_stop_signals()
+    try:
+        keep(a.pid, a.state, a.good, a.period)
+    except Stopped as e:
+        # stopped on its own (SIGINT, SIGTERM, SIGHUP): keep what anvil last wrote, say so
+        keep_once(a.state, a.good, None)
+        print(f"chain keeper stopped by {e.signame}; the last complete dump is in {a.good}", flush=True)
+        return 128 + e.signum
+    finally:
+        restore()
     return 0
 
 

@@ -77,6 +77,10 @@ _HINTS = {
 }
 
 
+class AlreadyRunning(LedgerError):
+    """Another process already holds this party's (or this demo's) lock: one at a time."""
+
+
 class AccountError(LedgerError):
     """Missing key, wrong keystore password, unknown account."""
 

@@ -4,6 +4,11 @@ A service lives in its own directory with ``service.json`` (pid, port, url, comm
 and ``service.log``. ``start`` is idempotent and refuses a second instance on the
 same directory; ``stop`` sends SIGTERM (so anvil writes its state) and waits, then
 SIGKILL as a last resort. Servers listen on 127.0.0.1 unless given a host (ledger.listen).
+
+Also what every long-running command shares: ``on_stop_signals`` (SIGINT, SIGTERM and
+SIGHUP raise ``Stopped``, so the command unwinds and stops what it started) and
+``hold_lock`` (one process per party and job, or per demo and data dir: an ``flock``
+the kernel drops when the process dies).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import LedgerError
+from .errors import AlreadyRunning, LedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +74,69 @@ def _cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
     except OSError:
         return []
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM or SIGHUP) arrived: unwind, stopping what this
+    process started. ``stopped`` collects what the unwinding stopped, for the one line the
+    command line prints (``ledger_cli.main``)."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.signame = signal.Signals(signum).name
+        self.stopped: list[str] = []
+        super().__init__(self.signame)
+
+
+def on_stop_signals() -> Callable[[], None]:
+    """From now on SIGINT, SIGTERM and SIGHUP raise ``Stopped`` in the main thread, once: a
+    signal that comes while the process unwinds is ignored, so the unwinding (whose waits
+    are bounded) stops everything it started. Returns a function that puts the previous
+    handlers back. Off the main thread (signals cannot be handled there) it does nothing."""
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise Stopped(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    except ValueError:          # not the main thread
+        return lambda: None
+
+    def restore() -> None:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore
+
+
+def hold_lock(path: Path, what: str):
+    """An exclusive ``flock`` on ``path`` for as long as the returned file stays open
+    (the life of the process: the kernel releases it when the process dies, so a kill -9
+    leaves no stale lock). A second process is refused with ``AlreadyRunning`` naming
+    the holder's pid, which the holder writes into the file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"{what} is already running as pid {holder} (lock {path}): one process at a time; "
+                             f"stop that one first") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
 
 
 class LocalService:
@@ -146,17 +214,23 @@ class LocalService:
             deadline = time.monotonic() + timeout
             pattern = re.compile(ready_pattern)
             port = None
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise LedgerError(
-                        f"{self.name} exited at start (code {proc.returncode}); "
-                        f"see {self.log_file}: {self._tail(offset)}"
-                    )
-                m = pattern.search(self._read_from(offset))
-                if m:
-                    port = int(m.group(1))
-                    break
-                time.sleep(0.05)
+            try:
+                while time.monotonic() < deadline:
+                    if proc.poll() is not None:
+                        raise LedgerError(
+                            f"{self.name} exited at start (code {proc.returncode}); "
+                            f"see {self.log_file}: {self._tail(offset)}"
+                        )
+                    m = pattern.search(self._read_from(offset))
+                    if m:
+                        port = int(m.group(1))
+                        break
+                    time.sleep(0.05)
+            except BaseException:
+                # Stopped (a signal: procs.Stopped, Ctrl-C) before it was recorded: nobody
+                # else could find it by its service.json, so stop it here.
+                _terminate(proc.pid, 5)
+                raise
             if port is None:
                 _terminate(proc.pid, 5)
                 raise LedgerError(f"{self.name} did not become ready in {timeout:.0f}s; see {self.log_file}")

@@ -11,18 +11,21 @@ and ``verify-export`` work without torch.
 Errors the user can act on (``LedgerError``) print one line and exit with their
 code (``ledger.errors``: 0 OK, 1 FAILED, 2 usage or environment, 3 INCOMPLETE); so do
 a file or folder the system refuses (``OSError``). Nothing prints a traceback unless
-``LEDGER_DEBUG=1``.
+``LEDGER_DEBUG=1``. SIGINT, SIGTERM and SIGHUP unwind the command (``ledger.procs.Stopped``),
+so it stops what it started; one line says so, exit 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import Sequence
 
 from ledger.config import load_settings
 from ledger.errors import USAGE, ConfigError, LedgerError
+from ledger.procs import on_stop_signals
 
 from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
                export_cmds, job_cmds, round_cmds, storage_cmds)
@@ -129,10 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A group without its subcommand, or nothing at all: teach instead of failing.
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
+    restore = on_stop_signals()
     try:
         check_job_arg(args)
         settings = settings_from_args(args)
         return int(handler(args, settings) or 0)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM or SIGHUP (procs.Stopped): the command unwound, stopping what it
+        # started (the demo its parties, chain and IPFS node); one line says so.
+        signum = getattr(e, "signum", signal.SIGINT)
+        done = getattr(e, "stopped", None)
+        print(f"stopped by {signal.Signals(signum).name}" + (f": {'; '.join(done)}" if done else ""),
+              file=sys.stderr)
+        return 128 + int(signum)
     except LedgerError as e:
         if os.environ.get("LEDGER_DEBUG"):
             raise
@@ -146,9 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         print(f"error: {one_line(where + str(e.strerror or e))}", file=sys.stderr)
         return USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    finally:
+        restore()
 
 
 def _tolerant_output() -> None:

@@ -18,8 +18,8 @@ def register(sub) -> None:
             "Starts the local chain (and, with --ipfs, the local IPFS node), deploys the contract if\n"
             "needed, creates a job, runs every worker and aggregator as its own process, shows each\n"
             "round as it happens on chain, audits the job, writes the HTML report and prints text\n"
-            "from the verified final model. Stops everything it started, also on Ctrl-C.\n"
-            "Running it again starts a new job on the same chain.\n\n"
+            "from the verified final model. Stops everything it started, also on Ctrl-C, SIGTERM and\n"
+            "SIGHUP. Running it again starts a new job on the same chain; one demo per data dir at a time.\n\n"
             "With --rpc-url / LEDGER_RPC_URL it starts no chain and runs on that one (Hardhat's node,\n"
             "a geth --dev, a testnet): the job owner and the parties' funds come from the key given in\n"
             "LEDGER_PRIVATE_KEY / --account (1 ETH to each party), else from the node's unlocked dev\n"
@@ -50,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt for the generated text")
     p.add_argument("--tokens", "--max-new-tokens", dest="tokens", type=int_in(1, 100000), default=None,
                    help="tokens to generate (bytes for the byte GPT; default 300, 48 with --model)")
-    p.add_argument("--html", type=writable_file, default=None, help="where to write the audit report (default .ledger/reports/job-<id>.html)")
+    p.add_argument("--html", type=writable_file, default=None, help="where to write the audit report (default .ledger/reports/chain-<id>/<contract>/job-<id>/audit.html)")
 
     p = add_command(
         sub, "generate", "generate text with a job's final model, after its audit passes", _generate,
@@ -109,6 +109,9 @@ def _generate(args, settings) -> int:
     ledger, store, _ = open_party(settings, need_account=False)
     g = generate_verified(ledger, store, args.job, args.prompt, max_new_tokens=args.tokens,
                           temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    print(f"# model {g.model_digest} (audit OK)")
+    # An unfinished job has no final model yet: the header says which model this is.
+    unfinished = g.report.unfinished
+    print(f"# model {g.model_digest} (audit OK" + (f"; {unfinished}: the latest model, not a final one)" if unfinished
+                                                   else ")"))
     print(g.text)
     return 0

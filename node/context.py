@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from ledger import checkpoint
 from ledger.chain import redact_url
 from ledger.digest import from_hex, sha256_bytes, to_hex
-from ledger.errors import ChainUnreachable, LedgerError
+from ledger.errors import ChainUnreachable, LedgerError, StorageUnreachable
 from ledger.jobconfig import JobConfig, ShardSpec
 
 from node.training import data as datamod
@@ -32,6 +33,33 @@ IDLE_REREAD = 30.0
 OUTAGE_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 OUTAGE_MAX_DELAY = 10.0
 T = TypeVar("T")
+
+
+def backoff_until(probe: Callable[[], object], down: type[BaseException] | tuple) -> float:
+    """Call ``probe`` after each of the outage delays (``OUTAGE_BACKOFF``, then every
+    ``OUTAGE_MAX_DELAY`` seconds) until it no longer raises ``down``; returns the seconds
+    waited. The one backoff of every wait for a chain or a store that went away."""
+    t0 = time.monotonic()
+    for delay in itertools.chain(OUTAGE_BACKOFF, itertools.repeat(OUTAGE_MAX_DELAY)):
+        time.sleep(delay)
+        try:
+            probe()
+        except down:
+            continue
+        return time.monotonic() - t0
+
+
+def job_dir(base: Path, chain_id: int, contract: str, job_id: int) -> Path:
+    """Local files of one job under ``base``, keyed by chain id, contract address and job:
+    job ids restart on every deployment, so the job alone would name another
+    deployment's files (``<base>/chain-C/<contract>/job-J``)."""
+    return Path(base) / f"chain-{int(chain_id)}" / str(contract).lower() / f"job-{int(job_id)}"
+
+
+def party_dir(base: Path, chain_id: int, contract: str, job_id: int, address: str) -> Path:
+    """A party's local state for one job: ``job_dir`` under its role's folder, then the
+    party's address."""
+    return job_dir(base, chain_id, contract, job_id) / address.lower()
 
 
 @dataclass
@@ -111,32 +139,43 @@ class JobContext:
             if time.monotonic() - start >= idle:
                 return
 
+    def state_dir(self, base: Path, address: str) -> Path:
+        """This party's local state for this job (``party_dir``): keyed by chain id,
+        contract address, job id and the party's address."""
+        return party_dir(base, self.ledger.chain_id, self.ledger.address, self.job_id, address)
+
     def ride_out(self, loop: Callable[[], T], log: logging.Logger) -> T:
-        """Run a role's ``loop``; when the chain cannot be reached, wait for it with backoff
-        (one warning per outage, one line when it is back), then run the loop again: it
-        re-reads everything from the chain, as after a restart, so a rollback that came
-        with the outage erases nothing the role still acts on."""
+        """Run a role's ``loop``; when the chain or this party's own storage cannot be
+        reached, wait for it with backoff (one warning per outage, one line when it is
+        back), then run the loop again: it re-reads everything from the chain, as after a
+        restart, so a rollback that came with the outage erases nothing the role still
+        acts on, and nothing the party's store could not be asked for is ever held
+        against another party (only a store that answers "not here" is)."""
         while True:
             try:
                 return loop()
             except ChainUnreachable as e:
                 self._wait_for_chain(e, log)
+            except StorageUnreachable as e:
+                self._wait_for_store(e, log)
 
     def _wait_for_chain(self, err: ChainUnreachable, log: logging.Logger) -> None:
-        chain, t0 = self.ledger.chain, time.monotonic()
+        chain = self.ledger.chain
         url = redact_url(chain.rpc_url)
-        for n, delay in enumerate(itertools.chain(OUTAGE_BACKOFF, itertools.repeat(OUTAGE_MAX_DELAY))):
-            if n == 0:
-                log.warning("chain unreachable at %s, retrying in %gs (%s)", url, delay, err)
-            time.sleep(delay)
-            try:
-                chain.block_number()
-            except ChainUnreachable:
-                continue
-            log.warning("chain back at %s after %.1fs; re-reading the job", url, time.monotonic() - t0)
-            self._head = None
-            chain.forget_blocks()
-            return
+        log.warning("chain unreachable at %s, retrying in %gs (%s)", url, OUTAGE_BACKOFF[0], err)
+        waited = backoff_until(chain.block_number, ChainUnreachable)
+        log.warning("chain back at %s after %.1fs; re-reading the job", url, waited)
+        self._head = None
+        chain.forget_blocks()
+
+    def _wait_for_store(self, err: StorageUnreachable, log: logging.Logger) -> None:
+        """This party's own storage does not answer: wait for it (its outage is nobody
+        else's fault), then re-read the job, as after a chain outage."""
+        log.warning("storage unreachable (%s), retrying in %gs; nothing is judged or published until it "
+                    "answers", err, OUTAGE_BACKOFF[0])
+        waited = backoff_until(lambda: self.store.has(self.info.config_cid), StorageUnreachable)
+        log.warning("storage back after %.1fs; re-reading the job", waited)
+        self._head = None
 
     # --- artifacts -------------------------------------------------------------------
     def fetch(self, loc: Located) -> bytes:

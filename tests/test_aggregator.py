@@ -9,6 +9,7 @@ import time
 import pytest
 
 from ledger.verdicts import Verdict
+from node.context import party_dir
 from support import address, keys, log_text, tiny_config, wait_for
 
 W = keys(4, "worker")
@@ -160,7 +161,8 @@ def test_aggregator_kill_9_resumes_without_double_proposal(deployed, point):
     assert crashed.wait(timeout=180) == -signal.SIGKILL, log_text(crashed)
     assert not env.ledger.has_proposed(job, 1, address(A[0]))
     assert env.ledger.has_committed(job, 1, address(A[0])) == (point == "aggregator:after-commit")
-    state = env.settings.data_dir / "aggregator" / f"job-{job}" / address(A[0]).lower() / "round-1.json"
+    state = party_dir(env.settings.data_dir / "aggregator", env.ledger.chain_id, env.ledger.address, job,
+                      address(A[0])) / "round-1.json"
     assert state.stat().st_mode & 0o077 == 0, "the salt is a secret until the reveal"
     salt = json.loads(state.read_text())["salt"]
     again = _run_aggregators(env, job, A[:1])[0]

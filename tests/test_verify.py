@@ -149,6 +149,18 @@ def scaled(parent: dict, params: dict, factor: float) -> dict:
 # ---------------------------------------------------------------- every rejection path
 
 
+def test_the_verifiers_own_storage_outage_is_no_verdict(task):
+    """StorageUnreachable (the verifier's own storage does not answer) says nothing of the
+    author: it is raised out of the pipeline, never turned into UNAVAILABLE; the roles wait
+    for their storage and judge again (tests/test_storage_outage.py)."""
+    rd = Round(task)
+    rd.add_params(addr(1), task["trained"][addr(1)])
+    good = checkpoint.encode(task["trained"][addr(3)], meta_for(task, addr(3)))
+    rd.add(addr(3), good, serve=StorageUnreachable("ipfs api down"))
+    with pytest.raises(StorageUnreachable):
+        rd.verify()
+
+
 def test_each_rejection_path_gets_its_verdict(task, tmp_path):
     parent, trained = task["parent"], task["trained"]
     a, b = trained[addr(1)], trained[addr(2)]
@@ -159,7 +171,6 @@ def test_each_rejection_path_gets_its_verdict(task, tmp_path):
     expect[rd.add_params(addr(2), b)] = Verdict.ACCEPTED
     good = checkpoint.encode(trained[addr(3)], meta_for(task, addr(3)))
     expect[rd.add(addr(3), good, serve=NotFoundError("no such cid"))] = Verdict.UNAVAILABLE
-    expect[rd.add(addr(3), good, serve=StorageUnreachable("ipfs api down"))] = Verdict.UNAVAILABLE
     expect[rd.add(addr(3), good, serve=IntegrityError("cid-x", "0xaa", "0xbb"))] = Verdict.INTEGRITY
     # the store hands back content that is not what the chain's digest names
     other = checkpoint.encode(trained[addr(4)], meta_for(task, addr(3)))

@@ -105,8 +105,11 @@ class AuditReport:
     workers: list[str]
     aggregators: list[str]
     rounds: list[RoundAudit] = field(default_factory=list)
-    final_digest: str | None = None
+    final_digest: str | None = None        # the completed job's final model (None while it runs)
+    latest_digest: str | None = None       # the model the audited rounds lead to: the final one, or the latest
     completed: bool = False
+    current_round: int = 0                 # the job's round on chain when audited
+    num_rounds: int = 0
     replay: str = "none"
     bytes_verified: int = 0
     seconds: float = 0.0
@@ -134,11 +137,22 @@ class AuditReport:
     def ok(self) -> bool:
         return self.status == "OK"
 
+    @property
+    def unfinished(self) -> str | None:
+        """``job unfinished: round 2 of 3 open`` while the job runs, else None: an audit of
+        an unfinished job vouches for its latest model, not a final one."""
+        if self.completed:
+            return None
+        if self.num_rounds:
+            return f"job unfinished: round {self.current_round} of {self.num_rounds} open"
+        return "job unfinished"
+
     def to_dict(self) -> dict:
         """JSON-ready: digests as 0x hex, each contribution's submission fields beside
         what the audit found of it."""
         d = asdict(self, dict_factory=lambda kv: {k: to_hex(v) if isinstance(v, bytes) else v for k, v in kv})
         for rnd in d["rounds"]:
             rnd["contributions"] = [{**c.pop("submission"), **c} for c in rnd["contributions"]]
-        d.update(ok=self.ok, status=self.status, provable=self.provable)
+        d.update(ok=self.ok, status=self.status, provable=self.provable, finished=self.completed,
+                 unfinished=self.unfinished)
         return d

@@ -45,6 +45,7 @@ from node.reports.text import (
     plural,
     short_hex,
     sorted_rounds,
+    verdict_line,
 )
 
 __all__ = ["render_html", "cell_state", "GREEN", "RED", "GREY", "PURPLE", "ORANGE", "BLUE"]
@@ -115,10 +116,9 @@ def render_html(report: AuditReport) -> str:
     n_disc = len(report.discrepancies)
     subs = [c for r in rounds for c in r.contributions]
     page = {
-        "title": f"Audit of job {report.job_id}: {'OK' if report.ok else plural(n_disc, 'discrepancy')}",
-        "verdict": ("AUDIT OK" if report.ok else f"AUDIT FAILED: {plural(n_disc, 'discrepancy')}"
-                    if report.discrepancies else f"AUDIT INCOMPLETE: {plural(len(report.unavailable), 'artifact')} "
-                    "unavailable now; the final model is not provable until they are republished"),
+        "title": f"Audit of job {report.job_id}: {'OK' if report.ok else plural(n_disc, 'discrepancy')}"
+                 + (f" ({report.unfinished})" if report.unfinished else ""),
+        "verdict": verdict_line(report),
         "latest_model": latest_model(report),
         "n_finalized": sum(1 for r in rounds if r.status == "finalized"),
         "n_skipped": sum(1 for r in rounds if r.status == "skipped"),

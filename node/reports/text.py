@@ -19,7 +19,8 @@ from ledger.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, RoundAudit
 
-__all__ = ["render_text", "short_hex", "fmt_num", "agreement", "verdict_text", "accepted_counts", "use_color", "human_bytes"]
+__all__ = ["render_text", "verdict_line", "short_hex", "fmt_num", "agreement", "verdict_text", "accepted_counts",
+           "use_color", "human_bytes"]
 
 _RESET = "\x1b[0m"
 _GREEN = "\x1b[32m"
@@ -125,9 +126,12 @@ def sorted_rounds(report: AuditReport) -> list[RoundAudit]:
 
 
 def latest_model(report: AuditReport) -> str | None:
-    """The final digest, else the last finalized merge, else genesis."""
+    """The final digest, else the model the audited rounds lead to, else the last
+    finalized merge, else genesis."""
     if report.final_digest:
         return report.final_digest
+    if report.latest_digest:
+        return report.latest_digest
     for rnd in reversed(sorted_rounds(report)):
         if rnd.status == "finalized" and rnd.merged_digest:
             return rnd.merged_digest
@@ -218,7 +222,7 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
         lines.append("no rounds")
     lines.append(
         f"verified {human_bytes(report.bytes_verified)} in {report.seconds:.1f} s"
-        + ("" if report.completed else "; job not completed")
+        + (f"; {report.unfinished}" if report.unfinished else "")
     )
 
     if report.discrepancies:
@@ -236,16 +240,21 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
                 lines.append("  " + d.line())
 
     lines.append("")
-    if report.status == "INCOMPLETE":
-        lines.append(paint(f"AUDIT INCOMPLETE: {plural(len(report.unavailable), 'artifact')} unavailable now; "
-                           "no discrepancy found, but the final model is not provable until they are republished", _RED))
-    elif report.ok:
-        model = latest_model(report)
-        if report.final_digest:
-            final = f"AUDIT OK final model {report.final_digest}"
-        else:
-            final = f"AUDIT OK (job not completed) latest model {model or '-'}"
-        lines.append(paint(final, _GREEN))
-    else:
-        lines.append(paint(f"AUDIT FAILED: {plural(len(report.discrepancies), 'discrepancy')}", _RED))
+    lines.append(paint(verdict_line(report), _RED if not report.ok else _GREEN))
     return "\n".join(lines) + "\n"
+
+
+def verdict_line(report: AuditReport) -> str:
+    """The audit's last line, the same in the text, JSON-less summaries and the HTML page:
+    ``AUDIT OK final model 0x...``, ``AUDIT OK (job unfinished: round 2 of 3 open) latest
+    model 0x...``, ``AUDIT INCOMPLETE: ...`` or ``AUDIT FAILED: N discrepancies``."""
+    unfinished = f" ({report.unfinished})" if report.unfinished else ""
+    if report.status == "INCOMPLETE":
+        which = "latest" if report.unfinished else "final"
+        return (f"AUDIT INCOMPLETE{unfinished}: {plural(len(report.unavailable), 'artifact')} unavailable now; "
+                f"no discrepancy found, but the {which} model is not provable until they are republished")
+    if report.ok:
+        if report.final_digest and not report.unfinished:
+            return f"AUDIT OK final model {report.final_digest}"
+        return f"AUDIT OK{unfinished} latest model {latest_model(report) or '-'}"
+    return f"AUDIT FAILED{unfinished}: {plural(len(report.discrepancies), 'discrepancy')}"

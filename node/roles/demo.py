@@ -4,7 +4,10 @@ Starts the local chain (and the IPFS node with ``--ipfs``), deploys if needed,
 creates keystore accounts for every party, creates a job, runs every worker and
 aggregator as its own process, shows the rounds as they happen on chain, audits the
 result, and generates text with the verified final model. Every process it started
-is stopped on the way out, also on Ctrl-C; the chain's history is kept on disk.
+is stopped on the way out, also on Ctrl-C, SIGTERM and SIGHUP (and only those: a chain
+restarted by someone else meanwhile is left running); the chain's history is kept on
+disk. One demo per data dir at a time (a lock); the watcher waits out a chain outage as
+the parties do.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from ledger import anvil, atomic
 from ledger.config import Settings
 from ledger.chain import redact_url
 from ledger.digest import short
-from ledger.errors import LedgerError
+from ledger.errors import ChainUnreachable, LedgerError
 from ledger.jobconfig import JobConfig
+from ledger.procs import hold_lock
 
 PASSWORD_FILE = "demo-password"
 # A party with less than FUND_BELOW wei is topped up: by FUND_SET on a dev node that sets
@@ -85,6 +89,11 @@ class Demo:
     say: callable = print
     started_chain: bool = False
     started_ipfs: bool = False
+    chain_pid: int | None = None           # the anvil / IPFS node this demo started (only those are stopped)
+    ipfs_pid: int | None = None
+    chain_id: int | None = None
+    contract: str | None = None            # the deployment the job is on (keys its logs and report)
+    stopped: bool = False
     owner: object = None                   # LocalAccount that deploys and owns the job
     funder: tuple = ("", None)             # (how, None | node account address | LocalAccount)
     parties: list[Party] = field(default_factory=list)
@@ -95,6 +104,7 @@ class Demo:
         if not s.rpc_url:
             up = anvil.chain_up(s)
             self.started_chain = up.started
+            self.chain_pid = up.info.pid if up.started else None
             self.say(f"chain   {up.info.url} ({'started' if up.started else 'already running'}, state in {s.chain_dir})")
             if up.note:
                 self.say(f"        note: {up.note}")
@@ -106,6 +116,7 @@ class Demo:
             ipfs = ipfs_node.ipfs_up(s)
             # Set before anything else can fail, so down() stops the node it started.
             self.started_ipfs = ipfs.started
+            self.ipfs_pid = ipfs.info.pid if ipfs.started else None
             self.settings = s = s.replace(storage="ipfs")
             self.say(f"ipfs    {ipfs.info.url} ({'started' if ipfs.started else 'already running'}, "
                      f"blocks in {ipfs.info.extra.get('repo')})")
@@ -115,13 +126,16 @@ class Demo:
         from ledger.errors import NoDeployment
 
         chain = deploymod.connect(s)
+        self.chain_id = chain.chain_id
         self.owner = self._owner(chain)
         if s.contract:
+            self.contract = s.contract
             self.say(f"contract {s.contract} (given)")
             return
         try:
             rec = deploymod.load_record(s, chain.chain_id)
             if chain.w3.eth.get_code(rec.address):
+                self.contract = rec.address
                 self.say(f"contract {rec.address} (deployed earlier, block {rec.block})")
                 return
             # Another chain with the same id (anvil and Hardhat are both 31337) or a reset one.
@@ -130,7 +144,15 @@ class Demo:
         except NoDeployment:
             pass
         rec = deploymod.deploy(s, account=self.owner, force=True, notify=lambda m: None)
+        self.contract = rec.address
         self.say(f"contract {rec.address} (deployed now, tx {rec.tx_hash})")
+
+    def job_dir(self, base: Path, job_id: int) -> Path:
+        """This demo's files of job ``job_id`` under ``base``, keyed by chain and contract
+        (job ids restart on every deployment: ``node.context.job_dir``)."""
+        from node.context import job_dir
+
+        return job_dir(base, self.chain_id, self.contract, job_id)
 
     # ---- who pays -------------------------------------------------------------------
     def _owner(self, chain):
@@ -261,7 +283,7 @@ class Demo:
 
     # ---- the parties ----------------------------------------------------------------
     def spawn(self, job_id: int, pw_file: Path) -> None:
-        logs = self.settings.data_dir / "demo" / f"job-{job_id}"
+        logs = self.job_dir(self.settings.data_dir / "demo", job_id)
         logs.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
         base.update(
@@ -300,38 +322,71 @@ class Demo:
                     p.proc.wait()
 
     def watch(self, job_id: int) -> None:
-        """Show each round's progress from the chain until the job completes."""
+        """Show each round's progress from the chain until the job completes, waiting out a
+        chain outage as the parties do (the same backoff: ``node.context.backoff_until``)."""
         from ledger.deploy import open_ledger
 
         ledger = open_ledger(self.settings)
         n_workers, n_aggs = self.opt.workers, self.opt.aggregators
         last, t0, round_t0 = None, time.monotonic(), time.monotonic()
         while True:
-            info = ledger.job(job_id)
-            r = min(info.current_round, info.num_rounds)
-            rd = ledger.round(job_id, r)
-            props = len(ledger.proposals(job_id, r))
-            state = (info.current_round, rd.submissions, props, info.completed)
+            try:
+                seen = self._read_progress(ledger, job_id, last)
+            except ChainUnreachable as e:
+                self._wait_for_chain(ledger, e, t0)
+                continue
+            info, r, rd, props, state, ended = seen
             if state != last:
-                if last is not None and last[0] != info.current_round or info.completed:
-                    prev = ledger.round(job_id, last[0] if last else r)
-                    self._say_round_end(ledger, job_id, last[0] if last else r, prev, time.monotonic() - round_t0)
+                if ended is not None:
+                    self._say_round_end(*ended, time.monotonic() - round_t0)
                     round_t0 = time.monotonic()
                 if not info.completed:
                     self.say(f"round {r}/{info.num_rounds}: {rd.submissions}/{n_workers} submitted, {props}/{n_aggs} proposed")
                 last = state
             if info.completed:
                 return
-            for p in self.parties:
-                if p.proc.poll() not in (None, 0):
-                    raise LedgerError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n{_tail(p.log)}")
-            if time.monotonic() - t0 > self.opt.timeout:
-                raise LedgerError(f"the job did not complete within {self.opt.timeout:.0f}s; see the logs in {self.parties[0].log.parent}")
+            self._check(t0)
             time.sleep(0.5)
 
-    def _say_round_end(self, ledger, job_id, r, rd, seconds) -> None:
+    def _read_progress(self, ledger, job_id: int, last):
+        """Everything one look at the chain shows (every read first, so an outage in the
+        middle says nothing twice)."""
+        info = ledger.job(job_id)
+        r = min(info.current_round, info.num_rounds)
+        rd = ledger.round(job_id, r)
+        props = len(ledger.proposals(job_id, r))
+        state = (info.current_round, rd.submissions, props, info.completed)
+        ended = None
+        if state != last and (last is not None and last[0] != info.current_round or info.completed):
+            pr = last[0] if last else r
+            prev = ledger.round(job_id, pr)
+            ended = (pr, prev, ledger.proposals(job_id, pr) if prev.status == "finalized" else [])
+        return info, r, rd, props, state, ended
+
+    def _check(self, t0: float) -> None:
+        """A party that failed, or the demo's time up: one error naming what to read."""
+        for p in self.parties:
+            if p.proc.poll() not in (None, 0):
+                raise LedgerError(f"{p.name} exited with code {p.proc.returncode}; last lines of {p.log}:\n{_tail(p.log)}")
+        if time.monotonic() - t0 > self.opt.timeout:
+            raise LedgerError(f"the job did not complete within {self.opt.timeout:.0f}s; see the logs in {self.parties[0].log.parent}")
+
+    def _wait_for_chain(self, ledger, err: ChainUnreachable, t0: float) -> None:
+        from node.context import backoff_until
+
+        chain = ledger.chain
+        self.say(f"chain unreachable at {redact_url(chain.rpc_url)}: waiting for it, as the parties do ({err})")
+
+        def probe():
+            self._check(t0)
+            chain.block_number()
+
+        waited = backoff_until(probe, ChainUnreachable)
+        chain.forget_blocks()
+        self.say(f"chain back after {waited:.0f}s")
+
+    def _say_round_end(self, r, rd, props, seconds) -> None:
         if rd.status == "finalized":
-            props = ledger.proposals(job_id, r)
             agree = sum(1 for p in props if p.outcome == rd.outcome)
             accepted = next((p.accepted for p in props if p.outcome == rd.outcome), "?")
             self.say(f"round {r} finalized in {seconds:.0f}s: {accepted} contributions accepted, "
@@ -340,15 +395,64 @@ class Demo:
             why = "no quorum in the proposal window" if rd.skip_reason == "no-quorum" else "too few submissions"
             self.say(f"round {r} skipped: {why}, parent kept")
 
-    def down(self) -> None:
-        self.stop_parties()
-        if self.started_ipfs:
-            from ledger import ipfs_node
+    def down(self, quiet: bool = False) -> list[str]:
+        """Stop what this demo started, and only that: its parties, and the IPFS node and
+        chain if it started them and they are still those processes (by PID; one
+        restarted by someone else meanwhile is left running). Returns what was stopped.
+        A stop signal that comes meanwhile does not cut it short (each step is retried)."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        say = (lambda m: None) if quiet else self.say
+        done: list[str] = []
+        interrupted = None
+        for step in (self._down_parties, self._down_ipfs, self._down_chain):
+            for _ in range(2):
+                try:
+                    what = step(say)
+                    if what:
+                        done.append(what)
+                    break
+                except KeyboardInterrupt as e:   # a signal while stopping: finish stopping first
+                    interrupted = interrupted or e
+        if interrupted is not None:
+            interrupted.stopped = done
+            raise interrupted
+        return done
 
-            ipfs_node.ipfs_down(self.settings)
-        if self.started_chain:
-            anvil.chain_down(self.settings)
-            self.say(f"chain stopped (state saved in {self.settings.chain_dir}; `ledger chain up` brings it back)")
+    def _down_parties(self, say) -> str | None:
+        running = [p for p in self.parties if p.proc and p.proc.poll() is None]
+        self.stop_parties()
+        if not running:
+            return None
+        n_w = sum(1 for p in running if p.role == "worker")
+        n_a = len(running) - n_w
+        return " and ".join(x for x in (f"{n_w} worker(s)" if n_w else "", f"{n_a} aggregator(s)" if n_a else "") if x)
+
+    def _down_ipfs(self, say) -> str | None:
+        from ledger import ipfs_node
+
+        if not self.started_ipfs:
+            return None
+        info = ipfs_node.service(self.settings).running()
+        if info is None or info.pid != self.ipfs_pid:
+            if info is not None:
+                say(f"IPFS node pid {info.pid} left running: not the one this demo started")
+            return None
+        ipfs_node.ipfs_down(self.settings)
+        return f"the IPFS node (pid {info.pid})"
+
+    def _down_chain(self, say) -> str | None:
+        if not self.started_chain:
+            return None
+        info = anvil.service(self.settings).running()
+        if info is None or info.pid != self.chain_pid:
+            if info is not None:
+                say(f"chain pid {info.pid} left running: not the one this demo started (`ledger chain down` stops it)")
+            return None
+        anvil.chain_down(self.settings)
+        say(f"chain stopped (state saved in {self.settings.chain_dir}; `ledger chain up` brings it back)")
+        return f"the chain (pid {info.pid}, state saved in {self.settings.chain_dir})"
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -393,6 +497,8 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
     from node.reports.html import render_html
     from node.reports.text import render_text
 
+    # One demo per data dir: a second one would share its keystore, chain and logs.
+    lock = hold_lock(settings.data_dir / "demo.lock", f"ledger demo on data dir {settings.data_dir.resolve()}")
     demo = Demo(settings, opt, say)
     t0 = time.monotonic()
     try:
@@ -405,7 +511,7 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
         say(f"training done in {time.monotonic() - t0:.0f}s; auditing job {job_id} from chain and storage ...")
         ledger, store = open_ledger(demo.settings), open_store(demo.settings)
         report = audit_job(ledger, store, job_id, replay="sample")
-        html = opt.html or demo.settings.data_dir / "reports" / f"job-{job_id}.html"
+        html = opt.html or demo.job_dir(demo.settings.data_dir / "reports", job_id) / "audit.html"
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(render_html(report))
         say(render_text(report))
@@ -426,5 +532,11 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
         say(f"report       {html}")
         say(f"time         {time.monotonic() - t0:.0f}s")
         return 0 if report.ok else 1
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM or SIGHUP (ledger.procs.Stopped): stop what we started; the
+        # command line says in one line what that was.
+        e.stopped = demo.down(quiet=True)
+        raise
     finally:
         demo.down()
+        lock.close()

@@ -32,9 +32,10 @@ def audited_model_digest(report: AuditReport) -> bytes:
     """The model whose lineage ``report`` checked: the completed job's final model, or the
     latest finalized one while the job ran. Never the job's parent read again afterwards:
     a round finalized after the audit would be loaded unaudited."""
-    if not report.final_digest or not report.final_digest.startswith("0x"):
+    model = report.final_digest or report.latest_digest
+    if not model or not model.startswith("0x"):
         raise UnverifiedModel(f"refusing to generate: the audit of job {report.job_id} names no final model")
-    return bytes.fromhex(report.final_digest[2:])
+    return bytes.fromhex(model[2:])
 
 
 def generate_verified(ledger, store, job_id: int, prompt: str | bytes, max_new_tokens: int = 200,
