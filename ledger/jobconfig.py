@@ -329,6 +329,13 @@ class JobConfig:
     def digest(self) -> bytes:
         return sha256_bytes(self.to_bytes())
 
+    @property
+    def discloses(self) -> bool:
+        """Whether workers reveal anything after the draw, and so have a disclosure phase on
+        chain: private data (drawn windows), or drawn snapshots of a transcript that has any
+        (more steps than one segment)."""
+        return self.data.private or (self.policy.reveals and int(self.train.steps) > int(self.policy.segment_steps))
+
     @classmethod
     def from_bytes(cls, raw: bytes) -> "JobConfig":
         """Parse a stored config; a field of the wrong JSON type is a ValueError naming it

@@ -36,6 +36,8 @@ Private data (jobs created with --data-root; node.training.privdata):
 After the draw (any job that reveals: drawn snapshots by default, private windows):
   withhold     honest, but never reveals what the draw asks: its drawn snapshots
                (-> transcript-unrevealed) and, for private data, windows (-> windows-unrevealed)
+  silent       honest, stores what the draw asks, but never discloses it on chain: whoever
+               holds its key may (a test disclosing at a chosen second); else -> unrevealed
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ log = logging.getLogger("ledger.adversary")
 
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
 PRIVATE_ATTACKS = ("other-data", "bad-proof")
-REVEAL_ATTACKS = ("withhold",)
+REVEAL_ATTACKS = ("withhold", "silent")
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
            "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
@@ -167,6 +169,12 @@ class Adversary(Worker):
 
     def _pending_reveals(self):
         return [] if self.attack == "withhold" else super()._pending_reveals()
+
+    def _disclose(self, r: int) -> bool:
+        if self.attack == "silent":
+            log.info("round %d: attack silent stores its drawn artifacts and does not disclose them", r)
+            return True
+        return super()._disclose(r)
 
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx

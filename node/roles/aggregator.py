@@ -143,7 +143,7 @@ class Aggregator:
         disclosed artifacts are given time to reach this node's storage (a local wait: it
         decides nothing against anyone). Until then, wait and say False."""
         ctx = self.ctx
-        if not (ctx.config.data.private or ctx.config.policy.reveals):
+        if not ctx.config.discloses:
             return True
         subs = ctx.ledger.submissions(ctx.job_id, r)
         if not subs:

@@ -237,7 +237,7 @@ def create_job(
             min_submissions=min_submissions,
             cid_version=config.cid_version,
             # the chain judges whether a worker revealed what the draw asked in time
-            disclosure_window=int(config.policy.reveal_window) if (config.data.private or config.policy.reveals) else 0,
+            disclosure_window=int(config.policy.reveal_window) if config.discloses else 0,
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)

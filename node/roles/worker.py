@@ -66,7 +66,7 @@ class Worker:
         self.opt = options or WorkerOptions()
         self.private = ctx.config.data.private
         # what is stored only once the draw is known: drawn snapshots, drawn window bundles
-        self.reveals = self.private or ctx.config.policy.reveals
+        self.reveals = ctx.config.discloses
         self.data = self._checked_data(data)
 
     def _checked_data(self, data: bytes | None) -> bytes | None:
