@@ -90,6 +90,12 @@ def build(size: str, tmp: Path, threads: int):
     else:
         raise SystemExit(f"unknown size {size!r}; one of {SIZES}")
     split = make_split(load_corpus(), 4)
+    # as `ledger job create` does: a contribution is the size of the genesis, with room to spare
+    nbytes = sum(v.nbytes for v in genesis.values())
+    cfg.policy.max_checkpoint_bytes = max(cfg.policy.max_checkpoint_bytes, nbytes + nbytes // 4 + (1 << 20))
+    # the default absolute norm cap is the byte GPT's; a 124M model moves further (its
+    # cost is one pass over the tensors either way)
+    cfg.policy.max_update_norm = 1000.0
     return lm, cfg, genesis, lm.stream(split.shards[0]), lm.stream(split.validation)
 
 

@@ -275,7 +275,8 @@ def fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | N
     names = _float_names(parent)
     parent64 = {name: np.asarray(parent[name], dtype=np.float64) for name in names}
     weighted = {name: np.zeros(np.shape(parent[name]), dtype=np.float64) for name in names}
-    plain = {name: np.zeros(np.shape(parent[name]), dtype=np.float64) for name in names}
+    # the unweighted sum is needed only if every weight is 0: kept until a weight is not
+    plain: dict | None = {name: np.zeros(np.shape(parent[name]), dtype=np.float64) for name in names}
     workers: list[str] = []
     total = 0
     prev: str | None = None
@@ -292,9 +293,12 @@ def fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | N
         w = float(num_samples)
         if w != num_samples:
             raise ValueError(f"contribution of {worker}: num_samples {num_samples} is not exact in float64")
+        if w != 0:
+            plain = None
         for name in names:
             d = np.subtract(np.asarray(params[name], dtype=np.float64), parent64[name])
-            np.add(plain[name], d, out=plain[name])
+            if plain is not None:
+                np.add(plain[name], d, out=plain[name])
             np.multiply(d, w, out=d)
             np.add(weighted[name], d, out=weighted[name])
         workers.append(worker)
