@@ -93,6 +93,22 @@ class JobContext:
             raise LedgerError(f"job {job_id}: config {cid} is not a valid job config: {e}") from None
         return cls(ledger, store, job_id, info, config)
 
+    @classmethod
+    def load_riding_out(cls, ledger, store, job_id: int, log: logging.Logger) -> "JobContext":
+        """``load`` for a long-running role: a chain or own-storage outage at start is
+        waited out as ``ride_out`` waits it out later (a worker or aggregator started
+        during a restart of its node must not exit with a round to serve)."""
+        try:
+            return cls.load(ledger, store, job_id)
+        except (ChainUnreachable, StorageUnreachable) as e:
+            what = "chain" if isinstance(e, ChainUnreachable) else "storage"
+            log.warning("%s unreachable (%s), retrying in %gs", what, e, OUTAGE_BACKOFF[0])
+        box: list = []
+        waited = backoff_until(lambda: box.append(cls.load(ledger, store, job_id)),
+                               (ChainUnreachable, StorageUnreachable))
+        log.warning("%s back after %.1fs; reading the job", what, waited)
+        return box[-1]
+
     def refresh(self):
         self.info = self.ledger.job(self.job_id)
         return self.info

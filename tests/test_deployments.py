@@ -100,7 +100,8 @@ def test_a_worker_republishes_what_its_store_lost(deployed):
 
 def test_one_process_per_party_and_job(deployed):
     env = deployed
-    job = env.create_job([W[0]], [A], quorum=1, rounds=1)
+    # W[1] stays away until the end: the round stays open, both first processes alive
+    job = env.create_job(W[:2], [A], quorum=1, rounds=1)
     first = _worker(env, W[0], job)
     agg = _aggregator(env, job)
     lock = _state_dir(env, W[0], job) / "lock"
@@ -114,4 +115,4 @@ def test_one_process_per_party_and_job(deployed):
     # kill -9 leaves no stale lock: the next one runs the job to its end
     first.kill()
     first.wait(timeout=30)
-    _finish(env, job, [_worker(env, W[0], job), agg])
+    _finish(env, job, [_worker(env, W[0], job), _worker(env, W[1], job), agg])

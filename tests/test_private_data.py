@@ -107,7 +107,7 @@ def test_private_data_job_end_to_end_reveals_only_drawn_windows(deployed, tmp_pa
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     out = env.run(DEV0, "job", "create", *two, "--data-root", roots[0], "--data-root", roots[1], "--validation", str(val),
                   "--proposal-window", "60", "--reveal-window", "40", *SHAPE)
-    assert out.returncode != 0 and "at most half the proposal window" in out.stderr, out.stderr
+    assert out.returncode == 2 and "is more than half the proposal window" in out.stderr, out.stderr
     corpus_job = env.create_job(workers, [agg])
     out = env.run(workers[0], "worker", "run", "--job", str(corpus_job), "--data", str(paths[0]), "--no-progress")
     assert out.returncode != 0 and "--data-root" in out.stderr and "Traceback" not in out.stderr, out.stderr
@@ -132,14 +132,14 @@ def test_private_data_job_end_to_end_reveals_only_drawn_windows(deployed, tmp_pa
     crashed = env.spawn(workers[0], "worker", "run", "--job", str(job), "--data", str(paths[0]), "--no-progress",
                         LEDGER_CRASH_AT="worker:after-submit")
     assert crashed.wait(timeout=120) == -signal.SIGKILL, log_text(crashed)
-    assert "revealed" not in log_text(crashed)
+    assert "round 1: revealed" not in log_text(crashed)
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--data", str(p), "--no-progress", "--poll", "0.3")
              for k, p in zip(workers, paths)]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 300, "the job to complete", procs)
-    assert "round 1: revealed the windows of drawn segment" in log_text(procs[0])   # after the restart
+    assert "round 1: revealed the snapshots and windows of drawn segment" in log_text(procs[0])   # after the restart
     for p in procs[:2]:
-        assert "round 2: revealed the windows of drawn segment" in log_text(p)
+        assert "round 2: revealed the snapshots and windows of drawn segment" in log_text(p)
 
     rc, report = _audit(env, job)
     assert rc == 0 and report["ok"], report["discrepancies"]

@@ -47,7 +47,10 @@ def _verdicts(report: dict) -> dict[tuple[int, str], tuple[int, int, str, float 
 def test_honest_training_verifies_on_other_kernels_and_thread_counts(deployed):
     env = deployed
     workers, aggs = keys(3, "xk-worker"), keys(2, "xk-agg")
-    job = env.create_job(workers, aggs, quorum=2, rounds=2, config=_config())
+    # The third shard's text is unlike the held-out text: six honest steps on it raise the
+    # validation loss by ~0.9 in round 2 (measured by retraining it alone). This test is
+    # about replay across kernels, so the validation rule is loosened; it is tested elsewhere.
+    job = env.create_job(workers, aggs, quorum=2, rounds=2, config=_config(max_val_loss_increase=2.0))
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in workers]
     procs += [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3", "--threads", "2", **OTHER_KERNELS)
               for k in aggs]
@@ -59,7 +62,8 @@ def test_honest_training_verifies_on_other_kernels_and_thread_counts(deployed):
     assert rc == 0 and report["ok"], report["discrepancies"]
     got = _verdicts(report)
     assert len(got) == 6
-    assert all(on == Verdict.ACCEPTED and mine == Verdict.ACCEPTED for on, mine, _, _ in got.values()), got
+    refused = {k: v for k, v in got.items() if (v[0], v[1]) != (Verdict.ACCEPTED, Verdict.ACCEPTED)}
+    assert not refused, refused
     distances = [d for _, _, _, d in got.values()]
     tol = _config().policy.replay_tolerance
     # every segment of every transcript was replayed on the other kernels, and they did differ

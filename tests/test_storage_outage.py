@@ -51,11 +51,13 @@ def _spawn(env, key, *args, **extra):
     return env.spawn(key, *args, "--poll", "0.3", LEDGER_STORAGE="ipfs", LEDGER_IPFS_API=env.settings.ipfs_api, **extra)
 
 
-def _outage(env, port, seconds, until_logged=None, procs=()):
+def _outage(env, port, seconds, until_logged=None, procs=(), during=None):
     """Stop the IPFS node (by PID); start it again on the same port after ``seconds`` or
-    once ``until_logged`` shows in every process's log."""
+    once ``until_logged`` shows in every process's log (``during()`` adds processes
+    started while the node is down)."""
     ipfs_node.ipfs_down(env.settings)
     t0 = time.monotonic()
+    procs = [*procs, *(during() if during else ())]
     if until_logged:
         wait_for(lambda: all(until_logged in log_text(p) for p in procs), 120, until_logged, procs)
     time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
@@ -98,9 +100,12 @@ def test_a_worker_waits_for_its_storage_to_publish(world):
     cfg.train.steps = 400         # seconds of training: the outage starts while it trains
     job = env.create_job([W[2]], [A], quorum=1, rounds=1, config=cfg)
     worker = _spawn(env, W[2], "worker", "run", "--job", str(job), "--no-progress")
-    agg = _spawn(env, A, "aggregator", "run", "--job", str(job))
     wait_for(lambda: "round 1: parent" in log_text(worker), 120, "training to start", [worker])
-    _outage(env, port, 3, until_logged="storage unreachable", procs=[worker])
+    # the aggregator starts during the outage: it waits for its storage to read the job
+    started = []
+    _outage(env, port, 3, until_logged="storage unreachable", procs=[worker],
+            during=lambda: started.append(_spawn(env, A, "aggregator", "run", "--job", str(job))) or started)
+    (agg,) = started
     assert "round 1: trained" in log_text(worker) and worker.poll() is None, log_text(worker)[-3000:]
     wait_for(lambda: env.ledger.job(job).completed, 240, "the job to complete", [worker, agg])
     assert "storage back after" in log_text(worker)

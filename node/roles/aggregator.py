@@ -381,5 +381,5 @@ def _when(ts: int) -> str:
 
 
 def run_aggregator(ledger, store, job_id: int, address: str, state_dir: Path, options: AggregatorOptions | None = None) -> int:
-    ctx = JobContext.load(ledger, store, job_id)
+    ctx = JobContext.load_riding_out(ledger, store, job_id, log)
     return Aggregator(ctx, address, state_dir, options).run()

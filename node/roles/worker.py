@@ -440,5 +440,5 @@ def _progress_bar(total: int, desc: str, enabled: bool):
 
 def run_worker(ledger, store, job_id: int, account_address: str, state_dir: Path, options: WorkerOptions | None = None,
                data: bytes | None = None) -> int:
-    ctx = JobContext.load(ledger, store, job_id)
+    ctx = JobContext.load_riding_out(ledger, store, job_id, log)
     return Worker(ctx, account_address, state_dir, options, data=data).run()

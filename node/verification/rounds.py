@@ -85,9 +85,15 @@ def replay_seed(ledger, job_id: int, r: int, submissions) -> bytes:
         return b"\0" * 32
     close = close_block(ledger, job_id, r, submissions)
     head = ledger.chain.block_number()
-    if close is None or close + DRAW_DELAY > head:
-        where = f"block {close + DRAW_DELAY}" if close is not None else f"{DRAW_DELAY} blocks after the deadline's"
-        raise DrawNotReady(f"job {job_id} round {r}: the draw is seeded by {where}, not mined yet (head {head})")
+    if close is None:
+        # Only the chain's clock closes a round at its deadline; a party whose clock runs
+        # ahead sees the deadline pass first and must hear why it waits.
+        deadline, now = int(ledger.round(job_id, r).deadline), ledger.chain.block_timestamp(head)
+        raise DrawNotReady(f"job {job_id} round {r}: the chain's clock ({now}) has not passed the round's deadline "
+                           f"({deadline}) in a mined block yet; the draw is seeded {DRAW_DELAY} blocks after that one")
+    if close + DRAW_DELAY > head:
+        raise DrawNotReady(f"job {job_id} round {r}: the draw is seeded by block {close + DRAW_DELAY}, not mined yet "
+                           f"(head {head})")
     return bytes(ledger.block_hash(close + DRAW_DELAY))
 
 
