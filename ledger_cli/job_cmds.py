@@ -235,9 +235,11 @@ def _create(args, settings) -> int:
     return 0
 
 
-# bench/replay_drift.py --dtype bfloat16: honest replays on other kernel paths land farther apart
-# under bfloat16 autocast than in float32; the default tolerance follows (README, "Replay tolerance").
-BF16_REPLAY_TOLERANCE = 5e-2
+# bench/replay_drift.py --dtype bfloat16 --lengths 5,10 --steps 20 (README, "Training a model you
+# have"): honest 5-step segments replayed on other kernel paths land within 3.5e-2, the closest
+# cheat at 0.544; 0.1 leaves ~3x room above the honest and ~5x below the cheat. 10-step segments
+# drift up to 0.85 under bfloat16 (rounding compounds), so bfloat16 jobs keep the 5-step default.
+BF16_REPLAY_TOLERANCE = 0.1
 
 
 def _model_choice(args, settings):

@@ -6,7 +6,8 @@ and every kind of tampering with the folder found in one line per problem.
   statement moved to another job (re-signed by another key, or not re-signed), a missing
   or an added file all fail (exit 1); refusals (a job not completed, an audit that
   fails, a non-empty folder, no folder, no chain) are one line each, no traceback.
-- a tiny Llama with LoRA: the export is a plain model, LoRA merged, that
+- a tiny Llama with LoRA: in ``tests/test_hf_models.py`` (``_export_matches``, on that
+  file's LoRA job): the export is a plain model, LoRA merged, that
   ``transformers.AutoModelForCausalLM.from_pretrained`` loads and whose logits match the
   ledger model's; the tokenizer loads with ``tokenizers``; the adapter is exported as is.
 """
@@ -238,58 +239,3 @@ def test_refusals_are_one_line(world, exported, tmp_path):
 
 
 # ---------------------------------------------------------------------------- a Hugging Face model with LoRA
-
-
-def test_a_lora_llama_export_loads_with_transformers_and_matches(deployed, tmp_path):
-    import torch
-    import transformers
-    from tokenizers import Tokenizer
-
-    from tiny_models import make_model_dir
-
-    env = deployed
-    model = make_model_dir(tmp_path / "llama", "llama", seed=3)
-    w, a = keys(1, "export-hf-worker")[0], keys(1, "export-hf-agg")[0]
-    env.fund(w, a)
-    out = env.run(DEV0, "job", "create", "--model", str(model), "--lora-rank", "4", "--worker", address(w),
-                  "--aggregator", address(a), "--block-size", "32", "--steps", "4", "--batch-size", "8",
-                  "--segment-steps", "2", "--replay-segments", "1", "--lr", "1e-2", "--rounds", "1",
-                  "--round-duration", "120", "--proposal-window", "60", "--reveal-window", "20", timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    job = int(re.search(r"^job (\d+)$", out.stdout, re.M).group(1))
-    procs = _run_job(env, job, [w], [a])
-    wait_for(lambda: env.ledger.job(job).completed, 400, "the LoRA job to complete", procs)
-
-    folder = tmp_path / "export"
-    r = env.run(EXPORTER, "export", "--job", str(job), str(folder), timeout=400)
-    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["adapter.safetensors", "config.json", "model.safetensors", "tokenizer.json", provenance.ENVELOPE_NAME])
-    ok = env.run(None, "verify-export", str(folder), "--job", str(job))
-    assert ok.returncode == 0 and "EXPORT OK" in ok.stdout, ok.stderr
-    assert "weights: adapter.safetensors holds exactly the final checkpoint" in ok.stdout, ok.stdout
-
-    # the ledger's model with the final adapter, as every party runs it
-    from node.context import JobContext
-    from safetensors.numpy import load_file
-
-    ctx = JobContext.load(env.ledger, env.store, job)
-    final, _ = ctx.load_checkpoint(ctx.locate_model(ctx.info.current_parent))
-    adapter = load_file(str(folder / "adapter.safetensors"))
-    assert sorted(adapter) == sorted(final) and all(np.array_equal(adapter[k], final[k]) for k in final)
-    assert any(np.any(final[k] != 0) for k in final if ".lora_B." in k), "the adapter moved from its genesis"
-    x = torch.tensor([[int(i) for i in ctx.model.encode(b"the quick brown fox ")][:16]])
-    with torch.no_grad():
-        want = ctx.model.logits(ctx.model.module(final), x).float()
-
-    # the export: a plain model (no adapter tensors) the usual libraries load
-    weights = load_file(str(folder / "model.safetensors"))
-    assert not [k for k in weights if "lora" in k or "base_layer" in k]
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
-    assert type(loaded).__name__ == "LlamaForCausalLM"
-    with torch.no_grad():
-        got = loaded(input_ids=x).logits.float()
-    assert got.shape == want.shape
-    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    assert tok.encode("the quick brown fox ").ids[:16] == x[0].tolist()

@@ -10,13 +10,16 @@ consortium brings: config.json, model.safetensors, tokenizer.json.
   to rejected with ``replay``, ``ledger audit --replay sample`` AUDIT OK, and
   ``ledger generate`` printing text through the tokenizer.
 - A tiny Llama-style model with LoRA: contributions are adapters on a frozen committed
-  base; a lazy worker (half the steps) rejected with ``replay``; audit OK; generate.
+  base; a lazy worker (half the steps) rejected with ``replay``; audit OK; generate;
+  ``ledger export`` gives a plain model that transformers loads with the same logits.
 - A directory whose weights are pickle-based is refused in one line, nothing loaded.
 """
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
 import re
 
 import pytest
@@ -105,6 +108,49 @@ def test_gpt2_full_fine_tuning_on_private_text(deployed, tmp_path):
     _generate(env, job)
 
 
+def _export_matches(env, job: int, folder) -> None:
+    """`ledger export` of a finished LoRA job: the folder verifies, its adapter is the final
+    checkpoint, and its merged model.safetensors loads with plain transformers and gives
+    the ledger model's logits (the export issue's LoRA case, on this test's job)."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+    from tokenizers import Tokenizer
+
+    from ledger import provenance
+    from node.context import JobContext
+
+    exporter = keys(1, "hf-exporter")[0]
+    r = env.run(exporter, "export", "--job", str(job), str(folder), timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["adapter.safetensors", "config.json", "model.safetensors", "tokenizer.json", provenance.ENVELOPE_NAME])
+    ok = env.run(None, "verify-export", str(folder), "--job", str(job))
+    assert ok.returncode == 0 and "EXPORT OK" in ok.stdout, ok.stderr
+    assert "weights: adapter.safetensors holds exactly the final checkpoint" in ok.stdout, ok.stdout
+
+    # the ledger's model with the final adapter, as every party runs it
+    ctx = JobContext.load(env.ledger, env.store, job)
+    final, _ = ctx.load_checkpoint(ctx.locate_model(ctx.info.current_parent))
+    adapter = load_file(str(folder / "adapter.safetensors"))
+    assert sorted(adapter) == sorted(final) and all(np.array_equal(adapter[k], final[k]) for k in final)
+    x = torch.tensor([[int(i) for i in ctx.model.encode(b"the quick brown fox ")][:16]])
+    with torch.no_grad():
+        want = ctx.model.logits(ctx.model.module(final), x).float()
+
+    # the export: a plain model (no adapter tensors) the usual libraries load
+    weights = load_file(str(folder / "model.safetensors"))
+    assert not [k for k in weights if "lora" in k or "base_layer" in k]
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    assert type(loaded).__name__ == "LlamaForCausalLM"
+    with torch.no_grad():
+        got = loaded(input_ids=x).logits.float()
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert tok.encode("the quick brown fox ").ids[:16] == x[0].tolist()
+
+
 def test_llama_lora_adapters_on_a_frozen_base(deployed, tmp_path):
     env = deployed
     model = make_model_dir(tmp_path / "llama", "llama", seed=2)
@@ -140,6 +186,7 @@ def test_llama_lora_adapters_on_a_frozen_base(deployed, tmp_path):
     assert sorted(final) == sorted(genesis)
     assert any(not (final[n] == genesis[n]).all() for n in final)
     _generate(env, job)
+    _export_matches(env, job, tmp_path / "export")
 
 
 def test_a_pickle_weights_directory_is_refused_in_one_line(deployed, tmp_path):

@@ -58,14 +58,16 @@ def torch_settings(threads: int | None, deterministic: bool = True):
     """Set the thread count and deterministic mode for a block, then put them back
     (they are process-wide; a caller running tests or several jobs should not inherit them)."""
     prev_threads = torch.get_num_threads()
-    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_mode = torch.get_deterministic_debug_mode()
     if threads:
         torch.set_num_threads(int(threads))
-    torch.use_deterministic_algorithms(deterministic)
+    # The debug-mode setter is use_deterministic_algorithms without its import of the
+    # compiler (torch._inductor, ~1.8 s of CPU in every process; nothing here compiles).
+    torch.set_deterministic_debug_mode("error" if deterministic else "default")
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(prev_det)
+        torch.set_deterministic_debug_mode(prev_mode)
         torch.set_num_threads(prev_threads)
 
 
