@@ -83,19 +83,28 @@ def deployed(settings: Settings, chain_service):
 # collected first: `make test` hands whole files to two workers in collection order, and
 # a heavy file that starts last leaves one worker idle while the other finishes it.
 SLOWEST_FIRST = (
-    "test_aggregator.py",      # ~270 s
-    "test_worker.py",          # ~110 s
-    "test_chain_outage.py",    # ~90 s
-    "test_audit.py",           # ~80 s
-    "test_segment_replay.py",  # ~80 s
-    "test_hardhat.py",         # ~75 s
-    "test_private_data.py",    # ~70 s
-    "test_train.py",           # ~70 s
-    "test_compile.py",         # ~60 s
-    "test_demo.py",            # ~60 s
-    "test_chain_clock.py",     # ~50 s
-    "test_availability.py",    # ~45 s
-    "test_netns.py",           # ~40 s
+    "test_aggregator.py",       # ~260 s
+    "test_hf_models.py",        # ~200 s
+    "test_signals.py",          # ~115 s
+    "test_transcripts.py",      # ~110 s
+    "test_worker.py",           # ~100 s
+    "test_segment_replay.py",   # ~90 s
+    "test_private_data.py",     # ~90 s
+    "test_chain_outage.py",     # ~85 s
+    "test_deployments.py",      # ~80 s
+    "test_hardhat.py",          # ~80 s
+    "test_compile.py",          # ~70 s
+    "test_audit.py",            # ~70 s
+    "test_netns.py",            # ~65 s
+    "test_train.py",            # ~60 s
+    "test_audit_artifacts.py",  # ~60 s
+    "test_demo.py",             # ~60 s
+    "test_draw.py",             # ~55 s
+    "test_availability.py",     # ~50 s
+    "test_export.py",           # ~50 s
+    "test_round_cmds.py",       # ~45 s
+    "test_storage_outage.py",   # ~45 s
+    "test_chain_clock.py",      # ~40 s
 )
 
 
