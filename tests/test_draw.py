@@ -49,14 +49,20 @@ def _config():
     return cfg
 
 
+def _two_worker_job(env, tag: str):
+    """A one-round job of two workers (keys ``<tag>-worker``) and one aggregator: (job, its
+    parent, worker a, worker b)."""
+    a, b = keys(2, f"{tag}-worker")
+    agg = keys(1, f"{tag}-agg")[0]
+    job = env.create_job([a, b], [agg], quorum=1, rounds=1, round_duration=60, config=_config())
+    return job, env.ledger.job(job).current_parent, a, b
+
+
 def test_the_last_submitter_cannot_compute_its_draw(deployed):
     from node.verification.rounds import DRAW_DELAY, DrawNotReady, replay_seed
 
     env = deployed
-    a, b = keys(2, "draw-worker")
-    agg = keys(1, "draw-agg")[0]
-    job = env.create_job([a, b], [agg], quorum=1, rounds=1, round_duration=60, config=_config())
-    parent = env.ledger.job(job).current_parent
+    job, parent, a, b = _two_worker_job(env, "draw")
     _pause(env)                                    # blocks only when a transaction comes: the test's clock
     try:
         env.as_party(a).submit_update(job, 1, parent, b"\1" * 32, "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", 10, 40)
@@ -86,10 +92,7 @@ def test_a_round_closed_by_its_deadline_is_seeded_after_the_deadline(deployed):
     from node.verification.rounds import DRAW_DELAY, DrawNotReady, replay_seed
 
     env = deployed
-    a, b = keys(2, "dl-worker")
-    agg = keys(1, "dl-agg")[0]
-    job = env.create_job([a, b], [agg], quorum=1, rounds=1, round_duration=60, config=_config())
-    parent = env.ledger.job(job).current_parent
+    job, parent, a, _ = _two_worker_job(env, "dl")
     chain = env.ledger.chain
     _pause(env)
     try:
