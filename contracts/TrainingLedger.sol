@@ -47,7 +47,26 @@ pragma solidity 0.8.28;
 ///   and paid by the aggregator (or caller of closeRound), not by the workers.
 /// - the proposal phase of the current round (commit deadline, commit and reveal counts)
 ///   is one packed slot per job, overwritten from round to round like the commitment.
-/// There are no external calls: no reentrancy surface.
+///
+/// Credit, rewards and stakes (see README "Who is paid"): every reveal carries a
+/// `Settlement`: one credit per worker index (what its accepted contribution is worth,
+/// quantised so honest verifiers agree bit for bit; zero when rejected or absent) and a
+/// bitmap of the workers it slashes (rejected for a cheating reason). Both are part of
+/// the committed outcome, so the quorum agrees on them as on the merge. A job funded
+/// with a reward (`msg.value` of `createJob`) pays, when a round finalizes, its share
+/// `pool / rounds left` to the round's credited workers pro rata to credit and
+/// `aggregatorBps` of it, in equal parts, to the aggregators whose reveal is the
+/// finalized outcome. A skipped round's share stays in the pool for the later rounds;
+/// what is left when the job completes (dust, rounds without credit) goes back to the
+/// creator. A slash moves `slashBps` of the worker's remaining stake into the pool.
+/// Payments are credited to balances and pulled with `withdraw` (checks-effects-
+/// interactions: the only external call, after the balance is zeroed).
+///
+/// Open jobs (`maxWorkers` > 0) accept `join` (posting `workerStake`) from anyone while
+/// the current round is not open for submissions (closed: being judged); a joiner
+/// trains from the next round on. `leave` (same window, not while its own contribution
+/// is being judged) returns what is left of its stake. Stakes come back to every
+/// worker when the job completes.
 contract TrainingLedger {
     // ------------------------------------------------------------------ types
 
@@ -68,6 +87,16 @@ contract TrainingLedger {
         uint16 minSubmissions;  // accepted contributions needed to move the model
         uint8 cidVersion;       // 0 or 1: how CIDs are rebuilt from (digest, size)
         uint32 disclosureWindow; // seconds after the round's deadline to `disclose` (0: nothing to disclose)
+        uint16 maxWorkers;      // 0: only the named workers; else an open job: anyone may `join` up to this many
+        uint128 workerStake;    // wei each worker posts (`stake`, or with `join`) before it submits; 0: none
+        uint16 slashBps;        // basis points of a worker's remaining stake slashed per cheating rejection
+        uint16 aggregatorBps;   // basis points of each round's reward paid to the finalizing quorum
+    }
+
+    /// @notice What a proposal settles besides the merge: part of its outcome.
+    struct Settlement {
+        uint64[] credits; // one per worker index of the round (0..numWorkers-1): 0 unless accepted
+        uint128 slashed;  // bitmap of worker indexes rejected for a cheating reason
     }
 
     /// @notice Status of a round as reported by `getRound`.
@@ -110,6 +139,13 @@ contract TrainingLedger {
         bool completed;
         uint64 createdBlock;      // where to start reading the job's events
         uint32 disclosureWindow;
+        uint16 maxWorkers;        // 0: a closed job (named workers only)
+        uint16 activeWorkers;     // workers expected in the current round (joined, not left)
+        uint128 workerStake;
+        uint16 slashBps;
+        uint16 aggregatorBps;
+        uint128 reward;           // wei the job was funded with
+        uint128 pool;             // wei not paid out yet (returned to the creator at completion)
     }
 
     /// @notice Everything known about one round (see `getRound`).
@@ -131,6 +167,7 @@ contract TrainingLedger {
         SkipReason skipReason;
         uint16 disclosed;          // submitters that disclosed (see `disclose`)
         uint64 disclosureDeadline; // last second to disclose (zero when the job has no disclosures)
+        uint16 expected;           // workers the round waits for (it closes early once all submitted)
     }
 
     /// @dev Job storage, packed: slot 0 and slot 1 hold all the small fields.
@@ -159,6 +196,14 @@ contract TrainingLedger {
         uint64 createdBlock;
         uint32 proposalWindow;
         uint32 disclosureWindow;
+        uint8 maxWorkers;
+        uint8 numLeft; // workers (indexes < numWorkers) that left
+        uint16 slashBps;
+        uint16 aggregatorBps;
+        // one slot
+        uint128 workerStake;
+        uint128 pool;
+        uint128 reward;
     }
 
     /// @dev A closed round's record, written once at finalize/skip.
@@ -180,6 +225,7 @@ contract TrainingLedger {
         uint64 commitDeadline;
         uint16 disclosed;  // submitters that disclosed
         uint32 closedEarlyBy; // seconds before the deadline that the last worker submitted (0: closed by the deadline)
+        uint8 expected; // workers the round waited for
     }
 
     /// @dev The packed live state of a round (a struct so one storage pointer serves read and write).
@@ -238,6 +284,13 @@ contract TrainingLedger {
     uint256 private constant STATUS_MASK = 0xff << STATUS_SHIFT;
     uint256 private constant ROUND_MASK = 0xffffffff;
 
+    // Worker index slot: index + 1 in the low bits; a flag above stops the submission fast path.
+    uint256 private constant QUEUED = 1 << 255;   // joined an open job: active from the next round
+    uint256 private constant UNSTAKED = 1 << 254; // named in a staked job, stake not posted yet
+    uint256 private constant LEFT = 1 << 253;     // left the job (its stake returned)
+    uint256 private constant INDEX_MASK = 0xff;
+    uint256 private constant BPS = 10_000;
+
     // ---------------------------------------------------------------- storage
 
     uint256 private _jobCount;
@@ -261,6 +314,10 @@ contract TrainingLedger {
     mapping(uint256 jobId => mapping(uint32 round => mapping(bytes32 outcome => uint256))) private _votes;
     /// @dev disclosures of the job's current round
     mapping(uint256 jobId => Disclosures) private _disclosures;
+    /// @dev a worker's stake still held by the job (after slashes)
+    mapping(uint256 jobId => mapping(address worker => uint256)) private _stakes;
+    /// @dev wei an account may `withdraw`
+    mapping(address account => uint256) private _balances;
 
     // ----------------------------------------------------------------- events
 
@@ -329,6 +386,41 @@ contract TrainingLedger {
     /// @notice `worker` stored what the draw asked of it for `round` and says so in time.
     event Disclosed(uint256 indexed jobId, uint32 indexed round, address indexed worker);
 
+    /// @notice The job holds `amount` wei to pay contributions (createJob's value).
+    event RewardFunded(uint256 indexed jobId, uint256 amount);
+
+    /// @notice `aggregator`'s reveal of `round` settles `credits` (per worker index) and slashes `slashed`.
+    event SettlementRevealed(
+        uint256 indexed jobId, uint32 indexed round, address indexed aggregator, uint64[] credits, uint128 slashed
+    );
+
+    /// @notice `worker` posted its stake.
+    event StakePosted(uint256 indexed jobId, address indexed worker, uint256 amount);
+
+    /// @notice `worker` joined an open job as worker index `index` (0-based); it trains from `fromRound` on,
+    /// on private data committed to `dataRoot` (`dataBytes` long; zero for a job on public data).
+    event WorkerJoined(
+        uint256 indexed jobId, address indexed worker, uint16 index, uint32 fromRound, bytes32 dataRoot, uint64 dataBytes
+    );
+
+    /// @notice `worker` left the job; `refund` wei of its stake went back to its balance.
+    event WorkerLeft(uint256 indexed jobId, address indexed worker, uint256 refund);
+
+    /// @notice `account` earned `amount` wei in `round`: as an accepted worker, or as an aggregator of the quorum.
+    event RewardPaid(uint256 indexed jobId, uint32 indexed round, address indexed account, uint256 amount, bool aggregator);
+
+    /// @notice `amount` wei of `worker`'s stake moved into the job's pool: rejected for cheating in `round`.
+    event Slashed(uint256 indexed jobId, uint32 indexed round, address indexed worker, uint256 amount);
+
+    /// @notice The job completed: `worker` gets back `amount` wei of stake.
+    event StakeReturned(uint256 indexed jobId, address indexed worker, uint256 amount);
+
+    /// @notice The job completed: `amount` wei left in its pool went back to the creator.
+    event PoolReturned(uint256 indexed jobId, address indexed creator, uint256 amount);
+
+    /// @notice `account` withdrew `amount` wei.
+    event Withdrawn(address indexed account, uint256 amount);
+
     // ----------------------------------------------------------------- errors
 
     /// @notice No job with this id.
@@ -389,6 +481,34 @@ contract TrainingLedger {
     error AlreadyDisclosed(uint256 jobId, uint32 round, address worker);
     /// @notice Commits open once every submitter disclosed or the disclosure deadline passed.
     error DisclosuresPending(uint256 jobId, uint32 round, uint64 disclosureDeadline);
+    /// @notice A settlement needs one credit per worker index of the round.
+    error CreditCountMismatch(uint256 jobId, uint32 round, uint256 expected, uint256 given);
+    /// @notice A settlement credits or slashes worker `index`, which did not submit in the round (or both at once).
+    error InvalidSettlement(uint256 jobId, uint32 round, uint256 index);
+    /// @notice The stake sent is not the job's `workerStake`.
+    error WrongStake(uint256 jobId, uint256 expected, uint256 given);
+    /// @notice The job takes no stake, or this worker already posted it.
+    error NoStakeDue(uint256 jobId, address worker);
+    /// @notice A staked job's worker submits only after posting its stake.
+    error StakeMissing(uint256 jobId, address worker);
+    /// @notice This worker joined an open job during `round`: it submits from the next round on.
+    error NotActiveYet(uint256 jobId, uint32 round, address worker);
+    /// @notice This worker left the job.
+    error WorkerHasLeft(uint256 jobId, address worker);
+    /// @notice Only an open job (maxWorkers > 0) takes joins.
+    error JobNotOpen(uint256 jobId);
+    /// @notice The job has `maxWorkers` workers already.
+    error JobFull(uint256 jobId, uint256 maxWorkers);
+    /// @notice This address is already a worker (or an aggregator) of the job.
+    error AlreadyJoined(uint256 jobId, address account);
+    /// @notice Joins and leaves wait until the current round stops accepting submissions.
+    error RoundInProgress(uint256 jobId, uint32 round, uint64 deadline);
+    /// @notice A worker whose contribution to `round` is being judged cannot leave until it is.
+    error ContributionPending(uint256 jobId, uint32 round, address worker);
+    /// @notice No balance to withdraw.
+    error NothingToWithdraw(address account);
+    /// @notice The transfer of a withdrawal failed (the balance is kept).
+    error WithdrawFailed(address account, uint256 amount);
 
     // -------------------------------------------------------------- modifiers
 
@@ -405,9 +525,10 @@ contract TrainingLedger {
     // ------------------------------------------------------------ transitions
 
     /// @notice Create a training job and open its round 1 on top of the genesis checkpoint.
+    /// The value sent is the job's reward pool (see `Settlement`).
     /// @param p the job's parameters (see `JobParams`)
     /// @return jobId the new job's id (ids start at 1)
-    function createJob(JobParams calldata p) external returns (uint256 jobId) {
+    function createJob(JobParams calldata p) external payable returns (uint256 jobId) {
         _validate(p);
         jobId = ++_jobCount;
         Job storage j = _jobs[jobId];
@@ -423,6 +544,12 @@ contract TrainingLedger {
         j.disclosureWindow = p.disclosureWindow;
         j.numWorkers = uint8(p.workers.length);
         j.numAggregators = uint8(p.aggregators.length);
+        j.maxWorkers = uint8(p.maxWorkers);
+        j.workerStake = p.workerStake;
+        j.slashBps = p.slashBps;
+        j.aggregatorBps = p.aggregatorBps;
+        j.pool = uint128(msg.value);
+        j.reward = uint128(msg.value);
         j.configSize = p.configSize;
         j.genesisSize = p.genesisSize;
         j.parentSize = p.genesisSize;
@@ -434,11 +561,12 @@ contract TrainingLedger {
         j.parentCid = p.genesisCid;
 
         address[] storage ws = _workers[jobId];
+        uint256 flag = p.workerStake != 0 ? UNSTAKED : 0;
         for (uint256 i = 0; i < p.workers.length; ++i) {
             address w = p.workers[i];
             if (w == address(0)) revert InvalidJobParams("zero worker address");
             if (_workerIndex[jobId][w] != 0) revert InvalidJobParams("duplicate worker");
-            _workerIndex[jobId][w] = i + 1;
+            _workerIndex[jobId][w] = (i + 1) | flag;
             ws.push(w);
         }
         address[] storage as_ = _aggregators[jobId];
@@ -452,7 +580,83 @@ contract TrainingLedger {
             as_.push(a);
         }
         emit JobCreated(jobId, msg.sender, p);
+        if (msg.value != 0) emit RewardFunded(jobId, msg.value);
         _openRound(jobId, 1, p.genesisDigest, p.roundDuration);
+    }
+
+    /// @notice Post the job's `workerStake`, as a worker named at creation, before submitting.
+    /// @param jobId the job
+    function stake(uint256 jobId) external payable jobExists(jobId) {
+        Job storage j = _jobs[jobId];
+        uint256 slot = _workerIndex[jobId][msg.sender];
+        if (slot == 0) revert NotWorker(jobId, msg.sender);
+        if (j.completed) revert JobFinished(jobId);
+        if (slot & UNSTAKED == 0) revert NoStakeDue(jobId, msg.sender);
+        if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
+        _workerIndex[jobId][msg.sender] = slot & ~UNSTAKED;
+        _stakes[jobId][msg.sender] = msg.value;
+        emit StakePosted(jobId, msg.sender, msg.value);
+    }
+
+    /// @notice Join an open job, posting its `workerStake`, while its current round is not
+    /// accepting submissions; the joiner is a worker from the next round on.
+    /// @param jobId the job
+    /// @param dataRoot for a job on private data, the Merkle root of the joiner's text
+    ///        (`ledger data commit`); zero otherwise
+    /// @param dataBytes that text's length
+    function join(uint256 jobId, bytes32 dataRoot, uint64 dataBytes) external payable jobExists(jobId) {
+        Job storage j = _jobs[jobId];
+        if (j.maxWorkers == 0) revert JobNotOpen(jobId);
+        if (j.completed) revert JobFinished(jobId);
+        if (_workerIndex[jobId][msg.sender] != 0 || _isAggregator[jobId][msg.sender]) {
+            revert AlreadyJoined(jobId, msg.sender);
+        }
+        address[] storage ws = _workers[jobId];
+        if (ws.length >= j.maxWorkers) revert JobFull(jobId, j.maxWorkers);
+        _requireBetweenRounds(jobId, j);
+        if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
+        ws.push(msg.sender);
+        _workerIndex[jobId][msg.sender] = ws.length | QUEUED;
+        if (msg.value != 0) {
+            _stakes[jobId][msg.sender] = msg.value;
+            emit StakePosted(jobId, msg.sender, msg.value);
+        }
+        emit WorkerJoined(jobId, msg.sender, uint16(ws.length - 1), j.currentRound + 1, dataRoot, dataBytes);
+    }
+
+    /// @notice Leave an open job while its current round is not accepting submissions, and
+    /// not while the caller's own contribution to it is being judged; what is left of the
+    /// stake goes to the caller's balance.
+    /// @param jobId the job
+    function leave(uint256 jobId) external jobExists(jobId) {
+        Job storage j = _jobs[jobId];
+        if (j.maxWorkers == 0) revert JobNotOpen(jobId);
+        if (j.completed) revert JobFinished(jobId);
+        uint256 slot = _workerIndex[jobId][msg.sender];
+        if (slot == 0) revert NotWorker(jobId, msg.sender);
+        if (slot & LEFT != 0) revert WorkerHasLeft(jobId, msg.sender);
+        uint256 live = _requireBetweenRounds(jobId, j);
+        uint256 index = slot & INDEX_MASK;
+        if (slot & QUEUED == 0 && (live >> (BITMAP_SHIFT + index - 1)) & 1 == 1) {
+            revert ContributionPending(jobId, j.currentRound, msg.sender);
+        }
+        _workerIndex[jobId][msg.sender] = slot | LEFT;
+        if (slot & QUEUED == 0) j.numLeft += 1; // a queued one is counted when its round opens
+        uint256 refund = _stakes[jobId][msg.sender];
+        _stakes[jobId][msg.sender] = 0;
+        _balances[msg.sender] += refund;
+        emit WorkerLeft(jobId, msg.sender, refund);
+    }
+
+    /// @notice Withdraw everything credited to the caller: rewards, returned stakes, a
+    /// returned pool.
+    function withdraw() external {
+        uint256 amount = _balances[msg.sender];
+        if (amount == 0) revert NothingToWithdraw(msg.sender);
+        _balances[msg.sender] = 0;
+        emit Withdrawn(msg.sender, amount);
+        (bool ok,) = payable(msg.sender).call{value: amount}("");
+        if (!ok) revert WithdrawFailed(msg.sender, amount);
     }
 
     /// @notice Submit a worker's checkpoint for the job's current round.
@@ -479,11 +683,13 @@ contract TrainingLedger {
         LiveRound storage slot = _live[jobId][parentDigest];
         uint256 live = slot.packed;
         uint256 bit;
+        bool notActive;
         unchecked {
             bit = (1 << (BITMAP_SHIFT - 1)) << index; // index <= 128: bit <= 215
+            notActive = index - 1 >= MAX_WORKERS; // none, or a flag (queued, unstaked, left)
         }
         if (
-            index == 0 ||
+            notActive ||
             live & (STATUS_MASK | ROUND_MASK) != LIVE_OPEN | round ||
             block.timestamp > uint40(live >> DEADLINE_SHIFT) ||
             live & bit != 0
@@ -520,7 +726,7 @@ contract TrainingLedger {
         Job storage j = _jobs[jobId];
         _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
         uint256 live = _live[jobId][j.parentDigest].packed;
-        _requireClosed(jobId, round, live, j.numWorkers);
+        _requireClosed(jobId, round, live);
         if (commitHash == bytes32(0)) revert EmptyCommit(jobId, round);
         if (_commits[jobId][round][msg.sender] != 0) revert AlreadyCommitted(jobId, round, msg.sender);
         Phase memory ph = _phaseOf(jobId, round);
@@ -555,6 +761,9 @@ contract TrainingLedger {
     /// @param mergedCid the merged checkpoint CID's sha2-256 multihash digest
     /// @param mergedSize the merged checkpoint's size in bytes
     /// @param salt the secret the commit hashed with the outcome
+    /// @param s the credits and slashes (see `Settlement`); the outcome is
+    ///        keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts,
+    ///        keccak256(abi.encode(s.credits, s.slashed))))
     function revealProposal(
         uint256 jobId,
         uint32 round,
@@ -563,18 +772,26 @@ contract TrainingLedger {
         bytes32 mergedDigest,
         bytes32 mergedCid,
         uint64 mergedSize,
-        bytes32 salt
+        bytes32 salt,
+        Settlement calldata s
     ) external jobExists(jobId) onlyAggregator(jobId) {
         (uint256 live, uint16 accepted) = _checkProposal(jobId, round, submissionsCommitment, verdicts, mergedDigest);
+        _checkSettlement(jobId, round, live, s);
         Merge memory m = Merge({
             digest: mergedDigest,
             cid: mergedCid,
             size: mergedSize,
-            outcome: keccak256(abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts)),
+            outcome: keccak256(
+                abi.encodePacked(mergedDigest, mergedCid, mergedSize, verdicts, keccak256(abi.encode(s.credits, s.slashed)))
+            ),
             accepted: accepted
         });
         _checkReveal(jobId, round, m.outcome, salt);
-        if (_recordReveal(jobId, round, m, verdicts, salt)) _finalize(jobId, round, live, m);
+        if (_recordReveal(jobId, round, m, verdicts, salt, s)) {
+            _finalize(jobId, round, live, m);
+            _settle(jobId, round, m.outcome, s);
+            _advance(jobId, _jobs[jobId], round);
+        }
     }
 
     /// @notice Say, as a worker that submitted in the closed `round`, that what the
@@ -586,11 +803,11 @@ contract TrainingLedger {
     function disclose(uint256 jobId, uint32 round) external jobExists(jobId) {
         Job storage j = _jobs[jobId];
         if (j.disclosureWindow == 0) revert NothingToDisclose(jobId);
-        uint256 index = _workerIndex[jobId][msg.sender];
+        uint256 index = _workerIndex[jobId][msg.sender] & INDEX_MASK;
         if (index == 0) revert NotWorker(jobId, msg.sender);
         _checkCurrentRound(jobId, j, _rounds[jobId][round], round);
         uint256 live = _live[jobId][j.parentDigest].packed;
-        _requireClosed(jobId, round, live, j.numWorkers);
+        _requireClosed(jobId, round, live);
         if ((live >> (BITMAP_SHIFT + index - 1)) & 1 == 0) revert NotSubmitted(jobId, round, msg.sender);
         uint64 deadline = _proposalStart(live, j.disclosureWindow);
         if (block.timestamp > deadline) revert DisclosureClosed(jobId, round, deadline);
@@ -623,7 +840,7 @@ contract TrainingLedger {
             if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
             reason = SkipReason.TooFewSubmissions;
         } else {
-            _requireClosed(jobId, round, live, j.numWorkers);
+            _requireClosed(jobId, round, live);
             uint64 revealDeadline = commitDeadline + j.proposalWindow;
             bool commitsClosed = ph.commits == j.numAggregators || block.timestamp > commitDeadline;
             if (block.timestamp <= revealDeadline && !(commitsClosed && ph.reveals == ph.commits)) {
@@ -678,6 +895,36 @@ contract TrainingLedger {
         v.completed = j.completed;
         v.createdBlock = j.createdBlock;
         v.disclosureWindow = j.disclosureWindow;
+        v.maxWorkers = j.maxWorkers;
+        v.activeWorkers = j.numWorkers - j.numLeft;
+        v.workerStake = j.workerStake;
+        v.slashBps = j.slashBps;
+        v.aggregatorBps = j.aggregatorBps;
+        v.reward = j.reward;
+        v.pool = j.pool;
+    }
+
+    /// @notice A worker's standing in a job: 0 not a worker, 1 active, 2 joined (active
+    /// from the next round), 3 named but its stake not posted, 4 left; and its stake held.
+    /// @param jobId the job
+    /// @param worker the address
+    /// @return status see above
+    /// @return staked wei of its stake the job still holds
+    function workerState(uint256 jobId, address worker) external view returns (uint8 status, uint256 staked) {
+        uint256 slot = _workerIndex[jobId][worker];
+        staked = _stakes[jobId][worker];
+        if (slot == 0) status = 0;
+        else if (slot & LEFT != 0) status = 4;
+        else if (slot & QUEUED != 0) status = 2;
+        else if (slot & UNSTAKED != 0) status = 3;
+        else status = 1;
+    }
+
+    /// @notice Wei `account` may withdraw.
+    /// @param account the address
+    /// @return the balance
+    function balanceOf(address account) external view returns (uint256) {
+        return _balances[account];
     }
 
     /// @notice A job's workers, in registration order (index i = bit i of the bitmap).
@@ -718,6 +965,7 @@ contract TrainingLedger {
             v.revealDeadline = rec.commitDeadline + j.proposalWindow;
             v.skipReason = SkipReason(rec.skipReason);
             v.disclosed = rec.disclosed;
+            v.expected = rec.expected;
             if (j.disclosureWindow != 0) v.disclosureDeadline = rec.deadline - rec.closedEarlyBy + j.disclosureWindow;
         } else if (round == j.currentRound && !j.completed) {
             uint256 live = _live[jobId][j.parentDigest].packed;
@@ -726,12 +974,13 @@ contract TrainingLedger {
             v.deadline = uint40(live >> DEADLINE_SHIFT);
             v.submissions = uint16((live >> COUNT_SHIFT) & 0xff);
             v.commitment = _commitment[jobId].value;
-            v.status = _isClosed(live, j.numWorkers) ? RoundStatus.Closed : RoundStatus.Open;
+            v.status = _isClosed(live) ? RoundStatus.Closed : RoundStatus.Open;
             v.proposals = ph.reveals;
             v.commits = ph.commits;
             v.commitDeadline = _commitDeadline(ph, _proposalStart(live, j.disclosureWindow), j.proposalWindow);
             v.revealDeadline = v.commitDeadline + j.proposalWindow;
             v.disclosed = _disclosuresOf(jobId, round).count;
+            v.expected = uint16((live >> WORKERS_SHIFT) & 0xff);
             if (j.disclosureWindow != 0) v.disclosureDeadline = _proposalStart(live, j.disclosureWindow);
         }
     }
@@ -742,7 +991,7 @@ contract TrainingLedger {
     /// @param worker the worker address
     /// @return true if it submitted
     function hasSubmitted(uint256 jobId, uint32 round, address worker) external view returns (bool) {
-        uint256 index = _workerIndex[jobId][worker];
+        uint256 index = _workerIndex[jobId][worker] & INDEX_MASK;
         if (index == 0) return false;
         RoundRecord storage rec = _rounds[jobId][round];
         if (rec.status != uint8(RoundStatus.None)) return (rec.submitted >> (index - 1)) & 1 == 1;
@@ -795,7 +1044,7 @@ contract TrainingLedger {
     /// @param worker the worker address
     /// @return true if it disclosed
     function hasDisclosed(uint256 jobId, uint32 round, address worker) external view returns (bool) {
-        uint256 index = _workerIndex[jobId][worker];
+        uint256 index = _workerIndex[jobId][worker] & INDEX_MASK;
         if (index == 0) return false;
         return (_disclosuresOf(jobId, round).bitmap >> (index - 1)) & 1 == 1;
     }
@@ -803,8 +1052,15 @@ contract TrainingLedger {
     // -------------------------------------------------------------- internals
 
     function _validate(JobParams calldata p) private pure {
-        if (p.workers.length == 0) revert InvalidJobParams("no workers");
+        // an open job may start with nobody: its rounds wait for their deadlines until workers join
+        if (p.workers.length == 0 && p.maxWorkers == 0) revert InvalidJobParams("no workers");
         if (p.workers.length > MAX_WORKERS) revert TooManyWorkers(p.workers.length, MAX_WORKERS);
+        if (p.maxWorkers > MAX_WORKERS) revert TooManyWorkers(p.maxWorkers, MAX_WORKERS);
+        if (p.maxWorkers != 0 && p.maxWorkers < p.workers.length) {
+            revert InvalidJobParams("maxWorkers is below the number of named workers");
+        }
+        if (p.slashBps > BPS) revert InvalidJobParams("slashBps exceeds 10000");
+        if (p.aggregatorBps > BPS) revert InvalidJobParams("aggregatorBps exceeds 10000");
         if (p.aggregators.length == 0) revert InvalidJobParams("no aggregators");
         if (p.aggregators.length > MAX_AGGREGATORS) revert InvalidJobParams("more than 255 aggregators");
         // A strict majority: two disjoint sets of aggregators can never both reach it.
@@ -816,7 +1072,9 @@ contract TrainingLedger {
         if (p.proposalWindow == 0) revert InvalidJobParams("proposalWindow must be positive");
         if (p.numRounds == 0) revert InvalidJobParams("numRounds must be positive");
         if (p.minSubmissions == 0) revert InvalidJobParams("minSubmissions must be at least 1");
-        if (p.minSubmissions > p.workers.length) revert InvalidJobParams("minSubmissions exceeds the number of workers");
+        if (p.minSubmissions > (p.maxWorkers != 0 ? p.maxWorkers : p.workers.length)) {
+            revert InvalidJobParams("minSubmissions exceeds the number of workers");
+        }
         if (p.cidVersion > 1) revert InvalidJobParams("cidVersion must be 0 or 1");
         if (p.genesisDigest == bytes32(0)) revert InvalidJobParams("genesisDigest is zero");
         if (p.configDigest == bytes32(0)) revert InvalidJobParams("configDigest is zero");
@@ -828,6 +1086,9 @@ contract TrainingLedger {
         if (j.creator == address(0)) revert UnknownJob(jobId);
         if (index == 0) revert NotWorker(jobId, msg.sender);
         if (j.completed) revert JobFinished(jobId);
+        if (index & LEFT != 0) revert WorkerHasLeft(jobId, msg.sender);
+        if (index & QUEUED != 0) revert NotActiveYet(jobId, j.currentRound, msg.sender);
+        if (index & UNSTAKED != 0) revert StakeMissing(jobId, msg.sender);
         if (round != j.currentRound) revert WrongRound(jobId, j.currentRound, round);
         if (parentDigest != j.parentDigest) revert WrongParent(jobId, round, j.parentDigest, parentDigest);
         uint256 live = _live[jobId][parentDigest].packed;
@@ -861,7 +1122,7 @@ contract TrainingLedger {
         if (_proposed[jobId][round][msg.sender] != 0) revert AlreadyRevealed(jobId, round, msg.sender);
         bytes32 parent = j.parentDigest;
         live = _live[jobId][parent].packed;
-        _requireClosed(jobId, round, live, j.numWorkers);
+        _requireClosed(jobId, round, live);
         bytes32 expected = _commitment[jobId].value;
         if (submissionsCommitment != expected) {
             revert CommitmentMismatch(jobId, round, expected, submissionsCommitment);
@@ -890,12 +1151,91 @@ contract TrainingLedger {
         }
     }
 
-    function _requireClosed(uint256 jobId, uint32 round, uint256 live, uint256 numWorkers) private view {
-        if (!_isClosed(live, numWorkers)) revert RoundNotClosed(jobId, round, uint40(live >> DEADLINE_SHIFT));
+    function _requireClosed(uint256 jobId, uint32 round, uint256 live) private view {
+        if (!_isClosed(live)) revert RoundNotClosed(jobId, round, uint40(live >> DEADLINE_SHIFT));
     }
 
-    function _isClosed(uint256 live, uint256 numWorkers) private view returns (bool) {
-        return ((live >> COUNT_SHIFT) & 0xff) == numWorkers || block.timestamp > uint40(live >> DEADLINE_SHIFT);
+    /// @dev Every expected worker submitted (a round expecting none waits for its deadline),
+    /// or the deadline passed.
+    function _isClosed(uint256 live) private view returns (bool) {
+        uint256 expected = (live >> WORKERS_SHIFT) & 0xff;
+        return (expected != 0 && ((live >> COUNT_SHIFT) & 0xff) == expected)
+            || block.timestamp > uint40(live >> DEADLINE_SHIFT);
+    }
+
+    /// @dev Joins and leaves: the job's current round must be closed to submissions.
+    function _requireBetweenRounds(uint256 jobId, Job storage j) private view returns (uint256 live) {
+        live = _live[jobId][j.parentDigest].packed;
+        if (!_isClosed(live)) revert RoundInProgress(jobId, j.currentRound, uint40(live >> DEADLINE_SHIFT));
+    }
+
+    /// @dev A settlement names only workers of the round that submitted, none both credited and slashed.
+    function _checkSettlement(uint256 jobId, uint32 round, uint256 live, Settlement calldata s) private view {
+        uint256 n = _jobs[jobId].numWorkers;
+        if (s.credits.length != n) revert CreditCountMismatch(jobId, round, n, s.credits.length);
+        uint256 submitted = uint128(live >> BITMAP_SHIFT);
+        if (uint256(s.slashed) & ~submitted != 0) {
+            for (uint256 i = 0; i < 128; ++i) {
+                if ((uint256(s.slashed) >> i) & 1 == 1 && (submitted >> i) & 1 == 0) revert InvalidSettlement(jobId, round, i);
+            }
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            if (s.credits[i] != 0 && ((submitted >> i) & 1 == 0 || (uint256(s.slashed) >> i) & 1 == 1)) {
+                revert InvalidSettlement(jobId, round, i);
+            }
+        }
+    }
+
+    /// @dev Pay the finalized round's share of the pool (pro rata to credit, and the
+    /// quorum's part), then move the slashed stakes into the pool.
+    function _settle(uint256 jobId, uint32 round, bytes32 outcome, Settlement calldata s) private {
+        Job storage j = _jobs[jobId];
+        address[] storage ws = _workers[jobId];
+        uint256 pool = j.pool;
+        uint256 share = pool / (j.numRounds - round + 1);
+        if (share != 0) {
+            uint256 toAggregators = share * j.aggregatorBps / BPS;
+            uint256 toWorkers = share - toAggregators;
+            uint256 total;
+            for (uint256 i = 0; i < s.credits.length; ++i) total += s.credits[i];
+            if (total != 0) {
+                for (uint256 i = 0; i < s.credits.length; ++i) {
+                    if (s.credits[i] == 0) continue;
+                    uint256 amount = toWorkers * s.credits[i] / total;
+                    pool -= _pay(jobId, round, ws[i], amount, false);
+                }
+            }
+            uint256 each = toAggregators / j.quorum;
+            if (each != 0) {
+                address[] storage as_ = _aggregators[jobId];
+                for (uint256 i = 0; i < as_.length; ++i) {
+                    if (_proposed[jobId][round][as_[i]] == outcome) pool -= _pay(jobId, round, as_[i], each, true);
+                }
+            }
+        }
+        if (s.slashed != 0) {
+            for (uint256 i = 0; i < s.credits.length; ++i) {
+                if ((uint256(s.slashed) >> i) & 1 == 0) continue;
+                address w = ws[i];
+                uint256 held = _stakes[jobId][w];
+                uint256 cut = held * j.slashBps / BPS;
+                if (cut == 0) continue;
+                _stakes[jobId][w] = held - cut;
+                pool += cut;
+                emit Slashed(jobId, round, w, cut);
+            }
+        }
+        j.pool = uint128(pool);
+    }
+
+    function _pay(uint256 jobId, uint32 round, address account, uint256 amount, bool aggregator)
+        private
+        returns (uint256)
+    {
+        if (amount == 0) return 0;
+        _balances[account] += amount;
+        emit RewardPaid(jobId, round, account, amount, aggregator);
+        return amount;
     }
 
     function _countAccepted(bytes calldata verdicts) private pure returns (uint16 accepted) {
@@ -936,14 +1276,19 @@ contract TrainingLedger {
     }
 
     /// @dev Store an aggregator's reveal and its vote; true if it brings the outcome to quorum.
-    function _recordReveal(uint256 jobId, uint32 round, Merge memory m, bytes calldata verdicts, bytes32 salt)
-        private
-        returns (bool)
-    {
+    function _recordReveal(
+        uint256 jobId,
+        uint32 round,
+        Merge memory m,
+        bytes calldata verdicts,
+        bytes32 salt,
+        Settlement calldata s
+    ) private returns (bool) {
         _proposed[jobId][round][msg.sender] = m.outcome;
         uint256 n = ++_votes[jobId][round][m.outcome];
         _phase[jobId].reveals += 1;
         emit ProposalRevealed(jobId, round, msg.sender, m.digest, m.cid, m.size, m.outcome, m.accepted, verdicts, salt);
+        emit SettlementRevealed(jobId, round, msg.sender, s.credits, s.slashed);
         return n == _jobs[jobId].quorum;
     }
 
@@ -964,7 +1309,6 @@ contract TrainingLedger {
         j.parentCid = m.cid;
         j.parentSize = m.size;
         emit RoundFinalized(jobId, round, m.digest, m.cid, m.size, m.outcome, m.accepted);
-        _advance(jobId, j, round);
     }
 
     function _writeRecord(
@@ -986,6 +1330,7 @@ contract TrainingLedger {
         rec.commits = ph.commits;
         rec.commitDeadline = commitDeadline;
         rec.closedEarlyBy = uint32(live >> EARLY_SHIFT);
+        rec.expected = uint8(live >> WORKERS_SHIFT);
     }
 
     /// @dev After round `round` closed: complete the job or open the next round on the job's parent.
@@ -993,15 +1338,54 @@ contract TrainingLedger {
         if (round >= j.numRounds) {
             j.completed = true;
             emit JobCompleted(jobId, j.parentDigest, j.parentCid, j.parentSize);
+            _returnStakesAndPool(jobId, j);
         } else {
             j.currentRound = round + 1;
             _openRound(jobId, round + 1, j.parentDigest, j.roundDuration);
         }
     }
 
+    /// @dev The job completed: every stake still held, and the pool, go back to balances.
+    function _returnStakesAndPool(uint256 jobId, Job storage j) private {
+        address[] storage ws = _workers[jobId];
+        if (j.workerStake != 0) {
+            for (uint256 i = 0; i < ws.length; ++i) {
+                uint256 held = _stakes[jobId][ws[i]];
+                if (held == 0) continue;
+                _stakes[jobId][ws[i]] = 0;
+                _balances[ws[i]] += held;
+                emit StakeReturned(jobId, ws[i], held);
+            }
+        }
+        uint256 left = j.pool;
+        if (left != 0) {
+            j.pool = 0;
+            _balances[j.creator] += left;
+            emit PoolReturned(jobId, j.creator, left);
+        }
+    }
+
+    /// @dev Workers that joined during the last round become active; returns how many
+    /// workers the new round waits for.
+    function _activateJoined(uint256 jobId, Job storage j) private returns (uint256) {
+        address[] storage ws = _workers[jobId];
+        uint256 n = j.numWorkers;
+        if (ws.length > n) {
+            uint256 left = j.numLeft;
+            for (uint256 i = n; i < ws.length; ++i) {
+                uint256 slot = _workerIndex[jobId][ws[i]];
+                if (slot & LEFT != 0) ++left;
+                else _workerIndex[jobId][ws[i]] = slot & ~QUEUED;
+            }
+            j.numLeft = uint8(left);
+            j.numWorkers = uint8(ws.length);
+        }
+        return j.numWorkers - j.numLeft;
+    }
+
     function _openRound(uint256 jobId, uint32 round, bytes32 parent, uint32 duration) private {
         uint256 deadline = block.timestamp + duration;
-        uint256 workers = _jobs[jobId].numWorkers;
+        uint256 workers = _activateJoined(jobId, _jobs[jobId]);
         _live[jobId][parent].packed = uint256(round) | (deadline << DEADLINE_SHIFT) | LIVE_OPEN | (workers << WORKERS_SHIFT);
         _commitment[jobId].value = keccak256(abi.encode(jobId, round));
         emit RoundOpened(jobId, round, parent, uint64(deadline));

@@ -14,7 +14,8 @@ what the contract computes, so an auditor can check a round from its events alon
 
     seed       = keccak256(abi.encode(uint256 jobId, uint256 round))
     commitment = keccak256(abi.encodePacked(c, worker, digest, cid, uint64 size, uint64 numSamples))  # per submission
-    outcome    = keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))
+    settlement = keccak256(abi.encode(uint64[] credits, uint128 slashed))      # per worker index
+    outcome    = keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts, settlement))
     commit     = keccak256(abi.encodePacked(outcome, salt, aggregator))  # commit-reveal of a proposal
 """
 
@@ -46,7 +47,17 @@ EVENT_NAMES = (
     "RoundSkipped",
     "JobCompleted",
     "Disclosed",
+    "RewardFunded",
+    "SettlementRevealed",
+    "StakePosted",
+    "WorkerJoined",
+    "WorkerLeft",
+    "RewardPaid",
+    "Slashed",
+    "StakeReturned",
+    "PoolReturned",
 )
+WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
 
 
 def _b32(value: Any, what: str) -> bytes:
@@ -108,6 +119,11 @@ class JobParams:
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW
     # seconds after a round's deadline for workers to `disclose` (0: the job has nothing to disclose)
     disclosure_window: int = 0
+    max_workers: int = 0      # 0: the named workers only; else an open job anyone may join up to this many
+    worker_stake: int = 0     # wei each worker posts before it submits (0: none)
+    slash_bps: int = 0        # basis points of a worker's remaining stake slashed per cheating rejection
+    aggregator_bps: int = 0   # basis points of each round's reward paid to the finalizing quorum
+    reward: int = 0           # wei sent with createJob: the job's reward pool
 
     def to_abi(self) -> tuple:
         return (
@@ -126,7 +142,31 @@ class JobParams:
             int(self.min_submissions),
             int(self.cid_version),
             int(self.disclosure_window),
+            int(self.max_workers),
+            int(self.worker_stake),
+            int(self.slash_bps),
+            int(self.aggregator_bps),
         )
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a proposal settles besides the merge (the contract's ``Settlement``): one
+    credit per worker index of the round (0 unless its contribution was accepted) and
+    the bitmap of worker indexes it slashes."""
+
+    credits: tuple[int, ...] = ()
+    slashed: int = 0
+
+    def to_abi(self) -> tuple:
+        return ([int(c) for c in self.credits], int(self.slashed))
+
+    def digest(self) -> bytes:
+        """keccak256(abi.encode(uint64[] credits, uint128 slashed)): the outcome's last part."""
+        return keccak(abi_encode(["uint64[]", "uint128"], [[int(c) for c in self.credits], int(self.slashed)]))
+
+    def slashed_indexes(self) -> list[int]:
+        return [i for i in range(128) if (self.slashed >> i) & 1]
 
 
 @dataclass
@@ -156,6 +196,17 @@ class JobInfo:
     created_block: int
     proposal_window: int = DEFAULT_PROPOSAL_WINDOW  # seconds of the commit phase, and of the reveal phase
     disclosure_window: int = 0  # seconds after a round's deadline for workers to disclose (0: none)
+    max_workers: int = 0        # 0: a closed job; else open, up to this many workers
+    active_workers: int = 0     # workers the current round waits for
+    worker_stake: int = 0       # wei
+    slash_bps: int = 0
+    aggregator_bps: int = 0
+    reward: int = 0             # wei the job was funded with
+    pool: int = 0               # wei not paid out yet
+
+    @property
+    def is_open(self) -> bool:
+        return self.max_workers > 0
 
     @property
     def creator(self) -> str:
@@ -193,6 +244,11 @@ class RoundInfo:
     skip_reason: str = ""  # "" / "too-few-submissions" / "no-quorum"
     disclosed: int = 0  # submitters that disclosed (jobs with a disclosure window)
     disclosure_deadline: int = 0  # last second to disclose; 0 when the job has no disclosures
+    expected: int = 0  # workers the round waits for: it closes early once that many submitted
+
+    @property
+    def all_submitted(self) -> bool:
+        return 0 < self.expected <= self.submissions
 
     @property
     def is_closed(self) -> bool:
@@ -271,6 +327,7 @@ class Proposal:
     log_index: int
     timestamp: int = 0
     salt: bytes = b""  # the commit's salt: commit_hash_of(outcome, salt, aggregator) is its commit
+    settlement: Settlement = field(default_factory=Settlement)
 
 
 @dataclass
@@ -325,8 +382,9 @@ class TrainingLedger:
     # -------------------------------------------------------------- transactions
 
     def create_job(self, params: JobParams) -> int:
-        """Create a job; returns its id (from the JobCreated event)."""
-        receipt = self.chain.transact(self.contract.functions.createJob(params.to_abi()), context="create job")
+        """Create a job (sending ``params.reward`` wei as its pool); returns its id (from the JobCreated event)."""
+        receipt = self.chain.transact(self.contract.functions.createJob(params.to_abi()), context="create job",
+                                      value=int(params.reward))
         for ev in self.contract.events.JobCreated().process_receipt(receipt, errors=_discard()):
             if ev["address"] == self.address:
                 return int(ev["args"]["jobId"])
@@ -356,19 +414,20 @@ class TrainingLedger:
         merged_cid: str | bytes,
         merged_size: int,
         salt: bytes,
+        settlement: Settlement,
     ):
         """Reveal the committed proposal: the round's submissions commitment, the verdicts,
-        the merge, and the salt of the commit."""
+        the merge, the salt of the commit and the settlement (credits, slashes)."""
         fn = self.contract.functions.revealProposal(
             int(job_id), int(round), _b32(commitment, "commitment"), bytes(int(v) for v in verdicts),
             _b32(merged_digest, "merged_digest"), _cid32(merged_cid, "merged_cid"), int(merged_size),
-            _b32(salt, "salt"),
+            _b32(salt, "salt"), settlement.to_abi(),
         )
         # Estimated alone, a reveal may not be the one that reaches the quorum; mined
         # after another aggregator's, it is, and it pays for finalizing the round and
         # opening the next (~150,000 more, growing with the verdicts).
         return self.chain.transact(fn, context=f"reveal job {job_id} round {round}",
-                                   extra_gas=FINALIZE_GAS + 2_000 * len(verdicts))
+                                   extra_gas=FINALIZE_GAS + 40_000 * len(settlement.credits))
 
     def close_round(self, job_id: int, round: int):
         fn = self.contract.functions.closeRound(int(job_id), int(round))
@@ -378,6 +437,23 @@ class TrainingLedger:
         """As a worker that submitted in the closed round: what the draw asks is stored."""
         fn = self.contract.functions.disclose(int(job_id), int(round))
         return self.chain.transact(fn, context=f"disclose job {job_id} round {round}")
+
+    def stake(self, job_id: int, amount: int):
+        """As a worker named in a staked job: post its stake (``amount`` wei, the job's)."""
+        return self.chain.transact(self.contract.functions.stake(int(job_id)), context=f"stake in job {job_id}",
+                                   value=int(amount))
+
+    def join(self, job_id: int, amount: int, data_root: bytes = ZERO32, data_bytes: int = 0):
+        """Join an open job, posting ``amount`` wei (the job's stake); a job on private
+        data takes the joiner's committed text as (root, length)."""
+        fn = self.contract.functions.join(int(job_id), _b32(data_root, "data_root"), int(data_bytes))
+        return self.chain.transact(fn, context=f"join job {job_id}", value=int(amount))
+
+    def leave(self, job_id: int):
+        return self.chain.transact(self.contract.functions.leave(int(job_id)), context=f"leave job {job_id}")
+
+    def withdraw(self):
+        return self.chain.transact(self.contract.functions.withdraw(), context="withdraw")
 
     # -------------------------------------------------------------- views
 
@@ -393,8 +469,9 @@ class TrainingLedger:
         # reads the job each time it wakes: they are read once per job. The key includes
         # what identifies the job's creation, so a chain that was reset and re-used the
         # id for another job is read afresh.
+        # An open job's workers grow with joins: read every time.
         key = (info.job_id, info.config_digest, info.created_block, info.owner)
-        members = self._members.get(key)
+        members = None if info.is_open else self._members.get(key)
         if members is None:
             block = self.chain.block_number()
             members = (self.chain.call(f.getWorkers(int(job_id)), ctx, block),
@@ -438,6 +515,16 @@ class TrainingLedger:
 
     def block_hash(self, block: int) -> bytes:
         return self.chain.block_hash(int(block))
+
+    def worker_state(self, job_id: int, address: str) -> tuple[str, int]:
+        """(one of ``WORKER_STATES``, wei of its stake the job holds)."""
+        status, staked = self.chain.call(
+            self.contract.functions.workerState(int(job_id), to_checksum_address(address)), "workerState")
+        return WORKER_STATES[int(status)], int(staked)
+
+    def balance_of(self, address: str) -> int:
+        """Wei ``address`` may withdraw."""
+        return int(self.chain.call(self.contract.functions.balanceOf(to_checksum_address(address)), "balanceOf"))
 
     # -------------------------------------------------------------- events
 
@@ -510,10 +597,16 @@ class TrainingLedger:
     def proposals(self, job_id: int, round: int | None = None) -> list[Proposal]:
         """A job's proposals, i.e. reveals (of one round, or all), in chain order."""
         logs, version = self._job_logs("ProposalRevealed", job_id, round)
+        settlements = {
+            (int(s["args"]["round"]), s["args"]["aggregator"]):
+                Settlement(tuple(int(c) for c in s["args"]["credits"]), int(s["args"]["slashed"]))
+            for s in self._job_logs("SettlementRevealed", job_id, round)[0]
+        }
         out = []
         for lg in logs:
             a = lg["args"]
             out.append(Proposal(
+                settlement=settlements.get((int(a["round"]), a["aggregator"]), Settlement()),
                 job_id=int(a["jobId"]), round=int(a["round"]), aggregator=a["aggregator"],
                 merged_digest=bytes(a["mergedDigest"]),
                 merged_cid=_cid_text(a["mergedCid"], a["mergedSize"], version),
@@ -523,6 +616,23 @@ class TrainingLedger:
                 timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
             ))
         return out
+
+    def joins(self, job_id: int) -> list[tuple[str, int]]:
+        """An open job's joins, in chain order: (worker, the first round it trains in)."""
+        return [(w, first) for w, first, _, _ in self.join_records(job_id)]
+
+    def join_records(self, job_id: int) -> list[tuple[str, int, bytes, int]]:
+        """An open job's joins: (worker, first round, data root, data length)."""
+        logs, _ = self._job_logs("WorkerJoined", job_id, None)
+        return [(lg["args"]["worker"], int(lg["args"]["fromRound"]), bytes(lg["args"]["dataRoot"]),
+                 int(lg["args"]["dataBytes"])) for lg in logs]
+
+    def round_workers(self, job_id: int, round: int, info: JobInfo | None = None) -> list[str]:
+        """The worker indexes of ``round`` (what a settlement's credits are indexed by)."""
+        from .settlement import round_workers
+
+        info = info or self.job(job_id)
+        return round_workers(info.workers, self.joins(job_id) if info.is_open else (), round)
 
     def events(self, job_id: int) -> list[ChainEvent]:
         """Every event of the job in chain order (every event's first indexed topic is the job id)."""
@@ -571,12 +681,14 @@ class TrainingLedger:
                                           [_b32(outcome, "outcome"), _b32(salt, "salt"), to_checksum_address(aggregator)]))
 
     @staticmethod
-    def outcome_of(merged_digest: bytes, merged_cid: str | bytes, merged_size: int, verdicts: Sequence[int]) -> bytes:
-        """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts))."""
+    def outcome_of(merged_digest: bytes, merged_cid: str | bytes, merged_size: int, verdicts: Sequence[int],
+                   settlement: Settlement) -> bytes:
+        """keccak256(abi.encodePacked(mergedDigest, mergedCid, uint64 mergedSize, bytes verdicts,
+        bytes32 settlement.digest()))."""
         return bytes(Web3.solidity_keccak(
-            ["bytes32", "bytes32", "uint64", "bytes"],
+            ["bytes32", "bytes32", "uint64", "bytes", "bytes32"],
             [_b32(merged_digest, "merged_digest"), _cid32(merged_cid, "merged_cid"), int(merged_size),
-             bytes(int(v) for v in verdicts)],
+             bytes(int(v) for v in verdicts), settlement.digest()],
         ))
 
 
@@ -589,7 +701,8 @@ def _discard():
 def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
     (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
      round_duration, proposal_window, num_rounds, min_submissions, cid_version, _nw, _na, current_round,
-     parent_digest, parent_cid, parent_size, completed, created_block, disclosure_window) = v
+     parent_digest, parent_cid, parent_size, completed, created_block, disclosure_window, max_workers,
+     active_workers, worker_stake, slash_bps, aggregator_bps, reward, pool) = v
     v = int(cid_version)
     return JobInfo(
         job_id=job_id, owner=creator, config_digest=bytes(config_digest),
@@ -601,13 +714,16 @@ def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
         current_parent_cid=_cid_text(parent_cid, parent_size, v), current_parent_size=int(parent_size),
         completed=bool(completed),
         created_block=int(created_block), proposal_window=int(proposal_window),
-        disclosure_window=int(disclosure_window),
+        disclosure_window=int(disclosure_window), max_workers=int(max_workers), active_workers=int(active_workers),
+        worker_stake=int(worker_stake), slash_bps=int(slash_bps), aggregator_bps=int(aggregator_bps),
+        reward=int(reward), pool=int(pool),
     )
 
 
 def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
     (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
-     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason, disclosed, disclosure_deadline) = v
+     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason, disclosed, disclosure_deadline,
+     expected) = v
     return RoundInfo(
         job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
         commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
@@ -616,5 +732,5 @@ def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
         accepted=int(accepted), proposals=int(proposals), commits=int(commits),
         commit_deadline=int(commit_deadline), reveal_deadline=int(reveal_deadline),
         skip_reason=SKIP_REASONS[int(skip_reason)], disclosed=int(disclosed),
-        disclosure_deadline=int(disclosure_deadline),
+        disclosure_deadline=int(disclosure_deadline), expected=int(expected),
     )

@@ -292,7 +292,7 @@ class JobContext:
         }
 
     def round_closed(self, rd) -> bool:
-        return rd.submissions >= len(self.info.workers) or time.time() > rd.deadline
+        return rd.all_submitted or time.time() > rd.deadline
 
 
 def contribution_meta(job_id: int, round_: int, worker: str, parent: bytes, seed: int, metrics: dict,

@@ -82,15 +82,19 @@ class Env:
 
         from ledger.contract import TrainingLedger
 
-        p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32))
-        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts)
+        from ledger.contract import Settlement
+
+        settlement = Settlement((0,) * len(self.ledger.round_workers(job, r)))
+        p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32),
+                 settlement=settlement)
+        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts, settlement)
         self.as_party(key).commit_proposal(job, r, TrainingLedger.commit_hash_of(outcome, p["salt"], address(key)))
         return p
 
     def reveal_as(self, key: str, job: int, r: int, p: dict):
         rd = self.ledger.round(job, r)
         return self.as_party(key).reveal_proposal(job, r, rd.commitment, p["verdicts"], p["merged"], p["cid"], p["size"],
-                                                  p["salt"])
+                                                  p["salt"], p["settlement"])
 
     def env(self, key: str | None = None, **extra: str) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}

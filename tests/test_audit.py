@@ -190,7 +190,7 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
     cs = [Commit(1, 1, a, h, 0, block, "0x", 0) for a, h, block in commits]
     ps = []
     for a, merged, salt, block in reveals:
-        outcome = TrainingLedger.outcome_of(merged, merged, 10, [0, 0])
+        outcome = TrainingLedger.outcome_of(merged, merged, 10, [0, 0], Settlement((0, 0)))
         ps.append(Proposal(1, 1, a, merged, merged, 10, outcome, 2, [0, 0], block, "0x", 0, salt=salt))
     events = [ChainEvent("RoundSkipped", {"round": 1}, 99, "0x", 0, timestamp=skipped_at)] if skipped_at else []
     ctx = SimpleNamespace(info=SimpleNamespace(quorum=2, min_submissions=1), ledger=TrainingLedger)
@@ -198,12 +198,12 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
 
 
 def test_audit_checks_each_reveal_against_its_commit_and_their_order():
-    from ledger.contract import TrainingLedger
+    from ledger.contract import Settlement, TrainingLedger
     from node.roles.audit import _check_commit_reveal
 
     a, b, c = (address(k) for k in keys(3, "cr"))
     m, salt = b"\5" * 32, b"\6" * 32
-    good = TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0]), salt, a)
+    good = TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0], Settlement((0, 0))), salt, a)
     ctx, rh = _round_history([(a, good, 1), (b, good, 2)], [(a, m, salt, 3), (b, m, salt, 4), (c, m, salt, 5)])
     found = []
     _check_commit_reveal(ctx, rh, found)
@@ -217,12 +217,12 @@ def test_audit_checks_each_reveal_against_its_commit_and_their_order():
 
 
 def test_audit_checks_the_reason_of_a_no_quorum_skip():
-    from ledger.contract import TrainingLedger
+    from ledger.contract import Settlement, TrainingLedger
     from node.roles.audit import _check_skip
 
     a, b, c = (address(k) for k in keys(3, "sk"))
     m, salt = b"\5" * 32, b"\6" * 32
-    h = lambda x: TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0]), salt, x)  # noqa: E731
+    h = lambda x: TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0], Settlement((0, 0))), salt, x)  # noqa: E731
     # two agreeing reveals reached the quorum of 2: the skip is wrong
     ctx, rh = _round_history([(a, h(a), 1), (b, h(b), 2)], [(a, m, salt, 3), (b, m, salt, 4)], "skipped", "no-quorum",
                              skipped_at=2000)

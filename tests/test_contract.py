@@ -24,7 +24,7 @@ from conftest import DEV_KEYS
 from ledger.artifacts import load_artifact
 from ledger.chain import Chain
 from ledger.cid import cid_from_chain, cid_to_chain
-from ledger.contract import ChainEvent, JobParams, TrainingLedger
+from ledger.contract import ChainEvent, JobParams, Settlement, TrainingLedger
 from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, WrongChain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +36,9 @@ OWNER = Account.from_key(DEV_KEYS[0])
 WORKERS = [Account.from_key(k) for k in DEV_KEYS[1:4]]
 AGGS = [Account.from_key(k) for k in DEV_KEYS[4:7]]
 OUTSIDER = Account.from_key(DEV_KEYS[7])
+
+
+Z3 = Settlement((0, 0, 0))  # no credit, no slash for the three workers
 
 
 def h(label: str) -> bytes:
@@ -89,13 +92,16 @@ class Env:
             self.submit(job, rnd, i, parent)
 
     def commit(self, job: int, rnd: int, a: int, verdicts, merged: bytes, cid: bytes | None = None, size: int = 4242,
-               salt: bytes | None = None):
-        """Aggregator ``a`` commits to a proposal; ``reveal`` later sends what it hashed."""
+               salt: bytes | None = None, settlement: Settlement | None = None):
+        """Aggregator ``a`` commits to a proposal; ``reveal`` later sends what it hashed.
+        ``settlement`` defaults to no credit and no slash for each of the job's workers."""
         cid = cid or h(f"cid of {merged.hex()}")
         salt = salt or h(f"salt {job} {rnd} {a}")
-        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts)
+        settlement = settlement or Settlement((0,) * len(self.ledger.round_workers(job, rnd)))
+        outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts, settlement)
         rc = self.as_(AGGS[a]).commit_proposal(job, rnd, TrainingLedger.commit_hash_of(outcome, salt, AGGS[a].address))
-        self.pending[(job, rnd, a)] = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=salt)
+        self.pending[(job, rnd, a)] = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=salt,
+                                           settlement=settlement)
         return rc
 
     def reveal(self, job: int, rnd: int, a: int, commitment: bytes | None = None, **change):
@@ -103,7 +109,7 @@ class Env:
         if commitment is None:
             commitment = self.ledger.round(job, rnd).commitment
         return self.as_(AGGS[a]).reveal_proposal(job, rnd, commitment, p["verdicts"], p["merged"], p["cid"], p["size"],
-                                                 p["salt"])
+                                                 p["salt"], p["settlement"])
 
     def propose(self, job: int, rnd: int, proposals: dict, reveals=None, **kw) -> list:
         """Each aggregator in ``proposals`` (index -> (verdicts, merged)) commits; then, past
@@ -159,6 +165,7 @@ def test_create_job_events_and_views(env: Env):
         "genesisDigest": p.genesis_digest, "genesisCid": p.genesis_cid, "genesisSize": p.genesis_size,
         "workers": p.workers, "aggregators": p.aggregators, "quorum": 2, "roundDuration": DURATION,
         "numRounds": 3, "minSubmissions": 2, "cidVersion": 0, "proposalWindow": WINDOW, "disclosureWindow": 0,
+        "maxWorkers": 0, "workerStake": 0, "slashBps": 0, "aggregatorBps": 0,
     }
     (opened,) = env.events(rc, "RoundOpened")
     assert opened == {"jobId": 1, "round": 1, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
@@ -345,8 +352,8 @@ def test_full_round_finalizes_with_2_of_3(env: Env):
     r1 = env.ledger.round(job, 1)
     merged, mcid = h("merged 1"), h("merged cid 1")
     verdicts = [0, 8, 0]
-    outcome = TrainingLedger.outcome_of(merged, mcid, 7777, verdicts)
-    assert outcome == keccak(merged + mcid + (7777).to_bytes(8, "big") + bytes(verdicts))
+    outcome = TrainingLedger.outcome_of(merged, mcid, 7777, verdicts, Z3)
+    assert outcome == keccak(merged + mcid + (7777).to_bytes(8, "big") + bytes(verdicts) + Z3.digest())
     salt = h("salt 0")
     commit = TrainingLedger.commit_hash_of(outcome, salt, AGGS[0].address)
     assert commit == keccak(outcome + salt + bytes.fromhex(AGGS[0].address[2:]))
@@ -429,14 +436,14 @@ def test_commit_and_reveal_reverts(env: Env):
     with reverted("UnknownJob"):
         agg0.commit_proposal(42, 1, h("c"))
     with reverted("UnknownJob"):
-        agg0.reveal_proposal(42, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"))
+        agg0.reveal_proposal(42, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"), Z3)
     with reverted("NotAggregator") as e:
         env.as_(OUTSIDER).commit_proposal(job, 1, h("c"))
     assert e.value.args_dict == {"jobId": job, "account": OUTSIDER.address}
     with reverted("NotAggregator"):  # a worker is not an aggregator
         env.as_(WORKERS[0]).commit_proposal(job, 1, h("c"))
     with reverted("NotAggregator"):
-        env.as_(OUTSIDER).reveal_proposal(job, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"))
+        env.as_(OUTSIDER).reveal_proposal(job, 1, b"\1" * 32, [0], merged, h("c"), 1, h("s"), Z3)
     env.submit(job, 1, 0)
     env.submit(job, 1, 1)
     partial = env.ledger.round(job, 1).commitment
@@ -458,7 +465,7 @@ def test_commit_and_reveal_reverts(env: Env):
         env.commit(job, 1, 0, [0, 0, 0], merged)
     assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[0].address}
     with reverted("NotCommitted") as e:  # commits still open: yet nothing to reveal
-        env.as_(AGGS[1]).reveal_proposal(job, 1, full, [0, 0, 0], merged, h("c"), 1, h("s"))
+        env.as_(AGGS[1]).reveal_proposal(job, 1, full, [0, 0, 0], merged, h("c"), 1, h("s"), Z3)
     assert e.value.args_dict == {"jobId": job, "round": 1, "aggregator": AGGS[1].address}
     env.commit(job, 1, 1, [0, 0, 5], merged)
     env.commit(job, 1, 2, [0, 0, 0], merged)
@@ -528,7 +535,7 @@ def test_copying_a_proposal_is_useless(env: Env):
     honest = env.pending[(job, 1, 0)]
     with reverted("RevealMismatch"):
         env.as_(AGGS[1]).reveal_proposal(job, 1, env.ledger.round(job, 1).commitment, verdicts, merged,
-                                         honest["cid"], honest["size"], honest["salt"])
+                                         honest["cid"], honest["size"], honest["salt"], Z3)
     assert env.ledger.round(job, 1).status == "closed"
     rc = env.reveal(job, 1, 2)  # a second independent verification finalizes
     assert len(env.events(rc, "RoundFinalized")) == 1
@@ -542,11 +549,11 @@ def test_disagreeing_proposals_do_not_finalize(env: Env):
     assert env.events(rcs[1], "RoundFinalized") == []
     r = env.ledger.round(job, 1)
     assert r.status == "closed" and r.proposals == 2
-    out_good = TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 0])
-    out_bad = TrainingLedger.outcome_of(bad, h(f"cid of {bad.hex()}"), 4242, [0, 0, 0])
+    out_good = TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 0], Z3)
+    out_bad = TrainingLedger.outcome_of(bad, h(f"cid of {bad.hex()}"), 4242, [0, 0, 0], Z3)
     assert env.ledger.votes(job, 1, out_good) == 1 and env.ledger.votes(job, 1, out_bad) == 1
     # same merge but different verdicts is a different outcome too
-    assert TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 1]) != out_good
+    assert TrainingLedger.outcome_of(good, h(f"cid of {good.hex()}"), 4242, [0, 0, 1], Z3) != out_good
     assert env.ledger.job(job).current_round == 1
     # aggregator 2 missed the commit phase (propose() waited out the deadline): the round cannot
     # finalize any more, and once every commit is revealed anyone may skip it at once
@@ -729,7 +736,7 @@ def test_several_rounds_to_job_completed(env: Env):
     assert all(isinstance(e, ChainEvent) and e.args["jobId"] == job for e in events)
     assert [(e.block, e.log_index) for e in events] == sorted((e.block, e.log_index) for e in events)
     names = [e.name for e in events]
-    per_round = ["UpdateSubmitted"] * 3 + ["ProposalCommitted"] * 3 + ["ProposalRevealed", "ProposalRevealed", "RoundFinalized"]
+    per_round = ["UpdateSubmitted"] * 3 + ["ProposalCommitted"] * 3 + ["ProposalRevealed", "SettlementRevealed"] * 2 + ["RoundFinalized"]
     assert names == (["JobCreated", "RoundOpened"] + per_round + ["RoundOpened"] + per_round
                      + ["RoundOpened"] + per_round + ["JobCompleted"])
     for e in events:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ledger import atomic
 from ledger.chain import tx_hash_of
+from ledger.contract import Settlement
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
 from ledger.procs import hold_lock
@@ -168,7 +169,7 @@ class Aggregator:
             until = rd.commit_deadline - ctx.info.proposal_window // 2
         else:
             disclosed = None
-            closed_at = chain.block_timestamp(subs[-1].block) if len(subs) >= len(ctx.info.workers) else rd.deadline
+            closed_at = chain.block_timestamp(subs[-1].block) if 0 < rd.expected <= len(subs) else rd.deadline
             until = closed_at + int(ctx.config.policy.reveal_window)
         if time.time() > until:
             return True
@@ -208,7 +209,7 @@ class Aggregator:
             time.sleep(min(self.opt.poll, 1.0))
             return None
         if (state.get("commitment") == to_hex(rd.commitment) and state.get("seed") == seed
-                and "verdicts" in state and "salt" in state):
+                and "verdicts" in state and "credits" in state and "salt" in state):
             if self._served(rd, state):
                 return state
             # Not committed yet (only _commit judges): judge again and store the merge again.
@@ -235,6 +236,8 @@ class Aggregator:
             "merged_digest": to_hex(m.digest),
             "merged_cid": merged_cid,
             "merged_size": m.size,
+            "credits": list(out.settlement.credits),
+            "slashed": out.settlement.slashed,
             "salt": "0x" + secrets.token_bytes(32).hex(),
             "seconds": round(time.perf_counter() - t0, 3),
             "peak_rss_mb": peak_rss_mb(),
@@ -259,16 +262,21 @@ class Aggregator:
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
                           threads=self.opt.threads)
         m = out.merged
-        if m.merged_bytes is None or to_hex(m.digest) != state["merged_digest"] or out.verdicts != state["verdicts"]:
+        if (m.merged_bytes is None or to_hex(m.digest) != state["merged_digest"] or out.verdicts != state["verdicts"]
+                or out.settlement != self._settlement(state)):
             log.error("round %d: judged again, the round gives another outcome than the one committed to: not revealed", r)
             return False
         obj = ctx.store.put(m.merged_bytes)
         ctx.store.pin(obj.cid)
         return obj.cid == state["merged_cid"]
 
+    @staticmethod
+    def _settlement(state: dict) -> Settlement:
+        return Settlement(tuple(int(c) for c in state.get("credits", ())), int(state.get("slashed", 0)))
+
     def _outcome(self, state: dict) -> bytes:
         return self.ctx.ledger.outcome_of(bytes.fromhex(state["merged_digest"][2:]), state["merged_cid"],
-                                          state["merged_size"], state["verdicts"])
+                                          state["merged_size"], state["verdicts"], self._settlement(state))
 
     # ---- transactions ----------------------------------------------------------------
     def _commit(self, r: int, rd) -> None:
@@ -304,7 +312,8 @@ class Aggregator:
         digest = bytes.fromhex(state["merged_digest"][2:])
         try:
             receipt = ctx.ledger.reveal_proposal(ctx.job_id, r, rd.commitment, state["verdicts"], digest,
-                                                 state["merged_cid"], state["merged_size"], salt)
+                                                 state["merged_cid"], state["merged_size"], salt,
+                                                 self._settlement(state))
         except TransactionFailed as e:
             self._failed("reveal", r, e, ("AlreadyRevealed", "RevealPhaseOver"))
             return False

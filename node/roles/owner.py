@@ -175,6 +175,17 @@ def _reveal_window(config: JobConfig, proposal_window: int, private: bool) -> No
                           f"({proposal_window}s): aggregators judge after it and must still commit in time")
 
 
+@dataclass(frozen=True)
+class Economics:
+    """A job's reward pool, stakes and enrollment (amounts in wei)."""
+
+    reward: int = 0
+    worker_stake: int = 0
+    slash_bps: int = 5_000        # half the remaining stake per cheating rejection
+    aggregator_bps: int = 1_000   # a tenth of each round's reward to the finalizing quorum
+    max_workers: int = 0          # 0: the named workers only
+
+
 def _store_artifact(store, data: bytes) -> Artifact:
     obj = store.put(data)
     store.pin(obj.cid)
@@ -196,16 +207,20 @@ def create_job(
     data_roots: list[tuple[bytes, int]] | None = None,
     validation: bytes | None = None,
     model: ModelChoice | None = None,
+    economics: "Economics | None" = None,
 ) -> CreatedJob:
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
     commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
-    the owner's held-out text, stored and committed in the config (needed with roots)."""
+    the owner's held-out text, stored and committed in the config (needed with roots).
+    ``economics``: the reward, stakes and enrollment (an open job on public data splits
+    the corpus for ``max_workers`` shards: a joiner trains on the shard of its index)."""
+    econ = economics or Economics()
     _reveal_window(config, proposal_window, private=bool(data_roots))
     lm, params = attach_model(config, store, model)
     if data_roots:
         config = private_config(config, workers, data_roots, validation, store, proposal_window, lm)
     else:
-        config = prepare_config(config, len(workers), throughputs)
+        config = prepare_config(config, max(len(workers), econ.max_workers), throughputs)
         if config.model.token_bytes > 1:
             _check_shards(config, lm)
         if validation is not None:
@@ -238,6 +253,11 @@ def create_job(
             cid_version=config.cid_version,
             # the chain judges whether a worker revealed what the draw asked in time
             disclosure_window=int(config.policy.reveal_window) if config.discloses else 0,
+            max_workers=econ.max_workers,
+            worker_stake=econ.worker_stake,
+            slash_bps=econ.slash_bps,
+            aggregator_bps=econ.aggregator_bps,
+            reward=econ.reward,
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)

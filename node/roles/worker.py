@@ -340,7 +340,7 @@ class Worker:
         for r, state in self._pending_reveals():
             rd = ctx.ledger.round(ctx.job_id, r)
             subs = ctx.ledger.submissions(ctx.job_id, r)
-            closed = rd.status != "open" or len(subs) >= len(ctx.info.workers)
+            closed = rd.status != "open" or 0 < rd.expected <= len(subs)
             if not closed:
                 # closed only once the *chain's* clock passes the deadline: a submission that
                 # still lands would change the draw

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ledger import checkpoint
+from ledger import settlement as settlemod
+from ledger.contract import Settlement
 from ledger.digest import sha256_bytes
 from ledger.errors import LedgerError, NotFoundError, StorageUnreachable
 from ledger.verdicts import Verdict
@@ -46,6 +48,7 @@ class Merged:
 class RoundOutcome:
     verified: Verified
     merged: Merged
+    settlement: Settlement
 
     @property
     def verdicts(self) -> list[int]:
@@ -207,7 +210,15 @@ def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged
     return Merged(data, sha256_bytes(data), len(data), False, workers, info)
 
 
+def settlement_of(ctx: JobContext, v: Verified) -> Settlement:
+    """The credits and slashes round ``v.round``'s verdicts give (``ledger.settlement``)."""
+    judged = [settlemod.Judged(rep.worker, int(rep.verdict), rep.metrics or {}, rep.contribution.num_samples)
+              for rep in v.reports]
+    return settlemod.settle(ctx.ledger.round_workers(ctx.job_id, v.round, ctx.info), judged)
+
+
 def judge_round(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
                 stages: set[str] | None = None, threads: int | None = None) -> RoundOutcome:
     v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages, threads=threads)
-    return RoundOutcome(v, merge_accepted(ctx, v, [rep.verdict == Verdict.ACCEPTED for rep in v.reports]))
+    merged = merge_accepted(ctx, v, [rep.verdict == Verdict.ACCEPTED for rep in v.reports])
+    return RoundOutcome(v, merged, settlement_of(ctx, v))
