@@ -74,6 +74,13 @@ class ContractReverted(TransactionFailed):
 _HINTS = {
     "UnknownJob": "no such job on this contract: check --job (`ledger job create` printed it as `job <id>`) "
                   "and that --rpc-url / --contract name the chain and contract it was created on",
+    "StakeMissing": "this job takes a stake: post it with `ledger worker join --job J` before submitting",
+    "NotActiveYet": "a worker that joined trains from the next round on",
+    "JobFull": "the open job has its most workers; ask its owner, or join another job",
+    "JobNotOpen": "only the job's named workers train in it; ask its owner to name you in a new job",
+    "NothingToWithdraw": "nothing is credited to this account yet: rewards come when rounds finalize, stakes "
+                         "when the job ends",
+    "ContributionPending": "wait until the round you submitted in is finalized or skipped, then leave",
 }
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 
 from .chain_cmds import add_fund_command
-from .common import add_command, add_group, text_in
+from .common import add_command, add_group, show_eth, text_in
 
 
 def register(sub) -> None:
@@ -44,6 +44,18 @@ def register(sub) -> None:
         _list,
         example="ledger account list",
     )
+    p = add_command(
+        g, "balance", "what the contract holds for an account: rewards, returned stakes, a returned pool",
+        _balance, example="ledger --account w0 account balance",
+    )
+    p.add_argument("address", nargs="?", default=None, help="an address (default: the --account's)")
+    add_command(
+        g, "withdraw", "withdraw everything the contract credited to this account (rewards, stakes)", _withdraw,
+        example="ledger --account w0 account withdraw",
+        description=("Payments are pulled, never pushed: finalized rounds credit rewards, a completed job\n"
+                     "credits stakes and (to its owner) what is left of its pool, and this sends the whole\n"
+                     "balance to the account in one transaction."),
+    )
 
 
 def _new(args, settings) -> int:
@@ -74,4 +86,28 @@ def _list(args, settings) -> int:
     width = max(len(e.name) for e in entries)
     for e in entries:
         print(f"{e.name:<{width}}  {e.address}")
+    return 0
+
+
+def _balance(args, settings) -> int:
+    from ledger.errors import LedgerError
+    from ledger.keys import is_address
+    from ledger.party import open_party
+
+    if args.address is not None and not is_address(args.address):
+        raise LedgerError(f"{args.address!r} is not an address (0x followed by 40 hex digits)")
+    ledger, _, account = open_party(settings, need_account=args.address is None)
+    who = args.address or account.address
+    print(f"{who}: {show_eth(ledger.balance_of(who))} to withdraw")
+    return 0
+
+
+def _withdraw(args, settings) -> int:
+    from ledger.chain import tx_hash_of
+    from ledger.party import open_party
+
+    ledger, _, account = open_party(settings)
+    amount = ledger.balance_of(account.address)
+    receipt = ledger.withdraw()
+    print(f"{account.address}: withdrew {show_eth(amount)} in tx {tx_hash_of(receipt)}")
     return 0

@@ -132,6 +132,32 @@ def float_in(lo: float | None = None, hi: float | None = None, *, lo_open: bool 
     return parse
 
 
+def eth_amount(text: str) -> int:
+    """An argparse type: an amount in ETH (up to 18 decimals), returned in wei."""
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        v = Decimal(text.strip())
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an amount in ETH (e.g. 0.5)") from None
+    wei = v * 10**18
+    if not v.is_finite() or v < 0 or wei != wei.to_integral_value() or wei >= 2**128:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an amount in ETH between 0 and 3.4e20 "
+                                         f"with at most 18 decimals")
+    return int(wei)
+
+
+eth_amount.__name__ = "ETH amount"
+
+
+def show_eth(wei: int) -> str:
+    """Wei as ETH, exact (no float rounding)."""
+    from decimal import Decimal
+
+    text = format(Decimal(int(wei)) / Decimal(10**18), "f")
+    return (text.rstrip("0").rstrip(".") if "." in text else text) + " ETH"
+
+
 def text_in(lo: int = 0, hi: int = 4096, what: str = "characters"):
     """An argparse type: text of lo..hi characters (names, labels): an empty or a megabyte
     name is refused at the door instead of being written into a config or a file name."""

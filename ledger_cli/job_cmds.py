@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ledger.party import open_party, setup_logging
 
-from .common import (SEED, add_command, add_group, add_job_arg, device_name, float_in, int_in, spec_range,
-                     text_in)
+from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, int_in, show_eth,
+                     spec_range, text_in)
 
 MAX_UINT32 = 2**32 - 1
 MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
@@ -36,7 +36,18 @@ def register(sub) -> None:
             "adapters); without it every weight trains. Workers' --data-root must then come from\n"
             "`ledger data commit FILE --model` with the same model (a commitment to its tokens).\n\n"
             "  ledger job create --model smollm2 --lora-rank 8 --block-size 64 --lr 1e-3 \\\n"
-            "      --worker w0 --worker w1 --aggregator a0 --aggregator a1 --aggregator a2"
+            "      --worker w0 --worker w1 --aggregator a0 --aggregator a1 --aggregator a2\n\n"
+            "Paying contributors: --reward ETH funds the job (the contract holds it); each finalized\n"
+            "round pays pool/rounds-left: --aggregator-share of it to the aggregators whose reveal is the\n"
+            "finalized outcome, the rest to the accepted workers pro rata to their credit (one unit per\n"
+            "accepted contribution plus one per 0.001 nats it lowers the validation loss). A skipped\n"
+            "round's share stays in the pool; what is left at the end goes back to the owner.\n"
+            "--worker-stake ETH makes every worker post a stake (`ledger worker join`) before it submits;\n"
+            "a contribution rejected for cheating (replay, transcript, windows-proof, a byte copy, a\n"
+            "wrong sample count) loses --slash of what is left of it to the pool. Stakes come back\n"
+            "when the job ends. --open --max-workers N lets anyone join between rounds.\n\n"
+            "  ledger job create --reward 3 --worker-stake 0.5 --open --max-workers 16 \\\n"
+            "      --worker w0 --aggregator a0 --aggregator a1 --aggregator a2"
         ),
     )
     p.add_argument("--model", metavar="byte|smollm2|DIR", default=None,
@@ -54,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="precision of training's forward and backward passes (default float32); weights and "
                         "checkpoints stay float32, and the replay tolerance default follows the dtype")
-    p.add_argument("--worker", action="append", required=True, metavar="ADDR|NAME", help="a worker (repeat; shard i goes to the i-th)")
+    p.add_argument("--worker", action="append", default=[], metavar="ADDR|NAME",
+                   help="a worker (repeat; shard i goes to the i-th); an --open job may start with none")
     p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
     p.add_argument("--data-root", action="append", default=None, metavar="0xROOT:BYTES",
                    help="a worker's data commitment from `ledger data commit` (repeat, in worker order): "
@@ -104,6 +116,18 @@ def register(sub) -> None:
                         "(default; at most 3 checkpoints' worth a round), or all of them with the checkpoint, so "
                         "any later audit can replay any segment")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
+    p.add_argument("--reward", type=eth_amount, default=0, metavar="ETH",
+                   help="ETH the job pays its contributors, sent with the creation (default 0)")
+    p.add_argument("--aggregator-share", type=float_in(0, 1), default=0.1, metavar="F",
+                   help="fraction of each round's reward paid to the finalizing quorum (default 0.1)")
+    p.add_argument("--worker-stake", type=eth_amount, default=0, metavar="ETH",
+                   help="ETH each worker posts before it submits, returned when the job ends (default 0: none)")
+    p.add_argument("--slash", type=float_in(0, 1), default=0.5, metavar="F",
+                   help="fraction of a worker's remaining stake a cheating rejection moves to the pool (default 0.5)")
+    p.add_argument("--open", action="store_true",
+                   help="anyone may join between rounds (`ledger worker join`), up to --max-workers")
+    p.add_argument("--max-workers", type=int_in(1, MAX_WORKERS), default=None, metavar="N",
+                   help="an --open job's most workers, the named ones included (default 16)")
 
     p = add_command(
         sub, "worker", "run a worker: train on its shard each round and submit", _worker,
@@ -137,6 +161,27 @@ def register(sub) -> None:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("-v", "--verbose", action="store_true")
 
+    r = add_command(
+        ws, "join", "post this worker's stake, or join an open job (then `worker run`)", _join,
+        "ledger --account w3 worker join --job 1",
+        description=(
+            "A worker named in a job that takes a stake posts it here before it can submit. Anyone\n"
+            "may join an --open job (posting its stake): joins are taken while the current round is\n"
+            "closed to submissions (being judged), so this waits for that; the joiner trains from the\n"
+            "next round on, on the corpus shard of its index. Then run `ledger worker run --job J`."
+        ),
+    )
+    add_job_arg(r)
+    r.add_argument("--data-root", metavar="0xROOT:BYTES", default=None,
+                   help="recorded with the join: the joiner's commitment from `ledger data commit`")
+    r.add_argument("--wait", type=float_in(0, 86400), default=600, metavar="S",
+                   help="seconds to wait for the current round to close to submissions (default 600)")
+    r = add_command(
+        ws, "leave", "leave an open job between rounds; what is left of the stake goes to your balance", _leave,
+        "ledger --account w3 worker leave --job 1",
+    )
+    add_job_arg(r)
+
 
 def _resolve(settings, names: list[str]) -> list[str]:
     """Addresses as given; anything else is a keystore account name (no password needed)."""
@@ -161,6 +206,17 @@ def _check_create(args) -> None:
     from ledger.errors import ConfigError
 
     n_w, n_a = len(args.worker), len(args.aggregator)
+    if args.max_workers is not None and not args.open:
+        raise ConfigError("--max-workers caps an --open job; add --open, or name every worker with --worker")
+    if args.open:
+        args.max_workers = args.max_workers or max(16, n_w)
+        if args.max_workers < n_w:
+            raise ConfigError(f"--max-workers {args.max_workers} is below the {n_w} --worker given")
+        if args.data_root:
+            raise ConfigError("an --open job trains on shards of the bundled corpus: --data-root is for a job "
+                              "of named workers")
+    elif n_w == 0:
+        raise ConfigError("give at least one --worker (or make the job --open)")
     if n_w > MAX_WORKERS:
         raise ConfigError(f"{n_w} --worker given: a job has at most {MAX_WORKERS} workers")
     if n_a > MAX_AGGREGATORS:
@@ -168,8 +224,9 @@ def _check_create(args) -> None:
     if args.quorum is not None and not (2 * args.quorum > n_a and args.quorum <= n_a):
         raise ConfigError(f"--quorum {args.quorum} with {n_a} aggregator(s): the quorum must be a strict majority, "
                           f"{n_a // 2 + 1}..{n_a}")
-    if args.min_submissions > n_w:
-        raise ConfigError(f"--min-submissions {args.min_submissions} with {n_w} worker(s): at most {n_w}")
+    most = args.max_workers if args.open else n_w
+    if args.min_submissions > most:
+        raise ConfigError(f"--min-submissions {args.min_submissions} with {most} worker(s): at most {most}")
     if args.throughput and len(args.throughput) != n_w:
         raise ConfigError(f"{len(args.throughput)} --throughput given for {n_w} workers: give one per worker, "
                           f"in worker order")
@@ -205,7 +262,7 @@ def _create(args, settings) -> int:
     setup_logging()
     from ledger.jobconfig import JobConfig
 
-    from node.roles.owner import ModelChoice, create_job, describe
+    from node.roles.owner import Economics, ModelChoice, create_job, describe
 
     choice = _model_choice(args, settings)
     cfg = JobConfig(name=args.name, seed=args.seed, cid_version=args.cid_version)
@@ -230,8 +287,19 @@ def _create(args, settings) -> int:
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
-                     data_roots=roots, validation=validation, model=choice)
+                     data_roots=roots, validation=validation, model=choice,
+                     economics=Economics(reward=args.reward, worker_stake=args.worker_stake,
+                                         slash_bps=round(args.slash * 10_000),
+                                         aggregator_bps=round(args.aggregator_share * 10_000),
+                                         max_workers=args.max_workers if args.open else 0))
     print(describe(job))
+    if args.reward or args.worker_stake or args.open:
+        terms = [f"reward {show_eth(args.reward)}"]
+        if args.worker_stake:
+            terms.append(f"stake {show_eth(args.worker_stake)} per worker (slash {args.slash:g})")
+        if args.open:
+            terms.append(f"open to {args.max_workers} workers")
+        print("  " + ", ".join(terms))
     return 0
 
 
@@ -311,4 +379,69 @@ def _worker(args, settings) -> int:
                    WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds,
                                  threads=args.threads, device=args.device), data=data)
     print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
+    return 0
+
+
+def _join(args, settings) -> int:
+    """Post a named worker's stake, or join an open job once its current round is closed to submissions."""
+    import time
+
+    from ledger.errors import ContractReverted, LedgerError
+
+    ledger, _, account = open_party(settings)
+    job, me = args.job, account.address
+    info = ledger.job(job)
+    if info.completed:
+        raise LedgerError(f"job {job} is complete: there is nothing left to join")
+    state, staked = ledger.worker_state(job, me)
+    if state == "unstaked":
+        ledger.stake(job, info.worker_stake)
+        print(f"worker {me}: posted a stake of {show_eth(info.worker_stake)} in job {job}; "
+              f"now run `ledger worker run --job {job}`")
+        return 0
+    if state in ("active", "joined"):
+        when = "from the next round on" if state == "joined" else "already"
+        print(f"worker {me} is a worker of job {job} {when}" + (f" (stake {show_eth(staked)})" if staked else ""))
+        return 0
+    if state == "left":
+        raise LedgerError(f"{me} left job {job}; an account that left does not join again")
+    if not info.is_open:
+        raise LedgerError(f"{me} is not a worker of job {job}, and the job is not open: its workers were named "
+                          f"when it was created")
+    root, n = b"\0" * 32, 0
+    if args.data_root:
+        from ledger.datacommit import parse_root
+
+        root, n = parse_root(args.data_root)
+        if n is None:
+            raise LedgerError(f"--data-root {args.data_root}: add the length, 0x<root>:<bytes>, as "
+                              f"`ledger data commit` prints it")
+    give_up, said = time.monotonic() + args.wait, False
+    while True:
+        try:
+            ledger.join(job, info.worker_stake, root, n)
+            break
+        except ContractReverted as e:
+            if e.name != "RoundInProgress" or time.monotonic() > give_up:
+                raise
+            if not said:
+                print(f"waiting for round {e.args_dict.get('round')} of job {job} to close to submissions "
+                      f"(joins are taken between rounds; up to {args.wait:g} s)", flush=True)
+                said = True
+            ledger.chain.nudge()   # a dev chain mines only on transactions: its clock moves with blocks
+            time.sleep(1.0)
+    state, staked = ledger.worker_state(job, me)
+    first = next((r for w, r in ledger.joins(job) if w.lower() == me.lower()), None)
+    print(f"worker {me}: joined job {job}" + (f" with a stake of {show_eth(staked)}" if staked else "")
+          + f"; it trains from round {first} on: run `ledger worker run --job {job}`")
+    return 0
+
+
+def _leave(args, settings) -> int:
+    ledger, _, account = open_party(settings)
+    before = ledger.balance_of(account.address)
+    ledger.leave(args.job)
+    refund = ledger.balance_of(account.address) - before
+    print(f"worker {account.address}: left job {args.job}; {show_eth(refund)} of stake credited to your balance "
+          f"(`ledger account withdraw`)")
     return 0

@@ -276,7 +276,8 @@ class JobContext:
             return addrs.index(address.lower())
         except ValueError:
             raise LedgerError(
-                f"{address} is not a worker of job {self.job_id}; its workers are {', '.join(self.info.workers)}"
+                f"{address} is not a worker of job {self.job_id}; its workers are {', '.join(self.info.workers) or 'none yet'}"
+                + (f" (the job is open: join it with `ledger worker join --job {self.job_id}`)" if self.info.is_open else "")
             ) from None
 
     # --- checkpoint metadata -----------------------------------------------------------

@@ -64,7 +64,7 @@ class Env:
 
     def create_job(self, workers: list[str], aggregators: list[str], quorum: int | None = None, rounds: int = 1,
                    round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None,
-                   proposal_window: int = 120) -> int:
+                   proposal_window: int = 120, economics=None) -> int:
         """A job on chain; ``quorum`` defaults to the smallest strict majority of the aggregators."""
         from node.roles.owner import create_job
 
@@ -72,19 +72,20 @@ class Env:
         job = create_job(self.ledger, self.store, config or tiny_config(),
                          [address(k) for k in workers], [address(k) for k in aggregators],
                          quorum or len(aggregators) // 2 + 1, rounds, round_duration, min_submissions,
-                         proposal_window=proposal_window)
+                         proposal_window=proposal_window, economics=economics)
         return job.job_id
 
-    def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int) -> dict:
+    def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int,
+                  settlement=None) -> dict:
         """Commit, as aggregator ``key``, to a proposal of our choosing (a dishonest one, say);
-        returns what ``reveal_as`` needs."""
+        returns what ``reveal_as`` needs. ``settlement``: no credit and no slash by default."""
         import secrets
 
         from ledger.contract import TrainingLedger
 
         from ledger.contract import Settlement
 
-        settlement = Settlement((0,) * len(self.ledger.round_workers(job, r)))
+        settlement = settlement or Settlement((0,) * len(self.ledger.round_workers(job, r)))
         p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32),
                  settlement=settlement)
         outcome = TrainingLedger.outcome_of(merged, cid, size, verdicts, settlement)

@@ -7,8 +7,16 @@ matplotlib). CSS is inline and nothing is fetched (no scripts, fonts, images or 
 sheets), so the file can be mailed, archived or opened offline and still shows
 everything. The same report gives the same bytes.
 
+The "Contributors" table has one row per worker (and per paid aggregator): rounds
+accepted, rejections with their verdicts, accepted samples and, given the rows of
+``ledger.history.worker_table`` (``render_html(report, contributors=...)``, or a
+``contributors`` attribute on the report), the credit and the ETH paid, slashed and
+returned. Without them it is built from the report's on-chain verdicts alone and the
+credit and payment columns are left out.
+
 Stable hooks (tests and anyone scripting against the page): `#verdict` (class `ok` or
-`failed`), `#job`, `#discrepancies`, `#round-<n>`, and the graphs' hooks listed in
+`failed`), `#job`, `#discrepancies`, `#contributors` (rows `tr.contributor` with
+`data-address` and `data-role`), `#round-<n>`, and the graphs' hooks listed in
 ``node.reports.graphs``.
 """
 
@@ -19,6 +27,7 @@ from functools import lru_cache
 
 from markupsafe import Markup
 
+from ledger.history import WorkerRow, contributor_rows, eth
 from ledger.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
@@ -48,7 +57,7 @@ from node.reports.text import (
     verdict_line,
 )
 
-__all__ = ["render_html", "cell_state", "GREEN", "RED", "GREY", "PURPLE", "ORANGE", "BLUE"]
+__all__ = ["render_html", "report_contributors", "cell_state", "GREEN", "RED", "GREY", "PURPLE", "ORANGE", "BLUE"]
 
 
 @dataclass
@@ -83,7 +92,17 @@ def _environment():
     env.filters["num"] = fmt_num
     env.filters["describe"] = describe
     env.filters["human_bytes"] = human_bytes
+    env.filters["eth"] = lambda wei: eth(wei) + " ETH"
     return env
+
+
+def report_contributors(report: AuditReport) -> list[WorkerRow]:
+    """The contributors' rows the report alone gives: submissions, and the on-chain
+    verdicts of the finalized rounds (no credit, no payments)."""
+    return contributor_rows(
+        report.workers,
+        [(rnd.round, c.worker, c.onchain_verdict, c.num_samples) for rnd in report.rounds for c in rnd.contributions],
+    )
 
 
 def _round_view(report: AuditReport, rnd: RoundAudit, flags: Flags) -> _RoundView:
@@ -109,8 +128,14 @@ def _round_view(report: AuditReport, rnd: RoundAudit, flags: Flags) -> _RoundVie
     )
 
 
-def render_html(report: AuditReport) -> str:
-    """The whole audit as one self-contained HTML document."""
+def render_html(report: AuditReport, contributors: list[WorkerRow] | None = None) -> str:
+    """The whole audit as one self-contained HTML document.
+
+    ``contributors``: ``ledger.history.worker_table`` of the audited job, for the
+    credits and payments (default: the report's ``contributors`` attribute, if any)."""
+    if contributors is None:
+        contributors = getattr(report, "contributors", None)
+    paid = contributors is not None
     rounds = sorted_rounds(report)
     flags = Flags(report)
     n_disc = len(report.discrepancies)
@@ -129,6 +154,8 @@ def render_html(report: AuditReport) -> str:
         "unavailable": sorted(report.unavailable, key=lambda d: d.round),
         "notes": sorted(report.notes, key=lambda d: d.round),
         "rounds": [_round_view(report, r, flags) for r in rounds],
+        "contributors": list(contributors) if paid else report_contributors(report),
+        "contributors_paid": paid,
         # built by matplotlib from escaped hooks and titles (ElementTree escapes them)
         "lineage_svg": Markup(lineage_svg(report)),
         "loss_svg": Markup(loss_svg(report)),

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 
 from ledger import checkpoint
+from ledger import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnreachable
 from ledger.history import load_history
@@ -147,6 +148,8 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
             expected_parent = rh.info.parent
     if progress:
         progress(len(history.rounds), len(history.rounds), "done")
+    if info.reward or info.worker_stake or info.is_open:
+        _check_payments(ctx, history, found)
     if info.completed:
         report.final_digest = report.latest_digest = _hex(info.current_parent)
         if info.current_parent != expected_parent:
@@ -303,6 +306,8 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
         if (merged is None or not merged.keeps_parent) and i.merged_digest != i.parent:
             _check_merge_artifact(ctx, r, i, merged, found, report)
+    if i.status == "finalized" and quorum:
+        _check_settlement(ctx, r, v, onchain, quorum[0].settlement, withheld, missing_now, found)
     _check_published(ctx, r, rh.submissions, [rep.meta for rep in v.reports], onchain, found, report)
     for p in rh.proposals:
         ra.proposals.append(ProposalAudit(
@@ -313,6 +318,77 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ))
     ra.ok = len(found) == before
     return ra
+
+
+def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, missing_now, found: list) -> None:
+    """The finalized credits and slashes against the verification's: a slash exactly for
+    the on-chain verdicts that are cheating, a credit only for the accepted ones, and each
+    accepted one's credit what this machine's own loss measurement gives (within the
+    ``ledger.settlement`` slack for another machine's low bits)."""
+    workers = ctx.ledger.round_workers(ctx.job_id, r, ctx.info)
+    if len(revealed.credits) != len(workers):
+        found.append(Discrepancy(r, "", "credit", f"{len(workers)} credits (one per worker of the round)",
+                                 f"{len(revealed.credits)}"))
+        return
+    index = {w.lower(): n for n, w in enumerate(workers)}
+    submitted = set()
+    for c, rep in zip(v.contributions, v.reports):
+        n = index.get(c.worker.lower())
+        if n is None:
+            continue
+        submitted.add(n)
+        chain_v = onchain[c.index]
+        got, slashed = int(revealed.credits[n]), bool((revealed.slashed >> n) & 1)
+        if slashed != (chain_v in settlemod.CHEATING):
+            found.append(Discrepancy(r, c.worker, "slash", "slashed" if not slashed else f"not slashed ({describe(chain_v)} "
+                                     "can be honest)", "slashed" if slashed else "not slashed",
+                                     f"the finalized verdict is {describe(chain_v)}"))
+        if chain_v != Verdict.ACCEPTED:
+            if got:
+                found.append(Discrepancy(r, c.worker, "credit", f"0 ({describe(chain_v)})", str(got)))
+            continue
+        if c.index in withheld or c in missing_now or rep.verdict != Verdict.ACCEPTED:
+            continue   # its verdict is reported (or cannot be re-checked now): the credit rests on it
+        lo, hi = settlemod.credit_range(int(rep.verdict), rep.metrics, c.num_samples)
+        if not lo <= got <= hi:
+            m = rep.metrics or {}
+            measured = (f"val loss {m['val_loss']:.6f}, parent {m['parent_val_loss']:.6f}"
+                        if m.get("val_loss") is not None else f"{c.num_samples} samples")
+            found.append(Discrepancy(r, c.worker, "credit", str(lo) if lo == hi else f"{lo}..{hi}", f"{got} (quorum)",
+                                     f"measured {measured}"))
+    for n, w in enumerate(workers):
+        if n not in submitted and (revealed.credits[n] or (revealed.slashed >> n) & 1):
+            found.append(Discrepancy(r, w, "credit", "no credit and no slash (no submission)",
+                                     f"credit {revealed.credits[n]}, slashed {bool((revealed.slashed >> n) & 1)}"))
+
+
+def _check_payments(ctx: JobContext, history, found: list) -> None:
+    """Every payout, slash and refund on chain against the contract's rules replayed from
+    the job's events and its finalized settlements."""
+    info = ctx.info
+    finalized = {}
+    for rh in history.rounds:
+        quorum = rh.quorum_proposals()
+        if rh.info.status == "finalized" and quorum:
+            finalized[rh.round] = (quorum[0].settlement, [p.aggregator for p in quorum])
+    expected = settlemod.expected_payments(
+        creator=info.owner, workers=info.workers, aggregators=info.aggregators, quorum=info.quorum,
+        num_rounds=info.num_rounds, aggregator_bps=info.aggregator_bps, slash_bps=info.slash_bps,
+        worker_stake=info.worker_stake, events=history.events, finalized=finalized)
+    recorded = settlemod.recorded_payments(history.events)
+    want, got = [p.key() for p in expected], [p.key() for p in recorded]
+    if want == got:
+        return
+    for k in range(max(len(want), len(got))):
+        e = expected[k] if k < len(want) else None
+        g = recorded[k] if k < len(got) else None
+        if e is not None and g is not None and e.key() == g.key():
+            continue
+        who = (e or g).account
+        found.append(Discrepancy((e or g).round, who, "payout",
+                                 f"{e.kind} {e.amount} wei" if e else "no further payment",
+                                 f"{g.kind} {g.amount} wei" if g else "nothing recorded"))
+        break   # one misstep shifts every later payment: the first says where
 
 
 def _check_merge_artifact(ctx: JobContext, r: int, i, merged, found: list, report: AuditReport) -> None:
@@ -447,7 +523,7 @@ def _check_commit_reveal(ctx: JobContext, rh, found: list) -> None:
     commits = {c.aggregator.lower(): c for c in rh.commits}
     last_commit = max(((c.block, c.log_index) for c in rh.commits), default=None)
     for p in rh.proposals:
-        outcome = ctx.ledger.outcome_of(p.merged_digest, p.merged_cid, p.merged_size, p.verdicts)
+        outcome = ctx.ledger.outcome_of(p.merged_digest, p.merged_cid, p.merged_size, p.verdicts, p.settlement)
         if outcome != p.outcome:
             found.append(Discrepancy(r, p.aggregator, "commit-reveal", f"outcome {_hex(outcome)} of the revealed merge and verdicts", _hex(p.outcome)))
         c = commits.get(p.aggregator.lower())

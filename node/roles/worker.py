@@ -109,6 +109,14 @@ class Worker:
                 log.info("job %d is complete; worker exits", ctx.job_id)
                 return submitted
             r = info.current_round
+            standing = self._standing(info, r, announced)
+            if standing == "left":
+                log.info("this worker left job %d; worker exits", ctx.job_id)
+                return submitted
+            if standing != "active":
+                announced = (r, standing)
+                ctx.wait(self.opt.poll)
+                continue
             rd = ctx.ledger.round(ctx.job_id, r)
             if ctx.ledger.has_submitted(ctx.job_id, r, self.address):
                 self._forget_older(r)
@@ -133,6 +141,18 @@ class Worker:
                 if self.opt.max_rounds is not None and submitted >= self.opt.max_rounds:
                     self._finish_reveals()
                     return submitted
+
+    def _standing(self, info, r: int, announced) -> str:
+        """This worker's standing in the job (``TrainingLedger.worker_state``), said once."""
+        if not (info.worker_stake or info.is_open):
+            return "active"
+        state, _ = self.ctx.ledger.worker_state(self.ctx.job_id, self.address)
+        if state == "unstaked":
+            raise LedgerError(f"job {self.ctx.job_id} takes a stake of {info.worker_stake / 1e18:g} ETH from each "
+                              f"worker: post it with `ledger worker join --job {self.ctx.job_id}`, then run again")
+        if state == "joined" and announced != (r, state):
+            log.info("joined job %d: this worker trains from round %d on; waiting", self.ctx.job_id, r + 1)
+        return state
 
     def work_round(self, r: int, parent: bytes) -> bool:
         """Train, publish and submit round ``r``; True if this call's submission landed."""
