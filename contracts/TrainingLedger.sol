@@ -591,6 +591,7 @@ contract TrainingLedger {
         uint256 slot = _workerIndex[jobId][msg.sender];
         if (slot == 0) revert NotWorker(jobId, msg.sender);
         if (j.completed) revert JobFinished(jobId);
+        if (slot & LEFT != 0) revert WorkerHasLeft(jobId, msg.sender);
         if (slot & UNSTAKED == 0) revert NoStakeDue(jobId, msg.sender);
         if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
         _workerIndex[jobId][msg.sender] = slot & ~UNSTAKED;
