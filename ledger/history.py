@@ -2,6 +2,10 @@
 view calls. No local state of any party is read, so anyone can run it.
 
 Used by ``ledger history`` and by the audit, which re-checks what this returns.
+
+``worker_table`` sums up each contributor from the same record: rounds accepted,
+rejections with their verdicts, accepted samples, the finalized settlements' credit,
+and the wei the contract paid, slashed and returned (its events).
 """
 
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
 
 from .digest import short, to_hex
+from .tables import text_table
 from .verdicts import describe
 
 
@@ -118,6 +124,8 @@ def render_timeline(h: JobHistory) -> str:
     if j.completed:
         out.append("")
         out.append(f"final model sha256 {to_hex(j.current_parent)}")
+    out.append("")
+    out.extend(render_workers(h))
     return "\n".join(out)
 
 
@@ -176,5 +184,179 @@ def to_json(h: JobHistory) -> str:
     doc = {
         "job": j,
         "rounds": [round_doc(rh) for rh in h.rounds],
+        "workers": [row.to_dict() for row in worker_table(h)],
     }
     return json.dumps(doc, default=conv, indent=2)
+
+
+# ------------------------------------------------------------------ contributors
+
+
+def eth(wei: int) -> str:
+    """Wei as ETH, exact: integer arithmetic, no float and no trailing zeros."""
+    wei = int(wei)
+    whole, frac = divmod(abs(wei), 10**18)
+    text = str(whole) + ("." + f"{frac:018d}".rstrip("0") if frac else "")
+    return ("-" if wei < 0 else "") + text
+
+
+@dataclass
+class WorkerRow:
+    """One contributor of a job: what its contributions got in the finalized rounds and
+    what the contract paid it. Amounts are wei.
+
+    A worker's row counts only rounds that finalized (a skipped round judges no one);
+    an aggregator's row (``aggregator``) has only its reward share in ``paid``."""
+
+    address: str
+    aggregator: bool = False
+    index: int | None = None          # the worker's index in the job (``getWorkers``); None: not a worker
+    submitted: int = 0                # submissions, in any round
+    accepted_rounds: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, int]] = field(default_factory=list)   # (round, verdict code)
+    samples: int = 0                  # num_samples of the accepted contributions
+    credit: int = 0                   # the finalized settlements' credits
+    staked: int = 0                   # StakePosted
+    paid: int = 0                     # RewardPaid
+    slashed: int = 0                  # Slashed
+    returned: int = 0                 # StakeReturned, and the refund of WorkerLeft
+    left: bool = False                # left an open job (WorkerLeft)
+
+    @property
+    def role(self) -> str:
+        return "aggregator" if self.aggregator else "worker"
+
+    @property
+    def accepted(self) -> int:
+        return len(self.accepted_rounds)
+
+    @property
+    def rejections(self) -> list[str]:
+        """``round N: <verdict label>``, one per rejected contribution."""
+        return [f"round {r}: {describe(v)}" for r, v in self.rejected]
+
+    def to_dict(self) -> dict:
+        return {
+            "address": self.address, "role": self.role, "index": self.index, "submitted": self.submitted,
+            "accepted": self.accepted, "accepted_rounds": list(self.accepted_rounds),
+            "rejected": [{"round": r, "verdict": v, "label": describe(v)} for r, v in self.rejected],
+            "rejections": self.rejections, "samples": self.samples, "credit": self.credit,
+            "staked": self.staked, "paid": self.paid, "slashed": self.slashed, "returned": self.returned,
+            "left": self.left,
+        }
+
+
+def contributor_rows(workers: Sequence[str], contributions: Iterable[tuple[int, str, int | None, int]],
+                     credits: Mapping[int, Sequence[int]] | None = None, events: Iterable = ()) -> list[WorkerRow]:
+    """The rows of ``worker_table`` from their parts.
+
+    ``workers``: the job's workers in index order. ``contributions``: (round, worker,
+    finalized verdict or None where the round judged none, num_samples), one per
+    submission. ``credits``: round -> the finalized settlement's credits, indexed like
+    ``workers`` (a round's worker indexes are a prefix of the job's: joiners are
+    appended). ``events``: the job's ``ChainEvent``s, for what was paid, slashed and
+    returned. One row per worker in index order, then any other submitter, then the
+    aggregators that were paid."""
+    rows: dict[str, WorkerRow] = {}
+    paid_aggs: dict[str, WorkerRow] = {}
+
+    def worker(addr: str) -> WorkerRow:
+        key = str(addr).lower()
+        if key not in rows:
+            rows[key] = WorkerRow(address=str(addr))
+        return rows[key]
+
+    for n, w in enumerate(workers):
+        row = worker(w)
+        if row.index is None:
+            row.index = n
+    for r, w, verdict, num_samples in contributions:
+        row = worker(w)
+        row.submitted += 1
+        if verdict is None:
+            continue
+        if int(verdict) == 0:
+            row.accepted_rounds.append(int(r))
+            row.samples += int(num_samples)
+        else:
+            row.rejected.append((int(r), int(verdict)))
+    for r, cs in sorted((credits or {}).items()):
+        for n, c in enumerate(cs):
+            if c and n < len(workers):
+                worker(workers[n]).credit += int(c)
+    for e in events:
+        a = e.args
+        if e.name == "RewardPaid":
+            account = str(a["account"])
+            if a.get("aggregator"):
+                row = paid_aggs.setdefault(account.lower(), WorkerRow(address=account, aggregator=True))
+            else:
+                row = worker(account)
+            row.paid += int(a["amount"])
+        elif e.name == "Slashed":
+            worker(a["worker"]).slashed += int(a["amount"])
+        elif e.name == "StakePosted":
+            worker(a["worker"]).staked += int(a["amount"])
+        elif e.name == "StakeReturned":
+            worker(a["worker"]).returned += int(a["amount"])
+        elif e.name == "WorkerLeft":
+            row = worker(a["worker"])
+            row.returned += int(a.get("refund", 0))
+            row.left = True
+    return list(rows.values()) + list(paid_aggs.values())
+
+
+def worker_table(h: JobHistory) -> list[WorkerRow]:
+    """One row per worker of the job (index order; a submitter the job does not list
+    after them), then one per aggregator the contract paid: rounds accepted, rejections
+    with their verdicts, accepted samples, credit, and the wei paid, slashed and
+    returned. Verdicts and credits are the finalized ones (the quorum's reveal)."""
+    contributions = []
+    credits = {}
+    for rh in h.rounds:
+        quorum = rh.quorum_proposals()
+        verdicts = list(quorum[0].verdicts) if quorum else []
+        for n, s in enumerate(rh.submissions):
+            i = getattr(s, "index", n)
+            contributions.append((rh.round, s.worker, verdicts[i] if 0 <= i < len(verdicts) else None, s.num_samples))
+        if quorum:
+            settlement = getattr(quorum[0], "settlement", None)
+            credits[rh.round] = tuple(settlement.credits) if settlement is not None else ()
+    return contributor_rows(h.job.workers, contributions, credits, h.events)
+
+
+def _percent(bps: int) -> str:
+    return f"{int(bps) / 100:g}%"
+
+
+def render_workers(h: JobHistory) -> list[str]:
+    """The contributors' table of ``ledger history``: the lines after the timeline.
+    Amounts in ETH, exact."""
+    j = h.job
+    rows = worker_table(h)
+    terms = []
+    reward = int(getattr(j, "reward", 0) or 0)
+    stake = int(getattr(j, "worker_stake", 0) or 0)
+    if reward:
+        terms.append(f"reward {eth(reward)} ETH, {_percent(getattr(j, 'aggregator_bps', 0))} to the quorum's aggregators")
+    else:
+        terms.append("no reward")
+    if stake:
+        terms.append(f"stake {eth(stake)} ETH per worker, {_percent(getattr(j, 'slash_bps', 0))} slashed for cheating")
+    pool_back = sum(int(e.args.get("amount", 0)) for e in h.events if e.name == "PoolReturned")
+    if pool_back:
+        terms.append(f"{eth(pool_back)} ETH returned to the creator")
+    out = ["contributors  (" + "; ".join(terms) + ")"]
+    if not rows:
+        return out + ["  no workers"]
+    headers = ["address", "role", "submitted", "accepted", "samples", "credit", "paid ETH", "slashed ETH",
+               "returned ETH", "rejected"]
+    body = []
+    for r in rows:
+        if r.aggregator:
+            body.append([r.address, r.role, "-", "-", "-", "-", eth(r.paid), "-", "-", ""])
+            continue
+        body.append([r.address, r.role + (" (left)" if r.left else ""), r.submitted, r.accepted, r.samples,
+                     r.credit, eth(r.paid), eth(r.slashed), eth(r.returned), ", ".join(r.rejections) or "-"])
+    out.extend("  " + line for line in text_table(headers, body, right=set(range(2, 9))))
+    return out
