@@ -134,7 +134,7 @@ def render_html(report: AuditReport, contributors: list[WorkerRow] | None = None
     ``contributors``: ``ledger.history.worker_table`` of the audited job, for the
     credits and payments (default: the report's ``contributors`` attribute, if any)."""
     if contributors is None:
-        contributors = getattr(report, "contributors", None)
+        contributors = report.contributors or None   # an audit fills it from the chain; a bare report has none
     paid = contributors is not None
     rounds = sorted_rounds(report)
     flags = Flags(report)

@@ -32,7 +32,7 @@ from ledger import checkpoint
 from ledger import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnreachable
-from ledger.history import load_history
+from ledger.history import load_history, worker_table
 from ledger.verdicts import Verdict, describe
 
 from node.training import train as trainmod
@@ -130,6 +130,7 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "invalid", str(e)))
 
     history = load_history(ledger, job_id)
+    report.contributors = worker_table(history)
     mode = {"none": "none", "sample": "policy", "all": "all"}[replay]
     expected_parent = info.genesis_digest
     parent_loss = None
