@@ -168,7 +168,9 @@ def register(sub) -> None:
             "A worker named in a job that takes a stake posts it here before it can submit. Anyone\n"
             "may join an --open job (posting its stake): joins are taken while the current round is\n"
             "closed to submissions (being judged), so this waits for that; the joiner trains from the\n"
-            "next round on, on the corpus shard of its index. Then run `ledger worker run --job J`."
+            "next round on, on the corpus shard of its index, or, in a job on private data, on its own\n"
+            "text, committed here with --data-root (from `ledger data commit FILE`). Then run\n"
+            "`ledger worker run --job J [--data FILE]`."
         ),
     )
     add_job_arg(r)
@@ -212,9 +214,6 @@ def _check_create(args) -> None:
         args.max_workers = args.max_workers or max(16, n_w)
         if args.max_workers < n_w:
             raise ConfigError(f"--max-workers {args.max_workers} is below the {n_w} --worker given")
-        if args.data_root:
-            raise ConfigError("an --open job trains on shards of the bundled corpus: --data-root is for a job "
-                              "of named workers")
     elif n_w == 0:
         raise ConfigError("give at least one --worker (or make the job --open)")
     if n_w > MAX_WORKERS:
@@ -388,7 +387,7 @@ def _join(args, settings) -> int:
 
     from ledger.errors import ContractReverted, LedgerError
 
-    ledger, _, account = open_party(settings)
+    ledger, store, account = open_party(settings)
     job, me = args.job, account.address
     info = ledger.job(job)
     if info.completed:
@@ -409,6 +408,12 @@ def _join(args, settings) -> int:
         raise LedgerError(f"{me} is not a worker of job {job}, and the job is not open: its workers were named "
                           f"when it was created")
     root, n = b"\0" * 32, 0
+    private = _job_is_private(ledger, store, info)
+    if private and not args.data_root:
+        raise LedgerError(f"job {job} trains on private data: commit your text with `ledger data commit FILE` "
+                          f"and join with --data-root 0x<root>:<bytes>")
+    if args.data_root and not private:
+        raise LedgerError(f"job {job} trains on shards of the bundled corpus: --data-root is for jobs on private data")
     if args.data_root:
         from ledger.datacommit import parse_root
 
@@ -435,6 +440,14 @@ def _join(args, settings) -> int:
     print(f"worker {me}: joined job {job}" + (f" with a stake of {show_eth(staked)}" if staked else "")
           + f"; it trains from round {first} on: run `ledger worker run --job {job}`")
     return 0
+
+
+def _job_is_private(ledger, store, info) -> bool:
+    """Whether the job's config (fetched and checked against its on-chain digest) trains on private data."""
+    from ledger.jobconfig import JobConfig
+
+    raw = store.get(info.config_cid, info.config_digest, max_size=info.config_size)
+    return JobConfig.from_bytes(raw).data.private
 
 
 def _leave(args, settings) -> int:

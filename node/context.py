@@ -255,9 +255,19 @@ class JobContext:
         return self._streams[key]
 
     def data_root(self, index: int) -> tuple[bytes, int]:
-        """Worker ``index``'s committed (root, length) in a private-data job."""
-        r = self.config.data.roots[index]
-        return from_hex(r.root), int(r.num_bytes)
+        """Worker ``index``'s committed (root, length) in a private-data job: from the
+        config for a worker named at creation, from its ``WorkerJoined`` event for a joiner."""
+        roots = self.config.data.roots
+        if index < len(roots):
+            return from_hex(roots[index].root), int(roots[index].num_bytes)
+        worker = self.info.workers[index] if index < len(self.info.workers) else f"#{index}"
+        for who, _, root, n in self.ledger.join_records(self.job_id):
+            if who.lower() == worker.lower():
+                if root == b"\0" * 32 or n == 0:
+                    raise LedgerError(f"worker {worker} joined job {self.job_id}, which trains on private data, "
+                                      f"without a data root: it has nothing to train on")
+                return root, int(n)
+        raise LedgerError(f"worker {worker} has no data root in job {self.job_id}")
 
     @cached_property
     def validation(self) -> bytes:

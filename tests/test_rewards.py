@@ -226,3 +226,32 @@ def test_a_colluding_quorum_that_inflates_a_credit_fails_the_audit(world):
     assert str(credits[victim]) in found[0]["actual"]
     text = env.run(None, "audit", "--job", str(job), "--no-progress", "--replay", "none", timeout=300)
     assert "AUDIT FAILED" in text.stdout and "round 1" in text.stdout and "credit" in text.stdout, text.stdout[-2000:]
+
+
+def test_a_joiner_of_a_private_data_job_commits_its_own_text(world, tmp_path):
+    from ledger import datacommit as dc
+    from node.context import JobContext
+    from node.roles.owner import create_job
+
+    env = world
+    named, joiner, stranger = keys(3, "pay-private")
+    env.fund(named, joiner, stranger)
+    texts = [bytes(range(32, 127)) * (40 + i) for i in range(2)]
+    named_c, joiner_c = dc.commit(texts[0]), dc.commit(texts[1])
+    job = create_job(env.ledger, env.store, _config(), [address(named)], [address(OPEN_AGG)], 1, 2, 120, 1,
+                     proposal_window=30, data_roots=[(named_c.root, named_c.length)],
+                     validation=bytes(range(32, 127)) * 20, economics=_economics(max_workers=2)).job_id
+    # the round closes to submissions once its one named worker submitted: joins are taken then
+    obj = env.store.put(checkpoint.encode({"x": np.zeros(4, np.float32)}, {"tag": "named"}))
+    env.as_party(named).submit_update(job, 1, env.ledger.job(job).current_parent, obj.digest, obj.cid, obj.size, 8)
+    refused = env.run(stranger, "worker", "join", "--job", str(job))
+    assert refused.returncode != 0 and "trains on private data" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    root = f"0x{joiner_c.root.hex()}:{joiner_c.length}"
+    out = env.run(joiner, "worker", "join", "--job", str(job), "--data-root", root)
+    assert out.returncode == 0 and "trains from round 2" in out.stdout, out.stdout + out.stderr
+    ctx = JobContext.load(env.ledger, env.store, job)
+    assert ctx.data_root(0) == (named_c.root, named_c.length)
+    assert ctx.data_root(ctx.worker_index(address(joiner))) == (joiner_c.root, joiner_c.length)
+    full = env.run(stranger, "worker", "join", "--job", str(job), "--data-root", root)
+    assert full.returncode != 0 and "JobFull" in full.stderr, full.stderr
