@@ -180,7 +180,7 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
     record what these cases describe, so the audit's own checks are exercised directly."""
     from types import SimpleNamespace
 
-    from ledger.contract import ChainEvent, Commit, Proposal, RoundInfo, TrainingLedger
+    from ledger.contract import ChainEvent, Commit, Proposal, RoundInfo, Settlement, TrainingLedger
     from ledger.history import RoundHistory
 
     info = RoundInfo(job_id=1, round=1, parent=b"\1" * 32, deadline=0, submissions=2, commitment=b"\2" * 32,
@@ -191,7 +191,8 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
     ps = []
     for a, merged, salt, block in reveals:
         outcome = TrainingLedger.outcome_of(merged, merged, 10, [0, 0], Settlement((0, 0)))
-        ps.append(Proposal(1, 1, a, merged, merged, 10, outcome, 2, [0, 0], block, "0x", 0, salt=salt))
+        ps.append(Proposal(1, 1, a, merged, merged, 10, outcome, 2, [0, 0], block, "0x", 0, salt=salt,
+                           settlement=Settlement((0, 0))))
     events = [ChainEvent("RoundSkipped", {"round": 1}, 99, "0x", 0, timestamp=skipped_at)] if skipped_at else []
     ctx = SimpleNamespace(info=SimpleNamespace(quorum=2, min_submissions=1), ledger=TrainingLedger)
     return ctx, RoundHistory(round=1, info=info, submissions=[], proposals=ps, events=events, commits=cs)

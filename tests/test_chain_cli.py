@@ -80,8 +80,9 @@ def create_job(url: str, address: str) -> str:
     workers = [Account.from_key(k).address for k in DEV_KEYS[1:3]]
     aggs = [Account.from_key(DEV_KEYS[3]).address]
     params = (b"\x01" * 32, b"\x02" * 32, 100, b"\x03" * 32, b"\x04" * 32, 200,
-              workers, aggs, 1, 3600, 300, 2, 1, 0, 0)
-    # ..., quorum, roundDuration, proposalWindow, numRounds, minSubmissions, cidVersion, disclosureWindow
+              workers, aggs, 1, 3600, 300, 2, 1, 0, 0, 0, 0, 0, 0)
+    # ..., quorum, roundDuration, proposalWindow, numRounds, minSubmissions, cidVersion, disclosureWindow,
+    # maxWorkers, workerStake, slashBps, aggregatorBps
     tx = c.functions.createJob(params).build_transaction(
         {"from": acct.address, "nonce": w3.eth.get_transaction_count(acct.address), "chainId": w3.eth.chain_id}
     )
