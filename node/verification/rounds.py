@@ -68,10 +68,11 @@ def close_block(ledger, job_id: int, r: int, submissions) -> int | None:
     """The block that closed round ``r``: the last submission's when every worker
     submitted, else the first block past the round's deadline (None: not mined yet).
     Read from the chain alone, the same for every party."""
-    workers = len(ledger.job(job_id).workers)
-    if submissions and len(submissions) >= workers:
-        return int(submissions[-1].block)
+    # the workers the round waited for (recorded with it): not the job's, which joins may
+    # have grown since, nor those that left
     rd = ledger.round(job_id, r)
+    if submissions and 0 < rd.expected <= len(submissions):
+        return int(submissions[-1].block)
     start = int(submissions[-1].block) if submissions else 0
     return ledger.chain.first_block_after(int(rd.deadline), lo=start)
 
