@@ -74,7 +74,8 @@ def world(tmp_path_factory):
 def staked(world):
     env = world
     workers = [*HONEST, LAZY, FORGER, GONE]
-    job = env.create_job(workers, AGGS, quorum=2, rounds=1, config=_config(replay_segments=3),
+    # GONE never discloses: the aggregators wait for the disclosure window (15 s), then judge
+    job = env.create_job(workers, AGGS, quorum=2, rounds=1, config=_config(reveal_window=15),
                          economics=_economics(reward=3 * ETH, worker_stake=ETH, slash_bps=5_000, aggregator_bps=1_000))
     # a worker cannot submit before it posts its stake: one posts it through the CLI
     out = env.run(HONEST[0], "worker", "join", "--job", str(job))
