@@ -121,6 +121,13 @@ JOB = ["job", "create", "--worker", W0, "--aggregator", A0]
     (["worker", "run", "--job", "1", "--device", "gpu"], "--device"),
     (["chain", "up", "--port", "65536"], "--port"),
     (["chain", "fund", W0, "--eth", "-1"], "--eth"),
+    (JOB + ["--reward", "-1"], "--reward"),
+    (JOB + ["--reward", "0.0000000000000000001"], "--reward"),   # below a wei
+    (JOB + ["--reward", "ten"], "--reward"),
+    (JOB + ["--worker-stake", "nan"], "--worker-stake"),
+    (JOB + ["--slash", "1.5"], "--slash"),
+    (JOB + ["--aggregator-share", "-0.1"], "--aggregator-share"),
+    (JOB + ["--open", "--max-workers", "129"], "--max-workers"),
 ])
 def test_out_of_range_is_refused_before_anything(cli, argv, option):
     code, _, err = cli(*argv)
@@ -137,6 +144,10 @@ def test_out_of_range_is_refused_before_anything(cli, argv, option):
     (JOB + ["--n-embd", "100", "--n-head", "3"], "not a multiple"),
     (JOB + ["--throughput", "1", "--throughput", "2"], "one per worker"),
     (JOB + ["--reveal-window", "200", "--proposal-window", "300"], "more than half the proposal window"),
+    (JOB + ["--max-workers", "4"], "add --open"),
+    (["job", "create", "--aggregator", A0], "give at least one --worker (or make the job --open)"),
+    (JOB + ["--open", "--max-workers", "1", "--worker", A1], "below the 2 --worker given"),
+    (["job", "create", "--open", "--max-workers", "2", "--aggregator", A0, "--min-submissions", "3"], "at most 2"),
     (["demo", "--quorum", "1", "--aggregators", "3"], "strict majority"),
     (["demo", "--model", "/no/such/model"], "not a folder and not a built-in model (smollm2)"),
 ])
