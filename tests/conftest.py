@@ -85,6 +85,7 @@ def deployed(settings: Settings, chain_service):
 SLOWEST_FIRST = (
     "test_aggregator.py",       # ~260 s
     "test_hf_models.py",        # ~200 s
+    "test_rewards.py",          # ~180 s
     "test_signals.py",          # ~115 s
     "test_transcripts.py",      # ~110 s
     "test_worker.py",           # ~100 s
@@ -94,6 +95,7 @@ SLOWEST_FIRST = (
     "test_deployments.py",      # ~80 s
     "test_hardhat.py",          # ~80 s
     "test_compile.py",          # ~70 s
+    "test_economics.py",        # ~50 s
     "test_audit.py",            # ~70 s
     "test_netns.py",            # ~65 s
     "test_train.py",            # ~60 s

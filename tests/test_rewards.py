@@ -161,6 +161,24 @@ def test_the_audit_recomputes_every_credit_and_payout(staked):
     assert out.returncode == 0 and report["ok"], report.get("discrepancies")
 
 
+def test_history_shows_who_contributed_what_and_was_paid(staked):
+    from ledger.history import eth
+
+    env, job, _ = staked
+    out = env.run(None, "history", "--job", str(job))
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0].lower(): line for line in out.stdout.splitlines() if line.strip().startswith("0x")}
+    (final,) = [p for p in env.ledger.proposals(job, 1) if p.outcome == env.ledger.round(job, 1).outcome][:1]
+    credit = dict(zip((w.lower() for w in env.ledger.round_workers(job, 1)), final.settlement.credits))
+    pay = _payments(env, job)
+    for k in HONEST:
+        a = address(k).lower()
+        cells = rows[a].split()
+        assert str(credit[a]) in cells and eth(pay[("RewardPaid", a)][0]) in cells, rows[a]
+    assert "round 1: replay" in rows[address(LAZY).lower()] and "round 1: replay" in rows[address(FORGER).lower()]
+    assert "round 1: unavailable" in rows[address(GONE).lower()]
+
+
 def test_a_worker_joins_an_open_job_and_is_paid_from_round_2(world):
     env = world
     named, joiner = OPEN_W[:2], OPEN_W[2]
