@@ -151,11 +151,10 @@ eth_amount.__name__ = "ETH amount"
 
 
 def show_eth(wei: int) -> str:
-    """Wei as ETH, exact (no float rounding)."""
-    from decimal import Decimal
+    """Wei as ETH, exact (``ledger.history.eth``), with its unit."""
+    from ledger.history import eth
 
-    text = format(Decimal(int(wei)) / Decimal(10**18), "f")
-    return (text.rstrip("0").rstrip(".") if "." in text else text) + " ETH"
+    return f"{eth(wei)} ETH"
 
 
 def text_in(lo: int = 0, hi: int = 4096, what: str = "characters"):

@@ -21,6 +21,7 @@ import pytest
 
 from ledger import checkpoint
 from ledger.contract import Settlement
+from ledger.settlement import recorded_payments
 from ledger.store.embedded import EmbeddedStore
 from ledger.verdicts import Verdict
 from support import address, chain_of_its_own, keys, log_text, tiny_config, wait_for
@@ -50,11 +51,10 @@ def _economics(**kw):
 
 
 def _payments(env, job):
+    """(event name, account) -> the amounts it records, in chain order."""
     out = {}
-    for e in env.ledger.events(job):
-        if e.name in ("RewardPaid", "Slashed", "StakeReturned", "PoolReturned", "WorkerLeft"):
-            who = (e.args.get("account") or e.args.get("worker") or e.args.get("creator")).lower()
-            out.setdefault((e.name, who), []).append(int(e.args.get("amount", e.args.get("refund", 0))))
+    for p in recorded_payments(env.ledger.events(job)):
+        out.setdefault((p.kind, p.account.lower()), []).append(p.amount)
     return out
 
 

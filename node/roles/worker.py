@@ -36,6 +36,7 @@ from ledger.chain import tx_hash_of
 from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
+from ledger.history import eth
 from ledger.procs import hold_lock
 
 from node.training import privdata
@@ -148,7 +149,7 @@ class Worker:
             return "active"
         state, _ = self.ctx.ledger.worker_state(self.ctx.job_id, self.address)
         if state == "unstaked":
-            raise LedgerError(f"job {self.ctx.job_id} takes a stake of {info.worker_stake / 1e18:g} ETH from each "
+            raise LedgerError(f"job {self.ctx.job_id} takes a stake of {eth(info.worker_stake)} ETH from each "
                               f"worker: post it with `ledger worker join --job {self.ctx.job_id}`, then run again")
         if state == "joined" and announced != (r, state):
             log.info("joined job %d: this worker trains from round %d on; waiting", self.ctx.job_id, r + 1)
