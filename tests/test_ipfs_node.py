@@ -195,6 +195,42 @@ def test_unreachable_api_names_the_address(settings):
     assert "ledger ipfs up" in str(e.value)
 
 
+def test_a_node_dropping_the_connection_mid_request_is_an_outage():
+    """A node killed while it serves closes the socket with no answer: that is the
+    storage going away (waited out by the roles), not a failed request."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def hang_up():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.recv(65536)
+            conn.close()
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    api = f"/ip4/127.0.0.1/tcp/{srv.getsockname()[1]}/http"
+    store = IpfsStore(api, timeout=2)
+    try:
+        for call in (lambda: store.has(cid_of_bytes(b"x").cid),
+                     lambda: store.reachable(cid_of_bytes(b"x").cid),
+                     lambda: store.get(cid_of_bytes(b"x").cid, bytes(32))):
+            with pytest.raises(StorageUnreachable) as e:
+                call()
+            assert api in str(e.value)
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
 def test_address_forms():
     assert ipfs_node.to_multiaddr("http://127.0.0.1:5001") == "/ip4/127.0.0.1/tcp/5001/http"
     assert ipfs_node.to_multiaddr("localhost:5001") == "/dns/localhost/tcp/5001/http"

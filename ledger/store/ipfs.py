@@ -55,6 +55,24 @@ def _quiet():
         yield
 
 
+def _connection_dropped(e: Exception) -> bool:
+    """A node that goes down mid-request closes the socket without an answer: urllib3 reports
+    that as a protocol error ("Connection aborted"), but to the caller it is an outage like a
+    refused connection, worth waiting out rather than failing the round on."""
+    if not isinstance(e, ipfs_exc.ProtocolError):
+        return False
+    seen, cause = set(), e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)) or \
+                type(cause).__name__ == "RemoteDisconnected":
+            return True
+        args = getattr(cause, "args", ())
+        nested = [a for a in args if isinstance(a, BaseException)]
+        cause = nested[-1] if nested else (cause.__cause__ or cause.__context__)
+    return "Connection aborted" in str(e)
+
+
 UPLOAD_CHUNK = 1 << 20
 ADD_READ_TIMEOUT = 600.0   # the node answers an add only once it has imported (and pinned) everything
 REACH_WAIT = 5.0           # how long ``reachable`` lets the node ask its peers (Kubo: the network)
@@ -118,7 +136,7 @@ class IpfsStore(Store):
                 f"{cid}: the IPFS node at {self.api} did not deliver it within {self.timeout:g}s "
                 "(missing, or no peer has it); raise --ipfs-timeout / LEDGER_IPFS_TIMEOUT to wait longer"
             )
-        if isinstance(e, ipfs_exc.ConnectionError):
+        if isinstance(e, ipfs_exc.ConnectionError) or _connection_dropped(e):
             return self._unreachable(e)
         if isinstance(e, ipfs_exc.ErrorResponse):
             msg = str(e)
