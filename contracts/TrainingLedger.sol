@@ -93,6 +93,21 @@ contract TrainingLedger {
         uint16 aggregatorBps;   // basis points of each round's reward paid to the finalizing quorum
     }
 
+    /// @notice A worker's submission as it signs it for `submitBatch` (EIP-712 type
+    /// `Submission(uint256 jobId,uint32 round,bytes32 parentDigest,bytes32 digest,bytes32 cid,uint64 size,uint64 numSamples)`,
+    /// domain name "TrainingLedger", version "1", this chain and contract), with the
+    /// worker's index in the roster and its compact signature (EIP-2098: r, and s with
+    /// v's parity in the top bit).
+    struct SignedUpdate {
+        uint8 index;
+        bytes32 digest;
+        bytes32 cid;
+        uint64 size;
+        uint64 numSamples;
+        bytes32 r;
+        bytes32 vs;
+    }
+
     /// @notice What a proposal settles besides the merge: part of its outcome.
     struct Settlement {
         uint64[] credits; // one per worker index of the round (0..numWorkers-1): 0 unless accepted
@@ -255,6 +270,14 @@ contract TrainingLedger {
         uint128 bitmap; // worker indexes, as the submitted bitmap
     }
 
+    /// @dev Who may submit in a batch: a chained hash over the job's workers in index
+    /// order (so a batch checks the roster it is given with one read instead of a lookup
+    /// per signer) and the bitmap of the active ones (no queued, unstaked or left flag).
+    struct Roster {
+        bytes32 hash;
+        uint128 active;
+    }
+
     /// @dev A proposal's merge and its outcome, kept together in memory.
     struct Merge {
         bytes32 digest;
@@ -291,6 +314,20 @@ contract TrainingLedger {
     uint256 private constant INDEX_MASK = 0xff;
     uint256 private constant BPS = 10_000;
 
+    /// @notice EIP-712 type hash of a worker's `Submission` (see `SignedUpdate`).
+    bytes32 public constant SUBMISSION_TYPEHASH = keccak256(
+        "Submission(uint256 jobId,uint32 round,bytes32 parentDigest,bytes32 digest,bytes32 cid,uint64 size,uint64 numSamples)"
+    );
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    /// @dev bytes per counted entry of `BatchSubmitted`
+    uint256 private constant BATCH_ENTRY = 100;
+    // secp256k1n / 2: a higher s is the malleable twin of a valid signature (EIP-2)
+    uint256 private constant HALF_N = 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
+
+    bytes32 private immutable _cachedDomain;
+    uint256 private immutable _cachedChainId;
+
     // ---------------------------------------------------------------- storage
 
     uint256 private _jobCount;
@@ -318,6 +355,8 @@ contract TrainingLedger {
     mapping(uint256 jobId => mapping(address worker => uint256)) private _stakes;
     /// @dev wei an account may `withdraw`
     mapping(address account => uint256) private _balances;
+    /// @dev the job's roster hash and active workers (see `submitBatch`)
+    mapping(uint256 jobId => Roster) private _rosters;
 
     // ----------------------------------------------------------------- events
 
@@ -338,6 +377,17 @@ contract TrainingLedger {
         uint64 size,
         uint64 numSamples
     );
+
+    /// @notice `relayer` sent workers' signed submissions in one `submitBatch`. `entries`
+    /// holds the counted ones in their order, 100 bytes each: worker (20), digest (32),
+    /// cid (32), size (8), numSamples (8), big-endian: what an `UpdateSubmitted` carries
+    /// (a log topic costs a batch more than all its data).
+    event BatchSubmitted(uint256 indexed jobId, uint32 indexed round, address indexed relayer, bytes entries);
+
+    /// @notice A batch carried the submission of `worker`, which had already submitted
+    /// (directly, or in another batch): skipped, so a worker racing its relayer cannot
+    /// sink everyone else's submission.
+    event SubmissionSkipped(uint256 indexed jobId, uint32 indexed round, address indexed worker);
 
     /// @notice An aggregator committed to a proposal it will reveal once commits close;
     /// `commitDeadline` is the commit phase's last second.
@@ -507,6 +557,11 @@ contract TrainingLedger {
     error ContributionPending(uint256 jobId, uint32 round, address worker);
     /// @notice No balance to withdraw.
     error NothingToWithdraw(address account);
+    /// @notice The roster given to `submitBatch` is not the job's workers in index order (`getWorkers`).
+    error RosterMismatch(uint256 jobId);
+    /// @notice A batch's entry `position` is not signed by the worker at its index (or names no worker).
+    error BadSignature(uint256 jobId, uint32 round, uint256 position);
+
     /// @notice The transfer of a withdrawal failed (the balance is kept).
     error WithdrawFailed(address account, uint256 amount);
 
@@ -520,6 +575,11 @@ contract TrainingLedger {
     modifier onlyAggregator(uint256 jobId) {
         if (!_isAggregator[jobId][msg.sender]) revert NotAggregator(jobId, msg.sender);
         _;
+    }
+
+    constructor() {
+        _cachedChainId = block.chainid;
+        _cachedDomain = _buildDomain();
     }
 
     // ------------------------------------------------------------ transitions
@@ -562,13 +622,19 @@ contract TrainingLedger {
 
         address[] storage ws = _workers[jobId];
         uint256 flag = p.workerStake != 0 ? UNSTAKED : 0;
+        bytes32 roster;
         for (uint256 i = 0; i < p.workers.length; ++i) {
             address w = p.workers[i];
             if (w == address(0)) revert InvalidJobParams("zero worker address");
             if (_workerIndex[jobId][w] != 0) revert InvalidJobParams("duplicate worker");
             _workerIndex[jobId][w] = (i + 1) | flag;
             ws.push(w);
+            roster = _chain(roster, w);
         }
+        _rosters[jobId] = Roster({
+            hash: roster,
+            active: flag == 0 ? uint128((uint256(1) << p.workers.length) - 1) : 0
+        });
         address[] storage as_ = _aggregators[jobId];
         for (uint256 i = 0; i < p.aggregators.length; ++i) {
             address a = p.aggregators[i];
@@ -595,6 +661,7 @@ contract TrainingLedger {
         if (slot & UNSTAKED == 0) revert NoStakeDue(jobId, msg.sender);
         if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
         _workerIndex[jobId][msg.sender] = slot & ~UNSTAKED;
+        _rosters[jobId].active |= uint128(1) << ((slot & INDEX_MASK) - 1);
         _stakes[jobId][msg.sender] = msg.value;
         emit StakePosted(jobId, msg.sender, msg.value);
     }
@@ -618,6 +685,8 @@ contract TrainingLedger {
         if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
         ws.push(msg.sender);
         _workerIndex[jobId][msg.sender] = ws.length | QUEUED;
+        Roster storage ro = _rosters[jobId];
+        ro.hash = _chain(ro.hash, msg.sender);
         if (msg.value != 0) {
             _stakes[jobId][msg.sender] = msg.value;
             emit StakePosted(jobId, msg.sender, msg.value);
@@ -642,6 +711,7 @@ contract TrainingLedger {
             revert ContributionPending(jobId, j.currentRound, msg.sender);
         }
         _workerIndex[jobId][msg.sender] = slot | LEFT;
+        _rosters[jobId].active &= ~(uint128(1) << (index - 1));
         if (slot & QUEUED == 0) j.numLeft += 1; // a queued one is counted when its round opens
         uint256 refund = _stakes[jobId][msg.sender];
         _stakes[jobId][msg.sender] = 0;
@@ -709,6 +779,81 @@ contract TrainingLedger {
         Commitment storage c = _commitment[jobId];
         c.value = keccak256(abi.encodePacked(c.value, msg.sender, digest, cid, size, numSamples));
         emit UpdateSubmitted(jobId, round, msg.sender, digest, cid, size, numSamples);
+    }
+
+    /// @notice Submit many workers' checkpoints for the job's current round in one
+    /// transaction: anyone may relay them, each signed by its worker (see `SignedUpdate`).
+    /// The checks are `submitUpdate`'s (a worker of the job, active, the round's parent,
+    /// before the deadline, once) and every counted entry folds into the round's
+    /// commitment exactly as a direct submission does; the counted entries are logged
+    /// together in one `BatchSubmitted`. An entry whose worker already submitted is skipped
+    /// (`SubmissionSkipped`); any other failed check reverts the batch with the precise
+    /// error (a relayer simulates first and drops the entry).
+    /// @dev Per entry: one signature recovery, no storage access (the roster is checked
+    /// against its stored hash once, activity against one bitmap) and 100 bytes of log
+    /// data; the live slot and the commitment are written once for the batch.
+    /// @param jobId the job
+    /// @param round the current round (must match)
+    /// @param parentDigest the round's parent digest every entry was trained from
+    /// @param roster the job's workers in index order (`getWorkers`)
+    /// @param updates the signed submissions, in the order they are counted
+    function submitBatch(
+        uint256 jobId,
+        uint32 round,
+        bytes32 parentDigest,
+        address[] calldata roster,
+        SignedUpdate[] calldata updates
+    ) external {
+        Roster storage ro = _rosters[jobId];
+        if (_rosterHashOf(roster) != ro.hash) {
+            if (_jobs[jobId].creator == address(0)) revert UnknownJob(jobId);
+            revert RosterMismatch(jobId);
+        }
+        LiveRound storage slot = _live[jobId][parentDigest];
+        uint256 live = slot.packed;
+        if (live & (STATUS_MASK | ROUND_MASK) != LIVE_OPEN | round || block.timestamp > uint40(live >> DEADLINE_SHIFT)) {
+            _rejectSubmission(jobId, round, parentDigest, 1); // a valid index: the round's own error
+        }
+        uint256 active = ro.active;
+        bytes32 domain = _domainSeparator();
+        bytes32 c = _commitment[jobId].value;
+        bytes memory entries = new bytes(updates.length * BATCH_ENTRY);
+        uint256 counted;
+        for (uint256 k = 0; k < updates.length; ++k) {
+            SignedUpdate calldata u = updates[k];
+            uint256 i = u.index;
+            if (i >= roster.length) revert BadSignature(jobId, round, k);
+            address w = roster[i];
+            if (_signer(domain, jobId, round, parentDigest, u) != w) revert BadSignature(jobId, round, k);
+            if ((active >> i) & 1 == 0) _rejectInactive(jobId, w);
+            uint256 bit;
+            unchecked {
+                bit = uint256(1) << (BITMAP_SHIFT + i);
+            }
+            if (live & bit != 0) {
+                emit SubmissionSkipped(jobId, round, w);
+                continue;
+            }
+            c = _record(entries, counted, c, w, u);
+            unchecked {
+                live += COUNT_ONE + bit;
+                ++counted;
+            }
+        }
+        if (counted != 0) {
+            uint256 count = (live >> COUNT_SHIFT) & 0xff;
+            if (count == (live >> WORKERS_SHIFT) & 0xff) {
+                unchecked {
+                    live |= (uint256(uint40(live >> DEADLINE_SHIFT)) - block.timestamp) << EARLY_SHIFT;
+                }
+            }
+            slot.packed = live;
+            _commitment[jobId].value = c;
+        }
+        assembly ("memory-safe") {
+            mstore(entries, mul(counted, 100)) // BATCH_ENTRY: only the counted entries are logged
+        }
+        emit BatchSubmitted(jobId, round, msg.sender, entries);
     }
 
     /// @notice Commit to a proposal for a closed round, before anyone can see another's:
@@ -862,6 +1007,12 @@ contract TrainingLedger {
     }
 
     // ------------------------------------------------------------------ views
+
+    /// @notice The EIP-712 domain separator workers sign their `Submission` under.
+    /// @return the separator for this chain and contract
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparator();
+    }
 
     /// @notice Number of jobs created; job ids run from 1 to jobCount().
     /// @return the number of jobs
@@ -1079,6 +1230,106 @@ contract TrainingLedger {
         if (p.cidVersion > 1) revert InvalidJobParams("cidVersion must be 0 or 1");
         if (p.genesisDigest == bytes32(0)) revert InvalidJobParams("genesisDigest is zero");
         if (p.configDigest == bytes32(0)) revert InvalidJobParams("configDigest is zero");
+    }
+
+    function _buildDomain() private view returns (bytes32) {
+        return keccak256(
+            abi.encode(DOMAIN_TYPEHASH, keccak256("TrainingLedger"), keccak256("1"), block.chainid, address(this))
+        );
+    }
+
+    /// @dev Recomputed only if the chain id changed since deployment (a fork).
+    function _domainSeparator() private view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomain : _buildDomain();
+    }
+
+    function _chain(bytes32 h, address w) private pure returns (bytes32 out) {
+        assembly ("memory-safe") {
+            mstore(0x00, h)
+            mstore(0x20, w)
+            out := keccak256(0x00, 0x40)
+        }
+    }
+
+    function _rosterHashOf(address[] calldata roster) private pure returns (bytes32 h) {
+        for (uint256 i = 0; i < roster.length; ++i) h = _chain(h, roster[i]);
+    }
+
+    /// @dev The address that signed `u` for this job, round and parent (zero if none).
+    /// Hashes in scratch memory past the free pointer: a batch allocates nothing per entry.
+    function _signer(bytes32 domain, uint256 jobId, uint32 round, bytes32 parent, SignedUpdate calldata u)
+        private
+        view
+        returns (address signer)
+    {
+        bytes32 typeHash = SUBMISSION_TYPEHASH;
+        uint256 s = uint256(u.vs) & ((uint256(1) << 255) - 1);
+        if (s > HALF_N) return address(0);
+        uint256 v = (uint256(u.vs) >> 255) + 27;
+        bytes32 r = u.r;
+        uint64 size = u.size; // read through Solidity: a dirty high bit reverts here
+        uint64 samples = u.numSamples;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typeHash)
+            mstore(add(m, 0x20), jobId)
+            mstore(add(m, 0x40), round)
+            mstore(add(m, 0x60), parent)
+            calldatacopy(add(m, 0x80), add(u, 0x20), 0x40) // digest, cid
+            mstore(add(m, 0xc0), size)
+            mstore(add(m, 0xe0), samples)
+            let structHash := keccak256(m, 0x100)
+            mstore(m, shl(240, 0x1901))
+            mstore(add(m, 0x02), domain)
+            mstore(add(m, 0x22), structHash)
+            let h := keccak256(m, 0x42)
+            mstore(m, h)
+            mstore(add(m, 0x20), v)
+            mstore(add(m, 0x40), r)
+            mstore(add(m, 0x60), s)
+            mstore(0x00, 0)
+            if staticcall(gas(), 0x01, m, 0x80, 0x00, 0x20) {
+                signer := mload(0x00)
+            }
+        }
+    }
+
+    /// @dev Write a counted entry into the batch's log data at `n` and return the
+    /// commitment folded with it, as `submitUpdate` folds:
+    /// keccak256(abi.encodePacked(c, worker, digest, cid, size, numSamples)).
+    function _record(bytes memory entries, uint256 n, bytes32 c, address w, SignedUpdate calldata u)
+        private
+        pure
+        returns (bytes32 folded)
+    {
+        uint64 size = u.size;
+        uint64 samples = u.numSamples;
+        assembly ("memory-safe") {
+            let e := add(add(entries, 0x20), mul(n, 100))
+            // the tail words spill past the entry: the next entry overwrites them, and the
+            // array's spare room (or the free memory after it) absorbs the last one
+            mstore(e, shl(96, w))
+            calldatacopy(add(e, 20), add(u, 0x20), 0x40) // digest, cid
+            mstore(add(e, 84), shl(192, size))
+            mstore(add(e, 92), shl(192, samples))
+            let m := mload(0x40)
+            mstore(m, c)
+            mstore(add(m, 0x20), shl(96, w))
+            calldatacopy(add(m, 0x34), add(u, 0x20), 0x40)
+            mstore(add(m, 0x74), shl(192, size))
+            mstore(add(m, 0x7c), shl(192, samples))
+            folded := keccak256(m, 0x84)
+        }
+    }
+
+    /// @dev Reverts with why `w`, in the roster, may not submit now.
+    function _rejectInactive(uint256 jobId, address w) private view {
+        Job storage j = _jobs[jobId];
+        uint256 slot = _workerIndex[jobId][w];
+        if (j.completed) revert JobFinished(jobId);
+        if (slot & LEFT != 0) revert WorkerHasLeft(jobId, w);
+        if (slot & QUEUED != 0) revert NotActiveYet(jobId, j.currentRound, w);
+        revert StakeMissing(jobId, w);
     }
 
     /// @dev Reverts with the precise reason a submission failed the fast path's checks.
@@ -1373,11 +1624,17 @@ contract TrainingLedger {
         uint256 n = j.numWorkers;
         if (ws.length > n) {
             uint256 left = j.numLeft;
+            uint128 active = _rosters[jobId].active;
             for (uint256 i = n; i < ws.length; ++i) {
                 uint256 slot = _workerIndex[jobId][ws[i]];
-                if (slot & LEFT != 0) ++left;
-                else _workerIndex[jobId][ws[i]] = slot & ~QUEUED;
+                if (slot & LEFT != 0) {
+                    ++left;
+                } else {
+                    _workerIndex[jobId][ws[i]] = slot & ~QUEUED;
+                    active |= uint128(1) << i;
+                }
             }
+            _rosters[jobId].active = active;
             j.numLeft = uint8(left);
             j.numWorkers = uint8(ws.length);
         }

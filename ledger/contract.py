@@ -56,6 +56,8 @@ EVENT_NAMES = (
     "Slashed",
     "StakeReturned",
     "PoolReturned",
+    "BatchSubmitted",
+    "SubmissionSkipped",
 )
 WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
 
@@ -399,6 +401,23 @@ class TrainingLedger:
         )
         return self.chain.transact(fn, context=f"submit job {job_id} round {round}")
 
+    def submit_batch(self, job_id: int, round: int, parent: bytes, roster: Sequence[str],
+                     signed: Sequence[Any]) -> dict:
+        """Relay workers' signed submissions (``ledger.batch.SignedSubmission``) in one
+        transaction; ``roster`` is the job's workers in index order (``getWorkers``)."""
+        index = {to_checksum_address(w): i for i, w in enumerate(roster)}
+        entries = []
+        for s in signed:
+            if s.worker not in index:
+                raise ValueError(f"{s.worker} is not a worker of job {job_id}")
+            entries.append(s.to_abi(index[s.worker]))
+        fn = self.contract.functions.submitBatch(int(job_id), int(round), _b32(parent, "parent"),
+                                                 [to_checksum_address(w) for w in roster], entries)
+        return self.chain.transact(fn, context=f"submit a batch of {len(entries)} to job {job_id} round {round}")
+
+    def domain_separator(self) -> bytes:
+        return bytes(self.chain.call(self.contract.functions.domainSeparator()))
+
     def commit_proposal(self, job_id: int, round: int, commit_hash: bytes):
         """Commit ``commit_hash_of(outcome, salt, our address)`` for a closed round."""
         fn = self.contract.functions.commitProposal(int(job_id), int(round), _b32(commit_hash, "commit_hash"))
@@ -555,19 +574,29 @@ class TrainingLedger:
         return self.chain.get_logs(getattr(self.contract.events, event), start, "latest", filters), version
 
     def submissions(self, job_id: int, round: int | None = None) -> list[Submission]:
-        """A job's submissions (of one round, or all), in submission order (block, log index)."""
-        logs, version = self._job_logs("UpdateSubmitted", job_id, round)
-        out, position = [], {}
-        for lg in logs:
+        """A job's submissions (of one round, or all), in submission order (block, log
+        index, then position in a batch): direct ones (``UpdateSubmitted``) and relayed
+        ones (the entries of ``BatchSubmitted``) alike."""
+        direct, version = self._job_logs("UpdateSubmitted", job_id, round)
+        batches, _ = self._job_logs("BatchSubmitted", job_id, round)
+        rows = []
+        for lg in direct:
             a = lg["args"]
-            r = int(a["round"])
+            rows.append((int(lg["blockNumber"]), int(lg["logIndex"]), 0, lg, int(a["round"]), a["worker"],
+                         bytes(a["digest"]), bytes(a["cid"]), int(a["size"]), int(a["numSamples"])))
+        for lg in batches:
+            for k, e in enumerate(batch_entries(lg["args"]["entries"])):
+                rows.append((int(lg["blockNumber"]), int(lg["logIndex"]), k, lg, int(lg["args"]["round"]), *e))
+        rows.sort(key=lambda row: row[:3])
+        out, position = [], {}
+        for block, log_index, _, lg, r, worker, digest, cid, size, samples in rows:
             idx = position.get(r, 0)
             position[r] = idx + 1
             out.append(Submission(
-                job_id=int(a["jobId"]), round=r, index=idx, worker=a["worker"], digest=bytes(a["digest"]),
-                cid=_cid_text(a["cid"], a["size"], version), size=int(a["size"]), num_samples=int(a["numSamples"]),
-                block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
-                timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
+                job_id=int(job_id), round=r, index=idx, worker=worker, digest=digest,
+                cid=_cid_text(cid, size, version), size=size, num_samples=samples,
+                block=block, tx_hash=_hex(lg["transactionHash"]), log_index=log_index,
+                timestamp=self.chain.block_timestamp(block),
             ))
         return out
 
@@ -690,6 +719,22 @@ class TrainingLedger:
             [_b32(merged_digest, "merged_digest"), _cid32(merged_cid, "merged_cid"), int(merged_size),
              bytes(int(v) for v in verdicts), settlement.digest()],
         ))
+
+
+BATCH_ENTRY = 100  # worker (20), digest (32), cid (32), size (8), numSamples (8)
+
+
+def batch_entries(data: bytes) -> list[tuple[str, bytes, bytes, int, int]]:
+    """The counted entries of a ``BatchSubmitted`` log: (worker, digest, cid32, size, samples)."""
+    data = bytes(data)
+    if len(data) % BATCH_ENTRY:
+        raise ValueError(f"a BatchSubmitted log of {len(data)} bytes is not whole {BATCH_ENTRY}-byte entries")
+    out = []
+    for o in range(0, len(data), BATCH_ENTRY):
+        e = data[o:o + BATCH_ENTRY]
+        out.append((to_checksum_address(e[:20]), e[20:52], e[52:84], int.from_bytes(e[84:92], "big"),
+                    int.from_bytes(e[92:100], "big")))
+    return out
 
 
 def _discard():
