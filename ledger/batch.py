@@ -87,9 +87,10 @@ class SignedSubmission:
                 raise ValueError(f"field {name!r} is {len(b)} bytes, not {n}")
             return b
 
+        worker_text, contract_text = field("worker", str), field("contract", str)
         try:
-            worker = to_checksum_address(field("worker", str))
-            contract = to_checksum_address(field("contract", str))
+            worker = to_checksum_address(worker_text)
+            contract = to_checksum_address(contract_text)
         except ValueError:
             raise ValueError("field 'worker' or 'contract' is not an address") from None
         cid = field("cid", str)

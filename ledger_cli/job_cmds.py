@@ -158,6 +158,12 @@ def register(sub) -> None:
     r.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="torch threads for training (default: the job's)")
     r.add_argument("--device", type=device_name, default="cpu", metavar="cpu|cuda[:N]",
                    help="train on the CPU (default) or a CUDA GPU; verifiers replay GPU-trained segments on their CPUs")
+    r.add_argument("--relay", metavar="URL", default=None,
+                   help="post each round's signed submission to this relay (`ledger relay run`) instead of sending a "
+                        "transaction; submits directly if the relay is down or its batch is late")
+    r.add_argument("--relay-fallback", type=float_in(0, 86400), default=10.0, metavar="S",
+                   help="with --relay: submit directly if the batch is not on chain S seconds before the deadline "
+                        "(default 10)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("-v", "--verbose", action="store_true")
 
@@ -376,7 +382,8 @@ def _worker(args, settings) -> int:
         data = read_text_data(args.data)
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
                    WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds,
-                                 threads=args.threads, device=args.device), data=data)
+                                 threads=args.threads, device=args.device, relay=args.relay,
+                                 relay_fallback=args.relay_fallback), data=data)
     print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
     return 0
 

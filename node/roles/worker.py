@@ -55,6 +55,8 @@ class WorkerOptions:
     max_rounds: int | None = None     # stop after submitting this many rounds (tests, demos)
     threads: int | None = None        # torch threads (default: the job's); verifiers tolerate any
     device: str = "cpu"               # cpu or cuda: the transcript is the same, verifiers replay on CPU
+    relay: str | None = None          # a relay's URL (`ledger relay run`): submit through its batch
+    relay_fallback: float = 10.0      # seconds before the deadline to submit directly if the batch has not landed
 
 
 class Worker:
@@ -310,6 +312,8 @@ class Worker:
             log.info("round %d: already on chain (submitted before a restart)", r)
             return False
         crash_point("worker:before-submit")
+        if self.opt.relay and self._via_relay(r, parent, state):
+            return True
         try:
             receipt = ctx.ledger.submit_update(
                 ctx.job_id, r, parent, bytes.fromhex(state["digest"][2:]), state["cid"],
@@ -332,6 +336,46 @@ class Worker:
         atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": tx_hash})
         log.info("round %d: submitted %s in tx %s (gas %s)", r, state["cid"], tx_hash, receipt.get("gasUsed"))
         return True
+
+    def _via_relay(self, r: int, parent: bytes, state: dict) -> bool:
+        """Post the signed submission to the relay and wait for its batch: True once it is
+        on chain; False to submit directly (the relay is unreachable or refused it, or the
+        batch has not landed ``relay_fallback`` seconds before the deadline)."""
+        import requests
+
+        from ledger.batch import sign_submission
+        from node.roles.relay import PATH
+
+        ctx, job, url = self.ctx, self.ctx.job_id, self.opt.relay.rstrip("/")
+        signed = sign_submission(ctx.ledger.chain.account, ctx.ledger.chain_id, ctx.ledger.address, job, r, parent,
+                                 bytes.fromhex(state["digest"][2:]), state["cid"], state["size"], state["num_samples"])
+        try:
+            resp = requests.post(url + PATH, json=signed.to_json(), timeout=15)
+            answer = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
+        except (requests.RequestException, ValueError) as e:
+            log.warning("round %d: the relay at %s does not answer (%s); submitting directly", r, url, type(e).__name__)
+            return False
+        if resp.status_code not in (200, 202):
+            log.warning("round %d: the relay refused the submission (%s); submitting directly", r,
+                        str(answer.get("error") or f"HTTP {resp.status_code}")[:300])
+            return False
+        fallback_at = ctx.ledger.round(job, r).deadline - self.opt.relay_fallback
+        log.info("round %d: signed submission queued at the relay %s; submitting directly if its batch has not "
+                 "landed by %s", r, url, time.strftime("%H:%M:%S", time.localtime(fallback_at)))
+        while True:
+            if ctx.ledger.has_submitted(job, r, self.address):
+                mine = [s for s in ctx.ledger.submissions(job, r) if s.worker == self.address]
+                tx_hash = mine[0].tx_hash if mine else ""
+                atomic.write_json(self.dir / f"round-{r}.json", {**state, "status": "submitted", "tx": tx_hash,
+                                                                 "relayed": True})
+                log.info("round %d: submitted %s through the relay's batch in tx %s", r, state["cid"], tx_hash)
+                return True
+            if time.time() >= fallback_at or ctx.ledger.round(job, r).status != "open":
+                break
+            time.sleep(self.opt.poll)
+        log.warning("round %d: the relay's batch has not landed %gs before the deadline; submitting directly",
+                    r, self.opt.relay_fallback)
+        return False
 
     def _forget_older(self, r: int) -> None:
         """Checkpoints of rounds before r are published and on chain: drop the local copies."""
