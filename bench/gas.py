@@ -24,6 +24,11 @@ so no balance or storage slot is shared between jobs) funded with anvil_setBalan
    newcomers join (fewer if 128 would be exceeded: none with 128 workers, shown "-"),
    then one of them leaves before it is active and the last named worker, which did
    not submit, leaves too.
+4. A job of 16 aggregators whose workers (keys holding no ether) sign their
+   submissions (EIP-712) and one relayer sends each round's in one submitBatch:
+   createJob's gas with 16 aggregators, and a batch's gas over the contributions it
+   carries, every worker in one batch (rounds 1 and 2: the second rewrites what the
+   first created), and one batch of a quarter of the workers.
 
 Prints the table of the unfunded job, the proposal cost per aggregator per round
 (commit + reveal), a second table of the operations of the funded and open jobs, and
@@ -57,12 +62,16 @@ from web3.logs import DISCARD  # noqa: E402
 
 from ledger import anvil  # noqa: E402
 from ledger.artifacts import load_artifact  # noqa: E402
+from ledger.batch import sign_submission  # noqa: E402
+from ledger.cid import cid_from_chain  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000
+BATCH_TARGET = 10_000   # gas per contribution in a batch at 64 workers (README "Many parties")
+BATCH_AGGS = 16
 CEILING = 45_000
 FUNDS = 10**21  # 1,000 ETH each
 N_AGGS = 3
@@ -297,12 +306,61 @@ def measure_open(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dict:
     return out
 
 
+def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dict:
+    label = f"n{n_workers} batched"
+    workers = [key_for(f"{label} worker {i}") for i in range(n_workers)]
+    aggs = [key_for(f"{label} aggregator {i}") for i in range(BATCH_AGGS)]
+    relayer = key_for(f"{label} relayer")
+    fund(chain, [relayer.address, *(a.address for a in aggs)])
+    params = JobParams(
+        config_digest=sha("config"), config_cid=sha("config cid"), config_size=2_345,
+        genesis_digest=sha(f"genesis {label}"), genesis_cid=sha("genesis cid"), genesis_size=3_412_345,
+        workers=[w.address for w in workers], aggregators=[a.address for a in aggs], quorum=BATCH_AGGS // 2 + 1,
+        round_duration=DURATION, min_submissions=1, cid_version=0, proposal_window=600, num_rounds=3,
+    )
+    rc = chain.transact(ledger.contract.functions.createJob(params.to_abi()), context="create job")
+    (created,) = ledger.contract.events.JobCreated().process_receipt(rc, errors=DISCARD)
+    job, create_gas = int(created["args"]["jobId"]), int(rc["gasUsed"])
+    relay = ledger.with_account(relayer)
+
+    def batch(r: int, parent: bytes, who) -> int:
+        signed = [sign_submission(w, chain.chain_id, ledger.address, job, r, parent, sha(f"ckpt {label} {r} {i}"),
+                                  cid_from_chain(sha(f"cid {label} {r} {i}"), 3_412_345 + i, 0), 3_412_345 + i,
+                                  1_600 + i)
+                  for i, w in enumerate(who)]
+        return int(relay.submit_batch(job, r, parent, params.workers, signed)["gasUsed"])
+
+    def finalize(r: int, merged: bytes) -> None:
+        info = ledger.round(job, r)
+        verdicts = [0] * info.submissions
+        settlement = Settlement((0,) * n_workers)
+        outcome = TrainingLedger.outcome_of(merged, sha(f"mcid {r}"), 3_412_999, verdicts, settlement)
+        quorum = aggs[: params.quorum]
+        for a in quorum:
+            ledger.with_account(a).commit_proposal(job, r, TrainingLedger.commit_hash_of(outcome, sha(f"s {r}"), a.address))
+        warp(chain, 601)   # commits close at the deadline: not every aggregator commits here
+        for a in quorum:
+            ledger.with_account(a).reveal_proposal(job, r, info.commitment, verdicts, merged, sha(f"mcid {r}"),
+                                                   3_412_999, sha(f"s {r}"), settlement)
+
+    first = batch(1, params.genesis_digest, workers)
+    finalize(1, sha(f"{label} m1"))
+    again = batch(2, sha(f"{label} m1"), workers)
+    warp(chain, DURATION + 1)
+    finalize(2, sha(f"{label} m2"))
+    quarter = max(1, n_workers // 4)   # the rest would follow in later batches, or alone
+    part = batch(3, sha(f"{label} m2"), workers[:quarter])
+    return {"batch_createJob": create_gas, "batch_first": first / n_workers, "batch_again": again / n_workers,
+            "batch_quarter": part / quarter, "batch_quarter_n": quarter}
+
+
 def measure(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dict:
     t0 = time.perf_counter()
     row = {"workers": n_workers, "aggregators": N_AGGS, "quorum": QUORUM}
     row.update(measure_unfunded(chain, ledger, n_workers))
     row.update(measure_funded(chain, ledger, n_workers))
     row.update(measure_open(chain, ledger, n_workers))
+    row.update(measure_batched(chain, ledger, n_workers))
     row["seconds"] = round(time.perf_counter() - t0, 1)
     return row
 
@@ -371,6 +429,25 @@ def render(rows: list[dict], versions: str) -> str:
                        f"{lo['workers']} to {hi['workers']} workers): "
                        f"{(hi['reveal_funded_first'] - lo['reveal_funded_first']) / span:,.0f} gas first payout, "
                        f"{(hi['reveal_funded'] - lo['reveal_funded']) / span:,.0f} again")
+
+    out.append("")
+    out.append(f"batched submissions (submitBatch: workers sign, one relayer sends; {BATCH_AGGS} aggregators)")
+    out.append("")
+    bops = [
+        ("batch_createJob", f"createJob ({BATCH_AGGS} aggregators)"),
+        ("batch_first", "per contribution, every worker in one batch (round 1)"),
+        ("batch_again", "per contribution, every worker in one batch (round 2)"),
+        ("batch_quarter", "per contribution, a quarter of the workers in one batch"),
+    ]
+    out += text_table(["operation"] + [f"{r['workers']} workers" for r in rows],
+                      [[h] + [_fmt(round(r[k])) for r in rows] for k, h in bops],
+                      right=set(range(1, len(rows) + 1)))
+    widest = max(rows, key=lambda r: r["workers"])
+    per = max(widest["batch_first"], widest["batch_again"])
+    out.append(f"gas per contribution at {widest['workers']} workers: {per:,.0f} (batched; target <= "
+               f"{BATCH_TARGET:,}: {'MET' if per <= BATCH_TARGET else 'NOT MET'}); "
+               f"a direct submitUpdate: {widest['submit_median']:,}")
+    out.append("")
 
     worst = max(max(r["submit_median"], r["staked_submit_median"]) for r in rows)
     ok = worst <= TARGET
