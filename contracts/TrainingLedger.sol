@@ -776,9 +776,27 @@ contract TrainingLedger {
             }
             slot.packed = next;
         }
+        // the fold and the event written directly into free memory: what
+        // `keccak256(abi.encodePacked(c, msg.sender, digest, cid, size, numSamples))` and
+        // `emit UpdateSubmitted(...)` give, without the encoder's copies (keeps this path
+        // well under 40,000 gas)
         Commitment storage c = _commitment[jobId];
-        c.value = keccak256(abi.encodePacked(c.value, msg.sender, digest, cid, size, numSamples));
-        emit UpdateSubmitted(jobId, round, msg.sender, digest, cid, size, numSamples);
+        bytes32 topic = UpdateSubmitted.selector;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, sload(c.slot))
+            mstore(add(m, 0x20), shl(96, caller()))
+            mstore(add(m, 0x34), digest)
+            mstore(add(m, 0x54), cid)
+            mstore(add(m, 0x74), shl(192, size))
+            mstore(add(m, 0x7c), shl(192, numSamples))
+            sstore(c.slot, keccak256(m, 0x84))
+            mstore(m, digest)
+            mstore(add(m, 0x20), cid)
+            mstore(add(m, 0x40), size)
+            mstore(add(m, 0x60), numSamples)
+            log4(m, 0x80, topic, jobId, round, caller())
+        }
     }
 
     /// @notice Submit many workers' checkpoints for the job's current round in one
