@@ -75,7 +75,7 @@ test: install install-debian
 	@# tests/test_compile.py runs `ledger compile --check` (the artifact is what the sources
 	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 # Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
 $(STAMP)/flower: $(STAMP)/python
