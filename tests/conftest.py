@@ -86,6 +86,7 @@ SLOWEST_FIRST = (
     "test_aggregator.py",       # ~260 s
     "test_hf_models.py",        # ~200 s
     "test_rewards.py",          # ~180 s
+    "test_relay.py",            # ~140 s
     "test_signals.py",          # ~115 s
     "test_transcripts.py",      # ~110 s
     "test_worker.py",           # ~100 s
