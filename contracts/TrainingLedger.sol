@@ -436,6 +436,13 @@ contract TrainingLedger {
     /// @notice `worker` stored what the draw asked of it for `round` and says so in time.
     event Disclosed(uint256 indexed jobId, uint32 indexed round, address indexed worker);
 
+    /// @notice `aggregator` voted, as a member of verification committees of `round`, on
+    /// the contributions in `ballot`: 11 bytes an entry, big-endian: submission index (2),
+    /// verdict (1), credit (8). Which votes count (members only, the first of each, mined
+    /// by the vote deadline) and what they decide is a function of the chain's record
+    /// alone, computed alike by every aggregator and auditor (`ledger.committee`).
+    event CommitteeVoted(uint256 indexed jobId, uint32 indexed round, address indexed aggregator, bytes ballot);
+
     /// @notice The job holds `amount` wei to pay contributions (createJob's value).
     event RewardFunded(uint256 indexed jobId, uint256 amount);
 
@@ -980,6 +987,15 @@ contract TrainingLedger {
         if (d.bitmap & bit != 0) revert AlreadyDisclosed(jobId, round, msg.sender);
         _disclosures[jobId] = Disclosures({round: round, count: d.count + 1, bitmap: d.bitmap | bit});
         emit Disclosed(jobId, round, msg.sender);
+    }
+
+    /// @notice Vote, as an aggregator, on the contributions of `round` whose verification
+    /// committee drew you (see `CommitteeVoted`).
+    /// @param jobId the job
+    /// @param round the round voted on
+    /// @param ballot the packed entries
+    function vote(uint256 jobId, uint32 round, bytes calldata ballot) external onlyAggregator(jobId) {
+        emit CommitteeVoted(jobId, round, msg.sender, ballot);
     }
 
     /// @notice Skip a round that cannot move the model: past its deadline with fewer than

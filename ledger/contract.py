@@ -58,6 +58,7 @@ EVENT_NAMES = (
     "PoolReturned",
     "BatchSubmitted",
     "SubmissionSkipped",
+    "CommitteeVoted",
 )
 WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
 
@@ -297,6 +298,20 @@ class Disclosure:
 
 
 @dataclass
+class Vote:
+    """One ``CommitteeVoted`` event: ``aggregator``'s packed ballot (``ledger.committee``)."""
+
+    job_id: int
+    round: int
+    aggregator: str
+    ballot: bytes
+    block: int
+    tx_hash: str
+    log_index: int
+    timestamp: int = 0
+
+
+@dataclass
 class Commit:
     """One ``ProposalCommitted`` event."""
 
@@ -456,6 +471,21 @@ class TrainingLedger:
         """As a worker that submitted in the closed round: what the draw asks is stored."""
         fn = self.contract.functions.disclose(int(job_id), int(round))
         return self.chain.transact(fn, context=f"disclose job {job_id} round {round}")
+
+    def vote(self, job_id: int, round: int, ballot: bytes):
+        """As an aggregator: vote on the contributions of ``round`` whose committee drew it."""
+        fn = self.contract.functions.vote(int(job_id), int(round), bytes(ballot))
+        return self.chain.transact(fn, context=f"vote on job {job_id} round {round}")
+
+    def committee_votes(self, job_id: int, round: int | None = None) -> list[Vote]:
+        """A job's committee votes (of one round, or all), in chain order."""
+        logs, _ = self._job_logs("CommitteeVoted", job_id, round)
+        return [
+            Vote(job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), aggregator=lg["args"]["aggregator"],
+                 ballot=bytes(lg["args"]["ballot"]), block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]),
+                 log_index=int(lg["logIndex"]), timestamp=self.chain.block_timestamp(int(lg["blockNumber"])))
+            for lg in logs
+        ]
 
     def stake(self, job_id: int, amount: int):
         """As a worker named in a staked job: post its stake (``amount`` wei, the job's)."""

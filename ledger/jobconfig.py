@@ -241,10 +241,20 @@ class Policy:
     # TRANSCRIPT_UNREVEALED / WINDOWS_UNREVEALED. Must sit well inside the proposal
     # window (checked at job creation; 0 there means a minute, at most half the window).
     reveal_window: _int(0, MAX_UINT32 // 2) = 0
+    # Verification committees (ledger.committee): each contribution is judged in depth
+    # (validation, replay) by committee_size aggregators drawn after the round closes,
+    # whose committee_quorum identical votes (0 = a majority of the committee) decide it;
+    # every aggregator still runs the cheap checks on all and merges. Votes count until
+    # vote_window seconds after judging can start. 0 = every aggregator judges everything.
+    committee_size: _int(0, 128) = 0
+    committee_quorum: _int(0, 128) = 0
+    vote_window: _int(0, MAX_UINT32 // 2) = 60
 
     def __post_init__(self):
         if self.merge_rule not in MERGE_RULES:
             raise ValueError(f"merge_rule must be one of {MERGE_RULES}, got {self.merge_rule!r}")
+        if int(self.committee_quorum) > int(self.committee_size):
+            raise ValueError(f"committee_quorum ({self.committee_quorum}) exceeds committee_size ({self.committee_size})")
         if self.publish_snapshots not in PUBLISH_MODES:
             raise ValueError(f"publish_snapshots must be one of {PUBLISH_MODES}, got {self.publish_snapshots!r}")
 
@@ -294,6 +304,8 @@ class DataSpec:
 
 OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
 # Left out of the canonical bytes when empty or at their default, so byte-GPT jobs hash as before.
+# Left out when committees are off, so jobs without them hash as before.
+OPTIONAL_POLICY_KEYS = {"committee_size": 0, "committee_quorum": 0, "vote_window": 60}
 OPTIONAL_MODEL_KEYS = {"kind": "byte-gpt", "source": "", "hf_config": "", "tokenizer": None, "base": None,
                        "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": [], "dtype": "float32"}
 
@@ -323,6 +335,9 @@ class JobConfig:
         for k, default in OPTIONAL_MODEL_KEYS.items():
             if d["model"][k] == default:
                 del d["model"][k]
+        if not d["policy"]["committee_size"]:
+            for k in OPTIONAL_POLICY_KEYS:
+                del d["policy"][k]
         return canonical_json(d)
 
     @property

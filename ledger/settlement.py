@@ -53,6 +53,8 @@ def credit_of(verdict: int, metrics: Mapping[str, Any] | None, num_samples: int,
     if int(verdict) != Verdict.ACCEPTED:
         return 0
     m = metrics or {}
+    if m.get("committee_credit") is not None:
+        return int(m["committee_credit"])   # its verification committee measured it (ledger.committee)
     if m.get("val_loss") is None or m.get("parent_val_loss") is None:
         return max(1, int(num_samples))
     gain = float(m["parent_val_loss"]) - float(m["val_loss"]) + slack

@@ -115,6 +115,15 @@ def register(sub) -> None:
                    help="transcript snapshots a worker stores: only those the drawn segments need, after the draw "
                         "(default; at most 3 checkpoints' worth a round), or all of them with the checkpoint, so "
                         "any later audit can replay any segment")
+    p.add_argument("--committee-size", type=spec_range("Policy", "committee_size"), default=None, metavar="C",
+                   help="aggregators drawn after each round closes to judge each contribution in depth (validation, "
+                        "replay) and vote on chain; the others take their decision (default 0: every aggregator "
+                        "judges every contribution)")
+    p.add_argument("--committee-quorum", type=spec_range("Policy", "committee_quorum", lo=1), default=None, metavar="Q",
+                   help="identical committee votes that decide a contribution (default: a majority of the committee)")
+    p.add_argument("--vote-window", type=spec_range("Policy", "vote_window", lo=1), default=None, metavar="S",
+                   help="seconds committee votes count after a round can be judged (default 60; at most half the "
+                        "proposal window); a contribution still undecided then is judged by every aggregator")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
     p.add_argument("--reward", type=eth_amount, default=0, metavar="ETH",
                    help="ETH the job pays its contributors, sent with the creation (default 0)")
@@ -240,6 +249,14 @@ def _check_create(args) -> None:
     if args.reveal_window is not None and 2 * args.reveal_window > args.proposal_window:
         raise ConfigError(f"--reveal-window {args.reveal_window} is more than half the proposal window "
                           f"({args.proposal_window} s): aggregators must still commit after it")
+    if args.committee_size is not None and args.committee_size > n_a:
+        raise ConfigError(f"--committee-size {args.committee_size} with {n_a} aggregator(s): at most {n_a}")
+    if args.committee_quorum is not None and args.committee_quorum > (args.committee_size or 0):
+        raise ConfigError(f"--committee-quorum {args.committee_quorum} exceeds --committee-size "
+                          f"{args.committee_size or 0}")
+    if args.committee_size and 2 * (args.vote_window or 60) > args.proposal_window:
+        raise ConfigError(f"--vote-window {args.vote_window or 60} is more than half the proposal window "
+                          f"({args.proposal_window} s): aggregators must still judge and commit after it")
     n_embd, n_head = args.n_embd or 128, args.n_head or 4
     if (args.n_embd or args.n_head) and n_embd % n_head:
         raise ConfigError(f"--n-embd {n_embd} is not a multiple of --n-head {n_head}")
@@ -286,6 +303,8 @@ def _create(args, settings) -> int:
         ("max_val_loss_increase", cfg.policy, "max_val_loss_increase"), ("segment_steps", cfg.policy, "segment_steps"),
         ("replay_segments", cfg.policy, "replay_segments"), ("replay_tolerance", cfg.policy, "replay_tolerance"),
         ("reveal_window", cfg.policy, "reveal_window"), ("publish_snapshots", cfg.policy, "publish_snapshots"),
+        ("committee_size", cfg.policy, "committee_size"), ("committee_quorum", cfg.policy, "committee_quorum"),
+        ("vote_window", cfg.policy, "vote_window"),
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))

@@ -31,7 +31,8 @@ from ledger.verdicts import Verdict, describe
 
 from node.training import transcript
 from node.roles.faults import crash_point
-from node.verification.rounds import DrawNotReady, disclosed_workers, drawn_artifacts, judge_round, replay_seed
+from node.verification.rounds import (DrawNotReady, committee_tally, disclosed_workers, drawn_artifacts, judge_round,
+                                      replay_seed, verify_submissions)
 from node.context import JobContext
 
 log = logging.getLogger("ledger.aggregator")
@@ -216,10 +217,14 @@ class Aggregator:
             log.warning("round %d: this aggregator's store no longer serves its merge %s; judging the round again",
                         r, state["merged_cid"])
         t0 = time.perf_counter()
+        decided = self._committees(r, subs, bytes.fromhex(seed[2:]))
+        if decided is None:
+            return None
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
-                          threads=self.opt.threads)
+                          threads=self.opt.threads, decided=decided)
         for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
-            log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if v else "")
+            why = v or "committee_credit" in (rep.metrics or {})
+            log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if why else "")
         self._pin_verified(subs, out.verified.reports)
         m = out.merged
         if m.merged_bytes is not None:
@@ -237,6 +242,7 @@ class Aggregator:
             "merged_cid": merged_cid,
             "merged_size": m.size,
             "credits": list(out.settlement.credits),
+            "decided": sorted(decided or ()),
             "slashed": out.settlement.slashed,
             "salt": "0x" + secrets.token_bytes(32).hex(),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -246,6 +252,72 @@ class Aggregator:
         atomic.write_json(state_file, state, mode=0o600)
         crash_point("aggregator:after-publish")
         return state
+
+    # ---- verification committees (ledger.committee) -------------------------------------
+    def _committees(self, r: int, subs, seed: bytes) -> dict | None:
+        """In a job with verification committees: vote on the contributions this aggregator
+        was drawn to judge, then wait for every committee's decision (or the vote
+        deadline). Returns the decisions (index -> (verdict, credit)) for ``judge_round``,
+        {} without committees, None while waiting."""
+        ctx = self.ctx
+        got = committee_tally(ctx, r, subs, seed)
+        if got is None:
+            return {}
+        t, deadline = got
+        chain, me = ctx.ledger.chain, self.address.lower()
+        head = chain.block_timestamp(chain.block_number())
+        mine = sorted(i for i, members in t.committees.items() if me in {a.lower() for a in members})
+        if mine and head <= deadline and time.time() <= deadline and not self._voted(r):
+            self._vote(r, subs, mine)
+            return None
+        undecided = t.undecided()
+        if undecided and head <= deadline:
+            # Chain timestamps only grow: once a block past the deadline is mined, no vote
+            # that counts can still come. On a dev node nobody else may mine one: nudge.
+            self._say((r, "votes", len(t.decided)), "round %d: %d of %d contribution(s) decided by their committees; "
+                      "waiting for the rest until the vote deadline %s", r, len(t.decided), len(t.committees),
+                      _when(deadline))
+            if time.time() > deadline:
+                chain.nudge()
+            ctx.wait(self.opt.poll, until=deadline + 1)
+            return None
+        for a, idx in sorted(t.absent().items()):
+            log.warning("round %d: aggregator %s was drawn for contribution(s) %s and cast no vote that counts",
+                        r, a, ", ".join(f"#{i}" for i in idx))
+        if undecided:
+            log.info("round %d: %d contribution(s) undecided by the vote deadline (%s): judging them in depth here",
+                     r, len(undecided), ", ".join(f"#{i}" for i in undecided))
+        return {i: (d.verdict, d.credit) for i, d in t.decided.items()}
+
+    def _voted(self, r: int) -> bool:
+        return any(v.aggregator.lower() == self.address.lower() for v in self.ctx.ledger.committee_votes(self.ctx.job_id, r))
+
+    def _vote(self, r: int, subs, mine: list[int]) -> None:
+        """Judge in depth the contributions this aggregator's committees hold, and vote."""
+        from ledger import committee
+        from ledger.settlement import credit_of
+
+        ctx = self.ctx
+        rd = ctx.ledger.round(ctx.job_id, r)
+        log.info("round %d: drawn to judge %d of %d contribution(s) (%s)", r, len(mine), len(subs),
+                 ", ".join(f"#{i}" for i in mine))
+        v = verify_submissions(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
+                               threads=self.opt.threads, in_depth=frozenset(mine), copy_check=False)
+        entries = []
+        for rep in v.reports:
+            if rep.index in mine:
+                verdict = int(rep.verdict)
+                entries.append(committee.Entry(rep.index, verdict, credit_of(verdict, rep.metrics,
+                                                                             rep.contribution.num_samples)))
+                log.info("round %d: votes %s on #%d of %s%s", r, describe(verdict), rep.index, rep.worker,
+                         f" ({rep.reason})" if verdict else "")
+        try:
+            receipt = ctx.ledger.vote(ctx.job_id, r, committee.encode_ballot(entries))
+        except TransactionFailed as e:
+            self._failed("vote", r, e, ())
+            return
+        crash_point("aggregator:after-vote")
+        log.info("round %d: voted on %d contribution(s) in tx %s", r, len(entries), tx_hash_of(receipt))
 
     def _served(self, rd, state: dict) -> bool:
         """Whether this aggregator's store serves the merge it proposes (a proposal that
@@ -259,8 +331,11 @@ class Aggregator:
         log.warning("round %d: this aggregator's store no longer serves its merge %s; merging again before the reveal",
                     r, state["merged_cid"])
         subs = ctx.ledger.submissions(ctx.job_id, r)
+        decided = self._committees(r, subs, bytes.fromhex(state["seed"][2:]))
+        if decided is None:
+            return False
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
-                          threads=self.opt.threads)
+                          threads=self.opt.threads, decided=decided)
         m = out.merged
         if (m.merged_bytes is None or to_hex(m.digest) != state["merged_digest"] or out.verdicts != state["verdicts"]
                 or out.settlement != self._settlement(state)):

@@ -38,7 +38,8 @@ from ledger.verdicts import Verdict, describe
 from node.training import train as trainmod
 from node.training import transcript as tx
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
-from node.verification.rounds import drawn_artifacts, merge_accepted, verify_submissions
+from node.verification.rounds import (DrawNotReady, committee_tally, drawn_artifacts, merge_accepted, replay_seed,
+                                      verify_submissions)
 from node.context import JobContext, Located
 
 REPLAY_MODES = ("none", "sample", "all")
@@ -309,6 +310,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             _check_merge_artifact(ctx, r, i, merged, found, report)
     if i.status == "finalized" and quorum:
         _check_settlement(ctx, r, v, onchain, quorum[0].settlement, withheld, missing_now, found)
+        _check_committees(ctx, r, rh.submissions, onchain, found, report)
     _check_published(ctx, r, rh.submissions, [rep.meta for rep in v.reports], onchain, found, report)
     for p in rh.proposals:
         ra.proposals.append(ProposalAudit(
@@ -319,6 +321,33 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         ))
     ra.ok = len(found) == before
     return ra
+
+
+def _check_committees(ctx: JobContext, r: int, submissions, onchain, found: list, report: AuditReport) -> None:
+    """In a job with verification committees: the finalized verdicts are what the
+    committees decided on chain (a quorum may add only what every aggregator judges
+    itself: a byte copy, an unavailable download), and who was drawn and did not vote
+    is on record. Whether a decision was right is the re-verification's finding above."""
+    try:
+        got = committee_tally(ctx, r, submissions, replay_seed(ctx.ledger, ctx.job_id, r, submissions))
+    except DrawNotReady:
+        return
+    if got is None:
+        return
+    t, deadline = got
+    for c in submissions:
+        d = t.decided.get(c.index)
+        if d is None:
+            continue
+        chain_v = onchain[c.index]
+        own = chain_v in (Verdict.DUPLICATE, Verdict.UNAVAILABLE) and d.verdict == Verdict.ACCEPTED
+        if chain_v != d.verdict and not own:
+            found.append(Discrepancy(r, c.worker, "committee", f"{describe(d.verdict)} (its committee: "
+                                     f"{', '.join(d.voters)})", f"{describe(chain_v)} (quorum)",
+                                     "the finalized verdict overrides the committee's decision on chain"))
+    for a, idx in sorted(t.absent().items()):
+        report.notes.append(Discrepancy(r, a, "committee", f"a vote on contribution(s) {', '.join(f'#{i}' for i in idx)}",
+                                        "no vote that counts", f"drawn for their committees; votes closed at {deadline}"))
 
 
 def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, missing_now, found: list) -> None:

@@ -175,6 +175,20 @@ def _reveal_window(config: JobConfig, proposal_window: int, private: bool) -> No
                           f"({proposal_window}s): aggregators judge after it and must still commit in time")
 
 
+def _committees(config: JobConfig, proposal_window: int, n_aggregators: int) -> None:
+    """Verification committees fit the job: no more members than aggregators, and votes
+    close early enough in the proposal window for an undecided contribution to be judged
+    by everyone and still committed in time."""
+    p = config.policy
+    if not int(p.committee_size):
+        return
+    if int(p.committee_size) > n_aggregators:
+        raise LedgerError(f"committee_size {p.committee_size} exceeds the job's {n_aggregators} aggregator(s)")
+    if 2 * int(p.vote_window) > int(proposal_window):
+        raise LedgerError(f"the vote window ({p.vote_window}s) must be at most half the proposal window "
+                          f"({proposal_window}s): aggregators judge what is undecided after it and must still commit")
+
+
 @dataclass(frozen=True)
 class Economics:
     """A job's reward pool, stakes and enrollment (amounts in wei)."""
@@ -216,6 +230,7 @@ def create_job(
     the corpus for ``max_workers`` shards: a joiner trains on the shard of its index)."""
     econ = economics or Economics()
     _reveal_window(config, proposal_window, private=bool(data_roots))
+    _committees(config, proposal_window, len(aggregators))
     lm, params = attach_model(config, store, model)
     if data_roots:
         config = private_config(config, workers, data_roots, validation, store, proposal_window, lm)

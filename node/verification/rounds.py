@@ -101,6 +101,35 @@ def replay_seed(ledger, job_id: int, r: int, submissions) -> bytes:
     return bytes(ledger.block_hash(close + DRAW_DELAY))
 
 
+def vote_deadline(ctx: JobContext, r: int, submissions) -> int:
+    """The chain time until which round ``r``'s committee votes count: ``vote_window``
+    seconds after the round can be judged (its disclosure deadline in a job with one,
+    else the timestamp of the block that closed it). From the chain alone."""
+    rd = ctx.ledger.round(ctx.job_id, r)
+    if int(getattr(ctx.info, "disclosure_window", 0) or 0):
+        start = int(rd.disclosure_deadline)
+    else:
+        close = close_block(ctx.ledger, ctx.job_id, r, submissions)
+        if close is None:
+            raise DrawNotReady(f"job {ctx.job_id} round {r}: not closed in a mined block yet")
+        start = ctx.ledger.chain.block_timestamp(close)
+    return start + int(ctx.config.policy.vote_window)
+
+
+def committee_tally(ctx: JobContext, r: int, submissions, seed: bytes):
+    """(the round's committee ``Tally`` from the votes on chain so far, its vote
+    deadline), or None when the job has no committees."""
+    from ledger import committee
+
+    size = committee.effective_size(ctx.config.policy, len(ctx.info.aggregators))
+    if not size or not submissions:
+        return None
+    comms = committee.committees(seed, ctx.job_id, r, len(submissions), ctx.info.aggregators, size)
+    deadline = vote_deadline(ctx, r, submissions)
+    quorum = committee.effective_quorum(ctx.config.policy, size)
+    return committee.tally(ctx.ledger.committee_votes(ctx.job_id, r), comms, quorum, deadline), deadline
+
+
 def disclosed_workers(ctx: JobContext, r: int) -> frozenset[str] | None:
     """Lower-case addresses of round ``r``'s workers that disclosed in time (``Disclosed``
     events; the contract refuses a late one), or None when the job has no disclosures."""
@@ -151,14 +180,16 @@ def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = N
 
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
                        stages: set[str] | None = None, threads: int | None = None,
-                       withheld: set[int] = frozenset()) -> Verified:
+                       withheld: set[int] = frozenset(), decided=None, in_depth=None,
+                       copy_check: bool = True) -> Verified:
     """Run the shared verification pipeline over every submission of round ``r``.
 
     ``replay``: "policy" (the job policy's drawn segments, as aggregators do), "none"
     or "all" (every segment of every transcript). ``threads``: this verifier's torch
     threads for replays (default: the job's). ``withheld``: submission indices to
     treat as unfetchable (the audit re-verifying a round as its quorum saw it,
-    whatever storage serves now).
+    whatever storage serves now). ``decided``, ``in_depth``, ``copy_check``: verification
+    committees (``verify.RoundContext``).
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
@@ -183,6 +214,9 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         replay_mode=replay,
         replay_threads=threads,
         stages=stages,
+        decided=decided,
+        in_depth=None if in_depth is None else frozenset(in_depth),
+        copy_check=copy_check,
     )
 
     def fetch(c) -> bytes:
@@ -219,7 +253,9 @@ def settlement_of(ctx: JobContext, v: Verified) -> Settlement:
 
 
 def judge_round(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
-                stages: set[str] | None = None, threads: int | None = None) -> RoundOutcome:
-    v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages, threads=threads)
+                stages: set[str] | None = None, threads: int | None = None, decided=None) -> RoundOutcome:
+    """Verify, merge and settle round ``r``; ``decided``: its committees' decisions."""
+    v = verify_submissions(ctx, r, parent_digest, submissions, replay=replay, stages=stages, threads=threads,
+                           decided=decided)
     merged = merge_accepted(ctx, v, [rep.verdict == Verdict.ACCEPTED for rep in v.reports])
     return RoundOutcome(v, merged, settlement_of(ctx, v))

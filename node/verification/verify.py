@@ -131,6 +131,14 @@ class RoundContext:
       workers whose ``Disclosed`` event is on chain (the contract refuses a late one): a
       drawn artifact of any other worker is unrevealed without a fetch, so every
       verifier judges "revealed in time" alike. None: no disclosure phase.
+    - ``decided``: submission index -> (verdict, credit) its verification committee
+      decided on chain (``ledger.committee``): after the cheap checks this verifier takes
+      that verdict and credit instead of judging in depth.
+    - ``in_depth``: the submission indexes judged in depth (validation, replay) when not
+      decided; the others pass on their cheap checks alone (a committee member's vote
+      covers only its own). None: all.
+    - ``copy_check``: whether a contribution equal to an earlier accepted one is a
+      DUPLICATE (off for a committee vote: it is judged on the decided round).
     """
 
     config: JobConfig
@@ -152,6 +160,9 @@ class RoundContext:
     model: Any = None
     spill_root: str | None = None
     disclosed: frozenset[str] | None = None
+    decided: Mapping[int, tuple[int, int]] | None = None
+    in_depth: frozenset[int] | None = None
+    copy_check: bool = True
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -336,9 +347,12 @@ def verify_round(ctx: RoundContext, contributions: Iterable[Submission],
     first_with: dict[bytes, int] = {}
     reports = []
     for report, held in staged:
-        if report.accepted:
+        decision = (ctx.decided or {}).get(report.index)
+        if report.accepted and decision is not None:
+            _adopt(report, *decision)
+        elif report.accepted and (ctx.in_depth is None or report.index in ctx.in_depth):
             _judged(report, lambda: _expensive_checks(ctx, report, (held.load(), report.meta), bound))
-        if report.accepted:
+        if report.accepted and ctx.copy_check:
             _judged(report, lambda: _not_a_copy(report, first_with))
         if report.accepted:
             report.reason = _accepted_reason(report.metrics)
@@ -517,6 +531,18 @@ def _expensive_checks(ctx: RoundContext, report: Report, decoded, bound: float |
             _replay_segments(ctx, report, tensors, meta)
 
 
+def _adopt(report: Report, verdict: int, credit: int) -> None:
+    """Take the verdict and credit the contribution's committee decided on chain."""
+    report.metrics["committee_credit"] = int(credit)
+    if int(verdict) != Verdict.ACCEPTED:
+        try:
+            report.verdict = Verdict(int(verdict))
+            label = report.verdict.label
+        except ValueError:      # a code this version does not know: kept as decided
+            report.verdict, label = int(verdict), f"verdict {int(verdict)}"
+        report.reason = f"{label}, decided by its verification committee"
+
+
 def _not_a_copy(report: Report, first_with: dict[bytes, int]) -> None:
     """Judged last, against contributions that passed everything: a copy can then
     never cost the original its acceptance, whichever was submitted first."""
@@ -571,6 +597,8 @@ def _accepted_reason(metrics: Mapping[str, Any]) -> str:
     if metrics.get("replay_segments"):
         parts.append(f"segments {','.join(map(str, metrics['replay_segments']))} replayed within "
                      f"{metrics['replay_distance']:.2g}")
+    if "committee_credit" in metrics:
+        parts.append(f"decided by its verification committee, credit {metrics['committee_credit']}")
     return "accepted: " + ", ".join(parts) if parts else "accepted"
 
 
