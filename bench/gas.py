@@ -66,12 +66,14 @@ from ledger.batch import sign_submission  # noqa: E402
 from ledger.cid import cid_from_chain  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
+from ledger import committee  # noqa: E402
 from ledger.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000
 BATCH_TARGET = 10_000   # gas per contribution in a batch at 64 workers (README "Many parties")
 BATCH_AGGS = 16
+COMMITTEE = 3
 CEILING = 45_000
 FUNDS = 10**21  # 1,000 ETH each
 N_AGGS = 3
@@ -344,6 +346,14 @@ def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dic
                                                    3_412_999, sha(f"s {r}"), settlement)
 
     first = batch(1, params.genesis_digest, workers)
+    # committees of COMMITTEE out of the 16 aggregators: each member votes once on its share
+    comms = committee.committees(sha(f"{label} seed"), job, 1, n_workers, params.aggregators, COMMITTEE)
+    votes = 0
+    for a in aggs:
+        mine = [i for i, m in comms.items() if a.address in m]
+        if mine:
+            ballot = committee.encode_ballot(committee.Entry(i, 0, 1_000 + i) for i in mine)
+            votes += int(ledger.with_account(a).vote(job, 1, ballot)["gasUsed"])
     finalize(1, sha(f"{label} m1"))
     again = batch(2, sha(f"{label} m1"), workers)
     warp(chain, DURATION + 1)
@@ -351,7 +361,7 @@ def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dic
     quarter = max(1, n_workers // 4)   # the rest would follow in later batches, or alone
     part = batch(3, sha(f"{label} m2"), workers[:quarter])
     return {"batch_createJob": create_gas, "batch_first": first / n_workers, "batch_again": again / n_workers,
-            "batch_quarter": part / quarter, "batch_quarter_n": quarter}
+            "batch_quarter": part / quarter, "batch_quarter_n": quarter, "votes": votes / n_workers}
 
 
 def measure(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dict:
@@ -438,6 +448,7 @@ def render(rows: list[dict], versions: str) -> str:
         ("batch_first", "per contribution, every worker in one batch (round 1)"),
         ("batch_again", "per contribution, every worker in one batch (round 2)"),
         ("batch_quarter", "per contribution, a quarter of the workers in one batch"),
+        ("votes", f"committee votes per contribution (committees of {COMMITTEE}, each member one vote)"),
     ]
     out += text_table(["operation"] + [f"{r['workers']} workers" for r in rows],
                       [[h] + [_fmt(round(r[k])) for r in rows] for k, h in bops],
