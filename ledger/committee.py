@@ -5,11 +5,16 @@ A job whose policy sets ``committee_size`` c > 0 (fewer than its aggregators) ha
 contribution of a round judged in depth (validation loss, segment replay) by c of its m
 aggregators, not by all of them:
 
-- **The draw.** Contribution i's committee is the c aggregators with the lowest
-  ``keccak256(seed, jobId, round, i, aggregator)``, where ``seed`` is the round's replay
-  seed: the hash of a block mined after the round closed (``node.verification.rounds.replay_seed``),
-  so no worker knows its judges while it trains, and every party computes the same
-  committees from the chain alone.
+- **The draw.** The seed is the round's replay seed: the hash of a block mined after
+  the round closed (``node.verification.rounds.replay_seed``), so no worker knows its
+  judges while it trains, and every party computes the same committees from the chain
+  alone. It shuffles the aggregators (ranked by ``keccak256(seed, jobId, round,
+  aggregator)``) and the contributions (by ``keccak256(seed, jobId, round, index)``); the
+  k-th contribution in that order gets the c aggregators at positions kc .. kc+c-1
+  (mod m) of theirs. Each committee is thus a uniformly random set of c aggregators,
+  and every aggregator sits on nc/m committees, rounded up or down: the round waits for
+  the busiest aggregator, and independent lotteries would load some with twice the
+  mean.
 - **The vote.** Each member sends one ``vote`` transaction for the round carrying a
   ballot: (submission index, verdict, credit) for each contribution it was drawn for.
   What counts is a function of the chain's record: an aggregator's first vote of the
@@ -92,21 +97,24 @@ def effective_quorum(policy, size: int) -> int:
     return q if q > 0 else size // 2 + 1
 
 
-def score(seed: bytes, job_id: int, round: int, index: int, aggregator: str) -> bytes:
-    return keccak(abi_encode(["bytes32", "uint256", "uint256", "uint256", "address"],
-                             [bytes(seed), int(job_id), int(round), int(index), aggregator]))
-
-
-def committee(seed: bytes, job_id: int, round: int, index: int, aggregators: Sequence[str], size: int) -> tuple[str, ...]:
-    """The ``size`` aggregators drawn to judge submission ``index`` (in job order)."""
-    ranked = sorted(aggregators, key=lambda a: score(seed, job_id, round, index, a))
-    chosen = {a.lower() for a in ranked[:size]}
-    return tuple(a for a in aggregators if a.lower() in chosen)
+def _rank(seed: bytes, job_id: int, round: int, kind: str, value) -> bytes:
+    return keccak(abi_encode(["bytes32", "uint256", "uint256", "string", kind], [bytes(seed), int(job_id), int(round),
+                                                                                 kind, value]))
 
 
 def committees(seed: bytes, job_id: int, round: int, n_submissions: int, aggregators: Sequence[str],
                size: int) -> dict[int, tuple[str, ...]]:
-    return {i: committee(seed, job_id, round, i, aggregators, size) for i in range(n_submissions)}
+    """Submission index -> the ``size`` aggregators drawn to judge it (in job order)."""
+    m = len(aggregators)
+    if not 0 < size <= m:
+        raise ValueError(f"a committee of {size} out of {m} aggregator(s)")
+    shuffled = sorted(aggregators, key=lambda a: _rank(seed, job_id, round, "address", a))
+    order = sorted(range(n_submissions), key=lambda i: _rank(seed, job_id, round, "uint256", i))
+    out = {}
+    for k, i in enumerate(order):
+        chosen = {shuffled[(k * size + j) % m].lower() for j in range(size)}
+        out[i] = tuple(a for a in aggregators if a.lower() in chosen)
+    return out
 
 
 def encode_ballot(entries: Iterable[Entry]) -> bytes:

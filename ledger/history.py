@@ -28,6 +28,7 @@ class RoundHistory:
     proposals: list = field(default_factory=list)     # contract.Proposal (a reveal), in chain order
     events: list = field(default_factory=list)        # every ChainEvent of this round
     commits: list = field(default_factory=list)       # contract.Commit, in chain order
+    ballots: list = field(default_factory=list)       # contract.Vote (verification committees), in chain order
 
     @property
     def status(self) -> str:
@@ -60,6 +61,7 @@ def load_history(ledger, job_id: int) -> JobHistory:
     subs = ledger.submissions(job_id)
     props = ledger.proposals(job_id)
     commits = ledger.commits(job_id)
+    ballots = ledger.committee_votes(job_id)
     last = job.current_round if not job.completed else job.num_rounds
     rounds = []
     for r in range(1, last + 1):
@@ -71,6 +73,7 @@ def load_history(ledger, job_id: int) -> JobHistory:
                 proposals=[p for p in props if p.round == r],
                 events=[e for e in events if e.args.get("round") == r],
                 commits=[c for c in commits if c.round == r],
+                ballots=[b for b in ballots if b.round == r],
             )
         )
     return JobHistory(job=job, events=events, rounds=rounds)
@@ -101,6 +104,9 @@ def render_timeline(h: JobHistory) -> str:
                 f"  {_when(getattr(s, 'timestamp', 0))}  submit   #{n} {s.worker}  {short(s.digest)}  "
                 f"{s.cid}  {s.num_samples} samples  tx {s.tx_hash}"
             )
+        for b in rh.ballots:
+            out.append(f"  {_when(getattr(b, 'timestamp', 0))}  vote     {b.aggregator}  {_ballot_text(b.ballot)}  "
+                       f"tx {b.tx_hash}")
         for c in rh.commits:
             out.append(f"  {_when(getattr(c, 'timestamp', 0))}  commit   {c.aggregator}  {short(c.commit_hash)}  tx {c.tx_hash}")
         for p in rh.proposals:
@@ -127,6 +133,16 @@ def render_timeline(h: JobHistory) -> str:
     out.append("")
     out.extend(render_workers(h))
     return "\n".join(out)
+
+
+def _ballot_text(raw: bytes) -> str:
+    from .committee import decode_ballot
+
+    try:
+        entries = decode_ballot(raw)
+    except ValueError as e:
+        return f"malformed ballot ({e})"
+    return "[" + " ".join(f"#{e.index} {describe(e.verdict)}" for e in entries) + "]"
 
 
 def skip_text(rh: RoundHistory, job) -> str:
