@@ -47,6 +47,10 @@ def job_config(steps: int, committee: int):
 
     cfg = bench_config(steps=steps)
     cfg.policy.committee_size = committee
+    # 64 shards of the corpus are small: a worker can overfit its own in 20 steps from the
+    # random genesis. The bound is not what is measured (the loss still is), and every
+    # contribution must go through every stage.
+    cfg.policy.max_val_loss_increase = 1e6
     return cfg
 
 
