@@ -6,6 +6,7 @@ test's own anvil and embedded store, with raw keys passed in LEDGER_PRIVATE_KEY.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,14 @@ def tiny_config(**policy) -> JobConfig:
     cfg.policy.val_batches, cfg.policy.val_batch_size = 2, 8
     for k, v in policy.items():
         setattr(cfg.policy, k, v)
+    return cfg
+
+
+def replay_config(**policy) -> JobConfig:
+    """``tiny_config`` for jobs whose cheats segment replay must catch: 6 steps, a snapshot
+    every 2, and a validation bound loose enough that replay, not the loss, decides."""
+    cfg = tiny_config(**{"max_val_loss_increase": 2.0, **policy})
+    cfg.train.steps, cfg.policy.segment_steps = 6, 2
     return cfg
 
 
@@ -127,6 +136,11 @@ class Env:
     def run(self, key: str | None, *args: str, timeout: float = 120, **extra_env: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ledger_cli", *args], capture_output=True, text=True,
                               timeout=timeout, env=self.env(key, **extra_env))
+
+    def audit(self, job: int, replay: str = "sample", timeout: float = 400) -> tuple[subprocess.CompletedProcess, dict | None]:
+        """`ledger audit --json` of ``job``: (the process, its JSON report or None)."""
+        out = self.run(None, "audit", "--job", str(job), "--json", "--no-progress", "--replay", replay, timeout=timeout)
+        return out, json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
 
     def stop_all(self) -> None:
         for p in self.procs:

@@ -14,14 +14,13 @@ worker and aggregator processes; ``ledger.committee``):
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
 from ledger import committee as cm
 from ledger.verdicts import Verdict
-from support import address, chain_of_its_own, keys, log_text, tiny_config, wait_for
+from support import address, chain_of_its_own, keys, log_text, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +34,7 @@ COLLUDERS = keys(3, "cmt-col-agg")
 
 
 def _config(**policy):
-    cfg = tiny_config(**{"max_val_loss_increase": 2.0, "reveal_window": 15, **policy})
-    cfg.train.steps, cfg.policy.segment_steps = 6, 2
-    return cfg
-
-
-def _audit(env, job):
-    out = env.run(None, "audit", "--job", str(job), "--json", "--no-progress", "--replay", "sample", timeout=600)
-    return out, json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
+    return replay_config(**{"reveal_window": 15, **policy})
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +103,7 @@ def test_committees_of_three_judge_sixteen_workers(world):
     assert "replay" in log_text(aggs[0]) and "decided by its verification committee" in log_text(aggs[0])
     for p in [*procs, *aggs]:
         assert p.wait(timeout=120) == 0, log_text(p)[-3000:]
-    out, report = _audit(env, job)
+    out, report = env.audit(job, timeout=600)
     assert out.returncode == 0 and report and report["ok"], out.stdout[-3000:] + out.stderr
     # who voted on what is in the history: 5 votes a round
     hist = env.run(None, "history", "--job", str(job))
@@ -144,7 +136,7 @@ def test_a_colluding_committee_fails_the_audit(world):
     (final,) = [p for p in env.ledger.proposals(job, 1) if p.outcome == rd.outcome][:1]
     assert final.verdicts[lazy.index] == Verdict.ACCEPTED
     assert "decided by its verification committee" in log_text(honest)
-    res, report = _audit(env, job)
+    res, report = env.audit(job, timeout=600)
     assert res.returncode != 0 and report and not report["ok"], res.stdout[-2000:] + res.stderr
     found = [d for d in report["discrepancies"] if d["party"].lower() == address(COL_LAZY).lower()]
     assert found and found[0]["round"] == 1 and found[0]["check"] == "replay", report["discrepancies"]

@@ -25,7 +25,7 @@ from eth_account import Account
 from ledger.batch import sign_submission
 from ledger.cid import cid_of_bytes
 from node.roles.relay import PATH, Relay, RelayOptions
-from support import address, chain_of_its_own, keys, log_text, tiny_config, wait_for
+from support import address, chain_of_its_own, keys, log_text, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +93,7 @@ def test_workers_submit_through_a_relay_and_cannot_be_withheld(world):
     assert "has not landed 48s before the deadline; submitting directly" in log_text(procs[2])
     for p in procs:
         assert p.wait(timeout=60) == 0, log_text(p)[-3000:]
-    out = env.run(None, "audit", "--job", str(job), "--json", "--no-progress", "--replay", "sample", timeout=400)
-    report = json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
+    out, report = env.audit(job)
     assert out.returncode == 0 and report and report["ok"], out.stdout[-3000:] + out.stderr
     relay.terminate()
     assert relay.wait(timeout=30) != 0 and "Traceback" not in log_text(relay)

@@ -14,7 +14,6 @@ worker and aggregator processes):
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from ledger.contract import Settlement
 from ledger.settlement import recorded_payments
 from ledger.store.embedded import EmbeddedStore
 from ledger.verdicts import Verdict
-from support import address, chain_of_its_own, keys, log_text, tiny_config, wait_for
+from support import address, chain_of_its_own, keys, log_text, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +35,6 @@ OPEN_W = keys(3, "pay-open")
 OPEN_AGG = keys(1, "pay-open-agg")[0]
 COLLUDE_W = keys(2, "pay-col-w")
 HON_AGG, C1, C2 = keys(3, "pay-col-agg")
-
-
-def _config(**policy):
-    cfg = tiny_config(**{"max_val_loss_increase": 2.0, **policy})
-    cfg.train.steps, cfg.policy.segment_steps = 6, 2
-    return cfg
 
 
 def _economics(**kw):
@@ -58,11 +51,6 @@ def _payments(env, job):
     return out
 
 
-def _audit(env, job):
-    out = env.run(None, "audit", "--job", str(job), "--json", "--no-progress", "--replay", "sample", timeout=400)
-    return out, json.loads(out.stdout) if out.stdout.strip().startswith("{") else None
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     with chain_of_its_own(tmp_path_factory, "rewards") as env:
@@ -75,7 +63,7 @@ def staked(world):
     env = world
     workers = [*HONEST, LAZY, FORGER, GONE]
     # GONE never discloses: the aggregators wait for the disclosure window (15 s), then judge
-    job = env.create_job(workers, AGGS, quorum=2, rounds=1, config=_config(reveal_window=15),
+    job = env.create_job(workers, AGGS, quorum=2, rounds=1, config=replay_config(reveal_window=15),
                          economics=_economics(reward=3 * ETH, worker_stake=ETH, slash_bps=5_000, aggregator_bps=1_000))
     # a worker cannot submit before it posts its stake: one posts it through the CLI
     out = env.run(HONEST[0], "worker", "join", "--job", str(job))
@@ -156,7 +144,7 @@ def test_every_stake_and_reward_is_withdrawn(staked):
 
 def test_the_audit_recomputes_every_credit_and_payout(staked):
     env, job, _ = staked
-    out, report = _audit(env, job)
+    out, report = env.audit(job)
     assert report is not None, out.stdout + out.stderr
     assert out.returncode == 0 and report["ok"], report.get("discrepancies")
 
@@ -182,7 +170,7 @@ def test_history_shows_who_contributed_what_and_was_paid(staked):
 def test_a_worker_joins_an_open_job_and_is_paid_from_round_2(world):
     env = world
     named, joiner = OPEN_W[:2], OPEN_W[2]
-    job = env.create_job(named, [OPEN_AGG], quorum=1, rounds=2, config=_config(),
+    job = env.create_job(named, [OPEN_AGG], quorum=1, rounds=2, config=replay_config(),
                          economics=_economics(reward=2 * ETH, max_workers=3, aggregator_bps=0))
     assert len(env.ledger.job(job).config_digest) == 32
     # the join waits for round 1 to close to submissions, then joins for round 2
@@ -205,7 +193,7 @@ def test_a_worker_joins_an_open_job_and_is_paid_from_round_2(world):
     assert len(final.settlement.credits) == 3 and len(env.ledger.round_workers(job, 1)) == 2
     pay = _payments(env, job)
     assert ("RewardPaid", address(joiner).lower()) in pay and len(pay[("RewardPaid", address(joiner).lower())]) == 1
-    out, report = _audit(env, job)
+    out, report = env.audit(job)
     assert out.returncode == 0 and report and report["ok"], out.stdout[-3000:] + out.stderr
 
 
@@ -214,7 +202,7 @@ def test_a_colluding_quorum_that_inflates_a_credit_fails_the_audit(world):
     from node.verification.rounds import judge_round
 
     env = world
-    job = env.create_job(COLLUDE_W, [HON_AGG, C1, C2], quorum=2, rounds=1, config=_config(),
+    job = env.create_job(COLLUDE_W, [HON_AGG, C1, C2], quorum=2, rounds=1, config=replay_config(),
                          economics=_economics(reward=ETH, aggregator_bps=1_000))
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in COLLUDE_W]
     procs.append(env.spawn(HON_AGG, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
@@ -237,7 +225,7 @@ def test_a_colluding_quorum_that_inflates_a_credit_fails_the_audit(world):
             env.reveal_as(k, job, 1, p)
     wait_for(lambda: env.ledger.job(job).completed, 200, "the colluded round", procs)
     assert env.ledger.round(job, 1).outcome == env.ledger.proposal_of(job, 1, address(C1))
-    res, report = _audit(env, job)
+    res, report = env.audit(job)
     assert res.returncode != 0 and report and not report["ok"], res.stdout[-2000:] + res.stderr
     found = [d for d in report["discrepancies"] if d["check"] == "credit"]
     assert len(found) == 1 and found[0]["round"] == 1, report["discrepancies"]
@@ -257,7 +245,7 @@ def test_a_joiner_of_a_private_data_job_commits_its_own_text(world, tmp_path):
     env.fund(named, joiner, stranger)
     texts = [bytes(range(32, 127)) * (40 + i) for i in range(2)]
     named_c, joiner_c = dc.commit(texts[0]), dc.commit(texts[1])
-    job = create_job(env.ledger, env.store, _config(), [address(named)], [address(OPEN_AGG)], 1, 2, 120, 1,
+    job = create_job(env.ledger, env.store, replay_config(), [address(named)], [address(OPEN_AGG)], 1, 2, 120, 1,
                      proposal_window=30, data_roots=[(named_c.root, named_c.length)],
                      validation=bytes(range(32, 127)) * 20, economics=_economics(max_workers=2)).job_id
     # the round closes to submissions once its one named worker submitted: joins are taken then
