@@ -70,6 +70,7 @@ class Tally:
     committees: dict[int, tuple[str, ...]]                  # submission index -> members
     decided: dict[int, Decision] = field(default_factory=dict)
     voted: dict[str, int] = field(default_factory=dict)      # lower-case voter -> counted entries
+    cast: set[str] = field(default_factory=set)              # lower-case: every aggregator that sent a vote
     ignored: list[str] = field(default_factory=list)         # why a vote (or entry) did not count
 
     def undecided(self) -> list[int]:
@@ -153,19 +154,19 @@ def tally(votes: Iterable, comms: Mapping[int, Sequence[str]], quorum: int, dead
     counts: dict[int, dict[tuple[int, int], list[str]]] = {}
     for v in votes:
         who = v.aggregator.lower()
+        t.cast.add(who)
         if who in t.voted:
             t.ignored.append(f"{v.aggregator}: a second vote (only the first counts)")
             continue
         if int(v.timestamp) > int(deadline):
             t.ignored.append(f"{v.aggregator}: voted at {v.timestamp}, after the vote deadline {deadline}")
             continue
+        t.voted[who] = 0      # its one vote, even when malformed
         try:
             entries = decode_ballot(v.ballot)
         except ValueError as e:
-            t.voted[who] = 0
             t.ignored.append(f"{v.aggregator}: malformed ballot ({e})")
             continue
-        t.voted[who] = 0
         for e in entries:
             if who not in members.get(e.index, ()):
                 t.ignored.append(f"{v.aggregator}: voted on #{e.index} without being drawn for it")

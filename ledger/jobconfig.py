@@ -303,9 +303,9 @@ class DataSpec:
 
 
 OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
+# Left out of the canonical bytes when committees are off, so jobs without them hash as before.
+OPTIONAL_POLICY_KEYS = ("committee_size", "committee_quorum", "vote_window")
 # Left out of the canonical bytes when empty or at their default, so byte-GPT jobs hash as before.
-# Left out when committees are off, so jobs without them hash as before.
-OPTIONAL_POLICY_KEYS = {"committee_size": 0, "committee_quorum": 0, "vote_window": 60}
 OPTIONAL_MODEL_KEYS = {"kind": "byte-gpt", "source": "", "hf_config": "", "tokenizer": None, "base": None,
                        "lora_rank": 0, "lora_alpha": 0.0, "lora_targets": [], "dtype": "float32"}
 

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import atomic
+from ledger import committee
 from ledger.chain import tx_hash_of
 from ledger.contract import Settlement
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
 from ledger.procs import hold_lock
+from ledger.settlement import credit_of
 from ledger.verdicts import Verdict, describe
 
 from node.training import transcript
@@ -217,7 +219,7 @@ class Aggregator:
             log.warning("round %d: this aggregator's store no longer serves its merge %s; judging the round again",
                         r, state["merged_cid"])
         t0 = time.perf_counter()
-        decided = self._committees(r, subs, bytes.fromhex(seed[2:]))
+        decided = self._committees(r, rd.parent, subs, bytes.fromhex(seed[2:]))
         if decided is None:
             return None
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
@@ -254,7 +256,7 @@ class Aggregator:
         return state
 
     # ---- verification committees (ledger.committee) -------------------------------------
-    def _committees(self, r: int, subs, seed: bytes) -> dict | None:
+    def _committees(self, r: int, parent: bytes, subs, seed: bytes) -> dict | None:
         """In a job with verification committees: vote on the contributions this aggregator
         was drawn to judge, then wait for every committee's decision (or the vote
         deadline). Returns the decisions (index -> (verdict, credit)) for ``judge_round``,
@@ -267,8 +269,8 @@ class Aggregator:
         chain, me = ctx.ledger.chain, self.address.lower()
         head = chain.block_timestamp(chain.block_number())
         mine = sorted(i for i, members in t.committees.items() if me in {a.lower() for a in members})
-        if mine and head <= deadline and time.time() <= deadline and not self._voted(r):
-            self._vote(r, subs, mine)
+        if mine and head <= deadline and time.time() <= deadline and me not in t.cast:
+            self._vote(r, parent, subs, mine)
             return None
         undecided = t.undecided()
         if undecided and head <= deadline:
@@ -289,19 +291,12 @@ class Aggregator:
                      r, len(undecided), ", ".join(f"#{i}" for i in undecided))
         return {i: (d.verdict, d.credit) for i, d in t.decided.items()}
 
-    def _voted(self, r: int) -> bool:
-        return any(v.aggregator.lower() == self.address.lower() for v in self.ctx.ledger.committee_votes(self.ctx.job_id, r))
-
-    def _vote(self, r: int, subs, mine: list[int]) -> None:
+    def _vote(self, r: int, parent: bytes, subs, mine: list[int]) -> None:
         """Judge in depth the contributions this aggregator's committees hold, and vote."""
-        from ledger import committee
-        from ledger.settlement import credit_of
-
         ctx = self.ctx
-        rd = ctx.ledger.round(ctx.job_id, r)
         log.info("round %d: drawn to judge %d of %d contribution(s) (%s)", r, len(mine), len(subs),
                  ", ".join(f"#{i}" for i in mine))
-        v = verify_submissions(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
+        v = verify_submissions(ctx, r, parent, subs, replay=self.opt.replay, stages=self.opt.stages,
                                threads=self.opt.threads, in_depth=frozenset(mine), copy_check=False)
         entries = []
         for rep in v.reports:
@@ -331,7 +326,7 @@ class Aggregator:
         log.warning("round %d: this aggregator's store no longer serves its merge %s; merging again before the reveal",
                     r, state["merged_cid"])
         subs = ctx.ledger.submissions(ctx.job_id, r)
-        decided = self._committees(r, subs, bytes.fromhex(state["seed"][2:]))
+        decided = self._committees(r, rd.parent, subs, bytes.fromhex(state["seed"][2:]))
         if decided is None:
             return False
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,

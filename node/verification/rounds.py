@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ledger import checkpoint
+from ledger import committee
 from ledger import settlement as settlemod
 from ledger.contract import Settlement
 from ledger.digest import sha256_bytes
@@ -119,8 +120,6 @@ def vote_deadline(ctx: JobContext, r: int, submissions) -> int:
 def committee_tally(ctx: JobContext, r: int, submissions, seed: bytes):
     """(the round's committee ``Tally`` from the votes on chain so far, its vote
     deadline), or None when the job has no committees."""
-    from ledger import committee
-
     size = committee.effective_size(ctx.config.policy, len(ctx.info.aggregators))
     if not size or not submissions:
         return None
