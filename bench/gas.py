@@ -51,6 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -473,15 +474,10 @@ def render(rows: list[dict], versions: str) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workers", default="4,16,64", help="comma-separated worker counts (default 4,16,64; 2 to 128)")
-    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    args = ap.parse_args(argv)
-    counts = [int(x) for x in args.workers.split(",") if x.strip()]
-    if not counts or any(not 2 <= n <= 128 for n in counts):
-        ap.error("--workers: each count must be between 2 and 128 (a round rejects one worker)")
-
+@contextmanager
+def deployed_ledger():
+    """(chain, a freshly deployed TrainingLedger, a line naming the versions) on an anvil of
+    its own, stopped and removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="ledger-gas-"))
     settings = load_settings({"data_dir": tmp, "chain_port": 0}, env={}, config_file=None)
     up = anvil.chain_up(settings)
@@ -501,6 +497,22 @@ def main(argv=None) -> int:
             + f" optimizer {settings_s['optimizer']['runs']} runs{' viaIR' if settings_s.get('viaIR') else ''}"
             + f", deploy {rc['gasUsed']:,} gas"
         )
+        yield chain, ledger, versions
+    finally:
+        anvil.chain_down(settings)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", default="4,16,64", help="comma-separated worker counts (default 4,16,64; 2 to 128)")
+    ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",") if x.strip()]
+    if not counts or any(not 2 <= n <= 128 for n in counts):
+        ap.error("--workers: each count must be between 2 and 128 (a round rejects one worker)")
+
+    with deployed_ledger() as (chain, ledger, versions):
         rows = []
         for n in counts:
             rows.append(measure(chain, ledger, n))
@@ -509,9 +521,6 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"versions": versions, "target": TARGET, "rows": rows}, indent=2) + "\n")
         return 0 if max(max(r["submit_median"], r["staked_submit_median"]) for r in rows) <= CEILING else 1
-    finally:
-        anvil.chain_down(settings)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

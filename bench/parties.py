@@ -114,30 +114,10 @@ def _all_accepted(reports) -> None:
 
 def gas_rows(counts: list[int]) -> dict[int, dict]:
     """bench/gas.py's batched submissions and committee votes, per worker count."""
-    import shutil
-
     import gas
-    from ledger import anvil
-    from ledger.artifacts import load_artifact
-    from ledger.chain import Chain
-    from ledger.config import load_settings
-    from ledger.contract import TrainingLedger
 
-    tmp = Path(tempfile.mkdtemp(prefix="ledger-parties-"))
-    settings = load_settings({"data_dir": tmp, "chain_port": 0}, env={}, config_file=None)
-    up = anvil.chain_up(settings)
-    try:
-        deployer = gas.key_for("deployer")
-        chain = Chain.connect(up.info.url, deployer)
-        gas.fund(chain, [deployer.address])
-        art = load_artifact()
-        rc = chain.transact(chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"]).constructor(),
-                            context="deploy")
-        ledger = TrainingLedger(chain, rc["contractAddress"], art["abi"])
+    with gas.deployed_ledger() as (chain, ledger, _):
         return {n: gas.measure_batched(chain, ledger, n) for n in counts}
-    finally:
-        anvil.chain_down(settings)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> int:
