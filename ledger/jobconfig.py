@@ -302,6 +302,77 @@ class DataSpec:
         return bool(self.roots)
 
 
+@_spec
+class PartyKey:
+    """A party's secp256k1 public key, self-certifying: its keccak256 gives the address."""
+
+    address: str      # checksummed
+    public_key: str   # 0x + 128 hex digits (uncompressed, no 04 prefix)
+
+
+@_spec
+class WrappedKey:
+    """The job key of a private job, ECIES-wrapped to one member or named auditor."""
+
+    address: str
+    wrapped: str      # 0x-hex
+
+
+@_spec
+class AccessSpec:
+    """Who may read what (``ledger.sealing``). ``keys``: the public keys the job seals to
+    (every aggregator and named auditor where anything is sealed; workers too in a private
+    job). ``auditors``: named auditors, given the drawn windows and seeds as the verifiers
+    are. ``private``: every artifact of the job is stored encrypted under the job key,
+    wrapped in ``job_key`` to each member and auditor (later readers: ``ledger job grant``)."""
+
+    keys: list[PartyKey] = field(default_factory=list)
+    auditors: list[str] = field(default_factory=list)
+    private: bool = False
+    key_id: str = ""
+    job_key: list[WrappedKey] = field(default_factory=list)
+
+    def check(self) -> None:
+        """Every key proves its address; every auditor has a key; a private job has a key
+        for someone (the config comes from storage: whoever made the job chose its bytes)."""
+        from .sealing import SealError, address_of, parse_public_key
+
+        seen = set()
+        for i, k in enumerate(self.keys):
+            try:
+                pub = parse_public_key(k.public_key, f"access.keys[{i}].public_key")
+            except SealError as e:
+                raise ConfigValueError(f"access.keys[{i}]", str(e)) from None
+            if address_of(pub).lower() != k.address.lower():
+                raise ConfigValueError(f"access.keys[{i}]", f"public key is not the key of {k.address}")
+            if k.address.lower() in seen:
+                raise ConfigValueError(f"access.keys[{i}]", f"{k.address} is listed twice")
+            seen.add(k.address.lower())
+        for i, a in enumerate(self.auditors):
+            if a.lower() not in seen:
+                raise ConfigValueError(f"access.auditors[{i}]", f"auditor {a} has no public key in access.keys")
+        if self.private and not self.job_key:
+            raise ConfigValueError("access.job_key", "a private job wraps its key to at least one member")
+
+    def public_key(self, address: str) -> bytes | None:
+        from .sealing import parse_public_key
+
+        for k in self.keys:
+            if k.address.lower() == address.lower():
+                return parse_public_key(k.public_key)
+        return None
+
+    def wrapped_for(self, address: str) -> bytes | None:
+        for w in self.job_key:
+            if w.address.lower() == address.lower():
+                return bytes.fromhex(w.wrapped.removeprefix("0x"))
+        return None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.keys or self.auditors or self.private or self.job_key)
+
+
 OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
 # Left out of the canonical bytes when committees are off, so jobs without them hash as before.
 OPTIONAL_POLICY_KEYS = ("committee_size", "committee_quorum", "vote_window")
@@ -318,6 +389,7 @@ class JobConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     policy: Policy = field(default_factory=Policy)
     data: DataSpec = field(default_factory=DataSpec)
+    access: AccessSpec = field(default_factory=AccessSpec)
     cid_version: _int(0, 1) = 0
     format: str = FORMAT
 
@@ -325,6 +397,7 @@ class JobConfig:
         """What a whole config must satisfy beyond each field's range (ConfigValueError
         otherwise); run on every config written (``to_bytes``) and read (``from_bytes``)."""
         self.model.check()
+        self.access.check()
 
     def to_bytes(self) -> bytes:
         self.check()
@@ -335,6 +408,8 @@ class JobConfig:
         for k, default in OPTIONAL_MODEL_KEYS.items():
             if d["model"][k] == default:
                 del d["model"][k]
+        if self.access.empty:     # left out when unused, so jobs without it hash as before
+            del d["access"]
         if not d["policy"]["committee_size"]:
             for k in OPTIONAL_POLICY_KEYS:
                 del d["policy"][k]
@@ -350,6 +425,13 @@ class JobConfig:
         chain: private data (drawn windows), or drawn snapshots of a transcript that has any
         (more steps than one segment)."""
         return self.data.private or (self.policy.reveals and int(self.train.steps) > int(self.policy.segment_steps))
+
+    @property
+    def seals(self) -> bool:
+        """Whether workers seal what they reveal to their verifiers (``ledger.sealing``): the
+        drawn windows of their own text. Drawn snapshots are model states, not text, and stay
+        public unless the whole job is private."""
+        return self.data.private
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "JobConfig":

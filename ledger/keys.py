@@ -64,6 +64,7 @@ class KeystoreEntry:
     name: str
     address: str  # checksummed
     path: Path
+    public_key: str | None = None   # 0x + 128 hex, kept in clear beside the encrypted key (public by nature)
 
 
 # ---------------------------------------------------------------------------- keystore
@@ -104,8 +105,19 @@ def _scan(settings: Settings) -> tuple[list[KeystoreEntry], list[str]]:
         except (OSError, ValueError, KeyError, TypeError):
             problems.append(f"{path}: not a keystore file")
             continue
-        entries.append(KeystoreEntry(path.stem, address, path))
+        entries.append(KeystoreEntry(path.stem, address, path, _public_key(data, address)))
     return entries, problems
+
+
+def _public_key(data: dict, address: str) -> str | None:
+    """The entry's public key, if it records one that is its address's (else none)."""
+    from .sealing import SealError, address_of, parse_public_key, public_key_hex
+
+    try:
+        pub = parse_public_key(str(data.get("publicKey") or ""))
+    except SealError:
+        return None
+    return public_key_hex(pub) if address_of(pub) == address else None
 
 
 def find_account(settings: Settings, name_or_address: str) -> KeystoreEntry | None:
@@ -152,9 +164,13 @@ def new_account(
     final = d / f"{name}.json"
     if final.exists():
         raise AccountError(f"a keystore account named {name!r} already exists ({final}); choose another --name")
+    from .sealing import public_key_hex, public_key_of
+
     keystore = Account.encrypt(acct.key, password, kdf=kdf)
+    # the public key beside it, so others can seal to this account without its password
+    keystore["publicKey"] = public_key_hex(public_key_of(acct))
     _write_private_no_clobber(final, json.dumps(keystore, indent=2).encode())
-    return KeystoreEntry(name, acct.address, final)
+    return KeystoreEntry(name, acct.address, final, keystore["publicKey"])
 
 
 def _write_private_no_clobber(final: Path, data: bytes) -> None:

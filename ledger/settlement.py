@@ -42,6 +42,7 @@ CHEATING = frozenset({
     Verdict.REPLAY,
     Verdict.TRANSCRIPT,
     Verdict.WINDOWS_PROOF,
+    Verdict.SEALED,
     Verdict.DUPLICATE,
     Verdict.SAMPLE_COUNT,
 })

@@ -37,13 +37,16 @@ def register(sub) -> None:
 
     add_fund_command(g, "account")
 
-    add_command(
+    p = add_command(
         g,
         "list",
         "list keystore accounts: names and addresses",
         _list,
-        example="ledger account list",
+        example="ledger account list --public-keys",
     )
+    p.add_argument("--public-keys", action="store_true",
+                   help="also print each account's public key: what a job owner needs to seal to it "
+                        "(`ledger job create --aggregator PUBKEY`, `--auditor`)")
     p = add_command(
         g, "balance", "what the contract holds for an account: rewards, returned stakes, a returned pool",
         _balance, example="ledger --account w0 account balance",
@@ -71,6 +74,7 @@ def _new(args, settings) -> int:
     entry = new_account(settings, password, name=args.name, kdf=args.kdf, private_key=key)
     print(f"{entry.name} {entry.address}")
     print(f"keystore file: {entry.path}", file=sys.stderr)
+    print(f"public key (give it to job owners, for what is sealed to you): {entry.public_key}", file=sys.stderr)
     return 0
 
 
@@ -85,7 +89,7 @@ def _list(args, settings) -> int:
         return 0
     width = max(len(e.name) for e in entries)
     for e in entries:
-        print(f"{e.name:<{width}}  {e.address}")
+        print(f"{e.name:<{width}}  {e.address}" + (f"  {e.public_key or '-'}" if args.public_keys else ""))
     return 0
 
 

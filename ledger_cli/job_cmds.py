@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from ledger.party import open_party, setup_logging
 
 from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, int_in, show_eth,
@@ -65,9 +67,14 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                    help="precision of training's forward and backward passes (default float32); weights and "
                         "checkpoints stay float32, and the replay tolerance default follows the dtype")
-    p.add_argument("--worker", action="append", default=[], metavar="ADDR|NAME",
+    p.add_argument("--worker", action="append", default=[], metavar="ADDR|PUBKEY|NAME",
                    help="a worker (repeat; shard i goes to the i-th); an --open job may start with none")
-    p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|NAME", help="an aggregator (repeat)")
+    p.add_argument("--aggregator", action="append", required=True, metavar="ADDR|PUBKEY|NAME",
+                   help="an aggregator (repeat); its public key (or a keystore name that records it) where workers "
+                        "seal their drawn windows to their verifiers (--data-root)")
+    p.add_argument("--auditor", action="append", default=[], metavar="PUBKEY|NAME",
+                   help="a named auditor (repeat): sealed reveals are sealed to it too, so its audit reruns every "
+                        "drawn replay; anyone else's audit checks what is public and says what it could not rerun")
     p.add_argument("--data-root", action="append", default=None, metavar="0xROOT:BYTES",
                    help="a worker's data commitment from `ledger data commit` (repeat, in worker order): "
                         "that worker trains on its own private text")
@@ -200,20 +207,32 @@ def register(sub) -> None:
     add_job_arg(r)
 
 
-def _resolve(settings, names: list[str]) -> list[str]:
-    """Addresses as given; anything else is a keystore account name (no password needed)."""
+def _resolve(settings, names: list[str], keys: dict | None = None) -> list[str]:
+    """Addresses as given; a public key (0x + 128 hex) stands for its address; anything else
+    is a keystore account name (no password needed). Public keys found on the way (given,
+    or recorded in the keystore) are added to ``keys`` (address -> 64 bytes)."""
     from ledger.errors import AccountError
     from ledger.keys import find_account, is_address
+    from ledger.sealing import address_of, parse_public_key
 
+    keys = {} if keys is None else keys
     out = []
     for n in names:
-        if is_address(n):
-            out.append(n)
+        if re.fullmatch(r"0x(04)?[0-9a-fA-F]{128}", n or ""):
+            pub = parse_public_key(n)
+            out.append(address_of(pub))
+            keys[address_of(pub)] = pub
             continue
         entry = find_account(settings, n)
+        if entry is None and is_address(n):
+            out.append(n)
+            continue
         if entry is None:
-            raise AccountError(f"{n!r} is neither an address nor a keystore account (see `ledger account list`)")
+            raise AccountError(f"{n!r} is neither an address, a public key nor a keystore account "
+                               f"(see `ledger account list`)")
         out.append(entry.address)
+        if entry.public_key:
+            keys[entry.address] = parse_public_key(entry.public_key)
     return out
 
 
@@ -279,7 +298,9 @@ def _create(args, settings) -> int:
     roots, validation = _private_data(args)     # bad input fails here, before torch is imported
     # the chain, the owner's key and the parties before anything is imported, stored or written
     ledger, store, _ = open_party(settings)
-    workers, aggregators = _resolve(settings, args.worker), _resolve(settings, args.aggregator)
+    keys: dict = {}
+    workers, aggregators = _resolve(settings, args.worker, keys), _resolve(settings, args.aggregator, keys)
+    auditors = _resolve(settings, args.auditor, keys)
     _check_parties(workers, aggregators)
     setup_logging()
     from ledger.jobconfig import JobConfig
@@ -311,7 +332,7 @@ def _create(args, settings) -> int:
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
-                     data_roots=roots, validation=validation, model=choice,
+                     data_roots=roots, validation=validation, model=choice, keys=keys, auditors=auditors,
                      economics=Economics(reward=args.reward, worker_stake=args.worker_stake,
                                          slash_bps=round(args.slash * 10_000),
                                          aggregator_bps=round(args.aggregator_share * 10_000),

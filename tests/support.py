@@ -53,6 +53,20 @@ def address(key: str) -> str:
     return Account.from_key(key).address
 
 
+def public_key(key: str) -> str:
+    """The 0x-hex public key of a test key: what `ledger job create --aggregator` takes to seal to it."""
+    from ledger.sealing import public_key_hex, public_key_of
+
+    return public_key_hex(public_key_of(Account.from_key(key)))
+
+
+def public_keys(*party_keys: str) -> dict[str, bytes]:
+    """address -> public key, as ``node.roles.owner.create_job(keys=...)`` takes them."""
+    from ledger.sealing import public_key_of
+
+    return {address(k): public_key_of(Account.from_key(k)) for k in party_keys}
+
+
 @dataclass
 class Env:
     settings: Settings
@@ -81,7 +95,7 @@ class Env:
         job = create_job(self.ledger, self.store, config or tiny_config(),
                          [address(k) for k in workers], [address(k) for k in aggregators],
                          quorum or len(aggregators) // 2 + 1, rounds, round_duration, min_submissions,
-                         proposal_window=proposal_window, economics=economics)
+                         proposal_window=proposal_window, economics=economics, keys=public_keys(*workers, *aggregators))
         return job.job_id
 
     def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int,

@@ -121,6 +121,9 @@ class AuditReport:
     # Consistent observations worth reading, not failures: e.g. a contribution the quorum
     # could not fetch at the time (recorded UNAVAILABLE) that is retrievable now.
     notes: list[Discrepancy] = field(default_factory=list)
+    # Checks this auditor could not rerun, holding no key to what they need (drawn windows
+    # sealed to their verifiers): neither passed nor failed. A named auditor reruns them.
+    not_rerun: list[Discrepancy] = field(default_factory=list)
     # ``ledger.history.worker_table`` of the job: who contributed what, its credit and payments
     contributors: list = field(default_factory=list)
 

@@ -239,9 +239,24 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
             for d in sorted(items, key=lambda d: d.round):
                 lines.append("  " + d.line())
 
+    if report.not_rerun:
+        lines.append("")
+        lines.append(paint(not_rerun_line(report), _BOLD))
     lines.append("")
     lines.append(paint(verdict_line(report), _RED if not report.ok else _GREEN))
     return "\n".join(lines) + "\n"
+
+
+def not_rerun_line(report: AuditReport) -> str:
+    """The third word, beside OK and FAILED: what this auditor could not rerun for want
+    of a key, in one line (empty when it reran everything)."""
+    if not report.not_rerun:
+        return ""
+    where = ", ".join(f"round {d.round} {d.party[:10]}" for d in sorted(report.not_rerun, key=lambda d: d.round)[:8])
+    more = f" and {len(report.not_rerun) - 8} more" if len(report.not_rerun) > 8 else ""
+    return (f"NOT RERUN: the replays of {plural(len(report.not_rerun), 'contribution')} ({where}{more}): their drawn "
+            f"windows are sealed to their verifiers and named auditors, and this auditor holds no key; "
+            f"everything public was checked")
 
 
 def verdict_line(report: AuditReport) -> str:

@@ -45,7 +45,7 @@ from node.context import JobContext, Located
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
 REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
-                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED)
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED, Verdict.SEALED)
 # Verdicts for something the worker had to reveal after the draw and did not, in time.
 UNREVEALED = (Verdict.WINDOWS_UNREVEALED, Verdict.TRANSCRIPT_UNREVEALED)
 PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
@@ -235,6 +235,9 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
         )
         ra.contributions.append(ca)
+        if m.get("not_rerun"):
+            report.not_rerun.append(Discrepancy(r, c.worker, "replay", "drawn segments replayed", "not rerun",
+                                                "; ".join(m["not_rerun"])))
         if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
             report.bytes_verified += c.size
         if onchain is None:
@@ -269,8 +272,8 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
                     f"its rejection ({describe(chain_v)}) cannot be re-checked; the merge does not use it"))
             continue
         if chain_v != rep.verdict:
-            if chain_v in REPLAY_VERDICTS and mode == "none":
-                continue  # not re-checked: replay disabled for this audit
+            if chain_v in REPLAY_VERDICTS and (mode == "none" or (m.get("not_rerun") and rep.verdict == Verdict.ACCEPTED)):
+                continue  # not re-checked: replay disabled for this audit, or sealed to others
             if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
                 # the quorum let through training that does not replay (a segment it did not draw,
                 # or one it did not check): the one finding that needs a replay to be made
@@ -517,6 +520,9 @@ def _check_published(ctx: JobContext, r: int, submissions, metas, onchain, found
             report.notes.append(Discrepancy(r, "", "open", "the round's draw", "not made yet", str(e)))
             drawn = []
         for w, what, cid in drawn:
+            if what == "sealed reveal":     # ciphertext to the drawn verifiers: stored, and the CID's bytes
+                _check_sealed(ctx, r, by_worker[w], cid, onchain, report)
+                continue
             m = manifests.get(by_worker[w].digest)
             ref = next((x for x in (*m.snapshots, *(m.windows or ())) if x.cid == cid), None) if m else None
             if ref is not None and (cfg.policy.reveals or not what.startswith("snapshot")):
@@ -544,6 +550,21 @@ def _check_published(ctx: JobContext, r: int, submissions, metas, onchain, found
                                              f"{_hex(ref.digest)}", "other bytes", str(e)))
                 continue
         report.bytes_verified += ref.size
+
+
+def _check_sealed(ctx: JobContext, r: int, c, cid: str, onchain, report: AuditReport) -> None:
+    """A disclosed sealed reveal is stored and is the object its CID names (its contents
+    only its readers can check: the verification did, where this auditor is one)."""
+    chain_v = onchain[c.index] if onchain else None
+    try:
+        report.bytes_verified += len(ctx.store.get_by_cid(cid, max_size=tx.snapshot_cap(ctx.config.policy)))
+    except StorageUnreachable:
+        raise
+    except NotFoundError as e:
+        _missing(report, r, c.worker, f"sealed reveal {cid}", chain_v, str(e))
+    except (LedgerError, ValueError) as e:
+        if chain_v not in (Verdict.SEALED, Verdict.WINDOWS_PROOF):
+            report.discrepancies.append(Discrepancy(r, c.worker, "integrity", f"sealed reveal {cid}", "other bytes", str(e)))
 
 
 def _check_commit_reveal(ctx: JobContext, rh, found: list) -> None:

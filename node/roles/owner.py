@@ -222,12 +222,17 @@ def create_job(
     validation: bytes | None = None,
     model: ModelChoice | None = None,
     economics: "Economics | None" = None,
+    keys: "dict[str, bytes] | None" = None,
+    auditors: list[str] | None = None,
 ) -> CreatedJob:
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
     commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
     the owner's held-out text, stored and committed in the config (needed with roots).
     ``economics``: the reward, stakes and enrollment (an open job on public data splits
-    the corpus for ``max_workers`` shards: a joiner trains on the shard of its index)."""
+    the corpus for ``max_workers`` shards: a joiner trains on the shard of its index).
+    ``keys``: address -> 64-byte public key of the parties given (every aggregator's is needed
+    where workers seal what they reveal: private data); ``auditors``: named auditors'
+    addresses (keys among ``keys``), who read what the verifiers read."""
     econ = economics or Economics()
     _reveal_window(config, proposal_window, private=bool(data_roots))
     _committees(config, proposal_window, len(aggregators))
@@ -240,6 +245,7 @@ def create_job(
             _check_shards(config, lm)
         if validation is not None:
             _own_validation(config, validation, store, lm)
+    set_access(config, workers, aggregators, keys or {}, auditors or [])
     genesis = checkpoint.encode(params, genesis_meta(config))
     policy = config.policy
     if len(genesis) > policy.max_checkpoint_bytes:
@@ -276,6 +282,32 @@ def create_job(
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)
+
+
+def set_access(config: JobConfig, workers: list[str], aggregators: list[str], keys: dict[str, bytes],
+               auditors: list[str]) -> None:
+    """``config.access``: the public keys of the parties (checked against their addresses)
+    and the named auditors; what seals needs a key for every reader it seals to."""
+    from ledger.jobconfig import PartyKey
+    from ledger.sealing import address_of, public_key_hex
+
+    by_addr = {}
+    for addr, pub in keys.items():
+        if address_of(pub).lower() != addr.lower():
+            raise LedgerError(f"the public key given for {addr} is the key of {address_of(pub)}")
+        by_addr[addr.lower()] = (address_of(pub), pub)
+    missing = [f"auditor {a}" for a in auditors if a.lower() not in by_addr]
+    if config.seals:
+        missing += [f"aggregator {a}" for a in aggregators if a.lower() not in by_addr]
+    if missing:
+        raise LedgerError(f"{missing[0]} has no public key{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: "
+                          f"workers seal what they reveal to their verifiers, so give each one's public key "
+                          f"(`ledger account list` shows it) or a keystore name instead of the address")
+    if not (config.seals or auditors or config.access.private):
+        return          # nothing is sealed: the config records no keys (and hashes as before)
+    members = {a.lower() for a in (*workers, *aggregators, *auditors)}
+    config.access.keys = [PartyKey(a, public_key_hex(p)) for low, (a, p) in sorted(by_addr.items()) if low in members]
+    config.access.auditors = [address_of(by_addr[a.lower()][1]) for a in auditors]
 
 
 def describe(job: CreatedJob) -> str:

@@ -82,6 +82,11 @@ class Worker:
             return None
         if data is None:
             raise LedgerError(f"job {job} trains on private data: give this worker's text with --data PATH")
+        if not self.ctx.config.seals:
+            # a worker guards its own text: a job whose config names no verifier keys would
+            # have it reveal drawn windows in clear, in public storage, forever
+            raise LedgerError(f"job {job} names no public keys of its verifiers, so this worker's drawn windows "
+                              f"could not be sealed to them: refusing to train on private data in it")
         root, n = self.ctx.data_root(self.index)
         data = self.ctx.model.stream(data) if data and self.ctx.config.model.token_bytes > 1 else data
         got = dc.commit(data) if data else None
@@ -437,7 +442,7 @@ class Worker:
         drawn = tx.draw_segments(seed, ctx.job_id, r, self.address, n, cfg.policy.replay_segments)
         files = []
         for seg in drawn:
-            if state.get("windows"):
+            if state.get("windows") and not cfg.seals:
                 files.append((f"the window bundle of drawn segment {seg}", self._bundle_file(r, seg),
                               state["windows"].get(str(seg))))
             if cfg.policy.reveals:
@@ -453,8 +458,9 @@ class Worker:
                 log.error("round %d: %s changed on disk since training: not revealed", r, what)
                 continue
             ctx.store.pin(obj.cid)
+        sealed = self._seal(r, state, subs, seed, drawn) if cfg.seals else None
         crash_point("worker:after-reveal")
-        if not self._disclose(r):
+        if not self._disclose(r, sealed):
             return
         atomic.write_json(self.dir / f"round-{r}.json", {**state, "revealed": drawn})
         kinds = " and ".join(k for k, on in (("snapshots", cfg.policy.reveals), ("windows", bool(state.get("windows"))))
@@ -462,14 +468,60 @@ class Worker:
         log.info("round %d: revealed the %s of drawn segment(s) %s (%d of %d); the rest stay on this machine",
                  r, kinds, ",".join(map(str, drawn)), len(drawn), n)
 
-    def _disclose(self, r: int) -> bool:
-        """Say on chain that what the draw asked is stored (jobs with a disclosure phase);
-        False if the chain is not ready for it yet (try again later)."""
+    def secret_items(self, r: int, state: dict, drawn: list[int]) -> dict[str, bytes]:
+        """What else the drawn segments' verifiers need and nobody else may see (sealed
+        with the windows); none for plain training."""
+        return {}
+
+    def _seal(self, r: int, state: dict, subs, seed: bytes, drawn: list[int]):
+        """The drawn window bundles (and secret items), sealed to the verifiers the draw
+        named and the job's auditors, stored: the StoredObject, or None when the bundles
+        are gone from disk (then the verifiers record them unrevealed)."""
+        from node.verification.rounds import readers_of
+
+        ctx, cfg = self.ctx, self.ctx.config
+        items = {}
+        for seg in drawn:
+            f, want = self._bundle_file(r, seg), state["windows"].get(str(seg))
+            blob = f.read_bytes() if f.exists() else None
+            if blob is None or to_hex(sha256_bytes(blob)) != want:
+                log.error("round %d: the window bundle of drawn segment %d is %s: cannot reveal it", r, seg,
+                          "gone from " + str(f) if blob is None else "changed on disk since training")
+                continue
+            items[f"windows-{seg}"] = blob
+        items.update(self.secret_items(r, state, drawn))
+        index = next(s.index for s in subs if s.worker.lower() == self.address.lower())
+        readers = {}
+        for a in readers_of(ctx, r, subs, seed, index):
+            pub = cfg.access.public_key(a)
+            if pub is None:
+                log.error("round %d: verifier %s has no public key in the job config: it cannot read this reveal",
+                          r, a)
+                continue
+            readers[a] = pub
+        if not items or not readers:
+            return None
+        obj = ctx.store.put(self.seal(items, readers, privdata.reveal_binding(ctx.job_id, r, self.address)))
+        ctx.store.pin(obj.cid)
+        log.info("round %d: sealed %d item(s) to %d reader(s): %s", r, len(items), len(readers),
+                 ", ".join(sorted(readers)))
+        return obj
+
+    def seal(self, items: dict[str, bytes], readers: dict[str, bytes], binding: bytes) -> bytes:
+        """The envelope (a Byzantine worker overrides this to hand some readers garbage)."""
+        from ledger import sealing
+
+        return sealing.seal(items, readers, binding)
+
+    def _disclose(self, r: int, sealed=None) -> bool:
+        """Say on chain that what the draw asked is stored (jobs with a disclosure phase),
+        naming the sealed envelope if there is one; False if the chain is not ready for it
+        yet (try again later)."""
         ctx = self.ctx
         if not int(getattr(ctx.info, "disclosure_window", 0) or 0):
             return True
         try:
-            receipt = ctx.ledger.disclose(ctx.job_id, r)
+            receipt = ctx.ledger.disclose(ctx.job_id, r, sealed.cid if sealed else "", sealed.size if sealed else 0)
         except ContractReverted as e:
             if e.name == "AlreadyDisclosed":
                 return True                     # before a restart

@@ -51,6 +51,15 @@ def bundle_meta(job: int, round_: int, worker: str, parent: bytes, segment: int)
             "parent": to_hex(parent), "segment": int(segment)}
 
 
+REVEAL_KIND = "training-ledger/reveal/1"
+
+
+def reveal_binding(job: int, round_: int, worker: str) -> bytes:
+    """What a sealed reveal is bound to (``ledger.sealing``'s associated data): one
+    worker's reveal of one round of one job, never passed off as another's."""
+    return canonical_json({"kind": REVEAL_KIND, "job": int(job), "round": int(round_), "worker": worker.lower()})
+
+
 def encode_bundle(data: bytes, chunks: list[int], meta: Mapping) -> bytes:
     nodes = dc.prove(data, chunks)
     return canonical_json({

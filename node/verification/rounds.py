@@ -5,6 +5,7 @@ and merges, and returns the verdicts and the merged checkpoint bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ledger import checkpoint
@@ -169,18 +170,77 @@ def drawn_artifacts(ctx: JobContext, r: int, submissions, cache: dict | None = N
             continue
         n = len(inner) + 1
         for seg in tx.draw_segments(seed, ctx.job_id, r, s.worker, n, cfg.policy.replay_segments):
-            if private:
+            if private and not cfg.seals:
                 out.append((s.worker.lower(), f"window bundle of segment {seg}", m.windows[seg].cid))
             if snaps:
                 for step in tx.segment_snapshot_steps(cfg.train.steps, cfg.policy.segment_steps, seg):
                     out.append((s.worker.lower(), f"snapshot at step {step}", m.snapshots[inner.index(step)].cid))
+    if cfg.seals:    # the windows travel sealed, in one envelope per worker that the disclosure names
+        out += [(d.worker.lower(), "sealed reveal", d.sealed_cid) for d in ctx.ledger.disclosures(ctx.job_id, r)
+                if getattr(d, "sealed_cid", "")]
     return out
+
+
+def readers_of(ctx: JobContext, r: int, submissions, seed: bytes, index: int) -> list[str]:
+    """Who may read what submission ``index`` of round ``r`` reveals after the draw: the
+    aggregators that judge it (its verification committee, or all of them without
+    committees) and the job's named auditors. Worker and verifiers compute it alike."""
+    size = committee.effective_size(ctx.config.policy, len(ctx.info.aggregators))
+    if size and submissions:
+        judges = committee.committees(seed, ctx.job_id, r, len(submissions), ctx.info.aggregators, size)[index]
+    else:
+        judges = tuple(ctx.info.aggregators)
+    seen = {a.lower() for a in judges}
+    return [*judges, *(a for a in ctx.config.access.auditors if a.lower() not in seen)]
+
+
+def unsealer(ctx: JobContext, r: int, submissions, seed: bytes, reader) -> "Callable[[str], verifymod.Unsealed]":
+    """``RoundContext.unsealed`` for round ``r``: each worker's sealed reveal, fetched by the
+    CID its disclosure names (checked against that CID) and opened with ``reader``'s key
+    (a LocalAccount; None: an auditor that holds no key). Cached per worker."""
+    from ledger import sealing
+    from node.training import privdata
+
+    index = {s.worker.lower(): s.index for s in submissions}
+    disclosed = {d.worker.lower(): d for d in ctx.ledger.disclosures(ctx.job_id, r)}
+    cache: dict[str, verifymod.Unsealed] = {}
+    cap = tx.snapshot_cap(ctx.config.policy)
+
+    def open_(worker: str) -> verifymod.Unsealed:
+        U = verifymod.Unsealed
+        w = worker.lower()
+        if reader is None:
+            return U(None, "no-key", "this auditor holds no key of the job (not a named auditor, no grant)")
+        if reader.address.lower() not in {a.lower() for a in readers_of(ctx, r, submissions, seed, index[w])}:
+            return U(None, "not-a-reader", f"{reader.address} is not among the readers the draw named for {worker}")
+        d = disclosed.get(w)
+        if d is None or not getattr(d, "sealed_cid", ""):
+            return U(None, "unrevealed", f"{worker} disclosed no sealed reveal for round {r}")
+        try:
+            blob = ctx.store.get_by_cid(d.sealed_cid, max_size=cap)
+        except StorageUnreachable:
+            raise
+        except NotFoundError as e:
+            return U(None, "unavailable", f"its sealed reveal {d.sealed_cid} could not be fetched ({e})")
+        except LedgerError as e:
+            return U(None, "broken", f"its sealed reveal {d.sealed_cid} is not what the disclosure names ({e})")
+        try:
+            return U(sealing.unseal(blob, reader, privdata.reveal_binding(ctx.job_id, r, worker)), "open", "")
+        except sealing.SealError as e:
+            return U(None, "broken", f"its sealed reveal {d.sealed_cid} does not open for {reader.address}: {e}")
+
+    def get(worker: str) -> verifymod.Unsealed:
+        if worker.lower() not in cache:
+            cache[worker.lower()] = open_(worker)
+        return cache[worker.lower()]
+
+    return get
 
 
 def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submissions, *, replay: str = "policy",
                        stages: set[str] | None = None, threads: int | None = None,
                        withheld: set[int] = frozenset(), decided=None, in_depth=None,
-                       copy_check: bool = True) -> Verified:
+                       copy_check: bool = True, reader=None) -> Verified:
     """Run the shared verification pipeline over every submission of round ``r``.
 
     ``replay``: "policy" (the job policy's drawn segments, as aggregators do), "none"
@@ -188,7 +248,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     threads for replays (default: the job's). ``withheld``: submission indices to
     treat as unfetchable (the audit re-verifying a round as its quorum saw it,
     whatever storage serves now). ``decided``, ``in_depth``, ``copy_check``: verification
-    committees (``verify.RoundContext``).
+    committees (``verify.RoundContext``). ``reader``: the account that opens what workers
+    sealed to their verifiers (default: the party's own, an aggregator's or a named auditor's).
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
@@ -208,7 +269,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=tx.snapshot_cap(cfg.policy)),
-        replay_seed=replay_seed(ctx.ledger, ctx.job_id, r, submissions),
+        replay_seed=(seed := replay_seed(ctx.ledger, ctx.job_id, r, submissions)),
+        unsealed=unsealer(ctx, r, contributions, seed, reader or ctx.ledger.chain.account) if cfg.seals else None,
         disclosed=disclosed_workers(ctx, r),
         replay_mode=replay,
         replay_threads=threads,

@@ -21,6 +21,9 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
     ... and matching their committed digests and this
     contribution (job, round, worker, parent, step, tensors)      TRANSCRIPT
   private data: each drawn segment's window bundle fetched        WINDOWS_UNREVEALED
+    (sealed to the drawn verifiers: the disclosed envelope opens
+    with this verifier's key and holds the bundle                  SEALED;
+    a verifier that may not read it does not rerun the segment)
     ... matching its committed digest, revealing exactly the
     segment's chunks, each proven against the worker's root       WINDOWS_PROOF
   each drawn segment replayed from its start lands within
@@ -98,6 +101,40 @@ CHEAP_STAGES = frozenset({"norm"})
 REPLAY_MODES = ("policy", "none", "all")
 
 
+@dataclass(frozen=True)
+class Unsealed:
+    """A worker's sealed reveal as one verifier sees it (``node.verification.rounds.unsealer``).
+    ``status``: "open" (``items`` holds what it sealed: ``windows-<segment>`` bundles, and
+    whatever else its verifiers need), "no-key" / "not-a-reader" (this verifier may not read
+    it: what rests on it is not rerun, neither passed nor failed), "unrevealed" (no sealed
+    reveal disclosed), "unavailable" (storage lacks it), "broken" (named to this verifier,
+    and it does not open: the worker's fault, ``Verdict.SEALED``)."""
+
+    items: Mapping[str, bytes] | None
+    status: str
+    reason: str
+
+    def item(self, name: str, what: str) -> bytes:
+        """The item, or the verdict (or not-rerun) its absence is."""
+        if self.status in ("no-key", "not-a-reader"):
+            raise NotRerun(f"{what}sealed to its verifiers: {self.reason}")
+        if self.status == "unrevealed":
+            raise _Reject(Verdict.WINDOWS_UNREVEALED, f"{what}not revealed: {self.reason}")
+        if self.status == "unavailable":
+            raise _Reject(Verdict.TRANSCRIPT_UNAVAILABLE, f"{what}{self.reason}")
+        if self.status != "open":
+            raise _Reject(Verdict.SEALED, f"{what}{self.reason}")
+        if name not in self.items:
+            raise _Reject(Verdict.SEALED, f"{what}the sealed reveal holds no {name!r} (it holds "
+                                          f"{', '.join(sorted(self.items)) or 'nothing'})")
+        return self.items[name]
+
+
+class NotRerun(Exception):
+    """A check this verifier cannot make (it holds no key to what it needs): neither a pass
+    nor a failure. The report records the reason; the audit says it in its own word."""
+
+
 @dataclass
 class RoundContext:
     """Everything the checks compare a contribution with.
@@ -139,6 +176,8 @@ class RoundContext:
       covers only its own). None: all.
     - ``copy_check``: whether a contribution equal to an earlier accepted one is a
       DUPLICATE (off for a committee vote: it is judged on the decided round).
+    - ``unsealed(worker) -> Unsealed``: set where workers seal what they reveal
+      (``JobConfig.seals``): drawn windows come from there, not from storage in clear.
     """
 
     config: JobConfig
@@ -163,6 +202,7 @@ class RoundContext:
     decided: Mapping[int, tuple[int, int]] | None = None
     in_depth: frozenset[int] | None = None
     copy_check: bool = True
+    unsealed: Callable[[str], Unsealed] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -638,7 +678,11 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
     worst = 0.0
     for i in chosen:
         if private:    # the revealed windows first: no snapshot is fetched for a segment without them
-            shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
+            try:
+                shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
+            except NotRerun as e:
+                report.metrics.setdefault("not_rerun", []).append(f"segment {i}: {e}")
+                continue
         start, end = state_at(i), state_at(i + 1)
         replayed, _, _ = train.train_steps(ctx.lm, cfg.train, start, shard, seed, end.step,
                                            threads=ctx.replay_threads, device=ctx.replay_device)
@@ -684,9 +728,15 @@ def _revealed_windows(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, seg
 
     what = f"the window bundle of segment {segment}: "
     _undisclosed(ctx, c, Verdict.WINDOWS_UNREVEALED, what)
-    missing = Verdict.WINDOWS_UNREVEALED if ctx.disclosed is None else Verdict.TRANSCRIPT_UNAVAILABLE
-    data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
-                          missing=missing, mismatch=Verdict.WINDOWS_PROOF, what=what)
+    if ctx.unsealed is not None:
+        data = ctx.unsealed(c.worker).item(f"windows-{segment}", what)
+        if len(data) != ref.size or sha256_bytes(data) != bytes(ref.digest):
+            raise _Reject(Verdict.WINDOWS_PROOF, f"{what}the sealed bundle is not the one the manifest commits to "
+                                                 f"(sha256 {to_hex(ref.digest)}, {ref.size} bytes)")
+    else:
+        missing = Verdict.WINDOWS_UNREVEALED if ctx.disclosed is None else Verdict.TRANSCRIPT_UNAVAILABLE
+        data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
+                              missing=missing, mismatch=Verdict.WINDOWS_PROOF, what=what)
     root, length = ctx.data_root_of(c.worker.lower())
     cfg = ctx.config
     want = privdata.segment_chunks(seed, bounds[0], bounds[1], length, cfg.model.block_size, cfg.train.batch_size,
