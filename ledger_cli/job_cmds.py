@@ -144,6 +144,24 @@ def register(sub) -> None:
                    help="anyone may join between rounds (`ledger worker join`), up to --max-workers")
     p.add_argument("--max-workers", type=int_in(1, MAX_WORKERS), default=None, metavar="N",
                    help="an --open job's most workers, the named ones included (default 16)")
+    p.add_argument("--private", action="store_true",
+                   help="store every artifact (genesis, checkpoints, snapshots, merges, validation text, tokenizer) "
+                        "encrypted under a job key wrapped to the owner, each member and each --auditor: give every "
+                        "party by public key or keystore name; outsiders see digests, sizes and verdicts only")
+
+    p = add_command(
+        g, "grant", "give a private job's key to another reader (an auditor), recorded on chain", _grant,
+        "ledger --account owner job grant --job 1 --to 0x04ab...",
+        description=(
+            "As the job's owner: wrap the job key to the reader's public key, store the wrapped key and\n"
+            "record the grant on chain (AccessGranted: to whom, by whom, in which block), so the record\n"
+            "says who could read the job from when. A grant cannot be revoked: the reader can keep the\n"
+            "key, and every artifact stored so far stays readable to it wherever a copy survives."
+        ),
+    )
+    add_job_arg(p)
+    p.add_argument("--to", required=True, metavar="PUBKEY|NAME",
+                   help="the reader's public key (`ledger account list --public-keys`) or a keystore name recording it")
 
     p = add_command(
         sub, "worker", "run a worker: train on its shard each round and submit", _worker,
@@ -281,6 +299,27 @@ def _check_create(args) -> None:
         raise ConfigError(f"--n-embd {n_embd} is not a multiple of --n-head {n_head}")
 
 
+def _grant(args, settings) -> int:
+    from ledger import access
+    from ledger.errors import AccountError
+    from node.context import JobContext
+
+    ledger, store, _ = open_party(settings)
+    keys: dict = {}
+    (to,) = _resolve(settings, [args.to], keys)
+    if to not in keys:
+        raise AccountError(f"--to {args.to}: no public key known for it; give the reader's public key "
+                           f"(`ledger account list --public-keys` on its machine)")
+    ctx = JobContext.load(ledger, store, args.job, need_key=False)
+    if not ctx.config.access.private:
+        raise AccountError(f"job {args.job} is not private: anyone can read it, there is no key to grant")
+    receipt = access.grant(ledger, store, ctx.config, args.job, ledger.chain.account, keys[to])
+    from ledger.chain import tx_hash_of
+
+    print(f"granted job {args.job}'s key to {to} in tx {tx_hash_of(receipt)} (block {receipt['blockNumber']})")
+    return 0
+
+
 def _check_parties(workers: list[str], aggregators: list[str]) -> None:
     """The contract refuses these, but only after the config and genesis were stored."""
     from ledger.errors import ConfigError
@@ -333,6 +372,7 @@ def _create(args, settings) -> int:
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
                      data_roots=roots, validation=validation, model=choice, keys=keys, auditors=auditors,
+                     private=args.private,
                      economics=Economics(reward=args.reward, worker_stake=args.worker_stake,
                                          slash_bps=round(args.slash * 10_000),
                                          aggregator_bps=round(args.aggregator_share * 10_000),

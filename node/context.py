@@ -81,9 +81,17 @@ class JobContext:
         self._head: int | None = None  # the last block a wait() saw
         self._head_hash: bytes | None = None  # and its hash: another hash there means a rollback
         self._streams: dict[bytes, bytes] = {}  # text digest -> token stream
+        self.readable = True       # False: a private job this party holds no key to
 
     @classmethod
-    def load(cls, ledger, store, job_id: int) -> "JobContext":
+    def load(cls, ledger, store, job_id: int, *, need_key: bool = True) -> "JobContext":
+        """The job as this party sees it. A private job's artifacts are read and written
+        through the job key (``ledger.store.sealed``), which this party's account must hold
+        (``NoJobKey`` otherwise) unless ``need_key`` is False: an outsider's audit, whose
+        context then has ``readable`` False and its store the raw one."""
+        from ledger import access
+        from ledger.store.sealed import SealedStore
+
         info = ledger.job(job_id)
         cid = info.config_cid
         raw = store.get(cid, info.config_digest, max_size=1 << 20)
@@ -91,7 +99,14 @@ class JobContext:
             config = JobConfig.from_bytes(raw)
         except (ValueError, KeyError, TypeError) as e:
             raise LedgerError(f"job {job_id}: config {cid} is not a valid job config: {e}") from None
-        return cls(ledger, store, job_id, info, config)
+        ctx = cls(ledger, store, job_id, info, config)
+        if config.access.private:
+            account = ledger.chain.account
+            key = (access.require_job_key if need_key else access.job_key_for)(ledger, store, config, job_id, account)
+            if key is not None:
+                ctx.store = SealedStore(store, key)
+            ctx.readable = key is not None
+        return ctx
 
     @classmethod
     def load_riding_out(cls, ledger, store, job_id: int, log: logging.Logger) -> "JobContext":

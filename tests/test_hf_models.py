@@ -25,7 +25,7 @@ import re
 import pytest
 
 from ledger.verdicts import Verdict
-from support import DEV0, address, keys, log_text, wait_for
+from support import DEV0, address, keys, log_text, public_key, wait_for
 from tiny_models import make_model_dir
 
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def test_gpt2_full_fine_tuning_on_private_text(deployed, tmp_path):
     val = tmp_path / "validation.txt"
     val.write_bytes(_words(99, 5000))
     out = env.run(DEV0, "job", "create", "--model", str(model), "--worker", address(honest), "--worker",
-                  address(cheat), "--aggregator", address(agg), "--data-root", roots[0], "--data-root", roots[1],
+                  address(cheat), "--aggregator", public_key(agg), "--data-root", roots[0], "--data-root", roots[1],
                   "--validation", str(val), *SHAPE, timeout=300)
     job = _job(out)
     cfg = env.ledger.job(job)

@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from support import address, keys
+from support import address, keys, public_key
 
 PARTIES = ["chain", "owner", "w0", "w1", "a0", "a1", "auditor"]
 NODES = ["owner", "w0", "w1", "a0", "a1", "auditor"]     # the parties with an IPFS node, in start order
@@ -214,7 +214,7 @@ def test_parties_on_separate_hosts(tmp_path):
             out = _ledger(
                 hosts, "owner", owner_env, "job", "create",
                 "--worker", address(role_keys["w0"]), "--worker", address(role_keys["w1"]),
-                "--aggregator", address(role_keys["a0"]), "--aggregator", address(role_keys["a1"]),
+                "--aggregator", public_key(role_keys["a0"]), "--aggregator", public_key(role_keys["a1"]),
                 "--quorum", "2", "--rounds", "1", "--round-duration", "300",
                 "--data-root", roots[0], "--data-root", roots[1], "--validation", str(dirs["owner"] / "validation.txt"),
                 "--steps", "6", "--segment-steps", "2", "--replay-segments", "1", "--batch-size", "8",

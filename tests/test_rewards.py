@@ -23,7 +23,7 @@ from ledger.contract import Settlement
 from ledger.settlement import recorded_payments
 from ledger.store.embedded import EmbeddedStore
 from ledger.verdicts import Verdict
-from support import address, chain_of_its_own, keys, log_text, replay_config, wait_for
+from support import address, chain_of_its_own, keys, log_text, public_keys, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -247,7 +247,8 @@ def test_a_joiner_of_a_private_data_job_commits_its_own_text(world, tmp_path):
     named_c, joiner_c = dc.commit(texts[0]), dc.commit(texts[1])
     job = create_job(env.ledger, env.store, replay_config(), [address(named)], [address(OPEN_AGG)], 1, 2, 120, 1,
                      proposal_window=30, data_roots=[(named_c.root, named_c.length)],
-                     validation=bytes(range(32, 127)) * 20, economics=_economics(max_workers=2)).job_id
+                     validation=bytes(range(32, 127)) * 20, economics=_economics(max_workers=2),
+                     keys=public_keys(OPEN_AGG)).job_id
     # the round closes to submissions once its one named worker submitted: joins are taken then
     obj = env.store.put(checkpoint.encode({"x": np.zeros(4, np.float32)}, {"tag": "named"}))
     env.as_party(named).submit_update(job, 1, env.ledger.job(job).current_parent, obj.digest, obj.cid, obj.size, 8)

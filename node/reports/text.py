@@ -252,6 +252,11 @@ def not_rerun_line(report: AuditReport) -> str:
     of a key, in one line (empty when it reran everything)."""
     if not report.not_rerun:
         return ""
+    if any(d.party == "" for d in report.not_rerun):
+        rounds = sorted({d.round for d in report.not_rerun})
+        return (f"NOT RERUN: the verdicts, merges and replays of {plural(len(rounds), 'round')} ({', '.join(map(str, rounds[:12]))}"
+                f"{'…' if len(rounds) > 12 else ''}): the job is private and this auditor holds no key; everything "
+                f"public was checked (digests, lineage, commitments, votes, payments, stored objects)")
     where = ", ".join(f"round {d.round} {d.party[:10]}" for d in sorted(report.not_rerun, key=lambda d: d.round)[:8])
     more = f" and {len(report.not_rerun) - 8} more" if len(report.not_rerun) > 8 else ""
     return (f"NOT RERUN: the replays of {plural(len(report.not_rerun), 'contribution')} ({where}{more}): their drawn "

@@ -33,6 +33,10 @@ Private data (jobs created with --data-root; node.training.privdata):
   bad-proof    honest training; every window bundle carries one altered byte (committed in
                the manifest as is), so its chunks do not prove against the root -> windows-proof
 
+  garble-one   honest training and reveal, but the sealed reveal's key slot of one of its
+               readers (the first aggregator in address order) is garbage: that reader says -> sealed,
+               the others accept; the committee's (or the quorum's) majority decides
+
 After the draw (any job that reveals: drawn snapshots by default, private windows):
   withhold     honest, but never reveals what the draw asks: its drawn snapshots
                (-> transcript-unrevealed) and, for private data, windows (-> windows-unrevealed)
@@ -62,7 +66,7 @@ from node.roles.worker import Worker, WorkerOptions
 log = logging.getLogger("ledger.adversary")
 
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
-PRIVATE_ATTACKS = ("other-data", "bad-proof")
+PRIVATE_ATTACKS = ("other-data", "bad-proof", "garble-one")
 REVEAL_ATTACKS = ("withhold", "silent")
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
            "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS
@@ -170,11 +174,24 @@ class Adversary(Worker):
     def _pending_reveals(self):
         return [] if self.attack == "withhold" else super()._pending_reveals()
 
-    def _disclose(self, r: int) -> bool:
+    def _disclose(self, r: int, sealed=None) -> bool:
         if self.attack == "silent":
             log.info("round %d: attack silent stores its drawn artifacts and does not disclose them", r)
             return True
-        return super()._disclose(r)
+        return super()._disclose(r, sealed)
+
+    def seal(self, items, readers, binding) -> bytes:
+        blob = super().seal(items, readers, binding)
+        if self.attack != "garble-one":
+            return blob
+        from ledger import sealing
+
+        _, slots, _, _ = sealing._parse(blob)
+        aggregators = {a.lower() for a in self.ctx.info.aggregators}
+        victim, slot = next((a, sl) for a, sl in slots if a.lower() in aggregators)
+        at = blob.index(slot)
+        log.info("round: attack garble-one hands %s a key slot that does not open", victim)
+        return blob[:at + 65] + bytes(b ^ 0x5A for b in blob[at + 65:at + len(slot)]) + blob[at + len(slot):]
 
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx

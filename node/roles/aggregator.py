@@ -418,6 +418,9 @@ class Aggregator:
         available to auditors after their worker unpins them or its IPFS node is gone
         (the merge is pinned too). A pin of something the store lacks fetches it first."""
         ctx, cap = self.ctx, self.ctx.config.policy.max_checkpoint_bytes
+        # windows sealed to their verifiers travel in one envelope per worker (its disclosure names it)
+        sealed = ({d.worker.lower(): d.sealed_cid for d in ctx.ledger.disclosures(ctx.job_id, subs[0].round)
+                   if getattr(d, "sealed_cid", "")} if ctx.config.seals and subs else {})
         for s, rep in zip(subs, reports):
             if rep.verdict in (Verdict.UNAVAILABLE, Verdict.INTEGRITY) or s.size > cap:
                 continue
@@ -429,7 +432,10 @@ class Aggregator:
                                                     private=ctx.config.data.private)
                 replayed = rep.metrics.get("replay_segments", [])
                 cids += [manifest.snapshots[i - 1].cid for i in _touched(replayed, len(manifest.snapshots))]
-                cids += [manifest.windows[i].cid for i in replayed if i < len(manifest.windows or ())]
+                if ctx.config.seals:
+                    cids += [sealed[s.worker.lower()]] if replayed and s.worker.lower() in sealed else []
+                else:
+                    cids += [manifest.windows[i].cid for i in replayed if i < len(manifest.windows or ())]
             except transcript.TranscriptError:
                 pass
             for cid in cids:

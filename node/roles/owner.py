@@ -224,6 +224,7 @@ def create_job(
     economics: "Economics | None" = None,
     keys: "dict[str, bytes] | None" = None,
     auditors: list[str] | None = None,
+    private: bool = False,
 ) -> CreatedJob:
     """``data_roots``: one (root, length) per worker, in worker order, from ``ledger data
     commit``: each worker trains on its own private text (node.training.privdata). ``validation``:
@@ -232,8 +233,13 @@ def create_job(
     the corpus for ``max_workers`` shards: a joiner trains on the shard of its index).
     ``keys``: address -> 64-byte public key of the parties given (every aggregator's is needed
     where workers seal what they reveal: private data); ``auditors``: named auditors'
-    addresses (keys among ``keys``), who read what the verifiers read."""
+    addresses (keys among ``keys``), who read what the verifiers read. ``private``: every
+    artifact is stored encrypted under a job key wrapped to the owner, each member and each
+    named auditor (``ledger.access``), whose public keys must all be in ``keys``."""
     econ = economics or Economics()
+    plain = store        # the config stays readable by anyone: what the job is, not what it learns
+    if private:
+        store = _private_store(ledger, config, store, workers, aggregators, keys or {}, auditors or [])
     _reveal_window(config, proposal_window, private=bool(data_roots))
     _committees(config, proposal_window, len(aggregators))
     lm, params = attach_model(config, store, model)
@@ -252,7 +258,7 @@ def create_job(
         # a contribution is the size of the genesis: room for it, and a margin
         policy.max_checkpoint_bytes = len(genesis) + len(genesis) // 4
     raw_config = config.to_bytes()
-    cfg_obj = store.put(raw_config)
+    cfg_obj = plain.put(raw_config)
     gen_obj = store.put(genesis)
     for obj in (cfg_obj, gen_obj):
         store.pin(obj.cid)
@@ -282,6 +288,31 @@ def create_job(
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)
+
+
+def _private_store(ledger, config: JobConfig, store, workers, aggregators, keys: dict, auditors) -> object:
+    """Make ``config`` private (a job key wrapped to every reader) and return the store
+    that seals everything the job stores."""
+    from ledger import access
+    from ledger.sealing import public_key_of
+    from ledger.store.sealed import SealedStore
+
+    if config.cid_version:
+        raise LedgerError("a private job stores CIDv0 objects: drop --cid-version 1")
+    owner = ledger.chain.account
+    if owner is None:
+        raise LedgerError("a private job needs the owner's own key (it wraps the job key to itself too)")
+    by_addr = {a.lower(): p for a, p in keys.items()}
+    by_addr[owner.address.lower()] = public_key_of(owner)
+    readers = {}
+    for role, addrs in (("worker", workers), ("aggregator", aggregators), ("auditor", auditors)):
+        for a in addrs:
+            if a.lower() not in by_addr:
+                raise LedgerError(f"{role} {a} has no public key: a private job wraps its key to every member, so "
+                                  f"give each one's public key (`ledger account list --public-keys`) or keystore name")
+            readers[a] = by_addr[a.lower()]
+    readers[owner.address] = by_addr[owner.address.lower()]
+    return SealedStore(store, access.make_private(config, readers))
 
 
 def set_access(config: JobConfig, workers: list[str], aggregators: list[str], keys: dict[str, bytes],
