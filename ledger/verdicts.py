@@ -32,6 +32,8 @@ class Verdict(IntEnum):
                                  # chunks are not the segment's or fail their Merkle proof against the root
     TRANSCRIPT_UNREVEALED = 16   # a drawn segment's snapshot, published only after the draw, was not
                                  # revealed within the reveal window
+    DP_SEEDS = 17                # DP job: a drawn segment's noise seeds were not handed to its verifier, or
+                                 # are not the ones the manifest commits to
 
     @property
     def label(self) -> str:

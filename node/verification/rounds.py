@@ -197,6 +197,12 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     if [s.index for s in contributions] != list(range(len(contributions))):
         raise ValueError(f"round {r}: submissions must be the round's, in submission order")
     shard_index = {w.lower(): i for i, w in enumerate(ctx.info.workers)}
+    seed = replay_seed(ctx.ledger, ctx.job_id, r, submissions)
+    unsealed = None
+    if cfg.dp is not None:   # until sealing: the drawn segments' DP seeds, in the clear
+        from node.verification.dpclear import unsealed_in_clear
+
+        unsealed = unsealed_in_clear(ctx, r, contributions, seed)
     rctx = verifymod.RoundContext(
         config=cfg,
         job_id=ctx.job_id,
@@ -208,7 +214,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=tx.snapshot_cap(cfg.policy)),
-        replay_seed=replay_seed(ctx.ledger, ctx.job_id, r, submissions),
+        replay_seed=seed,
         disclosed=disclosed_workers(ctx, r),
         replay_mode=replay,
         replay_threads=threads,
@@ -216,6 +222,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         decided=decided,
         in_depth=None if in_depth is None else frozenset(in_depth),
         copy_check=copy_check,
+        unsealed=unsealed,
     )
 
     def fetch(c) -> bytes:

@@ -23,8 +23,12 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
   private data: each drawn segment's window bundle fetched        WINDOWS_UNREVEALED
     ... matching its committed digest, revealing exactly the
     segment's chunks, each proven against the worker's root       WINDOWS_PROOF
+  DP: each drawn segment's noise seeds handed to this verifier
+    (``unsealed``) and matching the manifest's commitment          DP_SEEDS
+    (a verifier holding no key to them: the segment is not rerun)
   each drawn segment replayed from its start lands within
-    replay_tolerance of its published end                         REPLAY
+    replay_tolerance of its published end (DP: with the job's
+    clipping and the worker's committed noise)                     REPLAY
     -- last --
   tensors identical to an earlier *accepted* contribution         DUPLICATE
 
@@ -139,6 +143,10 @@ class RoundContext:
       covers only its own). None: all.
     - ``copy_check``: whether a contribution equal to an earlier accepted one is a
       DUPLICATE (off for a committee vote: it is judged on the decided round).
+    - ``unsealed(worker) -> dict[str, bytes] | None``: what the worker handed this verifier
+      alone after the draw (``node.roles.worker.Worker.secret_items``: a DP job's
+      ``dp-seeds-<segment>``), decrypted; None (or no hook): this verifier holds no key,
+      so DP segments are reported not rerun instead of replayed.
     """
 
     config: JobConfig
@@ -163,6 +171,7 @@ class RoundContext:
     decided: Mapping[int, tuple[int, int]] | None = None
     in_depth: frozenset[int] | None = None
     copy_check: bool = True
+    unsealed: Callable[[str], Mapping[str, bytes] | None] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -184,11 +193,12 @@ class RoundContext:
     def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
         """The segments of this worker's transcript that are replayed: every one in
         "all" mode, else the policy's count drawn by ``node.training.transcript.draw_segments``;
-        for private data always the drawn ones (no other segment's windows are revealed)."""
+        for private data and DP always the drawn ones (no other segment's windows or seeds are revealed)."""
         if not self.replaying():
             return []
         count = int(self.policy.replay_segments)
-        if self.replay_mode == "all" and self.data_root_of is None and not self.policy.reveals:
+        # (a DP job's undrawn segments have no seeds handed to anyone: drawn ones only)
+        if self.replay_mode == "all" and self.data_root_of is None and not self.policy.reveals and self.config.dp is None:
             count = n_segments
         return tx.draw_segments(self.replay_seed, self.job_id, self.round, worker, n_segments, count)
 
@@ -594,9 +604,12 @@ def _accepted_reason(metrics: Mapping[str, Any]) -> str:
     parts = [f"update norm {metrics['update_norm']:.4g}"] if "update_norm" in metrics else []
     if "val_loss" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} (parent {metrics['parent_val_loss']:.4f})")
-    if metrics.get("replay_segments"):
-        parts.append(f"segments {','.join(map(str, metrics['replay_segments']))} replayed within "
-                     f"{metrics['replay_distance']:.2g}")
+    skipped = metrics.get("replay_not_rerun") or []
+    rerun = [i for i in metrics.get("replay_segments") or [] if i not in skipped]
+    if rerun:
+        parts.append(f"segments {','.join(map(str, rerun))} replayed within {metrics['replay_distance']:.2g}")
+    if skipped:
+        parts.append(f"segments {','.join(map(str, skipped))} not rerun (no key to their DP noise seeds)")
     if "committee_credit" in metrics:
         parts.append(f"decided by its verification committee, credit {metrics['committee_credit']}")
     return "accepted: " + ", ".join(parts) if parts else "accepted"
@@ -612,7 +625,7 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
     private = ctx.data_root_of is not None
     try:
         manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap,
-                                    private=private)
+                                    private=private, dp=cfg.dp is not None)
     except tx.TranscriptError as e:
         raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
     bounds = tx.segment_bounds(cfg.train.steps, policy.segment_steps)
@@ -636,12 +649,19 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
         return snapshots[i]
 
     worst = 0.0
+    items = ctx.unsealed(c.worker.lower()) if (cfg.dp is not None and ctx.unsealed is not None) else None
     for i in chosen:
+        dp = None
+        if cfg.dp is not None:   # the noise seeds first: without them nothing else is fetched
+            dp = _dp_step(ctx, c, items, manifest.dp_seeds[i], i, bounds[i])
+            if dp is None:
+                report.metrics.setdefault("replay_not_rerun", []).append(i)
+                continue
         if private:    # the revealed windows first: no snapshot is fetched for a segment without them
             shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
         start, end = state_at(i), state_at(i + 1)
         replayed, _, _ = train.train_steps(ctx.lm, cfg.train, start, shard, seed, end.step,
-                                           threads=ctx.replay_threads, device=ctx.replay_device)
+                                           threads=ctx.replay_threads, device=ctx.replay_device, dp=dp)
         d = tx.replay_distance(start, end, replayed)
         worst = max(worst, d)
         report.metrics["replay_distance"] = worst
@@ -649,6 +669,27 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
             a, b = bounds[i]
             raise _Reject(Verdict.REPLAY, f"segment {i} (steps {a}-{b}) replays {d:.3g} of its movement away "
                                           f"from the published end (tolerance {policy.replay_tolerance:g})")
+
+
+def _dp_step(ctx: RoundContext, c: Submission, items: Mapping[str, bytes] | None, ref: tx.SnapshotRef,
+             segment: int, bounds: tuple[int, int]):
+    """The DP step segment ``segment`` replays with: the job's clipping and noise, drawn
+    from the seeds the worker handed this verifier, checked against the manifest's
+    commitment (DP_SEEDS otherwise). None: this verifier holds no key to them."""
+    from node.training import dp as dpmod
+
+    if items is None:
+        return None
+    what = f"the noise seeds of segment {segment}: "
+    _undisclosed(ctx, c, Verdict.DP_SEEDS, what)
+    blob = items.get(dpmod.item_name(segment))
+    if blob is None:
+        raise _Reject(Verdict.DP_SEEDS, f"{what}not handed to this verifier")
+    try:
+        seeds = dpmod.open_seed_item(blob, ref.digest, bounds)
+    except dpmod.SeedError as e:
+        raise _Reject(Verdict.DP_SEEDS, f"segment {segment}: {e}") from None
+    return dpmod.DPStep.of(ctx.config.dp, seeds.__getitem__)
 
 
 def _undisclosed(ctx: RoundContext, c: Submission, verdict: Verdict, what: str) -> None:
