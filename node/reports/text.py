@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from ledger.history import epsilon_text
 from ledger.tables import text_table
 from ledger.verdicts import describe
 
@@ -168,6 +169,10 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
     )
     lines.append(f"config  {report.config_digest or '-'}")
     lines.append(f"genesis {report.genesis_digest or '-'}")
+    spent = [(w.address, w.epsilon) for w in report.contributors if getattr(w, "epsilon", None) is not None]
+    if report.dp_delta is not None and spent:
+        lines.append(f"epsilon spent (DP-SGD, delta {report.dp_delta:g}, each worker's own data): "
+                     + ", ".join(f"{short_hex(a)} {epsilon_text(e)}" for a, e in spent))
     lines.append("")
 
     rounds = sorted_rounds(report)

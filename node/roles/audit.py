@@ -35,6 +35,7 @@ from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnrea
 from ledger.history import load_history, worker_table
 from ledger.verdicts import Verdict, describe
 
+from node.training import dp as dpmod
 from node.training import train as trainmod
 from node.training import transcript as tx
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
@@ -45,7 +46,7 @@ from node.context import JobContext, Located
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
 REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
-                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED)
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED, Verdict.DP_SEEDS)
 # Verdicts for something the worker had to reveal after the draw and did not, in time.
 UNREVEALED = (Verdict.WINDOWS_UNREVEALED, Verdict.TRANSCRIPT_UNREVEALED)
 PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
@@ -131,6 +132,8 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "invalid", str(e)))
 
     history = load_history(ledger, job_id)
+    history.epsilon_of = dpmod.epsilon_by_rounds(ctx.config)
+    report.dp_delta = ctx.config.dp.delta if ctx.config.dp is not None else None
     report.contributors = worker_table(history)
     mode = {"none": "none", "sample": "policy", "all": "all"}[replay]
     expected_parent = info.genesis_digest

@@ -203,3 +203,18 @@ def epsilon_spent(spec: DPSpec, steps: int) -> float:
     with warnings.catch_warnings():      # "optimal order is the largest alpha": a looser bound, still a bound
         warnings.simplefilter("ignore", UserWarning)
         return float(acc.get_epsilon(delta=float(spec.delta)))
+
+
+def epsilon_by_rounds(config) -> Callable[[int], float] | None:
+    """rounds a worker trained -> the epsilon it spent (``ledger.history.JobHistory.epsilon_of``);
+    None for a job without DP."""
+    if config.dp is None:
+        return None
+    spec, steps, memo = config.dp, int(config.train.steps), {}
+
+    def of(rounds: int) -> float:
+        if rounds not in memo:
+            memo[rounds] = epsilon_spent(spec, int(rounds) * steps)
+        return memo[rounds]
+
+    return of
