@@ -276,3 +276,38 @@ def test_dp_replay_on_hugging_face_models_full_and_lora(tmp_path, kind, lora):
     got = {r.index: r for r in rd.verify()}
     assert got[honest].verdict == Verdict.ACCEPTED, got[honest].reason
     assert got[no_clip].verdict == got[half].verdict == Verdict.REPLAY, (got[no_clip].reason, got[half].reason)
+
+
+# ---------------------------------------------------------------- end to end, real roles
+
+
+@pytest.mark.slow
+def test_dp_job_end_to_end_honest_accepted_cheats_rejected_with_replay(deployed):
+    """A DP job through the real worker, adversary, aggregator and audit processes; the
+    drawn seeds reach the verifiers only through ``Worker.secret_items`` and
+    ``RoundContext.unsealed`` (in the clear here, until sealing)."""
+    from support import address, keys, replay_config, wait_for
+
+    env = deployed
+    honest, no_clip, half, agg = keys(4, "dp-e2e")
+    cfg = replay_config(replay_segments=3)            # every segment drawn: detection is certain
+    cfg.dp = DPSpec(epsilon=8.0, delta=1e-5, max_grad_norm=0.05)   # a bound the tiny GPT's windows exceed
+    job = env.create_job([honest, no_clip, half], [agg], quorum=1, rounds=1, config=cfg)
+    procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")]
+    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+              for a, k in (("dp-no-clip", no_clip), ("dp-half-noise", half))]
+    procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
+    wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)
+
+    out = env.run(None, "audit", "--job", str(job), "--replay", "sample", "--json", "--no-progress", timeout=600)
+    report = json.loads(out.stdout)
+    got = {c["worker"].lower(): (c["onchain_verdict"], c["audit_verdict"], c["reason"])
+           for r in report["rounds"] for c in r["contributions"]}
+    assert got[address(honest).lower()][:2] == (Verdict.ACCEPTED, Verdict.ACCEPTED), got
+    for k in (no_clip, half):
+        assert got[address(k).lower()][:2] == (Verdict.REPLAY, Verdict.REPLAY), got
+    assert out.returncode == 0 and report["ok"], report["discrepancies"]
+    spent = {w["address"].lower(): w["epsilon"] for w in report["contributors"] if not w["aggregator"]}
+    assert all(0 < e < 8.0 for e in spent.values()) and len(spent) == 3, spent
+    hist = env.run(None, "history", "--job", str(job))
+    assert hist.returncode == 0 and "epsilon spent" in hist.stdout, hist.stderr[-2000:]
