@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .digest import short, to_hex
 from .tables import text_table
@@ -53,6 +53,9 @@ class JobHistory:
     job: object                           # contract.JobInfo
     events: list
     rounds: list[RoundHistory]
+    # DP jobs: rounds a worker trained on its data -> the epsilon it spent (the job's accountant,
+    # node.training.dp.epsilon_spent; set by whoever read the config: this module imports no torch)
+    epsilon_of: Callable[[int], float] | None = None
 
 
 def load_history(ledger, job_id: int) -> JobHistory:
@@ -237,6 +240,7 @@ class WorkerRow:
     slashed: int = 0                  # Slashed
     returned: int = 0                 # StakeReturned, and the refund of WorkerLeft
     left: bool = False                # left an open job (WorkerLeft)
+    epsilon: float | None = None      # DP jobs: the epsilon its submitted rounds spent of its data's privacy
 
     @property
     def role(self) -> str:
@@ -258,7 +262,7 @@ class WorkerRow:
             "rejected": [{"round": r, "verdict": v, "label": describe(v)} for r, v in self.rejected],
             "rejections": self.rejections, "samples": self.samples, "credit": self.credit,
             "staked": self.staked, "paid": self.paid, "slashed": self.slashed, "returned": self.returned,
-            "left": self.left,
+            "left": self.left, "epsilon_spent": self.epsilon,
         }
 
 
@@ -338,7 +342,13 @@ def worker_table(h: JobHistory) -> list[WorkerRow]:
         if quorum:
             settlement = getattr(quorum[0], "settlement", None)
             credits[rh.round] = tuple(settlement.credits) if settlement is not None else ()
-    return contributor_rows(h.job.workers, contributions, credits, h.events)
+    rows = contributor_rows(h.job.workers, contributions, credits, h.events)
+    if h.epsilon_of is not None:
+        for row in rows:
+            if not row.aggregator:
+                # every submitted round counts: its checkpoint is public whatever its verdict
+                row.epsilon = h.epsilon_of(row.submitted)
+    return rows
 
 
 def _percent(bps: int) -> str:
@@ -365,14 +375,20 @@ def render_workers(h: JobHistory) -> list[str]:
     out = ["contributors  (" + "; ".join(terms) + ")"]
     if not rows:
         return out + ["  no workers"]
+    dp = h.epsilon_of is not None
     headers = ["address", "role", "submitted", "accepted", "samples", "credit", "paid ETH", "slashed ETH",
-               "returned ETH", "rejected"]
+               "returned ETH"] + (["epsilon spent"] if dp else []) + ["rejected"]
     body = []
     for r in rows:
         if r.aggregator:
-            body.append([r.address, r.role, "-", "-", "-", "-", eth(r.paid), "-", "-", ""])
+            body.append([r.address, r.role, "-", "-", "-", "-", eth(r.paid), "-", "-"] + (["-"] if dp else []) + [""])
             continue
         body.append([r.address, r.role + (" (left)" if r.left else ""), r.submitted, r.accepted, r.samples,
-                     r.credit, eth(r.paid), eth(r.slashed), eth(r.returned), ", ".join(r.rejections) or "-"])
-    out.extend("  " + line for line in text_table(headers, body, right=set(range(2, 9))))
+                     r.credit, eth(r.paid), eth(r.slashed), eth(r.returned)]
+                    + ([epsilon_text(r.epsilon)] if dp else []) + [", ".join(r.rejections) or "-"])
+    out.extend("  " + line for line in text_table(headers, body, right=set(range(2, 10 if dp else 9))))
     return out
+
+
+def epsilon_text(eps: float | None) -> str:
+    return "-" if eps is None else f"{eps:.3g}"

@@ -264,6 +264,34 @@ class Policy:
         return self.publish_snapshots == "drawn" and int(self.replay_segments) > 0
 
 
+DP_ACCOUNTANTS = ("rdp", "prv")
+
+
+@_spec
+class DPSpec:
+    """Differential privacy: DP-SGD (``node.training.dp``): every window's gradient clipped
+    to ``max_grad_norm`` (L2 over all trainable tensors), Gaussian noise of standard
+    deviation ``noise_multiplier x max_grad_norm`` added to the clipped sum, each step's
+    noise drawn from a seed the worker commits to before the draw.
+
+    The owner gives (epsilon, delta, max_grad_norm); at job creation Opacus's accountant
+    (``accountant``) turns them into ``noise_multiplier`` for ``rounds x train.steps``
+    steps at ``sample_rate`` (batch size / windows of the smallest worker's data), and
+    all of it is committed here: verifiers replay with this noise, never a worker's own."""
+
+    epsilon: _num(0, 1e6, lo_open=True) = 8.0
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = 1e-5
+    max_grad_norm: _num(0, 1e6, lo_open=True) = 1.0
+    noise_multiplier: _num(0, 1e6) = 0.0        # 0 only before job creation computes it
+    sample_rate: _num(0, 1, lo_open=True) = 1.0
+    rounds: _int(1, MAX_UINT32) = 1             # the rounds the accountant was told of
+    accountant: str = "rdp"
+
+    def __post_init__(self):
+        if self.accountant not in DP_ACCOUNTANTS:
+            raise ValueError(f"dp accountant must be one of {DP_ACCOUNTANTS}, got {self.accountant!r}")
+
+
 @_spec
 class ShardSpec:
     index: _int(-1, MAX_WORKERS - 1)      # -1: the validation split
@@ -392,6 +420,8 @@ class JobConfig:
     access: AccessSpec = field(default_factory=AccessSpec)
     cid_version: _int(0, 1) = 0
     format: str = FORMAT
+    # DP-SGD (None: none); left out of the canonical bytes when None, so other jobs hash as before.
+    dp: DPSpec | None = None
 
     def check(self) -> None:
         """What a whole config must satisfy beyond each field's range (ConfigValueError
@@ -413,6 +443,8 @@ class JobConfig:
         if not d["policy"]["committee_size"]:
             for k in OPTIONAL_POLICY_KEYS:
                 del d["policy"][k]
+        if d["dp"] is None:
+            del d["dp"]
         return canonical_json(d)
 
     @property
@@ -423,15 +455,22 @@ class JobConfig:
     def discloses(self) -> bool:
         """Whether workers reveal anything after the draw, and so have a disclosure phase on
         chain: private data (drawn windows), or drawn snapshots of a transcript that has any
-        (more steps than one segment)."""
-        return self.data.private or (self.policy.reveals and int(self.train.steps) > int(self.policy.segment_steps))
+        (more steps than one segment), or a DP job's drawn noise seeds."""
+        return (self.data.private or (self.policy.reveals and int(self.train.steps) > int(self.policy.segment_steps))
+                or self.dp_replays)
+
+    @property
+    def dp_replays(self) -> bool:
+        """A DP job whose verifiers replay drawn segments: the worker hands them those
+        segments' noise seeds after the draw, so the job has a disclosure phase."""
+        return self.dp is not None and int(self.policy.replay_segments) > 0
 
     @property
     def seals(self) -> bool:
         """Whether workers seal what they reveal to their verifiers (``ledger.sealing``): the
-        drawn windows of their own text. Drawn snapshots are model states, not text, and stay
-        public unless the whole job is private."""
-        return self.data.private
+        drawn windows of their own text, a DP job's drawn noise seeds. Drawn snapshots are
+        model states, not text, and stay public unless the whole job is private."""
+        return self.data.private or self.dp_replays
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "JobConfig":

@@ -32,7 +32,9 @@ class Verdict(IntEnum):
                                  # chunks are not the segment's or fail their Merkle proof against the root
     TRANSCRIPT_UNREVEALED = 16   # a drawn segment's snapshot, published only after the draw, was not
                                  # revealed within the reveal window
-    SEALED = 17                  # a disclosed envelope that this verifier, named as its reader, cannot open
+    DP_SEEDS = 17                # DP job: a drawn segment's noise seeds were not handed to its verifier, or
+                                 # are not the ones the manifest commits to
+    SEALED = 18                  # a disclosed envelope that this verifier, named as its reader, cannot open
                                  # (its key slot or body does not decrypt) or that lacks a drawn item
 
     @property

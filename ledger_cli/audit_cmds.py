@@ -47,10 +47,28 @@ def register(sub) -> None:
 def _history(args, settings) -> int:
     from ledger.history import load_history, render_timeline, to_json
 
-    ledger, _, _ = open_party(settings, need_account=False)
+    ledger, store, _ = open_party(settings, need_account=False)
     h = load_history(ledger, args.job)
+    h.epsilon_of = _epsilon_of(store, h.job)
     print(to_json(h) if args.json else render_timeline(h))
     return 0
+
+
+def _epsilon_of(store, job):
+    """A DP job's epsilon per worker (its accountant needs torch: imported only for DP jobs);
+    None when the job trains without DP or its config cannot be read now."""
+    from ledger.errors import LedgerError
+    from ledger.jobconfig import JobConfig
+
+    try:
+        config = JobConfig.from_bytes(store.get(job.config_cid, job.config_digest, max_size=1 << 20))
+    except (LedgerError, ValueError, OSError):
+        return None
+    if config.dp is None:
+        return None
+    from node.training.dp import epsilon_by_rounds
+
+    return epsilon_by_rounds(config)
 
 
 def _audit(args, settings) -> int:

@@ -131,6 +131,16 @@ def register(sub) -> None:
     p.add_argument("--vote-window", type=spec_range("Policy", "vote_window", lo=1), default=None, metavar="S",
                    help="seconds committee votes count after a round can be judged (default 60; at most half the "
                         "proposal window); a contribution still undecided then is judged by every aggregator")
+    p.add_argument("--dp-epsilon", type=spec_range("DPSpec", "epsilon"), default=None, metavar="E",
+                   help="train with DP-SGD to this privacy budget per worker over the whole job (with --dp-delta and "
+                        "--dp-max-grad-norm): Opacus's accountant sets the noise for --rounds x --steps steps, "
+                        "committed in the config")
+    p.add_argument("--dp-delta", type=float_in(0, 1, lo_open=True, hi_open=True), default=None, metavar="D",
+                   help="DP-SGD's delta (default 1e-5; well below 1 / the windows of a worker's data)")
+    p.add_argument("--dp-max-grad-norm", type=spec_range("DPSpec", "max_grad_norm"), default=None, metavar="C",
+                   help="DP-SGD: each window's gradient is clipped to this L2 norm (default 1.0)")
+    p.add_argument("--dp-accountant", choices=["rdp", "prv"], default=None,
+                   help="Opacus accountant that sets the noise and reports the epsilon spent (default rdp)")
     p.add_argument("--cid-version", type=int, choices=[0, 1], default=0, help="0: Kubo's default CIDs; 1: CIDv1 with raw leaves")
     p.add_argument("--reward", type=eth_amount, default=0, metavar="ETH",
                    help="ETH the job pays its contributors, sent with the creation (default 0)")
@@ -294,6 +304,9 @@ def _check_create(args) -> None:
     if args.committee_size and 2 * (args.vote_window or 60) > args.proposal_window:
         raise ConfigError(f"--vote-window {args.vote_window or 60} is more than half the proposal window "
                           f"({args.proposal_window} s): aggregators must still judge and commit after it")
+    dp_given = [f for f in ("dp_delta", "dp_max_grad_norm", "dp_accountant") if getattr(args, f) is not None]
+    if dp_given and args.dp_epsilon is None:
+        raise ConfigError(f"--{dp_given[0].replace('_', '-')} shapes DP-SGD: add --dp-epsilon E to train with it")
     n_embd, n_head = args.n_embd or 128, args.n_head or 4
     if (args.n_embd or args.n_head) and n_embd % n_head:
         raise ConfigError(f"--n-embd {n_embd} is not a multiple of --n-head {n_head}")
@@ -368,6 +381,13 @@ def _create(args, settings) -> int:
     ]:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
+    if args.dp_epsilon is not None:
+        from ledger.jobconfig import DPSpec
+
+        cfg.dp = DPSpec(epsilon=args.dp_epsilon)
+        for attr, key in (("dp_delta", "delta"), ("dp_max_grad_norm", "max_grad_norm"), ("dp_accountant", "accountant")):
+            if getattr(args, attr) is not None:
+                setattr(cfg.dp, key, getattr(args, attr))
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
@@ -378,6 +398,11 @@ def _create(args, settings) -> int:
                                          aggregator_bps=round(args.aggregator_share * 10_000),
                                          max_workers=args.max_workers if args.open else 0))
     print(describe(job))
+    if job.config.dp is not None:
+        d = job.config.dp
+        print(f"  dp-sgd  epsilon {d.epsilon:g} at delta {d.delta:g} per worker, clip {d.max_grad_norm:g}: noise "
+              f"multiplier {d.noise_multiplier:.4g} ({d.accountant} accountant, {d.rounds * job.config.train.steps} "
+              f"steps at sampling rate {d.sample_rate:.3g})")
     if args.reward or args.worker_stake or args.open:
         terms = [f"reward {show_eth(args.reward)}"]
         if args.worker_stake:

@@ -87,7 +87,7 @@ class Env:
 
     def create_job(self, workers: list[str], aggregators: list[str], quorum: int | None = None, rounds: int = 1,
                    round_duration: int = 120, min_submissions: int = 1, config: JobConfig | None = None,
-                   proposal_window: int = 120, economics=None) -> int:
+                   proposal_window: int = 120, economics=None, auditors: list[str] = ()) -> int:
         """A job on chain; ``quorum`` defaults to the smallest strict majority of the aggregators."""
         from node.roles.owner import create_job
 
@@ -95,7 +95,8 @@ class Env:
         job = create_job(self.ledger, self.store, config or tiny_config(),
                          [address(k) for k in workers], [address(k) for k in aggregators],
                          quorum or len(aggregators) // 2 + 1, rounds, round_duration, min_submissions,
-                         proposal_window=proposal_window, economics=economics, keys=public_keys(*workers, *aggregators))
+                         proposal_window=proposal_window, economics=economics,
+                         keys=public_keys(*workers, *aggregators, *auditors), auditors=[address(k) for k in auditors])
         return job.job_id
 
     def commit_as(self, key: str, job: int, r: int, verdicts, merged: bytes, cid: bytes, size: int,

@@ -126,6 +126,8 @@ class AuditReport:
     not_rerun: list[Discrepancy] = field(default_factory=list)
     # ``ledger.history.worker_table`` of the job: who contributed what, its credit and payments
     contributors: list = field(default_factory=list)
+    # DP jobs: the delta of every contributor's ``epsilon`` (None: the job trains without DP)
+    dp_delta: float | None = None
 
     @property
     def provable(self) -> bool:

@@ -27,7 +27,7 @@ from functools import lru_cache
 
 from markupsafe import Markup
 
-from ledger.history import WorkerRow, contributor_rows, eth
+from ledger.history import WorkerRow, contributor_rows, epsilon_text, eth
 from ledger.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
@@ -93,6 +93,7 @@ def _environment():
     env.filters["describe"] = describe
     env.filters["human_bytes"] = human_bytes
     env.filters["eth"] = lambda wei: eth(wei) + " ETH"
+    env.filters["epsilon"] = epsilon_text
     return env
 
 
@@ -156,6 +157,9 @@ def render_html(report: AuditReport, contributors: list[WorkerRow] | None = None
         "rounds": [_round_view(report, r, flags) for r in rounds],
         "contributors": list(contributors) if paid else report_contributors(report),
         "contributors_paid": paid,
+        # DP jobs: the epsilon each worker spent (ledger.history.worker_table, the job's accountant)
+        "dp": report.dp_delta is not None and paid,
+        "dp_delta": report.dp_delta,
         # built by matplotlib from escaped hooks and titles (ElementTree escapes them)
         "lineage_svg": Markup(lineage_svg(report)),
         "loss_svg": Markup(loss_svg(report)),

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 
+from ledger.history import epsilon_text
 from ledger.tables import text_table
 from ledger.verdicts import describe
 
@@ -168,6 +169,10 @@ def render_text(report: AuditReport, *, color: bool | None = None) -> str:
     )
     lines.append(f"config  {report.config_digest or '-'}")
     lines.append(f"genesis {report.genesis_digest or '-'}")
+    spent = [(w.address, w.epsilon) for w in report.contributors if getattr(w, "epsilon", None) is not None]
+    if report.dp_delta is not None and spent:
+        lines.append(f"epsilon spent (DP-SGD, delta {report.dp_delta:g}, each worker's own data): "
+                     + ", ".join(f"{short_hex(a)} {epsilon_text(e)}" for a, e in spent))
     lines.append("")
 
     rounds = sorted_rounds(report)
@@ -259,8 +264,9 @@ def not_rerun_line(report: AuditReport) -> str:
                 f"public was checked (digests, lineage, commitments, votes, payments, stored objects)")
     where = ", ".join(f"round {d.round} {d.party[:10]}" for d in sorted(report.not_rerun, key=lambda d: d.round)[:8])
     more = f" and {len(report.not_rerun) - 8} more" if len(report.not_rerun) > 8 else ""
-    return (f"NOT RERUN: the replays of {plural(len(report.not_rerun), 'contribution')} ({where}{more}): their drawn "
-            f"windows are sealed to their verifiers and named auditors, and this auditor holds no key; "
+    return (f"NOT RERUN: the replays of {plural(len(report.not_rerun), 'contribution')} ({where}{more}): what their "
+            f"workers revealed (drawn windows, noise seeds) is sealed to their verifiers and named auditors, and "
+            f"this auditor holds no key; "
             f"everything public was checked")
 
 

@@ -37,6 +37,10 @@ Private data (jobs created with --data-root; node.training.privdata):
                readers (the first aggregator in address order) is garbage: that reader says -> sealed,
                the others accept; the committee's (or the quorum's) majority decides
 
+DP jobs (created with --dp-epsilon; node.training.dp), honest seeds committed and revealed:
+  dp-no-clip   trains without clipping the per-window gradients   -> replay
+  dp-half-noise  trains with half the committed noise            -> replay
+
 After the draw (any job that reveals: drawn snapshots by default, private windows):
   withhold     honest, but never reveals what the draw asks: its drawn snapshots
                (-> transcript-unrevealed) and, for private data, windows (-> windows-unrevealed)
@@ -68,8 +72,9 @@ log = logging.getLogger("ledger.adversary")
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
 PRIVATE_ATTACKS = ("other-data", "bad-proof", "garble-one")
 REVEAL_ATTACKS = ("withhold", "silent")
+DP_ATTACKS = ("dp-no-clip", "dp-half-noise")
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
-           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS
+           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -110,15 +115,20 @@ class Adversary(Worker):
             raise ValueError(f"unknown attack {attack!r}; one of {ATTACKS}")
         self.attack = attack
 
-    def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
+    def training(self, r: int, params, shard: bytes, seed: int, progress, dp=None) -> trainmod.TrainResult:
         """The transcript attacks: a round that was not trained as declared, published
         through the honest worker's own publishing and submission code."""
+        if self.attack in DP_ATTACKS and dp is not None:
+            # the committed seeds, the wrong mechanism
+            dp = (replace(dp, clip_norm=None) if self.attack == "dp-no-clip"
+                  else replace(dp, noise_std=dp.noise_std / 2))
+            log.info("round %d: attack %s trains", r, self.attack)
         if self.attack == "other-data":
             w = self.ctx.config.model.token_bytes   # other text, same length: the same windows' offsets, other tokens
             shard = b"".join(shard[i:i + w] for i in range(len(shard) - w, -1, -w))
             log.info("round %d: attack other-data trains on text it did not commit to", r)
         if self.attack not in TRANSCRIPT_ATTACKS:
-            return super().training(r, params, shard, seed, progress)
+            return super().training(r, params, shard, seed, progress, dp=dp)
         ctx, cfg, a = self.ctx, self.ctx.config, self.attack
         k = cfg.policy.segment_steps
         if a == "other-shard":
@@ -126,11 +136,11 @@ class Adversary(Worker):
         if a == "lazy":
             # half the steps of every segment, snapshots labelled as if each were whole
             res = trainmod.train_local(ctx.model, replace(cfg.train, steps=max(1, cfg.train.steps // 2)), params,
-                                       shard, seed, segment_steps=max(1, k // 2))
+                                       shard, seed, segment_steps=max(1, k // 2), dp=dp)
             res.snapshots = [replace(s, step=s.step * 2) for s in res.snapshots]
             res.metrics["steps"], res.metrics["samples"] = cfg.train.steps, trainmod.num_samples(cfg.train)
             return res
-        res = super().training(r, params, shard, seed, progress)
+        res = super().training(r, params, shard, seed, progress, dp=dp)
         if a == "free-rider":
             rng = np.random.default_rng(r)
             res.params = {n: (v + 1e-3 * rng.standard_normal(v.shape)).astype(np.float32) for n, v in params.items()}
@@ -195,7 +205,7 @@ class Adversary(Worker):
 
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx
-        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS:
+        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS:
             return super().work_round(r, parent)
         if self.attack == "copy":
             return self._copy(r, parent)

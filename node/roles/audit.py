@@ -35,6 +35,7 @@ from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnrea
 from ledger.history import load_history, worker_table
 from ledger.verdicts import Verdict, describe
 
+from node.training import dp as dpmod
 from node.training import train as trainmod
 from node.training import transcript as tx
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
@@ -45,7 +46,8 @@ from node.context import JobContext, Located
 REPLAY_MODES = ("none", "sample", "all")
 # Verdicts only the replay stage gives: an audit without replay cannot re-check them.
 REPLAY_VERDICTS = (Verdict.REPLAY, Verdict.TRANSCRIPT, Verdict.TRANSCRIPT_UNAVAILABLE,
-                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED, Verdict.SEALED)
+                   Verdict.WINDOWS_UNREVEALED, Verdict.WINDOWS_PROOF, Verdict.TRANSCRIPT_UNREVEALED, Verdict.DP_SEEDS,
+                   Verdict.SEALED)
 # Verdicts for something the worker had to reveal after the draw and did not, in time.
 UNREVEALED = (Verdict.WINDOWS_UNREVEALED, Verdict.TRANSCRIPT_UNREVEALED)
 PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
@@ -133,6 +135,8 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         found.append(Discrepancy(0, "", "genesis", _hex(info.genesis_digest), "invalid", str(e)))
 
     history = load_history(ledger, job_id)
+    history.epsilon_of = dpmod.epsilon_by_rounds(ctx.config)
+    report.dp_delta = ctx.config.dp.delta if ctx.config.dp is not None else None
     report.contributors = worker_table(history)
     mode = {"none": "none", "sample": "policy", "all": "all"}[replay]
     expected_parent = info.genesis_digest
@@ -298,9 +302,10 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
             replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
         )
         ra.contributions.append(ca)
-        if m.get("not_rerun"):
-            report.not_rerun.append(Discrepancy(r, c.worker, "replay", "drawn segments replayed", "not rerun",
-                                                "; ".join(m["not_rerun"])))
+        if m.get("replay_not_rerun"):
+            report.not_rerun.append(Discrepancy(
+                r, c.worker, "replay", f"drawn segment(s) {', '.join(map(str, m['replay_not_rerun']))} replayed",
+                "not rerun", m.get("not_rerun_reason", "")))
         if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
             report.bytes_verified += c.size
         if onchain is None:
@@ -335,7 +340,7 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
                     f"its rejection ({describe(chain_v)}) cannot be re-checked; the merge does not use it"))
             continue
         if chain_v != rep.verdict:
-            if chain_v in REPLAY_VERDICTS and (mode == "none" or (m.get("not_rerun") and rep.verdict == Verdict.ACCEPTED)):
+            if chain_v in REPLAY_VERDICTS and (mode == "none" or (m.get("replay_not_rerun") and rep.verdict == Verdict.ACCEPTED)):
                 continue  # not re-checked: replay disabled for this audit, or sealed to others
             if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
                 # the quorum let through training that does not replay (a segment it did not draw,

@@ -101,16 +101,39 @@ def private_config(config: JobConfig, workers: list[str], data_roots, validation
     return config
 
 
-def _check_shards(config: JobConfig, lm) -> None:
-    """Every shard of the corpus must hold more than a window of the job's tokens."""
+def _check_shards(config: JobConfig, lm) -> list[int]:
+    """Every shard of the corpus must hold more than a window of the job's tokens; their token counts."""
     split = datamod.make_split(datamod.load_corpus(expected_sha256=config.data.corpus_sha256), len(config.data.shards),
                                mode=config.data.split, val_fraction=config.data.val_fraction,
                                sizes=[s.num_bytes for s in config.data.shards] if config.data.split == "iid" else None)
+    counts = []
     for i, text in enumerate(split.shards):
         n = _tokens(lm, text)
         if n <= config.model.block_size + 1:
             raise LedgerError(f"shard {i} is {n} tokens long, too short for windows of {config.model.block_size + 1} "
                               f"tokens: fewer workers or a shorter --block-size")
+        counts.append(n)
+    return counts
+
+
+def _commit_dp(config: JobConfig, rounds: int, lm) -> None:
+    """Opacus's noise multiplier for the job's steps and sampling rate (the smallest
+    worker's data: the most noise any worker needs), committed in ``config.dp``."""
+    from node.training import dp as dpmod
+
+    d = config.data
+    if d.private:
+        tokens = [int(r.num_bytes) // config.model.token_bytes for r in d.roots]
+    elif config.model.token_bytes == 1:
+        tokens = [int(s.num_bytes) for s in d.shards]
+    else:
+        tokens = _check_shards(config, lm)
+    try:
+        dpmod.commit(config.dp, rounds=rounds, steps=config.train.steps, batch_size=config.train.batch_size,
+                     tokens=tokens, block_size=config.model.block_size)
+    except ValueError as e:
+        raise LedgerError(f"--dp-epsilon {config.dp.epsilon:g}: {e}; allow a larger epsilon, fewer rounds or steps, "
+                          f"or more data per worker") from None
 
 
 def attach_model(config: JobConfig, store, choice: ModelChoice | None):
@@ -251,6 +274,8 @@ def create_job(
             _check_shards(config, lm)
         if validation is not None:
             _own_validation(config, validation, store, lm)
+    if config.dp is not None:
+        _commit_dp(config, rounds, lm)
     set_access(config, workers, aggregators, keys or {}, auditors or [])
     genesis = checkpoint.encode(params, genesis_meta(config))
     policy = config.policy

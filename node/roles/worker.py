@@ -39,6 +39,7 @@ from ledger.errors import ContractReverted, LedgerError
 from ledger.history import eth
 from ledger.procs import hold_lock
 
+from node.training import dp as dpmod
 from node.training import privdata
 from node.training import train as trainmod
 from node.training import transcript as tx
@@ -70,6 +71,7 @@ class Worker:
         self.private = ctx.config.data.private
         # what is stored only once the draw is known: drawn snapshots, drawn window bundles
         self.reveals = ctx.config.discloses
+        self._dp_secret: bytes | None = None     # the DP noise secret of the round being trained
         self.data = self._checked_data(data)
 
     def _checked_data(self, data: bytes | None) -> bytes | None:
@@ -192,6 +194,9 @@ class Worker:
                      "snapshots": {str(step): to_hex(sha256_bytes(blob)) for step, blob in snaps}}
             if bundles:
                 state["windows"] = {str(seg): to_hex(sha256_bytes(blob)) for seg, blob in bundles}
+            if self._dp_secret is not None:
+                # the round's DP noise secret: only here (never logged), for secret_items after the draw
+                state["dp_secret"] = self._dp_secret.hex()
             atomic.write_json(state_file, state)
             crash_point("worker:after-train")
         if state["status"] == "trained":
@@ -227,8 +232,15 @@ class Worker:
             bar.set_postfix(loss=f"{loss:.3f}")
             crash_point(f"worker:train-step-{step}")
 
+        dp, seed_items, self._dp_secret = None, [], None
+        if cfg.dp is not None:
+            # a fresh secret per training run: the noise seeds are committed below, before anything is public
+            self._dp_secret = dpmod.new_secret()
+            dp = dpmod.DPStep.for_worker(cfg.dp, self._dp_secret, ctx.job_id, r, self.address)
+            seed_items = dpmod.seed_items(self._dp_secret, ctx.job_id, r, self.address,
+                                          tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps))
         try:
-            result = self.training(r, params, shard, seed, progress)
+            result = self.training(r, params, shard, seed, progress, dp=dp)
         finally:
             bar.close()
         m = result.metrics
@@ -237,7 +249,8 @@ class Worker:
         snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step), params))
                  for s in result.snapshots]
         bundles = self.window_bundles(r, parent, seed) if self.private else []
-        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles)
+        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles,
+                                     dp_seeds=seed_items)
         meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
         return checkpoint.encode(result.params, meta), int(m["samples"]), snaps, bundles
 
@@ -247,12 +260,25 @@ class Worker:
         return privdata.all_bundles(ctx.config, self.data, seed,
                                     lambda i: privdata.bundle_meta(ctx.job_id, r, self.address, parent, i))
 
-    def training(self, r: int, params, shard: bytes, seed: int, progress) -> trainmod.TrainResult:
-        """The round's training and its transcript (a Byzantine worker overrides this)."""
+    def training(self, r: int, params, shard: bytes, seed: int, progress, dp=None) -> trainmod.TrainResult:
+        """The round's training and its transcript (a Byzantine worker overrides this);
+        ``dp``: a DP job's step (``node.training.dp.DPStep``)."""
         cfg = self.ctx.config
         return trainmod.train_local(self.ctx.model, cfg.train, params, shard, seed, progress=progress,
                                     segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
-                                    device=self.opt.device)
+                                    device=self.opt.device, dp=dp)
+
+    def secret_items(self, r: int, state: dict, drawn_segments) -> dict[str, bytes]:
+        """What only the drawn segments' verifiers may read, by name: for a DP job, each
+        drawn segment's noise seeds (``dp-seeds-<segment>``: canonical JSON of {step: seed
+        hex}, the item the manifest committed to). Empty for other jobs."""
+        secret = state.get("dp_secret")
+        if not secret or self.ctx.config.dp is None:
+            return {}
+        cfg = self.ctx.config
+        bounds = tx.segment_bounds(cfg.train.steps, cfg.policy.segment_steps)
+        items = dict(dpmod.seed_items(bytes.fromhex(secret), self.ctx.job_id, r, self.address, bounds))
+        return {dpmod.item_name(seg): items[seg] for seg in drawn_segments}
 
     def _snap_file(self, r: int, step: int) -> Path:
         return self.dir / f"round-{r}.step-{step}.snapshot"
@@ -396,7 +422,8 @@ class Worker:
         for f in sorted(self.dir.glob("round-*.json")):
             m = re.match(r"round-(\d+)\.json$", f.name)
             state = atomic.read_json(f, {}) or {}
-            due = state.get("windows") or (self.ctx.config.policy.reveals and state.get("snapshots"))
+            due = (state.get("windows") or (self.ctx.config.policy.reveals and state.get("snapshots"))
+                   or (self.ctx.config.dp_replays and state.get("dp_secret")))
             # "published" too: a kill between the submission and the state write leaves it so
             if m and due and state.get("status") in ("published", "submitted") and "revealed" not in state:
                 out.append((int(m.group(1)), state))
@@ -468,11 +495,6 @@ class Worker:
         log.info("round %d: revealed the %s of drawn segment(s) %s (%d of %d); the rest stay on this machine",
                  r, kinds, ",".join(map(str, drawn)), len(drawn), n)
 
-    def secret_items(self, r: int, state: dict, drawn: list[int]) -> dict[str, bytes]:
-        """What else the drawn segments' verifiers need and nobody else may see (sealed
-        with the windows); none for plain training."""
-        return {}
-
     def _seal(self, r: int, state: dict, subs, seed: bytes, drawn: list[int]):
         """The drawn window bundles (and secret items), sealed to the verifiers the draw
         named and the job's auditors, stored: the StoredObject, or None when the bundles
@@ -481,7 +503,7 @@ class Worker:
 
         ctx, cfg = self.ctx, self.ctx.config
         items = {}
-        for seg in drawn:
+        for seg in drawn if state.get("windows") else ():
             f, want = self._bundle_file(r, seg), state["windows"].get(str(seg))
             blob = f.read_bytes() if f.exists() else None
             if blob is None or to_hex(sha256_bytes(blob)) != want:

@@ -31,6 +31,7 @@ from ledger.errors import LedgerError
 from ledger.jobconfig import num_samples
 
 from node.training.data import as_tensor, windows
+from node.training.dp import DPStep, private_grads
 from node.models.base import LanguageModel
 from node.models.params import to_numpy
 from node.training.transcript import TrainState, compact, inner_boundaries
@@ -182,7 +183,8 @@ def _np(t, like) -> np.ndarray:
 def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, seed: int, end: int, *,
                 snapshot_at: tuple[int, ...] = (), origin: dict[str, np.ndarray] | None = None,
                 threads: int | None = None, device: str | None = None,
-                progress: Callable[[int, int, float], None] | None = None) -> tuple[TrainState, list[TrainState], dict]:
+                progress: Callable[[int, int, float], None] | None = None,
+                dp: DPStep | None = None) -> tuple[TrainState, list[TrainState], dict]:
     """Steps ``start.step`` .. ``end - 1`` of a round of ``train_spec.steps`` from ``start``:
     the one training loop, for whole rounds (workers) and drawn segments (verifiers).
     Returns (end state, the states at the steps in ``snapshot_at``, metrics).
@@ -207,13 +209,16 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
             for g in run.opt.param_groups:
                 g["lr"] = lr_at(step, total, train_spec.learning_rate)
             x, y = windows(data, step_offsets(seed, step, len(data), block, train_spec.batch_size), block)
-            loss = lm.loss(run.model, x.to(dev), y.to(dev))
             run.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if train_spec.grad_clip and train_spec.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for _, p in run.named], train_spec.grad_clip)
+            if dp is not None:
+                lv = private_grads(lm, run.model, run.named, x.to(dev), y.to(dev), dp, step)
+            else:
+                loss = lm.loss(run.model, x.to(dev), y.to(dev))
+                loss.backward()
+                if train_spec.grad_clip and train_spec.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in run.named], train_spec.grad_clip)
+                lv = loss.item()
             run.opt.step()
-            lv = loss.item()
             if step == start.step:
                 loss_start = lv
             loss_end = lv
@@ -231,18 +236,18 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
 
 def train_local(lm: LanguageModel, train_spec, params: dict[str, np.ndarray], shard: bytes, seed: int,
                 progress: Callable[[int, int, float], None] | None = None, *, segment_steps: int | None = None,
-                threads: int | None = None, device: str | None = None) -> TrainResult:
+                threads: int | None = None, device: str | None = None, dp: DPStep | None = None) -> TrainResult:
     """A worker's round: ``train_spec.steps`` AdamW steps on windows of ``shard`` from
     ``params`` with a fresh optimizer, snapshotting the whole state every
     ``segment_steps`` steps (the transcript; None = no snapshots). ``progress(step,
     total, loss)`` is called after every step. loss_start / loss_end are the training
-    losses of the first and the last batch."""
+    losses of the first and the last batch. ``dp``: a DP-SGD job's step (``train_steps``)."""
     steps = int(train_spec.steps)
     if steps < 1:
         raise ValueError(f"train steps must be >= 1, got {steps}")
     at = tuple(inner_boundaries(steps, segment_steps)) if segment_steps else ()
     end, snaps, m = train_steps(lm, train_spec, TrainState.fresh(params), shard, seed, steps,
-                                snapshot_at=at, threads=threads, device=device, progress=progress)
+                                snapshot_at=at, threads=threads, device=device, progress=progress, dp=dp)
     m["steps"], m["samples"] = steps, num_samples(train_spec)
     return TrainResult(params=end.params, metrics=m, snapshots=snaps)
 

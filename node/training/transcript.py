@@ -126,13 +126,17 @@ class Manifest:
     # Private-data jobs: one window bundle per segment (node.training.privdata), ``step`` holding
     # the segment's index. Committed at training time, stored only when drawn.
     windows: tuple[SnapshotRef, ...] = ()
+    # DP jobs: one noise-seed item per segment (node.training.dp.seed_items), ``step`` holding the
+    # segment's index. Committed at training time, handed only to the drawn segments' verifiers.
+    dp_seeds: tuple[SnapshotRef, ...] = ()
 
     def to_json(self) -> str:
         d = {"segment_steps": self.segment_steps, "snapshots": [_ref_json(s) for s in self.snapshots]}
-        if self.windows:
-            d["windows"] = [{**_ref_json(w), "segment": w.step} for w in self.windows]
-            for w in d["windows"]:
-                del w["step"]
+        for key, refs in (("windows", self.windows), ("dp_seeds", self.dp_seeds)):
+            if refs:
+                d[key] = [{**_ref_json(w), "segment": w.step} for w in refs]
+                for w in d[key]:
+                    del w["step"]
         return canonical_json(d).decode()
 
 
@@ -141,10 +145,10 @@ def _ref_json(s: SnapshotRef) -> dict:
 
 
 def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], import_options,
-                   windows: list[tuple[int, bytes]] = ()) -> Manifest:
-    """The manifest of encoded snapshots (step, bytes) and window bundles (segment,
-    bytes): each one's digest, size and the CID a store with ``import_options`` gives
-    it, computed here without storing it."""
+                   windows: list[tuple[int, bytes]] = (), dp_seeds: list[tuple[int, bytes]] = ()) -> Manifest:
+    """The manifest of encoded snapshots (step, bytes), window bundles and DP noise-seed
+    items (segment, bytes): each one's digest, size and the CID a store with
+    ``import_options`` gives it, computed here without storing it."""
     from ledger.cid import cid_of_bytes
     from ledger.digest import sha256_bytes
 
@@ -152,7 +156,7 @@ def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], impor
         return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
                      for k, blob in items)
 
-    return Manifest(int(segment_steps), refs(snapshots), refs(windows))
+    return Manifest(int(segment_steps), refs(snapshots), refs(windows), refs(dp_seeds))
 
 
 def segment_bounds(steps: int, segment_steps: int) -> list[tuple[int, int]]:
@@ -182,9 +186,10 @@ def inner_boundaries(steps: int, segment_steps: int) -> list[int]:
 
 
 def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, max_size: int,
-                  private: bool = False) -> Manifest:
+                  private: bool = False, dp: bool | None = None) -> Manifest:
     """Parse and check a checkpoint's manifest against the job's schedule (and, for a
-    private-data job, its window bundles: one per segment, in order)."""
+    private-data job, its window bundles; for a DP job, its noise-seed items: one per
+    segment, in order; ``dp`` None: not checked, for callers that only look up snapshots)."""
     raw = meta.get(MANIFEST_KEY)
     if raw is None:
         raise TranscriptError("the checkpoint commits to no training transcript")
@@ -199,6 +204,10 @@ def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, ma
         if not isinstance(wins, list) or not all(isinstance(w, dict) for w in wins):
             raise TypeError("windows must be a list of entries")
         windows = tuple(_ref({**w, "step": w.get("segment")}, max_size) for w in wins)
+        seeds = d.get("dp_seeds", [])
+        if not isinstance(seeds, list) or not all(isinstance(w, dict) for w in seeds):
+            raise TypeError("dp_seeds must be a list of entries")
+        dp_seeds = tuple(_ref({**w, "step": w.get("segment")}, max_size) for w in seeds)
     except (ValueError, KeyError, TypeError) as e:
         raise TranscriptError(f"the transcript manifest is malformed ({e})") from None
     if k != int(segment_steps):
@@ -213,7 +222,12 @@ def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, ma
                               f"a private-data job needs one for each of its {n} segments")
     if not private and windows:
         raise TranscriptError("the transcript commits to window bundles, but the job trains on public shards")
-    return Manifest(k, snaps, windows)
+    if dp and [w.step for w in dp_seeds] != list(range(n)):
+        raise TranscriptError(f"the transcript commits to noise seeds of segments {[w.step for w in dp_seeds]}, "
+                              f"a DP job needs them for each of its {n} segments")
+    if dp is False and dp_seeds:
+        raise TranscriptError("the transcript commits to noise seeds, but the job trains without DP")
+    return Manifest(k, snaps, windows, dp_seeds)
 
 
 def _ref(s, max_size: int) -> SnapshotRef:

@@ -258,6 +258,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     if [s.index for s in contributions] != list(range(len(contributions))):
         raise ValueError(f"round {r}: submissions must be the round's, in submission order")
     shard_index = {w.lower(): i for i, w in enumerate(ctx.info.workers)}
+    seed = replay_seed(ctx.ledger, ctx.job_id, r, submissions)
     rctx = verifymod.RoundContext(
         config=cfg,
         job_id=ctx.job_id,
@@ -269,7 +270,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         shard_of=lambda worker: ctx.shard(shard_index[worker.lower()]),
         data_root_of=(lambda worker: ctx.data_root(shard_index[worker.lower()])) if cfg.data.private else None,
         fetch_object=lambda cid, digest: ctx.store.get(cid, digest, max_size=tx.snapshot_cap(cfg.policy)),
-        replay_seed=(seed := replay_seed(ctx.ledger, ctx.job_id, r, submissions)),
+        replay_seed=seed,
         unsealed=unsealer(ctx, r, contributions, seed, reader or ctx.ledger.chain.account) if cfg.seals else None,
         disclosed=disclosed_workers(ctx, r),
         replay_mode=replay,

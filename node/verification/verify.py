@@ -26,8 +26,12 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
     a verifier that may not read it does not rerun the segment)
     ... matching its committed digest, revealing exactly the
     segment's chunks, each proven against the worker's root       WINDOWS_PROOF
+  DP: each drawn segment's noise seeds handed to this verifier
+    (``unsealed``) and matching the manifest's commitment          DP_SEEDS
+    (a verifier holding no key to them: the segment is not rerun)
   each drawn segment replayed from its start lands within
-    replay_tolerance of its published end                         REPLAY
+    replay_tolerance of its published end (DP: with the job's
+    clipping and the worker's committed noise)                     REPLAY
     -- last --
   tensors identical to an earlier *accepted* contribution         DUPLICATE
 
@@ -114,19 +118,21 @@ class Unsealed:
     status: str
     reason: str
 
-    def item(self, name: str, what: str) -> bytes:
-        """The item, or the verdict (or not-rerun) its absence is."""
+    def item(self, name: str, what: str, *, missing: Verdict = Verdict.SEALED,
+             unrevealed: Verdict = Verdict.WINDOWS_UNREVEALED) -> bytes:
+        """The item, or the verdict (or not-rerun) its absence is: ``unrevealed`` when the
+        worker disclosed no sealed reveal, ``missing`` when its reveal lacks the item."""
         if self.status in ("no-key", "not-a-reader"):
             raise NotRerun(f"{what}sealed to its verifiers: {self.reason}")
         if self.status == "unrevealed":
-            raise _Reject(Verdict.WINDOWS_UNREVEALED, f"{what}not revealed: {self.reason}")
+            raise _Reject(unrevealed, f"{what}not revealed: {self.reason}")
         if self.status == "unavailable":
             raise _Reject(Verdict.TRANSCRIPT_UNAVAILABLE, f"{what}{self.reason}")
         if self.status != "open":
             raise _Reject(Verdict.SEALED, f"{what}{self.reason}")
         if name not in self.items:
-            raise _Reject(Verdict.SEALED, f"{what}the sealed reveal holds no {name!r} (it holds "
-                                          f"{', '.join(sorted(self.items)) or 'nothing'})")
+            raise _Reject(missing, f"{what}the sealed reveal holds no {name!r} (it holds "
+                                   f"{', '.join(sorted(self.items)) or 'nothing'})")
         return self.items[name]
 
 
@@ -224,11 +230,12 @@ class RoundContext:
     def segments_to_replay(self, worker: str, n_segments: int) -> list[int]:
         """The segments of this worker's transcript that are replayed: every one in
         "all" mode, else the policy's count drawn by ``node.training.transcript.draw_segments``;
-        for private data always the drawn ones (no other segment's windows are revealed)."""
+        for private data and DP always the drawn ones (no other segment's windows or seeds are revealed)."""
         if not self.replaying():
             return []
         count = int(self.policy.replay_segments)
-        if self.replay_mode == "all" and self.data_root_of is None and not self.policy.reveals:
+        # (a DP job's undrawn segments have no seeds handed to anyone: drawn ones only)
+        if self.replay_mode == "all" and self.data_root_of is None and not self.policy.reveals and self.config.dp is None:
             count = n_segments
         return tx.draw_segments(self.replay_seed, self.job_id, self.round, worker, n_segments, count)
 
@@ -634,9 +641,12 @@ def _accepted_reason(metrics: Mapping[str, Any]) -> str:
     parts = [f"update norm {metrics['update_norm']:.4g}"] if "update_norm" in metrics else []
     if "val_loss" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} (parent {metrics['parent_val_loss']:.4f})")
-    if metrics.get("replay_segments"):
-        parts.append(f"segments {','.join(map(str, metrics['replay_segments']))} replayed within "
-                     f"{metrics['replay_distance']:.2g}")
+    skipped = metrics.get("replay_not_rerun") or []
+    rerun = [i for i in metrics.get("replay_segments") or [] if i not in skipped]
+    if rerun:
+        parts.append(f"segments {','.join(map(str, rerun))} replayed within {metrics['replay_distance']:.2g}")
+    if skipped:
+        parts.append(f"segments {','.join(map(str, skipped))} not rerun (sealed to its verifiers; no key here)")
     if "committee_credit" in metrics:
         parts.append(f"decided by its verification committee, credit {metrics['committee_credit']}")
     return "accepted: " + ", ".join(parts) if parts else "accepted"
@@ -652,7 +662,7 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
     private = ctx.data_root_of is not None
     try:
         manifest = tx.read_manifest(meta, steps=cfg.train.steps, segment_steps=policy.segment_steps, max_size=cap,
-                                    private=private)
+                                    private=private, dp=cfg.dp is not None)
     except tx.TranscriptError as e:
         raise _Reject(Verdict.TRANSCRIPT, str(e)) from None
     bounds = tx.segment_bounds(cfg.train.steps, policy.segment_steps)
@@ -677,15 +687,19 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
 
     worst = 0.0
     for i in chosen:
-        if private:    # the revealed windows first: no snapshot is fetched for a segment without them
-            try:
+        # what only the drawn verifiers read first (noise seeds, windows): without it nothing
+        # else is fetched, and a verifier that may not read it does not rerun the segment
+        try:
+            dp = _dp_step(ctx, c, manifest.dp_seeds[i], i, bounds[i]) if cfg.dp is not None else None
+            if private:
                 shard = _revealed_windows(ctx, c, manifest.windows[i], i, seed, bounds[i])
-            except NotRerun as e:
-                report.metrics.setdefault("not_rerun", []).append(f"segment {i}: {e}")
-                continue
+        except NotRerun as e:
+            report.metrics.setdefault("replay_not_rerun", []).append(i)
+            report.metrics["not_rerun_reason"] = str(e)
+            continue
         start, end = state_at(i), state_at(i + 1)
         replayed, _, _ = train.train_steps(ctx.lm, cfg.train, start, shard, seed, end.step,
-                                           threads=ctx.replay_threads, device=ctx.replay_device)
+                                           threads=ctx.replay_threads, device=ctx.replay_device, dp=dp)
         d = tx.replay_distance(start, end, replayed)
         worst = max(worst, d)
         report.metrics["replay_distance"] = worst
@@ -693,6 +707,25 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
             a, b = bounds[i]
             raise _Reject(Verdict.REPLAY, f"segment {i} (steps {a}-{b}) replays {d:.3g} of its movement away "
                                           f"from the published end (tolerance {policy.replay_tolerance:g})")
+
+
+def _dp_step(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, segment: int, bounds: tuple[int, int]):
+    """The DP step segment ``segment`` replays with: the job's clipping and noise, drawn
+    from the seeds the worker sealed to this verifier, checked against the manifest's
+    commitment (DP_SEEDS otherwise); ``NotRerun`` where this verifier may not read them."""
+    from node.training import dp as dpmod
+
+    what = f"the noise seeds of segment {segment}: "
+    if ctx.unsealed is None:
+        raise NotRerun(f"{what}this verifier was given no way to open sealed reveals")
+    _undisclosed(ctx, c, Verdict.DP_SEEDS, what)
+    blob = ctx.unsealed(c.worker).item(dpmod.item_name(segment), what, missing=Verdict.DP_SEEDS,
+                                       unrevealed=Verdict.DP_SEEDS)
+    try:
+        seeds = dpmod.open_seed_item(blob, ref.digest, bounds)
+    except dpmod.SeedError as e:
+        raise _Reject(Verdict.DP_SEEDS, f"segment {segment}: {e}") from None
+    return dpmod.DPStep.of(ctx.config.dp, seeds.__getitem__)
 
 
 def _undisclosed(ctx: RoundContext, c: Submission, verdict: Verdict, what: str) -> None:
