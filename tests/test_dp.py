@@ -193,7 +193,7 @@ def test_an_honest_dp_segment_replays_and_each_cheat_is_caught(byte_round):
         # replays on other kernels and thread counts at 1.2e-3 (the next test)
         assert got[i].metrics["replay_distance"] > 3 * rd.cfg.policy.replay_tolerance
     assert got[wrong].verdict == Verdict.DP_SEEDS and "do not hash" in got[wrong].reason
-    assert got[missing].verdict == Verdict.DP_SEEDS and "not handed" in got[missing].reason
+    assert got[missing].verdict == Verdict.DP_SEEDS and "holds no 'dp-seeds-" in got[missing].reason
 
 
 def dpmod_items(rd: DPRound, worker: str, secret: bytes) -> dict[str, bytes]:
