@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass
 from typing import Mapping
@@ -25,6 +24,7 @@ from typing import Mapping
 import numpy as np
 import safetensors.numpy
 
+from . import safejson
 from .errors import CheckpointFormatError
 
 META_KEY = "ledger"
@@ -34,8 +34,6 @@ MAX_HEADER = 16 << 20  # a header larger than this is not a checkpoint of ours
 # recurses per level, so a few thousand brackets raise RecursionError.
 HEADER_DEPTH = 3
 META_DEPTH = 1
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
 
 # safetensors dtype tag -> numpy dtype (little-endian). BF16 and FP8 have no numpy type.
 DTYPES: dict[str, np.dtype] = {
@@ -120,39 +118,9 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _no_dupes(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r} in header")
-        out[k] = v
-    return out
-
-
-def _nesting_ok(raw: bytes, limit: int) -> bool:
-    """Whether the JSON text ``raw`` nests arrays/objects at most ``limit`` deep
-    (brackets inside strings do not count); stops at the first level too deep."""
-    depth = 0
-    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
-        if m.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return False
-        else:
-            depth -= 1
-    return True
-
-
 def _loads(raw: bytes | str, limit: int):
-    """json.loads of a header part, refusing duplicate keys and nesting deeper than ``limit``."""
-    b = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if not _nesting_ok(b, limit):
-        raise ValueError(f"JSON nested deeper than {limit} levels; a checkpoint header is a flat "
-                         "{name: {dtype, shape, data_offsets}} map plus __metadata__")
-    try:
-        return json.loads(raw, object_pairs_hook=_no_dupes)
-    except RecursionError:  # the scan above should make this unreachable; never let it escape
-        raise ValueError("JSON nested too deeply") from None
+    """A header part as JSON: duplicate keys and nesting deeper than ``limit`` refused first."""
+    return safejson.loads(raw, what="header", max_bytes=MAX_HEADER, max_depth=limit, unique_keys=True)
 
 
 def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = None) -> Header:

@@ -19,6 +19,7 @@ import pydantic
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field
 
+from . import safejson
 from .digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
@@ -355,10 +356,7 @@ class JobConfig:
     def from_bytes(cls, raw: bytes) -> "JobConfig":
         """Parse a stored config; a field of the wrong JSON type is a ValueError naming it
         (the config comes from storage: whoever created the job chose its bytes)."""
-        try:
-            d = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"job config is not JSON: {e}") from None
+        d = safejson.loads(raw, what="job config")
         if not isinstance(d, dict):
             raise ValueError(f"job config must be a JSON object, got {_json_type(d)}")
         if d.get("format") != FORMAT:

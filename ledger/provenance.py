@@ -54,6 +54,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Key, Signature, Signer
 
+from . import safejson
 from .digest import to_hex
 from .errors import LedgerError
 from .jobconfig import canonical_json
@@ -67,6 +68,7 @@ SCHEME = "eip191-personal-sign"
 # Sections of the predicate that the chain alone determines (``chain_record``).
 CHAIN_SECTIONS = ("ledger", "job", "rounds", "finalModel")
 HASH_CHUNK = 1 << 20
+MAX_ENVELOPE_BYTES = safejson.MAX_BYTES  # the statement lists every round: far below this
 
 
 class ExportError(LedgerError):
@@ -182,10 +184,7 @@ def parse_statement(payload: bytes) -> dict:
     from in_toto_attestation.v1 import statement_pb2
     from in_toto_attestation.v1.statement import Statement
 
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"the payload is not JSON ({e})") from None
+    doc = safejson.loads(payload, what="the payload", max_bytes=MAX_ENVELOPE_BYTES)
     if not isinstance(doc, dict):
         raise ValueError("the payload is not a JSON object")
     pb = statement_pb2.Statement()
@@ -347,10 +346,11 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
         bad.append(f"{ENVELOPE_NAME}: missing: {folder} holds no signed provenance statement")
         return check
     try:
-        lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+        lines = [ln for ln in safejson.read_bytes(path, what="it", max_bytes=MAX_ENVELOPE_BYTES).splitlines()
+                 if ln.strip()]
         if len(lines) != 1:
             raise ValueError(f"{len(lines)} envelopes, expected 1")
-        env = Envelope.from_dict(json.loads(lines[0]))
+        env = Envelope.from_dict(safejson.loads(lines[0], what="its line", max_bytes=MAX_ENVELOPE_BYTES))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         bad.append(f"{ENVELOPE_NAME}: not a DSSE envelope ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
         return check

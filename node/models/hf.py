@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import torch
 
+from ledger import safejson
 from ledger.errors import LedgerError
 from ledger.jobconfig import HF_MODEL_TYPES, canonical_json
 
@@ -121,7 +122,7 @@ class HFModel(LanguageModel):
         super().__init__(spec)
         from ledger.tokens import load_tokenizer
 
-        self.hf = check_config(json.loads(spec.hf_config))
+        self.hf = check_config(safejson.loads(spec.hf_config, what="the model config"))
         self.tokenizer = load_tokenizer(tokenizer_json)
         vocab = int(self.hf.get("vocab_size", 0))
         if int(spec.vocab_size) != vocab:

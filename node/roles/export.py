@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ledger import provenance
+from ledger import safejson
 from ledger.digest import from_hex, to_hex
 from ledger.errors import LedgerError
 from ledger.history import load_history
@@ -220,7 +221,7 @@ def _model_files(ctx: JobContext, params: dict[str, np.ndarray]) -> tuple[dict[s
         arch = type(merged).__name__
     else:
         weights, how, arch = params, "final checkpoint", type(module).__name__
-    cfg = {**json.loads(spec.hf_config), "architectures": [arch], "dtype": "float32"}
+    cfg = {**safejson.loads(spec.hf_config, what="the model config"), "architectures": [arch], "dtype": "float32"}
     files = {"config.json": _json(cfg), "model.safetensors": _safetensors(weights), "tokenizer.json": bytes(tokenizer)}
     described = {"config.json": "the committed transformers config (+ architectures, dtype)",
                  "model.safetensors": "the final model's weights, float32" + (", LoRA merged" if spec.lora else ""),
