@@ -19,7 +19,7 @@ import pydantic
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field
 
-from . import safejson
+from . import hfconfig, safejson
 from .digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
@@ -28,7 +28,7 @@ PUBLISH_MODES = ("drawn", "all")
 
 
 MODEL_KINDS = ("byte-gpt", "hf")
-HF_MODEL_TYPES = ("gpt2", "llama")
+HF_MODEL_TYPES = hfconfig.MODEL_TYPES
 DTYPES = ("float32", "bfloat16")
 SPLITS = ("iid", "speaker", "private")
 
@@ -188,6 +188,13 @@ class ModelSpec:
                     raise ConfigValueError(f"model.{name}", f"must be >= 1 for the byte GPT, got {getattr(self, name)}")
             if self.n_embd % self.n_head:
                 raise ConfigValueError("model.n_embd", f"must be a multiple of n_head ({self.n_head}), got {self.n_embd}")
+        if self.kind == "hf":   # the fields transformers acts on, before any party builds from them
+            try:
+                hfconfig.check(safejson.loads(self.hf_config, what="the model config", max_bytes=1 << 20))
+            except hfconfig.HFConfigError as e:
+                raise ConfigValueError(f"model.hf_config.{e.field}", e.problem) from None
+            except safejson.UnsafeJSON as e:
+                raise ConfigValueError("model.hf_config", str(e)) from None
 
 
 @_spec
