@@ -210,7 +210,8 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
 WEIGHT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
-def read_weights(data: bytes, *, what: str, max_size: int | None = None) -> dict[str, np.ndarray]:
+def read_weights(data: bytes, *, what: str, max_size: int | None = None,
+                 dtypes: Mapping[str, int] = WEIGHT_DTYPES) -> dict[str, np.ndarray]:
     """The tensors of a safetensors file that is not the ledger's own (a model directory's
     weights), as float32: the same strict layout checks as ``decode`` (header length
     bounded, offsets inside the file, no overlap), any ``__metadata__`` of strings,
@@ -222,7 +223,7 @@ def read_weights(data: bytes, *, what: str, max_size: int | None = None) -> dict
     md = header.pop("__metadata__", {})
     if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
         raise fail("__metadata__ must be an object of strings")
-    infos = _tensor_infos(header, len(data) - 8 - hlen, fail, WEIGHT_DTYPES)
+    infos = _tensor_infos(header, len(data) - 8 - hlen, fail, dtypes)
     buf, start = memoryview(data).cast("B"), 8 + hlen
     out: dict[str, np.ndarray] = {}
     for name, info in infos.items():
