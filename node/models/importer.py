@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ledger import checkpoint, safejson
-from ledger.errors import LedgerError
+from ledger.errors import CheckpointFormatError, LedgerError
 from ledger.jobconfig import canonical_json
 
 from node.models.hf import check_config, quiet_transformers
@@ -151,7 +151,11 @@ def _load_weights(d: Path, hf_config: dict, files: list[Path]) -> dict[str, np.n
     found: dict[str, np.ndarray] = {}
     for f in files:
         data = safejson.read_bytes(f, max_bytes=budget)
-        for name, a in checkpoint.read_weights(data, what=str(f)).items():
+        try:
+            tensors = checkpoint.read_weights(data, what=str(f))
+        except CheckpointFormatError as e:   # the owner's own directory: a usage error (exit 2), not a finding
+            raise LedgerError(str(e)) from None
+        for name, a in tensors.items():
             target = name if name in expected else f"{prefix}.{name}" if f"{prefix}.{name}" in expected else None
             if target is None:
                 continue             # a buffer or an extra head: nothing of the model
