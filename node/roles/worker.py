@@ -462,6 +462,11 @@ class Worker:
         log.info("round %d: revealed the %s of drawn segment(s) %s (%d of %d); the rest stay on this machine",
                  r, kinds, ",".join(map(str, drawn)), len(drawn), n)
 
+    def _sealed_bundles(self, r: int) -> tuple[str, int]:
+        """(CID, size) of the encrypted object holding this worker's drawn window bundles
+        for its verifiers, named in its ``disclose``; ("", 0): nothing sealed."""
+        return "", 0
+
     def _disclose(self, r: int) -> bool:
         """Say on chain that what the draw asked is stored (jobs with a disclosure phase);
         False if the chain is not ready for it yet (try again later)."""
@@ -469,7 +474,8 @@ class Worker:
         if not int(getattr(ctx.info, "disclosure_window", 0) or 0):
             return True
         try:
-            receipt = ctx.ledger.disclose(ctx.job_id, r)
+            sealed_cid, sealed_size = self._sealed_bundles(r)
+            receipt = ctx.ledger.disclose(ctx.job_id, r, sealed_cid, sealed_size)
         except ContractReverted as e:
             if e.name == "AlreadyDisclosed":
                 return True                     # before a restart
