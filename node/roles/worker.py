@@ -249,7 +249,8 @@ class Worker:
         snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step), params))
                  for s in result.snapshots]
         bundles = self.window_bundles(r, parent, seed) if self.private else []
-        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles,
+        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, cid_of=ctx.store.cid_of,
+                                     windows=bundles,
                                      dp_seeds=seed_items)
         meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
         return checkpoint.encode(result.params, meta), int(m["samples"]), snaps, bundles

@@ -145,16 +145,19 @@ def _ref_json(s: SnapshotRef) -> dict:
 
 
 def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], import_options,
-                   windows: list[tuple[int, bytes]] = (), dp_seeds: list[tuple[int, bytes]] = ()) -> Manifest:
+                   windows: list[tuple[int, bytes]] = (), dp_seeds: list[tuple[int, bytes]] = (),
+                   cid_of=None) -> Manifest:
     """The manifest of encoded snapshots (step, bytes), window bundles and DP noise-seed
     items (segment, bytes): each one's digest, size and the CID a store with
-    ``import_options`` gives it, computed here without storing it."""
+    ``import_options`` gives it, computed here without storing it (``cid_of(bytes)``:
+    the store's own, where it stores other bytes than it is given: a private job's)."""
     from ledger.cid import cid_of_bytes
     from ledger.digest import sha256_bytes
 
+    cid_of = cid_of or (lambda blob: cid_of_bytes(blob, import_options).cid)
+
     def refs(items):
-        return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
-                     for k, blob in items)
+        return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of(blob), len(blob)) for k, blob in items)
 
     return Manifest(int(segment_steps), refs(snapshots), refs(windows), refs(dp_seeds))
 
