@@ -10,6 +10,7 @@ BIN   := $(VENV)/bin
 STAMP := .stamps
 LEDGER := $(BIN)/ledger
 
+.PHONY: fuzz
 .PHONY: demo test bench install install-flower install-python install-npm install-ipfs install-debian clean-install help
 
 help:
@@ -76,6 +77,10 @@ test: install install-debian
 	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+
+# The forge fuzz and invariant tests with many more runs (foundry.toml, profile deep); `make test` runs the default one.
+fuzz: install
+	FOUNDRY_PROFILE=deep hardhat-config/node_modules/@foundry-rs/forge-linux-amd64/bin/forge test --offline
 
 # Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
 $(STAMP)/flower: $(STAMP)/python
