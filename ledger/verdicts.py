@@ -32,6 +32,9 @@ class Verdict(IntEnum):
                                  # chunks are not the segment's or fail their Merkle proof against the root
     TRANSCRIPT_UNREVEALED = 16   # a drawn segment's snapshot, published only after the draw, was not
                                  # revealed within the reveal window
+    COMPRESSION = 18             # a compressed contribution (--compress) that is not the compression of the end
+                                 # of its training with its committed error feedback, or whose next error
+                                 # feedback is not the one that compression leaves
 
     @property
     def label(self) -> str:
