@@ -146,7 +146,7 @@ def diloco_job(tmp_path_factory):
     with chain_of_its_own(tmp_path_factory, "diloco") as env:
         job = env.create_job([HONEST, CLUSTER, CHEAT], [AGG], quorum=1, rounds=2, config=cfg)
         w = ("worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")
-        procs = [env.spawn(HONEST, *w), env.spawn(CLUSTER, *w),
+        procs = [env.spawn(HONEST, *w), env.spawn(CLUSTER, *w, "--nproc", "2"),
                  env.spawn_module(CHEAT, "node.roles.adversary", "--job", str(job), "--attack", "bad-compress"),
                  env.spawn(AGG, "aggregator", "run", "--job", str(job), "--poll", "0.3")]
         wait_for(lambda: env.ledger.job(job).completed, 400, "the DiLoCo job to complete", procs)
@@ -189,3 +189,9 @@ def test_the_merge_carries_its_momentum_and_the_error_feedback_registry(diloco_j
     sub = next(s for s in env.ledger.submissions(job, 2) if s.worker == address(HONEST))
     full = sum(v.nbytes for v in params.values())
     assert sub.size * 5 < full
+
+
+def test_ties_at_the_cut_go_to_the_lower_positions():
+    mag = np.array([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert cz._top_positions(mag, 2).tolist() == [[1, 2], [0, 1]]
+    assert cz._top_positions(mag, 4).tolist() == [[1, 2, 3, 4], [0, 1, 2, 3]]

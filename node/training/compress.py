@@ -205,8 +205,7 @@ def _compress_flat(spec, acc: np.ndarray, levels: int):
         parts.append((acc[full * n_chunk:].reshape(1, tail), _k(spec, tail)))
     idxs, codes, scales, dense = [], [], [], []
     for block, k in parts:
-        order = np.argsort(np.negative(np.abs(block)), axis=1, kind="stable")[:, :k]
-        order.sort(axis=1)
+        order = _top_positions(np.abs(block), k)
         vals = np.take_along_axis(block, order, axis=1)
         s32 = np.max(np.abs(vals), axis=1).astype(np.float32)
         s = s32.astype(np.float64)[:, None]
@@ -223,6 +222,19 @@ def _compress_flat(spec, acc: np.ndarray, levels: int):
     cat = np.concatenate
     return (cat(idxs) if idxs else np.zeros(0, idx_dtype), cat(codes) if codes else np.zeros(0, np.uint8),
             cat(scales) if scales else np.zeros(0, np.float32), cat(dense) if dense else np.zeros(0))
+
+
+def _top_positions(mag: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the positions (ascending) of the k largest values, ties to the lower
+    position: everything above the row's k-th largest value (a value ``np.partition``
+    determines uniquely) and, of those equal to it, the first ones. Linear time."""
+    n = mag.shape[1]
+    kth = np.partition(mag, n - k, axis=1)[:, n - k][:, None]
+    above = mag > kth
+    tied = mag == kth
+    room = k - np.count_nonzero(above, axis=1, keepdims=True)
+    keep = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    return np.nonzero(keep)[1].reshape(mag.shape[0], k)
 
 
 def _dequant(q: np.ndarray, s: np.ndarray, levels: int) -> np.ndarray:
