@@ -9,6 +9,9 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
   strict safetensors decode (never unpickle)                      FORMAT
   meta parent / job / round / worker                              LINEAGE
   declared sample count == steps x batch size                     SAMPLE_COUNT
+  compressed jobs: the end of training and the error feedback     TRANSCRIPT_UNAVAILABLE / TRANSCRIPT
+    fetched; their compression is the payload, and leaves the
+    committed next error feedback (node.training.compress)        COMPRESSION
   tensor names, shapes, dtypes == the parent's                    STRUCTURE
   all floating values finite                                      NON_FINITE
   tensors identical to the parent (no update)                     DUPLICATE
