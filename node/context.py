@@ -213,6 +213,14 @@ class JobContext:
         return self.store.get(loc.cid, loc.digest, max_size=self.config.policy.max_checkpoint_bytes)
 
     def load_checkpoint(self, loc: Located) -> tuple[dict[str, np.ndarray], dict]:
+        """The model's tensors and the metadata (a merge's outer-optimizer state left out)."""
+        from node.verification.outer import model_tensors
+
+        tensors, meta = self.load_full(loc)
+        return model_tensors(tensors), meta
+
+    def load_full(self, loc: Located) -> tuple[dict[str, np.ndarray], dict]:
+        """Every tensor of a checkpoint (a merge's ``outer/`` state included) and its metadata."""
         return checkpoint.decode(self.fetch(loc), cid=loc.cid, max_size=self.config.policy.max_checkpoint_bytes)
 
     @property

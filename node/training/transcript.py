@@ -108,6 +108,8 @@ def rounding_slack(state: TrainState) -> tuple[dict, dict, dict] | None:
         return np.spacing(np.abs(a)).astype(np.float64) * 65536.0
     p = {k: ulp16(from_bf16(d)) + np.spacing(np.abs(state.params[k])).astype(np.float64)
          for k, d in state.delta.items()}
+    if state.exp_avg is None:     # an end of training without moments (node.training.compress)
+        return p, None, None
     return p, {k: ulp16(v) for k, v in state.exp_avg.items()}, {k: ulp16(v) for k, v in state.exp_avg_sq.items()}
 
 
