@@ -42,6 +42,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from . import metrics
 from .errors import (
     AccountError,
     ChainUnreachable,
@@ -508,12 +509,13 @@ class Chain:
 
     def block_number(self) -> int:
         head = self._fast.block_number()
-        if head is not None:
-            return head
-        try:
-            return int(self.w3.eth.block_number)
-        except Exception as e:
-            raise self._translate(e, "block number") from None
+        if head is None:
+            try:
+                head = int(self.w3.eth.block_number)
+            except Exception as e:
+                raise self._translate(e, "block number") from None
+        metrics.block(head)          # the newest block this process has seen, for its /metrics
+        return head
 
     def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:
         """Wait until the head is past block ``after`` or ``timeout`` seconds passed; return

@@ -147,7 +147,6 @@ class JobContext:
                 return
             if head > self._head:
                 seen, self._head = self._head, head
-                metrics.block(head)
                 self._head_hash = ids[0] if ids else None
                 if chain.has_logs(address, seen + 1, head):
                     return

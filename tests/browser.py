@@ -37,7 +37,7 @@ class Browser:
         ws_url = next(p["webSocketDebuggerUrl"] for p in pages if p.get("type") == "page")
         from websockets.sync.client import connect
 
-        self.ws = connect(ws_url, max_size=64 * 2**20)
+        self.ws = connect(ws_url, max_size=64 * 2**20).__enter__()
         self._ids = itertools.count(1)
 
     def call(self, method: str, **params) -> dict:
