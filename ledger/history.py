@@ -391,6 +391,14 @@ def event_line(e) -> str:
     detail = ""
     if e.name == "UpdateSubmitted":
         detail = f"{a.get('numSamples')} samples"
+    elif e.name == "BatchSubmitted":
+        from .contract import batch_entries
+
+        try:
+            workers = ", ".join(w for w, *_ in batch_entries(bytes(a.get("entries", b""))))
+        except ValueError as err:
+            workers = f"malformed entries ({err})"
+        detail = f"relayer {a.get('relayer')}, submissions of {workers}"
     elif e.name == "ProposalRevealed":
         detail = "verdicts [" + " ".join(describe(v) for v in bytes(a.get("verdicts", b""))) + "]"
     elif e.name == "RoundSkipped":

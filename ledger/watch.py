@@ -37,15 +37,16 @@ class Late:
                 "why": self.why}
 
 
-def phase(rh: RoundHistory, now: float) -> str:
+def phase(rh: RoundHistory, now: float, aggregators: int) -> str:
     """Where a round stands by the clock: open, commit, reveal, or its final status.
-    The view says "open" until a transaction closes it; the deadline closes it too."""
+    The view says "open" until a transaction closes it; the deadline closes it too, and
+    the commits close once every aggregator committed or at the commit deadline."""
     i = rh.info
     if i.status in ("finalized", "skipped"):
         return i.status
     if i.status == "open" and not i.all_submitted and now <= i.deadline:
         return "open"
-    commits_over = i.commits >= 1 and now > i.commit_deadline
+    commits_over = i.commits >= 1 and (now > i.commit_deadline or i.commits >= aggregators)
     return "reveal" if commits_over else "commit"
 
 
@@ -56,7 +57,7 @@ def health(h: JobHistory, now: float, late_after: float = DEFAULT_LATE_AFTER) ->
         return []
     rh = h.rounds[-1]
     i, r = rh.info, rh.round
-    where = phase(rh, now)
+    where = phase(rh, now, len(j.aggregators))
     out: list[Late] = []
 
     def flag(parties, role, what, deadline, done_at):
@@ -95,22 +96,21 @@ def _ts(x) -> int:
     return int(getattr(x, "timestamp", 0) or 0)
 
 
-_ACTIONS = {"UpdateSubmitted": ("worker", "submitted"), "ProposalCommitted": ("aggregator", "committed"),
-            "ProposalRevealed": ("aggregator", "revealed"), "CommitteeVoted": ("aggregator", "voted"),
-            "Disclosed": ("worker", "disclosed")}
-
-
 def parties(h: JobHistory, now: float) -> list[dict]:
-    """Each worker and aggregator: its last action (from the events), how long ago, and
-    how many rounds behind the current one it last acted."""
+    """Each worker and aggregator: its last action on chain, how long ago, and how many
+    rounds behind the current one it last acted. Submissions come from the history's
+    decoded ``Submission``s, so one sent in a relay's batch counts as its worker's."""
+    acts = []
+    for rh in h.rounds:
+        acts += [(_ts(s), s.worker, "submitted", rh.round) for s in rh.submissions]
+        acts += [(_ts(c), c.aggregator, "committed", rh.round) for c in rh.commits]
+        acts += [(_ts(p), p.aggregator, "revealed", rh.round) for p in rh.proposals]
+        acts += [(_ts(b), b.aggregator, "voted", rh.round) for b in rh.ballots]
+        acts += [(int(e.timestamp or 0), str(e.args.get("worker", "")), "disclosed", rh.round)
+                 for e in rh.events if e.name == "Disclosed"]
     last: dict[str, dict] = {}
-    for e in h.events:
-        if e.name not in _ACTIONS:
-            continue
-        role, verb = _ACTIONS[e.name]
-        who = str(e.args.get("worker") or e.args.get("aggregator") or "")
-        last[who.lower()] = {"action": f"{verb} round {e.args.get('round')}", "round": int(e.args.get("round") or 0),
-                             "at": int(e.timestamp or 0)}
+    for at, who, verb, r in sorted(acts, key=lambda a: (a[0], a[3])):
+        last[who.lower()] = {"action": f"{verb} round {r}", "round": r, "at": at}
     current = h.job.current_round
     out = []
     for role, addrs in (("worker", h.job.workers), ("aggregator", h.job.aggregators)):
@@ -177,7 +177,7 @@ def view(h: JobHistory, now: float | None = None, late_after: float = DEFAULT_LA
         subs = contributions(rh, disclosed, losses)
         accepted_losses = [c["loss"] for c in subs if c["state"] == "accepted" and c["loss"] is not None]
         rounds.append({
-            "round": rh.round, "status": i.status, "phase": phase(rh, now), "deadline": int(i.deadline),
+            "round": rh.round, "status": i.status, "phase": phase(rh, now, len(j.aggregators)), "deadline": int(i.deadline),
             "commit_deadline": int(i.commit_deadline), "reveal_deadline": int(i.reveal_deadline),
             "parent": short(i.parent), "submissions": subs, "commits": [c.aggregator for c in rh.commits],
             "reveals": [p.aggregator for p in rh.proposals],

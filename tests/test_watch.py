@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -101,6 +102,8 @@ class Run:
                      "ledger watch to listen", [self.watch])
         self.url = m.group(1)
         self.ports["watch"] = int(self.url.rsplit(":", 1)[1])
+        self.follow = env.spawn(None, "history", "--job", str(self.job), "--follow", "--poll", "0.5",
+                                log=tmp / "follow.log")
         self.prometheus = None
         if shutil.which("prometheus"):
             self.prometheus = Prometheus(shutil.which("prometheus"), tmp / "prometheus", self.ports)
@@ -123,7 +126,7 @@ class Run:
 
     @property
     def procs(self) -> list:
-        return [self.watch, self.relay, *self.workers, *self.aggregators]
+        return [self.watch, self.follow, self.relay, *self.workers, *self.aggregators]
 
     def state(self) -> dict:
         return json.loads(_get(self.url + "/state.json"))["state"]
@@ -249,3 +252,32 @@ def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser):
     if run.prometheus:
         wait_for(lambda: run.prometheus.value(f'ledger_watch_party_late{{party="{stopped}"}}') == 1, 30,
                  "the late flag in Prometheus", run.procs)
+
+
+def test_history_follow_prints_each_event_as_it_lands_and_stops_on_ctrl_c(run):
+    run.start_aggregators()
+    wait_for(lambda: log_text(run.follow).count("ProposalRevealed  round 1") == 2, 300,
+             "both reveals of round 1 in `history --follow`", run.procs)
+    out = log_text(run.follow)
+    lines = out.splitlines()
+    assert lines[0].split("  ")[2] == "JobCreated" and "RoundOpened  round 1" in lines[1]
+    # two sent directly, the third in the relay's batch
+    direct = [ln.split("  ")[4] for ln in lines if "UpdateSubmitted  round 1" in ln]
+    batched = [ln.split("submissions of ")[1].split("  ")[0] for ln in lines if "BatchSubmitted  round 1" in ln]
+    assert sorted(direct + batched) == sorted(address(k) for k in W), out
+    assert out.index("UpdateSubmitted") < out.index("ProposalCommitted") < out.index("ProposalRevealed")
+    assert len(lines) == len(set(lines)), "an event printed twice"
+    run.follow.send_signal(signal.SIGINT)
+    assert run.follow.wait(timeout=30) == 130
+    assert log_text(run.follow).splitlines()[-1] == "stopped by SIGINT" and "Traceback" not in log_text(run.follow)
+
+
+def test_watch_stops_cleanly_with_its_page_open(run, browser):
+    """Last: SIGINT to `ledger watch` while a page holds its event stream open."""
+    if browser.js("location.href") != run.url + "/":
+        browser.open(run.url + "/")
+    wait_for(lambda: browser.js("document.getElementById('conn').textContent") == "live", 60, "the page's stream")
+    run.watch.send_signal(signal.SIGINT)
+    assert run.watch.wait(timeout=30) == 130, log_text(run.watch)
+    out = log_text(run.watch)
+    assert out.splitlines()[-1] == "stopped by SIGINT" and "Traceback" not in out, out
