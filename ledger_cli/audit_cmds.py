@@ -92,19 +92,8 @@ def _audit(args, settings) -> int:
 
 
 def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True, threads: int | None = None):
-    from tqdm import tqdm
-
+    from ledger.progress import rounds_bar
     from node.roles.audit import audit_job
 
-    bar = tqdm(total=None, desc="audit", unit="round", disable=not progress or None, file=sys.stderr, leave=False)
-
-    def on_progress(done, total, label):
-        bar.total = total
-        bar.n = done
-        bar.set_postfix_str(label)
-        bar.refresh()
-
-    try:
+    with rounds_bar("audit", progress) as on_progress:
         return audit_job(ledger, store, job_id, replay=replay, progress=on_progress, threads=threads)
-    finally:
-        bar.close()
