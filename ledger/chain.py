@@ -42,7 +42,6 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from . import metrics
 from .errors import (
     AccountError,
     ChainUnreachable,
@@ -249,6 +248,10 @@ class _FastReads:
             return None if result is None else int(result, 16)
         except (TypeError, ValueError):
             return None
+
+
+# The newest block number this process has read from any chain (``Chain.block_number``).
+last_block_seen = 0
 
 
 class Chain:
@@ -514,7 +517,8 @@ class Chain:
                 head = int(self.w3.eth.block_number)
             except Exception as e:
                 raise self._translate(e, "block number") from None
-        metrics.block(head)          # the newest block this process has seen, for its /metrics
+        global last_block_seen
+        last_block_seen = head       # served as ledger_last_block by ledger.metrics
         return head
 
     def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:

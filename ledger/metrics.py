@@ -56,6 +56,9 @@ def serve(role: str, party: str, job: int | str | None, port: int, host: str = "
     """Serve this process's metrics on ``host:port`` (0: a free port); returns the port."""
     _party.update(role=role, party=str(party), ledger_job="" if job is None else str(job))
     UP.labels(**_l()).set(1)
+    from . import chain
+
+    BLOCK.labels(**_l()).set_function(lambda: chain.last_block_seen)
     # every series at 0 from the start: a dashboard's query returns each party before it acts
     for c in (ROUNDS, TRAINED, VERIFIED, SUBMISSIONS):
         c.labels(**_l())
@@ -110,10 +113,6 @@ def outage(service: str, seconds: float) -> None:
     """A chain or storage outage ended after ``seconds``."""
     OUTAGES.labels(**_l(service=service)).inc()
     OUTAGE_SECONDS.labels(**_l(service=service)).inc(float(seconds))
-
-
-def block(number: int) -> None:
-    BLOCK.labels(**_l()).set(int(number))
 
 
 def relayed(count: int) -> None:

@@ -84,9 +84,9 @@ class Watcher:
             try:
                 self.refresh()
                 self.error = None
-            except LedgerError as e:      # the chain or the store is away: keep the last state, say so
-                self.error = str(e)
-                log.warning("cannot read job %d now: %s", self.job_id, e)
+            except Exception as e:        # the chain or the store is away: keep the last state, say so
+                self.error = str(e) if isinstance(e, LedgerError) else f"{type(e).__name__}: {e}"
+                log.warning("cannot read job %d now: %s", self.job_id, self.error)
             self._stop.wait(self.poll)
 
     def start(self) -> None:

@@ -241,7 +241,7 @@ class Relay:
             while stop is None or not stop.is_set():
                 try:
                     self.flush_due()
-                    self.ledger.chain.block_number()    # the head, for metrics.block
+                    self.ledger.chain.block_number()    # the head, for ledger_last_block
                 except ChainUnreachable as e:
                     log.warning("chain unreachable (%s); retrying", e)
                 time.sleep(self.opt.poll)
