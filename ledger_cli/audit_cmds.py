@@ -51,14 +51,14 @@ def register(sub) -> None:
 def _history(args, settings) -> int:
     from ledger.history import load_history, render_timeline, to_json
 
+    if args.follow and args.json:
+        from ledger.errors import ConfigError
+
+        raise ConfigError("--follow prints one line per event; leave out --json (or use `ledger watch`)")
     ledger, _, _ = open_party(settings, need_account=False)
     if args.follow:
         from ledger.history import event_line, follow
 
-        if args.json:
-            from ledger.errors import ConfigError
-
-            raise ConfigError("--follow prints one line per event; leave out --json (or use `ledger watch`)")
         ledger.job(args.job)        # an unknown job is the one error line, before anything is printed
         for e in follow(ledger, args.job, args.poll):
             print(event_line(e), flush=True)

@@ -2,6 +2,9 @@
 metrics scraped by a real Prometheus (and the Grafana dashboard's queries run against
 it), and a stopped worker flagged as late before its round's deadline.
 
+Screenshots of the page are kept in each test's tmp folder; with LEDGER_UPDATE_DOCS=1
+the one of the late worker replaces docs/watch.png (the README's).
+
 One job serves the whole module: 3 workers (the third posts through a relay and stops
 after round 1), 2 aggregators (started once the page has shown the submissions), a
 relay, `ledger watch` and Prometheus, each a real process."""
@@ -9,6 +12,7 @@ relay, `ledger watch` and Prometheus, each a real process."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -180,10 +184,7 @@ def test_the_page_shows_submissions_then_verdicts_without_a_reload(run, browser,
     assert browser.js("window.__loadedAt") == loaded, "the page reloaded"
     assert browser.js("Number(document.body.dataset.updates)") > updates
     assert shot.stat().st_size > 10_000
-    final = browser.screenshot(tmp_path / "watch-verdicts.png")
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copy(final, docs / "watch.png")
+    assert browser.screenshot(tmp_path / "watch-verdicts.png").stat().st_size > 10_000
     # the same state the page drew, as JSON: the round is finalized with its merge
     r1 = run.state()["rounds"][0]
     assert r1["status"] == "finalized" and r1["merged"] and r1["loss"] is not None
@@ -228,7 +229,7 @@ def test_prometheus_scrapes_every_role_and_the_dashboard_queries_return_series(r
         assert prom.query(q), f"the dashboard's query {expr!r} returned no series"
 
 
-def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser):
+def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser, tmp_path):
     run.start_aggregators()
     stopped = address(W[2])
     assert run.workers[2].wait(timeout=300) == 0, log_text(run.workers[2])   # --rounds 1: it stopped after round 1
@@ -249,6 +250,9 @@ def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser):
     assert flags == {(stopped, "submit round 2"): 1.0, **{(address(k), ""): 0.0 for k in W[:2]}}, flags
     assert time.time() < deadline, "flagged only after the deadline"
     assert "late: submit round 2" in browser.js("document.querySelector('#parties').textContent")
+    shot = browser.screenshot(tmp_path / "watch-late.png")
+    if os.environ.get("LEDGER_UPDATE_DOCS"):      # README's picture: LEDGER_UPDATE_DOCS=1 pytest tests/test_watch.py
+        shutil.copy(shot, ROOT / "docs" / "watch.png")
     if run.prometheus:
         wait_for(lambda: run.prometheus.value(f'ledger_watch_party_late{{party="{stopped}"}}') == 1, 30,
                  "the late flag in Prometheus", run.procs)

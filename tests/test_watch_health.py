@@ -72,3 +72,17 @@ def test_the_view_names_each_contribution_state_and_each_party_last_action():
     assert last[A[1]] == ("nothing yet", None)
     assert {x["party"] for x in v["late"]} == {A[1], A[2]}
     assert v["money"] == [] and not v["job"]["funded"]
+
+
+def test_watch_and_metrics_refuse_a_host_name_and_follow_refuses_json(tmp_path, capsys, monkeypatch):
+    """One error line each, exit 2, before anything listens or reads the chain."""
+    import ledger_cli
+
+    for k in [k for k in __import__("os").environ if k.startswith("LEDGER_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path))
+    for argv, says in ((["watch", "--job", "1", "--host", "localhost"], "--host 'localhost' is not an IP address"),
+                       (["history", "--job", "1", "--follow", "--json"], "--follow prints one line per event")):
+        code = ledger_cli.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and says in err[0], (argv, err)
