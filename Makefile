@@ -44,13 +44,15 @@ $(STAMP)/ipfs: ipfs-node/package.json ipfs-node/package-lock.json | $(STAMP)
 	cd ipfs-node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report);
+# Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report, the watch page);
+# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/test_watch.py);
 # docker-compose checks compose.yaml (`config` needs no engine); iproute2 builds the separate-hosts test's namespaces.
 $(STAMP)/debian: Makefile | $(STAMP)
 	@if [ "$$(id -u)" = "0" ]; then \
 	  missing=""; \
 	  command -v ipfs_cid >/dev/null || missing="$$missing ipfs-cid"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	  command -v ip >/dev/null || missing="$$missing iproute2"; \
 	  { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing="$$missing docker-compose"; \
 	  if [ -n "$$missing" ]; then \
@@ -58,7 +60,7 @@ $(STAMP)/debian: Makefile | $(STAMP)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
 	else \
-	  for c in ipfs_cid chromium docker-compose ip; do command -v $$c >/dev/null || echo "NOTE: not root, cannot install '$$c' (Debian packages ipfs-cid, chromium, docker-compose, iproute2); tests that need it will say so when skipped"; done; \
+	  for c in ipfs_cid chromium prometheus docker-compose ip; do command -v $$c >/dev/null || echo "NOTE: not root, cannot install '$$c' (Debian packages ipfs-cid, chromium, prometheus, docker-compose, iproute2); tests that need it will say so when skipped"; done; \
 	fi
 	@touch $@
 

@@ -6,8 +6,8 @@ import re
 
 from ledger.party import open_party, setup_logging
 
-from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, http_url, int_in,
-                     show_eth, spec_range, text_in)
+from .common import (SEED, add_command, add_group, add_job_arg, add_metrics_args, device_name, eth_amount, float_in,
+                     http_url, int_in, show_eth, spec_range, start_metrics, text_in)
 
 MAX_UINT32 = 2**32 - 1
 MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
@@ -225,6 +225,7 @@ def register(sub) -> None:
                    help="train each round with N data-parallel processes (torch.distributed, gloo on CPU), each on "
                         "1/N of every step's windows; verifiers replay on one process (default 1)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_metrics_args(r)
     r.add_argument("-v", "--verbose", action="store_true")
 
     r = add_command(
@@ -512,6 +513,7 @@ def _worker(args, settings) -> int:
     from node.roles.worker import WorkerOptions, run_worker
 
     ledger, store, account = open_party(settings)
+    store = start_metrics(args, "worker", account.address, args.job, store)
     data = None
     if args.data:
         from ledger.datacommit import read_text_data

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic, checkpoint
+from ledger import atomic, checkpoint, metrics
 from ledger.chain import tx_hash_of
 from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
@@ -153,6 +153,7 @@ class Worker:
                 continue
             if self.work_round(r, rd.parent):
                 submitted += 1
+                metrics.round_done()
                 if self.opt.max_rounds is not None and submitted >= self.opt.max_rounds:
                     self._finish_reveals()
                     return submitted
@@ -255,6 +256,7 @@ class Worker:
         finally:
             bar.close()
         m = result.metrics
+        metrics.trained(m)
         log.info("round %d: trained %d steps on %s, loss %.3f -> %.3f in %.1fs",
                  r, m["steps"], m["device"], m["loss_start"], m["loss_end"], m["seconds"])
         snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step), params))
