@@ -561,9 +561,9 @@ def test_a_worker_that_left_cannot_post_a_stake(env: Env):
 
 
 def test_an_open_job_may_start_without_workers(env: Env):
-    with reverted("InvalidJobParams") as e:
+    with reverted("NoWorkers") as e:
         env.create(workers=[], min_submissions=1)
-    assert e.value.args_dict == {"reason": "no workers"}
+    assert e.value.args_dict == {}
     job = env.create(workers=[], max_workers=2, min_submissions=1, num_rounds=2)
     info = env.ledger.job(job)
     assert info.workers == [] and info.active_workers == 0
@@ -609,9 +609,9 @@ def test_a_joiner_of_the_last_round_gets_its_stake_back_at_completion(env: Env):
 @pytest.mark.parametrize(
     "change, error, args",
     [
-        (dict(slash_bps=10_001), "InvalidJobParams", {"reason": "slashBps exceeds 10000"}),
-        (dict(aggregator_bps=10_001), "InvalidJobParams", {"reason": "aggregatorBps exceeds 10000"}),
-        (dict(max_workers=2), "InvalidJobParams", {"reason": "maxWorkers is below the number of named workers"}),
+        (dict(slash_bps=10_001), "BpsOutOfRange", {"bps": 10_001}),
+        (dict(aggregator_bps=10_001), "BpsOutOfRange", {"bps": 10_001}),
+        (dict(max_workers=2), "MaxWorkersBelowNamed", {"maxWorkers": 2, "named": 3}),
         (dict(max_workers=129), "TooManyWorkers", {"count": 129, "max": 128}),
     ],
 )
