@@ -620,19 +620,19 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
         check.failures.append(f"{name}: its tensor names are not the committed base's with the adapter merged "
                               f"(extra {extra[:3]}, missing {missing[:3]})")
         return check
-    differ, worst = [], 0.0
+    differ, inexact, worst = [], False, 0.0
     for k in sorted(want):
         g, w = got[k], np.asarray(want[k], dtype=np.float32)
         if g.shape != w.shape or not np.allclose(g, w, rtol=MERGE_RTOL, atol=MERGE_ATOL, equal_nan=False):
             differ.append(k)
         elif g.tobytes() != w.tobytes():
-            worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - w))))
+            inexact, worst = True, max(worst, float(np.max(np.abs(g.astype(np.float64) - w))))
     if differ:
         check.failures.append(f"{name}: {len(differ)} tensor(s) are not the committed base with the final adapter "
                               f"merged (recomputed here), first {differ[0]}")
         return check
     check.weights += (f"; {name} holds the committed base with it merged ("
-                      + ("recomputed, bit for bit)" if not worst else
+                      + ("recomputed, bit for bit)" if not inexact else
                          f"recomputed, equal within float32 rounding: largest difference {worst:.1e})"))
     return check
 
