@@ -93,7 +93,9 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
     aggregators drew) or all (every segment; for private data, the drawn ones: no other
     windows are ever revealed). ``threads``: torch threads for replays.
-    ``progress(done, total, label)`` is called per round."""
+    ``progress(done, total, label)`` is called per round. Raises ``InvalidJobConfig``
+    (exit 2, no report) when the stored config is no job config, and
+    ``StorageUnreachable`` when this party's storage does not answer."""
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {REPLAY_MODES}")
     t0 = time.perf_counter()
