@@ -30,6 +30,12 @@ class ConfigError(LedgerError):
     """Bad or missing configuration (flag, env var, TOML file)."""
 
 
+class InvalidJobConfig(LedgerError):
+    """A job's stored config that does not parse or validate (its creator chose its
+    bytes): no party can take part in the job and nothing of it can be checked, so
+    this is an input problem (exit 2), not an audit finding."""
+
+
 class ChainUnreachable(LedgerError):
     """The JSON-RPC endpoint does not answer."""
 

@@ -30,8 +30,10 @@ audit's verdict. ``chain_record`` computes the chain-derived part from the chain
 alone; the exporter takes it from the audited history and the verifier recomputes it,
 so any difference is named field by field. Where the verifier's store serves the
 chain's final checkpoint, the exported file that holds it (the model, or a LoRA job's
-adapter: ``export.checkpointFile``) is compared with it tensor by tensor, so a signer
-cannot pass off other weights under a true record (``verify_weights``).
+adapter: ``export.checkpointFile``) is compared with it tensor by tensor, and a LoRA
+job's merged ``model.safetensors`` with the committed base and that adapter merged
+again by the verifier (``verify_merged``, through a ``merge`` the caller gives: the
+CLI's uses ``node``), so a signer cannot pass off other weights under a true record.
 
 Numbers: a Struct (protobuf) holds numbers as doubles; the statement's integers stay
 below 2**53 (rounds, sizes, sample counts, the chain id) and the job id, a uint256,
@@ -475,13 +477,17 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
     return check
 
 
-def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=None) -> ExportCheck:
+def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=None, merge=None) -> ExportCheck:
     """Check the statement against the chain: it names this chain and contract, its job
     (``job`` when given) exists and is completed, and its ledger, job, rounds and final
     model sections equal what the chain records (``chain_record``); the audit verdict it
     carries is OK. With a ``store`` that serves the chain's final checkpoint, the file the
     statement names as holding it (``export.checkpointFile``) must hold exactly its
-    tensors. Appends one line per difference to ``check.failures``."""
+    tensors; for a LoRA job, ``model.safetensors`` must then hold the committed base with
+    that adapter merged, as ``merge(ledger, store, job_id, adapter)`` recomputes it (the
+    caller's: merging needs torch and peft, which this module never imports; without
+    one, ``check.weights`` says the merged model was not compared). Appends one line per
+    difference to ``check.failures``."""
     from .errors import ContractReverted, StorageError
     from .history import load_history
 
@@ -514,6 +520,7 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
     audit = p.get("audit") or {}
     if audit.get("status") != "OK":
         bad.append(f"audit: the statement's audit verdict is {audit.get('status')!r}, not OK")
+    model = None
     if store is not None:
         from .jobconfig import JobConfig
 
@@ -526,16 +533,28 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
         else:
             _check_files_of(check, model)
     if store is not None and expected["job"]["completed"]:
-        verify_weights(check, store, expected["finalModel"])
+        merged = None
+        if model is not None and model.lora:
+            merged = (lambda adapter: merge(ledger, store, jid, adapter)) if merge is not None else _no_merge
+        verify_weights(check, store, expected["finalModel"], merged=merged)
     return check
 
 
-def verify_weights(check: ExportCheck, store, final: dict) -> ExportCheck:
+def _no_merge(adapter):
+    raise ExportError("recomputing a LoRA merge needs the training stack (torch, peft), not given here")
+
+
+MERGE_RTOL, MERGE_ATOL = 1e-6, 1e-7   # float32 rounding of base + B @ A across CPUs, far below any other weights
+
+
+def verify_weights(check: ExportCheck, store, final: dict, merged=None) -> ExportCheck:
     """The exported file that holds the final checkpoint (the model itself, or a LoRA
     job's adapter) against the checkpoint the chain names, fetched from ``store`` and
     checked against its on-chain digest: same names, same float32 values, bit for bit.
     When the store does not serve it, ``check.weights`` says so and nothing fails: the
-    files are then bound to the chain by the exporter's signature alone."""
+    files are then bound to the chain by the exporter's signature alone. For a LoRA job
+    ``merged(adapter)`` gives the merged model that ``model.safetensors`` must hold
+    (``verify_merged``)."""
     from . import checkpoint
     from .digest import from_hex
     from .errors import StorageError
@@ -555,12 +574,8 @@ def verify_weights(check: ExportCheck, store, final: dict) -> ExportCheck:
     except (StorageError, LedgerError, ValueError) as e:
         check.weights = f"not compared: the final checkpoint is not available ({str(e).splitlines()[0]})"
         return check
-    path = check.folder / name
-    try:
-        data = safejson.read_bytes(path, max_bytes=2 * int(final["size"]) + checkpoint.MAX_HEADER)
-        got = checkpoint.read_weights(data, what=name, dtypes={"F32": 4})
-    except (OSError, ValueError, LedgerError) as e:
-        check.failures.append(f"{name}: not a readable safetensors file ({str(e).splitlines()[0]})")
+    got = _read_f32(check, name, 2 * int(final["size"]) + checkpoint.MAX_HEADER)
+    if got is None:
         return check
     if sorted(got) != sorted(want):
         extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
@@ -573,4 +588,63 @@ def verify_weights(check: ExportCheck, store, final: dict) -> ExportCheck:
                               f"{final['digest']}, first {differ[0]}")
         return check
     check.weights = f"{name} holds exactly the final checkpoint {final['digest']}"
+    if merged is not None:
+        verify_merged(check, merged, want)
     return check
+
+
+def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
+    """A LoRA job's ``model.safetensors`` against ``merged(adapter)``: the committed base
+    with the chain's final adapter merged, recomputed here. Same names and shapes; the
+    values equal, or within float32 rounding (``MERGE_RTOL``/``MERGE_ATOL``: another CPU
+    may round ``base + B @ A`` differently in the last bits), which ``check.weights`` then
+    states with the largest difference. When the merge cannot be recomputed (no base in
+    the store, no torch) ``check.weights`` says so and nothing fails."""
+    import numpy as np
+
+    from . import checkpoint
+
+    name = "model.safetensors"
+    if name not in check.files or name in check.unsound:
+        return check   # already reported by the file checks
+    try:
+        want = merged(adapter)
+    except (LedgerError, ValueError, OSError) as e:
+        check.weights += f"; {name} not compared: the LoRA merge cannot be recomputed here ({str(e).splitlines()[0]})"
+        return check
+    got = _read_f32(check, name, sum(int(v.nbytes) for v in want.values()) + checkpoint.MAX_HEADER)
+    if got is None:
+        return check
+    if sorted(got) != sorted(want):
+        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+        check.failures.append(f"{name}: its tensor names are not the committed base's with the adapter merged "
+                              f"(extra {extra[:3]}, missing {missing[:3]})")
+        return check
+    differ, inexact, worst = [], False, 0.0
+    for k in sorted(want):
+        g, w = got[k], np.asarray(want[k], dtype=np.float32)
+        if g.shape != w.shape or not np.allclose(g, w, rtol=MERGE_RTOL, atol=MERGE_ATOL, equal_nan=False):
+            differ.append(k)
+        elif g.tobytes() != w.tobytes():
+            inexact, worst = True, max(worst, float(np.max(np.abs(g.astype(np.float64) - w))))
+    if differ:
+        check.failures.append(f"{name}: {len(differ)} tensor(s) are not the committed base with the final adapter "
+                              f"merged (recomputed here), first {differ[0]}")
+        return check
+    check.weights += (f"; {name} holds the committed base with it merged ("
+                      + ("recomputed, bit for bit)" if not inexact else
+                         f"recomputed, equal within float32 rounding: largest difference {worst:.1e})"))
+    return check
+
+
+def _read_f32(check: ExportCheck, name: str, max_bytes: int) -> dict | None:
+    """The float32 tensors of the export's file ``name``, its size bounded before reading;
+    None (with one failure line) when it is no such file."""
+    from . import checkpoint
+
+    try:
+        data = safejson.read_bytes(check.folder / name, max_bytes=max_bytes)
+        return checkpoint.read_weights(data, what=name, dtypes={"F32": 4})
+    except (OSError, ValueError, LedgerError) as e:
+        check.failures.append(f"{name}: not a readable safetensors file ({str(e).splitlines()[0]})")
+        return None

@@ -2,7 +2,9 @@
 with a signed in-toto provenance statement, and the check of such a folder.
 
 ``export`` imports ``node`` (and torch) inside its handler; ``verify-export`` needs
-neither (``ledger.provenance``), so anyone can check an export without the training stack.
+neither (``ledger.provenance``), so anyone can check an export without the training stack,
+except to recompute a LoRA job's merged ``model.safetensors`` (base + final adapter):
+that imports ``node`` (torch, peft) only then, and without it says the merge was not compared.
 
 Exit codes: export 0 done, 1 refused (the audit FAILED), 3 refused (the audit is
 INCOMPLETE: artifacts unavailable now), 2 usage (the job is not completed, OUT not
@@ -53,7 +55,10 @@ def register(sub) -> None:
             "with that sha256, and OUT holds no file it does not list. Then against the chain of the\n"
             "settings (LEDGER_RPC_URL, the contract from LEDGER_CONTRACT or the deployment record: the\n"
             "ledger you trust): the chain id and contract, the job's config and genesis digests, every\n"
-            "round's finalized or kept digest and accepted contributors, and the final model.\n"
+            "round's finalized or kept digest and accepted contributors, and the final model. Where\n"
+            "your store serves them: the files and config.json an export of that job holds, the\n"
+            "final checkpoint's tensors, and for a LoRA job model.safetensors as the committed base\n"
+            "with the final adapter merged, recomputed here (that part needs torch and peft).\n"
             "One line per failure; exit 0 EXPORT OK, 1 failed, 2 usage/environment."
         ),
     )
@@ -81,6 +86,18 @@ def _export(args, settings) -> int:
     return 0
 
 
+def _merge_lora(ledger, store, job_id: int, adapter):
+    """A LoRA job's merged model, recomputed (``node.roles.export.merged_weights``);
+    imported here so that verify-export needs torch only for this."""
+    from ledger.provenance import ExportError
+
+    try:
+        from node.roles.export import merged_weights
+    except ImportError as e:
+        raise ExportError(f"the training stack is not installed ({e})") from None
+    return merged_weights(ledger, store, job_id, adapter)
+
+
 def _verify(args, settings) -> int:
     from eth_utils import is_address
 
@@ -106,7 +123,7 @@ def _verify(args, settings) -> int:
                 store = open_store(settings)
             except LedgerError:
                 store = None
-        provenance.verify_on_chain(check, ledger, job=args.job, store=store)
+        provenance.verify_on_chain(check, ledger, job=args.job, store=store, merge=_merge_lora)
     elif check.statement is not None and args.job is not None and check.job_id != args.job:
         check.failures.append(f"the statement is for job {check.job_id}, not job {args.job}")
     if not check.ok:

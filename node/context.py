@@ -20,7 +20,7 @@ import numpy as np
 from ledger import checkpoint, metrics
 from ledger.chain import redact_url
 from ledger.digest import from_hex, sha256_bytes, to_hex
-from ledger.errors import ChainUnreachable, LedgerError, StorageUnreachable
+from ledger.errors import ChainUnreachable, InvalidJobConfig, LedgerError, StorageUnreachable
 from ledger.jobconfig import JobConfig, ShardSpec
 
 from node.training import data as datamod
@@ -98,7 +98,7 @@ class JobContext:
         try:
             config = JobConfig.from_bytes(raw)
         except (ValueError, KeyError, TypeError) as e:
-            raise LedgerError(f"job {job_id}: config {cid} is not a valid job config: {e}") from None
+            raise InvalidJobConfig(f"job {job_id}: config {cid} is not a valid job config: {e}") from None
         ctx = cls(ledger, store, job_id, info, config)
         if config.access.private:
             account = ledger.chain.account

@@ -265,3 +265,37 @@ def test_a_changed_config_and_added_code_fail_even_re_signed(world, exported, tm
 
 
 # ---------------------------------------------------------------------------- a Hugging Face model with LoRA
+
+
+# ---------------------------------------------------------------------------- a LoRA job's merged model
+
+
+@pytest.mark.parametrize("change, fails", [
+    (lambda w: w, None),                                       # the merge as recomputed
+    (lambda w: w * np.float32(1 + 2e-7), None),                # another CPU's rounding: within 1e-6
+    (lambda w: w * np.float32(1 + 1e-4), "not the committed base with the final adapter merged"),
+    (lambda w: np.where(np.arange(w.size).reshape(w.shape) == 0, np.float32("nan"), w),
+     "not the committed base with the final adapter merged"),
+    (lambda w: w[:1], "not the committed base with the final adapter merged"),   # another shape
+])
+def test_verify_merged_compares_within_float32_rounding_only(tmp_path, change, fails):
+    """``verify_merged`` (torch-free) against a recomputed merge: equal or float32 rounding
+    passes and says which; a change of 1e-4, a NaN or another shape fails naming the file
+    and the tensor; a merge that cannot be recomputed is said, and fails nothing."""
+    from safetensors.numpy import save
+
+    rng = np.random.default_rng(3)
+    want = {"a.weight": rng.standard_normal((4, 8)).astype(np.float32), "b.weight": np.ones(3, np.float32)}
+    got = {**want, "a.weight": change(want["a.weight"]).astype(np.float32)}
+    (tmp_path / "model.safetensors").write_bytes(save(got, metadata={"format": "pt"}))
+    check = provenance.ExportCheck(tmp_path, files={"model.safetensors": "x"}, weights="adapter ok")
+    provenance.verify_merged(check, lambda adapter: want, {})
+    if fails:
+        assert check.failures == [f"model.safetensors: 1 tensor(s) are {fails} (recomputed here), first a.weight"]
+    else:
+        assert check.ok and "holds the committed base with it merged (recomputed" in check.weights, check.weights
+        assert ("bit for bit" in check.weights) == (got["a.weight"].tobytes() == want["a.weight"].tobytes())
+
+    unmergeable = provenance.ExportCheck(tmp_path, files={"model.safetensors": "x"}, weights="adapter ok")
+    provenance.verify_merged(unmergeable, provenance._no_merge, {})
+    assert unmergeable.ok and "model.safetensors not compared" in unmergeable.weights and "torch" in unmergeable.weights

@@ -128,6 +128,9 @@ def _export_matches(env, job: int, folder) -> None:
     ok = env.run(None, "verify-export", str(folder), "--job", str(job))
     assert ok.returncode == 0 and "EXPORT OK" in ok.stdout, ok.stderr
     assert "weights: adapter.safetensors holds exactly the final checkpoint" in ok.stdout, ok.stdout
+    # and the merged model was recomputed from the committed base and that adapter (issue 34)
+    assert "model.safetensors holds the committed base with it merged (recomputed" in ok.stdout, ok.stdout
+    _tampered_merge_fails(env, job, folder, exporter)
 
     # the ledger's model with the final adapter, as every party runs it
     ctx = JobContext.load(env.ledger, env.store, job)
@@ -149,6 +152,42 @@ def _export_matches(env, job: int, folder) -> None:
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (got - want).abs().max()
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     assert tok.encode("the quick brown fox ").ids[:16] == x[0].tolist()
+
+
+def _tampered_merge_fails(env, job: int, folder, exporter) -> None:
+    """Issue 34: one value of the merged model.safetensors changed, the statement's digests
+    updated and re-signed by the exporter's own key: the signature and the adapter hold,
+    and verify-export fails naming model.safetensors, since it recomputes the merge."""
+    import base64
+    import shutil
+
+    from eth_account import Account
+    from safetensors.numpy import load_file, save
+
+    from ledger import provenance
+    from ledger.digest import sha256_bytes
+
+    bad = folder.parent / "tampered-merge"
+    shutil.copytree(folder, bad)
+    t = load_file(str(bad / "model.safetensors"))
+    name = sorted(k for k in t if k.endswith("q_proj.weight"))[0]   # a weight the adapter touches
+    t[name] = t[name].copy()
+    t[name].flat[0] *= np.float32(-3)
+    (bad / "model.safetensors").write_bytes(save(t, metadata={"format": "pt"}))
+    envelope = json.loads((bad / provenance.ENVELOPE_NAME).read_text())
+    st = json.loads(base64.b64decode(envelope["payload"]))
+    for sub in st["subject"]:
+        sub["digest"]["sha256"] = sha256_bytes((bad / sub["name"]).read_bytes()).hex()
+    payload = json.dumps(st, sort_keys=True, separators=(",", ":")).encode()
+    signed = provenance.sign_envelope(payload, provenance.EthereumSigner(Account.from_key(exporter)))
+    (bad / provenance.ENVELOPE_NAME).write_bytes(provenance.envelope_line(signed))
+    off = env.run(None, "verify-export", str(bad), "--offline")
+    assert off.returncode == 0, off.stderr
+    r = env.run(None, "verify-export", str(bad), "--job", str(job))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, (r.returncode, r.stdout, r.stderr[-3000:])
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"FAILED: model.safetensors: 1 tensor(s) are not the committed base with the final adapter "
+                     f"merged (recomputed here), first {name}"], r.stderr
 
 
 def test_llama_lora_adapters_on_a_frozen_base(deployed, tmp_path):

@@ -9,8 +9,10 @@ only the windows the verifiers drew, and the real roles and the audit agree.
   windows are sealed to the verifiers the draw named and the named auditor);
 - an outsider's audit checks what is public and says NOT RERUN for the replays; the
   named auditor's audit reruns them;
-- a worker whose revealed windows fail their proof, one that trains on other text
-  than it committed, and one that never reveals, each rejected with its own reason;
+- a worker whose revealed windows fail their proof, one whose revealed bundle is JSON
+  nested 100,000 deep (every aggregator and the auditor judge it windows-proof and run on:
+  issue 34), one that trains on other text than it committed, and one that never
+  reveals, each rejected with its own reason;
   one that hands one of three verifiers a garbage key slot is judged by the majority.
 """
 
@@ -200,6 +202,7 @@ def test_private_data_job_end_to_end_reveals_no_text_in_clear(deployed, tmp_path
 
 
 PRIVATE_ATTACKS = {"bad-proof": Verdict.WINDOWS_PROOF, "other-data": Verdict.REPLAY,
+                   "nested-bundle": Verdict.WINDOWS_PROOF,   # issue 34: JSON nested 100,000 deep, not a segfault
                    "withhold": Verdict.WINDOWS_UNREVEALED,
                    "garble-one": Verdict.ACCEPTED}   # one of three verifiers cannot open it: the majority accepts
 
@@ -233,6 +236,11 @@ def test_dishonest_private_workers_are_rejected_with_their_reason(deployed, tmp_
     said = [n for n, a in enumerate(aggs) if "sealed" in log_text(procs[len(everyone) + n])
             and "does not open" in log_text(procs[len(everyone) + n])]
     assert said == [[address(a) for a in aggs].index(victim)], said
+    # every aggregator judged the nested bundle and ran on to the end (a segfault is exit 139)
+    for n, a in enumerate(aggs):
+        p = procs[len(everyone) + n]
+        wait_for(lambda: p.poll() is not None, 60, f"aggregator {n} to exit after the job", [p])
+        assert p.returncode == 0 and f"job {job} is complete" in log_text(p), (p.returncode, log_text(p)[-3000:])
 
     rc, report = _audit(env, job, auditor)
     got = {c["worker"].lower(): (c["onchain_verdict"], c["audit_verdict"], c["reason"])
@@ -242,4 +250,5 @@ def test_dishonest_private_workers_are_rejected_with_their_reason(deployed, tmp_
         on, mine, reason = got[address(k).lower()]
         assert (on, mine) == (PRIVATE_ATTACKS[attack],) * 2, (attack, reason)
     assert "Merkle proof" in got[address(cheats["bad-proof"]).lower()][2]
+    assert "nested deeper than" in got[address(cheats["nested-bundle"]).lower()][2]
     assert rc == 0 and report["ok"], report["discrepancies"]

@@ -174,6 +174,22 @@ def test_flipped_byte_in_a_dag_node_is_caught(store):
     assert obj.cid in str(e.value)
 
 
+def test_a_hostile_index_header_is_one_storage_error(store):
+    """Issue 34: the index header is parsed through ledger.safejson, so a header nested
+    100,000 deep (which segfaults json.loads once eth_account has raised the recursion
+    limit) or one with no end is a StorageError naming the CID, not a crash."""
+    import eth_account  # noqa: F401  (py_ecc raises the recursion limit: the segfault's precondition)
+
+    obj = store.put(rnd(CHUNK_SIZE * 2))
+    _, idx = store.paths_of(obj.cid)
+    for header in (b"[" * 100_000 + b"]" * 100_000 + b"\n", b"{" * 10_000, b"[1, 2]\n", b'{"nodes": 0' + b" " * 9000 + b"}\n"):
+        idx.write_bytes(embedded.IDX_MAGIC + header)
+        with pytest.raises(StorageError) as e:
+            store.get(obj.cid, obj.digest)
+        assert obj.cid in str(e.value) and "damaged" in str(e.value), e.value
+        assert "\n" not in str(e.value)
+
+
 def test_missing_or_truncated_blocks(read_path, store):
     data = rnd(CHUNK_SIZE * 3)
     obj = store.put(data)

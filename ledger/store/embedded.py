@@ -64,6 +64,7 @@ from ..cid import (
     parse_cid,
     parse_link,
 )
+from .. import safejson
 from ..digest import to_hex
 from ..errors import IntegrityError, NotFoundError, StorageError
 from ..procs import pid_alive
@@ -90,6 +91,7 @@ def _write_error(e: OSError, target: str) -> StorageError:
 
 
 IDX_MAGIC = b"LEDGER-IDX 1\n"
+IDX_HEADER_MAX = 4096  # an index header is about 200 bytes of flat JSON
 BATCH = 8 << 20          # bytes handed between threads at a time
 RING = 8                 # buffers in flight when reading a stream (constant memory: RING * BATCH)
 MAX_LEAF = 1 << 20       # a leaf payload larger than this is not one of ours
@@ -758,8 +760,11 @@ def _decode_index(cid: str, raw: bytes) -> dict[bytes, bytes]:
     try:
         if not raw.startswith(IDX_MAGIC):
             raise ValueError("bad magic")
-        pos = raw.index(b"\n", len(IDX_MAGIC)) + 1
-        header = json.loads(raw[len(IDX_MAGIC):pos])
+        # the header is a few hundred bytes of flat JSON: bounded before it is parsed (ledger.safejson)
+        pos = raw.index(b"\n", len(IDX_MAGIC), len(IDX_MAGIC) + IDX_HEADER_MAX) + 1
+        header = safejson.loads(raw[len(IDX_MAGIC):pos], what="the header", max_bytes=IDX_HEADER_MAX, max_depth=2)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         count = int(header["nodes"])
         nodes: dict[bytes, bytes] = {}
         for _ in range(count):

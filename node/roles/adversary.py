@@ -32,6 +32,10 @@ Private data (jobs created with --data-root; node.training.privdata):
                committed text's windows                                  -> replay
   bad-proof    honest training; every window bundle carries one altered byte (committed in
                the manifest as is), so its chunks do not prove against the root -> windows-proof
+  nested-bundle  honest training; every window bundle is JSON nested 100,000 deep (committed
+               in the manifest as is, so its digest matches). Parsed naively after eth_account
+               raised the recursion limit it would segfault each verifier and auditor that
+               opens it; it is refused before parsing                      -> windows-proof
 
   garble-one   honest training and reveal, but the sealed reveal's key slot of one of its
                readers (the first aggregator in address order) is garbage: that reader says -> sealed,
@@ -75,7 +79,8 @@ from node.roles.worker import Worker, WorkerOptions
 log = logging.getLogger("ledger.adversary")
 
 TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge", "tamper-snapshot")
-PRIVATE_ATTACKS = ("other-data", "bad-proof", "garble-one")
+PRIVATE_ATTACKS = ("other-data", "bad-proof", "nested-bundle", "garble-one")
+NESTED_BUNDLE = b"[" * 100_000 + b"]" * 100_000
 REVEAL_ATTACKS = ("withhold", "silent")
 DP_ATTACKS = ("dp-no-clip", "dp-half-noise")
 COMPRESS_ATTACKS = ("bad-compress",)
@@ -177,6 +182,8 @@ class Adversary(Worker):
 
     def window_bundles(self, r: int, parent: bytes, seed: int) -> list[tuple[int, bytes]]:
         bundles = super().window_bundles(r, parent, seed)
+        if self.attack == "nested-bundle":
+            return [(seg, NESTED_BUNDLE) for seg, _ in bundles]
         if self.attack != "bad-proof":
             return bundles
         import json

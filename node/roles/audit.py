@@ -31,7 +31,7 @@ import time
 from ledger import checkpoint
 from ledger import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
-from ledger.errors import LedgerError, NotFoundError, StorageError, StorageUnreachable
+from ledger.errors import InvalidJobConfig, LedgerError, NotFoundError, StorageError, StorageUnreachable
 from ledger.history import load_history, worker_table
 from ledger.verdicts import Verdict, describe
 
@@ -93,7 +93,9 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     """Audit job ``job_id``. ``replay``: none, sample (the transcript segments the
     aggregators drew) or all (every segment; for private data, the drawn ones: no other
     windows are ever revealed). ``threads``: torch threads for replays.
-    ``progress(done, total, label)`` is called per round."""
+    ``progress(done, total, label)`` is called per round. Raises ``InvalidJobConfig``
+    (exit 2, no report) when the stored config is no job config, and
+    ``StorageUnreachable`` when this party's storage does not answer."""
     if replay not in REPLAY_MODES:
         raise ValueError(f"replay must be one of {REPLAY_MODES}")
     t0 = time.perf_counter()
@@ -114,6 +116,10 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
         report.unavailable.append(Discrepancy(0, "", "config", f"config {info.config_cid} retrievable", "unavailable now",
                                               f"nothing can be re-checked without it ({e})"))
         return _done(report, t0)
+    except InvalidJobConfig as e:
+        # bytes matching the on-chain digest that are no job config: nothing can be
+        # re-checked against them, so there is no report to give (exit 2, one line)
+        raise InvalidJobConfig(f"{e}: job {job_id} cannot be audited") from None
     except (LedgerError, ValueError) as e:
         found.append(Discrepancy(0, "", "config", f"config with sha256 {_hex(info.config_digest)}", "invalid", str(e)))
         return _done(report, t0)

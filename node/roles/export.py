@@ -15,7 +15,8 @@ a job that is not completed or whose audit is not OK. It then writes into the fo
   load them, with no pickle anywhere;
 - LoRA: the same, the adapter merged into the frozen base (peft's ``merge_and_unload``
   on a copy of the job's module) so the export is a plain model, and the adapter
-  itself as ``adapter.safetensors`` (the ledger's tensor names);
+  itself as ``adapter.safetensors`` (the ledger's tensor names); ``merged_weights``
+  is that merge for ``ledger verify-export``, which recomputes it;
 - ``provenance.intoto.jsonl``: a DSSE envelope of the in-toto statement whose
   subjects are the files above with their sha256, signed by the exporter's account
   (``ledger.provenance`` says exactly what is signed).
@@ -208,10 +209,8 @@ def _model_files(ctx: JobContext, params: dict[str, np.ndarray]) -> tuple[dict[s
     tokenizer = ctx.store.get(spec.tokenizer.cid, from_hex(spec.tokenizer.sha256), max_size=int(spec.tokenizer.num_bytes))
     module = lm.module(params)
     if spec.lora:
-        merged = copy.deepcopy(module).merge_and_unload()
-        weights = _merged_params(merged)
+        weights, arch = _merge(module)
         how = "LoRA adapter merged into the committed base (peft merge_and_unload)"
-        arch = type(merged).__name__
     else:
         weights, how, arch = params, "final checkpoint", type(module).__name__
     cfg = provenance.export_config(spec)
@@ -225,6 +224,22 @@ def _model_files(ctx: JobContext, params: dict[str, np.ndarray]) -> tuple[dict[s
         files["adapter.safetensors"] = _safetensors(params)
         described["adapter.safetensors"] = "the final LoRA adapter, as the ledger's checkpoint holds it"
     return files, described, how
+
+
+def merged_weights(ledger, store, job_id: int, adapter: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights a LoRA job's export holds as ``model.safetensors``: the committed base
+    (fetched and checked against its digest in the job config) with ``adapter`` merged,
+    by the same code ``export_job`` uses. ``ledger verify-export`` recomputes them."""
+    ctx = JobContext.load(ledger, store, job_id, need_key=False)
+    if not ctx.config.model.lora:
+        raise LedgerError(f"job {job_id} is not a LoRA job: its export merges nothing")
+    return _merge(ctx.model.module(adapter))[0]
+
+
+def _merge(module) -> tuple[dict[str, np.ndarray], str]:
+    """(the merged weights, the merged module's class name), the job's module left as it is."""
+    merged = copy.deepcopy(module).merge_and_unload()
+    return _merged_params(merged), type(merged).__name__
 
 
 def _merged_params(module) -> dict[str, np.ndarray]:
