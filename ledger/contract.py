@@ -413,19 +413,24 @@ HEADER_FIELDS = ("parentHash", "sha3Uncles", "miner", "stateRoot", "transactions
                  "requestsHash")
 
 
+_HEADER_INTS = {"difficulty", "number", "gasLimit", "gasUsed", "timestamp", "baseFeePerGas", "blobGasUsed",
+                "excessBlobGas"}
+
+
 def raw_header(chain: Chain, number: int) -> bytes:
     """Block ``number``'s RLP header, checked against its hash (what ``blockhash`` gives
     the contract): how ``drawCommittees`` learns a block's timestamp."""
     import rlp
 
-    b = chain.w3.eth.get_block(int(number))
+    # the raw JSON-RPC block: the connection's POA middleware renames extraData
+    b = chain.w3.provider.make_request("eth_getBlockByNumber", [hex(int(number)), False]).get("result") or {}
     fields = []
     for name in HEADER_FIELDS:
         if name in b:
-            v = b[name]
-            fields.append(int(v) if isinstance(v, int) else bytes.fromhex(v[2:]) if isinstance(v, str) else bytes(v))
+            raw = bytes.fromhex(b[name][2:].rjust(2 * ((len(b[name]) - 1) // 2), "0"))
+            fields.append(raw if name not in _HEADER_INTS else int.from_bytes(raw, "big"))
     raw = rlp.encode(fields)
-    if keccak(raw) != bytes(b["hash"]):
+    if not b or keccak(raw) != bytes.fromhex(b["hash"][2:]):
         raise LedgerError(f"block {number}: its header fields as the node returns them do not hash to its hash "
                           "(a header format this ledger does not know)")
     return raw
@@ -565,8 +570,13 @@ class TrainingLedger:
     def vote(self, job_id: int, round: int, ballot: bytes):
         """As an aggregator drawn to a committee of ``round``: vote on its contributions
         (drawing the round's committees on chain first when nobody has)."""
-        self.ensure_drawn(job_id, round)
         fn = self.contract.functions.vote(int(job_id), int(round), bytes(ballot))
+        try:
+            return self.chain.transact(fn, context=f"vote on job {job_id} round {round}")
+        except ContractReverted as e:
+            if e.name != "CommitteesNotDrawn":
+                raise
+        self.ensure_drawn(job_id, round)   # says why when they cannot be drawn
         return self.chain.transact(fn, context=f"vote on job {job_id} round {round}")
 
     def committees_drawn(self, job_id: int, round: int) -> Draw | None:
