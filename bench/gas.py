@@ -321,6 +321,7 @@ def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dic
         genesis_digest=sha(f"genesis {label}"), genesis_cid=sha("genesis cid"), genesis_size=3_412_345,
         workers=[w.address for w in workers], aggregators=[a.address for a in aggs], quorum=BATCH_AGGS // 2 + 1,
         round_duration=DURATION, min_submissions=1, cid_version=0, proposal_window=600, num_rounds=3,
+        committee_size=COMMITTEE, vote_window=300,
     )
     rc = chain.transact(ledger.contract.functions.createJob(params.to_abi()), context="create job")
     (created,) = ledger.contract.events.JobCreated().process_receipt(rc, errors=DISCARD)
@@ -334,10 +335,10 @@ def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dic
                   for i, w in enumerate(who)]
         return int(relay.submit_batch(job, r, parent, params.workers, signed)["gasUsed"])
 
-    def finalize(r: int, merged: bytes) -> None:
+    def finalize(r: int, merged: bytes, credits=None) -> None:
         info = ledger.round(job, r)
         verdicts = [0] * info.submissions
-        settlement = Settlement((0,) * n_workers)
+        settlement = Settlement(tuple(credits or (0,) * n_workers))
         outcome = TrainingLedger.outcome_of(merged, sha(f"mcid {r}"), 3_412_999, verdicts, settlement)
         quorum = aggs[: params.quorum]
         for a in quorum:
@@ -349,21 +350,25 @@ def measure_batched(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dic
 
     first = batch(1, params.genesis_digest, workers)
     # committees of COMMITTEE out of the 16 aggregators: each member votes once on its share
-    comms = committee.committees(sha(f"{label} seed"), job, 1, n_workers, params.aggregators, COMMITTEE)
+    # (drawn on chain once the seed block, 2 after the batch's, is mined; the contract checks the members)
+    chain.nudge(), chain.nudge(), chain.nudge()
+    draw_gas = int(relay.draw_committees(job, 1)["gasUsed"])
+    comms = committee.committees(ledger.committees_drawn(job, 1).seed, job, 1, n_workers, params.aggregators, COMMITTEE)
     votes = 0
     for a in aggs:
         mine = [i for i, m in comms.items() if a.address in m]
         if mine:
             ballot = committee.encode_ballot(committee.Entry(i, 0, 1_000 + i) for i in mine)
             votes += int(ledger.with_account(a).vote(job, 1, ballot)["gasUsed"])
-    finalize(1, sha(f"{label} m1"))
+    finalize(1, sha(f"{label} m1"), [1_000 + i for i in range(n_workers)])   # the committees' decisions
     again = batch(2, sha(f"{label} m1"), workers)
     warp(chain, DURATION + 1)
     finalize(2, sha(f"{label} m2"))
     quarter = max(1, n_workers // 4)   # the rest would follow in later batches, or alone
     part = batch(3, sha(f"{label} m2"), workers[:quarter])
     return {"batch_createJob": create_gas, "batch_first": first / n_workers, "batch_again": again / n_workers,
-            "batch_quarter": part / quarter, "batch_quarter_n": quarter, "votes": votes / n_workers}
+            "batch_quarter": part / quarter, "batch_quarter_n": quarter, "votes": votes / n_workers,
+            "draw": draw_gas / n_workers}
 
 
 def measure(chain: Chain, ledger: TrainingLedger, n_workers: int) -> dict:
@@ -451,6 +456,7 @@ def render(rows: list[dict], versions: str) -> str:
         ("batch_again", "per contribution, every worker in one batch (round 2)"),
         ("batch_quarter", "per contribution, a quarter of the workers in one batch"),
         ("votes", f"committee votes per contribution (committees of {COMMITTEE}, each member one vote)"),
+        ("draw", "drawCommittees per contribution (closed by its last submission)"),
     ]
     out += text_table(["operation"] + [f"{r['workers']} workers" for r in rows],
                       [[h] + [_fmt(round(r[k])) for r in rows] for k, h in bops],

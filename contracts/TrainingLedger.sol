@@ -2,6 +2,7 @@
 pragma solidity 0.8.28;
 
 import {ITrainingLedger} from "./interfaces/ITrainingLedger.sol";
+import {CommitteeLib} from "./libraries/CommitteeLib.sol";
 import {JobLib} from "./libraries/JobLib.sol";
 import {LedgerStorage} from "./libraries/LedgerStorage.sol";
 import {RoundSlot, RoundSlotLib} from "./libraries/RoundSlot.sol";
@@ -97,7 +98,6 @@ contract TrainingLedger is ITrainingLedger {
     uint256 private constant COUNT_SHIFT = RoundSlotLib.COUNT_SHIFT;
     uint256 private constant BITMAP_SHIFT = RoundSlotLib.BITMAP_SHIFT;
     uint256 private constant WORKERS_SHIFT = RoundSlotLib.WORKERS_SHIFT;
-    uint256 private constant EARLY_SHIFT = RoundSlotLib.EARLY_SHIFT;
     uint256 private constant COUNT_ONE = RoundSlotLib.COUNT_ONE;
     uint256 private constant LIVE_OPEN = RoundSlotLib.LIVE_OPEN;
     uint256 private constant STATUS_MASK = RoundSlotLib.STATUS_MASK;
@@ -179,25 +179,7 @@ contract TrainingLedger is ITrainingLedger {
     ///        (`ledger data commit`); zero otherwise
     /// @param dataBytes that text's length
     function join(uint256 jobId, bytes32 dataRoot, uint64 dataBytes) external payable jobExists(jobId) {
-        LedgerStorage.Job storage j = _s.jobs[jobId];
-        if (j.maxWorkers == 0) revert JobNotOpen(jobId);
-        if (j.completed) revert JobFinished(jobId);
-        if (_s.workerIndex[jobId][msg.sender] != 0 || _s.isAggregator[jobId][msg.sender]) {
-            revert AlreadyJoined(jobId, msg.sender);
-        }
-        address[] storage ws = _s.workers[jobId];
-        if (ws.length >= j.maxWorkers) revert JobFull(jobId, j.maxWorkers);
-        _requireBetweenRounds(jobId, j);
-        if (msg.value != j.workerStake) revert WrongStake(jobId, j.workerStake, msg.value);
-        ws.push(msg.sender);
-        _s.workerIndex[jobId][msg.sender] = ws.length | QUEUED;
-        LedgerStorage.Roster storage ro = _s.rosters[jobId];
-        ro.hash = JobLib.chain(ro.hash, msg.sender);
-        if (msg.value != 0) {
-            _s.stakes[jobId][msg.sender] = msg.value;
-            emit StakePosted(jobId, msg.sender, msg.value);
-        }
-        emit WorkerJoined(jobId, msg.sender, uint16(ws.length - 1), j.currentRound + 1, dataRoot, dataBytes);
+        JobLib.join(_s, jobId, dataRoot, dataBytes, msg.value);
     }
 
     /// @notice Leave an open job while its current round is not accepting submissions, and
@@ -205,24 +187,7 @@ contract TrainingLedger is ITrainingLedger {
     /// stake goes to the caller's balance.
     /// @param jobId the job
     function leave(uint256 jobId) external jobExists(jobId) {
-        LedgerStorage.Job storage j = _s.jobs[jobId];
-        if (j.maxWorkers == 0) revert JobNotOpen(jobId);
-        if (j.completed) revert JobFinished(jobId);
-        uint256 slot = _s.workerIndex[jobId][msg.sender];
-        if (slot == 0) revert NotWorker(jobId, msg.sender);
-        if (slot & LEFT != 0) revert WorkerHasLeft(jobId, msg.sender);
-        RoundSlot live = _requireBetweenRounds(jobId, j);
-        uint256 index = slot & INDEX_MASK;
-        if (slot & QUEUED == 0 && live.hasSubmitted(index)) {
-            revert ContributionPending(jobId, j.currentRound, msg.sender);
-        }
-        _s.workerIndex[jobId][msg.sender] = slot | LEFT;
-        _s.rosters[jobId].active &= ~(uint128(1) << (index - 1));
-        if (slot & QUEUED == 0) j.numLeft += 1; // a queued one is counted when its round opens
-        uint256 refund = _s.stakes[jobId][msg.sender];
-        _s.stakes[jobId][msg.sender] = 0;
-        _s.balances[msg.sender] += refund;
-        emit WorkerLeft(jobId, msg.sender, refund);
+        JobLib.leave(_s, jobId);
     }
 
     /// @notice Withdraw everything credited to the caller: rewards, returned stakes, a
@@ -278,7 +243,7 @@ contract TrainingLedger is ITrainingLedger {
         unchecked {
             uint256 next = live + COUNT_ONE + bit;
             if ((next >> COUNT_SHIFT) & 0xff == (live >> WORKERS_SHIFT) & 0xff) {
-                next |= (uint256(uint40(live >> DEADLINE_SHIFT)) - block.timestamp) << EARLY_SHIFT;
+                next |= RoundSlotLib.closing(uint40(live >> DEADLINE_SHIFT));
             }
             slot.packed = next;
         }
@@ -368,7 +333,7 @@ contract TrainingLedger is ITrainingLedger {
             uint256 count = (live >> COUNT_SHIFT) & 0xff;
             if (count == (live >> WORKERS_SHIFT) & 0xff) {
                 unchecked {
-                    live |= (uint256(uint40(live >> DEADLINE_SHIFT)) - block.timestamp) << EARLY_SHIFT;
+                    live |= RoundSlotLib.closing(uint40(live >> DEADLINE_SHIFT));
                 }
             }
             slot.packed = live;
@@ -462,6 +427,8 @@ contract TrainingLedger is ITrainingLedger {
         });
         _checkReveal(jobId, round, m.outcome, salt);
         if (_recordReveal(jobId, round, m, verdicts, salt, s)) {
+            // an outcome reaching quorum must follow every committee decision (AgainstCommittee)
+            CommitteeLib.check(_s, jobId, round, verdicts, s.credits);
             _finalize(jobId, round, live, m);
             SettlementLib.settle(_s, jobId, round, m.outcome, s);
             _advance(jobId, _s.jobs[jobId], round);
@@ -506,13 +473,27 @@ contract TrainingLedger is ITrainingLedger {
         emit AccessGranted(jobId, to, msg.sender, cid, size);
     }
 
-    /// @notice Vote, as an aggregator, on the contributions of `round` whose verification
-    /// committee drew you (see `CommitteeVoted`).
+    /// @notice Draw `round`'s verification committees, as anyone, once the seed block (2
+    /// after the block that closed the round) is mined; see `CommitteeLib` and `CommitteesDrawn`.
+    /// @param jobId the job (with committees)
+    /// @param round the job's current round, closed
+    /// @param before for a round closed by its deadline, the RLP header of the block before `closing`; else empty
+    /// @param closing for a round closed by its deadline, the RLP header of the first block past it; else empty
+    /// @param subs per submission in order: worker index (1 byte), digest, cid, size (8), numSamples (8)
+    function drawCommittees(uint256 jobId, uint32 round, bytes calldata before, bytes calldata closing, bytes calldata subs)
+        external
+        jobExists(jobId)
+    {
+        CommitteeLib.draw(_s, jobId, round, before, closing, subs);
+    }
+
+    /// @notice Vote, as a member of `round`'s drawn verification committees, by the vote
+    /// deadline, once (see `CommitteeVoted`, `CommitteeLib`).
     /// @param jobId the job
     /// @param round the round voted on
     /// @param ballot the packed entries
     function vote(uint256 jobId, uint32 round, bytes calldata ballot) external onlyAggregator(jobId) {
-        emit CommitteeVoted(jobId, round, msg.sender, ballot);
+        CommitteeLib.vote(_s, jobId, round, ballot);
     }
 
     /// @notice Skip a round that cannot move the model: past its deadline with fewer than
@@ -920,12 +901,6 @@ contract TrainingLedger is ITrainingLedger {
 
     function _requireClosed(uint256 jobId, uint32 round, RoundSlot live) private view {
         if (!live.isClosed()) revert RoundNotClosed(jobId, round, live.deadline());
-    }
-
-    /// @dev Joins and leaves: the job's current round must be closed to submissions.
-    function _requireBetweenRounds(uint256 jobId, LedgerStorage.Job storage j) private view returns (RoundSlot live) {
-        live = RoundSlot.wrap(_s.live[jobId][j.parentDigest].packed);
-        if (!live.isClosed()) revert RoundInProgress(jobId, j.currentRound, live.deadline());
     }
 
     /// @dev A settlement names only workers of the round that submitted, none both credited and slashed.

@@ -29,7 +29,7 @@ SOLC_VERSION = "0.8.28"
 NPM_WRAPPER = PROJECT_ROOT / "tools" / "solc-npm"
 # Every contract deployed: TrainingLedger and the external libraries linked into it
 # (deployed first; ``ledger.deploy`` links their addresses in).
-LIBRARIES = ["JobLib", "SettlementLib"]
+LIBRARIES = ["JobLib", "SettlementLib", "CommitteeLib"]
 CONTRACTS = [DEFAULT_CONTRACT, *LIBRARIES]
 CONTRACTS_SUBDIR = "contracts"
 BUILD_SUBDIR = "contracts/build"

@@ -31,7 +31,7 @@ from web3 import Web3
 from .artifacts import load_artifact
 from .chain import Chain, plain_value
 from .cid import cid_from_chain, cid_to_chain
-from .errors import ChainUnreachable
+from .errors import ChainUnreachable, ContractReverted, LedgerError
 
 ZERO32 = b"\0" * 32
 
@@ -60,6 +60,7 @@ EVENT_NAMES = (
     "SubmissionSkipped",
     "CommitteeVoted",
     "AccessGranted",
+    "CommitteesDrawn",
 )
 WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
 
@@ -133,6 +134,11 @@ class JobParams:
     slash_bps: int = 0        # basis points of a worker's remaining stake slashed per cheating rejection
     aggregator_bps: int = 0   # basis points of each round's reward paid to the finalizing quorum
     reward: int = 0           # wei sent with createJob: the job's reward pool
+    # verification committees (ledger.committee), enforced on chain: the policy's
+    # committee_size, committee_quorum and vote_window (size 0: every aggregator judges everything)
+    committee_size: int = 0
+    committee_quorum: int = 0
+    vote_window: int = 0
 
     def to_abi(self) -> tuple:
         return (
@@ -155,6 +161,9 @@ class JobParams:
             int(self.worker_stake),
             int(self.slash_bps),
             int(self.aggregator_bps),
+            int(self.committee_size),
+            int(self.committee_quorum),
+            int(self.vote_window),
         )
 
 
@@ -386,6 +395,47 @@ class ChainEvent:
         return self.args.get("round")
 
 
+@dataclass(frozen=True)
+class Draw:
+    """A round's committees as drawn on chain (``CommitteesDrawn``)."""
+
+    job_id: int
+    round: int
+    seed: bytes
+    vote_deadline: int
+
+
+# A block header's fields in RLP order (Ethereum's, through Prague); a node returns
+# those of its fork, and the hash check below says when one is missing.
+HEADER_FIELDS = ("parentHash", "sha3Uncles", "miner", "stateRoot", "transactionsRoot", "receiptsRoot", "logsBloom",
+                 "difficulty", "number", "gasLimit", "gasUsed", "timestamp", "extraData", "mixHash", "nonce",
+                 "baseFeePerGas", "withdrawalsRoot", "blobGasUsed", "excessBlobGas", "parentBeaconBlockRoot",
+                 "requestsHash")
+
+
+_HEADER_INTS = {"difficulty", "number", "gasLimit", "gasUsed", "timestamp", "baseFeePerGas", "blobGasUsed",
+                "excessBlobGas"}
+
+
+def raw_header(chain: Chain, number: int) -> bytes:
+    """Block ``number``'s RLP header, checked against its hash (what ``blockhash`` gives
+    the contract): how ``drawCommittees`` learns a block's timestamp."""
+    import rlp
+
+    # the raw JSON-RPC block: the connection's POA middleware renames extraData
+    b = chain.w3.provider.make_request("eth_getBlockByNumber", [hex(int(number)), False]).get("result") or {}
+    fields = []
+    for name in HEADER_FIELDS:
+        if name in b:
+            raw = bytes.fromhex(b[name][2:].rjust(2 * ((len(b[name]) - 1) // 2), "0"))
+            fields.append(raw if name not in _HEADER_INTS else int.from_bytes(raw, "big"))
+    raw = rlp.encode(fields)
+    if not b or keccak(raw) != bytes.fromhex(b["hash"][2:]):
+        raise LedgerError(f"block {number}: its header fields as the node returns them do not hash to its hash "
+                          "(a header format this ledger does not know)")
+    return raw
+
+
 # ------------------------------------------------------------------------------ wrapper
 
 
@@ -399,6 +449,7 @@ class TrainingLedger:
         self.contract = chain.contract(self.address, self.abi)
         self._members: dict[tuple, tuple[list, list]] = {}
         self._cid_versions: dict[int, int] = {}
+        self._no_committees: set[int] = set()
         self._topic_to_event = {}
         for name in EVENT_NAMES:
             ev = getattr(self.contract.events, name)
@@ -482,8 +533,15 @@ class TrainingLedger:
         # Estimated alone, a reveal may not be the one that reaches the quorum; mined
         # after another aggregator's, it is, and it pays for finalizing the round and
         # opening the next (~150,000 more, growing with the verdicts).
+        if verdicts:
+            # a reveal that reaches the quorum is checked against the committees' decisions:
+            # they must be drawn (anyone may; the reveal's own error says why if they cannot be)
+            try:
+                self.ensure_drawn(job_id, round)
+            except ContractReverted:
+                pass
         return self.chain.transact(fn, context=f"reveal job {job_id} round {round}",
-                                   extra_gas=FINALIZE_GAS + 40_000 * len(settlement.credits))
+                                   extra_gas=FINALIZE_GAS + 40_000 * len(settlement.credits) + 5_000 * len(verdicts))
 
     def close_round(self, job_id: int, round: int):
         fn = self.contract.functions.closeRound(int(job_id), int(round))
@@ -510,9 +568,61 @@ class TrainingLedger:
                 for lg in logs]
 
     def vote(self, job_id: int, round: int, ballot: bytes):
-        """As an aggregator: vote on the contributions of ``round`` whose committee drew it."""
+        """As an aggregator drawn to a committee of ``round``: vote on its contributions
+        (drawing the round's committees on chain first when nobody has)."""
         fn = self.contract.functions.vote(int(job_id), int(round), bytes(ballot))
+        try:
+            return self.chain.transact(fn, context=f"vote on job {job_id} round {round}")
+        except ContractReverted as e:
+            if e.name != "CommitteesNotDrawn":
+                raise
+        self.ensure_drawn(job_id, round)   # says why when they cannot be drawn
         return self.chain.transact(fn, context=f"vote on job {job_id} round {round}")
+
+    def committees_drawn(self, job_id: int, round: int) -> Draw | None:
+        """The round's on-chain committee draw (``CommitteesDrawn``), or None."""
+        logs, _ = self._job_logs("CommitteesDrawn", job_id, round)
+        if not logs:
+            return None
+        a = logs[0]["args"]
+        return Draw(int(job_id), int(round), bytes(a["seed"]), int(a["voteDeadline"]))
+
+    def ensure_drawn(self, job_id: int, round: int) -> bool:
+        """Draw ``round``'s committees unless drawn; False for a job without committees.
+        Raises ``ContractReverted`` when they cannot be drawn (yet)."""
+        if int(job_id) in self._no_committees:
+            return False
+        if self.committees_drawn(job_id, round) is not None:
+            return True
+        try:
+            self.draw_committees(job_id, round)
+        except ContractReverted as e:
+            if e.name == "NoCommittees":
+                self._no_committees.add(int(job_id))
+                return False
+            if e.name != "AlreadyDrawn":   # another party drew them first
+                raise
+        return True
+
+    def draw_committees(self, job_id: int, round: int):
+        """Draw the committees of closed ``round`` on chain (``drawCommittees``): the
+        round's submissions with their workers' indexes and, for a round closed by its
+        deadline, the headers of the first block past it and of its parent."""
+        rd = self.round(job_id, round)
+        subs = self.submissions(job_id, round)
+        index = {w.lower(): i for i, w in enumerate(self.job(job_id).workers)}
+        packed = b"".join(
+            bytes([index[s.worker.lower()]]) + _b32(s.digest, "digest") + _cid32(s.cid, "cid")
+            + int(s.size).to_bytes(8, "big") + int(s.num_samples).to_bytes(8, "big") for s in subs)
+        before = closing = b""
+        if not (0 < rd.expected <= len(subs)):
+            close = self.chain.first_block_after(int(rd.deadline), lo=int(subs[-1].block) if subs else 0)
+            if close is None:
+                raise ContractReverted("RoundNotClosed", {"jobId": job_id, "round": round, "deadline": rd.deadline},
+                                       f"draw committees of job {job_id} round {round}")
+            before, closing = raw_header(self.chain, close - 1), raw_header(self.chain, close)
+        fn = self.contract.functions.drawCommittees(int(job_id), int(round), before, closing, packed)
+        return self.chain.transact(fn, context=f"draw committees of job {job_id} round {round}")
 
     def committee_votes(self, job_id: int, round: int | None = None) -> list[Vote]:
         """A job's committee votes (of one round, or all), in chain order."""

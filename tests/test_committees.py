@@ -6,6 +6,11 @@ worker and aggregator processes; ``ledger.committee``):
   committees hold and votes on chain; every contribution is decided by its committee;
   the honest ones are accepted, the lazy one rejected by its committee (replay); the
   honest workers submit through a relay (one batch a round); the audit says OK;
+- the contract enforces the committees: members only, one vote, by the vote deadline, and
+  2 of 3 aggregators revealing an outcome against a decision cannot finalize it
+  (``AgainstCommittee``); the round is skipped and the next one finalizes through the
+  honest aggregator processes, the draws on chain equal the Python draw (a round closed
+  by its deadline: proven by block headers; one every worker submitted to: its block);
 - a colluding committee: 3 of 4 aggregators vote to accept a lazy contribution, so every
   committee of 3 has a colluding majority; the honest aggregator follows the decision on
   chain and the round finalizes, and the audit (which re-verifies everything) says
@@ -52,10 +57,10 @@ def test_vote_is_an_aggregators_and_is_read_back(world):
 
     with pytest.raises(ContractReverted, match="NotAggregator"):
         env.as_party(RELAYER).vote(job, 1, ballot)
-    env.as_party(AGGS[1]).vote(job, 1, ballot)
-    (v,) = env.ledger.committee_votes(job, 1)
-    assert v.aggregator == address(AGGS[1]) and v.ballot == ballot and v.timestamp > 0
-    assert env.ledger.committee_votes(job, 2) == []
+    # nothing is drawn, nor can be, while the round is open: no vote counts
+    with pytest.raises(ContractReverted, match="RoundNotClosed"):
+        env.as_party(AGGS[1]).vote(job, 1, ballot)
+    assert env.ledger.committee_votes(job, 1) == [] and env.ledger.committees_drawn(job, 1) is None
 
 
 def test_committees_of_three_judge_sixteen_workers(world):
@@ -143,3 +148,83 @@ def test_a_colluding_committee_fails_the_audit(world):
     text = env.run(None, "audit", "--job", str(job), "--no-progress", "--replay", "sample", timeout=600)
     assert "AUDIT FAILED" in text.stdout and "round 1" in text.stdout and address(COL_LAZY) in text.stdout \
         and "replay" in text.stdout, text.stdout[-2000:]
+
+
+ENF_W = keys(3, "cmt-enf-w")
+ENF_AGGS = keys(3, "cmt-enf-agg")
+
+
+def test_a_quorum_against_its_committees_cannot_finalize(world):
+    env = world
+    from ledger.errors import ContractReverted
+    from node.verification.rounds import replay_seed
+
+    job = env.create_job(ENF_W, ENF_AGGS, quorum=2, rounds=2, round_duration=40, proposal_window=40,
+                         config=_config(committee_size=2, vote_window=20, reveal_window=5))
+    aggs = [address(k) for k in ENF_AGGS]
+    # round 1: two of three workers submit, so the round closes at its deadline
+    procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in ENF_W[:2]]
+    wait_for(lambda: env.ledger.round(job, 1).status == "closed", 300, "round 1 to close", procs)
+    subs = env.ledger.submissions(job, 1)
+    assert len(subs) == 2
+
+    def seed():
+        env.ledger.chain.nudge()
+        try:
+            return replay_seed(env.ledger, job, 1, subs)
+        except Exception:
+            return None
+
+    s1 = wait_for(seed, 60, "round 1's seed block")
+    comms = cm.committees(s1, job, 1, 2, aggs, 2)
+    members = {k: [i for i, m in comms.items() if address(k) in m] for k in ENF_AGGS}
+    outsider = next(k for k in ENF_AGGS if 0 not in members[k])
+    with pytest.raises(ContractReverted, match="NotInCommittee"):
+        env.as_party(outsider).vote(job, 1, cm.encode_ballot([cm.Entry(0, 0, 7)]))
+    # every committee decides: accepted, credit 7 (the draw on chain is Python's, headers proving the close)
+    for k, mine in members.items():
+        if mine:
+            env.as_party(k).vote(job, 1, cm.encode_ballot([cm.Entry(i, 0, 7) for i in mine]))
+    drawn = env.ledger.committees_drawn(job, 1)
+    assert drawn is not None and drawn.seed == s1
+    voter = next(k for k in ENF_AGGS if members[k])
+    with pytest.raises(ContractReverted, match="AlreadyVoted"):
+        env.as_party(voter).vote(job, 1, cm.encode_ballot([cm.Entry(members[voter][0], 0, 7)]))
+    # two aggregators (a quorum) reveal an outcome rejecting both: the one that reaches the quorum reverts
+    info = env.ledger.job(job)
+
+    def commit(k):
+        try:
+            return env.commit_as(k, job, 1, [Verdict.VALIDATION_LOSS] * 2, info.current_parent,
+                                 info.current_parent_cid, info.current_parent_size)
+        except ContractReverted as e:   # the workers' disclosures first
+            assert e.name == "DisclosuresPending", e
+            env.ledger.chain.nudge()
+            return None
+
+    bad = [wait_for(lambda: commit(k), 60, "a commit") for k in ENF_AGGS[1:]]
+    chain = env.ledger.chain
+    wait_for(lambda: chain.nudge() and chain.block_timestamp(chain.block_number()) > env.ledger.round(job, 1).commit_deadline,
+             60, "the commit phase to end")
+    env.reveal_as(ENF_AGGS[1], job, 1, bad[0])
+    with pytest.raises(ContractReverted, match="AgainstCommittee"):
+        env.reveal_as(ENF_AGGS[2], job, 1, bad[1])
+    assert env.ledger.round(job, 1).status == "closed" and env.ledger.balance_of(aggs[2]) == 0
+
+    def skipped():
+        try:
+            env.ledger.close_round(job, 1)
+        except ContractReverted:
+            env.ledger.chain.nudge()
+        return env.ledger.round(job, 1).status == "skipped"
+
+    wait_for(skipped, 120, "round 1 to be skipped")
+    # the honest path: the third worker joins in, the three aggregators run; round 2 finalizes
+    procs.append(env.spawn(ENF_W[2], "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3"))
+    runs = [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3") for k in ENF_AGGS]
+    wait_for(lambda: env.ledger.job(job).completed, 400, "round 2 to finalize", [*procs, *runs])
+    assert env.ledger.round(job, 2).status == "finalized"
+    subs2 = env.ledger.submissions(job, 2)
+    assert len(subs2) == 3   # closed by its last submission: the draw's block from the round's slot
+    assert env.ledger.committees_drawn(job, 2).seed == replay_seed(env.ledger, job, 2, subs2)
+    assert len(env.ledger.committee_votes(job, 2)) >= 2

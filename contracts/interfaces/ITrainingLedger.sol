@@ -28,6 +28,9 @@ interface ITrainingLedger {
         uint128 workerStake;    // wei each worker posts (`stake`, or with `join`) before it submits; 0: none
         uint16 slashBps;        // basis points of a worker's remaining stake slashed per cheating rejection
         uint16 aggregatorBps;   // basis points of each round's reward paid to the finalizing quorum
+        uint8 committeeSize;    // aggregators judging each contribution in depth (0, or >= the aggregators: all of them)
+        uint8 committeeQuorum;  // identical committee votes that decide a contribution (0: a majority of the committee)
+        uint32 voteWindow;      // seconds after a round can be judged during which committee votes count
     }
 
     /// @notice A worker's submission as it signs it for `submitBatch` (EIP-712 type
@@ -218,6 +221,11 @@ interface ITrainingLedger {
     /// alone, computed alike by every aggregator and auditor (`ledger.committee`).
     event CommitteeVoted(uint256 indexed jobId, uint32 indexed round, address indexed aggregator, bytes ballot);
 
+    /// @notice `round`'s verification committees were drawn (`drawCommittees`): from
+    /// `seed`, the hash of the block 2 after the one that closed the round, exactly as
+    /// `ledger.committee.committees` draws them; votes count until `voteDeadline`.
+    event CommitteesDrawn(uint256 indexed jobId, uint32 indexed round, bytes32 seed, uint64 voteDeadline);
+
     /// @notice The job holds `amount` wei to pay contributions (createJob's value).
     event RewardFunded(uint256 indexed jobId, uint256 amount);
 
@@ -370,4 +378,33 @@ interface ITrainingLedger {
 
     /// @notice The transfer of a withdrawal failed (the balance is kept).
     error WithdrawFailed(address account, uint256 amount);
+    /// @notice A round of 2**24 seconds (194 days) or more: the round's slot keeps how early it closed in 24 bits.
+    error RoundTooLong(uint256 roundDuration);
+    /// @notice committeeQuorum above committeeSize, or committeeSize above MAX_WORKERS.
+    error CommitteeOutOfRange(uint256 size, uint256 quorum);
+    /// @notice The job has no verification committees (committeeSize 0, or at least its aggregators).
+    error NoCommittees(uint256 jobId);
+    /// @notice The round's committees are not drawn yet (`drawCommittees`), or the round is not the current one.
+    error CommitteesNotDrawn(uint256 jobId, uint32 round);
+    /// @notice The round's committees were already drawn.
+    error AlreadyDrawn(uint256 jobId, uint32 round);
+    /// @notice The block that seeds the draw is not mined yet, or is more than 256 blocks old.
+    error DrawUnavailable(uint256 jobId, uint32 round, uint256 seedBlock);
+    /// @notice The block headers given do not prove the block that closed the round at its deadline.
+    error BadHeader(uint256 jobId, uint32 round);
+    /// @notice The submissions given do not fold into the round's commitment.
+    error SubmissionsMismatch(uint256 jobId, uint32 round);
+    /// @notice The round's vote deadline passed.
+    error VotePhaseClosed(uint256 jobId, uint32 round, uint64 voteDeadline);
+    /// @notice The aggregator already voted in this round (only its first vote counts).
+    error AlreadyVoted(uint256 jobId, uint32 round, address aggregator);
+    /// @notice A ballot that is not whole 11-byte entries with increasing indexes of the round's submissions.
+    error BadBallot(uint256 jobId, uint32 round);
+    /// @notice The voter was not drawn for the committee of submission `index`.
+    error NotInCommittee(uint256 jobId, uint32 round, address aggregator, uint256 index);
+    /// @notice The outcome reaching quorum gives submission `index` a verdict or credit
+    /// other than its committee decided: the round cannot finalize it.
+    error AgainstCommittee(uint256 jobId, uint32 round, uint256 index);
+    /// @notice A contribution is undecided and its committee may still vote until `voteDeadline`.
+    error VotesPending(uint256 jobId, uint32 round, uint64 voteDeadline);
 }

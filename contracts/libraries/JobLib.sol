@@ -3,6 +3,7 @@ pragma solidity 0.8.28;
 
 import {ITrainingLedger} from "../interfaces/ITrainingLedger.sol";
 import {LedgerStorage} from "./LedgerStorage.sol";
+import {RoundSlot} from "./RoundSlot.sol";
 
 /// @title JobLib
 /// @notice Creating a job: checking its parameters and registering its workers and
@@ -36,6 +37,9 @@ library JobLib {
         j.workerStake = p.workerStake;
         j.slashBps = p.slashBps;
         j.aggregatorBps = p.aggregatorBps;
+        j.committeeSize = p.committeeSize;
+        j.committeeQuorum = p.committeeQuorum;
+        j.voteWindow = p.voteWindow;
         j.pool = uint128(value);
         j.reward = uint128(value);
         j.configSize = p.configSize;
@@ -78,6 +82,61 @@ library JobLib {
         if (value != 0) emit ITrainingLedger.RewardFunded(jobId, value);
     }
 
+    /// @notice TrainingLedger.join (a cold path kept out of the contract); `value` is the stake sent.
+    function join(LedgerStorage.Layout storage st, uint256 jobId, bytes32 dataRoot, uint64 dataBytes, uint256 value) external {
+        LedgerStorage.Job storage j = st.jobs[jobId];
+        if (j.maxWorkers == 0) revert ITrainingLedger.JobNotOpen(jobId);
+        if (j.completed) revert ITrainingLedger.JobFinished(jobId);
+        if (st.workerIndex[jobId][msg.sender] != 0 || st.isAggregator[jobId][msg.sender]) {
+            revert ITrainingLedger.AlreadyJoined(jobId, msg.sender);
+        }
+        address[] storage ws = st.workers[jobId];
+        if (ws.length >= j.maxWorkers) revert ITrainingLedger.JobFull(jobId, j.maxWorkers);
+        _requireBetweenRounds(st, jobId, j);
+        if (value != j.workerStake) revert ITrainingLedger.WrongStake(jobId, j.workerStake, value);
+        ws.push(msg.sender);
+        st.workerIndex[jobId][msg.sender] = ws.length | LedgerStorage.QUEUED;
+        LedgerStorage.Roster storage ro = st.rosters[jobId];
+        ro.hash = chain(ro.hash, msg.sender);
+        if (value != 0) {
+            st.stakes[jobId][msg.sender] = value;
+            emit ITrainingLedger.StakePosted(jobId, msg.sender, value);
+        }
+        emit ITrainingLedger.WorkerJoined(jobId, msg.sender, uint16(ws.length - 1), j.currentRound + 1, dataRoot, dataBytes);
+    }
+
+    /// @notice TrainingLedger.leave (a cold path kept out of the contract).
+    function leave(LedgerStorage.Layout storage st, uint256 jobId) external {
+        LedgerStorage.Job storage j = st.jobs[jobId];
+        if (j.maxWorkers == 0) revert ITrainingLedger.JobNotOpen(jobId);
+        if (j.completed) revert ITrainingLedger.JobFinished(jobId);
+        uint256 slot = st.workerIndex[jobId][msg.sender];
+        if (slot == 0) revert ITrainingLedger.NotWorker(jobId, msg.sender);
+        if (slot & LedgerStorage.LEFT != 0) revert ITrainingLedger.WorkerHasLeft(jobId, msg.sender);
+        RoundSlot live = _requireBetweenRounds(st, jobId, j);
+        uint256 index = slot & LedgerStorage.INDEX_MASK;
+        if (slot & LedgerStorage.QUEUED == 0 && live.hasSubmitted(index)) {
+            revert ITrainingLedger.ContributionPending(jobId, j.currentRound, msg.sender);
+        }
+        st.workerIndex[jobId][msg.sender] = slot | LedgerStorage.LEFT;
+        st.rosters[jobId].active &= ~(uint128(1) << (index - 1));
+        if (slot & LedgerStorage.QUEUED == 0) j.numLeft += 1; // a queued one is counted when its round opens
+        uint256 refund = st.stakes[jobId][msg.sender];
+        st.stakes[jobId][msg.sender] = 0;
+        st.balances[msg.sender] += refund;
+        emit ITrainingLedger.WorkerLeft(jobId, msg.sender, refund);
+    }
+
+    /// @dev Joins and leaves: the job's current round must be closed to submissions.
+    function _requireBetweenRounds(LedgerStorage.Layout storage st, uint256 jobId, LedgerStorage.Job storage j)
+        private
+        view
+        returns (RoundSlot live)
+    {
+        live = RoundSlot.wrap(st.live[jobId][j.parentDigest].packed);
+        if (!live.isClosed()) revert ITrainingLedger.RoundInProgress(jobId, j.currentRound, live.deadline());
+    }
+
     /// @notice The checks of `createJob`'s parameters, each failure its own typed error.
     function validate(ITrainingLedger.JobParams calldata p) internal pure {
         uint256 named = p.workers.length;
@@ -96,9 +155,13 @@ library JobLib {
         // A strict majority: two disjoint sets of aggregators can never both reach it.
         if (uint256(p.quorum) * 2 <= n || p.quorum > n) revert ITrainingLedger.QuorumNotMajority(p.quorum, n);
         if (p.roundDuration == 0 || p.proposalWindow == 0 || p.numRounds == 0) revert ITrainingLedger.ZeroDuration();
+        if (p.roundDuration >= 1 << 24) revert ITrainingLedger.RoundTooLong(p.roundDuration);
         uint256 most = p.maxWorkers != 0 ? p.maxWorkers : named;
         if (p.minSubmissions == 0 || p.minSubmissions > most) {
             revert ITrainingLedger.MinSubmissionsOutOfRange(p.minSubmissions, most);
+        }
+        if (p.committeeQuorum > p.committeeSize || p.committeeSize > LedgerStorage.MAX_WORKERS) {
+            revert ITrainingLedger.CommitteeOutOfRange(p.committeeSize, p.committeeQuorum);
         }
         if (p.cidVersion > 1) revert ITrainingLedger.BadCidVersion(p.cidVersion);
         if (p.genesisDigest == bytes32(0) || p.configDigest == bytes32(0)) revert ITrainingLedger.ZeroDigest();

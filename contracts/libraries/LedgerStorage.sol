@@ -47,6 +47,9 @@ library LedgerStorage {
         uint8 numLeft; // workers (indexes < numWorkers) that left
         uint16 slashBps;
         uint16 aggregatorBps;
+        uint8 committeeSize;
+        uint8 committeeQuorum;
+        uint32 voteWindow;
         // one slot
         uint128 workerStake;
         uint128 pool;
@@ -110,6 +113,16 @@ library LedgerStorage {
         uint128 active;
     }
 
+    /// @dev The committees of a job's current round once drawn (CommitteeLib): stale when
+    /// `round` is not the current round, overwritten from round to round.
+    struct Draw {
+        uint32 round;
+        uint64 voteDeadline;
+        bytes32 seed;
+        uint256 voted; // bitmap of aggregator indexes that voted
+        bytes order;   // worker index (0-based) of each submission, in submission order
+    }
+
     struct Layout {
         uint256 jobCount;
         mapping(uint256 jobId => Job) jobs;
@@ -138,5 +151,11 @@ library LedgerStorage {
         mapping(address account => uint256) balances;
         /// @dev the job's roster hash and active workers (see `submitBatch`)
         mapping(uint256 jobId => Roster) rosters;
+        /// @dev the committees of the job's current round
+        mapping(uint256 jobId => Draw) draws;
+        /// @dev what a committee decided for a submission: 1 << 72 | verdict << 64 | credit (0: undecided)
+        mapping(uint256 jobId => mapping(uint32 round => mapping(uint256 index => uint256))) decisions;
+        /// @dev counted committee votes for keccak256(index, verdict, credit)
+        mapping(uint256 jobId => mapping(uint32 round => mapping(bytes32 pair => uint256))) tallies;
     }
 }

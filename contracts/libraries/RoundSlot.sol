@@ -4,11 +4,15 @@ pragma solidity 0.8.28;
 /// @notice The packed live state of a job's current round: ONE storage slot, keyed by
 /// (job, parent digest), overwritten from round to round (see TrainingLedger "Gas layout").
 ///
-///     | closed early by (32) @224 | workers (8) @216 | submitted bitmap (128) @88 |
-///     | status (8) @80 | count (8) @72 | deadline (40) @32 | round (32) @0 |
+///     | close block low (8) @248 | closed early by (24) @224 | workers (8) @216 |
+///     | submitted bitmap (128) @88 | close block high (7) @81 | open (1) @80 |
+///     | count (8) @72 | deadline (40) @32 | round (32) @0 |
 ///
 /// `workers` is how many workers the round waits for; `closed early by` is set by the
-/// last of them: how many seconds before the deadline the round closed (0: by the deadline).
+/// last of them: how many seconds before the deadline the round closed (0: by the
+/// deadline; rounds last under 2**24 s), and with it the low 15 bits of its block number
+/// (the committee draw's seed is the hash of a block 2 later, see CommitteeLib: within
+/// 256 blocks, so 15 bits name it).
 type RoundSlot is uint256;
 
 using RoundSlotLib for RoundSlot global;
@@ -23,7 +27,9 @@ library RoundSlotLib {
     uint256 internal constant EARLY_SHIFT = 224;
     uint256 internal constant COUNT_ONE = 1 << COUNT_SHIFT;
     uint256 internal constant LIVE_OPEN = 1 << STATUS_SHIFT;
-    uint256 internal constant STATUS_MASK = 0xff << STATUS_SHIFT;
+    uint256 internal constant STATUS_MASK = 1 << STATUS_SHIFT;
+    uint256 internal constant CLOSE_HI_SHIFT = 81;
+    uint256 internal constant CLOSE_LO_SHIFT = 248;
     uint256 internal constant ROUND_MASK = 0xffffffff;
 
     /// @dev A round opening now: open, `workers` expected, nobody submitted yet.
@@ -56,7 +62,25 @@ library RoundSlotLib {
     }
 
     function closedEarlyBy(RoundSlot s) internal pure returns (uint32) {
-        return uint32(RoundSlot.unwrap(s) >> EARLY_SHIFT);
+        return uint24(RoundSlot.unwrap(s) >> EARLY_SHIFT);
+    }
+
+    /// @dev What the last expected submission (made now) adds: how early, and this block.
+    function closing(uint256 deadline_) internal view returns (uint256) {
+        unchecked {
+            return ((deadline_ - block.timestamp) << EARLY_SHIFT) | ((block.number & 0xff) << CLOSE_LO_SHIFT)
+                | (((block.number >> 8) & 0x7f) << CLOSE_HI_SHIFT);
+        }
+    }
+
+    /// @dev The block of the last expected submission, from its low 15 bits: the latest
+    /// block at or before this one with them (exact within 32,768 blocks).
+    function closeBlock(RoundSlot s) internal view returns (uint256) {
+        uint256 w = RoundSlot.unwrap(s);
+        uint256 low = ((w >> CLOSE_LO_SHIFT) & 0xff) | (((w >> CLOSE_HI_SHIFT) & 0x7f) << 8);
+        unchecked {
+            return block.number - ((block.number - low) & 0x7fff);
+        }
     }
 
     /// @dev The same slot with its status cleared (the round left the live state).

@@ -310,6 +310,10 @@ def create_job(
             slash_bps=econ.slash_bps,
             aggregator_bps=econ.aggregator_bps,
             reward=econ.reward,
+            # the contract enforces the committees (ledger.committee): who votes, until when, what decides
+            committee_size=int(config.policy.committee_size),
+            committee_quorum=int(config.policy.committee_quorum),
+            vote_window=int(config.policy.vote_window),
         )
     )
     return CreatedJob(job_id, config, cfg_obj.cid, gen_obj.cid, gen_obj.digest)
