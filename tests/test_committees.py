@@ -128,10 +128,25 @@ def test_a_colluding_committee_fails_the_audit(world):
     honest = env.spawn(COL_HONEST_AGG, "aggregator", "run", "--job", str(job), "--poll", "0.3")
     wait_for(lambda: env.ledger.round(job, 1).submissions == 2 and env.ledger.round(job, 1).status != "open",
              300, "round 1 to close", [*procs, honest])
-    # the colluders vote to accept both, the lazy one included, before running the protocol
-    ballot = cm.encode_ballot([cm.Entry(0, 0, 1), cm.Entry(1, 0, 1)])
+    # the colluders vote to accept what their committees judge, the lazy one included, before
+    # running the protocol (the contract takes a vote only from a committee's members)
+    from node.verification.rounds import DrawNotReady, replay_seed
+
+    subs = env.ledger.submissions(job, 1)
+    seeds = []
+
+    def drawn() -> bool:
+        try:
+            seeds.append(replay_seed(env.ledger, job, 1, subs))
+            return True
+        except DrawNotReady:
+            return False
+
+    wait_for(drawn, 60, "the round's draw to be seeded", [*procs, honest])
+    comms = cm.committees(seeds[-1], job, 1, len(subs), env.ledger.job(job).aggregators, 3)
     for k in COLLUDERS:
-        env.as_party(k).vote(job, 1, ballot)
+        mine = [i for i, members in sorted(comms.items()) if address(k).lower() in {m.lower() for m in members}]
+        env.as_party(k).vote(job, 1, cm.encode_ballot([cm.Entry(i, 0, 1) for i in mine]))
     aggs = [honest, *(env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3") for k in COLLUDERS)]
     wait_for(lambda: env.ledger.job(job).completed, 400, "the colluded round", [*procs, *aggs])
     rd = env.ledger.round(job, 1)

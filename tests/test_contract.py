@@ -164,6 +164,7 @@ def test_create_job_events_and_views(env: Env):
         "workers": p.workers, "aggregators": p.aggregators, "quorum": 2, "roundDuration": DURATION,
         "numRounds": 3, "minSubmissions": 2, "cidVersion": 0, "proposalWindow": WINDOW, "disclosureWindow": 0,
         "maxWorkers": 0, "workerStake": 0, "slashBps": 0, "aggregatorBps": 0,
+        "committeeSize": 0, "committeeQuorum": 0, "voteWindow": 0,
     }
     (opened,) = env.events(rc, "RoundOpened")
     assert opened == {"jobId": 1, "round": 1, "parent": GENESIS, "deadline": env.block_time(rc) + DURATION}
