@@ -63,6 +63,7 @@ from web3.logs import DISCARD  # noqa: E402
 
 from ledger import anvil  # noqa: E402
 from ledger.artifacts import load_artifact  # noqa: E402
+from ledger.deploy import deploy_contracts  # noqa: E402
 from ledger.batch import sign_submission  # noqa: E402
 from ledger.cid import cid_from_chain  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
@@ -486,8 +487,7 @@ def deployed_ledger():
         chain = Chain.connect(up.info.url, deployer)
         fund(chain, [deployer.address])
         art = load_artifact()
-        factory = chain.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
-        rc = chain.transact(factory.constructor(), context="deploy")
+        rc, _libraries = deploy_contracts(chain)
         ledger = TrainingLedger(chain, rc["contractAddress"], art["abi"])
         client = chain.w3.client_version
         settings_s = art["compiler"]["settings"]

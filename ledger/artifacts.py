@@ -51,3 +51,26 @@ def artifact_sha256(name: str = DEFAULT_CONTRACT, build_dir: Path | None = None)
 def dumps_artifact(artifact: dict) -> str:
     """The canonical text of an artifact file: sorted keys, 2-space indent, trailing newline."""
     return json.dumps(artifact, indent=2, sort_keys=True) + "\n"
+
+
+def link(code_hex: str, refs: dict, addresses: dict[str, str]) -> str:
+    """``code_hex`` with each linked library's placeholder (solc's ``linkReferences``:
+    {source: {library: [{start, length}]}}) replaced by the library's address in
+    ``addresses`` (by library name); LedgerError for a library without one."""
+    h = code_hex[2:] if code_hex.startswith("0x") else code_hex
+    for libs in (refs or {}).values():
+        for name, entries in libs.items():
+            if name not in addresses:
+                raise LedgerError(f"the bytecode links library {name}, but no address was given for it")
+            addr = str(addresses[name]).lower().removeprefix("0x")
+            if len(addr) != 40:
+                raise LedgerError(f"library {name}: {addresses[name]!r} is not an address")
+            for e in entries:
+                s = 2 * int(e["start"])
+                h = h[:s] + addr + h[s + 40:]
+    return "0x" + h
+
+
+def linked_libraries(refs: dict) -> list[str]:
+    """The names of the libraries a bytecode links, in a stable order."""
+    return sorted({name for libs in (refs or {}).values() for name in libs})

@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import safejson
+
 
 def write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     path = Path(path)
@@ -44,6 +46,6 @@ def write_json(path: str | Path, obj: Any, mode: int = 0o644) -> Path:
 
 def read_json(path: str | Path, default: Any = None) -> Any:
     try:
-        return json.loads(Path(path).read_text())
+        return safejson.read(path)
     except FileNotFoundError:
         return default

@@ -42,6 +42,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
+from . import safejson
 from .errors import (
     AccountError,
     ChainUnreachable,
@@ -232,7 +233,7 @@ class _FastReads:
             conn = self._connection()
             conn.request("POST", self._path, body, {"Content-Type": "application/json"})
             resp = conn.getresponse()
-            answer = json.loads(resp.read())
+            answer = safejson.loads(resp.read(), what="the node's answer")
             if resp.status != 200 or "result" not in answer:
                 raise ValueError(resp.status)
             return answer["result"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass
 from typing import Mapping
@@ -25,6 +24,7 @@ from typing import Mapping
 import numpy as np
 import safetensors.numpy
 
+from . import safejson
 from .errors import CheckpointFormatError
 
 META_KEY = "ledger"
@@ -34,8 +34,6 @@ MAX_HEADER = 16 << 20  # a header larger than this is not a checkpoint of ours
 # recurses per level, so a few thousand brackets raise RecursionError.
 HEADER_DEPTH = 3
 META_DEPTH = 1
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_BRACKET = re.compile(rb"[\[\]{}]")
 
 # safetensors dtype tag -> numpy dtype (little-endian). BF16 and FP8 have no numpy type.
 DTYPES: dict[str, np.dtype] = {
@@ -120,67 +118,77 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _no_dupes(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r} in header")
-        out[k] = v
-    return out
-
-
-def _nesting_ok(raw: bytes, limit: int) -> bool:
-    """Whether the JSON text ``raw`` nests arrays/objects at most ``limit`` deep
-    (brackets inside strings do not count); stops at the first level too deep."""
-    depth = 0
-    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
-        if m.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return False
-        else:
-            depth -= 1
-    return True
-
-
 def _loads(raw: bytes | str, limit: int):
-    """json.loads of a header part, refusing duplicate keys and nesting deeper than ``limit``."""
-    b = raw.encode("utf-8") if isinstance(raw, str) else raw
-    if not _nesting_ok(b, limit):
-        raise ValueError(f"JSON nested deeper than {limit} levels; a checkpoint header is a flat "
-                         "{name: {dtype, shape, data_offsets}} map plus __metadata__")
-    try:
-        return json.loads(raw, object_pairs_hook=_no_dupes)
-    except RecursionError:  # the scan above should make this unreachable; never let it escape
-        raise ValueError("JSON nested too deeply") from None
+    """A header part as JSON: duplicate keys and nesting deeper than ``limit`` refused first."""
+    return safejson.loads(raw, what="header", max_bytes=MAX_HEADER, max_depth=limit, unique_keys=True)
 
 
-def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = None) -> Header:
-    """Parse and validate the header without building any array."""
+def _frame(data, fail, max_size: int | None) -> tuple[dict, int]:
+    """(header object, header length) of safetensors bytes: sizes bounded before parsing."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise _fail(cid, f"expected bytes, got {type(data).__name__}")
+        raise fail(f"expected bytes, got {type(data).__name__}")
     size = len(data)
     if max_size is not None and size > max_size:
-        raise _fail(cid, f"{size} bytes is over the limit of {max_size}")
+        raise fail(f"{size} bytes is over the limit of {max_size}")
     sniffed = _sniff(data)
     if sniffed:
-        raise _fail(cid, sniffed)
+        raise fail(sniffed)
     if size < 8:
-        raise _fail(cid, f"{size} bytes is too short for a safetensors file (truncated?)")
+        raise fail(f"{size} bytes is too short for a safetensors file (truncated?)")
     (hlen,) = struct.unpack("<Q", bytes(data[:8]))
     if hlen > MAX_HEADER or hlen < 2:
-        raise _fail(cid, f"header length {hlen} is out of bounds")
+        raise fail(f"header length {hlen} is out of bounds")
     if 8 + hlen > size:
-        raise _fail(cid, f"header length {hlen} runs past the end of the {size}-byte file (truncated?)")
+        raise fail(f"header length {hlen} runs past the end of the {size}-byte file (truncated?)")
     raw = bytes(data[8:8 + hlen])
     try:
         raw.decode("utf-8")          # UTF-8 first: a clear error before any JSON parsing
         header = _loads(raw, HEADER_DEPTH)
     except (UnicodeDecodeError, ValueError) as e:
-        raise _fail(cid, f"header is not valid JSON ({e})") from None
+        raise fail(f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
-        raise _fail(cid, "header is not a JSON object")
+        raise fail("header is not a JSON object")
+    return header, hlen
 
+
+def _tensor_infos(header: dict, data_len: int, fail, dtypes) -> dict[str, TensorInfo]:
+    """Every tensor entry checked: a known dtype, its shape's byte length, offsets in
+    range, and the data section covered exactly once (sorted, no overlap, no slack)."""
+    infos: list[tuple[str, TensorInfo]] = []
+    for name, entry in header.items():
+        if not name:
+            raise fail("empty tensor name")
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise fail(f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
+        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in dtypes:
+            raise fail(f"tensor {name!r}: unsupported dtype {str(dtype)[:20]!r} (allowed: {', '.join(sorted(dtypes))})")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise fail(f"tensor {name!r}: bad shape {str(shape)[:60]}")
+        if (
+            not isinstance(offs, list) or len(offs) != 2
+            or not all(type(o) is int for o in offs) or not 0 <= offs[0] <= offs[1] <= data_len
+        ):
+            raise fail(f"tensor {name!r}: offsets {str(offs)[:60]} out of range (data is {data_len} bytes; truncated?)")
+        nbytes = math.prod(shape) * dtypes[dtype]
+        if offs[1] - offs[0] != nbytes:
+            raise fail(f"tensor {name!r}: offsets span {offs[1] - offs[0]} bytes, shape {shape} of {dtype} needs {nbytes}")
+        infos.append((name, TensorInfo(dtype, tuple(shape), offs[0], offs[1])))
+    pos = 0
+    for name, info in sorted(infos, key=lambda t: (t[1].begin, t[1].end)):
+        if info.begin != pos:
+            kind = "overlaps the previous tensor" if info.begin < pos else "leaves a gap before it"
+            raise fail(f"tensor {name!r} at offset {info.begin} {kind} (expected {pos})")
+        pos = info.end
+    if pos != data_len:
+        raise fail(f"tensors cover {pos} bytes but the data section is {data_len} bytes")
+    return dict(infos)
+
+
+def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = None) -> Header:
+    """Parse and validate the header without building any array."""
+    fail = lambda reason: _fail(cid, reason)  # noqa: E731
+    header, hlen = _frame(data, fail, max_size)
     md = header.pop("__metadata__", None)
     if not isinstance(md, dict) or set(md) != {META_KEY} or not isinstance(md[META_KEY], str):
         raise _fail(cid, f"no ledger metadata (expected __metadata__ with exactly one key {META_KEY!r})")
@@ -192,38 +200,40 @@ def read_header(data: bytes, *, cid: str | None = None, max_size: int | None = N
         raise _fail(cid, "ledger metadata must be a JSON object of strings")
     if canonical_meta(meta) != md[META_KEY]:
         raise _fail(cid, "ledger metadata is not in canonical form (sorted keys, compact)")
+    sizes = {tag: dt.itemsize for tag, dt in DTYPES.items()}
+    tensors = _tensor_infos(header, len(data) - 8 - hlen, fail, sizes)
+    return Header(meta=meta, tensors=tensors, data_start=8 + hlen)
 
-    data_len = size - 8 - hlen
-    infos: list[tuple[str, TensorInfo]] = []
-    for name, entry in header.items():
-        if not name:
-            raise _fail(cid, "empty tensor name")
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise _fail(cid, f"tensor {name!r}: entry must have exactly dtype, shape, data_offsets")
-        dtype, shape, offs = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise _fail(cid, f"tensor {name!r}: unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise _fail(cid, f"tensor {name!r}: bad shape {shape!r}")
-        if (
-            not isinstance(offs, list) or len(offs) != 2
-            or not all(type(o) is int for o in offs) or not 0 <= offs[0] <= offs[1] <= data_len
-        ):
-            raise _fail(cid, f"tensor {name!r}: offsets {offs!r} out of range (data is {data_len} bytes; truncated?)")
-        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
-        if offs[1] - offs[0] != nbytes:
-            raise _fail(cid, f"tensor {name!r}: offsets span {offs[1] - offs[0]} bytes, shape {shape} of {dtype} needs {nbytes}")
-        infos.append((name, TensorInfo(dtype, tuple(shape), offs[0], offs[1])))
-    # The data section must be covered exactly once: sorted, contiguous, no overlap, no slack.
-    pos = 0
-    for name, info in sorted(infos, key=lambda t: (t[1].begin, t[1].end)):
-        if info.begin != pos:
-            kind = "overlaps the previous tensor" if info.begin < pos else "leaves a gap before it"
-            raise _fail(cid, f"tensor {name!r} at offset {info.begin} {kind} (expected {pos})")
-        pos = info.end
-    if pos != data_len:
-        raise _fail(cid, f"tensors cover {pos} bytes but the data section is {data_len} bytes")
-    return Header(meta=meta, tensors=dict(infos), data_start=8 + hlen)
+
+# Weights a model directory may hold: floating point only (an integer tag over float
+# bytes would read them as huge integers), BF16 widened to float32 by its bit pattern.
+WEIGHT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+def read_weights(data: bytes, *, what: str, max_size: int | None = None,
+                 dtypes: Mapping[str, int] = WEIGHT_DTYPES) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file that is not the ledger's own (a model directory's
+    weights), as float32: the same strict layout checks as ``decode`` (header length
+    bounded, offsets inside the file, no overlap), any ``__metadata__`` of strings,
+    floating-point dtypes only. ``CheckpointFormatError`` naming ``what`` otherwise."""
+    def fail(reason: str) -> CheckpointFormatError:
+        return CheckpointFormatError(f"{what} is not a valid safetensors weights file: {reason}")
+
+    header, hlen = _frame(data, fail, max_size)
+    md = header.pop("__metadata__", {})
+    if not isinstance(md, dict) or not all(isinstance(v, str) for v in md.values()):
+        raise fail("__metadata__ must be an object of strings")
+    infos = _tensor_infos(header, len(data) - 8 - hlen, fail, dtypes)
+    buf, start = memoryview(data).cast("B"), 8 + hlen
+    out: dict[str, np.ndarray] = {}
+    for name, info in infos.items():
+        raw = buf[start + info.begin:start + info.end]
+        if info.dtype == "BF16":
+            a = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(raw, dtype={"F16": "<f2", "F32": "<f4", "F64": "<f8"}[info.dtype]).astype(np.float32)
+        out[name] = a.reshape(info.shape)
+    return out
 
 
 def read_meta(data: bytes, *, cid: str | None = None, max_size: int | None = None) -> dict[str, str]:

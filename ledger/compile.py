@@ -27,7 +27,10 @@ from .procs import PROJECT_ROOT
 
 SOLC_VERSION = "0.8.28"
 NPM_WRAPPER = PROJECT_ROOT / "tools" / "solc-npm"
-CONTRACTS = [DEFAULT_CONTRACT]
+# Every contract deployed: TrainingLedger and the external libraries linked into it
+# (deployed first; ``ledger.deploy`` links their addresses in).
+LIBRARIES = ["JobLib", "SettlementLib"]
+CONTRACTS = [DEFAULT_CONTRACT, *LIBRARIES]
 CONTRACTS_SUBDIR = "contracts"
 BUILD_SUBDIR = "contracts/build"
 
@@ -41,7 +44,8 @@ SETTINGS: dict = {
     "viaIR": True,
     "metadata": {"bytecodeHash": "ipfs"},
 }
-OUTPUTS = ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "evm.deployedBytecode.immutableReferences"]
+OUTPUTS = ["abi", "evm.bytecode.object", "evm.bytecode.linkReferences", "evm.deployedBytecode.object",
+           "evm.deployedBytecode.immutableReferences", "evm.deployedBytecode.linkReferences"]
 
 
 class CompileError(LedgerError):
@@ -101,9 +105,10 @@ def find_solc() -> Solc:
 
 
 def source_files(root: Path = PROJECT_ROOT) -> dict[str, Path]:
-    """Solidity sources under ``root/contracts``, keyed by their path relative to ``root``."""
+    """Solidity sources under ``root/contracts`` (its subfolders too, but not the forge
+    tests in ``contracts/test``), keyed by their path relative to ``root``."""
     d = Path(root) / CONTRACTS_SUBDIR
-    files = sorted(p for p in d.glob("*.sol") if p.is_file())
+    files = sorted(p for p in d.rglob("*.sol") if p.is_file() and "test" not in p.relative_to(d).parts[:-1])
     if not files:
         raise CompileError(f"no Solidity sources in {d}")
     return {p.relative_to(root).as_posix(): p for p in files}
@@ -148,6 +153,8 @@ def compile_contracts(root: Path = PROJECT_ROOT, solc: Solc | None = None, names
                 "bytecode": "0x" + c["evm"]["bytecode"]["object"],
                 "deployedBytecode": "0x" + c["evm"]["deployedBytecode"]["object"],
                 "immutableReferences": c["evm"]["deployedBytecode"].get("immutableReferences") or {},
+                "linkReferences": c["evm"]["bytecode"].get("linkReferences") or {},
+                "deployedLinkReferences": c["evm"]["deployedBytecode"].get("linkReferences") or {},
                 "compiler": {"version": solc.version.split(".Emscripten")[0], "settings": SETTINGS},
                 "sources": hashes,
             }

@@ -59,6 +59,7 @@ EVENT_NAMES = (
     "BatchSubmitted",
     "SubmissionSkipped",
     "CommitteeVoted",
+    "AccessGranted",
 )
 WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
 
@@ -77,6 +78,11 @@ def _cid32(cid: Any, what: str) -> bytes:
     """A CID's on-chain form: the 32-byte sha2-256 digest of its root (a ``str`` CID is
     converted here, so no caller handles the encoding; raw ``bytes32`` pass as they are)."""
     return cid_to_chain(cid) if isinstance(cid, str) else _b32(cid, what)
+
+
+def _cid32_or_zero(cid: Any, what: str) -> bytes:
+    """``_cid32``, with ``""`` (no object) as the zero digest."""
+    return ZERO32 if cid in ("", None) else _cid32(cid, what)
 
 
 def _cid_text(cid32: Any, size: int, version: int) -> str:
@@ -286,7 +292,9 @@ class Submission:
 
 @dataclass
 class Disclosure:
-    """One ``Disclosed`` event: ``worker`` stored what the draw asked of it, in time."""
+    """One ``Disclosed`` event: ``worker`` stored what the draw asked of it, in time;
+    ``sealed_cid`` names the encrypted object of its drawn window bundles for its
+    verifiers (``""``: nothing sealed), ``sealed_size`` its length."""
 
     job_id: int
     round: int
@@ -295,6 +303,20 @@ class Disclosure:
     tx_hash: str
     log_index: int
     timestamp: int = 0
+    sealed_cid: str = ""
+    sealed_size: int = 0
+
+
+@dataclass
+class Grant:
+    """One ``AccessGranted`` event: the job's creator (``by``) granted ``to`` the object ``cid``."""
+
+    to: str
+    by: str
+    cid: str
+    size: int
+    block: int
+    tx: str
 
 
 @dataclass
@@ -467,10 +489,25 @@ class TrainingLedger:
         fn = self.contract.functions.closeRound(int(job_id), int(round))
         return self.chain.transact(fn, context=f"close job {job_id} round {round}")
 
-    def disclose(self, job_id: int, round: int):
-        """As a worker that submitted in the closed round: what the draw asks is stored."""
-        fn = self.contract.functions.disclose(int(job_id), int(round))
+    def disclose(self, job_id: int, round: int, sealed_cid: str = "", sealed_size: int = 0):
+        """As a worker that submitted in the closed round: what the draw asks is stored;
+        ``sealed_cid`` (``""``: none) names the encrypted object of its drawn window bundles."""
+        fn = self.contract.functions.disclose(int(job_id), int(round), _cid32_or_zero(sealed_cid, "sealed_cid"),
+                                              int(sealed_size))
         return self.chain.transact(fn, context=f"disclose job {job_id} round {round}")
+
+    def grant(self, job_id: int, to: str, cid: str | bytes, size: int):
+        """As the job's creator: record that ``to`` is granted the object ``cid`` (``size`` bytes)."""
+        fn = self.contract.functions.grant(int(job_id), to_checksum_address(to), _cid32_or_zero(cid, "cid"), int(size))
+        return self.chain.transact(fn, context=f"grant {to} access in job {job_id}")
+
+    def grants(self, job_id: int) -> list[Grant]:
+        """A job's ``AccessGranted`` records, in chain order."""
+        logs, version = self._job_logs("AccessGranted", job_id, None)
+        return [Grant(to=lg["args"]["to"], by=lg["args"]["by"],
+                      cid=_cid_text(lg["args"]["cid"], lg["args"]["size"], version), size=int(lg["args"]["size"]),
+                      block=int(lg["blockNumber"]), tx=_hex(lg["transactionHash"]))
+                for lg in logs]
 
     def vote(self, job_id: int, round: int, ballot: bytes):
         """As an aggregator: vote on the contributions of ``round`` whose committee drew it."""
@@ -644,12 +681,14 @@ class TrainingLedger:
         ]
 
     def disclosures(self, job_id: int, round: int | None = None) -> list[Disclosure]:
-        """A job's disclosures (of one round, or all), in chain order."""
-        logs, _ = self._job_logs("Disclosed", job_id, round)
+        """A job's disclosures (of one round, or all), in chain order, each with its sealed CID."""
+        logs, version = self._job_logs("Disclosed", job_id, round)
         return [
             Disclosure(job_id=int(lg["args"]["jobId"]), round=int(lg["args"]["round"]), worker=lg["args"]["worker"],
                        block=int(lg["blockNumber"]), tx_hash=_hex(lg["transactionHash"]), log_index=int(lg["logIndex"]),
-                       timestamp=self.chain.block_timestamp(int(lg["blockNumber"])))
+                       timestamp=self.chain.block_timestamp(int(lg["blockNumber"])),
+                       sealed_cid=_cid_text(lg["args"]["sealedCid"], lg["args"]["sealedSize"], version),
+                       sealed_size=int(lg["args"]["sealedSize"]))
             for lg in logs
         ]
 

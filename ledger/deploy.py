@@ -2,9 +2,11 @@
 
 A deployment record says where TrainingLedger lives on one chain: a JSON file
 ``<data_dir>/deployments/<chain_id>.json`` (written atomically), with the chain id,
-address, transaction, block, deployer, time and the sha256 of the artifact that was
-deployed. ``deploy`` never silently replaces a record; ``verify_deployment`` checks
-that the code at the recorded address is the committed artifact's runtime code;
+address, transaction, block, deployer, time, the sha256 of the artifact that was
+deployed and the addresses of the external libraries linked into it (``libraries``:
+JobLib, SettlementLib, deployed first). ``deploy`` never silently replaces a record;
+``verify_deployment`` checks that the code at the recorded address is the committed
+artifact's runtime code, and that each library it links is its artifact's code;
 ``open_ledger(settings)`` is the single way every role opens the contract.
 """
 
@@ -14,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,7 @@ class DeploymentRecord:
     artifact_sha256: str
     deployer: str
     deployed_at: float  # unix time
+    libraries: dict = field(default_factory=dict)  # library name -> address (linked into the contract)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,10 +55,10 @@ class DeploymentRecord:
     @classmethod
     def from_json(cls, data: dict) -> "DeploymentRecord":
         names = {f.name for f in fields(cls)}
-        missing = names - set(data)
+        missing = names - set(data) - {"libraries"}  # records from before the libraries have none
         if missing:
             raise ValueError(f"missing {sorted(missing)}")
-        return cls(**{k: data[k] for k in names})
+        return cls(**{k: data[k] for k in names if k in data})
 
 
 # ---------------------------------------------------------------------------- records
@@ -153,6 +156,14 @@ def _artifact_runtime(artifact: dict) -> tuple[bytes, list[tuple[int, int]]]:
     if not code:
         raise LedgerError("the TrainingLedger artifact has no deployedBytecode; run `ledger compile`")
     ranges = [(int(e["start"]), int(e["length"])) for entries in refs.values() for e in entries]
+    links = artifact.get("deployedLinkReferences") or {}
+    if links:  # a linked library's address is the deployment's, not the build's: masked like an immutable
+        from .artifacts import link, linked_libraries
+
+        code = link(str(code), links, {name: "0x" + "00" * 20 for name in linked_libraries(links)})
+        ranges += [(int(e["start"]), int(e["length"])) for libs in links.values() for es in libs.values() for e in es]
+    if str(code).lower().removeprefix("0x").startswith("73" + "00" * 20):
+        ranges.append((1, 20))  # a library's call guard: PUSH20 of its own address, written when it is deployed
     return _hex_to_bytes(code), ranges
 
 
@@ -217,7 +228,51 @@ def check_code(chain, address: str, what: str, record: DeploymentRecord | None =
             f"{what}: the code at {address} on chain {chain.chain_id} is not the TrainingLedger "
             f"artifact (another contract?); run `ledger deploy` (--force to replace a record) or {fix}"
         )
+    for name, lib_address in linked_addresses(code, load_artifact()).items():
+        if record is not None and record.libraries and str(record.libraries.get(name, "")).lower() != lib_address.lower():
+            raise NotOurContract(
+                f"{what}: the contract at {address} links {name} at {lib_address}, but the record says "
+                f"{record.libraries.get(name)}; run `ledger deploy --force` or {fix}"
+            )
+        lib_code = _code_at(chain, lib_address, f"library {name}")
+        lib_how = code_matches(lib_code, load_artifact(name)) if lib_code else ""
+        if not lib_how:
+            raise NotOurContract(
+                f"{what}: the contract at {address} links library {name} at {lib_address}, whose code on chain "
+                f"{chain.chain_id} is not the {name} artifact; run `ledger deploy --force` or {fix}"
+            )
+        if lib_how == "metadata":
+            how = "metadata"
     return how
+
+
+def linked_addresses(code: bytes, artifact: dict) -> dict[str, str]:
+    """Library name -> the address the runtime ``code`` (deployed from ``artifact``) links."""
+    out = {}
+    for libs in (artifact.get("deployedLinkReferences") or {}).values():
+        for name, entries in libs.items():
+            start = int(entries[0]["start"])
+            out[name] = _checksum("0x" + code[start:start + 20].hex(), f"library {name}")
+    return out
+
+
+def deploy_contracts(chain, context: str = "deploy") -> tuple[dict, dict[str, str]]:
+    """Deploy every library TrainingLedger links (``ledger.compile.LIBRARIES``), then
+    TrainingLedger linked to them, from the committed artifacts, with ``chain``'s account.
+    Returns (TrainingLedger's deployment receipt, library name -> address)."""
+    from .artifacts import link, linked_libraries, load_artifact
+
+    art = load_artifact()
+    libraries: dict[str, str] = {}
+    for name in linked_libraries(art.get("linkReferences")):
+        lib = load_artifact(name)
+        rc = chain.transact(chain.w3.eth.contract(abi=lib["abi"], bytecode=lib["bytecode"]).constructor(),
+                            context=f"{context} {name}")
+        libraries[name] = _checksum(rc["contractAddress"])
+    bytecode = link(art["bytecode"], art.get("linkReferences") or {}, libraries)
+    receipt = chain.transact(chain.w3.eth.contract(abi=art["abi"], bytecode=bytecode).constructor(),
+                             context=f"{context} TrainingLedger")
+    return receipt, libraries
 
 
 def _code_at(chain, address: str, what: str = "the contract address") -> bytes:
@@ -282,7 +337,7 @@ def deploy(
     ``notify``). Refuses to replace an existing record unless ``force``.
     """
     from . import keys
-    from .artifacts import artifact_sha256, load_artifact
+    from .artifacts import artifact_sha256
 
     chain = connect(settings)
     path = record_path(settings, chain.chain_id)
@@ -324,9 +379,7 @@ def deploy(
             )
     chain = chain.with_account(account)
 
-    artifact = load_artifact()
-    factory = chain.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    receipt = chain.transact(factory.constructor(), context="deploy TrainingLedger")
+    receipt, libraries = deploy_contracts(chain)
     tx_hash = receipt["transactionHash"]
     record = DeploymentRecord(
         chain_id=int(chain.chain_id),
@@ -336,6 +389,7 @@ def deploy(
         artifact_sha256=artifact_sha256(),
         deployer=account.address,
         deployed_at=time.time(),
+        libraries=libraries,
     )
     check_code(chain, record.address, "deploy")
     if replacing and path.exists():  # only now that the new contract is there

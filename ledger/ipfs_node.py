@@ -24,7 +24,6 @@ saying how to get one.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import listen
+from . import safejson
 from .config import Settings
 from .errors import ConfigError, StorageUnreachable
 from .procs import PROJECT_ROOT, LocalService, ServiceInfo
@@ -324,10 +324,10 @@ def api_call(api: str, command: str, timeout: float = 10.0, **params) -> dict:
     start = time.monotonic()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read() or b"{}")
+            return safejson.loads(r.read() or b"{}", what="the node's answer")
     except urllib.error.HTTPError as e:
         try:
-            msg = json.loads(e.read()).get("Message", str(e))
+            msg = safejson.loads(e.read(), what="the node's answer").get("Message", str(e))
         except ValueError:
             msg = str(e)
         raise StorageUnreachable(f"IPFS API at {api}: {command} failed: {msg}") from None

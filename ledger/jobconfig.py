@@ -19,6 +19,7 @@ import pydantic
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field
 
+from . import hfconfig, safejson
 from .digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
@@ -27,7 +28,7 @@ PUBLISH_MODES = ("drawn", "all")
 
 
 MODEL_KINDS = ("byte-gpt", "hf")
-HF_MODEL_TYPES = ("gpt2", "llama")
+HF_MODEL_TYPES = hfconfig.MODEL_TYPES
 DTYPES = ("float32", "bfloat16")
 SPLITS = ("iid", "speaker", "private")
 
@@ -187,6 +188,13 @@ class ModelSpec:
                     raise ConfigValueError(f"model.{name}", f"must be >= 1 for the byte GPT, got {getattr(self, name)}")
             if self.n_embd % self.n_head:
                 raise ConfigValueError("model.n_embd", f"must be a multiple of n_head ({self.n_head}), got {self.n_embd}")
+        if self.kind == "hf":   # the fields transformers acts on, before any party builds from them
+            try:
+                hfconfig.check(safejson.loads(self.hf_config, what="the model config", max_bytes=1 << 20))
+            except hfconfig.HFConfigError as e:
+                raise ConfigValueError(f"model.hf_config.{e.field}", e.problem) from None
+            except safejson.UnsafeJSON as e:
+                raise ConfigValueError("model.hf_config", str(e)) from None
 
 
 @_spec
@@ -476,10 +484,7 @@ class JobConfig:
     def from_bytes(cls, raw: bytes) -> "JobConfig":
         """Parse a stored config; a field of the wrong JSON type is a ValueError naming it
         (the config comes from storage: whoever created the job chose its bytes)."""
-        try:
-            d = json.loads(raw)
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"job config is not JSON: {e}") from None
+        d = safejson.loads(raw, what="job config")
         if not isinstance(d, dict):
             raise ValueError(f"job config must be a JSON object, got {_json_type(d)}")
         if d.get("format") != FORMAT:

@@ -36,7 +36,10 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from .config import Settings
+from . import safejson
 from .errors import AccountError, ConfigError
+
+MAX_KEYSTORE_BYTES = 1 << 20   # a keystore file is about 500 bytes
 
 ENV_PRIVATE_KEY = "LEDGER_PRIVATE_KEY"
 ENV_PASSWORD = "LEDGER_KEY_PASSWORD"
@@ -98,7 +101,7 @@ def _scan(settings: Settings) -> tuple[list[KeystoreEntry], list[str]]:
         return entries, problems
     for path in sorted(d.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = safejson.read(path, max_bytes=MAX_KEYSTORE_BYTES)
             address = _checksum(str(data["address"]))
             if "crypto" not in data and "Crypto" not in data:
                 raise ValueError("no crypto section")
@@ -272,7 +275,7 @@ def decrypt_entry(entry: KeystoreEntry, password: str) -> LocalAccount:
     if key is not None and key in _CACHE:
         return _CACHE[key]
     try:
-        data = json.loads(entry.path.read_text())
+        data = safejson.read(entry.path, max_bytes=MAX_KEYSTORE_BYTES)
     except (OSError, ValueError):
         raise AccountError(f"keystore file {entry.path} is unreadable") from None
     try:

@@ -54,6 +54,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Key, Signature, Signer
 
+from . import safejson
 from .digest import to_hex
 from .errors import LedgerError
 from .jobconfig import canonical_json
@@ -67,6 +68,7 @@ SCHEME = "eip191-personal-sign"
 # Sections of the predicate that the chain alone determines (``chain_record``).
 CHAIN_SECTIONS = ("ledger", "job", "rounds", "finalModel")
 HASH_CHUNK = 1 << 20
+MAX_ENVELOPE_BYTES = safejson.MAX_BYTES  # the statement lists every round: far below this
 
 
 class ExportError(LedgerError):
@@ -182,10 +184,7 @@ def parse_statement(payload: bytes) -> dict:
     from in_toto_attestation.v1 import statement_pb2
     from in_toto_attestation.v1.statement import Statement
 
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"the payload is not JSON ({e})") from None
+    doc = safejson.loads(payload, what="the payload", max_bytes=MAX_ENVELOPE_BYTES)
     if not isinstance(doc, dict):
         raise ValueError("the payload is not a JSON object")
     pb = statement_pb2.Statement()
@@ -288,6 +287,68 @@ def differences(stated: Any, expected: Any, where: str) -> list[str]:
 # ---------------------------------------------------------------------------- verification
 
 
+# ---------------------------------------------------------------------------- what an export holds
+
+# Every file any export holds; a kind holds a subset (``export_files``). Nothing else
+# (no modeling code, no pickle) may sit in an export folder or its statement.
+EXPORT_FILES = ("adapter.safetensors", "config.json", "model.safetensors", "tokenizer.json")
+HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
+BYTE_GPT_CONFIG = {
+    "model_type": "training-ledger-byte-gpt", "format": "training-ledger/byte-gpt/1",
+    "tokens": "bytes: token id = byte value (vocab_size 256), no tokenizer",
+    "architecture": "pre-norm GPT (node.models.bytegpt.GPT): learned positions, LayerNorm, GELU MLP x4, "
+                    "causal softmax attention, output head = wte.weight (tied, stored once)",
+}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def export_files(model) -> set[str]:
+    """The files an export of a job whose ``ModelSpec`` is ``model`` holds, besides the statement."""
+    if model.kind == "byte-gpt":
+        return {"config.json", "model.safetensors"}
+    return {"config.json", "model.safetensors", "tokenizer.json"} | ({"adapter.safetensors"} if model.lora else set())
+
+
+def export_config(model) -> dict:
+    """The ``config.json`` an export of ``model`` holds: the byte GPT's sizes, or the
+    job's committed transformers config plus only ``architectures`` and ``dtype``."""
+    if model.kind == "byte-gpt":
+        return {**BYTE_GPT_CONFIG, **{k: getattr(model, k) for k in
+                                      ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")}}
+    cfg = safejson.loads(model.hf_config, what="the model config", max_bytes=MAX_CONFIG_BYTES)
+    return {**cfg, "architectures": [HF_ARCHITECTURES[cfg["model_type"]]], "dtype": "float32"}
+
+
+def _check_files_of(check: "ExportCheck", model) -> None:
+    """The statement's files are exactly those an export of this job holds, and its
+    config.json is exactly the job's committed config (plus what export adds)."""
+    bad = check.failures
+    want = export_files(model)
+    for name in sorted(set(check.files) - want):
+        if name in EXPORT_FILES:
+            bad.append(f"{name}: an export of this job ({model.kind}{', LoRA' if model.lora else ''}) holds no such file")
+    for name in sorted(want - set(check.files)):
+        bad.append(f"{name}: not in the statement, though an export of this job holds it")
+    if "config.json" not in check.files or "config.json" in check.unsound:
+        return
+    try:
+        got = safejson.read(check.folder / "config.json", max_bytes=MAX_CONFIG_BYTES)
+    except (OSError, ValueError) as e:
+        bad.append(f"config.json: {str(e).splitlines()[0]}")
+        return
+    expected = export_config(model)
+    if not isinstance(got, dict):
+        bad.append("config.json: not a JSON object")
+        return
+    differ = sorted(k for k in set(got) | set(expected) if got.get(k, _ABSENT) != expected.get(k, _ABSENT))
+    if differ:
+        bad.append(f"config.json: differs from the job's committed model config in {', '.join(differ[:5])}"
+                   + (f" (+{len(differ) - 5} more)" if len(differ) > 5 else ""))
+
+
+_ABSENT = object()
+
+
 @dataclass
 class ExportCheck:
     """What ``verify_offline`` / ``verify_on_chain`` found: one line per failure."""
@@ -347,10 +408,11 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
         bad.append(f"{ENVELOPE_NAME}: missing: {folder} holds no signed provenance statement")
         return check
     try:
-        lines = [ln for ln in path.read_bytes().splitlines() if ln.strip()]
+        lines = [ln for ln in safejson.read_bytes(path, what="it", max_bytes=MAX_ENVELOPE_BYTES).splitlines()
+                 if ln.strip()]
         if len(lines) != 1:
             raise ValueError(f"{len(lines)} envelopes, expected 1")
-        env = Envelope.from_dict(json.loads(lines[0]))
+        env = Envelope.from_dict(safejson.loads(lines[0], what="its line", max_bytes=MAX_ENVELOPE_BYTES))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         bad.append(f"{ENVELOPE_NAME}: not a DSSE envelope ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
         return check
@@ -400,6 +462,16 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
     for extra in sorted(p.name for p in folder.iterdir()):
         if extra != ENVELOPE_NAME and extra not in check.files:
             bad.append(f"{extra}: in the folder but not in the signed statement")
+    for name in sorted(set(check.files) - set(EXPORT_FILES)):
+        bad.append(f"{name}: not a file any export holds (an export is {', '.join(EXPORT_FILES)}: no code, no pickle)")
+    if "config.json" in check.files and "config.json" not in check.unsound:
+        try:
+            cfg = safejson.read(folder / "config.json", max_bytes=MAX_CONFIG_BYTES)
+        except (OSError, ValueError) as e:
+            bad.append(f"config.json: {str(e).splitlines()[0]}")
+        else:
+            if isinstance(cfg, dict) and "auto_map" in cfg:
+                bad.append("config.json: names code to run (auto_map); an export never does")
     return check
 
 
@@ -410,7 +482,7 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
     carries is OK. With a ``store`` that serves the chain's final checkpoint, the file the
     statement names as holding it (``export.checkpointFile``) must hold exactly its
     tensors. Appends one line per difference to ``check.failures``."""
-    from .errors import ContractReverted
+    from .errors import ContractReverted, StorageError
     from .history import load_history
 
     bad, p = check.failures, check.predicate
@@ -442,6 +514,17 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
     audit = p.get("audit") or {}
     if audit.get("status") != "OK":
         bad.append(f"audit: the statement's audit verdict is {audit.get('status')!r}, not OK")
+    if store is not None:
+        from .jobconfig import JobConfig
+
+        info = ledger.job(jid)
+        try:
+            raw = store.get(info.config_cid, info.config_digest, max_size=int(info.config_size))
+            model = JobConfig.from_bytes(raw).model
+        except (StorageError, LedgerError, ValueError) as e:
+            bad.append(f"the job's config cannot be read to check config.json and the files: {str(e).splitlines()[0]}")
+        else:
+            _check_files_of(check, model)
     if store is not None and expected["job"]["completed"]:
         verify_weights(check, store, expected["finalModel"])
     return check
@@ -474,10 +557,9 @@ def verify_weights(check: ExportCheck, store, final: dict) -> ExportCheck:
         return check
     path = check.folder / name
     try:
-        import safetensors.numpy
-
-        got = safetensors.numpy.load_file(str(path))
-    except Exception as e:  # a file that is not safetensors: safetensors raises its own errors
+        data = safejson.read_bytes(path, max_bytes=2 * int(final["size"]) + checkpoint.MAX_HEADER)
+        got = checkpoint.read_weights(data, what=name, dtypes={"F32": 4})
+    except (OSError, ValueError, LedgerError) as e:
         check.failures.append(f"{name}: not a readable safetensors file ({str(e).splitlines()[0]})")
         return check
     if sorted(got) != sorted(want):

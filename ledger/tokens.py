@@ -79,15 +79,18 @@ def width_for(vocab_size: int) -> int:
 def model_dir_tokenizer(d) -> tuple[object, int]:
     """(tokenizer, stream width) of a Hugging Face model directory, without torch: what
     ``ledger data commit --model DIR`` tokenizes with."""
-    import json
     from pathlib import Path
+
+    from . import safejson
 
     d = Path(d)
     try:
-        cfg = json.loads((d / "config.json").read_bytes()[: 1 << 20])
-        vocab = int(cfg["vocab_size"])
-        raw = (d / "tokenizer.json").read_bytes()
+        cfg = safejson.read(d / "config.json", max_bytes=1 << 20)
+        vocab = cfg["vocab_size"]
+        if type(vocab) is not int or not 0 < vocab <= 1 << 32:
+            raise ValueError(f"vocab_size {str(vocab)[:20]} is not a vocabulary size")
+        raw = safejson.read_bytes(d / "tokenizer.json", max_bytes=MAX_TOKENIZER_BYTES)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LedgerError(f"{d}: not a Hugging Face model directory with config.json (vocab_size) and "
-                          f"tokenizer.json ({e})") from None
+                          f"tokenizer.json ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     return load_tokenizer(raw), width_for(vocab)

@@ -146,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stopped by {signal.Signals(signum).name}" + (f": {'; '.join(done)}" if done else ""),
               file=sys.stderr)
         return 128 + int(signum)
+    except BrokenPipeError:
+        # stdout's reader went away (`ledger round status | head -n 3`): nothing left to say
+        # to anyone; point stdout at /dev/null so the exit's flush cannot complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + int(signal.SIGPIPE)
     except LedgerError as e:
         if os.environ.get("LEDGER_DEBUG"):
             raise

@@ -7,6 +7,8 @@ import sys
 import time
 import urllib.request
 
+from ledger import safejson
+
 from .common import add_command, add_group, add_listen_args, float_in
 
 ETH = float_in(0, 1e9, lo_open=True)     # a dev chain's balance, in ETH
@@ -124,7 +126,7 @@ def _rpc(url: str, method: str, params: list | None = None, timeout: float = 3.0
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}).encode()
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        out = json.loads(resp.read())
+        out = safejson.loads(resp.read(), what="the node's answer")
     if "error" in out:
         raise RuntimeError(out["error"])
     return out["result"]

@@ -240,6 +240,19 @@ def device_name(text: str) -> str:
     return text
 
 
+def http_url(text: str) -> str:
+    """``--relay``: an http(s) URL with a host, checked when the command starts, not at the first round."""
+    from urllib.parse import urlsplit
+
+    try:
+        u = urlsplit(text)
+        u.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError:
+        u = None
+    if u is None or u.scheme not in ("http", "https") or not u.hostname:
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an http:// or https:// URL with a host "
+                                         f"(the address `ledger relay run` printed)")
+    return text
 
 
 def writable_file(text: str):

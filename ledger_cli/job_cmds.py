@@ -6,8 +6,8 @@ import re
 
 from ledger.party import open_party, setup_logging
 
-from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, int_in, show_eth,
-                     spec_range, text_in)
+from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, http_url, int_in,
+                     show_eth, spec_range, text_in)
 
 MAX_UINT32 = 2**32 - 1
 MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
@@ -202,7 +202,7 @@ def register(sub) -> None:
     r.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="torch threads for training (default: the job's)")
     r.add_argument("--device", type=device_name, default="cpu", metavar="cpu|cuda[:N]",
                    help="train on the CPU (default) or a CUDA GPU; verifiers replay GPU-trained segments on their CPUs")
-    r.add_argument("--relay", metavar="URL", default=None,
+    r.add_argument("--relay", metavar="URL", type=http_url, default=None,
                    help="post each round's signed submission to this relay (`ledger relay run`) instead of sending a "
                         "transaction; submits directly if the relay is down or its batch is late")
     r.add_argument("--relay-fallback", type=float_in(0, 86400), default=10.0, metavar="S",
@@ -564,8 +564,16 @@ def _job_is_private(ledger, store, info) -> bool:
 
 def _leave(args, settings) -> int:
     ledger, _, account = open_party(settings)
+    from ledger.errors import ContractReverted, LedgerError
+
     before = ledger.balance_of(account.address)
-    ledger.leave(args.job)
+    try:
+        ledger.leave(args.job)
+    except ContractReverted as e:
+        if e.name != "JobNotOpen":
+            raise
+        raise LedgerError(f"job {args.job} is not an open job: its named workers stay in it until it completes "
+                          f"(only a worker who joined an open job with `ledger worker join` can leave)") from None
     refund = ledger.balance_of(account.address) - before
     print(f"worker {account.address}: left job {args.job}; {show_eth(refund)} of stake credited to your balance "
           f"(`ledger account withdraw`)")

@@ -139,7 +139,7 @@ def waits_for(job, rd, now: int) -> str:
         return f"nothing: skipped ({why}), the parent kept"
     if rd.status == "none":
         return f"round {job.current_round} to end first (not opened yet)"
-    nw, na = len(job.workers), len(job.aggregators)
+    nw, na = _expected(rd, job), len(job.aggregators)
     if rd.submissions < nw and now <= rd.deadline:
         then = ("then anyone may close it (too few submissions)" if rd.submissions < job.min_submissions
                 else "then the aggregators' proposals")
@@ -188,10 +188,10 @@ def explain(err: ContractReverted, ledger, job_id: int, r: int, now: int | None 
     if name == "RoundNotClosed":
         deadline = int(a.get("deadline", rd.deadline))
         if rd.submissions < job.min_submissions:
-            return (f"{where} is still open: {rd.submissions} of {len(job.workers)} submitted, below the minimum "
+            return (f"{where} is still open: {rd.submissions} of {_expected(rd, job)} submitted, below the minimum "
                     f"{job.min_submissions}, and its deadline {when(deadline, now)} has not passed; "
                     "it can be skipped only after the deadline")
-        return (f"{where} is still open: {rd.submissions} of {len(job.workers)} submitted until the deadline "
+        return (f"{where} is still open: {rd.submissions} of {_expected(rd, job)} submitted until the deadline "
                 f"{when(deadline, now)}; then the aggregators propose")
     if name == "ProposalWindowOpen":
         reveal = int(a.get("revealDeadline", rd.reveal_deadline))
@@ -220,6 +220,12 @@ def probe_close(ledger, job_id: int, r: int) -> ContractReverted | None:
 # ---------------------------------------------------------------------------- commands
 
 
+def _expected(rd, job) -> int:
+    """The workers a round waits for: the chain's count for the round (an open job's
+    workers who left, or joined for a later round, are not among them), else the roster."""
+    return rd.expected or len(job.workers)
+
+
 def _status(args, settings) -> int:
     ledger, _, _ = open_party(settings, need_account=False)
     job, rd, r = _read(ledger, args.job, args.round)
@@ -232,7 +238,7 @@ def _status(args, settings) -> int:
     else:
         close["refusal"] = refusal.name
         close["reason"] = explain(refusal, ledger, args.job, r, now)
-    nw, na = len(job.workers), len(job.aggregators)
+    nw, na = _expected(rd, job), len(job.aggregators)
     if args.json:
         doc = {
             "job": args.job, "round": r, "status": rd.status, "current_round": job.current_round,

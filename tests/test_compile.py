@@ -62,8 +62,8 @@ def test_check_fails_on_a_reformatted_artifact(copy: Path, solc):
 def test_check_fails_when_the_code_changes(copy: Path, solc):
     src = copy / "contracts/TrainingLedger.sol"
     text = src.read_text()
-    assert "MAX_WORKERS = 128;" in text
-    src.write_text(text.replace("MAX_WORKERS = 128;", "MAX_WORKERS = 127;"))
+    assert "BATCH_ENTRY = 100;" in text
+    src.write_text(text.replace("BATCH_ENTRY = 100;", "BATCH_ENTRY = 99;"))
     out = ledger_cli("compile", "--check", "--root", str(copy))
     assert out.returncode == 1
     assert "do not match the sources" in out.stderr and "run `ledger compile`" in out.stderr
@@ -130,7 +130,14 @@ def test_artifact_contents():
     assert art["compiler"]["version"].startswith("0.8.28+commit.")
     assert art["compiler"]["settings"] == comp.SETTINGS
     assert art["compiler"]["settings"]["optimizer"] == {"enabled": True, "runs": 200}
-    assert art["sources"] == {"contracts/TrainingLedger.sol": hashlib.sha256(SOURCE.read_bytes()).hexdigest()}
+    assert art["sources"] == comp.sources_sha256()   # every source: the interface and libraries too
+    assert art["sources"]["contracts/TrainingLedger.sol"] == hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    assert "contracts/interfaces/ITrainingLedger.sol" in art["sources"]
+    assert not any(k.startswith("contracts/test/") for k in art["sources"])   # forge tests are not deployed
+    # the libraries TrainingLedger links are built beside it, and nothing else is linked
+    assert sorted(n for libs in art["linkReferences"].values() for n in libs) == sorted(comp.LIBRARIES)
+    for lib in comp.LIBRARIES:
+        assert load_artifact(lib)["sources"] == art["sources"]
     names = {e.get("name") for e in art["abi"]}
     for fn in ("createJob", "submitUpdate", "commitProposal", "revealProposal", "closeRound", "getJob", "getWorkers",
                "getAggregators", "getRound", "hasSubmitted", "commitOf", "hasProposed", "votes", "jobCount"):

@@ -11,7 +11,8 @@ from web3 import HTTPProvider, Web3
 
 from conftest import DEV_KEYS
 from ledger import deploy as dep
-from ledger.artifacts import artifact_sha256, load_artifact
+from ledger.artifacts import artifact_sha256, link, load_artifact
+from ledger.compile import LIBRARIES
 from ledger.errors import ChainUnreachable, NoDeployment, NotOurContract, WrongChain
 
 DEV0 = Account.from_key(DEV_KEYS[0])
@@ -120,6 +121,18 @@ def test_verify_against_wrong_code_fails(settings, rpc_url, deployed):
         dep.verify_deployment(chain, dep.DeploymentRecord(**{**deployed.to_json(), "chain_id": 1}))
 
 
+def test_deploy_records_and_verifies_every_library(settings, rpc_url, deployed):
+    """The record lists each linked library; verify checks each one's code, and that the
+    contract links the recorded ones."""
+    chain = dep.connect(settings)
+    assert sorted(deployed.libraries) == sorted(LIBRARIES)
+    for name, address in deployed.libraries.items():
+        assert dep.code_matches(bytes(chain.w3.eth.get_code(address)), load_artifact(name)) == "exact"
+    other = dict(deployed.libraries, JobLib=deployed.libraries["SettlementLib"])
+    with pytest.raises(NotOurContract, match="links JobLib at .* but the record says"):
+        dep.verify_deployment(chain, dep.DeploymentRecord(**{**deployed.to_json(), "libraries": other}))
+
+
 def test_verify_warns_when_the_artifact_changed(settings, rpc_url, deployed):
     chain = dep.connect(settings)
     old = dep.DeploymentRecord(**{**deployed.to_json(), "artifact_sha256": "0x" + "ab" * 32})
@@ -129,8 +142,10 @@ def test_verify_warns_when_the_artifact_changed(settings, rpc_url, deployed):
 
 def test_code_matching_ignores_metadata_and_immutables():
     art = load_artifact()
-    code = bytes.fromhex(art["deployedBytecode"][2:])
-    assert dep.code_matches(code, art) == "exact"
+    libs = {name: "0x" + f"{i + 1:02x}" * 20 for i, name in enumerate(LIBRARIES)}
+    code = bytes.fromhex(link(art["deployedBytecode"], art["deployedLinkReferences"], libs)[2:])
+    assert dep.code_matches(code, art) == "exact"          # the linked libraries' addresses are masked
+    assert {k: v.lower() for k, v in dep.linked_addresses(code, art).items()} == libs
     # the CBOR metadata tail (ipfs hash) differs: same code, other metadata
     n = int.from_bytes(code[-2:], "big")
     meta_start = len(code) - 2 - n

@@ -238,4 +238,30 @@ def test_refusals_are_one_line(world, exported, tmp_path):
               "cannot check the export against the chain", "--offline")
 
 
+def test_a_changed_config_and_added_code_fail_even_re_signed(world, exported, tmp_path):
+    """Issue 34: config.json changed and a modeling file with an auto_map added, all listed
+    in a statement re-signed by the exporter's key: offline the code is refused, and on
+    the chain config.json is not the job's committed config."""
+    env, jobs = world
+    from eth_account import Account
+
+    folder = _copy(exported, tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(n_layer=cfg["n_layer"] + 1, auto_map={"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "modeling_evil.py").write_text("import os\nos.system('echo pwned')\n")
+    envelope = _envelope(folder)
+    st = json.loads(base64.b64decode(envelope["payload"]))
+    st["subject"] = [{"name": n, "digest": {"sha256": sha256_bytes((folder / n).read_bytes()).hex()}}
+                     for n in ("config.json", "model.safetensors", "modeling_evil.py")]
+    payload = json.dumps(st, sort_keys=True, separators=(",", ":")).encode()
+    _write_envelope(folder, provenance.sign_envelope(payload, provenance.EthereumSigner(Account.from_key(EXPORTER))))
+    lines = _failures(env.run(None, "verify-export", str(folder), "--offline"))
+    assert any(ln.startswith("FAILED: modeling_evil.py: not a file any export holds") for ln in lines), lines
+    assert any("config.json: names code to run (auto_map)" in ln for ln in lines), lines
+    lines = _failures(env.run(None, "verify-export", str(folder), "--job", str(jobs["clean"])))
+    assert any("config.json: differs from the job's committed model config in auto_map, n_layer" in ln
+               for ln in lines), lines
+
+
 # ---------------------------------------------------------------------------- a Hugging Face model with LoRA

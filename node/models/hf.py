@@ -6,14 +6,14 @@ frozen base committed beside the config (LoRA, ``node.models.lora``). Every part
 builds the module from the config with ``AutoModelForCausalLM.from_config`` (never
 remote code, never a download) and loads tensors it fetched and checked itself.
 
-A config is hostile input like any fetched file: ``check_config`` allows the two
-model types this project tests, bounds every size, and counts the parameters on
-the meta device (no memory) before anything real is allocated.
+A config is hostile input like any fetched file: ``check_config`` checks every field
+transformers acts on (``ledger.hfconfig``: the two model types this project tests,
+every size, activations, rope settings, head divisibility) and counts the parameters
+on the meta device (no memory) before anything real is allocated.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -21,8 +21,9 @@ import warnings
 import numpy as np
 import torch
 
+from ledger import hfconfig, safejson
 from ledger.errors import LedgerError
-from ledger.jobconfig import HF_MODEL_TYPES, canonical_json
+from ledger.jobconfig import canonical_json
 
 from node.models.base import LanguageModel
 
@@ -31,10 +32,6 @@ from node.models.base import LanguageModel
 VOLATILE_KEYS = ("transformers_version", "_name_or_path", "_model_name_or_path", "quantization_config",
                  "architectures", "dtype", "torch_dtype", "_commit_hash", "auto_map", "_attn_implementation",
                  "_attn_implementation_autoset", "use_cache")
-# Bounds a config must stay within before anything is built from it.
-LIMITS = {"vocab_size": 1 << 18, "hidden_size": 16384, "n_embd": 16384, "num_hidden_layers": 128, "n_layer": 128,
-          "num_attention_heads": 256, "n_head": 256, "num_key_value_heads": 256, "intermediate_size": 65536,
-          "n_inner": 65536, "max_position_embeddings": 1 << 17, "n_positions": 1 << 17, "head_dim": 1024}
 MAX_PARAMS = 4_000_000_000
 DEFAULT_LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
@@ -56,28 +53,26 @@ def quiet_transformers() -> None:
 
 
 def check_config(d) -> dict:
-    """A transformers config dict checked and trimmed to what the model computes:
-    model_type gpt2 or llama, every size a positive integer within ``LIMITS``, at most
-    ``MAX_PARAMS`` parameters. Raises LedgerError saying which field is wrong."""
-    if not isinstance(d, dict):
-        raise LedgerError("the model config is not a JSON object")
-    mt = d.get("model_type")
-    if mt not in HF_MODEL_TYPES:
-        raise LedgerError(f"model_type {mt!r} is not supported: this ledger builds {', '.join(HF_MODEL_TYPES)} "
-                          f"(GPT2LMHeadModel, LlamaForCausalLM)")
-    for key, limit in LIMITS.items():
-        v = d.get(key)
-        if v is None:
-            continue
-        if type(v) is not int or not 0 < v <= limit:
-            raise LedgerError(f"model config field {key} = {json.dumps(v)[:40]} is outside 1..{limit}")
-    out = {k: v for k, v in d.items() if k not in VOLATILE_KEYS}
-    cfg = _config_object(out)
-    with torch.device("meta"):
-        n = sum(p.numel() for p in _from_config(cfg).parameters())
+    """A transformers config dict checked and trimmed to what the model computes: every
+    field transformers acts on sound (``ledger.hfconfig.check``), at most ``MAX_PARAMS``
+    parameters (counted on the meta device). Raises LedgerError saying which field is wrong."""
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k not in VOLATILE_KEYS}
+    hfconfig.check(d)
+    cfg = _config_object(d)
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for p in _from_config(cfg).parameters())
+    except Exception as e:  # noqa: BLE001 - transformers' own errors, after hfconfig found none
+        raise LedgerError(f"the model config cannot be built: {_first_line(e)}") from None
     if n > MAX_PARAMS:
         raise LedgerError(f"the model config describes {n:,} parameters, over this ledger's limit of {MAX_PARAMS:,}")
-    return out
+    return d
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def _config_object(d: dict):
@@ -87,8 +82,8 @@ def _config_object(d: dict):
     d = dict(d)
     try:
         return AutoConfig.for_model(d.pop("model_type"), **d)
-    except (TypeError, ValueError, KeyError) as e:
-        raise LedgerError(f"the model config cannot be built: {e}") from None
+    except Exception as e:  # noqa: BLE001 - transformers raises its own validation types
+        raise LedgerError(f"the model config cannot be built: {_first_line(e)}") from None
 
 
 def _from_config(cfg):
@@ -121,7 +116,7 @@ class HFModel(LanguageModel):
         super().__init__(spec)
         from ledger.tokens import load_tokenizer
 
-        self.hf = check_config(json.loads(spec.hf_config))
+        self.hf = check_config(safejson.loads(spec.hf_config, what="the model config"))
         self.tokenizer = load_tokenizer(tokenizer_json)
         vocab = int(self.hf.get("vocab_size", 0))
         if int(spec.vocab_size) != vocab:

