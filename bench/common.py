@@ -52,7 +52,7 @@ def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence], fi
     decimals (three significant digits when small), anything else prints as given."""
     out = file or sys.stdout
     lines = text_table(headers, [[_cell(c) for c in r] for r in rows])
-    rule = "-" * max(len(title), *(len(line) for line in lines))
+    rule = "-" * max(*(len(t) for t in title.splitlines()), *(len(line) for line in lines))
     print("\n".join([title, rule, *lines, rule]), file=out)
     out.flush()
 

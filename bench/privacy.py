@@ -63,7 +63,7 @@ MIN_BETTER = 5           # fewer sampled candidates beat the canary: extrapolate
 WORKER = "0x" + "c0" * 20
 JOB, ROUND = 1, 1
 DELTA = 1e-5
-OLD_FIGURE = "22.5% (a 300 KB file, 2 rounds, before sealing)"
+OLD_FIGURE = "22.5% of a 300 KB file after 2 rounds"
 
 
 # --------------------------------------------------------------------------- exposure
@@ -182,8 +182,13 @@ def leak_scan(workers: int = 2, rounds: int = 2, size: int = 12_000) -> tuple[li
             f = readable_fraction(text, everything)
             found.append(f)
             drawn = _drawn_fraction(ledger, store, job.job_id, acct.address, len(text))
-            rows.append([f"worker {n}'s file", len(text), f"{100 * drawn:.1f}%", f"{100 * f:.1f}%"])
-        rows.append(["the owner's validation text (control: stored in clear by design)", len(validation), "",
+            sealed = sum(1 for r in range(1, rounds + 1) for d in ledger.disclosures(job.job_id, r)
+                         if d.worker.lower() == acct.address.lower() and getattr(d, "sealed_cid", ""))
+            if not drawn or not sealed:
+                raise RuntimeError(f"worker {n} revealed nothing (drawn {drawn:.3f}, sealed reveals {sealed}): "
+                                   f"the scan would test nothing")
+            rows.append([f"worker {n}'s file", len(text), sealed, f"{100 * drawn:.1f}%", f"{100 * f:.1f}%"])
+        rows.append(["the owner's validation text (control: in clear by design)", len(validation), "", "",
                      f"{100 * readable_fraction(validation, everything):.1f}%"])
 
     say(f"scan: a bring-your-own-data job of {workers} workers x {rounds} rounds on a private chain ...")
@@ -420,44 +425,57 @@ def main() -> int:
     ap.add_argument("--verify-repeats", type=int, default=2, help="timed verifications per side; the fastest counts")
     ap.add_argument("--seed", type=int, default=2019, help="draws the canary and the candidates (default 2019)")
     ap.add_argument("--cache", default=str(ROOT / ".ledger" / "models"), help="where the converted SmolLM2 is kept")
-    ap.add_argument("--skip-scan", action="store_true", help="leave out the job-based storage and chain scan")
+    ap.add_argument("--parts", default="scan,canary,verify",
+                    help="which measurements: scan (the job-based storage and chain scan), canary (exposure and "
+                         "validation loss), verify (verification cost); default all three")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"scan", "canary", "verify"}:
+        ap.error(f"--parts takes scan, canary and verify, got {args.parts!r}")
 
     t0 = time.perf_counter()
-    scan_rows, worst = ([], None) if args.skip_scan else leak_scan()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
-    try:
-        smol = SmolLM(args, tmp)
-        say(f"SmolLM2 + LoRA: {smol.lm.describe}; worker text {len(smol.text)} bytes = {smol.tokens} tokens")
-        canary, result = canary_rows(smol, args)
-        verify = verification_cost(smol, args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    scan_rows, worst = leak_scan() if "scan" in parts else ([], None)
+    canary, result, verify, smol = [], {}, [], None
+    if parts & {"canary", "verify"}:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-privacy-"))
+        try:
+            smol = SmolLM(args, tmp)
+            say(f"SmolLM2 + LoRA: {smol.lm.describe}; worker text {len(smol.text)} bytes = {smol.tokens} tokens")
+            if "canary" in parts:
+                canary, result = canary_rows(smol, args)
+            if "verify" in parts:
+                verify = verification_cost(smol, args, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     if scan_rows:
-        print_table("Who can read a worker's text: a bring-your-own-data job (byte GPT, 2 workers x 2 rounds; "
-                    "the sealing is the same code for every model), every stored object, all calldata and logs "
-                    f"scanned for every {PIECE}-byte piece, raw and hex (before sealing: {OLD_FIGURE})",
-                    ["text", "bytes", "read by its drawn verifiers", "readable by anyone else"], scan_rows)
+        print_table(f"Who can read a worker's text: a bring-your-own-data job (byte GPT: the sealing is the same "
+                    f"code for every model), 2 workers x 2 rounds;\nevery stored object, all calldata and logs scanned "
+                    f"for every {PIECE}-byte piece, raw and hex (before sealing: {OLD_FIGURE})",
+                    ["text", "bytes", "sealed reveals", "read by its drawn verifiers", "readable by anyone else"],
+                    scan_rows)
         print()
-    print_table(f"Canary exposure, SmolLM2-135M + LoRA rank 8: '{PREFIX} <9 digits>' {args.repeats} times in "
-                f"{len(smol.text)} bytes ({smol.tokens} tokens) of a worker's text, {args.steps} steps of "
-                f"{args.batch} x {args.block} tokens, lr {args.lr:g}; delta {DELTA:g}, clipping norm 1; rank among "
-                f"10^9 estimated from {args.candidates} sampled candidates; chance is about 1.4 bits",
-                ["setting", "noise multiplier", "canary log-lik (nats)", "candidates preferred", "rank",
-                 "exposure (bits)", "validation loss", "loss / without DP"], canary)
-    print()
-    print_table("Verification cost per aggregator, one SmolLM2 LoRA contribution (4 steps, the drawn segment of 2 "
-                "replayed, validation, norms): a plain job against a --private job with DP at epsilon 8 (artifacts "
-                "under the job key, the drawn windows and seeds sealed to 3 verifiers); fastest of "
-                f"{args.verify_repeats}",
-                ["job", "verify seconds", "replay distance", "vs plain"], verify)
-    print()
+    if canary:
+        print_table(f"Canary exposure, SmolLM2-135M + LoRA rank 8: '{PREFIX} <9 digits>' {args.repeats} times in "
+                    f"{len(smol.text)} bytes ({smol.tokens} tokens) of a worker's text,\n{args.steps} steps of "
+                    f"{args.batch} x {args.block} tokens, lr {args.lr:g}; delta {DELTA:g}, clipping norm 1;\nrank among "
+                    f"10^9 estimated from {args.candidates} sampled candidates; chance is about 1.4 bits",
+                    ["setting", "noise multiplier", "canary log-lik (nats)", "candidates preferred", "rank",
+                     "exposure (bits)", "validation loss", "loss / without DP"], canary)
+        print()
+    if verify:
+        print_table("Verification cost per aggregator, one SmolLM2 LoRA contribution (4 steps, the drawn segment of 2 "
+                    "replayed, validation, norms):\na plain job against a --private job with DP at epsilon 8 (artifacts "
+                    "under the job key, the drawn windows and seeds sealed to 3 verifiers); fastest of "
+                    f"{args.verify_repeats}",
+                    ["job", "verify seconds", "replay distance", "vs plain"], verify)
+        print()
     if worst is not None:
         print(f"text readable outside the drawn verifiers: {worst:.3f}")
-    print(f"canary exposure without DP: {result['without DP'][0]:.1f} bits")
-    print(f"canary exposure at epsilon 8: {result['epsilon 8'][0]:.1f} bits")
-    print(f"validation loss at epsilon 8 / without DP: {result['epsilon 8'][1] / result['without DP'][1]:.3f}")
+    if result:
+        print(f"canary exposure without DP: {result['without DP'][0]:.1f} bits")
+        print(f"canary exposure at epsilon 8: {result['epsilon 8'][0]:.1f} bits")
+        print(f"validation loss at epsilon 8 / without DP: {result['epsilon 8'][1] / result['without DP'][1]:.3f}")
     say(f"done in {time.perf_counter() - t0:.0f}s")
     return 0
 
