@@ -10,6 +10,7 @@ BIN   := $(VENV)/bin
 STAMP := .stamps
 LEDGER := $(BIN)/ledger
 
+.PHONY: fuzz
 .PHONY: demo test bench install install-flower install-python install-npm install-ipfs install-debian clean-install help
 
 help:
@@ -43,13 +44,15 @@ $(STAMP)/ipfs: ipfs-node/package.json ipfs-node/package-lock.json | $(STAMP)
 	cd ipfs-node && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report);
+# Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report, the watch page);
+# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/test_watch.py);
 # docker-compose checks compose.yaml (`config` needs no engine); iproute2 builds the separate-hosts test's namespaces.
 $(STAMP)/debian: Makefile | $(STAMP)
 	@if [ "$$(id -u)" = "0" ]; then \
 	  missing=""; \
 	  command -v ipfs_cid >/dev/null || missing="$$missing ipfs-cid"; \
 	  command -v chromium >/dev/null || missing="$$missing chromium"; \
+	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	  command -v ip >/dev/null || missing="$$missing iproute2"; \
 	  { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing="$$missing docker-compose"; \
 	  if [ -n "$$missing" ]; then \
@@ -57,7 +60,7 @@ $(STAMP)/debian: Makefile | $(STAMP)
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
 	else \
-	  for c in ipfs_cid chromium docker-compose ip; do command -v $$c >/dev/null || echo "NOTE: not root, cannot install '$$c' (Debian packages ipfs-cid, chromium, docker-compose, iproute2); tests that need it will say so when skipped"; done; \
+	  for c in ipfs_cid chromium prometheus docker-compose ip; do command -v $$c >/dev/null || echo "NOTE: not root, cannot install '$$c' (Debian packages ipfs-cid, chromium, prometheus, docker-compose, iproute2); tests that need it will say so when skipped"; done; \
 	fi
 	@touch $@
 
@@ -77,12 +80,16 @@ test: install install-debian
 	@# end-to-end tests spend most of their time waiting on chains and processes.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
+# The forge fuzz and invariant tests with many more runs (foundry.toml, profile deep); `make test` runs the default one.
+fuzz: install
+	FOUNDRY_PROFILE=deep hardhat-config/node_modules/@foundry-rs/forge-linux-amd64/bin/forge test --offline
+
 # Flower is an optional extra, only for the peer benchmark (1.42 does not resolve here).
 $(STAMP)/flower: $(STAMP)/python
 	$(BIN)/pip install -q --disable-pip-version-check flwr==1.41.0 2>&1 | sed "/is ignored: it is neither/d"
 	@touch $@
 
-BENCHES := gas storage replay_drift credit_noise verification scale parties audit overhead quality robustness privacy flower_peer
+BENCHES := gas storage replay_drift credit_noise verification scale parties audit overhead quality robustness privacy flower_peer communication
 
 bench: install $(STAMP)/flower
 	@for b in $(BENCHES); do echo; echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done

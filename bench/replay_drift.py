@@ -1,7 +1,7 @@
 """How far an honest segment replay lands on other kernel paths, and how far cheats land:
 the measurement behind the job policy's ``segment_steps`` and ``replay_tolerance``.
 
-    .venv/bin/python bench/replay_drift.py [--lengths 5,10,25] [--steps 50] [--dtype bfloat16]
+    .venv/bin/python bench/replay_drift.py [--lengths 5,10,25] [--steps 50] [--dtype bfloat16] [--nproc N]
 
 A reference worker (this machine's default kernels, 1 thread) trains round 1 from the
 random genesis and round 2 from that result, snapshotting its whole state every 5
@@ -14,6 +14,9 @@ short, a segment trained on another data order (another worker's seed), and the
 middle of a straight-line interpolation between two snapshots (a forged transcript).
 ``--dtype bfloat16`` runs forward and backward passes under bfloat16 autocast, as a
 job created with ``--dtype bfloat16`` trains: its default tolerance comes from here.
+``--nproc N`` trains the reference as a worker that is a cluster (``ledger worker run
+--nproc N``: N data-parallel processes, node.training.distributed), replayed by one
+process per verifier, on the reference's kernels too.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def config(steps: int):
     return cfg
 
 
-def reference(out: Path, steps: int, every: int) -> None:
+def reference(out: Path, steps: int, every: int, nproc: int = 1) -> None:
     """Two rounds on the reference kernels; every state every ``every`` steps to ``out``:
     the inner boundaries as the compact snapshots a worker publishes (and continues
     from), the round's start and end exactly (the parent, and the checkpoint)."""
@@ -57,14 +60,23 @@ def reference(out: Path, steps: int, every: int) -> None:
     shard = split_for(cfg, 4).shards[0]
     params = genesis_params(cfg)
     for rnd in (1, 2):
-        res = train_local(cfg.model, cfg.train, params, shard, SEED + rnd, segment_steps=every)
+        if nproc > 1:
+            from node.training import distributed
+
+            res = distributed.train_local(cfg, params, shard, SEED + rnd, nproc, segment_steps=every)
+        else:
+            res = train_local(cfg.model, cfg.train, params, shard, SEED + rnd, segment_steps=every)
         (out / f"r{rnd}-origin.safetensors").write_bytes(checkpoint.encode(params, {}))
         zero = {k: 0 * v for k, v in params.items()}
         _save_exact(out / f"r{rnd}-0.safetensors", TrainState(0, params, zero, zero))
         for s in res.snapshots:
             (out / f"r{rnd}-{s.step}.safetensors").write_bytes(encode_snapshot(s, {"round": str(rnd)}, params))
         # the end state's moments are not in TrainResult: run the last stretch again for them
-        end, _, _ = train_steps(cfg.model, cfg.train, res.snapshots[-1], shard, SEED + rnd, steps)
+        if nproc > 1:
+            end, _, _ = distributed.train_local(cfg, params, shard, SEED + rnd, nproc, segment_steps=None,
+                                                start_at=res.snapshots[-1], end=steps)
+        else:
+            end, _, _ = train_steps(cfg.model, cfg.train, res.snapshots[-1], shard, SEED + rnd, steps)
         _save_exact(out / f"r{rnd}-{steps}.safetensors", end)
         params = res.params
 
@@ -151,6 +163,8 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=None, help="tolerance to judge (default: the job policy's)")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                     help="precision of the forward and backward passes (default float32)")
+    ap.add_argument("--nproc", type=int, default=1,
+                    help="train the reference over N data-parallel processes (default 1); verifiers replay on one")
     ap.add_argument("--verifier", nargs=2, metavar=("DIR", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     global DTYPE
@@ -171,10 +185,12 @@ def main() -> int:
     every = 5 if all(L % 5 == 0 for L in lengths) else 1
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        say(f"reference: 2 rounds x {args.steps} steps, default kernels, 1 thread, {DTYPE}")
-        reference(out, args.steps, every)
+        say(f"reference: 2 rounds x {args.steps} steps, default kernels, 1 thread, {DTYPE}, "
+            f"{args.nproc} process(es)")
+        reference(out, args.steps, every, args.nproc)
         results = {}
-        for name, env, threads in VARIANTS:
+        variants = ([("default, 1 thread, 1 process", {}, 1)] if args.nproc > 1 else []) + VARIANTS
+        for name, env, threads in variants:
             say(f"verifier: {name}")
             e = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
             e.update(env)
@@ -184,10 +200,11 @@ def main() -> int:
         bad = cheats(out, args.steps, min(lengths))
     rows = []
     for L in lengths:
-        for name, _, _ in VARIANTS:
+        for name, _, _ in variants:
             r = results[name]
             rows.append([L, name, f"{r[f'1/{L}']:.2e}", f"{r[f'2/{L}']:.2e}"])
-    print_table(f"Honest segment replay on other kernel paths ({DTYPE}): worst replay_distance "
+    print_table(f"Honest segment replay on other kernel paths ({DTYPE}, the worker on {args.nproc} process(es)): "
+                "worst replay_distance "
                 "(distance to the published end / the segment's own movement)",
                 ["segment steps", "verifier", "round 1 (from genesis)", "round 2"], rows)
     print_table(f"Dishonest segments of {min(lengths)} steps (round 2, reference kernels, {DTYPE})",

@@ -251,6 +251,10 @@ class _FastReads:
             return None
 
 
+# The newest block number this process has read from any chain (``Chain.block_number``).
+last_block_seen = 0
+
+
 class Chain:
     """A web3 connection plus (optionally) a local signing account."""
 
@@ -509,12 +513,14 @@ class Chain:
 
     def block_number(self) -> int:
         head = self._fast.block_number()
-        if head is not None:
-            return head
-        try:
-            return int(self.w3.eth.block_number)
-        except Exception as e:
-            raise self._translate(e, "block number") from None
+        if head is None:
+            try:
+                head = int(self.w3.eth.block_number)
+            except Exception as e:
+                raise self._translate(e, "block number") from None
+        global last_block_seen
+        last_block_seen = head       # served as ledger_last_block by ledger.metrics
+        return head
 
     def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:
         """Wait until the head is past block ``after`` or ``timeout`` seconds passed; return

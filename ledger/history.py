@@ -11,6 +11,7 @@ and the wei the contract paid, slashed and returned (its events).
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -392,3 +393,51 @@ def render_workers(h: JobHistory) -> list[str]:
 
 def epsilon_text(eps: float | None) -> str:
     return "-" if eps is None else f"{eps:.3g}"
+
+
+# ------------------------------------------------------------------ following a job
+
+
+def event_line(e) -> str:
+    """One chain event of a job as a line of ``ledger history --follow``."""
+    when = time.strftime("%H:%M:%S", time.gmtime(e.timestamp)) if e.timestamp else "--:--:--"
+    a = e.args
+    who = a.get("worker") or a.get("aggregator") or a.get("account") or ""
+    r = f"round {a['round']}" if "round" in a else ""
+    detail = ""
+    if e.name == "UpdateSubmitted":
+        detail = f"{a.get('numSamples')} samples"
+    elif e.name == "BatchSubmitted":
+        from .contract import batch_entries
+
+        try:
+            workers = ", ".join(w for w, *_ in batch_entries(bytes(a.get("entries", b""))))
+        except ValueError as err:
+            workers = f"malformed entries ({err})"
+        detail = f"relayer {a.get('relayer')}, submissions of {workers}"
+    elif e.name == "ProposalRevealed":
+        detail = "verdicts [" + " ".join(describe(v) for v in bytes(a.get("verdicts", b""))) + "]"
+    elif e.name == "RoundSkipped":
+        detail = {1: "too few submissions", 2: "no quorum"}.get(int(a.get("reason", 0)), "")
+    elif "amount" in a:
+        detail = f"{eth(a['amount'])} ETH"
+    parts = [when, f"block {e.block}", e.name, r, str(who), detail, f"tx {e.tx_hash}"]
+    return "  ".join(p for p in parts if p)
+
+
+def follow(ledger, job_id: int, poll: float = 1.0, stop: threading.Event | None = None):
+    """Yield each of the job's events once, in chain order, as it lands; return once the
+    job has completed and its last event was yielded (or ``stop`` is set). A chain that
+    rolled back and mined an event again yields it again, at its new place."""
+    seen: set = set()
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        done = ledger.job(job_id).completed
+        for e in ledger.events(job_id):
+            key = (e.block, e.log_index, e.tx_hash)
+            if key not in seen:
+                seen.add(key)
+                yield e
+        if done:
+            return
+        stop.wait(poll)

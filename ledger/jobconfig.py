@@ -409,6 +409,73 @@ class AccessSpec:
         return not (self.keys or self.auditors or self.private or self.job_key)
 
 
+# --- DiLoCo outer optimizer and SparseLoCo compression (node.verification.outer, node.training.compress)
+OUTER_RULES = ("none", "sgd", "nesterov")
+
+
+@_spec
+class OuterSpec:
+    """The outer optimizer of each round's merge (DiLoCo): the merge rule's update of the
+    accepted contributions is the negated pseudo-gradient, and the merged model is the
+    parent after one outer step of ``rule`` with learning rate ``lr`` and ``momentum``
+    (its buffer committed in the merged checkpoint). ``none``: the merged model is the
+    rule's average itself (plain weight averaging). DiLoCo's published values: nesterov,
+    0.7, 0.9."""
+
+    rule: str = "none"
+    lr: _num(0, 10, lo_open=True) = 0.7
+    momentum: _num(0, 0.999) = 0.9
+
+    def __post_init__(self):
+        if self.rule not in OUTER_RULES:
+            raise ValueError(f"outer rule must be one of {OUTER_RULES}, got {self.rule!r}")
+
+
+@_spec
+class CompressSpec:
+    """Compressed contributions (SparseLoCo): a worker submits its pseudo-gradient plus its
+    decayed error feedback as the ``topk`` largest-magnitude fraction of each ``chunk`` of
+    values, quantized to ``bits`` bits; what was left out is its next error feedback.
+    ``topk`` 0: contributions are whole checkpoints."""
+
+    topk: _num(0, 1) = 0.0
+    bits: _int(1, 8) = 2
+    chunk: _int(2, 1 << 20) = 4096
+    ef_decay: _num(0, 1) = 0.95
+
+    @property
+    def on(self) -> bool:
+        return float(self.topk) > 0
+
+
+def parse_compress(text: str) -> CompressSpec:
+    """``topk=F,bits=B[,chunk=N][,decay=D]`` (``--compress``) as a ``CompressSpec``; ``none`` or
+    ``off``: no compression. A ConfigValueError (one line) names what is wrong."""
+    text = text.strip()
+    if text.lower() in ("none", "off", ""):
+        return CompressSpec()
+    names = {"topk": "topk", "bits": "bits", "chunk": "chunk", "decay": "ef_decay"}
+    values: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep or key.strip() not in names:
+            raise ConfigValueError("compress", f"expected topk=F,bits=B[,chunk=N][,decay=D], got {part.strip()!r}")
+        field_ = names[key.strip()]
+        try:
+            values[field_] = int(value) if field_ in ("bits", "chunk") else float(value)
+        except ValueError:
+            raise ConfigValueError(f"compress.{field_}", f"must be a number, got {value!r}") from None
+    if "topk" not in values:
+        raise ConfigValueError("compress", "needs topk=F (the fraction of each chunk sent, e.g. 0.02)")
+    try:
+        spec = CompressSpec(**values)
+    except ConfigValueError as e:
+        raise ConfigValueError(f"compress.{e.field}" if e.field else "compress", e.problem) from None
+    if not spec.on:
+        raise ConfigValueError("compress.topk", "must be > 0 (use --compress none for whole checkpoints)")
+    return spec
+
+
 OPTIONAL_DATA_KEYS = ("roots", "validation_cid")
 # Left out of the canonical bytes when committees are off, so jobs without them hash as before.
 OPTIONAL_POLICY_KEYS = ("committee_size", "committee_quorum", "vote_window")
@@ -430,6 +497,9 @@ class JobConfig:
     format: str = FORMAT
     # DP-SGD (None: none); left out of the canonical bytes when None, so other jobs hash as before.
     dp: DPSpec | None = None
+    # Left out of the canonical bytes when off ("none", topk 0), so jobs without them hash as before.
+    outer: OuterSpec = field(default_factory=OuterSpec)
+    compress: CompressSpec = field(default_factory=CompressSpec)
 
     def check(self) -> None:
         """What a whole config must satisfy beyond each field's range (ConfigValueError
@@ -453,6 +523,10 @@ class JobConfig:
                 del d["policy"][k]
         if d["dp"] is None:
             del d["dp"]
+        if self.outer.rule == "none":
+            del d["outer"]
+        if not self.compress.on:
+            del d["compress"]
         return canonical_json(d)
 
     @property

@@ -25,6 +25,14 @@ EXPOSES = {
         "its IPFS RPC API, which has no authentication: anyone who reaches it can read every "
         "stored artifact, add blocks and pin them"
     ),
+    "metrics endpoint": (
+        "this party's Prometheus metrics (its address, rounds, verdicts, timings, outages) to anyone who "
+        "reaches it"
+    ),
+    "watch page": (
+        "the job's live page and its /metrics to anyone who reaches it (only public chain and storage data, "
+        "but served and polled on this machine's behalf)"
+    ),
 }
 
 

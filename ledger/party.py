@@ -4,6 +4,7 @@ what every role needs, from the command line or a test harness alike."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
@@ -20,11 +21,13 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def open_party(settings, need_account: bool = True):
-    """(ledger, store, account) of the party the settings name; the account is None
-    when not needed (an auditor)."""
+    """(ledger, store, account) of the party the settings name. An auditor needs none, but
+    is given the one it configured (``--account``, ``LEDGER_PRIVATE_KEY``): a named or
+    granted auditor opens with it what is sealed to it; without one it is None."""
     from .deploy import open_ledger
-    from .keys import load_account
+    from .keys import ENV_PRIVATE_KEY, load_account
     from .store import open_store
 
-    account = load_account(settings, settings.account) if need_account else None
+    configured = bool(settings.account or os.environ.get(ENV_PRIVATE_KEY))
+    account = load_account(settings, settings.account) if need_account or configured else None
     return open_ledger(settings, account), open_store(settings), account

@@ -43,6 +43,7 @@ CHEATING = frozenset({
     Verdict.TRANSCRIPT,
     Verdict.WINDOWS_PROOF,
     Verdict.SEALED,
+    Verdict.COMPRESSION,
     Verdict.DUPLICATE,
     Verdict.SAMPLE_COUNT,
 })

@@ -36,6 +36,9 @@ class Verdict(IntEnum):
                                  # are not the ones the manifest commits to
     SEALED = 18                  # a disclosed envelope that this verifier, named as its reader, cannot open
                                  # (its key slot or body does not decrypt) or that lacks a drawn item
+    COMPRESSION = 19             # a compressed contribution (--compress) that is not the compression of the end
+                                 # of its training with its committed error feedback, or whose next error
+                                 # feedback is not the one that compression leaves
 
     @property
     def label(self) -> str:

@@ -28,7 +28,7 @@ from ledger.errors import USAGE, ConfigError, LedgerError
 from ledger.procs import on_stop_signals
 
 from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
-               export_cmds, job_cmds, relay_cmds, round_cmds, storage_cmds)
+               export_cmds, job_cmds, relay_cmds, round_cmds, storage_cmds, watch_cmd)
 from .common import HelpFormatter, Parser, one_line
 
 # One module per command group, each with ``register(subparsers)``, in --help order.
@@ -43,6 +43,7 @@ GROUPS = [
     relay_cmds,       # relay run
     round_cmds,       # round status|close (any account)
     audit_cmds,       # history, audit
+    watch_cmd,        # watch
     demo_cmds,        # demo, generate
     export_cmds,      # export, verify-export
 ]

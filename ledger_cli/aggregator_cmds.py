@@ -5,7 +5,7 @@ from __future__ import annotations
 from .common import add_command
 from ledger.party import open_party, setup_logging
 
-from .common import add_job_arg, float_in, int_in, spec_range
+from .common import add_job_arg, add_metrics_args, float_in, int_in, spec_range, start_metrics
 
 
 def register(sub) -> None:
@@ -31,6 +31,7 @@ def register(sub) -> None:
     r.add_argument("--threads", type=spec_range("TrainSpec", "threads"), default=None, help="torch threads for replays (default: the job's)")
     r.add_argument("--skip-stage", action="append", choices=["validation", "replay", "norm"], default=None,
                    help="turn a verification stage off (benchmarks only)")
+    add_metrics_args(r)
     r.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -39,6 +40,7 @@ def _run(args, settings) -> int:
     from node.roles.aggregator import AggregatorOptions, run_aggregator
 
     ledger, store, account = open_party(settings)
+    store = start_metrics(args, "aggregator", account.address, args.job, store)
     stages = None
     if args.skip_stage:
         stages = {"validation", "replay", "norm"} - set(args.skip_stage)

@@ -8,7 +8,7 @@ import sys
 from .common import add_command
 from ledger.party import open_party, setup_logging
 
-from .common import add_job_arg, spec_range, writable_file
+from .common import add_job_arg, float_in, spec_range, writable_file
 
 
 def register(sub) -> None:
@@ -18,6 +18,10 @@ def register(sub) -> None:
     )
     add_job_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--follow", action="store_true",
+                   help="print each event as it lands (one line each) until the job completes; Ctrl-C stops")
+    p.add_argument("--poll", type=float_in(0, 3600, lo_open=True), default=1.0,
+                   help="with --follow: seconds between reads of the chain (default 1)")
 
     p = add_command(
         sub, "audit", "re-verify a job's whole history from chain and storage alone", _audit,
@@ -47,7 +51,18 @@ def register(sub) -> None:
 def _history(args, settings) -> int:
     from ledger.history import load_history, render_timeline, to_json
 
+    if args.follow and args.json:
+        from ledger.errors import ConfigError
+
+        raise ConfigError("--follow prints one line per event; leave out --json (or use `ledger watch`)")
     ledger, store, _ = open_party(settings, need_account=False)
+    if args.follow:
+        from ledger.history import event_line, follow
+
+        ledger.job(args.job)        # an unknown job is the one error line, before anything is printed
+        for e in follow(ledger, args.job, args.poll):
+            print(event_line(e), flush=True)
+        return 0
     h = load_history(ledger, args.job)
     h.epsilon_of = _epsilon_of(store, h.job)
     print(to_json(h) if args.json else render_timeline(h))
@@ -95,19 +110,8 @@ def _audit(args, settings) -> int:
 
 
 def run_audit_with_progress(ledger, store, job_id: int, replay: str, progress: bool = True, threads: int | None = None):
-    from tqdm import tqdm
-
+    from ledger.progress import rounds_bar
     from node.roles.audit import audit_job
 
-    bar = tqdm(total=None, desc="audit", unit="round", disable=not progress or None, file=sys.stderr, leave=False)
-
-    def on_progress(done, total, label):
-        bar.total = total
-        bar.n = done
-        bar.set_postfix_str(label)
-        bar.refresh()
-
-    try:
+    with rounds_bar("audit", progress) as on_progress:
         return audit_job(ledger, store, job_id, replay=replay, progress=on_progress, threads=threads)
-    finally:
-        bar.close()

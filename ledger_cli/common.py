@@ -84,6 +84,37 @@ def add_listen_args(p, default_port: str, exposes: str) -> None:
                    help=f"address to listen on (default 127.0.0.1, this machine only; {exposes})")
 
 
+def add_metrics_args(p) -> None:
+    """--metrics-port and --metrics-host of a long-running role (``ledger.metrics``)."""
+    p.add_argument("--metrics-port", type=PORT, default=None, metavar="N",
+                   help="serve Prometheus metrics on this port (0 = any free port, printed); off by default")
+    p.add_argument("--metrics-host", metavar="ADDR", default=None,
+                   help="address the metrics listen on (default 127.0.0.1, this machine only)")
+
+
+def start_metrics(args, role: str, party: str, job, store=None):
+    """Serve the role's metrics when --metrics-port was given; returns the store to use
+    (counting its bytes when metrics are on)."""
+    if args.metrics_port is None:
+        return store
+    import sys
+
+    from ledger import listen, metrics
+
+    host = listen.check_host(args.metrics_host)
+    try:
+        port = metrics.serve(role, party, job, args.metrics_port, host)
+    except OSError as e:
+        from ledger.errors import ConfigError
+
+        raise ConfigError(f"--metrics-port {args.metrics_port}: cannot listen there ({e.strerror or e})") from None
+    warning = listen.exposure("metrics endpoint", host, port)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    print(f"metrics on http://{listen.url_host(host)}:{port}/metrics", file=sys.stderr, flush=True)
+    return metrics.counting(store) if store is not None else None
+
+
 def add_object_args(p, digest_help: str) -> None:
     """The stored object a command reads: its CID and the sha256 its bytes must have."""
     p.add_argument("cid", metavar="CID", help="the object's CID (Qm... or b...)")

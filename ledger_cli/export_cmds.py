@@ -42,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("out", metavar="OUT", type=Path, help="the folder to write (must not exist, or be empty)")
     p.add_argument("--replay", choices=["none", "sample", "all"], default="none",
                    help="transcript segments the audit replays first: none (default), the drawn ones, or all")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
 
     p = add_command(
         sub, "verify-export", "check an exported model folder: its signature, its files, and the chain's record",
@@ -68,8 +69,11 @@ def _export(args, settings) -> int:
 
     ledger, store, account = open_party(settings)
     # progress as log lines on stderr; the result on stdout; a refusal is the one `error:` line
-    ex = export_job(ledger, store, args.job, args.out, account, replay=args.replay,
-                    notify=logging.getLogger("ledger.export").info)
+    from ledger.progress import rounds_bar
+
+    with rounds_bar("export: audit", not args.no_progress) as progress:
+        ex = export_job(ledger, store, args.job, args.out, account, replay=args.replay,
+                        notify=logging.getLogger("ledger.export").info, progress=progress)
     for name, digest in sorted(ex.files.items()):
         print(f"  {name}  sha256 {digest}")
     print(f"EXPORTED job {args.job} final model {ex.model_digest} to {ex.folder}: {len(ex.files)} files, "

@@ -6,8 +6,8 @@ import re
 
 from ledger.party import open_party, setup_logging
 
-from .common import (SEED, add_command, add_group, add_job_arg, device_name, eth_amount, float_in, http_url, int_in,
-                     show_eth, spec_range, text_in)
+from .common import (SEED, add_command, add_group, add_job_arg, add_metrics_args, device_name, eth_amount, float_in,
+                     http_url, int_in, show_eth, spec_range, start_metrics, text_in)
 
 MAX_UINT32 = 2**32 - 1
 MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
@@ -150,6 +150,19 @@ def register(sub) -> None:
                    help="ETH each worker posts before it submits, returned when the job ends (default 0: none)")
     p.add_argument("--slash", type=float_in(0, 1), default=0.5, metavar="F",
                    help="fraction of a worker's remaining stake a cheating rejection moves to the pool (default 0.5)")
+    # -- DiLoCo outer optimizer and SparseLoCo compressed contributions (issue 35)
+    p.add_argument("--outer", choices=["none", "sgd", "nesterov"], default=None,
+                   help="outer optimizer of each round's merge: the merged update is a pseudo-gradient stepped with "
+                        "this rule and a momentum committed with the merge (DiLoCo: nesterov); none: plain averaging "
+                        "(default)")
+    p.add_argument("--outer-lr", type=spec_range("OuterSpec", "lr"), default=None, metavar="LR",
+                   help="outer learning rate (default 0.7, DiLoCo's)")
+    p.add_argument("--outer-momentum", type=spec_range("OuterSpec", "momentum"), default=None, metavar="M",
+                   help="outer momentum (default 0.9, DiLoCo's)")
+    p.add_argument("--compress", type=_compress_spec, default=None, metavar="topk=F,bits=B[,chunk=N]",
+                   help="workers submit their pseudo-gradient as the top fraction F of each chunk of N values "
+                        "(default 4096), quantized to B bits, with error feedback (SparseLoCo); verifiers recompute "
+                        "it from the end of training. e.g. topk=0.02,bits=2")
     p.add_argument("--open", action="store_true",
                    help="anyone may join between rounds (`ledger worker join`), up to --max-workers")
     p.add_argument("--max-workers", type=int_in(1, MAX_WORKERS), default=None, metavar="N",
@@ -208,7 +221,11 @@ def register(sub) -> None:
     r.add_argument("--relay-fallback", type=float_in(0, 86400), default=10.0, metavar="S",
                    help="with --relay: submit directly if the batch is not on chain S seconds before the deadline "
                         "(default 10)")
+    r.add_argument("--nproc", type=int_in(1, 1024), default=1, metavar="N",
+                   help="train each round with N data-parallel processes (torch.distributed, gloo on CPU), each on "
+                        "1/N of every step's windows; verifiers replay on one process (default 1)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_metrics_args(r)
     r.add_argument("-v", "--verbose", action="store_true")
 
     r = add_command(
@@ -388,6 +405,11 @@ def _create(args, settings) -> int:
         for attr, key in (("dp_delta", "delta"), ("dp_max_grad_norm", "max_grad_norm"), ("dp_accountant", "accountant")):
             if getattr(args, attr) is not None:
                 setattr(cfg.dp, key, getattr(args, attr))
+    for attr, key in [("outer", "rule"), ("outer_lr", "lr"), ("outer_momentum", "momentum")]:
+        if getattr(args, attr) is not None:
+            setattr(cfg.outer, key, getattr(args, attr))
+    if args.compress is not None:
+        cfg.compress = args.compress
     quorum = args.quorum or len(aggregators) // 2 + 1
     job = create_job(ledger, store, cfg, workers, aggregators, quorum, args.rounds, args.round_duration,
                      args.min_submissions, throughputs=args.throughput, proposal_window=args.proposal_window,
@@ -418,6 +440,17 @@ def _create(args, settings) -> int:
 # cheat at 0.544; 0.1 leaves ~3x room above the honest and ~5x below the cheat. 10-step segments
 # drift up to 0.85 under bfloat16 (rounding compounds), so bfloat16 jobs keep the 5-step default.
 BF16_REPLAY_TOLERANCE = 0.1
+
+
+def _compress_spec(text: str):
+    import argparse
+
+    from ledger.jobconfig import ConfigValueError, parse_compress
+
+    try:
+        return parse_compress(text)
+    except ConfigValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _model_choice(args, settings):
@@ -480,6 +513,7 @@ def _worker(args, settings) -> int:
     from node.roles.worker import WorkerOptions, run_worker
 
     ledger, store, account = open_party(settings)
+    store = start_metrics(args, "worker", account.address, args.job, store)
     data = None
     if args.data:
         from ledger.datacommit import read_text_data
@@ -488,7 +522,7 @@ def _worker(args, settings) -> int:
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
                    WorkerOptions(poll=args.poll, progress=not args.no_progress, max_rounds=args.rounds,
                                  threads=args.threads, device=args.device, relay=args.relay,
-                                 relay_fallback=args.relay_fallback), data=data)
+                                 relay_fallback=args.relay_fallback, nproc=args.nproc), data=data)
     print(f"worker {account.address}: submitted {n} round(s) of job {args.job}")
     return 0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ledger.party import setup_logging
 
-from .common import add_command, float_in, int_in
+from .common import add_command, add_metrics_args, float_in, int_in, start_metrics
 
 
 def register(sub) -> None:
@@ -35,6 +35,7 @@ def register(sub) -> None:
                    help="most submissions in one transaction (default 128)")
     r.add_argument("--poll", type=float_in(0, 3600, lo_open=True), default=0.5,
                    help="seconds between checks of the queues (default 0.5)")
+    add_metrics_args(r)
     r.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -55,6 +56,7 @@ def _run(args, settings) -> int:
 
     host, port = _listen(args.listen)
     ledger = open_ledger(settings, load_account(settings, settings.account))
+    start_metrics(args, "relay", ledger.chain.address, None)
     relay = Relay(ledger, RelayOptions(host=host, port=port, flush_before=args.flush_before,
                                        max_batch=args.max_batch, poll=args.poll))
     try:

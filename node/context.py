@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger import checkpoint, metrics
 from ledger.chain import redact_url
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ChainUnreachable, LedgerError, StorageUnreachable
@@ -196,6 +196,7 @@ class JobContext:
         log.warning("chain unreachable at %s, retrying in %gs (%s)", url, OUTAGE_BACKOFF[0], err)
         waited = backoff_until(chain.block_number, ChainUnreachable)
         log.warning("chain back at %s after %.1fs; re-reading the job", url, waited)
+        metrics.outage("chain", waited)
         self._head = None
         chain.forget_blocks()
 
@@ -206,6 +207,7 @@ class JobContext:
                     "answers", err, OUTAGE_BACKOFF[0])
         waited = backoff_until(lambda: self.store.has(self.info.config_cid), StorageUnreachable)
         log.warning("storage back after %.1fs; re-reading the job", waited)
+        metrics.outage("storage", waited)
         self._head = None
 
     # --- artifacts -------------------------------------------------------------------
@@ -213,6 +215,14 @@ class JobContext:
         return self.store.get(loc.cid, loc.digest, max_size=self.config.policy.max_checkpoint_bytes)
 
     def load_checkpoint(self, loc: Located) -> tuple[dict[str, np.ndarray], dict]:
+        """The model's tensors and the metadata (a merge's outer-optimizer state left out)."""
+        from node.verification.outer import model_tensors
+
+        tensors, meta = self.load_full(loc)
+        return model_tensors(tensors), meta
+
+    def load_full(self, loc: Located) -> tuple[dict[str, np.ndarray], dict]:
+        """Every tensor of a checkpoint (a merge's ``outer/`` state included) and its metadata."""
         return checkpoint.decode(self.fetch(loc), cid=loc.cid, max_size=self.config.policy.max_checkpoint_bytes)
 
     @property

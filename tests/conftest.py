@@ -90,6 +90,7 @@ SLOWEST_FIRST = (
     "test_signals.py",          # ~115 s
     "test_transcripts.py",      # ~110 s
     "test_worker.py",           # ~100 s
+    "test_watch.py",            # ~100 s
     "test_segment_replay.py",   # ~90 s
     "test_private_data.py",     # ~90 s
     "test_chain_outage.py",     # ~85 s

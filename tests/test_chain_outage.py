@@ -36,6 +36,28 @@ def _kill_chain(settings) -> int:
     return head
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metric(port: int, name: str, **labels) -> float | None:
+    """One sample of a role's /metrics, parsed by prometheus_client."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None
+
+
 def test_roles_ride_out_chain_outages_and_rollbacks(settings):
     from ledger.deploy import deploy, open_ledger
     from ledger.store import open_store
@@ -49,7 +71,9 @@ def test_roles_ride_out_chain_outages_and_rollbacks(settings):
         job = env.create_job(WORKERS, AGGS, quorum=2, rounds=3, round_duration=300)
         a, b = WORKERS
         w = lambda k, *more: env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3", *more)
-        roles = [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3") for k in AGGS]
+        metrics_port = _free_port()     # the first aggregator's Prometheus metrics count its outages
+        roles = [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3",
+                           *(("--metrics-port", str(metrics_port)) if k == AGGS[0] else ())) for k in AGGS]
         once = [w(a, "--rounds", "1"), w(b, "--rounds", "1")]
         state = settings.chain_dir.resolve() / anvil.STATE_FILE
         good = settings.chain_dir.resolve() / anvil.GOOD_FILE
@@ -80,6 +104,10 @@ def test_roles_ride_out_chain_outages_and_rollbacks(settings):
         _kill_chain(settings)
         time.sleep(2)
         anvil.chain_up(settings, port=port)
+        wait_for(lambda: _metric(metrics_port, "ledger_outages_total", service="chain") == 2, 60,
+                 "two chain outages in the aggregator's metrics", roles)
+        assert _metric(metrics_port, "ledger_outage_seconds_total", service="chain") >= 2
+        assert _metric(metrics_port, "ledger_outages_total", service="storage") == 0
         roles.append(w(b))
         wait_for(lambda: env.ledger.job(job).completed, 300, "the job to complete", roles)
         for p in roles + once:

@@ -17,7 +17,7 @@ import pytest
 from ledger.procs import PROJECT_ROOT
 
 PARTIES = ["owner", "worker-0", "worker-1", "aggregator-0", "aggregator-1"]
-SERVICES = {"chain", "ipfs", "auditor", *PARTIES}
+SERVICES = {"chain", "ipfs", "auditor", "watch", "prometheus", "grafana", *PARTIES}
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
@@ -58,7 +58,7 @@ def test_compose_config_accepts_every_party(tmp_path):
         assert f"LEDGER_KEY_PASSWORD_FILE: /run/secrets/{p}-password" in text
     assert "LEDGER_PRIVATE_KEY" not in text and "LEDGER_KEY_PASSWORD:" not in text
     # The job and the contract come from the environment of whoever runs compose.
-    assert text.count(f"LEDGER_CONTRACT: '{CONTRACT}'") + text.count(f"LEDGER_CONTRACT: {CONTRACT}") == len(PARTIES) + 1
+    assert text.count(f"LEDGER_CONTRACT: '{CONTRACT}'") + text.count(f"LEDGER_CONTRACT: {CONTRACT}") == len(PARTIES) + 2
     assert re.search(r"- --job\s+- '7'", text)
     # The servers listen on every interface inside the compose network, published on loopback only.
     assert "127.0.0.1:8545:8545" in text.replace('"', "") or "host_ip: 127.0.0.1" in text
@@ -92,3 +92,28 @@ def test_dockerfile_and_compose_name_real_paths():
             assert (PROJECT_ROOT / path).exists(), path
     ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
     assert "deploy/secrets" in ignored and ".ledger" in ignored  # no key or party state enters the image
+
+
+def test_prometheus_and_grafana_are_wired_to_the_parties():
+    """Every party service serves metrics on the port Prometheus scrapes, the files compose
+    mounts exist, Prometheus accepts its config (promtool, when installed), and Grafana's
+    provisioned datasource has the uid the dashboard's panels name."""
+    import json
+
+    compose = (PROJECT_ROOT / "compose.yaml").read_text()
+    for path in re.findall(r'"\./(deploy/[^":]+)', compose):
+        assert (PROJECT_ROOT / path).exists(), path
+    prom = (PROJECT_ROOT / "deploy/prometheus/prometheus.yml").read_text()
+    for party in PARTIES[1:]:
+        block = compose.split(f"  {party}:\n", 1)[1].split("\n\n", 1)[0]
+        assert '"--metrics-port", "9100"' in block, party
+        assert f"{party}:9100" in prom, party
+    assert "watch:8600" in prom
+    if shutil.which("promtool"):
+        r = subprocess.run(["promtool", "check", "config", "deploy/prometheus/prometheus.yml"], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+    dashboard = json.loads((PROJECT_ROOT / "deploy/grafana/ledger.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"]}
+    assert uids == {"prometheus"}
+    assert "uid: prometheus" in (PROJECT_ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text()

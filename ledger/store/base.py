@@ -71,6 +71,10 @@ class Store(ABC):
     def pin(self, cid: str) -> None:
         """Keep ``cid`` here (NotFoundError if neither here nor, for an IPFS node, on a peer)."""
 
+    def cid_of(self, data: bytes) -> str:
+        """The CID ``put(data)`` would give, without storing anything."""
+        return cid_of_bytes(bytes(data), self.options).cid
+
     def get_by_cid(self, cid: str, max_size: int | None = None) -> bytes:
         """The bytes of ``cid`` checked against the CID alone, for objects the chain names by
         CID and no digest (a sealed reveal: its contents are authenticated again inside).

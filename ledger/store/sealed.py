@@ -43,6 +43,9 @@ class SealedStore(Store):
         obj = self.inner.put(encrypt_artifact(self._key, plain), options=options)
         return StoredObject(obj.cid, hashlib.sha256(plain).digest(), len(plain))
 
+    def cid_of(self, data: bytes) -> str:
+        return self.inner.cid_of(encrypt_artifact(self._key, bytes(data)))
+
     def get(self, cid: str, expected_digest: Digest, max_size: int | None = None) -> bytes:
         expected = as_digest(expected_digest)
         plain = self.get_by_cid(cid, max_size)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ledger import checkpoint, safejson
+from ledger import checkpoint, progress, safejson
 from ledger.errors import CheckpointFormatError, LedgerError
 from ledger.jobconfig import canonical_json
 
@@ -203,8 +203,8 @@ def builtin_dir(name: str, cache_dir: Path, say=print) -> Path:
     from node.models.params import to_numpy
 
     try:
-        # the GGUF reader draws its own progress bar: ours is the line above
-        with contextlib.redirect_stderr(io.StringIO()):
+        # the GGUF reader draws its own progress bar: ours is the line above, and a spinner on a terminal
+        with progress.spinner(f"converting {gguf.name}"), contextlib.redirect_stderr(io.StringIO()):
             model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf.name, dtype=torch.float32,
                                                          trust_remote_code=False, local_files_only=True)
             tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf.name, trust_remote_code=False,

@@ -41,6 +41,10 @@ DP jobs (created with --dp-epsilon; node.training.dp), honest seeds committed an
   dp-no-clip   trains without clipping the per-window gradients   -> replay
   dp-half-noise  trains with half the committed noise            -> replay
 
+Compressed contributions (jobs created with --compress; node.training.compress):
+  bad-compress honest training and transcript, but the submitted payload compresses three times
+               its end of training (its next error feedback committed to match) -> compression
+
 After the draw (any job that reveals: drawn snapshots by default, private windows):
   withhold     honest, but never reveals what the draw asks: its drawn snapshots
                (-> transcript-unrevealed) and, for private data, windows (-> windows-unrevealed)
@@ -74,8 +78,9 @@ TRANSCRIPT_ATTACKS = ("other-shard", "lazy", "free-rider", "replay-old", "forge"
 PRIVATE_ATTACKS = ("other-data", "bad-proof", "garble-one")
 REVEAL_ATTACKS = ("withhold", "silent")
 DP_ATTACKS = ("dp-no-clip", "dp-half-noise")
+COMPRESS_ATTACKS = ("bad-compress",)
 ATTACKS = ("tamper", "stale-parent", "nan", "scale", "sign-flip", "noise", "shape", "pickle", "copy",
-           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS
+           "wrong-seed") + TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS + COMPRESS_ATTACKS
 TENSOR_ATTACKS = ("nan", "scale", "sign-flip", "noise", "shape")
 
 
@@ -162,6 +167,14 @@ class Adversary(Worker):
         log.info("round %d: attack %s trained", r, a)
         return res
 
+    def compressed(self, bits, ef_in):
+        if self.attack != "bad-compress":
+            return super().compressed(bits, ef_in)
+        from node.training.transcript import bf16_bits, from_bf16
+
+        log.info("attack bad-compress: the payload compresses 3x the end of training")
+        return super().compressed({n: bf16_bits(from_bf16(b) * np.float32(3)) for n, b in bits.items()}, ef_in)
+
     def window_bundles(self, r: int, parent: bytes, seed: int) -> list[tuple[int, bytes]]:
         bundles = super().window_bundles(r, parent, seed)
         if self.attack != "bad-proof":
@@ -206,7 +219,7 @@ class Adversary(Worker):
 
     def work_round(self, r: int, parent: bytes) -> bool:
         ctx = self.ctx
-        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS:
+        if self.attack in TRANSCRIPT_ATTACKS + PRIVATE_ATTACKS + REVEAL_ATTACKS + DP_ATTACKS + COMPRESS_ATTACKS:
             return super().work_round(r, parent)
         if self.attack == "copy":
             return self._copy(r, parent)

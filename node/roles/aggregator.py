@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic
+from ledger import atomic, metrics
 from ledger import committee
 from ledger.chain import tx_hash_of
 from ledger.contract import Settlement
@@ -134,6 +134,7 @@ class Aggregator:
                 continue
             if self._reveal(r, rd, committed):
                 proposed += 1
+                metrics.round_done()
                 if self.opt.max_rounds is not None and proposed >= self.opt.max_rounds:
                     return proposed
             else:
@@ -224,6 +225,7 @@ class Aggregator:
             return None
         out = judge_round(ctx, r, rd.parent, subs, replay=self.opt.replay, stages=self.opt.stages,
                           threads=self.opt.threads, decided=decided)
+        metrics.judged(out.verified.reports)
         for s, v, rep in zip(subs, out.verdicts, out.verified.reports):
             why = v or "committee_credit" in (rep.metrics or {})
             log.info("round %d: %s %s %s%s", r, s.worker, describe(v), short(s.digest), f" ({rep.reason})" if why else "")

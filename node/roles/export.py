@@ -74,7 +74,7 @@ class Exported:
 
 
 def export_job(ledger, store, job_id: int, out: Path, account, *, replay: str = "none",
-               report: AuditReport | None = None, notify=lambda msg: None) -> Exported:
+               report: AuditReport | None = None, notify=lambda msg: None, progress=None) -> Exported:
     """Audit job ``job_id`` and write its final model and signed provenance to ``out``
     (a folder that must not exist yet, or be empty). ``account``: the eth_account
     LocalAccount that signs the statement."""
@@ -88,7 +88,7 @@ def export_job(ledger, store, job_id: int, out: Path, account, *, replay: str = 
             "only a completed job's final model is exported")
     if report is None:
         notify(f"auditing job {job_id} (replay {replay}) ...")
-        report = audit_job(ledger, store, job_id, replay=replay, evaluate_merged=False)
+        report = audit_job(ledger, store, job_id, replay=replay, evaluate_merged=False, progress=progress)
     _require_ok(report, job_id)
     notify(f"audit OK: {len(report.rounds)} round(s), final model {report.final_digest}")
     history = load_history(ledger, job_id)

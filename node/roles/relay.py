@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ledger import metrics
 from ledger.batch import SignedSubmission
 from ledger import safejson
 from ledger.chain import tx_hash_of
@@ -155,6 +156,7 @@ class Relay:
         self._forget(job, rnd, entries)
         record = {"job": job, "round": rnd, "count": len(entries), "gas": gas, "tx": tx_hash_of(rc)}
         self.sent.append(record)
+        metrics.relayed(len(entries))
         log.info("job %d round %d: relayed %d submission(s) in tx %s (gas %d, %d per contribution)",
                  job, rnd, len(entries), record["tx"], gas, gas // len(entries))
 
@@ -240,6 +242,7 @@ class Relay:
             while stop is None or not stop.is_set():
                 try:
                     self.flush_due()
+                    self.ledger.chain.block_number()    # the head, for ledger_last_block
                 except ChainUnreachable as e:
                     log.warning("chain unreachable (%s); retrying", e)
                 time.sleep(self.opt.poll)

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic, checkpoint
+from ledger import atomic, checkpoint, metrics
 from ledger.chain import tx_hash_of
 from ledger import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
@@ -58,6 +58,7 @@ class WorkerOptions:
     device: str = "cpu"               # cpu or cuda: the transcript is the same, verifiers replay on CPU
     relay: str | None = None          # a relay's URL (`ledger relay run`): submit through its batch
     relay_fallback: float = 10.0      # seconds before the deadline to submit directly if the batch has not landed
+    nproc: int = 1                    # data-parallel training processes (node.training.distributed)
 
 
 class Worker:
@@ -73,6 +74,10 @@ class Worker:
         self.reveals = ctx.config.discloses
         self._dp_secret: bytes | None = None     # the DP noise secret of the round being trained
         self.data = self._checked_data(data)
+        if self.opt.nproc > 1:
+            from node.training.distributed import check_nproc
+
+            check_nproc(ctx.config, self.opt.nproc)
 
     def _checked_data(self, data: bytes | None) -> bytes | None:
         """The worker's own text, if the job trains on private data: exactly what it committed to."""
@@ -148,6 +153,7 @@ class Worker:
                 continue
             if self.work_round(r, rd.parent):
                 submitted += 1
+                metrics.round_done()
                 if self.opt.max_rounds is not None and submitted >= self.opt.max_rounds:
                     self._finish_reveals()
                     return submitted
@@ -183,7 +189,10 @@ class Worker:
                         r, state.get("cid"), "" if ctx.config.policy.reveals else " or its transcript snapshots")
             state = {**state, "status": "trained"}
         if state.get("status") not in ("trained", "published", "submitted"):
+            self._extras = []
             data, num_samples, snaps, bundles = self._train(r, parent)
+            for (name, blob) in self._extras:        # compressed contributions: end, error feedback
+                atomic.write_bytes(self._extra_file(r, name), blob)
             for (step, blob) in snaps:
                 atomic.write_bytes(self._snap_file(r, step), blob)
             for (seg, blob) in bundles:
@@ -197,12 +206,15 @@ class Worker:
             if self._dp_secret is not None:
                 # the round's DP noise secret: only here (never logged), for secret_items after the draw
                 state["dp_secret"] = self._dp_secret.hex()
+            if self._extras:
+                state["extras"] = {name: to_hex(sha256_bytes(blob)) for name, blob in self._extras}
             atomic.write_json(state_file, state)
             crash_point("worker:after-train")
         if state["status"] == "trained":
             if not ctx.config.policy.reveals:
                 # every snapshot now; else the drawn ones after the close
                 state["snapshot_cids"] = self._publish_snapshots(r, state)
+            self._publish_extras(r, state)
             obj = ctx.store.put(ckpt_file.read_bytes())
             ctx.store.pin(obj.cid)
             state.update(status="published", cid=obj.cid)
@@ -221,7 +233,7 @@ class Worker:
         private data, the window bundles as (segment, bytes)."""
         ctx, cfg = self.ctx, self.ctx.config
         parent_loc: Located = ctx.locate_model(parent, before_round=r)
-        params, _ = ctx.load_checkpoint(parent_loc)
+        params, parent_meta = ctx.load_checkpoint(parent_loc)
         log.info("round %d: parent %s verified (sha256 %s)", r, parent_loc.cid, to_hex(parent))
         shard = self.data if self.private else ctx.shard(self.index)
         seed = trainmod.derive_seed(cfg.seed, ctx.job_id, r, self.address) + getattr(self, "_seed_offset", 0)
@@ -244,15 +256,50 @@ class Worker:
         finally:
             bar.close()
         m = result.metrics
+        metrics.trained(m)
         log.info("round %d: trained %d steps on %s, loss %.3f -> %.3f in %.1fs",
                  r, m["steps"], m["device"], m["loss_start"], m["loss_end"], m["seconds"])
         snaps = [(s.step, tx.encode_snapshot(s, tx.snapshot_meta(ctx.job_id, r, self.address, parent, s.step), params))
                  for s in result.snapshots]
         bundles = self.window_bundles(r, parent, seed) if self.private else []
-        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, windows=bundles,
+        manifest = tx.build_manifest(cfg.policy.segment_steps, snaps, ctx.store.options, cid_of=ctx.store.cid_of,
+                                     windows=bundles,
                                      dp_seeds=seed_items)
         meta = contribution_meta(ctx.job_id, r, self.address, parent, seed, m, manifest)
+        if cfg.compress.on:
+            tensors = self._compress(r, parent, params, parent_meta, result.params, meta)
+            return checkpoint.encode(tensors, meta), int(m["samples"]), snaps, bundles
         return checkpoint.encode(result.params, meta), int(m["samples"]), snaps, bundles
+
+    def _compress(self, r: int, parent: bytes, params, parent_meta, end, meta: dict) -> dict:
+        """A compressed contribution (node.training.compress): the payload; its end of
+        training and next error feedback go to ``self._extras``, committed in ``meta``."""
+        from node.training import compress as cz
+
+        ctx, cfg, w = self.ctx, self.ctx.config, self.address.lower()
+        bits = cz.end_bits(end, params)
+        prior = cz.registry(parent_meta).get(w)
+        ef_in = None
+        if prior is not None:
+            local = self.dir / f"ef-{to_hex(prior.digest)}.bin"
+            blob = local.read_bytes() if local.exists() else b""
+            if sha256_bytes(blob) != prior.digest:
+                blob = ctx.store.get(prior.cid, prior.digest, max_size=tx.snapshot_cap(cfg.policy))
+            ef_in = cz.decode_bits(blob, cid=prior.cid, expect_meta={"kind": cz.EF_KIND, "worker": w}, like=params,
+                                   max_size=tx.snapshot_cap(cfg.policy))
+        payload, ef_out = self.compressed(bits, ef_in)
+        end_blob = cz.encode_bits(bits, cz.link_meta(cz.END_KIND, ctx.job_id, r, w, parent))
+        ef_blob = cz.encode_bits(ef_out, cz.link_meta(cz.EF_KIND, ctx.job_id, r, w, parent))
+        atomic.write_bytes(self.dir / f"ef-{to_hex(sha256_bytes(ef_blob))}.bin", ef_blob)
+        self._extras = [("end", end_blob), ("ef", ef_blob)]
+        meta.update(cz.refs_meta(cz.Ref.of(end_blob, ctx.store.options), cz.Ref.of(ef_blob, ctx.store.options)))
+        return payload
+
+    def compressed(self, bits, ef_in):
+        """(payload, next error feedback) of the end of training (a Byzantine worker overrides this)."""
+        from node.training import compress as cz
+
+        return cz.compress(self.ctx.config.compress, bits, ef_in)
 
     def window_bundles(self, r: int, parent: bytes, seed: int) -> list[tuple[int, bytes]]:
         """One bundle per segment of the committed text's windows (a Byzantine worker overrides this)."""
@@ -264,6 +311,12 @@ class Worker:
         """The round's training and its transcript (a Byzantine worker overrides this);
         ``dp``: a DP job's step (``node.training.dp.DPStep``)."""
         cfg = self.ctx.config
+        if self.opt.nproc > 1:
+            from node.training import distributed
+
+            return distributed.train_local(cfg, params, shard, seed, self.opt.nproc,
+                                           segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
+                                           artifacts=distributed.model_files(self.ctx))
         return trainmod.train_local(self.ctx.model, cfg.train, params, shard, seed, progress=progress,
                                     segment_steps=cfg.policy.segment_steps, threads=self.opt.threads,
                                     device=self.opt.device, dp=dp)
@@ -283,6 +336,20 @@ class Worker:
     def _snap_file(self, r: int, step: int) -> Path:
         return self.dir / f"round-{r}.step-{step}.snapshot"
 
+    def _extra_file(self, r: int, name: str) -> Path:
+        return self.dir / f"round-{r}.{name}.obj"
+
+    def _publish_extras(self, r: int, state: dict) -> None:
+        """Store and pin what every verifier fetches beside a compressed contribution."""
+        cids = {}
+        for name, digest in sorted(state.get("extras", {}).items()):
+            obj = self.ctx.store.put(self._extra_file(r, name).read_bytes())
+            if obj.digest != from_hex(digest):
+                raise LedgerError(f"round {r}: {name} changed on disk since training; delete {self.dir} to train again")
+            self.ctx.store.pin(obj.cid)
+            cids[name] = obj.cid
+        state["extra_cids"] = cids
+
     def _bundle_file(self, r: int, segment: int) -> Path:
         return self.dir / f"round-{r}.windows-{segment}.bundle"
 
@@ -290,6 +357,7 @@ class Worker:
         files = [(ckpt_file, state.get("digest"))]
         files += [(self._snap_file(r, int(step)), d) for step, d in state.get("snapshots", {}).items()]
         files += [(self._bundle_file(r, int(seg)), d) for seg, d in state.get("windows", {}).items()]
+        files += [(self._extra_file(r, name), d) for name, d in state.get("extras", {}).items()]
         return all(f.exists() and to_hex(sha256_bytes(f.read_bytes())) == d for f, d in files)
 
     def _publish_snapshots(self, r: int, state: dict) -> dict:
@@ -310,6 +378,8 @@ class Worker:
         store = self.ctx.store
         if not state.get("cid") or not store.has(state["cid"]):
             return False
+        if not all(store.has(cid) for cid in (state.get("extra_cids") or {}).values()):
+            return False
         if self.ctx.config.policy.reveals:
             return True
         cids = state.get("snapshot_cids")
@@ -329,6 +399,7 @@ class Worker:
             log.error("round %d: this worker's store no longer serves its submission %s and the local files are gone "
                       "or changed: it cannot be republished", r, state.get("cid"))
             return
+        self._publish_extras(r, state)
         obj = self.ctx.store.put(ckpt_file.read_bytes())
         self.ctx.store.pin(obj.cid)
         if not self.ctx.config.policy.reveals:

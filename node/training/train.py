@@ -184,14 +184,16 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
                 snapshot_at: tuple[int, ...] = (), origin: dict[str, np.ndarray] | None = None,
                 threads: int | None = None, device: str | None = None,
                 progress: Callable[[int, int, float], None] | None = None,
-                dp: DPStep | None = None) -> tuple[TrainState, list[TrainState], dict]:
+                dp: DPStep | None = None, parallel=None) -> tuple[TrainState, list[TrainState], dict]:
     """Steps ``start.step`` .. ``end - 1`` of a round of ``train_spec.steps`` from ``start``:
     the one training loop, for whole rounds (workers) and drawn segments (verifiers).
     Returns (end state, the states at the steps in ``snapshot_at``, metrics).
 
     At each step in ``snapshot_at`` the state is made compact against ``origin`` (the
     round's parent; ``node.training.transcript.compact``) and training continues from
-    the compact state: a snapshot is then exactly where the next segment started."""
+    the compact state: a snapshot is then exactly where the next segment started.
+    ``parallel``: one process of a data-parallel worker (``node.training.distributed``):
+    it trains on its part of each step's windows and averages the gradients with the others."""
     total = int(train_spec.steps)
     if not 0 <= start.step < end <= total:
         raise ValueError(f"steps {start.step}..{end} are outside a round of {total} steps")
@@ -209,12 +211,18 @@ def train_steps(lm: LanguageModel, train_spec, start: TrainState, shard: bytes, 
             for g in run.opt.param_groups:
                 g["lr"] = lr_at(step, total, train_spec.learning_rate)
             x, y = windows(data, step_offsets(seed, step, len(data), block, train_spec.batch_size), block)
+            if parallel is not None:
+                x, y = parallel.part(x), parallel.part(y)
             run.opt.zero_grad(set_to_none=True)
             if dp is not None:
+                if parallel is not None:
+                    raise ValueError("DP-SGD trains on one process: a DP job's worker runs without --nproc")
                 lv = private_grads(lm, run.model, run.named, x.to(dev), y.to(dev), dp, step)
             else:
                 loss = lm.loss(run.model, x.to(dev), y.to(dev))
                 loss.backward()
+                if parallel is not None:
+                    loss = parallel.average([p for _, p in run.named], loss)
                 if train_spec.grad_clip and train_spec.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_([p for _, p in run.named], train_spec.grad_clip)
                 lv = loss.item()

@@ -108,6 +108,8 @@ def rounding_slack(state: TrainState) -> tuple[dict, dict, dict] | None:
         return np.spacing(np.abs(a)).astype(np.float64) * 65536.0
     p = {k: ulp16(from_bf16(d)) + np.spacing(np.abs(state.params[k])).astype(np.float64)
          for k, d in state.delta.items()}
+    if state.exp_avg is None:     # an end of training without moments (node.training.compress)
+        return p, None, None
     return p, {k: ulp16(v) for k, v in state.exp_avg.items()}, {k: ulp16(v) for k, v in state.exp_avg_sq.items()}
 
 
@@ -145,16 +147,19 @@ def _ref_json(s: SnapshotRef) -> dict:
 
 
 def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], import_options,
-                   windows: list[tuple[int, bytes]] = (), dp_seeds: list[tuple[int, bytes]] = ()) -> Manifest:
+                   windows: list[tuple[int, bytes]] = (), dp_seeds: list[tuple[int, bytes]] = (),
+                   cid_of=None) -> Manifest:
     """The manifest of encoded snapshots (step, bytes), window bundles and DP noise-seed
     items (segment, bytes): each one's digest, size and the CID a store with
-    ``import_options`` gives it, computed here without storing it."""
+    ``import_options`` gives it, computed here without storing it (``cid_of(bytes)``:
+    the store's own, where it stores other bytes than it is given: a private job's)."""
     from ledger.cid import cid_of_bytes
     from ledger.digest import sha256_bytes
 
+    cid_of = cid_of or (lambda blob: cid_of_bytes(blob, import_options).cid)
+
     def refs(items):
-        return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
-                     for k, blob in items)
+        return tuple(SnapshotRef(k, sha256_bytes(blob), cid_of(blob), len(blob)) for k, blob in items)
 
     return Manifest(int(segment_steps), refs(snapshots), refs(windows), refs(dp_seeds))
 

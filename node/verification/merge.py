@@ -258,6 +258,16 @@ def _blocks(size: int, n: int):
 
 def fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None, *,
            presorted: bool | None = None) -> MergeResult:
+    return _result(parent, *_fedavg(parent, contributions, policy, presorted=presorted))
+
+
+def _result(parent: Params, update, selected: list[str], info: dict) -> MergeResult:
+    """A rule's float64 update (None: no contributions) applied to the parent."""
+    return MergeResult(_copy_parent(parent) if update is None else _finish(parent, update), selected, info)
+
+
+def _fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None, *,
+            presorted: bool | None = None):
     """Sample-weighted mean of the updates: parent + sum_i(n_i * d_i) / sum_i(n_i).
 
     Streaming: ``contributions`` may be any iterator (e.g. one that fetches and
@@ -304,29 +314,33 @@ def fedavg(parent: Params, contributions: Iterable[Sequence], policy: Policy | N
         workers.append(worker)
         total += num_samples
     if not workers:
-        return MergeResult(_copy_parent(parent), [], {"rule": "fedavg", "empty": True})
+        return None, [], {"rule": "fedavg", "empty": True}
     equal = total == 0
     acc, denom = (plain, float(len(workers))) if equal else (weighted, float(total))
     if not equal and float(total) != total:
         raise ValueError(f"fedavg: total num_samples {total} is not exact in float64")
     update = {name: np.divide(acc[name], denom) for name in names}
     info = {"rule": "fedavg", "total_samples": total, "weights": "equal" if equal else "samples"}
-    return MergeResult(_finish(parent, update), workers, info)
+    return update, workers, info
 
 
 def median(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None) -> MergeResult:
     """Coordinate-wise median of the updates (sort-based; for an even count the
     mean of the two middle values, ``(a + b) * 0.5``). Unweighted."""
+    return _result(parent, *_median(parent, contributions, policy))
+
+
+def _median(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None):
     items = _sorted_contributions(contributions, parent)
     if not items:
-        return MergeResult(_copy_parent(parent), [], {"rule": "median", "empty": True})
+        return None, [], {"rule": "median", "empty": True}
     n = len(items)
 
     def rule(s: np.ndarray) -> np.ndarray:
         return s[n // 2] if n % 2 else np.multiply(np.add(s[n // 2 - 1], s[n // 2]), 0.5)
 
     update = _coordinatewise(parent, items, rule)
-    return MergeResult(_finish(parent, update), [w for w, _, _ in items], {"rule": "median", "n": n})
+    return update, [w for w, _, _ in items], {"rule": "median", "n": n}
 
 
 def trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None) -> MergeResult:
@@ -334,10 +348,14 @@ def trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Poli
     k = floor(trim_ratio * n) at each end (trim_ratio read as the decimal it is
     written as, so 0.29 * 100 gives 29), average the rest in sorted order.
     k is capped at (n - 1) // 2 so at least one value remains. Unweighted."""
+    return _result(parent, *_trimmed_mean(parent, contributions, policy))
+
+
+def _trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None):
     policy = policy or Policy()
     items = _sorted_contributions(contributions, parent)
     if not items:
-        return MergeResult(_copy_parent(parent), [], {"rule": "trimmed_mean", "empty": True})
+        return None, [], {"rule": "trimmed_mean", "empty": True}
     n = len(items)
     ratio = Fraction(repr(float(policy.trim_ratio)))
     if ratio < 0:
@@ -353,7 +371,7 @@ def trimmed_mean(parent: Params, contributions: Iterable[Sequence], policy: Poli
 
     update = _coordinatewise(parent, items, rule)
     info = {"rule": "trimmed_mean", "n": n, "trimmed_each_end": k, "kept": kept}
-    return MergeResult(_finish(parent, update), [w for w, _, _ in items], info)
+    return update, [w for w, _, _ in items], info
 
 
 def _coordinatewise(parent: Params, items: list[ContributionT], rule) -> dict[str, np.ndarray]:
@@ -414,10 +432,14 @@ def krum(parent: Params, contributions: Iterable[Sequence], policy: Policy | Non
     """Multi-Krum: score every contribution (see ``krum_scores``), keep the m best
     (policy.krum_m, 0 meaning n - f; clamped to [1, n]; ties broken by worker
     address), and FedAvg the kept ones (sample-weighted)."""
+    return _result(parent, *_krum(parent, contributions, policy))
+
+
+def _krum(parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None):
     policy = policy or Policy()
     items = _sorted_contributions(contributions, parent)
     if not items:
-        return MergeResult(_copy_parent(parent), [], {"rule": "krum", "empty": True})
+        return None, [], {"rule": "krum", "empty": True}
     n, f = len(items), int(policy.krum_f)
     if f < 0:
         raise ValueError(f"krum_f must be >= 0, got {f}")
@@ -427,20 +449,32 @@ def krum(parent: Params, contributions: Iterable[Sequence], policy: Policy | Non
     ranking = sorted(range(n), key=lambda i: (scores[i], _key(items[i][0])))
     keep = sorted(ranking[:m])
     chosen = [items[i] for i in keep]
-    inner = fedavg(parent, chosen, policy, presorted=True)
+    update, _, inner_info = _fedavg(parent, chosen, policy, presorted=True)
     info = {
         "rule": "krum", "n": n, "f": f, "m": m, "neighbours": nb,
         "degenerate": n - f - 2 < 1,
         "scores": {items[i][0]: scores[i] for i in range(n)},
         "ranking": [items[i][0] for i in ranking],
-        "total_samples": inner.info.get("total_samples"),
-        "weights": inner.info.get("weights"),
+        "total_samples": inner_info.get("total_samples"),
+        "weights": inner_info.get("weights"),
     }
-    return MergeResult(inner.params, [w for w, _, _ in chosen], info)
+    return update, [w for w, _, _ in chosen], info
 
 
 RULES = {"fedavg": fedavg, "median": median, "trimmed_mean": trimmed_mean, "krum": krum}
-assert set(RULES) == set(MERGE_RULES)
+UPDATES = {"fedavg": _fedavg, "median": _median, "trimmed_mean": _trimmed_mean, "krum": _krum}
+assert set(RULES) == set(MERGE_RULES) == set(UPDATES)
+
+
+def rule_update(rule_name: str, parent: Params, contributions: Iterable[Sequence], policy: Policy | None = None):
+    """(the rule's float64 update of the floating tensors, or None without contributions;
+    the selected workers; info): what ``merge`` adds to the parent, for an outer optimizer
+    (``node.verification.outer``) to step with instead."""
+    try:
+        rule = UPDATES[rule_name]
+    except KeyError:
+        raise ValueError(f"unknown merge rule {rule_name!r}; expected one of {MERGE_RULES}") from None
+    return rule(parent, contributions, policy)
 
 
 def merge(rule_name: str, parent: Params, contributions: Iterable[Sequence],
@@ -462,5 +496,5 @@ def merge(rule_name: str, parent: Params, contributions: Iterable[Sequence],
 
 __all__ = [
     "MergeResult", "merge", "fedavg", "median", "trimmed_mean", "krum", "krum_scores",
-    "tensor_digest", "update_norm", "exact_sum_of_squares", "RULES",
+    "tensor_digest", "update_norm", "exact_sum_of_squares", "RULES", "rule_update",
 ]

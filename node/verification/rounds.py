@@ -18,6 +18,7 @@ from ledger.verdicts import Verdict
 
 from node.training import transcript as tx
 from node.verification import merge as mergemod
+from node.verification import outer as outermod
 from node.verification import verify as verifymod
 from node.context import JobContext, Located
 
@@ -30,6 +31,8 @@ class Verified:
     contributions: list
     reports: list
     parent_val_loss: float | None = None
+    parent_state: dict = field(default_factory=dict)   # the parent's every tensor (its outer/ state included)
+    parent_meta: dict = field(default_factory=dict)
 
     @property
     def verdicts(self) -> list[int]:
@@ -253,7 +256,8 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
     """
     cfg = ctx.config
     parent = ctx.locate_model(parent_digest, before_round=r)
-    parent_params, _ = ctx.load_checkpoint(parent)
+    parent_state, parent_meta = ctx.load_full(parent)
+    parent_params = outermod.model_tensors(parent_state)
     contributions = list(submissions)
     if [s.index for s in contributions] != list(range(len(contributions))):
         raise ValueError(f"round {r}: submissions must be the round's, in submission order")
@@ -279,6 +283,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         decided=decided,
         in_depth=None if in_depth is None else frozenset(in_depth),
         copy_check=copy_check,
+        error_feedback=_registry(v_round=r, meta=parent_meta) if cfg.compress.on else None,
     )
 
     def fetch(c) -> bytes:
@@ -287,7 +292,7 @@ def verify_submissions(ctx: JobContext, r: int, parent_digest: bytes, submission
         return ctx.store.get(c.cid, c.digest, max_size=cfg.policy.max_checkpoint_bytes)
 
     reports = verifymod.verify_round(rctx, contributions, fetch)
-    return Verified(r, parent, parent_params, contributions, reports, rctx.parent_val_loss)
+    return Verified(r, parent, parent_params, contributions, reports, rctx.parent_val_loss, parent_state, parent_meta)
 
 
 def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged:
@@ -299,12 +304,48 @@ def merge_accepted(ctx: JobContext, v: Verified, accepted: list[bool]) -> Merged
     workers = [w for w, _, _ in good]
     if len(good) < max(1, ctx.info.min_submissions):
         return Merged(None, v.parent.digest, v.parent.size, True, workers)
-    rule = ctx.config.policy.merge_rule
-    result = mergemod.merge(rule, v.parent_params, good, ctx.config.policy)
+    rule, outer = ctx.config.policy.merge_rule, ctx.config.outer
+    if outer.rule == "none":
+        result = mergemod.merge(rule, v.parent_params, good, ctx.config.policy)
+    else:
+        # DiLoCo: the rule's update is the negated pseudo-gradient; the outer step takes it
+        # from the parent's committed momentum and commits the new one with the model.
+        update, selected, rinfo = mergemod.rule_update(rule, v.parent_params, good, ctx.config.policy)
+        try:
+            momentum = outermod.momentum_of(v.parent_state, v.parent_params)
+        except ValueError as e:
+            raise LedgerError(f"round {v.round}: the parent's outer-optimizer state: {e}") from None
+        tensors, _ = outermod.step(v.parent_params, update, momentum, outer)
+        result = mergemod.MergeResult(tensors, selected, {**rinfo, "outer": outer.rule})
     # The metadata names the workers whose updates are in the merge (Krum selects a subset).
-    data = checkpoint.encode(result.params, ctx.merge_meta(v.round, v.parent.digest, rule, result.selected))
+    meta = ctx.merge_meta(v.round, v.parent.digest, rule, result.selected)
+    if ctx.config.compress.on:
+        meta.update(_next_registry(v, result.selected))
+    data = checkpoint.encode(result.params, meta)
     info = {**result.info, "selected": list(result.selected)}
     return Merged(data, sha256_bytes(data), len(data), False, workers, info)
+
+
+def _registry(v_round: int, meta: dict) -> dict:
+    from node.training import compress as cz
+
+    try:
+        return cz.registry(meta)
+    except cz.CompressionError as e:
+        raise LedgerError(f"round {v_round}: {e}") from None
+
+
+def _next_registry(v: Verified, selected: list[str]) -> dict[str, str]:
+    """The merge's error-feedback registry: the parent's, with each merged worker's
+    committed next error feedback (a worker left out keeps its earlier one)."""
+    from node.training import compress as cz
+
+    reg = _registry(v.round, v.parent_meta)
+    chosen = {w.lower() for w in selected}
+    for rep in v.reports:
+        if rep.worker.lower() in chosen and rep.meta is not None:
+            reg[rep.worker.lower()] = cz.meta_refs(rep.meta)[1]
+    return cz.registry_meta(reg)
 
 
 def settlement_of(ctx: JobContext, v: Verified) -> Settlement:

@@ -9,6 +9,9 @@ the first failing check decides its verdict (``ledger.verdicts.Verdict``):
   strict safetensors decode (never unpickle)                      FORMAT
   meta parent / job / round / worker                              LINEAGE
   declared sample count == steps x batch size                     SAMPLE_COUNT
+  compressed jobs: the end of training and the error feedback     TRANSCRIPT_UNAVAILABLE / TRANSCRIPT
+    fetched; their compression is the payload, and leaves the
+    committed next error feedback (node.training.compress)        COMPRESSION
   tensor names, shapes, dtypes == the parent's                    STRUCTURE
   all floating values finite                                      NON_FINITE
   tensors identical to the parent (no update)                     DUPLICATE
@@ -209,6 +212,9 @@ class RoundContext:
     in_depth: frozenset[int] | None = None
     copy_check: bool = True
     unsealed: Callable[[str], Unsealed] | None = None
+    # compressed contributions (config.compress): each worker's committed error feedback,
+    # from the parent merge's registry (node.training.compress)
+    error_feedback: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         self.stages = STAGES if self.stages is None else frozenset(self.stages)
@@ -298,6 +304,7 @@ class Report:
     meta: dict[str, str] | None = None
     tensor_digest: bytes | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    end: Any = None     # compressed contributions: the end of training (a TrainState), where the replay ends
 
     @property
     def accepted(self) -> bool:
@@ -500,6 +507,9 @@ def _decoded_checks(ctx: RoundContext, c: Submission, fetch, report: Report) -> 
     if int(c.num_samples) != expected:
         raise _Reject(Verdict.SAMPLE_COUNT, f"declares {c.num_samples} samples; the job's training uses "
                                             f"{ctx.config.train.steps} steps x {ctx.config.train.batch_size} = {expected}")
+    if ctx.config.compress.on:
+        with _timed(report, "compression"):
+            tensors, data = _compressed(ctx, c, tensors, meta, report)
     _check_structure(ctx.parent_params, tensors)
     for name in sorted(tensors):
         t = tensors[name]
@@ -680,7 +690,7 @@ def _replay_segments(ctx: RoundContext, report: Report, tensors, meta) -> None:
         if i == 0:
             return tx.TrainState.fresh(ctx.parent_params)
         if i == len(bounds):
-            return tx.TrainState(bounds[-1][1], tensors)
+            return report.end if report.end is not None else tx.TrainState(bounds[-1][1], tensors)
         if i not in snapshots:
             snapshots[i] = _snapshot(ctx, c, manifest.snapshots[i - 1], cap)
         return snapshots[i]
@@ -726,6 +736,43 @@ def _dp_step(ctx: RoundContext, c: Submission, ref: tx.SnapshotRef, segment: int
     except dpmod.SeedError as e:
         raise _Reject(Verdict.DP_SEEDS, f"segment {segment}: {e}") from None
     return dpmod.DPStep.of(ctx.config.dp, seeds.__getitem__)
+
+
+def _compressed(ctx: RoundContext, c: Submission, payload, meta, report: Report) -> tuple[dict, bytes]:
+    """A compressed contribution (node.training.compress): its end of training and the
+    error feedback its parent's registry commits it to, fetched; their compression must
+    be the submitted payload, and what it leaves the committed next error feedback.
+    Returns the contribution as the merge sees it (parent + the decompressed update) and
+    those tensors' bytes (what waits on disk for the later stages)."""
+    from node.training import compress as cz
+
+    cap, spec, w = tx.snapshot_cap(ctx.policy), ctx.config.compress, c.worker.lower()
+    try:
+        end_ref, ef_ref = cz.meta_refs(meta)
+    except cz.CompressionError as e:
+        raise _Reject(Verdict.COMPRESSION, str(e)) from None
+
+    def fetched(ref, what: str, expect: dict) -> dict:
+        data = _fetch_checked(lambda: ctx.fetch_object(ref.cid, ref.digest), ref.cid, ref.digest, ref.size,
+                              missing=Verdict.TRANSCRIPT_UNAVAILABLE, mismatch=Verdict.TRANSCRIPT, what=what)
+        try:
+            return cz.decode_bits(data, cid=ref.cid, expect_meta=expect, like=ctx.parent_params, max_size=cap)
+        except cz.CompressionError as e:
+            raise _Reject(Verdict.TRANSCRIPT, f"{what}{e}") from None
+
+    bits = fetched(end_ref, "the end of training: ", cz.link_meta(cz.END_KIND, ctx.job_id, ctx.round, w, ctx.parent_digest))
+    prior = (ctx.error_feedback or {}).get(w)
+    ef_in = None if prior is None else fetched(prior, "its error feedback: ", {"kind": cz.EF_KIND, "worker": w})
+    expected, ef_out = cz.compress(spec, bits, ef_in)
+    why = cz.same_payload(payload, expected)
+    if why:
+        raise _Reject(Verdict.COMPRESSION, why)
+    ef_blob = cz.encode_bits(ef_out, cz.link_meta(cz.EF_KIND, ctx.job_id, ctx.round, w, ctx.parent_digest))
+    if sha256_bytes(ef_blob) != ef_ref.digest or len(ef_blob) != ef_ref.size:
+        raise _Reject(Verdict.COMPRESSION, "its committed next error feedback is not what its compression leaves")
+    params = cz.with_update(ctx.parent_params, cz.decompress(spec, payload, ctx.parent_params))
+    report.end = tx.TrainState(int(ctx.config.train.steps), cz.end_params(bits, ctx.parent_params), delta=bits)
+    return params, checkpoint.encode(params, {})
 
 
 def _undisclosed(ctx: RoundContext, c: Submission, verdict: Verdict, what: str) -> None:
