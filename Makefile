@@ -89,7 +89,7 @@ $(STAMP)/flower: $(STAMP)/python
 	$(BIN)/pip install -q --disable-pip-version-check flwr==1.41.0 2>&1 | sed "/is ignored: it is neither/d"
 	@touch $@
 
-BENCHES := gas storage replay_drift credit_noise verification scale parties audit overhead quality robustness flower_peer communication
+BENCHES := gas storage replay_drift credit_noise verification scale parties audit overhead quality robustness privacy flower_peer communication
 
 bench: install $(STAMP)/flower
 	@for b in $(BENCHES); do echo; echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done

@@ -52,7 +52,7 @@ def print_table(title: str, headers: Sequence[str], rows: Iterable[Sequence], fi
     decimals (three significant digits when small), anything else prints as given."""
     out = file or sys.stdout
     lines = text_table(headers, [[_cell(c) for c in r] for r in rows])
-    rule = "-" * max(len(title), *(len(line) for line in lines))
+    rule = "-" * max(*(len(t) for t in title.splitlines()), *(len(line) for line in lines))
     print("\n".join([title, rule, *lines, rule]), file=out)
     out.flush()
 
@@ -612,6 +612,12 @@ class LedgerJob(Footprint):
     pss_every: int = 0                 # the sampler's PSS readings (RssSampler)
     # called as after(job, ledger, store) once the job completed, before the chain stops
     after: Callable | None = None
+    # Bring-your-own-data: one text per worker (committed with ledger.datacommit, each
+    # worker run with --data on its own file) and the owner's validation text; every
+    # party's public key goes into the job (the drawn windows are sealed to their readers)
+    worker_texts: list[bytes] | None = None
+    validation_text: bytes | None = None
+    proposal_window: int | None = None
 
     # filled in by run()
     data_dir: Path | None = None
@@ -621,6 +627,7 @@ class LedgerJob(Footprint):
     final_params: dict | None = None
     total_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    parties: list = field(default_factory=list)      # (role, LocalAccount), workers first
 
     def run(self, on_round: Callable[[RoundTiming], None] | None = None) -> "LedgerJob":
         from eth_account import Account
@@ -652,15 +659,17 @@ class LedgerJob(Footprint):
             parties += [("aggregator", Account.create()) for _ in range(self.aggregators)]
             for _, acct in parties:
                 keys.fund_local(ledger.chain, acct.address, 100 * 10**18)
+            logs = tmp / "logs"
+            logs.mkdir()
+            self.parties = parties
             job = create_job(
                 ledger, store, self.cfg,
                 workers=[a.address for role, a in parties if role == "worker"],
                 aggregators=[a.address for role, a in parties if role == "aggregator"],
                 quorum=self.quorum, rounds=self.rounds, round_duration=self.round_duration, min_submissions=1,
+                **self._private_data(parties, tmp),
             )
             self.job_id = job.job_id
-            logs = tmp / "logs"
-            logs.mkdir()
             base = {k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}
             base.update(LEDGER_DATA_DIR=str(tmp), LEDGER_RPC_URL=rpc, PYTHONUNBUFFERED="1",
                         OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -670,6 +679,8 @@ class LedgerJob(Footprint):
                 cmd = [sys.executable, "-m", "ledger_cli", role, "run", "--job", str(job.job_id), "--poll", str(self.poll)]
                 if role == "worker":
                     cmd.append("--no-progress")
+                    if self.worker_texts is not None:
+                        cmd += ["--data", str(tmp / f"worker-{n}.txt")]
                 else:
                     cmd += list(self.aggregator_args)
                 env = dict(base, LEDGER_PRIVATE_KEY=acct.key.to_0x_hex())
@@ -697,6 +708,24 @@ class LedgerJob(Footprint):
             if not self.keep_dir and sys.exc_info()[0] is None:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self
+
+    def _private_data(self, parties, tmp: Path) -> dict:
+        """create_job's arguments for a bring-your-own-data job (its texts written under ``tmp``)."""
+        from ledger import datacommit
+        from ledger.sealing import public_key_of
+
+        kw = {} if self.proposal_window is None else {"proposal_window": self.proposal_window}
+        if self.worker_texts is None:
+            return kw
+        if len(self.worker_texts) != self.workers or self.validation_text is None:
+            raise ValueError(f"a private-data job needs one text per worker ({self.workers}) and a validation text")
+        roots = []
+        for n, text in enumerate(self.worker_texts):
+            (tmp / f"worker-{n}.txt").write_bytes(text)
+            c = datacommit.commit(text)
+            roots.append((c.root, c.length))
+        return dict(kw, data_roots=roots, validation=self.validation_text,
+                    keys={a.address: public_key_of(a) for _, a in parties})
 
     def _watch(self, ledger, t_spawn: float, popens, logs: Path, on_round) -> None:
         job_id = self.job_id
