@@ -119,18 +119,6 @@ def _stored_blobs(data_dir: Path) -> list[bytes]:
     return [p.read_bytes() for p in (Settings(data_dir=data_dir).store_dir / "objects").rglob("*") if p.is_file()]
 
 
-def _chain_bytes(ledger) -> bytes:
-    """Every transaction's calldata and every log's topics and data, block 0 to the head."""
-    w3 = ledger.chain.w3
-    out = []
-    for n in range(w3.eth.block_number + 1):
-        for t in w3.eth.get_block(n, full_transactions=True).transactions:
-            out.append(bytes(t["input"]))
-            for lg in w3.eth.get_transaction_receipt(t["hash"]).logs:
-                out += [bytes(lg["data"]), *(bytes(x) for x in lg["topics"])]
-    return b"\0".join(out)
-
-
 def readable_fraction(text: bytes, everything: bytes) -> float:
     """The fraction of ``text``'s 16-byte pieces found in ``everything``, raw or as hex."""
     offsets = range(0, len(text) - PIECE + 1, PIECE)
@@ -179,7 +167,7 @@ def leak_scan(workers: int = 2, rounds: int = 2, size: int = 12_000) -> tuple[li
     found: list[float] = []
 
     def after(job, ledger, store):
-        everything = b"\0".join([*_stored_blobs(job.data_dir), _chain_bytes(ledger)])
+        everything = b"\0".join([*_stored_blobs(job.data_dir), ledger.chain.public_bytes()])
         say(f"scan: {len(everything) / 1e6:.1f} MB of stored objects, calldata and logs")
         for n, ((_, acct), text) in enumerate(zip(job.parties, texts)):
             f = readable_fraction(text, everything)

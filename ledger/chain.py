@@ -323,6 +323,18 @@ class Chain:
             )
         return cls(w3, chain_id, account, rpc_url, log_page=log_page, tx_timeout=tx_timeout)
 
+    def public_bytes(self) -> bytes:
+        """Everything the chain makes public, block 0 to the head: every transaction's
+        calldata and every log's topics and data, NUL-separated (what a privacy scan
+        searches: `bench/privacy.py`, the private-data tests)."""
+        out = []
+        for n in range(self.w3.eth.block_number + 1):
+            for t in self.w3.eth.get_block(n, full_transactions=True).transactions:
+                out.append(bytes(t["input"]))
+                for lg in self.w3.eth.get_transaction_receipt(t["hash"]).logs:
+                    out += [bytes(lg["data"]), *(bytes(x) for x in lg["topics"])]
+        return b"\0".join(out)
+
     def with_account(self, account) -> "Chain":
         """The same connection acting as ``account`` (a LocalAccount)."""
         return Chain(self.w3, self.chain_id, account, self.rpc_url, self.log_page, self.tx_timeout, self._decoder)

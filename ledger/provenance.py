@@ -577,10 +577,7 @@ def verify_weights(check: ExportCheck, store, final: dict, merged=None) -> Expor
     got = _read_f32(check, name, 2 * int(final["size"]) + checkpoint.MAX_HEADER)
     if got is None:
         return check
-    if sorted(got) != sorted(want):
-        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
-        check.failures.append(f"{name}: its tensor names are not the final checkpoint's (extra {extra[:3]}, "
-                              f"missing {missing[:3]})")
+    if not _same_names(check, name, got, want, "the final checkpoint's"):
         return check
     differ = [k for k in sorted(want) if got[k].shape != want[k].shape or got[k].tobytes() != want[k].tobytes()]
     if differ:
@@ -591,6 +588,14 @@ def verify_weights(check: ExportCheck, store, final: dict, merged=None) -> Expor
     if merged is not None:
         verify_merged(check, merged, want)
     return check
+
+
+def _same_names(check: ExportCheck, name: str, got: dict, want: dict, whose: str) -> bool:
+    if sorted(got) == sorted(want):
+        return True
+    extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+    check.failures.append(f"{name}: its tensor names are not {whose} (extra {extra[:3]}, missing {missing[:3]})")
+    return False
 
 
 def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
@@ -615,10 +620,7 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
     got = _read_f32(check, name, sum(int(v.nbytes) for v in want.values()) + checkpoint.MAX_HEADER)
     if got is None:
         return check
-    if sorted(got) != sorted(want):
-        extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
-        check.failures.append(f"{name}: its tensor names are not the committed base's with the adapter merged "
-                              f"(extra {extra[:3]}, missing {missing[:3]})")
+    if not _same_names(check, name, got, want, "the committed base's with the adapter merged"):
         return check
     differ, inexact, worst = [], False, 0.0
     for k in sorted(want):
