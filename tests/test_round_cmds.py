@@ -154,3 +154,21 @@ def test_a_finalized_round_cannot_be_closed(world):
     # a bystander with no account at all can read, but not send
     out = env.run(None, "round", "close", "--job", str(job), "--round", "2")
     assert out.returncode in (1, 2) and len(out.stderr.strip().splitlines()) == 1 and "account" in out.stderr
+
+
+def test_a_round_waits_only_for_the_workers_the_chain_expects():
+    """An open job's worker that left (or joined for a later round) is not counted among the
+    round's workers: the chain's ``expected`` is, the roster only where the chain has none."""
+    from types import SimpleNamespace
+
+    from ledger_cli.round_cmds import waits_for
+
+    job = SimpleNamespace(workers=["0xa", "0xb", "0xc"], aggregators=["0xd"], min_submissions=1, quorum=1,
+                          current_round=2)
+    rd = SimpleNamespace(status="open", submissions=1, expected=2, deadline=200, commits=0, commit_deadline=300,
+                         proposals=0, reveal_deadline=400)
+    assert waits_for(job, rd, now=100).startswith("submissions (1 of 2) until the deadline")
+    rd.submissions = 2      # every expected worker submitted: on to the commits, not waiting for the one who left
+    assert waits_for(job, rd, now=100).startswith("the aggregators' commits (0 of 1)")
+    rd.expected, rd.submissions = 0, 1      # a chain that reports no count: the roster
+    assert waits_for(job, rd, now=100).startswith("submissions (1 of 3)")
