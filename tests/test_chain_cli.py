@@ -79,10 +79,12 @@ def create_job(url: str, address: str) -> str:
     c = w3.eth.contract(address=address, abi=load_artifact()["abi"])
     workers = [Account.from_key(k).address for k in DEV_KEYS[1:3]]
     aggs = [Account.from_key(DEV_KEYS[3]).address]
-    params = (b"\x01" * 32, b"\x02" * 32, 100, b"\x03" * 32, b"\x04" * 32, 200,
-              workers, aggs, 1, 3600, 300, 2, 1, 0, 0, 0, 0, 0, 0)
-    # ..., quorum, roundDuration, proposalWindow, numRounds, minSubmissions, cidVersion, disclosureWindow,
-    # maxWorkers, workerStake, slashBps, aggregatorBps
+    given = dict(configDigest=b"\x01" * 32, configCid=b"\x02" * 32, configSize=100, genesisDigest=b"\x03" * 32,
+                 genesisCid=b"\x04" * 32, genesisSize=200, workers=workers, aggregators=aggs, quorum=1,
+                 roundDuration=3600, proposalWindow=300, numRounds=2, minSubmissions=1)
+    # every other field of JobParams zero, in the ABI's order (the struct grows; this helper need not)
+    (fn,) = [f for f in load_artifact()["abi"] if f.get("name") == "createJob"]
+    params = tuple(given.get(comp["name"], 0) for comp in fn["inputs"][0]["components"])
     tx = c.functions.createJob(params).build_transaction(
         {"from": acct.address, "nonce": w3.eth.get_transaction_count(acct.address), "chainId": w3.eth.chain_id}
     )
