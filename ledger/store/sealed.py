@@ -20,9 +20,10 @@ import hashlib
 import os
 from pathlib import Path
 
+from .. import atomic
 from ..errors import IntegrityError
 from ..sealing import ARTIFACT_MAGIC, NONCE_BYTES, decrypt_artifact, encrypt_artifact
-from .base import Digest, Source, Store, StoredObject, as_digest, open_source, temp_path_for
+from .base import Digest, Source, Store, StoredObject, as_digest, open_source
 
 OVERHEAD = len(ARTIFACT_MAGIC) + NONCE_BYTES + 16     # magic, nonce, AES-GCM-SIV tag
 
@@ -67,18 +68,7 @@ class SealedStore(Store):
         return self.get_by_cid(cid, max_size)
 
     def get_to_file(self, cid: str, expected_digest: Digest, dest: str | os.PathLike) -> Path:
-        dest = Path(dest)
-        data = self.get(cid, expected_digest)
-        tmp = temp_path_for(dest)
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest
+        return atomic.write_bytes(dest, self.get(cid, expected_digest))
 
     def verify(self, cid: str, expected_digest: Digest) -> int:
         return len(self.get(cid, expected_digest))
