@@ -10,7 +10,7 @@ aggregators run:
 - the Byzantine workers train honestly too, then replace their result with
   ``node.roles.adversary.attack_params(attack, parent, honest, seed)`` (or, for
   ``collude``, one shared vector: parent - 10 x the mean of their honest updates);
-- verification on: each contribution is encoded with ``ledger.checkpoint.encode``
+- verification on: each contribution is encoded with ``ledger.store.checkpoint.encode``
   (with the lineage metadata a worker writes) and goes through
   ``node.verification.verify.verify_round`` with a fetch function that returns those bytes,
   the norm bounds and the validation loss on (segment replay off: these attacks
@@ -50,11 +50,11 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from ledger import checkpoint  # noqa: E402
-from ledger.contract import Submission  # noqa: E402
+from ledger.store import checkpoint  # noqa: E402
+from ledger.ethereum.contract import Submission  # noqa: E402
 from ledger.digest import sha256_bytes, to_hex  # noqa: E402
-from ledger.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
-from ledger.verdicts import Verdict  # noqa: E402
+from ledger.protocol.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
+from ledger.protocol.verdicts import Verdict  # noqa: E402
 
 from bench.common import print_table  # noqa: E402
 

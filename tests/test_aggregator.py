@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from node.context import party_dir
 from support import address, keys, log_text, tiny_config, wait_for
 
@@ -74,7 +74,7 @@ def test_lone_dishonest_aggregator_cannot_finalize_and_is_visible(deployed):
     assert [p.aggregator for p in dissent] == [address(A[2])]
     assert sorted(p.aggregator for p in props if p.outcome == rd.outcome) == sorted(address(k) for k in A[:2])
     assert "revealed merge" in log_text(honest[-1]) and "committed" not in log_text(honest[-1])  # no second commit
-    from ledger.history import load_history, render_timeline
+    from ledger.trail.history import load_history, render_timeline
 
     timeline = render_timeline(load_history(env.ledger, job))
     assert "DISSENT" in timeline and timeline.count("  commit   0x") == 3 and timeline.count("  reveal   0x") == 3

@@ -17,11 +17,12 @@ from eth_utils import keccak
 from web3.logs import DISCARD
 
 from conftest import DEV_KEYS
-from ledger import anvil
-from ledger.batch import SignedSubmission, sign_submission
-from ledger.cid import cid_of_bytes
+from ledger.services import anvil
+from ledger.protocol.batch import SignedSubmission, sign_submission
+from ledger.store.cid import cid_of_bytes
 from ledger.config import load_settings
-from ledger.contract import Settlement, TrainingLedger
+from ledger.ethereum.contract import TrainingLedger
+from ledger.protocol.settlement import Settlement
 from test_economics import finalize
 from test_contract import AGGS, DURATION, GENESIS, OUTSIDER, WORKERS, Env, h, reverted
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ledger.checkpoint import DTYPES, META_KEY, decode, encode, read_header, read_meta
+from ledger.store.checkpoint import DTYPES, META_KEY, decode, encode, read_header, read_meta
 from ledger.errors import CheckpointFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ import sys, hashlib
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_checkpoint import tensors, META
-from ledger.checkpoint import encode
+from ledger.store.checkpoint import encode
 sys.stdout.write(encode(tensors(), META).hex())
 """
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 import ledger_cli
 from conftest import cli_env
-from ledger import datacommit as dc
+from ledger.protocol import datacommit as dc
 from ledger import errors
 from ledger.config import load_settings
 from ledger.errors import ConfigError
-from ledger.jobconfig import ConfigValueError, DataSpec, JobConfig, ModelSpec, Policy, TrainSpec, limits
+from ledger.protocol.jobconfig import ConfigValueError, DataSpec, JobConfig, ModelSpec, Policy, TrainSpec, limits
 
 
 def closed_port() -> int:

@@ -1,5 +1,5 @@
 """Verification committees through the real roles (anvil, the embedded store, a relay,
-worker and aggregator processes; ``ledger.committee``):
+worker and aggregator processes; ``ledger.protocol.committee``):
 
 - 16 workers, one of them lazy (half its declared steps), and 5 aggregators with
   committees of 3, for 2 rounds: each aggregator judges in depth only what its
@@ -23,8 +23,8 @@ import re
 
 import pytest
 
-from ledger import committee as cm
-from ledger.verdicts import Verdict
+from ledger.protocol import committee as cm
+from ledger.protocol.verdicts import Verdict
 from support import address, chain_of_its_own, keys, log_text, replay_config, wait_for
 
 pytestmark = pytest.mark.slow

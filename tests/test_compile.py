@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ledger import compile as comp
-from ledger.artifacts import artifact_path, artifact_sha256, load_artifact
+from ledger.ethereum import compile as comp
+from ledger.ethereum.artifacts import artifact_path, artifact_sha256, load_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "contracts/TrainingLedger.sol"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.jobconfig import CompressSpec, ConfigValueError, JobConfig, OuterSpec, parse_compress
-from ledger.verdicts import Verdict
+from ledger.store import checkpoint
+from ledger.protocol.jobconfig import CompressSpec, ConfigValueError, JobConfig, OuterSpec, parse_compress
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, replay_config, wait_for
 
 from node.training import compress as cz

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.contract import Submission
+from ledger.store import checkpoint
+from ledger.ethereum.contract import Submission
 from ledger.digest import sha256_bytes, to_hex
-from ledger.jobconfig import ConfigValueError, DPSpec, JobConfig, ModelSpec, Policy, TrainSpec, num_samples
-from ledger.verdicts import Verdict
+from ledger.protocol.jobconfig import ConfigValueError, DPSpec, JobConfig, ModelSpec, Policy, TrainSpec, num_samples
+from ledger.protocol.verdicts import Verdict
 from node.training import dp as dpmod
 from node.training import transcript as tx
 from node.verification.verify import RoundContext, verify_round
@@ -234,7 +234,7 @@ def test_dp_replay_stays_within_tolerance_on_other_kernels_and_thread_counts(byt
     code = f"""
 import pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 from node.models import language_model
 from node.training import dp, transcript as tx
 from node.training.train import train_steps

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from ledger.errors import ContractReverted
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, log_text, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ledger import provenance
+from ledger.trail import provenance
 from ledger.digest import sha256_bytes
 from support import DEV0, address, chain_of_its_own, keys, wait_for
 
@@ -107,7 +107,7 @@ def test_export_writes_the_final_model_and_verifies(world, exported):
     # the tensors are the final checkpoint's, in a plain safetensors file (no pickle)
     from safetensors.numpy import load_file
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
 
     info = env.ledger.job(job)
     final, _ = checkpoint.decode(env.store.get(info.current_parent_cid, info.current_parent))

@@ -44,7 +44,7 @@ def _env(env: Env, key: str | None = None, **extra) -> dict:
 
 
 def test_fund_detects_hardhat(hh_env):
-    from ledger.keys import dev_node_kind
+    from ledger.ethereum.chain import dev_node_kind
 
     env = hh_env
     assert dev_node_kind(env.ledger.chain.w3) == "hardhat"

@@ -24,7 +24,7 @@ import re
 
 import pytest
 
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import DEV0, address, keys, log_text, public_key, wait_for
 from tiny_models import make_model_dir
 
@@ -117,7 +117,7 @@ def _export_matches(env, job: int, folder) -> None:
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    from ledger import provenance
+    from ledger.trail import provenance
     from node.context import JobContext
 
     exporter = keys(1, "hf-exporter")[0]
@@ -164,7 +164,7 @@ def _tampered_merge_fails(env, job: int, folder, exporter) -> None:
     from eth_account import Account
     from safetensors.numpy import load_file, save
 
-    from ledger import provenance
+    from ledger.trail import provenance
     from ledger.digest import sha256_bytes
 
     bad = folder.parent / "tampered-merge"

@@ -107,7 +107,7 @@ def test_audit_and_worker_on_a_hostile_stored_config_say_one_line(deployed, what
                           tokenizer={"sha256": "0x" + "00" * 32, "cid": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                                      "num_bytes": 2})
         raw = json.dumps(d).encode()
-    from ledger import checkpoint
+    from ledger.store import checkpoint
 
     job = _job_with(env, raw, checkpoint.encode({"w": np.zeros(2, np.float32)}, {"kind": "genesis"}))
     r = env.run(WORKER, "worker", "run", "--job", str(job), "--no-progress", timeout=180)

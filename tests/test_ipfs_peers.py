@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from ledger import ipfs_node
-from ledger.cid import CHUNK_SIZE, cid_of_bytes
+from ledger.services import ipfs_node
+from ledger.store.cid import CHUNK_SIZE, cid_of_bytes
 from ledger.config import load_settings
 from ledger.errors import ConfigError, NotFoundError
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 from ledger.store.ipfs import IpfsStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .strict. parameter:FutureWarning")  # ipfshttpclient vs urllib3 2

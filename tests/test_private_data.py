@@ -25,8 +25,8 @@ import signal
 
 import pytest
 
-from ledger import datacommit as dc
-from ledger.verdicts import Verdict
+from ledger.protocol import datacommit as dc
+from ledger.protocol.verdicts import Verdict
 from support import DEV0, address, keys, log_text, public_key, public_keys, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger.verdicts import Verdict
-from ledger.contract import Submission
+from ledger.protocol.verdicts import Verdict
+from ledger.ethereum.contract import Submission
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
 from node.reports.html import GREEN, RED, render_html
 from node.reports.text import render_text

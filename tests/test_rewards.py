@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.contract import Settlement
-from ledger.settlement import recorded_payments
+from ledger.store import checkpoint
+from ledger.protocol.settlement import Settlement
+from ledger.protocol.settlement import recorded_payments
 from ledger.store.embedded import EmbeddedStore
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, chain_of_its_own, keys, log_text, public_keys, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -150,7 +150,7 @@ def test_the_audit_recomputes_every_credit_and_payout(staked):
 
 
 def test_history_shows_who_contributed_what_and_was_paid(staked):
-    from ledger.history import eth
+    from ledger.units import eth
 
     env, job, _ = staked
     out = env.run(None, "history", "--job", str(job))
@@ -236,7 +236,7 @@ def test_a_colluding_quorum_that_inflates_a_credit_fails_the_audit(world):
 
 
 def test_a_joiner_of_a_private_data_job_commits_its_own_text(world, tmp_path):
-    from ledger import datacommit as dc
+    from ledger.protocol import datacommit as dc
     from node.context import JobContext
     from node.roles.owner import create_job
 

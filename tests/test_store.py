@@ -18,7 +18,7 @@ import pytest
 
 import ledger.store.embedded as embedded
 from conftest import cli_env, require_tool
-from ledger.cid import CHUNK_SIZE, ImportOptions, cid_of_bytes
+from ledger.store.cid import CHUNK_SIZE, ImportOptions, cid_of_bytes
 from ledger_cli import main as cli_main
 from ledger.digest import to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageError

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ledger.jobconfig import ModelSpec, TrainSpec
+from ledger.protocol.jobconfig import ModelSpec, TrainSpec
 from node.training.data import load_corpus, make_split
 from node.models.bytegpt import GPTConfig, init_params
 from node.models.params import param_bytes
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Run in a fresh interpreter: train from a genesis on a shard, print the sha256 of the result.
 REPLAY = r"""
 import hashlib, json, sys
-from ledger.jobconfig import ModelSpec, TrainSpec
+from ledger.protocol.jobconfig import ModelSpec, TrainSpec
 from node.training.data import load_corpus, make_split
 from node.models.bytegpt import GPTConfig, init_params
 from node.models.params import param_bytes

@@ -20,8 +20,8 @@ import shutil
 
 import pytest
 
-from ledger import checkpoint
-from ledger.verdicts import Verdict
+from ledger.store import checkpoint
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, log_text, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow

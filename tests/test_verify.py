@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
-from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
-from ledger.contract import Submission
-from ledger.verdicts import Verdict
+from ledger.protocol.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
+from ledger.ethereum.contract import Submission
+from ledger.protocol.verdicts import Verdict
 from node.verification.merge import merge, tensor_digest
 from node.training import transcript as tx
 from node.verification.verify import (
@@ -511,7 +511,7 @@ def test_same_verdicts_in_a_separate_process(task, tmp_path):
     code = f"""
 import json, pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 from ledger.store.embedded import EmbeddedStore
 from node.verification.verify import RoundContext, verify_round
 d = pickle.load(open({str(blob)!r}, "rb"))
@@ -581,7 +581,7 @@ def test_relative_norm_bound_rejects_an_outlier_the_absolute_cap_lets_through(ta
 
 
 def test_relative_norm_bound_needs_three_contributions():
-    from ledger.jobconfig import Policy
+    from ledger.protocol.jobconfig import Policy
     from node.verification.verify import relative_norm_bound
 
     assert relative_norm_bound(Policy(), [1.0, 2.0]) is None

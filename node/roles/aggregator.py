@@ -21,15 +21,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic, metrics
-from ledger import committee
-from ledger.chain import tx_hash_of
-from ledger.contract import Settlement
+from ledger import atomic
+from ledger.monitor import metrics
+from ledger.protocol import committee, phase
+from ledger.ethereum.chain import tx_hash_of
+from ledger.protocol.settlement import Settlement
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
-from ledger.procs import hold_lock
-from ledger.settlement import credit_of
-from ledger.verdicts import Verdict, describe
+from ledger.services.procs import hold_lock
+from ledger.protocol.settlement import credit_of
+from ledger.protocol.verdicts import Verdict, describe
 
 from node.training import transcript
 from node.roles.faults import crash_point
@@ -103,8 +104,9 @@ class Aggregator:
                 self._close(r)
                 continue
             now = time.time()
-            commits_closed = rd.commits >= len(info.aggregators) or now > rd.commit_deadline
-            if now > rd.reveal_deadline or (commits_closed and rd.proposals == rd.commits):
+            commits_closed = phase.commits_closed(rd.commits, len(info.aggregators), rd.commit_deadline, now)
+            if phase.quorum_out_of_reach(rd.commits, rd.proposals, len(info.aggregators), rd.commit_deadline,
+                                         rd.reveal_deadline, now):
                 # Nothing can bring a quorum any more: every commit is revealed, or the
                 # reveal deadline passed. Skipping keeps the parent and opens the next round.
                 log.info("round %d: no quorum (%d commits, %d reveals) by the end of the proposal window: "
@@ -257,7 +259,7 @@ class Aggregator:
         crash_point("aggregator:after-publish")
         return state
 
-    # ---- verification committees (ledger.committee) -------------------------------------
+    # ---- verification committees (ledger.protocol.committee) -------------------------------------
     def _committees(self, r: int, parent: bytes, subs, seed: bytes) -> dict | None:
         """In a job with verification committees: vote on the contributions this aggregator
         was drawn to judge, then wait for every committee's decision (or the vote
