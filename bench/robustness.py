@@ -8,7 +8,7 @@ aggregators run:
   (``node.training.data.make_split``), from the round's parent, with the seed
   ``node.training.train.derive_seed`` gives it;
 - the Byzantine workers train honestly too, then replace their result with
-  ``node.roles.adversary.attack_params(attack, parent, honest, seed)`` (or, for
+  ``node.simulate.adversary.attack_params(attack, parent, honest, seed)`` (or, for
   ``collude``, one shared vector: parent - 10 x the mean of their honest updates);
 - verification on: each contribution is encoded with ``ledger.store.checkpoint.encode``
   (with the lineage metadata a worker writes) and goes through
@@ -106,7 +106,7 @@ def _finite(params) -> bool:
 def _judge_task(task):
     """One round of one run: build the contributions, verify (or not), merge."""
     from node.verification import verify as V
-    from node.roles.adversary import attack_params
+    from node.simulate.adversary import attack_params
     from node.verification.merge import merge, update_norm
     from node.context import CHECKPOINT_FORMAT
 

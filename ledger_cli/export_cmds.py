@@ -70,7 +70,7 @@ def register(sub) -> None:
 
 def _export(args, settings) -> int:
     setup_logging()
-    from node.roles.export import export_job
+    from node.commands.export import export_job
 
     ledger, store, account = open_party(settings)
     # progress as log lines on stderr; the result on stdout; a refusal is the one `error:` line
@@ -87,12 +87,12 @@ def _export(args, settings) -> int:
 
 
 def _merge_lora(ledger, store, job_id: int, adapter):
-    """A LoRA job's merged model, recomputed (``node.roles.export.merged_weights``);
+    """A LoRA job's merged model, recomputed (``node.commands.export.merged_weights``);
     imported here so that verify-export needs torch only for this."""
     from ledger.trail.provenance import ExportError
 
     try:
-        from node.roles.export import merged_weights
+        from node.commands.export import merged_weights
     except ImportError as e:
         raise ExportError(f"the training stack is not installed ({e})") from None
     return merged_weights(ledger, store, job_id, adapter)

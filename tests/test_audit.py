@@ -37,8 +37,8 @@ def world(tmp_path_factory):
         w = lambda k, j: env.spawn(k, "worker", "run", "--job", str(j), "--no-progress", "--poll", "0.3")
         procs = [w(k, jobs["clean"]) for k in HONEST] + [w(k, jobs["bad-merge"]) for k in HONEST]
         procs += [w(HONEST[0], jobs["accepts-bad"]), w(HONEST[0], jobs["replay"])]
-        procs.append(env.spawn_module(NAN, "node.roles.adversary", "--job", str(jobs["accepts-bad"]), "--attack", "nan"))
-        procs.append(env.spawn_module(WRONG_SEED, "node.roles.adversary", "--job", str(jobs["replay"]), "--attack", "wrong-seed"))
+        procs.append(env.spawn_module(NAN, "node.simulate.adversary", "--job", str(jobs["accepts-bad"]), "--attack", "nan"))
+        procs.append(env.spawn_module(WRONG_SEED, "node.simulate.adversary", "--job", str(jobs["replay"]), "--attack", "wrong-seed"))
         for j in ("clean", "replay"):
             procs.append(env.spawn(AGGS[0], "aggregator", "run", "--job", str(jobs[j]), "--poll", "0.3"))
         # The colluding quorum: both aggregators sign what no honest verification gives.
@@ -166,7 +166,7 @@ def test_generate_runs_only_a_verified_model(world, tmp_path):
     env, jobs = world
     from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
-    from node.roles.generate import UnverifiedModel, generate_verified
+    from node.commands.generate import UnverifiedModel, generate_verified
 
     s = _auditor(env, env.settings.store_dir, tmp_path)
     g = generate_verified(open_ledger(s), open_store(s), jobs["clean"], "ROMEO:", max_new_tokens=40)

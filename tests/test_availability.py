@@ -137,7 +137,7 @@ def test_aggregator_pins_what_it_verified_and_merged(world):
 def test_generate_loads_the_model_the_audit_checked(world, tmp_path):
     from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
-    from node.roles.generate import generate_verified
+    from node.commands.generate import generate_verified
 
     env, w = world
     job = w["two"]

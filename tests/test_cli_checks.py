@@ -173,7 +173,7 @@ def test_top_k_zero_means_no_top_k():
     import torch
 
     from node.models import language_model
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     lm = language_model(ModelSpec(n_layer=1, n_head=2, n_embd=32, block_size=32))
     params = lm.genesis(0)
@@ -188,7 +188,7 @@ def test_top_k_zero_means_no_top_k():
 def test_generate_prompt_of_non_utf8_bytes():
     """argv holds non-UTF-8 bytes as surrogate escapes: they are the prompt's bytes."""
     from node.models import language_model
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     lm = language_model(ModelSpec(n_layer=1, n_head=2, n_embd=32, block_size=32))
     text = sample(lm, lm.genesis(0), "caf\udce9 \udcff", 4, temperature=0)

@@ -299,7 +299,7 @@ def test_dp_job_end_to_end_honest_accepted_cheats_rejected_with_replay(deployed)
     cfg.dp = DPSpec(epsilon=8.0, delta=1e-5, max_grad_norm=0.05)   # a bound the tiny GPT's windows exceed
     job = env.create_job([honest, no_clip, half], [agg], quorum=1, rounds=1, config=cfg, auditors=[auditor])
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
               for a, k in (("dp-no-clip", no_clip), ("dp-half-noise", half))]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)

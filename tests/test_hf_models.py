@@ -94,7 +94,7 @@ def test_gpt2_full_fine_tuning_on_private_text(deployed, tmp_path):
 
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--data", str(tmp_path / "text-0.txt"),
                        "--no-progress", "--poll", "0.3"),
-             env.spawn_module(cheat, "node.roles.adversary", "--job", str(job), "--attack", "other-data",
+             env.spawn_module(cheat, "node.simulate.adversary", "--job", str(job), "--attack", "other-data",
                               "--data", str(tmp_path / "text-1.txt"), "--poll", "0.3"),
              env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3", "--threads", "2", **OTHER_KERNELS)]
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)
@@ -209,7 +209,7 @@ def test_llama_lora_adapters_on_a_frozen_base(deployed, tmp_path):
     assert genesis and all(".lora_A." in n or ".lora_B." in n for n in genesis), sorted(genesis)[:4]
 
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in (w0, w1)]
-    procs.append(env.spawn_module(lazy, "node.roles.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3"))
+    procs.append(env.spawn_module(lazy, "node.simulate.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3"))
     procs += [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3", **OTHER_KERNELS) for k in aggs]
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)
 

@@ -71,7 +71,7 @@ def staked(world):
     for k in workers[1:]:
         env.as_party(k).stake(job, ETH)
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in HONEST]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
               for k, a in ((LAZY, "lazy"), (FORGER, "forge"))]
     procs += [env.spawn(a, "aggregator", "run", "--job", str(job), "--poll", "0.3") for a in AGGS]
     # an honest worker whose storage fails: its bytes are in a store no verifier reads

@@ -33,7 +33,7 @@ from ledger.protocol.settlement import credit_of
 from ledger.protocol.verdicts import Verdict, describe
 
 from node.training import transcript
-from node.roles.faults import crash_point
+from node.simulate.faults import crash_point
 from node.verification.rounds import (DrawNotReady, committee_tally, disclosed_workers, drawn_artifacts, judge_round,
                                       replay_seed, verify_submissions)
 from node.context import JobContext

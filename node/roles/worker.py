@@ -45,7 +45,7 @@ from node.training import dp as dpmod
 from node.training import privdata
 from node.training import train as trainmod
 from node.training import transcript as tx
-from node.roles.faults import crash_point
+from node.simulate.faults import crash_point
 from node.context import JobContext, Located, contribution_meta
 
 log = logging.getLogger("ledger.worker")

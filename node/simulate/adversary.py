@@ -1,6 +1,6 @@
 """Byzantine workers, for the tests and the robustness benchmark.
 
-Each attack is a real worker process (``python -m node.roles.adversary --attack NAME``)
+Each attack is a real worker process (``python -m node.simulate.adversary --attack NAME``)
 that follows the protocol on chain but publishes a malicious contribution, so the
 aggregators meet it exactly as they would meet a real attacker. The tensor attacks
 are plain functions of (parent, honest result) so the benchmark can also apply

@@ -467,7 +467,7 @@ def _tail(path: Path, n: int = 15) -> str:
 def genesis_text(ledger, store, job_id: int, opt: DemoOptions) -> str:
     """The same prompt continued by the job's genesis (the pretrained model), same seed."""
     from node.context import JobContext
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     ctx = JobContext.load(ledger, store, job_id)
     params, _ = ctx.load_checkpoint(ctx.genesis)
@@ -495,7 +495,7 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
     from ledger.store import open_store
 
     from node.roles.audit import audit_job
-    from node.roles.generate import generate_verified
+    from node.commands.generate import generate_verified
     from node.reports.html import render_html
     from node.reports.text import render_text
 

@@ -48,7 +48,7 @@ from ledger.trail.history import load_history
 from node.context import JobContext
 from node.reports.findings import AuditReport
 from node.roles.audit import audit_job
-from node.roles.generate import UnverifiedModel, audited_model_digest
+from node.commands.generate import UnverifiedModel, audited_model_digest
 
 SAFETENSORS_META = {"format": "pt"}  # what transformers' loader asks of a safetensors file
 
