@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     base = JobConfig(model=model, train=train)
     # Segment replay off: these are tensor attacks on the merge rules and the norm and
     # validation bounds; with it on, every forged update here would also fail its
-    # transcript (bench/verification.py and tests/test_segment_replay.py cover that).
+    # transcript (bench/verification.py and tests/e2e/test_segment_replay.py cover that).
     policies = {rule: Policy(merge_rule=rule, krum_f=args.byzantine, krum_m=args.krum_m,
                              max_update_norm=args.max_update_norm, replay_segments=0) for rule in rules}
     configs = {rule: JobConfig(name=base.name, seed=base.seed, model=model, train=train, policy=policies[rule])

@@ -1,6 +1,6 @@
 """Training ledger, the torch-free half: what a party or an auditor needs to read and write the record.
 
-Rooms, lowest first (a room imports only its own and lower ones; tests/test_layering.py):
+Rooms, lowest first (a room imports only its own and lower ones; tests/unit/test_layering.py):
 ``services`` (local chain and IPFS processes), ``privacy`` (sealed bytes), ``store``
 (content-addressed storage, CIDs, checkpoints), ``protocol`` (the rules as data and pure
 functions), ``ethereum`` (the chain and the contract), ``trail`` (a job's history and an
