@@ -33,7 +33,7 @@ so no balance or storage slot is shared between jobs) funded with anvil_setBalan
 Prints the table of the unfunded job, the proposal cost per aggregator per round
 (commit + reveal), a second table of the operations of the funded and open jobs, and
 whether the median submitUpdate (unstaked and staked workers alike) meets the
-40,000-gas target (DESIGN.md, "Gas"). Stops anvil by PID and removes the data
+40,000-gas target (README, "Gas"). Stops anvil by PID and removes the data
 directory at the end.
 
 example:

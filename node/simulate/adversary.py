@@ -6,7 +6,7 @@ aggregators meet it exactly as they would meet a real attacker. The tensor attac
 are plain functions of (parent, honest result) so the benchmark can also apply
 them without a chain.
 
-Attacks (DESIGN.md / the aggregator issue):
+Attacks:
   tamper       content that differs from its on-chain digest      -> integrity
   stale-parent trained from, and declaring, another parent          -> lineage
   nan          NaN / Inf values                                    -> non-finite
