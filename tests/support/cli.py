@@ -28,6 +28,20 @@ def ledger(args, env, timeout=120):
     )
 
 
+def run_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """``ledger_cli.main(argv)`` in this process: (exit code, stdout, stderr). The settings come
+    from this process's environment, as a subprocess's would from its own."""
+    import contextlib
+    import io
+
+    import ledger_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = ledger_cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
 def ok(r):
     assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
     assert "Traceback" not in r.stderr
