@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 
+from ledger.contract import MAX_AGGREGATORS, MAX_WORKERS  # the contract's limits
 from ledger.party import open_party, setup_logging
 
 from .common import (SEED, add_command, add_group, add_job_arg, add_metrics_args, device_name, eth_amount, float_in,
                      http_url, int_in, show_eth, spec_range, start_metrics, text_in)
 
 MAX_UINT32 = 2**32 - 1
-MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
 
 
 def register(sub) -> None:
