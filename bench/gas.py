@@ -73,7 +73,7 @@ from ledger.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000
-BATCH_TARGET = 10_000   # gas per contribution in a batch at 64 workers (README "Many parties")
+BATCH_TARGET = 9_500    # gas per contribution in a batch at 64 workers (README "Many parties")
 BATCH_AGGS = 16
 COMMITTEE = 3
 CEILING = 45_000
