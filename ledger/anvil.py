@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import listen
-from .chainkeeper import complete_json
-from .config import Settings
-from .errors import ConfigError
-from .procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
+from ledger import listen
+from ledger.chainkeeper import complete_json
+from ledger.config import Settings
+from ledger.errors import ConfigError
+from ledger.procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.backup.json"

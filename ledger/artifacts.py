@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import LedgerError
-from .procs import PROJECT_ROOT
+from ledger.errors import LedgerError
+from ledger.procs import PROJECT_ROOT
 
 CONTRACTS_DIR = PROJECT_ROOT / "contracts"
 BUILD_DIR = CONTRACTS_DIR / "build"

@@ -18,8 +18,8 @@ import os
 import time
 from pathlib import Path
 
-from . import atomic
-from .procs import Stopped, on_stop_signals, pid_alive
+from ledger import atomic
+from ledger.procs import Stopped, on_stop_signals, pid_alive
 
 
 def complete_json(data: bytes) -> bool:

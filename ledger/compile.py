@@ -21,9 +21,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import DEFAULT_CONTRACT, artifact_path, dumps_artifact
-from .errors import ConfigError, LedgerError
-from .procs import PROJECT_ROOT
+from ledger.artifacts import DEFAULT_CONTRACT, artifact_path, dumps_artifact
+from ledger.errors import ConfigError, LedgerError
+from ledger.procs import PROJECT_ROOT
 
 SOLC_VERSION = "0.8.28"
 NPM_WRAPPER = PROJECT_ROOT / "tools" / "solc-npm"

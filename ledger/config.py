@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ledger.errors import ConfigError
 
 DEFAULT_TOML = "ledger.toml"
 

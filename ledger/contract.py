@@ -29,10 +29,10 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from .artifacts import load_artifact
-from .chain import Chain, plain_value
-from .cid import cid_from_chain, cid_to_chain
-from .errors import ChainUnreachable, ContractReverted, LedgerError
+from ledger.artifacts import load_artifact
+from ledger.chain import Chain, plain_value
+from ledger.cid import cid_from_chain, cid_to_chain
+from ledger.errors import ChainUnreachable, ContractReverted, LedgerError
 
 ZERO32 = b"\0" * 32
 
@@ -836,7 +836,7 @@ class TrainingLedger:
 
     def round_workers(self, job_id: int, round: int, info: JobInfo | None = None) -> list[str]:
         """The worker indexes of ``round`` (what a settlement's credits are indexed by)."""
-        from .settlement import round_workers
+        from ledger.settlement import round_workers
 
         info = info or self.job(job_id)
         return round_workers(info.workers, self.joins(job_id) if info.is_open else (), round)

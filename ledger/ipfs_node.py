@@ -33,11 +33,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import listen
-from . import safejson
-from .config import Settings
-from .errors import ConfigError, StorageUnreachable
-from .procs import PROJECT_ROOT, LocalService, ServiceInfo
+from ledger import listen
+from ledger import safejson
+from ledger.config import Settings
+from ledger.errors import ConfigError, StorageUnreachable
+from ledger.procs import PROJECT_ROOT, LocalService, ServiceInfo
 
 NODE_DIR = PROJECT_ROOT / "ipfs-node"
 READY = r"listening on \S+:(\d+)"

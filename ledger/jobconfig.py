@@ -19,8 +19,8 @@ import pydantic
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field
 
-from . import hfconfig, safejson
-from .digest import sha256_bytes
+from ledger import hfconfig, safejson
+from ledger.digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
 MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
@@ -371,7 +371,7 @@ class AccessSpec:
     def check(self) -> None:
         """Every key proves its address; every auditor has a key; a private job has a key
         for someone (the config comes from storage: whoever made the job chose its bytes)."""
-        from .sealing import SealError, address_of, parse_public_key
+        from ledger.sealing import SealError, address_of, parse_public_key
 
         seen = set()
         for i, k in enumerate(self.keys):
@@ -391,7 +391,7 @@ class AccessSpec:
             raise ConfigValueError("access.job_key", "a private job wraps its key to at least one member")
 
     def public_key(self, address: str) -> bytes | None:
-        from .sealing import parse_public_key
+        from ledger.sealing import parse_public_key
 
         for k in self.keys:
             if k.address.lower() == address.lower():

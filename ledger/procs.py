@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import AlreadyRunning, LedgerError
+from ledger.errors import AlreadyRunning, LedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,8 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .contract import Settlement
-from .verdicts import Verdict
+from ledger.contract import Settlement
+from ledger.verdicts import Verdict
 
 CREDIT_QUANTUM = 1e-3  # nats of validation loss per credit unit
 AUDIT_LOSS_SLACK = 1e-5  # nats: how far another machine's loss may lie from the quorum's

@@ -25,10 +25,10 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import checkpoint
-from .errors import LedgerError
-from .history import load_history
-from .watch import DEFAULT_LATE_AFTER, view
+from ledger import checkpoint
+from ledger.errors import LedgerError
+from ledger.history import load_history
+from ledger.watch import DEFAULT_LATE_AFTER, view
 
 log = logging.getLogger("ledger.watch")
 
