@@ -45,7 +45,7 @@ $(STAMP)/ipfs: ipfs-node/package.json ipfs-node/package-lock.json | $(STAMP)
 	@touch $@
 
 # Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report, the watch page);
-# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/test_watch.py);
+# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/e2e/test_watch.py);
 # docker-compose checks compose.yaml (`config` needs no engine); iproute2 builds the separate-hosts test's namespaces.
 $(STAMP)/debian: Makefile | $(STAMP)
 	@if [ "$$(id -u)" = "0" ]; then \
@@ -64,7 +64,7 @@ $(STAMP)/debian: Makefile | $(STAMP)
 	fi
 	@touch $@
 
-# Slither (tests/test_forge.py) in its own venv: slither-analyzer 0.11.6 needs web3 7, the project's
+# Slither (tests/chain/test_forge.py) in its own venv: slither-analyzer 0.11.6 needs web3 7, the project's
 # venv has web3 8. It reads forge's build-info (--foundry-ignore-compile), so it needs no solc of its own.
 SLITHER_VENV := .venv-slither
 $(STAMP)/slither: requirements-slither.txt | $(STAMP)
@@ -85,7 +85,7 @@ demo: install
 	$(LEDGER) demo
 
 test: install install-debian install-slither
-	@# tests/test_compile.py runs `ledger compile --check` (the artifact is what the sources
+	@# tests/chain/test_compile.py runs `ledger compile --check` (the artifact is what the sources
 	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25

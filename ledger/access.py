@@ -13,8 +13,8 @@ ciphertext stays readable to it wherever a copy survives.
 from __future__ import annotations
 
 from ledger.errors import LedgerError
-from ledger.jobconfig import JobConfig, WrappedKey
-from ledger.sealing import SealError, address_of, key_id, new_job_key, unwrap_key, wrap_key
+from ledger.protocol.jobconfig import JobConfig, WrappedKey
+from ledger.privacy.sealing import SealError, address_of, key_id, new_job_key, unwrap_key, wrap_key
 
 MAX_WRAPPED_BYTES = 4096
 

@@ -1,6 +1,6 @@
 """Compiled contract artifacts committed under ``contracts/build/``: no compiler needed.
 
-An artifact is the JSON written by ``ledger compile`` (see ``ledger.compile``)::
+An artifact is the JSON written by ``ledger compile`` (see ``ledger.ethereum.compile``)::
 
     {"contractName", "sourceName", "abi", "bytecode", "deployedBytecode",
      "compiler": {"version", "settings"}, "sources": {path: sha256 hex}}
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ledger.errors import LedgerError
-from ledger.procs import PROJECT_ROOT
+from ledger.services.procs import PROJECT_ROOT
 
 CONTRACTS_DIR = PROJECT_ROOT / "contracts"
 BUILD_DIR = CONTRACTS_DIR / "build"

@@ -531,7 +531,7 @@ class Chain:
             except Exception as e:
                 raise self._translate(e, "block number") from None
         global last_block_seen
-        last_block_seen = head       # served as ledger_last_block by ledger.metrics
+        last_block_seen = head       # served as ledger_last_block by ledger.monitor.metrics
         return head
 
     def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:
@@ -621,7 +621,7 @@ class Chain:
         """On a local dev node (anvil, Hardhat) that mines only when a transaction comes,
         mine an empty block, so something waiting for a later block (a round's draw) is not
         waiting for someone else's transaction; elsewhere nothing. True if a block was mined."""
-        from ledger.keys import dev_node_kind
+        from ledger.ethereum.keys import dev_node_kind
 
         if dev_node_kind(self.w3) is None:
             return False

@@ -114,7 +114,7 @@ def _scan(settings: Settings) -> tuple[list[KeystoreEntry], list[str]]:
 
 def _public_key(data: dict, address: str) -> str | None:
     """The entry's public key, if it records one that is its address's (else none)."""
-    from ledger.sealing import SealError, address_of, parse_public_key, public_key_hex
+    from ledger.privacy.sealing import SealError, address_of, parse_public_key, public_key_hex
 
     try:
         pub = parse_public_key(str(data.get("publicKey") or ""))
@@ -167,7 +167,7 @@ def new_account(
     final = d / f"{name}.json"
     if final.exists():
         raise AccountError(f"a keystore account named {name!r} already exists ({final}); choose another --name")
-    from ledger.sealing import public_key_hex, public_key_of
+    from ledger.privacy.sealing import public_key_hex, public_key_of
 
     keystore = Account.encrypt(acct.key, password, kdf=kdf)
     # the public key beside it, so others can seal to this account without its password
@@ -364,7 +364,7 @@ def fund_local(chain, address: str, wei: int, force: bool = False) -> int:
     """Add ``wei`` to ``address`` on a local dev node (anvil's ``anvil_setBalance`` or
     Hardhat's ``hardhat_setBalance``); returns the new balance.
 
-    ``chain`` is a ``ledger.chain.Chain`` (or anything with ``.w3``, or a Web3).
+    ``chain`` is a ``ledger.ethereum.chain.Chain`` (or anything with ``.w3``, or a Web3).
     Refuses chain ids other than 31337 unless ``force``.
     """
     from ledger.errors import ChainUnreachable
@@ -406,7 +406,7 @@ def transfer(chain, account: LocalAccount, to: str, wei: int, timeout: float = 1
     """Send ``wei`` from ``account`` (signed here, never by the node) to ``to``; the receipt.
 
     For funding parties from a key the user lends (``ledger demo`` on a chain it did not
-    start). ``chain`` is a ``ledger.chain.Chain``; errors come back as LedgerErrors naming
+    start). ``chain`` is a ``ledger.ethereum.chain.Chain``; errors come back as LedgerErrors naming
     the sender's address, never its key."""
     from ledger.errors import InsufficientFunds, TransactionFailed
 

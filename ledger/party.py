@@ -24,8 +24,8 @@ def open_party(settings, need_account: bool = True):
     """(ledger, store, account) of the party the settings name. An auditor needs none, but
     is given the one it configured (``--account``, ``LEDGER_PRIVATE_KEY``): a named or
     granted auditor opens with it what is sealed to it; without one it is None."""
-    from ledger.deploy import open_ledger
-    from ledger.keys import ENV_PRIVATE_KEY, load_account
+    from ledger.ethereum.deploy import open_ledger
+    from ledger.ethereum.keys import ENV_PRIVATE_KEY, load_account
     from ledger.store import open_store
 
     configured = bool(settings.account or os.environ.get(ENV_PRIVATE_KEY))

@@ -1,4 +1,4 @@
-"""Slither on a forge build, for tests/test_forge.py (the contracts) and tests/test_slither.py
+"""Slither on a forge build, for tests/chain/test_forge.py (the contracts) and tests/test_slither.py
 (its failure paths). Slither runs from its own venv (.venv-slither, `make` target
 $(STAMP)/slither): slither-analyzer 0.11.6 needs web3 7, the project's venv has web3 8.
 
@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SLITHER = ROOT / ".venv-slither/bin/slither"
 FORGE_BIN = ROOT / "hardhat-config/node_modules/@foundry-rs/forge-linux-amd64/bin"
 

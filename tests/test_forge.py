@@ -19,7 +19,7 @@ import pytest
 
 import slither_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FORGE = ROOT / "hardhat-config/node_modules/@foundry-rs/forge-linux-amd64/bin/forge"
 STATS = ROOT / ".forge/invariant-stats.txt"
 # what slither analyses: the contracts, not their tests

@@ -1,6 +1,6 @@
-"""The slither gate of tests/test_forge.py fails on a new finding: the same helpers
+"""The slither gate of tests/chain/test_forge.py fails on a new finding: the same helpers
 (tests/slither_run.py) run on a small forge project with a deliberately bad contract, its
-triaged twin and a stale triage comment. The real contracts' run is in tests/test_forge.py,
+triaged twin and a stale triage comment. The real contracts' run is in tests/chain/test_forge.py,
 which shares their one (slow, viaIR) build with the forge tests."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import slither_run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FORGE = slither_run.FORGE_BIN / "forge"
 
 BAD = """// SPDX-License-Identifier: MIT

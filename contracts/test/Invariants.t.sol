@@ -221,7 +221,7 @@ contract Handler is Base {
 }
 
 contract InvariantsTest is Base {
-    /// @dev Where each run appends how far it got; tests/test_forge.py reads it to show the
+    /// @dev Where each run appends how far it got; tests/chain/test_forge.py reads it to show the
     /// invariants were checked on runs that finalized rounds and paid (foundry.toml fs_permissions).
     string internal constant STATS = ".forge/invariant-stats.txt";
 

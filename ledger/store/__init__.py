@@ -6,7 +6,7 @@ or an IPFS node's Kubo RPC API (``settings.storage == "ipfs"``).
 
 from __future__ import annotations
 
-from ledger.cid import ImportOptions
+from ledger.store.cid import ImportOptions
 from ledger.config import Settings
 from ledger.store.base import Store, StoredObject
 from ledger.store.embedded import EmbeddedStore
@@ -17,7 +17,7 @@ def open_store(settings: Settings, cid_version: int = 0) -> Store:
     options = ImportOptions.for_version(cid_version)
     if settings.storage == "ipfs":
         from ledger.store.ipfs import IpfsStore
-        from ledger.ipfs_node import resolve_api
+        from ledger.services.ipfs_node import resolve_api
 
         return IpfsStore(resolve_api(settings), options=options, timeout=settings.ipfs_timeout)
     return EmbeddedStore(settings.store_dir, options=options)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from ledger.cid import ImportOptions, cid_of_bytes, normalize_cid, parse_cid
+from ledger.store.cid import ImportOptions, cid_of_bytes, normalize_cid, parse_cid
 from ledger.digest import from_hex, to_hex
 from ledger.errors import IntegrityError, StorageError
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ledger.cid import (
+from ledger.store.cid import (
     DAG_PB,
     RAW,
     DagBuilder,
@@ -67,7 +67,7 @@ from ledger.cid import (
 from ledger import safejson
 from ledger.digest import to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageError
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 from ledger.store.base import (
     Digest,
     Source,

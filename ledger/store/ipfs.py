@@ -29,9 +29,9 @@ from pathlib import Path
 import ipfshttpclient
 import ipfshttpclient.exceptions as ipfs_exc
 
-from ledger.cid import ImportOptions, Importer
+from ledger.store.cid import ImportOptions, Importer
 from ledger.errors import NotFoundError, StorageError, StorageUnreachable
-from ledger.ipfs_node import to_multiaddr
+from ledger.services.ipfs_node import to_multiaddr
 from ledger.store.base import (
     Digest,
     Source,
