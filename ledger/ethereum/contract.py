@@ -21,6 +21,7 @@ what the contract computes, so an auditor can check a round from its events alon
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -38,32 +39,30 @@ ZERO32 = b"\0" * 32
 
 ROUND_STATUS = ("none", "open", "closed", "finalized", "skipped")
 SKIP_REASONS = ("", "too-few-submissions", "no-quorum")
-EVENT_NAMES = (
-    "JobCreated",
-    "RoundOpened",
-    "UpdateSubmitted",
-    "ProposalCommitted",
-    "ProposalRevealed",
-    "RoundFinalized",
-    "RoundSkipped",
-    "JobCompleted",
-    "Disclosed",
-    "RewardFunded",
-    "SettlementRevealed",
-    "StakePosted",
-    "WorkerJoined",
-    "WorkerLeft",
-    "RewardPaid",
-    "Slashed",
-    "StakeReturned",
-    "PoolReturned",
-    "BatchSubmitted",
-    "SubmissionSkipped",
-    "CommitteeVoted",
-    "AccessGranted",
-    "CommitteesDrawn",
-)
+# The contract's limits (its MAX_WORKERS() and MAX_AGGREGATORS()): argument checks need them
+# before any chain is reached; tests/chain/test_contract.py checks them against the deployed contract.
+MAX_WORKERS, MAX_AGGREGATORS = 128, 255
 WORKER_STATES = ("none", "active", "joined", "unstaked", "left")
+
+
+def abi_fields(abi: Sequence[dict] | None, function: str, side: str) -> list[str]:
+    """The field names of ``function``'s one struct argument (``side="inputs"``) or result
+    (``"outputs"``), in the ABI's order: the one place the Python side learns a struct's layout."""
+    for entry in abi if abi is not None else load_artifact()["abi"]:
+        if entry.get("type") == "function" and entry.get("name") == function and len(entry.get(side, ())) == 1:
+            return [c["name"] for c in entry[side][0].get("components", ())]
+    raise LedgerError(f"the contract's ABI has no {function} with one struct {side[:-1]}")
+
+
+def job_event_names(abi: Sequence[dict] | None = None) -> list[str]:
+    """The ABI's events of a job: those whose first indexed topic is ``jobId``."""
+    return [e["name"] for e in (abi if abi is not None else load_artifact()["abi"]) if e.get("type") == "event"
+            and e.get("inputs") and e["inputs"][0].get("name") == "jobId" and e["inputs"][0].get("indexed")]
+
+
+def _snake(name: str) -> str:
+    """``configDigest`` -> ``config_digest`` (a Solidity field's Python name)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def _b32(value: Any, what: str) -> bytes:
@@ -141,31 +140,24 @@ class JobParams:
     committee_quorum: int = 0
     vote_window: int = 0
 
-    def to_abi(self) -> tuple:
-        return (
-            _b32(self.config_digest, "config_digest"),
-            _cid32(self.config_cid, "config_cid"),
-            int(self.config_size),
-            _b32(self.genesis_digest, "genesis_digest"),
-            _cid32(self.genesis_cid, "genesis_cid"),
-            int(self.genesis_size),
-            [to_checksum_address(w) for w in self.workers],
-            [to_checksum_address(a) for a in self.aggregators],
-            int(self.quorum),
-            int(self.round_duration),
-            int(self.proposal_window),
-            int(self.num_rounds),
-            int(self.min_submissions),
-            int(self.cid_version),
-            int(self.disclosure_window),
-            int(self.max_workers),
-            int(self.worker_stake),
-            int(self.slash_bps),
-            int(self.aggregator_bps),
-            int(self.committee_size),
-            int(self.committee_quorum),
-            int(self.vote_window),
-        )
+    def to_abi(self, abi: Sequence[dict] | None = None) -> tuple:
+        """The ``JobParams`` struct in the field order of ``abi``'s ``createJob`` (the
+        committed artifact's by default): each field by its Solidity name."""
+        given = {
+            "config_digest": _b32(self.config_digest, "config_digest"),
+            "config_cid": _cid32(self.config_cid, "config_cid"),
+            "genesis_digest": _b32(self.genesis_digest, "genesis_digest"),
+            "genesis_cid": _cid32(self.genesis_cid, "genesis_cid"),
+            "workers": [to_checksum_address(w) for w in self.workers],
+            "aggregators": [to_checksum_address(a) for a in self.aggregators],
+        }
+        out = []
+        for name in abi_fields(abi, "createJob", "inputs"):
+            attr = _snake(name)
+            if attr not in given and not hasattr(self, attr):
+                raise LedgerError(f"the contract's JobParams has a field {name!r} this ledger does not know")
+            out.append(given[attr] if attr in given else int(getattr(self, attr)))
+        return tuple(out)
 
 
 @dataclass
@@ -432,7 +424,7 @@ class TrainingLedger:
         self._cid_versions: dict[int, int] = {}
         self._no_committees: set[int] = set()
         self._topic_to_event = {}
-        for name in EVENT_NAMES:
+        for name in job_event_names(self.abi):
             ev = getattr(self.contract.events, name)
             self._topic_to_event[bytes(keccak(text=ev.signature if hasattr(ev, "signature") else name))] = ev
 
@@ -454,7 +446,7 @@ class TrainingLedger:
 
     def create_job(self, params: JobParams) -> int:
         """Create a job (sending ``params.reward`` wei as its pool); returns its id (from the JobCreated event)."""
-        receipt = self.chain.transact(self.contract.functions.createJob(params.to_abi()), context="create job",
+        receipt = self.chain.transact(self.contract.functions.createJob(params.to_abi(self.abi)), context="create job",
                                       value=int(params.reward))
         for ev in self.contract.events.JobCreated().process_receipt(receipt, errors=_discard()):
             if ev["address"] == self.address:
@@ -640,7 +632,7 @@ class TrainingLedger:
     def job(self, job_id: int) -> JobInfo:
         f = self.contract.functions
         ctx = f"job {job_id}"
-        info = _job_info(int(job_id), self.chain.call(f.getJob(int(job_id)), ctx), (), ())
+        info = _job_info(int(job_id), self._named("getJob", self.chain.call(f.getJob(int(job_id)), ctx)), (), ())
         self._cid_versions[info.job_id] = info.cid_version
         # A job's workers and aggregators are fixed when it is created, and every node
         # reads the job each time it wakes: they are read once per job. The key includes
@@ -659,7 +651,14 @@ class TrainingLedger:
 
     def round(self, job_id: int, round: int) -> RoundInfo:
         v = self.chain.call(self.contract.functions.getRound(int(job_id), int(round)), f"job {job_id} round {round}")
-        return _round_info(int(job_id), int(round), v, self._cid_version(job_id))
+        return _round_info(int(job_id), int(round), self._named("getRound", v), self._cid_version(job_id))
+
+    def _named(self, function: str, value) -> dict:
+        """A view's struct result as {Solidity field name: value}, in the ABI's order."""
+        names = abi_fields(self.abi, function, "outputs")
+        if len(names) != len(value):
+            raise LedgerError(f"{function} returned {len(value)} fields; the ABI names {len(names)}")
+        return dict(zip(names, value))
 
     def _party_view(self, name: str, job_id: int, round: int, address: str):
         """One of the views keyed by (job, round, party address)."""
@@ -901,39 +900,32 @@ def _discard():
     return DISCARD
 
 
-def _job_info(job_id: int, v, workers, aggregators) -> JobInfo:
-    (creator, config_digest, config_cid, config_size, genesis_digest, genesis_cid, genesis_size, quorum,
-     round_duration, proposal_window, num_rounds, min_submissions, cid_version, _nw, _na, current_round,
-     parent_digest, parent_cid, parent_size, completed, created_block, disclosure_window, max_workers,
-     active_workers, worker_stake, slash_bps, aggregator_bps, reward, pool) = v
-    v = int(cid_version)
+def _job_info(job_id: int, view: dict, workers, aggregators) -> JobInfo:
+    """``getJob``'s ``JobView`` (by field name, ``_named``) as a ``JobInfo``."""
+    g = {_snake(k): x for k, x in view.items()}
+    v = int(g["cid_version"])
+    ints = ("config_size", "genesis_size", "quorum", "round_duration", "num_rounds", "min_submissions", "cid_version",
+            "current_round", "created_block", "proposal_window", "disclosure_window", "max_workers", "active_workers",
+            "worker_stake", "slash_bps", "aggregator_bps", "reward", "pool")
     return JobInfo(
-        job_id=job_id, owner=creator, config_digest=bytes(config_digest),
-        config_cid=_cid_text(config_cid, config_size, v), config_size=int(config_size),
-        genesis_digest=bytes(genesis_digest), genesis_cid=_cid_text(genesis_cid, genesis_size, v),
-        genesis_size=int(genesis_size), workers=list(workers), aggregators=list(aggregators), quorum=int(quorum),
-        round_duration=int(round_duration), num_rounds=int(num_rounds), min_submissions=int(min_submissions),
-        cid_version=int(cid_version), current_round=int(current_round), current_parent=bytes(parent_digest),
-        current_parent_cid=_cid_text(parent_cid, parent_size, v), current_parent_size=int(parent_size),
-        completed=bool(completed),
-        created_block=int(created_block), proposal_window=int(proposal_window),
-        disclosure_window=int(disclosure_window), max_workers=int(max_workers), active_workers=int(active_workers),
-        worker_stake=int(worker_stake), slash_bps=int(slash_bps), aggregator_bps=int(aggregator_bps),
-        reward=int(reward), pool=int(pool),
+        job_id=job_id, owner=g["creator"], config_digest=bytes(g["config_digest"]),
+        config_cid=_cid_text(g["config_cid"], g["config_size"], v),
+        genesis_digest=bytes(g["genesis_digest"]), genesis_cid=_cid_text(g["genesis_cid"], g["genesis_size"], v),
+        workers=list(workers), aggregators=list(aggregators),
+        current_parent=bytes(g["parent_digest"]), current_parent_cid=_cid_text(g["parent_cid"], g["parent_size"], v),
+        current_parent_size=int(g["parent_size"]), completed=bool(g["completed"]),
+        **{k: int(g[k]) for k in ints},
     )
 
 
-def _round_info(job_id: int, round: int, v, cid_version: int) -> RoundInfo:
-    (parent, deadline, submissions, commitment, status, merged_digest, merged_cid, merged_size, outcome,
-     accepted, proposals, commits, commit_deadline, reveal_deadline, skip_reason, disclosed, disclosure_deadline,
-     expected) = v
+def _round_info(job_id: int, round: int, view: dict, cid_version: int) -> RoundInfo:
+    """``getRound``'s ``RoundView`` (by field name, ``_named``) as a ``RoundInfo``."""
+    g = {_snake(k): x for k, x in view.items()}
+    ints = ("deadline", "submissions", "merged_size", "accepted", "proposals", "commits", "commit_deadline",
+            "reveal_deadline", "disclosed", "disclosure_deadline", "expected")
     return RoundInfo(
-        job_id=job_id, round=round, parent=bytes(parent), deadline=int(deadline), submissions=int(submissions),
-        commitment=bytes(commitment), status=ROUND_STATUS[int(status)], merged_digest=bytes(merged_digest),
-        merged_cid=_cid_text(merged_cid, merged_size, cid_version), merged_size=int(merged_size),
-        outcome=bytes(outcome),
-        accepted=int(accepted), proposals=int(proposals), commits=int(commits),
-        commit_deadline=int(commit_deadline), reveal_deadline=int(reveal_deadline),
-        skip_reason=SKIP_REASONS[int(skip_reason)], disclosed=int(disclosed),
-        disclosure_deadline=int(disclosure_deadline), expected=int(expected),
+        job_id=job_id, round=round, parent=bytes(g["parent"]), commitment=bytes(g["commitment"]),
+        status=ROUND_STATUS[int(g["status"])], merged_digest=bytes(g["merged_digest"]),
+        merged_cid=_cid_text(g["merged_cid"], g["merged_size"], cid_version), outcome=bytes(g["outcome"]),
+        skip_reason=SKIP_REASONS[int(g["skip_reason"])], **{k: int(g[k]) for k in ints},
     )

@@ -39,7 +39,7 @@ SPLITS = ("iid", "speaker", "private")
 # checks. The CLI's flags take their ranges from here (``limits``).
 MAX_UINT32 = 2**32 - 1
 MAX_SEED = 2**63 - 1          # every seed API (torch, numpy) takes 63 bits without sign trouble
-MAX_WORKERS = 128             # the contract's limit
+MAX_WORKERS = 128             # the contract's limit (ledger.contract.MAX_WORKERS; tests/chain/test_contract.py checks both)
 
 
 def _int(lo: int, hi: int):

@@ -25,9 +25,10 @@ from conftest import DEV_KEYS
 from ledger.ethereum.deploy import deploy_contracts
 from ledger.ethereum.chain import Chain
 from ledger.store.cid import cid_from_chain, cid_to_chain
+from ledger.ethereum import contract as contract_mod
 from ledger.ethereum.contract import ChainEvent, JobParams, TrainingLedger
 from ledger.protocol.settlement import Settlement
-from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, WrongChain
+from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, LedgerError, WrongChain
 from support.contract import ContractEnv, AGGS, CAST, DURATION, GENESIS, OUTSIDER, OWNER, WINDOW, WORKERS, h, reverted
 
 Z3 = Settlement((0, 0, 0))  # no credit, no slash for the three workers
@@ -138,6 +139,37 @@ def test_255_aggregators_is_the_maximum(env: ContractEnv):
     aggs = [to_checksum_address(keccak(text=f"a{i}")[:20]) for i in range(255)]
     job = env.create(aggregators=aggs, quorum=128)
     assert len(env.ledger.job(job).aggregators) == 255
+
+
+def test_the_python_side_takes_the_contracts_limits_and_layout(env: ContractEnv):
+    """The limits the CLI and the job config check are the deployed contract's own; the
+    structs are read and written by the ABI's field names, whatever their order."""
+    from ledger.protocol import jobconfig
+    from ledger_cli import job_cmds
+
+    f = env.ledger.contract.functions
+    assert (contract_mod.MAX_WORKERS, contract_mod.MAX_AGGREGATORS) == (f.MAX_WORKERS().call(), f.MAX_AGGREGATORS().call())
+    assert jobconfig.MAX_WORKERS == job_cmds.MAX_WORKERS == contract_mod.MAX_WORKERS
+    assert job_cmds.MAX_AGGREGATORS == contract_mod.MAX_AGGREGATORS
+    # every event whose first topic is the job id, none other (Withdrawn's is an account)
+    names = contract_mod.job_event_names(env.ledger.abi)
+    assert {"JobCreated", "RoundFinalized", "RewardPaid", "CommitteeVoted"} <= set(names) and "Withdrawn" not in names
+    # JobParams by name: an ABI with createJob's fields in another order gets them in that order
+    p = env.params()
+    fields = contract_mod.abi_fields(env.ledger.abi, "createJob", "inputs")
+    by_name = dict(zip(fields, p.to_abi(env.ledger.abi)))
+    swapped = json.loads(json.dumps(env.ledger.abi))
+    create = next(e for e in swapped if e.get("name") == "createJob")
+    create["inputs"][0]["components"].reverse()
+    assert p.to_abi(swapped) == tuple(by_name[n] for n in reversed(fields))
+    create["inputs"][0]["components"].append({"name": "newKnob", "type": "uint8"})
+    with pytest.raises(LedgerError, match="newKnob"):
+        p.to_abi(swapped)
+    # a view's result is read by name, and a result the ABI does not describe is refused
+    info = env.ledger.job(env.create())
+    assert info.quorum == p.quorum and info.round_duration == p.round_duration and info.pool == p.reward
+    with pytest.raises(LedgerError, match="getRound returned 2 fields"):
+        env.ledger._named("getRound", (1, 2))
 
 
 def test_128_workers_is_the_maximum(env: ContractEnv):
