@@ -61,7 +61,7 @@ METHODS = [("weight averaging", ("none", 1.0, 0.0), None),
 
 def build(kind: str, tmp: Path, block: int, batch: int):
     """(LanguageModel, JobConfig, genesis, shards as token streams, validation stream)."""
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
     from ledger.store.embedded import EmbeddedStore
     from node.roles.owner import ModelChoice, attach_model
     from node.training.data import load_corpus, make_split
@@ -90,8 +90,8 @@ def run(lm, cfg, genesis, shards, validation, method, rounds: int, workers: int,
     (None without ``with_loss``)."""
     import numpy as np
 
-    from ledger import checkpoint
-    from ledger.jobconfig import CompressSpec, OuterSpec
+    from ledger.store import checkpoint
+    from ledger.protocol.jobconfig import CompressSpec, OuterSpec
     from node.training import compress as cz
     from node.training import train as trainmod
     from node.verification import merge as mergemod

@@ -56,10 +56,10 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Key, Signature, Signer
 
-from . import safejson
-from .digest import to_hex
-from .errors import LedgerError
-from .jobconfig import canonical_json
+from ledger import safejson
+from ledger.digest import to_hex
+from ledger.errors import LedgerError
+from ledger.protocol.jobconfig import canonical_json
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -227,7 +227,7 @@ def _accepted(rh) -> list:
 
 def chain_record(ledger, history) -> dict:
     """The predicate's chain-derived sections (``CHAIN_SECTIONS``) from a job's history
-    (``ledger.history.load_history``): what the verifier recomputes and compares."""
+    (``ledger.trail.history.load_history``): what the verifier recomputes and compares."""
     j = history.job
     rounds = []
     for rh in history.rounds:
@@ -488,8 +488,8 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
     caller's: merging needs torch and peft, which this module never imports; without
     one, ``check.weights`` says the merged model was not compared). Appends one line per
     difference to ``check.failures``."""
-    from .errors import ContractReverted, StorageError
-    from .history import load_history
+    from ledger.errors import ContractReverted, StorageError
+    from ledger.trail.history import load_history
 
     bad, p = check.failures, check.predicate
     check.chain_checked = True
@@ -522,7 +522,7 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
         bad.append(f"audit: the statement's audit verdict is {audit.get('status')!r}, not OK")
     model = None
     if store is not None:
-        from .jobconfig import JobConfig
+        from ledger.protocol.jobconfig import JobConfig
 
         info = ledger.job(jid)
         try:
@@ -555,9 +555,9 @@ def verify_weights(check: ExportCheck, store, final: dict, merged=None) -> Expor
     files are then bound to the chain by the exporter's signature alone. For a LoRA job
     ``merged(adapter)`` gives the merged model that ``model.safetensors`` must hold
     (``verify_merged``)."""
-    from . import checkpoint
-    from .digest import from_hex
-    from .errors import StorageError
+    from ledger.store import checkpoint
+    from ledger.digest import from_hex
+    from ledger.errors import StorageError
 
     name = ((check.predicate.get("export") or {}).get("checkpointFile")) or ""
     if name not in check.files:
@@ -607,7 +607,7 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
     the store, no torch) ``check.weights`` says so and nothing fails."""
     import numpy as np
 
-    from . import checkpoint
+    from ledger.store import checkpoint
 
     name = "model.safetensors"
     if name not in check.files or name in check.unsound:
@@ -642,7 +642,7 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
 def _read_f32(check: ExportCheck, name: str, max_bytes: int) -> dict | None:
     """The float32 tensors of the export's file ``name``, its size bounded before reading;
     None (with one failure line) when it is no such file."""
-    from . import checkpoint
+    from ledger.store import checkpoint
 
     try:
         data = safejson.read_bytes(check.folder / name, max_bytes=max_bytes)

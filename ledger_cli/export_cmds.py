@@ -2,7 +2,7 @@
 with a signed in-toto provenance statement, and the check of such a folder.
 
 ``export`` imports ``node`` (and torch) inside its handler; ``verify-export`` needs
-neither (``ledger.provenance``), so anyone can check an export without the training stack,
+neither (``ledger.trail.provenance``), so anyone can check an export without the training stack,
 except to recompute a LoRA job's merged ``model.safetensors`` (base + final adapter):
 that imports ``node`` (torch, peft) only then, and without it says the merge was not compared.
 
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from ledger.errors import LedgerError
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import add_command, add_job_arg
 
@@ -70,7 +70,7 @@ def register(sub) -> None:
 
 def _export(args, settings) -> int:
     setup_logging()
-    from node.roles.export import export_job
+    from node.commands.export import export_job
 
     ledger, store, account = open_party(settings)
     # progress as log lines on stderr; the result on stdout; a refusal is the one `error:` line
@@ -87,12 +87,12 @@ def _export(args, settings) -> int:
 
 
 def _merge_lora(ledger, store, job_id: int, adapter):
-    """A LoRA job's merged model, recomputed (``node.roles.export.merged_weights``);
+    """A LoRA job's merged model, recomputed (``node.commands.export.merged_weights``);
     imported here so that verify-export needs torch only for this."""
-    from ledger.provenance import ExportError
+    from ledger.trail.provenance import ExportError
 
     try:
-        from node.roles.export import merged_weights
+        from node.commands.export import merged_weights
     except ImportError as e:
         raise ExportError(f"the training stack is not installed ({e})") from None
     return merged_weights(ledger, store, job_id, adapter)
@@ -101,13 +101,13 @@ def _merge_lora(ledger, store, job_id: int, adapter):
 def _verify(args, settings) -> int:
     from eth_utils import is_address
 
-    from ledger import provenance
+    from ledger.trail import provenance
 
     if args.signer and not is_address(args.signer):
         raise provenance.ExportError(f"--signer {args.signer} is not an Ethereum address")
     check = provenance.verify_offline(args.out, signer=args.signer)
     if check.statement is not None and not args.offline:
-        from ledger.deploy import open_ledger
+        from ledger.ethereum.deploy import open_ledger
         from ledger.store import open_store
 
         try:
