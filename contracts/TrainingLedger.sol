@@ -41,7 +41,7 @@ import {SettlementLib} from "./libraries/SettlementLib.sol";
 /// timed from there: whether a worker disclosed in time is read from the chain, alike by
 /// every aggregator and the auditor.
 ///
-/// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
+/// Gas layout (a worker's submission is the hot path, README "Gas"):
 /// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
 ///   round number, deadline, submission count, status, a bitmap of who submitted (so at
 ///   most 128 workers a job), the job's worker count and, once the last worker submitted,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 
 from ledger.store import checkpoint
+from ledger.protocol import phase
 from ledger.protocol import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import InvalidJobConfig, LedgerError, NotFoundError, StorageError, StorageUnreachable
@@ -671,8 +672,8 @@ def _check_skip(ctx: JobContext, rh, found: list) -> None:
         if best >= job.quorum:
             found.append(Discrepancy(r, "", "skip", f"no outcome revealed by {job.quorum} aggregators", f"{best} agreeing reveals"))
         skipped = next((e for e in rh.events if e.name == "RoundSkipped"), None)
-        all_revealed = len(rh.proposals) == len(rh.commits)
-        if skipped is not None and skipped.timestamp <= i.reveal_deadline and not all_revealed:
+        if skipped is not None and not phase.quorum_out_of_reach(len(rh.commits), len(rh.proposals), len(job.aggregators),
+                                                                  i.commit_deadline, i.reveal_deadline, skipped.timestamp):
             found.append(Discrepancy(r, "", "skip", f"a skip after the reveal deadline {i.reveal_deadline} or once every commit was revealed",
                                      f"skipped at {skipped.timestamp} with {len(rh.commits) - len(rh.proposals)} commit(s) unrevealed"))
     elif i.submissions >= job.min_submissions:
