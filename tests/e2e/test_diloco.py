@@ -127,6 +127,19 @@ def test_nesterov_outer_step_is_diloco_and_commits_its_momentum():
         outermod.momentum_of({**state, outermod.MOMENTUM + "a": np.zeros(3, np.float32)}, params)
 
 
+
+def test_sgd_without_momentum_commits_no_buffer():
+    """SparseLoCo's outer step (sgd, lr 1, momentum 0) reads no momentum, so the merged
+    checkpoint carries none: it is the model's size, as a plain average's."""
+    parent, _ = _model(1)
+    update = {"a": np.full(parent["a"].shape, 0.25)}
+    merged, _ = outermod.step(parent, update, outermod.momentum_of(parent, parent), OuterSpec("sgd", 1.0, 0.0))
+    assert not [k for k in merged if k.startswith(outermod.PREFIX)]
+    assert sorted(merged) == sorted(parent)
+    np.testing.assert_allclose(merged["a"], parent["a"] + 0.25, rtol=1e-6)
+    with_m, _ = outermod.step(parent, update, outermod.momentum_of(parent, parent), OuterSpec("sgd", 1.0, 0.5))
+    assert outermod.MOMENTUM + "a" in with_m
+
 # --------------------------------------------------------------------------- through the roles
 
 
