@@ -195,7 +195,9 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
         ps.append(Proposal(1, 1, a, merged, merged, 10, outcome, 2, [0, 0], block, "0x", 0, salt=salt,
                            settlement=Settlement((0, 0))))
     events = [ChainEvent("RoundSkipped", {"round": 1}, 99, "0x", 0, timestamp=skipped_at)] if skipped_at else []
-    ctx = SimpleNamespace(info=SimpleNamespace(quorum=2, min_submissions=1), ledger=TrainingLedger)
+    # every committer is an aggregator of the job: the commits are closed once they all committed
+    ctx = SimpleNamespace(info=SimpleNamespace(quorum=2, min_submissions=1, aggregators=[a for a, _, _ in commits]),
+                          ledger=TrainingLedger)
     return ctx, RoundHistory(round=1, info=info, submissions=[], proposals=ps, events=events, commits=cs)
 
 
@@ -208,14 +210,12 @@ def test_audit_checks_each_reveal_against_its_commit_and_their_order():
     m, salt = b"\5" * 32, b"\6" * 32
     good = TrainingLedger.commit_hash_of(TrainingLedger.outcome_of(m, m, 10, [0, 0], Settlement((0, 0))), salt, a)
     ctx, rh = _round_history([(a, good, 1), (b, good, 2)], [(a, m, salt, 3), (b, m, salt, 4), (c, m, salt, 5)])
-    found = []
-    _check_commit_reveal(ctx, rh, found)
+    found = [d for _, d in _check_commit_reveal(ctx, rh)]
     # a's reveal opens its commit; b copied a's commit hash (its address does not open it); c never committed
     assert [(d.party, d.check, d.expected) for d in found] == [
         (b, "commit-reveal", f"commit 0x{good.hex()}"), (c, "commit-reveal", "a commit before the reveal")]
     ctx, rh = _round_history([(a, good, 5)], [(a, m, salt, 3)])  # revealed before the last commit
-    found = []
-    _check_commit_reveal(ctx, rh, found)
+    found = [d for _, d in _check_commit_reveal(ctx, rh)]
     assert [d.expected for d in found] == ["every commit before the first reveal"]
 
 
@@ -230,18 +230,15 @@ def test_audit_checks_the_reason_of_a_no_quorum_skip():
     # two agreeing reveals reached the quorum of 2: the skip is wrong
     ctx, rh = _round_history([(a, h(a), 1), (b, h(b), 2)], [(a, m, salt, 3), (b, m, salt, 4)], "skipped", "no-quorum",
                              skipped_at=2000)
-    found = []
-    _check_skip(ctx, rh, found)
+    found = [d for _, d in _check_skip(ctx, rh)]
     assert [(d.check, d.actual) for d in found] == [("skip", "2 agreeing reveals")]
     # skipped before the reveal deadline while a commit was still unrevealed
     ctx, rh = _round_history([(a, h(a), 1), (c, h(c), 2)], [(a, m, salt, 3)], "skipped", "no-quorum",
                              reveal_deadline=1000, skipped_at=900)
-    found = []
-    _check_skip(ctx, rh, found)
+    found = [d for _, d in _check_skip(ctx, rh)]
     assert [d.check for d in found] == ["skip"] and "1 commit(s) unrevealed" in found[0].actual
     # the same after the deadline, or with every commit revealed: consistent
     for at, reveals in ((1001, [(a, m, salt, 3)]), (900, [(a, m, salt, 3), (c, b"\7" * 32, salt, 4)])):
         ctx, rh = _round_history([(a, h(a), 1), (c, h(c), 2)], reveals, "skipped", "no-quorum", skipped_at=at)
-        found = []
-        _check_skip(ctx, rh, found)
+        found = [d for _, d in _check_skip(ctx, rh)]
         assert found == []
