@@ -150,3 +150,16 @@ def contract_env(module_contract):
     finally:
         assert w3.provider.make_request("evm_revert", [snapshot]).get("result") is True, "evm_revert refused"
         module_contract.reconnect()
+
+
+@pytest.fixture
+def chain_cli_env(settings):
+    """Environment for `ledger` subprocesses on this test's data dir, the chain's state dumped
+    every ``support.cli.STATE_INTERVAL`` seconds; whatever chain they start is stopped afterwards."""
+    from support.cli import STATE_INTERVAL
+
+    e = cli_env(settings, LEDGER_STATE_INTERVAL=str(STATE_INTERVAL))
+    try:
+        yield e
+    finally:
+        anvil.chain_down(settings)

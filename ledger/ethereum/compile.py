@@ -217,8 +217,11 @@ def compare_artifacts(committed: dict, fresh: dict) -> list[str]:
     return diffs
 
 
-def check(root: Path = PROJECT_ROOT, build_dir: Path | None = None, solc: Solc | None = None) -> list[str]:
-    """Recompile and compare with the committed artifacts; returns the differences ([] = up to date)."""
+def check(root: Path = PROJECT_ROOT, build_dir: Path | None = None, solc: Solc | None = None,
+          fresh: dict[str, dict] | None = None) -> list[str]:
+    """Recompile and compare with the committed artifacts; returns the differences ([] = up to date).
+    ``fresh``: artifacts already compiled from these very sources (``compile_contracts``), compared
+    instead of compiling again."""
     root = Path(root)
     build_dir = Path(build_dir) if build_dir else root / BUILD_SUBDIR
     problems: list[str] = []
@@ -232,7 +235,7 @@ def check(root: Path = PROJECT_ROOT, build_dir: Path | None = None, solc: Solc |
         except (OSError, ValueError) as e:
             problems.append(f"{path}: unreadable ({e})")
     if committed:
-        fresh = compile_contracts(root, solc, list(committed))
+        fresh = fresh if fresh is not None else compile_contracts(root, solc, list(committed))
         for name, art in committed.items():
             path = artifact_path(name, build_dir)
             diffs = compare_artifacts(art, fresh[name])

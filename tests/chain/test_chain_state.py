@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from conftest import cli_env
 from ledger.services import anvil, ipfs_node
 from ledger.services.procs import pid_alive
 from support.cli import STATE_INTERVAL, anvil_pids_for, create_job, job_events, ledger, ok, pid_of, url_of
@@ -55,12 +54,8 @@ def test_servers_get_no_ledger_secrets(settings, monkeypatch):
 
 
 @pytest.fixture
-def env(settings):
-    e = cli_env(settings, LEDGER_STATE_INTERVAL=str(STATE_INTERVAL))
-    try:
-        yield e
-    finally:
-        anvil.chain_down(settings)
+def env(chain_cli_env):
+    return chain_cli_env
 
 
 def test_kill_during_a_dump_loses_at_most_the_interval(settings, env):

@@ -37,6 +37,13 @@ def solc() -> comp.Solc:
         pytest.skip(str(e))
 
 
+@pytest.fixture(scope="module")
+def fresh(solc) -> dict[str, dict]:
+    """The committed sources compiled once for the module (viaIR takes a while): what
+    `ledger compile` would write, for the checks that compare against it."""
+    return comp.compile_contracts(ROOT, solc)
+
+
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
     """A copy of the project's contracts/ (sources + committed build) to modify."""
@@ -52,10 +59,11 @@ def test_check_passes_on_the_committed_artifact(solc):
     assert "up to date" in out.stdout  # which includes: the file is the one a fresh compile writes, to the byte
 
 
-def test_check_fails_on_a_reformatted_artifact(copy: Path, solc):
+def test_check_fails_on_a_reformatted_artifact(copy: Path, fresh):
+    assert comp.check(copy, fresh=fresh) == []          # the copy as committed: up to date
     path = copy / "contracts/build/TrainingLedger.json"
     path.write_text(json.dumps(json.loads(path.read_text()), indent=1))
-    problems = comp.check(copy, solc=solc)
+    problems = comp.check(copy, fresh=fresh)
     assert len(problems) == 1 and "not byte for byte" in problems[0], problems
 
 
@@ -112,10 +120,15 @@ def test_check_fails_on_a_tampered_artifact(copy: Path, field):
     assert any(expect in p for p in problems), problems
 
 
-def test_check_reports_a_missing_artifact(copy: Path, solc):
+def test_check_reports_a_missing_artifact(copy: Path, fresh):
     (copy / "contracts/build/TrainingLedger.json").unlink()
+    problems = comp.check(copy, fresh=fresh)
+    assert problems == [f"{copy / 'contracts/build/TrainingLedger.json'}: missing"], problems
+    # with no artifact at all nothing is compiled, and the command says what is missing
+    for lib in comp.LIBRARIES:
+        (copy / f"contracts/build/{lib}.json").unlink()
     out = ledger_cli("compile", "--check", "--root", str(copy))
-    assert out.returncode == 1 and "missing" in out.stderr
+    assert out.returncode == 1 and "missing" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_root_without_contracts_is_a_clear_error(tmp_path: Path):

@@ -14,20 +14,15 @@ import pytest
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from conftest import DEV_KEYS, cli_env
+from conftest import DEV_KEYS
 from ledger.services import anvil
 from ledger.ethereum.artifacts import load_artifact
 from ledger_cli import main
 from support.cli import STATE_INTERVAL, anvil_pids_for, create_job, job_events, ledger, ok, pid_of, url_of
 
 @pytest.fixture
-def env(settings):
-    """CLI environment for this test's data dir; whatever chain the CLI starts is stopped afterwards."""
-    e = cli_env(settings, LEDGER_STATE_INTERVAL=str(STATE_INTERVAL))
-    try:
-        yield e
-    finally:
-        anvil.chain_down(settings)
+def env(chain_cli_env):
+    return chain_cli_env
 
 
 # ---------------------------------------------------------------------------- up / down / status

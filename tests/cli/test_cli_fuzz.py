@@ -27,7 +27,6 @@ import contextlib
 import io
 import logging
 import os
-import socket
 import sys
 
 import pytest
@@ -35,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ledger_cli
+from support.cli import closed_port
 from ledger_cli.common import int_in
 
 # Commands argparse checks completely but that start processes or servers when their
@@ -43,14 +43,6 @@ PARSE_ONLY = {("demo",), ("chain", "up"), ("ipfs", "up")}
 
 # Options whose values are written into: never a device or a path outside the temp folder.
 WRITE_TARGETS = {"--html", "-o", "--output", "--data-dir", "--store-dir", "out"}
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------------------- the parser, walked
@@ -139,7 +131,7 @@ def world(tmp_path_factory):
         "file": str(text), "dir": str(folder), "missing": str(root / "missing" / "x"),
         "under_file": str(text / "x"), "new": str(root / "new-out"), "dev": "/dev/null",
     }
-    port = _closed_port()
+    port = closed_port()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     for k in list(os.environ):
         if k.startswith("LEDGER_"):
