@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from .common import add_command
 from ledger.ethereum.party import open_party, setup_logging

@@ -28,7 +28,6 @@ No torch: the CLI (``ledger data commit``) and the audit use it.
 from __future__ import annotations
 
 import hashlib
-import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass

@@ -185,7 +185,6 @@ class Demo:
         start, from the node's own unlocked dev account (eth_accounts, signed by the node:
         no key passes through here), else by the dev node's set-balance method, else
         from the well-known dev key."""
-        from ledger.ethereum import keys
         from ledger.ethereum.chain import dev_node_kind
 
         if self.settings.rpc_url:

@@ -24,7 +24,6 @@ import torch
 from ledger.protocol import hfconfig
 from ledger import safejson
 from ledger.errors import LedgerError
-from ledger.protocol.jobconfig import canonical_json
 
 from node.models.base import LanguageModel
 

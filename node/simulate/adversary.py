@@ -186,7 +186,6 @@ class Adversary(Worker):
             return [(seg, NESTED_BUNDLE) for seg, _ in bundles]
         if self.attack != "bad-proof":
             return bundles
-        import json
 
         from ledger.protocol.jobconfig import canonical_json
 

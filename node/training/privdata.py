@@ -17,7 +17,6 @@ committed length, zero except at the revealed chunks, which is all the replay re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from ledger.protocol import datacommit as dc

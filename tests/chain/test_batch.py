@@ -16,7 +16,6 @@ from eth_account import Account
 from eth_utils import keccak
 from web3.logs import DISCARD
 
-from conftest import DEV_KEYS
 from ledger.protocol.batch import SignedSubmission, sign_submission
 from ledger.store.cid import cid_of_bytes
 from ledger.ethereum.contract import TrainingLedger

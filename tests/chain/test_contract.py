@@ -11,22 +11,19 @@ after each test (``contract_env``); the Chain client's own tests get a fresh anv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
 from conftest import DEV_KEYS
-from ledger.ethereum.deploy import deploy_contracts
 from ledger.ethereum.chain import Chain
 from ledger.store.cid import cid_from_chain, cid_to_chain
 from ledger.ethereum import contract as contract_mod
-from ledger.ethereum.contract import ChainEvent, JobParams, TrainingLedger
+from ledger.ethereum.contract import ChainEvent, TrainingLedger
 from ledger.protocol.settlement import Settlement
 from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, LedgerError, WrongChain
 from support.contract import ContractEnv, AGGS, CAST, DURATION, GENESIS, OUTSIDER, OWNER, WINDOW, WORKERS, h, reverted

@@ -8,15 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from conftest import DEV_KEYS
 from ledger.services import anvil
-from ledger.ethereum.artifacts import load_artifact
 from ledger_cli import main
 from support.cli import STATE_INTERVAL, anvil_pids_for, create_job, job_events, ledger, ok, pid_of, url_of
 

@@ -17,7 +17,6 @@ an attacker's victim runs:
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 import sys

@@ -12,11 +12,10 @@ import pytest
 
 from conftest import cli_env
 from ledger.store import checkpoint
-from ledger.ethereum.contract import JobParams
 from ledger.errors import CheckpointFormatError
 from ledger.protocol.jobconfig import JobConfig
-from support import address, keys, tiny_config
-from support.cli import HOSTILE_AGG as AGG, HOSTILE_WORKER as WORKER, job_with, one_line_error
+from support import tiny_config
+from support.cli import HOSTILE_WORKER as WORKER, job_with, one_line_error
 
 TOO_BIG = str(2**256)
 

@@ -25,7 +25,7 @@ import re
 import pytest
 
 from ledger.protocol.verdicts import Verdict
-from support import DEV0, address, keys, log_text, public_key, wait_for
+from support import DEV0, address, keys, public_key, wait_for
 from support.models import make_model_dir
 
 pytestmark = pytest.mark.slow

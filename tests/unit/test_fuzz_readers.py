@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import eth_account  # noqa: F401 - raises the recursion limit, as in every party
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ledger.store import checkpoint
