@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require_tool
-from support import address, chain_of_its_own, keys, log_text, wait_for
+from support import address, chain_of_its_own, keys, log_text, stop_process, wait_for
 
 W = keys(3, "watch-worker")
 A = keys(2, "watch-aggregator")
@@ -80,13 +80,7 @@ class Prometheus:
         return sum(float(s["value"][1]) for s in res)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
         self.log.close()
 
 

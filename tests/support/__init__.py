@@ -200,6 +200,17 @@ def chain_of_its_own(tmp_path_factory, name: str):
         anvil.chain_down(settings)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` seconds; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for(cond, timeout: float = 120, what: str = "condition", procs=()):
     """Poll ``cond`` until truthy; fail with the logs of ``procs`` if it never is."""
     deadline = time.monotonic() + timeout

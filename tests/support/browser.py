@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from support import stop_process
+
 
 class Browser:
     def __init__(self, chromium: str, profile: Path):
@@ -67,10 +69,4 @@ class Browser:
         try:
             getattr(self, "ws", None) and self.ws.close()
         finally:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            stop_process(self.proc, timeout=10)
