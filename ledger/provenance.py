@@ -540,10 +540,11 @@ def _check_sealed(check: ExportCheck, name: str) -> None:
 def open_sealed(check: ExportCheck, key: bytes) -> ExportCheck:
     """With the job key (a reader's): decrypt the sealed subjects ``verify_offline`` could
     not read and check each against the statement's digest."""
-    check.key = bytes(key)
-    for name in sorted(check.unread):
+    check.key, unread = bytes(key), sorted(check.unread)
+    for name in unread:
         _check_sealed(check, name)
-    _no_code(check)
+    if "config.json" in unread:
+        _no_code(check)
     return check
 
 
@@ -585,8 +586,6 @@ def _size_of(check: ExportCheck, name: str) -> int:
 
 def _no_code(check: ExportCheck) -> None:
     if "config.json" not in check.files or "config.json" in check.unsound | check.unread:
-        return
-    if any("auto_map" in line for line in check.failures):
         return
     try:
         cfg = safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
