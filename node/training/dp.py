@@ -196,25 +196,25 @@ def _batched_clipped_sum(lm, model, params, linears, x, y, clip_norm):
     import torch
 
     samples = {id(p): torch.zeros((x.size(0), *p.shape), dtype=torch.float32, device=p.device) for p in params}
+    calls = []      # (module, its input, its output) of every call of an adapter
 
     def on_forward(mod, inputs, out):
-        a = inputs[0].detach().float()
-
-        def on_grad(g):
-            g = g.detach().float()
-            samples[id(mod.weight)].add_(torch.einsum("n...o,n...i->noi", g, a))
-            if mod.bias is not None and mod.bias.requires_grad:
-                samples[id(mod.bias)].add_(g.reshape(g.size(0), -1, g.size(-1)).sum(1))
-
-        out.register_hook(on_grad)
+        calls.append((mod, inputs[0].detach().float(), out))
 
     handles = [m.register_forward_hook(on_forward) for m in linears]
     try:
         losses = _window_losses(lm, model, x, y)
-        torch.autograd.grad(losses.sum(), params, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
+    # the gradients at the adapters' outputs only: the summed weight gradients, which the
+    # per-window ones replace, are never computed
+    outs = torch.autograd.grad(losses.sum(), [out for _, _, out in calls])
+    for (mod, a, _), g in zip(calls, outs):
+        g = g.float()
+        samples[id(mod.weight)].add_(torch.einsum("n...o,n...i->noi", g, a))
+        if mod.bias is not None and mod.bias.requires_grad:
+            samples[id(mod.bias)].add_(g.reshape(g.size(0), -1, g.size(-1)).sum(1))
     grads = [samples[id(p)] for p in params]
     norms = torch.linalg.vector_norm(torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1), dim=1)
     factor = _clip_factor(norms, clip_norm)
