@@ -45,7 +45,7 @@ $(STAMP)/ipfs: ipfs-node/package.json ipfs-node/package-lock.json | $(STAMP)
 	@touch $@
 
 # Debian packages the tests use as independent oracles: ipfs_cid (CIDs) and chromium (HTML report, the watch page);
-# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/test_watch.py);
+# prometheus scrapes every role and runs the Grafana dashboard's queries (tests/e2e/test_watch.py);
 # docker-compose checks compose.yaml (`config` needs no engine); iproute2 builds the separate-hosts test's namespaces.
 $(STAMP)/debian: Makefile | $(STAMP)
 	@if [ "$$(id -u)" = "0" ]; then \
@@ -75,7 +75,7 @@ demo: install
 	$(LEDGER) demo
 
 test: install install-debian
-	@# tests/test_compile.py runs `ledger compile --check` (the artifact is what the sources
+	@# tests/chain/test_compile.py runs `ledger compile --check` (the artifact is what the sources
 	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25

@@ -415,10 +415,10 @@ def tail(path: Path, n: int = 20) -> str:
 
 def bench_config(steps: int = 50, replay_segments: int | None = None):
     """The job config every bench trains: the project's default model, training and
-    verification policy (``ledger.jobconfig`` defaults: 4 layers, 128 wide, batch 32,
+    verification policy (``ledger.protocol.jobconfig`` defaults: 4 layers, 128 wide, batch 32,
     1 torch thread, one replayed transcript segment per contribution), with ``steps``
     local steps a round."""
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     cfg = JobConfig(name="bench")
     cfg.train.steps = int(steps)
@@ -459,7 +459,7 @@ _W: dict = {}
 def _plain_init(cfg_bytes: bytes, num_workers: int) -> None:
     import torch
 
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     torch.set_num_threads(1)
     cfg = JobConfig.from_bytes(cfg_bytes)
@@ -612,7 +612,7 @@ class LedgerJob(Footprint):
     pss_every: int = 0                 # the sampler's PSS readings (RssSampler)
     # called as after(job, ledger, store) once the job completed, before the chain stops
     after: Callable | None = None
-    # Bring-your-own-data: one text per worker (committed with ledger.datacommit, each
+    # Bring-your-own-data: one text per worker (committed with ledger.protocol.datacommit, each
     # worker run with --data on its own file) and the owner's validation text; every
     # party's public key goes into the job (the drawn windows are sealed to their readers)
     worker_texts: list[bytes] | None = None
@@ -632,9 +632,10 @@ class LedgerJob(Footprint):
     def run(self, on_round: Callable[[RoundTiming], None] | None = None) -> "LedgerJob":
         from eth_account import Account
 
-        from ledger import anvil, keys
+        from ledger.services import anvil
+        from ledger.ethereum import keys
         from ledger.config import Settings
-        from ledger.deploy import deploy, open_ledger
+        from ledger.ethereum.deploy import deploy, open_ledger
         from ledger.store import open_store
         from node.roles.owner import create_job
 
@@ -711,8 +712,8 @@ class LedgerJob(Footprint):
 
     def _private_data(self, parties, tmp: Path) -> dict:
         """create_job's arguments for a bring-your-own-data job (its texts written under ``tmp``)."""
-        from ledger import datacommit
-        from ledger.sealing import public_key_of
+        from ledger.protocol import datacommit
+        from ledger.privacy.sealing import public_key_of
 
         kw = {} if self.proposal_window is None else {"proposal_window": self.proposal_window}
         if self.worker_texts is None:

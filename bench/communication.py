@@ -46,7 +46,7 @@ METHODS = [("weight averaging", "none", None), ("DiLoCo", "nesterov", None),
 
 def build(kind: str, tmp: Path, block: int, batch: int):
     """(LanguageModel, JobConfig, genesis, shards as token streams, validation stream)."""
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
     from ledger.store.embedded import EmbeddedStore
     from node.roles.owner import ModelChoice, attach_model
     from node.training.data import load_corpus, make_split
@@ -73,8 +73,8 @@ def run(lm, cfg, genesis, shards, validation, method, rounds: int, workers: int,
     """One method through ``rounds`` rounds of ``workers`` workers: sizes and the final loss."""
     import numpy as np
 
-    from ledger import checkpoint
-    from ledger.jobconfig import CompressSpec, OuterSpec
+    from ledger.store import checkpoint
+    from ledger.protocol.jobconfig import CompressSpec, OuterSpec
     from node.training import compress as cz
     from node.training import train as trainmod
     from node.verification import merge as mergemod

@@ -1,5 +1,5 @@
 """How much honest verifiers' validation losses differ across kernel paths, and what that
-means for the credit they reveal (``ledger.settlement``): the measurement behind
+means for the credit they reveal (``ledger.protocol.settlement``): the measurement behind
 ``CREDIT_QUANTUM`` and the audit's ``AUDIT_LOSS_SLACK``.
 
     .venv/bin/python bench/credit_noise.py [--workers 4] [--steps 20]
@@ -37,7 +37,7 @@ SEED = 777
 
 
 def reference(out: Path, workers: int, steps: int) -> None:
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from node.training.train import train_local
 
     cfg = bench_config(steps=steps)
@@ -50,7 +50,7 @@ def reference(out: Path, workers: int, steps: int) -> None:
 
 
 def measure(out: Path, workers: int, steps: int, threads: int) -> dict:
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from node.models import language_model
     from node.training.train import evaluate
 
@@ -79,7 +79,7 @@ def main() -> int:
     if args.measure:
         print(json.dumps(measure(Path(args.measure), args.workers, args.steps, args.threads)))
         return 0
-    from ledger.settlement import CREDIT_QUANTUM, credit_of
+    from ledger.protocol.settlement import CREDIT_QUANTUM, credit_of
 
     with tempfile.TemporaryDirectory(prefix="credit-noise-") as d:
         out = Path(d)

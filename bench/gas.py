@@ -1,6 +1,6 @@
 """Gas per TrainingLedger operation, measured from real receipts on a private anvil.
 
-Starts its own anvil (ledger.anvil, a temporary data directory, any free port),
+Starts its own anvil (ledger.services.anvil, a temporary data directory, any free port),
 deploys the committed artifact, and for 4, 16 and 64 workers runs three jobs.
 Workers and aggregators are deterministic keys (keccak of a label, distinct per job,
 so no balance or storage slot is shared between jobs) funded with anvil_setBalance.
@@ -61,15 +61,15 @@ from eth_account import Account  # noqa: E402
 from eth_utils import keccak  # noqa: E402
 from web3.logs import DISCARD  # noqa: E402
 
-from ledger import anvil  # noqa: E402
-from ledger.artifacts import load_artifact  # noqa: E402
-from ledger.deploy import deploy_contracts  # noqa: E402
-from ledger.batch import sign_submission  # noqa: E402
-from ledger.cid import cid_from_chain  # noqa: E402
-from ledger.chain import Chain  # noqa: E402
+from ledger.services import anvil  # noqa: E402
+from ledger.ethereum.artifacts import load_artifact  # noqa: E402
+from ledger.ethereum.deploy import deploy_contracts  # noqa: E402
+from ledger.protocol.batch import sign_submission  # noqa: E402
+from ledger.store.cid import cid_from_chain  # noqa: E402
+from ledger.ethereum.chain import Chain  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
-from ledger import committee  # noqa: E402
-from ledger.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
+from ledger.protocol import committee  # noqa: E402
+from ledger.ethereum.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000

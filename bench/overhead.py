@@ -92,7 +92,7 @@ def stage_costs(job, ledger, store, r: int = 1, replay_samples: int = 1) -> list
     """
     import numpy as np
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
     from node.verification import verify as V
     from node.verification.merge import fedavg, tensor_digest, update_norm

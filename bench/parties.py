@@ -7,7 +7,7 @@ Every worker's round is trained in this process as ``ledger worker run`` trains 
 tiny model, a transcript, checkpoints into an embedded store; one torch thread) and its
 CPU time measured: on 2 cores, 64 worker processes would measure the scheduler, not the
 protocol. Then, for each aggregator count, the committees are drawn with the
-aggregators' own code (``ledger.committee``) and the **busiest** aggregator (the round
+aggregators' own code (``ledger.protocol.committee``) and the **busiest** aggregator (the round
 waits for the slowest) does its whole share with the real pipeline
 (``node.verification.verify.verify_round``): its vote (its committees' contributions in
 depth: validation and a replayed segment; every other one through the cheap checks),
@@ -56,7 +56,7 @@ def job_config(steps: int, committee: int):
 
 def train_all(cfg, store, n: int):
     """(contributions, parent params, parent digest, shards, workers, mean training CPU s per worker)."""
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
     from verification import train_round
 
@@ -71,8 +71,8 @@ def train_all(cfg, store, n: int):
 
 def busiest_share(cfg, store, n_aggs: int, contribs, parent, parent_digest, split, workers, seed: bytes):
     """(contributions judged in depth by the busiest aggregator, its verification CPU s)."""
-    from ledger import committee
-    from ledger.settlement import credit_of
+    from ledger.protocol import committee
+    from ledger.protocol.settlement import credit_of
     from node.verification.verify import RoundContext, verify_round
 
     aggs = ["0x" + hashlib.sha256(f"aggregator {i}".encode()).hexdigest()[:40] for i in range(n_aggs)]

@@ -7,7 +7,7 @@ away, and what the protections cost.
    anvil, two workers each training on its own file, an aggregator, ``worker run --data``),
    two rounds; then every object it stored, every transaction's calldata and every log on
    chain is scanned for every 16-byte piece of each worker's file, raw and hex. What the
-   draw revealed to the verifiers is sealed to them (``ledger.sealing``): the target is
+   draw revealed to the verifiers is sealed to them (``ledger.privacy.sealing``): the target is
    0 (22.5% of a 300 KB file before sealing). This job trains the byte GPT: a job of
    SmolLM2 processes costs minutes more and seals through the same code. A control row
    scans for the owner's validation text, stored in clear by design: the scan finds text
@@ -131,7 +131,7 @@ def readable_fraction(text: bytes, everything: bytes) -> float:
 
 def _drawn_fraction(ledger, store, job: int, worker: str, length: int) -> float:
     """The fraction of the worker's file inside the chunks the draws asked it to reveal."""
-    from ledger import datacommit as dc
+    from ledger.protocol import datacommit as dc
     from node.context import JobContext
     from node.training import privdata, train
     from node.training import transcript as tx
@@ -157,7 +157,7 @@ def leak_scan(workers: int = 2, rounds: int = 2, size: int = 12_000) -> tuple[li
     """Rows of the scan table and the largest fraction over the workers."""
     from common import LedgerJob
 
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     cfg = JobConfig(name="privacy-scan")
     m, t, p = cfg.model, cfg.train, cfg.policy
@@ -200,7 +200,7 @@ class SmolLM:
     its job config, genesis, and the worker's and validation token streams."""
 
     def __init__(self, args, tmp: Path):
-        from ledger.jobconfig import JobConfig
+        from ledger.protocol.jobconfig import JobConfig
         from ledger.store.embedded import EmbeddedStore
         from node.models.importer import import_model
         from node.roles.owner import ModelChoice, attach_model
@@ -220,7 +220,7 @@ class SmolLM:
         self.tokens = len(self.stream) // cfg.model.token_bytes
 
     def dp_spec(self, epsilon: float, steps: int | None = None):
-        from ledger.jobconfig import DPSpec
+        from ledger.protocol.jobconfig import DPSpec
         from node.training import dp as dpmod
 
         spec = DPSpec(epsilon=epsilon, delta=DELTA, max_grad_norm=1.0)
@@ -320,11 +320,12 @@ def verification_cost(smol: SmolLM, args, tmp: Path) -> list[list]:
     drawn windows sealed), and private with DP."""
     from eth_account import Account
 
-    from ledger import checkpoint, sealing
-    from ledger import datacommit as dc
-    from ledger.contract import Submission
+    from ledger.store import checkpoint
+    from ledger.privacy import sealing
+    from ledger.protocol import datacommit as dc
+    from ledger.ethereum.contract import Submission
     from ledger.digest import sha256_bytes
-    from ledger.jobconfig import num_samples
+    from ledger.protocol.jobconfig import num_samples
     from ledger.store.embedded import EmbeddedStore
     from ledger.store.sealed import SealedStore
     from node.context import contribution_meta

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ledger.jobconfig import JobConfig  # noqa: E402
+from ledger.protocol.jobconfig import JobConfig  # noqa: E402
 from node.training.data import load_corpus, make_split  # noqa: E402
 from node.models.bytegpt import GPTConfig, init_params  # noqa: E402
 from node.training.train import derive_seed, evaluate, train_local  # noqa: E402

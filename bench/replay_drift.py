@@ -52,7 +52,7 @@ def reference(out: Path, steps: int, every: int, nproc: int = 1) -> None:
     """Two rounds on the reference kernels; every state every ``every`` steps to ``out``:
     the inner boundaries as the compact snapshots a worker publishes (and continues
     from), the round's start and end exactly (the parent, and the checkpoint)."""
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from node.training.train import train_local, train_steps
     from node.training.transcript import TrainState, encode_snapshot
 
@@ -82,7 +82,7 @@ def reference(out: Path, steps: int, every: int, nproc: int = 1) -> None:
 
 
 def _save_exact(path: Path, s) -> None:
-    from ledger import checkpoint
+    from ledger.store import checkpoint
 
     tensors = {f"{g}/{k}": v for g, d in (("param", s.params), ("exp_avg", s.exp_avg), ("exp_avg_sq", s.exp_avg_sq))
                for k, v in d.items()}
@@ -90,7 +90,7 @@ def _save_exact(path: Path, s) -> None:
 
 
 def load(out: Path, rnd: int, step: int, like):
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from node.training.transcript import TrainState, decode_snapshot
 
     raw = (out / f"r{rnd}-{step}.safetensors").read_bytes()
@@ -174,7 +174,7 @@ def main() -> int:
     if args.verifier:
         print(json.dumps(replay_all(Path(args.verifier[0]), args.steps, lengths, int(args.verifier[1]))))
         return 0
-    from ledger.jobconfig import Policy
+    from ledger.protocol.jobconfig import Policy
 
     tol = args.tolerance if args.tolerance is not None else Policy().replay_tolerance
     if args.tolerance is None and DTYPE == "bfloat16":

@@ -8,9 +8,9 @@ aggregators run:
   (``node.training.data.make_split``), from the round's parent, with the seed
   ``node.training.train.derive_seed`` gives it;
 - the Byzantine workers train honestly too, then replace their result with
-  ``node.roles.adversary.attack_params(attack, parent, honest, seed)`` (or, for
+  ``node.simulate.adversary.attack_params(attack, parent, honest, seed)`` (or, for
   ``collude``, one shared vector: parent - 10 x the mean of their honest updates);
-- verification on: each contribution is encoded with ``ledger.checkpoint.encode``
+- verification on: each contribution is encoded with ``ledger.store.checkpoint.encode``
   (with the lineage metadata a worker writes) and goes through
   ``node.verification.verify.verify_round`` with a fetch function that returns those bytes,
   the norm bounds and the validation loss on (segment replay off: these attacks
@@ -50,11 +50,11 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from ledger import checkpoint  # noqa: E402
-from ledger.contract import Submission  # noqa: E402
+from ledger.store import checkpoint  # noqa: E402
+from ledger.ethereum.contract import Submission  # noqa: E402
 from ledger.digest import sha256_bytes, to_hex  # noqa: E402
-from ledger.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
-from ledger.verdicts import Verdict  # noqa: E402
+from ledger.protocol.jobconfig import MERGE_RULES, JobConfig, ModelSpec, Policy, TrainSpec  # noqa: E402
+from ledger.protocol.verdicts import Verdict  # noqa: E402
 
 from bench.common import print_table  # noqa: E402
 
@@ -106,7 +106,7 @@ def _finite(params) -> bool:
 def _judge_task(task):
     """One round of one run: build the contributions, verify (or not), merge."""
     from node.verification import verify as V
-    from node.roles.adversary import attack_params
+    from node.simulate.adversary import attack_params
     from node.verification.merge import merge, update_norm
     from node.context import CHECKPOINT_FORMAT
 
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     base = JobConfig(model=model, train=train)
     # Segment replay off: these are tensor attacks on the merge rules and the norm and
     # validation bounds; with it on, every forged update here would also fail its
-    # transcript (bench/verification.py and tests/test_segment_replay.py cover that).
+    # transcript (bench/verification.py and tests/e2e/test_segment_replay.py cover that).
     policies = {rule: Policy(merge_rule=rule, krum_f=args.byzantine, krum_m=args.krum_m,
                              max_update_norm=args.max_update_norm, replay_segments=0) for rule in rules}
     configs = {rule: JobConfig(name=base.name, seed=base.seed, model=model, train=train, policy=policies[rule])

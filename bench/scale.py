@@ -64,7 +64,7 @@ def _tokenizer_json(tmp: Path) -> bytes:
 
 def build(size: str, tmp: Path, threads: int):
     """(LanguageModel, JobConfig, genesis params, a worker's token stream, the validation stream)."""
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
     from ledger.store.embedded import EmbeddedStore
     from node.models.importer import Imported, import_model
     from node.roles.owner import ModelChoice, attach_model
@@ -103,10 +103,10 @@ def measure(size: str, tmp: Path, threads: int) -> dict:
     """Training, storage and verification of one contribution (in this process)."""
     import numpy as np
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
-    from ledger.contract import Submission
-    from ledger.jobconfig import num_samples
+    from ledger.ethereum.contract import Submission
+    from ledger.protocol.jobconfig import num_samples
     from ledger.store.embedded import EmbeddedStore
     from node.context import contribution_meta
     from node.training import train as trainmod
@@ -167,7 +167,7 @@ def prepare(size: str, tmp: Path, n: int, threads: int) -> dict:
     """n contributions (the genesis plus noise) in a store under ``tmp``, for ``memory``."""
     import numpy as np
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
     from ledger.store.embedded import EmbeddedStore
 
@@ -191,10 +191,10 @@ def prepare(size: str, tmp: Path, n: int, threads: int) -> dict:
 def memory(tmp: Path, subs: list) -> dict:
     """An aggregator's peak RSS for the prepared contributions, in a fresh process:
     cheap checks, the norm bound, FedAvg, the merged checkpoint's bytes."""
-    from ledger import checkpoint
-    from ledger.contract import Submission
+    from ledger.store import checkpoint
+    from ledger.ethereum.contract import Submission
     from ledger.digest import sha256_bytes
-    from ledger.jobconfig import JobConfig, num_samples
+    from ledger.protocol.jobconfig import JobConfig, num_samples
     from ledger.store.embedded import EmbeddedStore
     from node.verification import merge as mergemod
     from node.verification.verify import RoundContext, accepted, verify_round

@@ -308,14 +308,14 @@ def main() -> int:
         return 0
     finally:
         if node is not None:
-            from ledger import ipfs_node
+            from ledger.services import ipfs_node
 
             ipfs_node.ipfs_down(node)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def start_ipfs(work: Path):
-    from ledger import ipfs_node
+    from ledger.services import ipfs_node
     from ledger.config import load_settings
     from ledger.store.ipfs import IpfsStore
 
@@ -329,7 +329,7 @@ def start_ipfs(work: Path):
 
 
 def node_hwm(settings) -> float:
-    from ledger import ipfs_node
+    from ledger.services import ipfs_node
 
     info = ipfs_node.service(settings).running()
     try:

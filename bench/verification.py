@@ -34,12 +34,12 @@ STAGES = ("fetch", "decode", "norm", "validation", "replay")
 def train_round(cfg, store, r: int, parent: dict, parent_digest: bytes, shards: list[bytes], workers: list[str]):
     """Every worker's round as ``node.roles.worker`` runs it: (contributions, their bytes,
     CPU seconds of training, transcript bytes, checkpoint bytes)."""
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
     from node.training import transcript as tx
     from node.context import contribution_meta
     from node.training.train import derive_seed, train_local
-    from ledger.contract import Submission
+    from ledger.ethereum.contract import Submission
 
     contributions, cpu, transcript_bytes, ckpt_bytes = [], 0.0, 0, 0
     for i, (w, shard) in enumerate(zip(workers, shards)):
@@ -83,7 +83,7 @@ def main() -> int:
     args = ap.parse_args()
     import hashlib
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
     from ledger.digest import sha256_bytes
     from ledger.store.embedded import EmbeddedStore
     from node.verification.merge import merge

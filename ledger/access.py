@@ -12,9 +12,9 @@ ciphertext stays readable to it wherever a copy survives.
 
 from __future__ import annotations
 
-from .errors import LedgerError
-from .jobconfig import JobConfig, WrappedKey
-from .sealing import SealError, address_of, key_id, new_job_key, unwrap_key, wrap_key
+from ledger.errors import LedgerError
+from ledger.protocol.jobconfig import JobConfig, WrappedKey
+from ledger.privacy.sealing import SealError, address_of, key_id, new_job_key, unwrap_key, wrap_key
 
 MAX_WRAPPED_BYTES = 4096
 

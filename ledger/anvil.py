@@ -3,7 +3,7 @@
 ``chain up`` starts anvil on 127.0.0.1 with ``--state`` (loaded at start, written on
 SIGTERM) and ``--state-interval`` (written every N seconds, so a kill -9 loses at
 most N seconds). anvil rewrites that file in place, so a kill during a dump leaves it
-truncated: ``ledger.chainkeeper`` runs beside anvil and copies every complete dump to
+truncated: ``ledger.services.chainkeeper`` runs beside anvil and copies every complete dump to
 ``state.good.json``, and ``up`` restores the newest complete copy and says so.
 """
 
@@ -17,15 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import listen
-from .chainkeeper import complete_json
-from .config import Settings
-from .errors import ConfigError
-from .procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
+from ledger.services import listen
+from ledger.services.chainkeeper import complete_json
+from ledger.config import Settings
+from ledger.errors import ConfigError
+from ledger.services.procs import PROJECT_ROOT, LocalService, ServiceInfo, pid_alive, service_env
 
 STATE_FILE = "state.json"
 BACKUP_FILE = "state.backup.json"
-GOOD_FILE = "state.good.json"      # the last complete interval dump (ledger.chainkeeper)
+GOOD_FILE = "state.good.json"      # the last complete interval dump (ledger.services.chainkeeper)
 KEEPER_PID = "keeper.pid"
 
 
@@ -131,12 +131,12 @@ def chain_up(settings: Settings, port: int | None = None, timeout: float = 30.0,
 
 
 def _start_keeper(anvil_pid: int, state: Path, d: Path, interval: int) -> None:
-    """``ledger.chainkeeper`` beside anvil: it keeps the last complete dump and exits with anvil."""
+    """``ledger.services.chainkeeper`` beside anvil: it keeps the last complete dump and exits with anvil."""
     period = min(0.5, max(1, interval) / 4)
     env = service_env({"PYTHONPATH": str(PROJECT_ROOT)})
     with open(d / "keeper.log", "ab") as log:
         p = subprocess.Popen(
-            [sys.executable, "-m", "ledger.chainkeeper", "--pid", str(anvil_pid), "--state", str(state),
+            [sys.executable, "-m", "ledger.services.chainkeeper", "--pid", str(anvil_pid), "--state", str(state),
              "--good", str(d / GOOD_FILE), "--period", str(period)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=d, env=env, start_new_session=True,
         )

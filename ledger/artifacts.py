@@ -1,6 +1,6 @@
 """Compiled contract artifacts committed under ``contracts/build/``: no compiler needed.
 
-An artifact is the JSON written by ``ledger compile`` (see ``ledger.compile``)::
+An artifact is the JSON written by ``ledger compile`` (see ``ledger.ethereum.compile``)::
 
     {"contractName", "sourceName", "abi", "bytecode", "deployedBytecode",
      "compiler": {"version", "settings"}, "sources": {path: sha256 hex}}
@@ -12,8 +12,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from .errors import LedgerError
-from .procs import PROJECT_ROOT
+from ledger.errors import LedgerError
+from ledger.services.procs import PROJECT_ROOT
 
 CONTRACTS_DIR = PROJECT_ROOT / "contracts"
 BUILD_DIR = CONTRACTS_DIR / "build"

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import safejson
+from ledger import safejson
 
 
 def write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:

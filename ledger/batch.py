@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import to_checksum_address
 
-from .cid import cid_to_chain
+from ledger.store.cid import cid_to_chain
 
 SUBMISSION_TYPES = {
     "Submission": [

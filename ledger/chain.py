@@ -42,8 +42,8 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from . import safejson
-from .errors import (
+from ledger import safejson
+from ledger.errors import (
     AccountError,
     ChainUnreachable,
     ContractReverted,
@@ -487,7 +487,7 @@ class Chain:
 
     def _translate(self, exc: BaseException, context: str) -> Exception:
         """Any web3/RPC exception -> a LedgerError (already-LedgerErrors pass through)."""
-        from .errors import LedgerError
+        from ledger.errors import LedgerError
 
         where = f"{context}: " if context else ""
         if isinstance(exc, LedgerError):
@@ -531,7 +531,7 @@ class Chain:
             except Exception as e:
                 raise self._translate(e, "block number") from None
         global last_block_seen
-        last_block_seen = head       # served as ledger_last_block by ledger.metrics
+        last_block_seen = head       # served as ledger_last_block by ledger.monitor.metrics
         return head
 
     def wait_for_block(self, after: int | None, timeout: float, every: float = 0.2) -> int:
@@ -621,7 +621,7 @@ class Chain:
         """On a local dev node (anvil, Hardhat) that mines only when a transaction comes,
         mine an empty block, so something waiting for a later block (a round's draw) is not
         waiting for someone else's transaction; elsewhere nothing. True if a block was mined."""
-        from .keys import dev_node_kind
+        from ledger.ethereum.keys import dev_node_kind
 
         if dev_node_kind(self.w3) is None:
             return False

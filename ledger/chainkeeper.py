@@ -7,7 +7,7 @@ anvil, copies each complete dump to ``state.good.json`` (temp file + fsync +
 rename), so ``chain up`` after such a kill restores a state at most one interval
 older than the lost one. It exits when anvil does.
 
-    python -m ledger.chainkeeper --pid PID --state STATE --good GOOD [--period S]
+    python -m ledger.services.chainkeeper --pid PID --state STATE --good GOOD [--period S]
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import os
 import time
 from pathlib import Path
 
-from . import atomic
-from .procs import Stopped, on_stop_signals, pid_alive
+from ledger import atomic
+from ledger.services.procs import Stopped, on_stop_signals, pid_alive
 
 
 def complete_json(data: bytes) -> bool:
@@ -58,7 +58,7 @@ def keep(pid: int, state: Path, good: Path, period: float) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ledger.chainkeeper", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m ledger.services.chainkeeper", description=__doc__.split("\n\n")[0])
     ap.add_argument("--pid", type=int, required=True)
     ap.add_argument("--state", type=Path, required=True)
     ap.add_argument("--good", type=Path, required=True)

@@ -24,8 +24,8 @@ from typing import Mapping
 import numpy as np
 import safetensors.numpy
 
-from . import safejson
-from .errors import CheckpointFormatError
+from ledger import safejson
+from ledger.errors import CheckpointFormatError
 
 META_KEY = "ledger"
 MAX_HEADER = 16 << 20  # a header larger than this is not a checkpoint of ours

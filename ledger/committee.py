@@ -145,7 +145,7 @@ def decode_ballot(raw: bytes) -> list[Entry]:
 
 def tally(votes: Iterable, comms: Mapping[int, Sequence[str]], quorum: int, deadline: int) -> Tally:
     """What a round's votes decide. ``votes``: the round's ``CommitteeVoted`` events in chain
-    order (``ledger.contract.Vote``: aggregator, ballot, timestamp). Counted: the first vote
+    order (``ledger.ethereum.contract.Vote``: aggregator, ballot, timestamp). Counted: the first vote
     of each aggregator mined at or before ``deadline`` (a chain timestamp), and in it the
     entries for contributions that aggregator was drawn for; a pair decides once
     ``quorum`` members voted for it, and the first pair to get there stands."""

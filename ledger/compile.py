@@ -21,14 +21,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import DEFAULT_CONTRACT, artifact_path, dumps_artifact
-from .errors import ConfigError, LedgerError
-from .procs import PROJECT_ROOT
+from ledger.ethereum.artifacts import DEFAULT_CONTRACT, artifact_path, dumps_artifact
+from ledger.errors import ConfigError, LedgerError
+from ledger.services.procs import PROJECT_ROOT
 
 SOLC_VERSION = "0.8.28"
 NPM_WRAPPER = PROJECT_ROOT / "tools" / "solc-npm"
 # Every contract deployed: TrainingLedger and the external libraries linked into it
-# (deployed first; ``ledger.deploy`` links their addresses in).
+# (deployed first; ``ledger.ethereum.deploy`` links their addresses in).
 LIBRARIES = ["JobLib", "SettlementLib", "CommitteeLib"]
 CONTRACTS = [DEFAULT_CONTRACT, *LIBRARIES]
 CONTRACTS_SUBDIR = "contracts"

@@ -3,7 +3,7 @@
 One ``Settings`` object is built per CLI invocation (``load_settings``) and passed
 down; nothing else reads ``os.environ`` for configuration. Secrets (private keys,
 passwords) are *not* settings: they are read from the environment only at the
-moment they are needed (see ``ledger.keys``) so they never sit in a repr or a log.
+moment they are needed (see ``ledger.ethereum.keys``) so they never sit in a repr or a log.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ledger.errors import ConfigError
 
 DEFAULT_TOML = "ledger.toml"
 

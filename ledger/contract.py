@@ -6,7 +6,7 @@ checksummed ``str``, verdicts as ``list[int]``, round status as a ``str``
 (``none``/``open``/``closed``/``finalized``/``skipped``).
 
 A CID is stored on chain as its root's sha2-256 digest beside the object's size;
-with the job's CID version that rebuilds the CID (``ledger.cid``). This module is
+with the job's CID version that rebuilds the CID (``ledger.store.cid``). This module is
 the only one that converts between the two forms: every other module sees text.
 
 ``commitment_of``, ``outcome_of`` and ``commit_hash_of`` recompute off chain exactly
@@ -28,10 +28,10 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 
-from .artifacts import load_artifact
-from .chain import Chain, plain_value
-from .cid import cid_from_chain, cid_to_chain
-from .errors import ChainUnreachable, ContractReverted, LedgerError
+from ledger.ethereum.artifacts import load_artifact
+from ledger.ethereum.chain import Chain, plain_value
+from ledger.store.cid import cid_from_chain, cid_to_chain
+from ledger.errors import ChainUnreachable, ContractReverted, LedgerError
 
 ZERO32 = b"\0" * 32
 
@@ -134,7 +134,7 @@ class JobParams:
     slash_bps: int = 0        # basis points of a worker's remaining stake slashed per cheating rejection
     aggregator_bps: int = 0   # basis points of each round's reward paid to the finalizing quorum
     reward: int = 0           # wei sent with createJob: the job's reward pool
-    # verification committees (ledger.committee), enforced on chain: the policy's
+    # verification committees (ledger.protocol.committee), enforced on chain: the policy's
     # committee_size, committee_quorum and vote_window (size 0: every aggregator judges everything)
     committee_size: int = 0
     committee_quorum: int = 0
@@ -330,7 +330,7 @@ class Grant:
 
 @dataclass
 class Vote:
-    """One ``CommitteeVoted`` event: ``aggregator``'s packed ballot (``ledger.committee``)."""
+    """One ``CommitteeVoted`` event: ``aggregator``'s packed ballot (``ledger.protocol.committee``)."""
 
     job_id: int
     round: int
@@ -491,7 +491,7 @@ class TrainingLedger:
 
     def submit_batch(self, job_id: int, round: int, parent: bytes, roster: Sequence[str],
                      signed: Sequence[Any]) -> dict:
-        """Relay workers' signed submissions (``ledger.batch.SignedSubmission``) in one
+        """Relay workers' signed submissions (``ledger.protocol.batch.SignedSubmission``) in one
         transaction; ``roster`` is the job's workers in index order (``getWorkers``)."""
         index = {to_checksum_address(w): i for i, w in enumerate(roster)}
         entries = []
@@ -837,7 +837,7 @@ class TrainingLedger:
 
     def round_workers(self, job_id: int, round: int, info: JobInfo | None = None) -> list[str]:
         """The worker indexes of ``round`` (what a settlement's credits are indexed by)."""
-        from .settlement import round_workers
+        from ledger.protocol.settlement import round_workers
 
         info = info or self.job(job_id)
         return round_workers(info.workers, self.joins(job_id) if info.is_open else (), round)

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digest import to_hex
-from .errors import LedgerError
+from ledger.digest import to_hex
+from ledger.errors import LedgerError
 
 CHUNK = 64
 LEAF, NODE, ROOT = b"\x00", b"\x01", b"\x02"

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from . import atomic
-from .config import Settings
-from .errors import (
+from ledger import atomic
+from ledger.config import Settings
+from ledger.errors import (
     ChainUnreachable,
     LedgerError,
     NoDeployment,
@@ -100,7 +100,7 @@ def resolve_rpc_url(settings: Settings) -> str:
     """settings.rpc_url, else the running local chain of `ledger chain up`, else ChainUnreachable."""
     if settings.rpc_url:
         return settings.rpc_url
-    from . import anvil
+    from ledger.services import anvil
 
     url = anvil.local_rpc_url(settings)
     if url:
@@ -119,7 +119,7 @@ def resolve_rpc_url(settings: Settings) -> str:
 
 def connect(settings: Settings, account=None):
     """A Chain for the configured endpoint, checking settings.chain_id."""
-    from .chain import Chain
+    from ledger.ethereum.chain import Chain
 
     url = resolve_rpc_url(settings)
     chain = Chain.connect(url, account=account, expected_chain_id=settings.chain_id)
@@ -158,7 +158,7 @@ def _artifact_runtime(artifact: dict) -> tuple[bytes, list[tuple[int, int]]]:
     ranges = [(int(e["start"]), int(e["length"])) for entries in refs.values() for e in entries]
     links = artifact.get("deployedLinkReferences") or {}
     if links:  # a linked library's address is the deployment's, not the build's: masked like an immutable
-        from .artifacts import link, linked_libraries
+        from ledger.ethereum.artifacts import link, linked_libraries
 
         code = link(str(code), links, {name: "0x" + "00" * 20 for name in linked_libraries(links)})
         ranges += [(int(e["start"]), int(e["length"])) for libs in links.values() for es in libs.values() for e in es]
@@ -207,7 +207,7 @@ def check_code(chain, address: str, what: str, record: DeploymentRecord | None =
     deployment, a mismatch caused by a recompiled artifact says so.
     """
     fix = "fix the deployment record or set --contract / LEDGER_CONTRACT" if record is not None else f"fix {what}"
-    from .artifacts import artifact_sha256, load_artifact
+    from ledger.ethereum.artifacts import artifact_sha256, load_artifact
 
     code = _code_at(chain, address, what)
     if not code:
@@ -257,10 +257,10 @@ def linked_addresses(code: bytes, artifact: dict) -> dict[str, str]:
 
 
 def deploy_contracts(chain, context: str = "deploy") -> tuple[dict, dict[str, str]]:
-    """Deploy every library TrainingLedger links (``ledger.compile.LIBRARIES``), then
+    """Deploy every library TrainingLedger links (``ledger.ethereum.compile.LIBRARIES``), then
     TrainingLedger linked to them, from the committed artifacts, with ``chain``'s account.
     Returns (TrainingLedger's deployment receipt, library name -> address)."""
-    from .artifacts import link, linked_libraries, load_artifact
+    from ledger.ethereum.artifacts import link, linked_libraries, load_artifact
 
     art = load_artifact()
     libraries: dict[str, str] = {}
@@ -297,7 +297,7 @@ def _checksum(address: str, what: str = "--contract / LEDGER_CONTRACT or the dep
 
 def verify_deployment(chain, record: DeploymentRecord) -> list[str]:
     """Check the record against the chain and the artifact; returns warnings, raises on failure."""
-    from .artifacts import artifact_sha256
+    from ledger.ethereum.artifacts import artifact_sha256
 
     if int(chain.chain_id) != int(record.chain_id):
         raise WrongChain(f"the deployment record is for chain {record.chain_id}, but the endpoint is chain {chain.chain_id}")
@@ -336,8 +336,8 @@ def deploy(
     local dev chain (31337) with no account configured, anvil's dev account 0 (said via
     ``notify``). Refuses to replace an existing record unless ``force``.
     """
-    from . import keys
-    from .artifacts import artifact_sha256
+    from ledger.ethereum import keys
+    from ledger.ethereum.artifacts import artifact_sha256
 
     chain = connect(settings)
     path = record_path(settings, chain.chain_id)
@@ -412,7 +412,7 @@ def open_ledger(settings: Settings, account=None):
     deployment record for the connected chain) and check its code against the artifact
     (once per process). ``account`` (a LocalAccount) signs transactions; None = read-only.
     """
-    from .contract import TrainingLedger
+    from ledger.ethereum.contract import TrainingLedger
 
     chain = connect(settings, account=account)
     record = None

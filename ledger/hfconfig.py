@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import LedgerError
+from ledger.errors import LedgerError
 
 MODEL_TYPES = ("gpt2", "llama")
 # Bounds every size must stay within before anything is built from it.

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .digest import short, to_hex
-from .tables import text_table
-from .verdicts import describe
+from ledger.digest import short, to_hex
+from ledger.tables import text_table
+from ledger.protocol.verdicts import describe
 
 
 @dataclass
@@ -140,7 +140,7 @@ def render_timeline(h: JobHistory) -> str:
 
 
 def _ballot_text(raw: bytes) -> str:
-    from .committee import decode_ballot
+    from ledger.protocol.committee import decode_ballot
 
     try:
         entries = decode_ballot(raw)
@@ -408,7 +408,7 @@ def event_line(e) -> str:
     if e.name == "UpdateSubmitted":
         detail = f"{a.get('numSamples')} samples"
     elif e.name == "BatchSubmitted":
-        from .contract import batch_entries
+        from ledger.ethereum.contract import batch_entries
 
         try:
             workers = ", ".join(w for w, *_ in batch_entries(bytes(a.get("entries", b""))))

@@ -2,7 +2,7 @@
 
 ``ipfs up`` starts ``ipfs-node/server.mjs`` (Helia, filesystem blockstore in
 ``<data_dir>/ipfs/repo``, always passed as an absolute path) with its RPC API on
-127.0.0.1 (or the ``--host`` given, see ``ledger.listen``), the way ``ledger.anvil``
+127.0.0.1 (or the ``--host`` given, see ``ledger.services.listen``), the way ``ledger.services.anvil``
 runs the chain: a ``LocalService`` with a pidfile and a log in ``<data_dir>/ipfs``. It
 serves the part of Kubo's RPC API the IPFS backend uses, so the same code talks to a
 user's Kubo.
@@ -33,11 +33,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import listen
-from . import safejson
-from .config import Settings
-from .errors import ConfigError, StorageUnreachable
-from .procs import PROJECT_ROOT, LocalService, ServiceInfo
+from ledger.services import listen
+from ledger import safejson
+from ledger.config import Settings
+from ledger.errors import ConfigError, StorageUnreachable
+from ledger.services.procs import PROJECT_ROOT, LocalService, ServiceInfo
 
 NODE_DIR = PROJECT_ROOT / "ipfs-node"
 READY = r"listening on \S+:(\d+)"

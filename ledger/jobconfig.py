@@ -19,8 +19,9 @@ import pydantic
 import pydantic.dataclasses
 from pydantic import ConfigDict, Field
 
-from . import hfconfig, safejson
-from .digest import sha256_bytes
+from ledger.protocol import hfconfig
+from ledger import safejson
+from ledger.digest import sha256_bytes
 
 FORMAT = "training-ledger/job/1"
 MERGE_RULES = ("fedavg", "median", "trimmed_mean", "krum")
@@ -171,7 +172,7 @@ class ModelSpec:
 
     @property
     def token_bytes(self) -> int:
-        """Bytes per token in a data stream (``ledger.datacommit`` commits to such streams):
+        """Bytes per token in a data stream (``ledger.protocol.datacommit`` commits to such streams):
         1 for the byte GPT (the stream is the text), 2 up to 65,536 tokens, else 4."""
         if self.kind == "byte-gpt":
             return 1
@@ -249,7 +250,7 @@ class Policy:
     # TRANSCRIPT_UNREVEALED / WINDOWS_UNREVEALED. Must sit well inside the proposal
     # window (checked at job creation; 0 there means a minute, at most half the window).
     reveal_window: _int(0, MAX_UINT32 // 2) = 0
-    # Verification committees (ledger.committee): each contribution is judged in depth
+    # Verification committees (ledger.protocol.committee): each contribution is judged in depth
     # (validation, replay) by committee_size aggregators drawn after the round closes,
     # whose committee_quorum identical votes (0 = a majority of the committee) decide it;
     # every aggregator still runs the cheap checks on all and merges. Votes count until
@@ -309,7 +310,7 @@ class ShardSpec:
 
 @_spec
 class DataRoot:
-    """A worker's commitment to its private data (``ledger.datacommit``)."""
+    """A worker's commitment to its private data (``ledger.protocol.datacommit``)."""
 
     root: str         # 0x-hex of commitment_of(merkle root, length)
     num_bytes: _int(1, 2**63 - 1)
@@ -356,7 +357,7 @@ class WrappedKey:
 
 @_spec
 class AccessSpec:
-    """Who may read what (``ledger.sealing``). ``keys``: the public keys the job seals to
+    """Who may read what (``ledger.privacy.sealing``). ``keys``: the public keys the job seals to
     (every aggregator and named auditor where anything is sealed; workers too in a private
     job). ``auditors``: named auditors, given the drawn windows and seeds as the verifiers
     are. ``private``: every artifact of the job is stored encrypted under the job key,
@@ -371,7 +372,7 @@ class AccessSpec:
     def check(self) -> None:
         """Every key proves its address; every auditor has a key; a private job has a key
         for someone (the config comes from storage: whoever made the job chose its bytes)."""
-        from .sealing import SealError, address_of, parse_public_key
+        from ledger.privacy.sealing import SealError, address_of, parse_public_key
 
         seen = set()
         for i, k in enumerate(self.keys):
@@ -391,7 +392,7 @@ class AccessSpec:
             raise ConfigValueError("access.job_key", "a private job wraps its key to at least one member")
 
     def public_key(self, address: str) -> bytes | None:
-        from .sealing import parse_public_key
+        from ledger.privacy.sealing import parse_public_key
 
         for k in self.keys:
             if k.address.lower() == address.lower():
@@ -549,7 +550,7 @@ class JobConfig:
 
     @property
     def seals(self) -> bool:
-        """Whether workers seal what they reveal to their verifiers (``ledger.sealing``): the
+        """Whether workers seal what they reveal to their verifiers (``ledger.privacy.sealing``): the
         drawn windows of their own text, a DP job's drawn noise seeds. Drawn snapshots are
         model states, not text, and stay public unless the whole job is private."""
         return self.data.private or self.dp_replays

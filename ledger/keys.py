@@ -35,9 +35,9 @@ from typing import Mapping
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from .config import Settings
-from . import safejson
-from .errors import AccountError, ConfigError
+from ledger.config import Settings
+from ledger import safejson
+from ledger.errors import AccountError, ConfigError
 
 MAX_KEYSTORE_BYTES = 1 << 20   # a keystore file is about 500 bytes
 
@@ -114,7 +114,7 @@ def _scan(settings: Settings) -> tuple[list[KeystoreEntry], list[str]]:
 
 def _public_key(data: dict, address: str) -> str | None:
     """The entry's public key, if it records one that is its address's (else none)."""
-    from .sealing import SealError, address_of, parse_public_key, public_key_hex
+    from ledger.privacy.sealing import SealError, address_of, parse_public_key, public_key_hex
 
     try:
         pub = parse_public_key(str(data.get("publicKey") or ""))
@@ -167,7 +167,7 @@ def new_account(
     final = d / f"{name}.json"
     if final.exists():
         raise AccountError(f"a keystore account named {name!r} already exists ({final}); choose another --name")
-    from .sealing import public_key_hex, public_key_of
+    from ledger.privacy.sealing import public_key_hex, public_key_of
 
     keystore = Account.encrypt(acct.key, password, kdf=kdf)
     # the public key beside it, so others can seal to this account without its password
@@ -364,10 +364,10 @@ def fund_local(chain, address: str, wei: int, force: bool = False) -> int:
     """Add ``wei`` to ``address`` on a local dev node (anvil's ``anvil_setBalance`` or
     Hardhat's ``hardhat_setBalance``); returns the new balance.
 
-    ``chain`` is a ``ledger.chain.Chain`` (or anything with ``.w3``, or a Web3).
+    ``chain`` is a ``ledger.ethereum.chain.Chain`` (or anything with ``.w3``, or a Web3).
     Refuses chain ids other than 31337 unless ``force``.
     """
-    from .errors import ChainUnreachable
+    from ledger.errors import ChainUnreachable
 
     w3 = getattr(chain, "w3", chain)
     if not is_address(address):
@@ -406,9 +406,9 @@ def transfer(chain, account: LocalAccount, to: str, wei: int, timeout: float = 1
     """Send ``wei`` from ``account`` (signed here, never by the node) to ``to``; the receipt.
 
     For funding parties from a key the user lends (``ledger demo`` on a chain it did not
-    start). ``chain`` is a ``ledger.chain.Chain``; errors come back as LedgerErrors naming
+    start). ``chain`` is a ``ledger.ethereum.chain.Chain``; errors come back as LedgerErrors naming
     the sender's address, never its key."""
-    from .errors import InsufficientFunds, TransactionFailed
+    from ledger.errors import InsufficientFunds, TransactionFailed
 
     w3 = chain.w3
     if not is_address(to):

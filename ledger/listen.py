@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .errors import ConfigError
+from ledger.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 

@@ -9,7 +9,7 @@ shows a job's parties side by side (``deploy/grafana/ledger.json``).
 
 Bytes stored and fetched are counted by wrapping the party's store (``counting``),
 chain and storage outages where roles wait them out (``node.context.JobContext``).
-``ledger watch`` serves its own registry (``ledger.watch_server``), not this one.
+``ledger watch`` serves its own registry (``ledger.monitor.watch_server``), not this one.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def serve(role: str, party: str, job: int | str | None, port: int, host: str = "
     """Serve this process's metrics on ``host:port`` (0: a free port); returns the port."""
     _party.update(role=role, party=str(party), ledger_job="" if job is None else str(job))
     UP.labels(**_l()).set(1)
-    from . import chain
+    from ledger.ethereum import chain
 
     BLOCK.labels(**_l()).set_function(lambda: chain.last_block_seen)
     # every series at 0 from the start: a dashboard's query returns each party before it acts
@@ -88,7 +88,7 @@ def trained(metrics: dict) -> None:
 
 def judged(reports) -> None:
     """An aggregator judged a round: one ``verify.Report`` per contribution."""
-    from .verdicts import describe
+    from ledger.protocol.verdicts import describe
 
     parent_loss, accepted = None, []
     for rep in reports:

@@ -24,9 +24,9 @@ def open_party(settings, need_account: bool = True):
     """(ledger, store, account) of the party the settings name. An auditor needs none, but
     is given the one it configured (``--account``, ``LEDGER_PRIVATE_KEY``): a named or
     granted auditor opens with it what is sealed to it; without one it is None."""
-    from .deploy import open_ledger
-    from .keys import ENV_PRIVATE_KEY, load_account
-    from .store import open_store
+    from ledger.ethereum.deploy import open_ledger
+    from ledger.ethereum.keys import ENV_PRIVATE_KEY, load_account
+    from ledger.store import open_store
 
     configured = bool(settings.account or os.environ.get(ENV_PRIVATE_KEY))
     account = load_account(settings, settings.account) if need_account or configured else None

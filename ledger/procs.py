@@ -3,7 +3,7 @@
 A service lives in its own directory with ``service.json`` (pid, port, url, command)
 and ``service.log``. ``start`` is idempotent and refuses a second instance on the
 same directory; ``stop`` sends SIGTERM (so anvil writes its state) and waits, then
-SIGKILL as a last resort. Servers listen on 127.0.0.1 unless given a host (ledger.listen).
+SIGKILL as a last resort. Servers listen on 127.0.0.1 unless given a host (ledger.services.listen).
 
 Also what every long-running command shares: ``on_stop_signals`` (SIGINT, SIGTERM and
 SIGHUP raise ``Stopped``, so the command unwinds and stops what it started) and
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import AlreadyRunning, LedgerError
+from ledger.errors import AlreadyRunning, LedgerError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,7 +36,7 @@ again by the verifier (``verify_merged``, through a ``merge`` the caller gives: 
 CLI's uses ``node``), so a signer cannot pass off other weights under a true record.
 
 A private job's export is sealed at rest like every other artifact of the job: each
-file ``NAME`` is written as ``NAME.sealed``, ``ledger.sealing.encrypt_artifact`` under
+file ``NAME`` is written as ``NAME.sealed``, ``ledger.privacy.sealing.encrypt_artifact`` under
 the job key. The statement's subjects stay the plaintext files and digests (what a
 member holds once it decrypts, and what the checks below compare); the predicate's
 ``export.sealed`` adds the key id and each sealed file's sha256, so anyone can check
@@ -64,10 +64,10 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
 from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Key, Signature, Signer
 
-from . import safejson
-from .digest import to_hex
-from .errors import LedgerError
-from .jobconfig import canonical_json
+from ledger import safejson
+from ledger.digest import to_hex
+from ledger.errors import LedgerError
+from ledger.protocol.jobconfig import canonical_json
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -236,7 +236,7 @@ def _accepted(rh) -> list:
 
 def chain_record(ledger, history) -> dict:
     """The predicate's chain-derived sections (``CHAIN_SECTIONS``) from a job's history
-    (``ledger.history.load_history``): what the verifier recomputes and compares."""
+    (``ledger.trail.history.load_history``): what the verifier recomputes and compares."""
     j = history.job
     rounds = []
     for rh in history.rounds:
@@ -384,8 +384,8 @@ class ExportCheck:
             return safejson.read_bytes(f, what=name, max_bytes=max_bytes)
         if self.key is None:
             raise ExportError(f"{name} is sealed under the job key, which was not given")
-        from .sealing import decrypt_artifact
-        from .store.sealed import OVERHEAD
+        from ledger.privacy.sealing import decrypt_artifact
+        from ledger.store.sealed import OVERHEAD
 
         return decrypt_artifact(self.key, safejson.read_bytes(self.folder / (name + SEALED_SUFFIX),
                                                               what=name + SEALED_SUFFIX, max_bytes=max_bytes + OVERHEAD))
@@ -522,7 +522,7 @@ def _check_sealed(check: ExportCheck, name: str) -> None:
     if check.key is None:
         check.unread.add(name)
         return
-    from .sealing import SealError
+    from ledger.privacy.sealing import SealError
 
     try:
         plain = check.read(name, f.stat().st_size)     # no larger than its ciphertext
@@ -608,8 +608,8 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
     caller's: merging needs torch and peft, which this module never imports; without
     one, ``check.weights`` says the merged model was not compared). Appends one line per
     difference to ``check.failures``."""
-    from .errors import ContractReverted, StorageError
-    from .history import load_history
+    from ledger.errors import ContractReverted, StorageError
+    from ledger.trail.history import load_history
 
     bad, p = check.failures, check.predicate
     check.chain_checked = True
@@ -642,7 +642,7 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
         bad.append(f"audit: the statement's audit verdict is {audit.get('status')!r}, not OK")
     model = None
     if store is not None:
-        from .jobconfig import JobConfig
+        from ledger.protocol.jobconfig import JobConfig
 
         info = ledger.job(jid)
         try:
@@ -661,7 +661,7 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
         if check.key is None:
             check.weights = "not compared: the job is private and its key was not given"
             return check
-        from .store.sealed import SealedStore
+        from ledger.store.sealed import SealedStore
 
         store = SealedStore(store, check.key)
     if store is not None and expected["job"]["completed"]:
@@ -687,9 +687,9 @@ def verify_weights(check: ExportCheck, store, final: dict, merged=None) -> Expor
     files are then bound to the chain by the exporter's signature alone. For a LoRA job
     ``merged(adapter)`` gives the merged model that ``model.safetensors`` must hold
     (``verify_merged``)."""
-    from . import checkpoint
-    from .digest import from_hex
-    from .errors import StorageError
+    from ledger.store import checkpoint
+    from ledger.digest import from_hex
+    from ledger.errors import StorageError
 
     name = ((check.predicate.get("export") or {}).get("checkpointFile")) or ""
     if name not in check.files:
@@ -739,7 +739,7 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
     the store, no torch) ``check.weights`` says so and nothing fails."""
     import numpy as np
 
-    from . import checkpoint
+    from ledger.store import checkpoint
 
     name = "model.safetensors"
     if name not in check.files or name in check.unsound:
@@ -774,7 +774,7 @@ def verify_merged(check: ExportCheck, merged, adapter: dict) -> ExportCheck:
 def _read_f32(check: ExportCheck, name: str, max_bytes: int) -> dict | None:
     """The float32 tensors of the export's file ``name``, its size bounded before reading;
     None (with one failure line) when it is no such file."""
-    from . import checkpoint
+    from ledger.store import checkpoint
 
     try:
         data = check.read(name, max_bytes)

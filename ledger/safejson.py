@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from .errors import LedgerError
+from ledger.errors import LedgerError
 
 MAX_BYTES = 64 << 20          # no JSON this project reads is near this
 MAX_DEPTH = 32                # the deepest legitimate document here nests about 6 levels

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 
 from eth_utils import keccak, to_checksum_address
 
-from .errors import LedgerError
+from ledger.errors import LedgerError
 
 ENVELOPE_MAGIC = b"TLENV1\0"
 ARTIFACT_MAGIC = b"TLSEAL1\0"

@@ -31,8 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .contract import Settlement
-from .verdicts import Verdict
+from ledger.ethereum.contract import Settlement
+from ledger.protocol.verdicts import Verdict
 
 CREDIT_QUANTUM = 1e-3  # nats of validation loss per credit unit
 AUDIT_LOSS_SLACK = 1e-5  # nats: how far another machine's loss may lie from the quorum's
@@ -56,7 +56,7 @@ def credit_of(verdict: int, metrics: Mapping[str, Any] | None, num_samples: int,
         return 0
     m = metrics or {}
     if m.get("committee_credit") is not None:
-        return int(m["committee_credit"])   # its verification committee measured it (ledger.committee)
+        return int(m["committee_credit"])   # its verification committee measured it (ledger.protocol.committee)
     if m.get("val_loss") is None or m.get("parent_val_loss") is None:
         return max(1, int(num_samples))
     gain = float(m["parent_val_loss"]) - float(m["val_loss"]) + slack

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import LedgerError
+from ledger.errors import LedgerError
 
 MAX_TOKENIZER_BYTES = 64 * 1024 * 1024
 _DTYPES = {1: np.uint8, 2: np.dtype("<u2"), 4: np.dtype("<u4")}
@@ -81,7 +81,7 @@ def model_dir_tokenizer(d) -> tuple[object, int]:
     ``ledger data commit --model DIR`` tokenizes with."""
     from pathlib import Path
 
-    from . import safejson
+    from ledger import safejson
 
     d = Path(d)
     try:

@@ -1,6 +1,6 @@
 """A running job as plain data, for ``ledger watch`` (the live page) and its /metrics.
 
-``view(history, now, ...)`` turns a ``ledger.history.JobHistory`` (the chain's events
+``view(history, now, ...)`` turns a ``ledger.trail.history.JobHistory`` (the chain's events
 and views, nothing else) into one JSON-ready dict: the rounds as a timeline, each
 contribution's state (submitted, disclosed, committee votes, each aggregator's
 verdict, the finalized verdict with its reason), each party's last action and lag,
@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .digest import short, to_hex
-from .history import JobHistory, RoundHistory, eth, skip_text, worker_table
-from .verdicts import describe
+from ledger.digest import short, to_hex
+from ledger.trail.history import JobHistory, RoundHistory, eth, skip_text, worker_table
+from ledger.protocol.verdicts import describe
 
 DEFAULT_LATE_AFTER = 30.0
 
@@ -128,7 +128,7 @@ def parties(h: JobHistory, now: float) -> list[dict]:
 
 def contributions(rh: RoundHistory, disclosed: set[str], losses: dict) -> list[dict]:
     """Each submission of a round: its state, the verdicts each aggregator revealed and the committees' votes."""
-    from .committee import decode_ballot
+    from ledger.protocol.committee import decode_ballot
 
     final = rh.quorum_proposals()
     final_verdicts = list(final[0].verdicts) if final else []

@@ -1,10 +1,10 @@
 """``ledger watch``: a job's live page, served by Starlette under uvicorn.
 
 One thread (``Watcher``) re-reads the job's history from the chain every ``poll``
-seconds (``ledger.history.load_history``: public events and views only) and the
+seconds (``ledger.trail.history.load_history``: public events and views only) and the
 training loss each contribution's checkpoint metadata reports (fetched from storage
 and checked against its on-chain digest; never anything else of it), and keeps the
-latest ``ledger.watch.view`` as JSON. The page (``templates/watch.html.j2``) holds no
+latest ``ledger.monitor.watch.view`` as JSON. The page (``templates/watch.html.j2``) holds no
 data of its own: it opens ``/events`` (server-sent events) and redraws on each state
 that differs from the last, so nothing reloads. ``/state.json`` is the same state;
 ``/metrics`` serves the health flags and each party's idle time for Prometheus.
@@ -25,12 +25,12 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import checkpoint
-from .errors import LedgerError
-from .history import load_history
-from .watch import DEFAULT_LATE_AFTER, view
+from ledger.store import checkpoint
+from ledger.errors import LedgerError
+from ledger.trail.history import load_history
+from ledger.monitor.watch import DEFAULT_LATE_AFTER, view
 
-log = logging.getLogger("ledger.watch")
+log = logging.getLogger("ledger.monitor.watch")
 
 # Contributions bigger than this are not fetched for the loss their metadata reports:
 # the store has no range reads, and a watcher should not pull whole large models.

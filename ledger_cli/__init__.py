@@ -11,7 +11,7 @@ and ``verify-export`` work without torch.
 Errors the user can act on (``LedgerError``) print one line and exit with their
 code (``ledger.errors``: 0 OK, 1 FAILED, 2 usage or environment, 3 INCOMPLETE); so do
 a file or folder the system refuses (``OSError``). Nothing prints a traceback unless
-``LEDGER_DEBUG=1``. SIGINT, SIGTERM and SIGHUP unwind the command (``ledger.procs.Stopped``),
+``LEDGER_DEBUG=1``. SIGINT, SIGTERM and SIGHUP unwind the command (``ledger.services.procs.Stopped``),
 so it stops what it started; one line says so, exit 128 + the signal's number.
 """
 
@@ -25,7 +25,7 @@ from typing import Sequence
 
 from ledger.config import load_settings
 from ledger.errors import USAGE, ConfigError, LedgerError
-from ledger.procs import on_stop_signals
+from ledger.services.procs import on_stop_signals
 
 from . import (account_cmds, aggregator_cmds, audit_cmds, chain_cmds, compile_cmd, data_cmds, demo_cmds,
                export_cmds, job_cmds, relay_cmds, round_cmds, storage_cmds, watch_cmd)

@@ -63,7 +63,7 @@ def register(sub) -> None:
 
 def _new(args, settings) -> int:
     from ledger.errors import AccountError
-    from ledger.keys import ENV_PRIVATE_KEY, new_account, read_password
+    from ledger.ethereum.keys import ENV_PRIVATE_KEY, new_account, read_password
 
     key = None
     if args.import_env_key:
@@ -79,7 +79,7 @@ def _new(args, settings) -> int:
 
 
 def _list(args, settings) -> int:
-    from ledger.keys import keystore_problems, list_accounts
+    from ledger.ethereum.keys import keystore_problems, list_accounts
 
     entries = list_accounts(settings)
     for problem in keystore_problems(settings):
@@ -95,8 +95,8 @@ def _list(args, settings) -> int:
 
 def _balance(args, settings) -> int:
     from ledger.errors import LedgerError
-    from ledger.keys import is_address
-    from ledger.party import open_party
+    from ledger.ethereum.keys import is_address
+    from ledger.ethereum.party import open_party
 
     if args.address is not None and not is_address(args.address):
         raise LedgerError(f"{args.address!r} is not an address (0x followed by 40 hex digits)")
@@ -107,8 +107,8 @@ def _balance(args, settings) -> int:
 
 
 def _withdraw(args, settings) -> int:
-    from ledger.chain import tx_hash_of
-    from ledger.party import open_party
+    from ledger.ethereum.chain import tx_hash_of
+    from ledger.ethereum.party import open_party
 
     ledger, _, account = open_party(settings)
     amount = ledger.balance_of(account.address)

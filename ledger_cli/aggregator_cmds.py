@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .common import add_command
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import add_job_arg, add_metrics_args, float_in, int_in, spec_range, start_metrics
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from .common import add_command
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import add_job_arg, float_in, spec_range, writable_file
 
@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 
 def _history(args, settings) -> int:
-    from ledger.history import load_history, render_timeline, to_json
+    from ledger.trail.history import load_history, render_timeline, to_json
 
     if args.follow and args.json:
         from ledger.errors import ConfigError
@@ -57,7 +57,7 @@ def _history(args, settings) -> int:
         raise ConfigError("--follow prints one line per event; leave out --json (or use `ledger watch`)")
     ledger, store, _ = open_party(settings, need_account=False)
     if args.follow:
-        from ledger.history import event_line, follow
+        from ledger.trail.history import event_line, follow
 
         ledger.job(args.job)        # an unknown job is the one error line, before anything is printed
         for e in follow(ledger, args.job, args.poll):
@@ -73,7 +73,7 @@ def _epsilon_of(store, job):
     """A DP job's epsilon per worker (its accountant needs torch: imported only for DP jobs);
     None when the job trains without DP or its config cannot be read now."""
     from ledger.errors import LedgerError
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     try:
         config = JobConfig.from_bytes(store.get(job.config_cid, job.config_digest, max_size=1 << 20))

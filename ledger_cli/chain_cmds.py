@@ -112,7 +112,7 @@ def _err(msg: str) -> None:
 
 def _resolve_address(settings, name_or_address: str) -> str:
     from ledger.errors import AccountError
-    from ledger.keys import find_account, is_address
+    from ledger.ethereum.keys import find_account, is_address
 
     if is_address(name_or_address):
         return name_or_address
@@ -141,8 +141,8 @@ def _age(seconds: float) -> str:
 
 
 def _fund_many(settings, url: str, targets: list[str], eth: float) -> None:
-    from ledger.chain import Chain
-    from ledger.keys import fund_local
+    from ledger.ethereum.chain import Chain
+    from ledger.ethereum.keys import fund_local
 
     chain = Chain.connect(url)
     wei = int(round(eth * 10**18))
@@ -156,7 +156,7 @@ def _fund_many(settings, url: str, targets: list[str], eth: float) -> None:
 
 
 def _up(args, settings) -> int:
-    from ledger import anvil, listen
+    from ledger.services import anvil, listen
 
     for t in args.fund:  # fail before starting anything on a bad name
         _resolve_address(settings, t)
@@ -185,7 +185,7 @@ def _up(args, settings) -> int:
 
 
 def _down(args, settings) -> int:
-    from ledger import anvil
+    from ledger.services import anvil
 
     recorded = anvil.service(settings).recorded()
     info = anvil.chain_down(settings)
@@ -203,7 +203,7 @@ def _down(args, settings) -> int:
 
 
 def _status(args, settings) -> int:
-    from ledger import anvil
+    from ledger.services import anvil
 
     st = anvil.chain_status(settings)
     ok = False
@@ -244,7 +244,7 @@ def _status(args, settings) -> int:
 
 
 def _fund(args, settings) -> int:
-    from ledger.deploy import resolve_rpc_url
+    from ledger.ethereum.deploy import resolve_rpc_url
 
     _fund_many(settings, resolve_rpc_url(settings), [args.address], args.eth)
     return 0
@@ -254,7 +254,7 @@ def _fund(args, settings) -> int:
 
 
 def _deploy(args, settings) -> int:
-    from ledger.deploy import deploy, record_path
+    from ledger.ethereum.deploy import deploy, record_path
 
     t0 = time.monotonic()
     rec = deploy(settings, account=None, force=args.force, notify=_err)
@@ -277,11 +277,11 @@ def _verify(args, settings) -> int:
 
 
 def _verify_code(settings) -> int:
-    from ledger.deploy import DeploymentRecord, connect, load_record, record_path, verify_deployment
+    from ledger.ethereum.deploy import DeploymentRecord, connect, load_record, record_path, verify_deployment
 
     chain = connect(settings)
     if settings.contract:
-        from ledger.deploy import check_code
+        from ledger.ethereum.deploy import check_code
 
         how = check_code(chain, settings.contract, settings.source_of("contract"))
         print(f"ok: {settings.contract} on chain {chain.chain_id} holds the TrainingLedger code ({how} match)")

@@ -85,7 +85,7 @@ def add_listen_args(p, default_port: str, exposes: str) -> None:
 
 
 def add_metrics_args(p) -> None:
-    """--metrics-port and --metrics-host of a long-running role (``ledger.metrics``)."""
+    """--metrics-port and --metrics-host of a long-running role (``ledger.monitor.metrics``)."""
     p.add_argument("--metrics-port", type=PORT, default=None, metavar="N",
                    help="serve Prometheus metrics on this port (0 = any free port, printed); off by default")
     p.add_argument("--metrics-host", metavar="ADDR", default=None,
@@ -99,7 +99,8 @@ def start_metrics(args, role: str, party: str, job, store=None):
         return store
     import sys
 
-    from ledger import listen, metrics
+    from ledger.services import listen
+    from ledger.monitor import metrics
 
     host = listen.check_host(args.metrics_host)
     try:
@@ -182,8 +183,8 @@ eth_amount.__name__ = "ETH amount"
 
 
 def show_eth(wei: int) -> str:
-    """Wei as ETH, exact (``ledger.history.eth``), with its unit."""
-    from ledger.history import eth
+    """Wei as ETH, exact (``ledger.trail.history.eth``), with its unit."""
+    from ledger.trail.history import eth
 
     return f"{eth(wei)} ETH"
 
@@ -234,7 +235,7 @@ SEED = int_in(0, 2**63 - 1)
 
 
 class spec_range:
-    """An argparse type with the range of a job-config field (``ledger.jobconfig``, the one
+    """An argparse type with the range of a job-config field (``ledger.protocol.jobconfig``, the one
     place ranges are written down), read when first needed: ``ledger --help`` does not
     import the config's validation. ``lo`` narrows the lower end (``--lora-rank``: 0 means
     "no LoRA" in a config, and is simply not given on the command line)."""
@@ -246,7 +247,7 @@ class spec_range:
     @property
     def _parse(self):
         if "_type" not in self.__dict__:
-            from ledger import jobconfig
+            from ledger.protocol import jobconfig
 
             kind, lo, hi, lo_open = jobconfig.limits(getattr(jobconfig, self.spec), self.field)
             if self.lo is not None:

@@ -33,9 +33,9 @@ def register(sub) -> None:
 def _compile(args, settings) -> int:
     from pathlib import Path
 
-    from ledger import compile as comp
+    from ledger.ethereum import compile as comp
     from ledger.errors import ConfigError
-    from ledger.procs import PROJECT_ROOT
+    from ledger.services.procs import PROJECT_ROOT
 
     root = Path(args.root).resolve() if args.root else PROJECT_ROOT
     if not (root / comp.CONTRACTS_SUBDIR).is_dir():

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def _commit(args, settings) -> int:
-    from ledger.datacommit import commit, commit_path, read_text_data
+    from ledger.protocol.datacommit import commit, commit_path, read_text_data
 
     if args.model in (None, "byte", "byte-gpt"):
         print(commit_path(args.path))        # streamed: a 100 MB file is never in memory at once
@@ -39,7 +39,7 @@ def _commit(args, settings) -> int:
         raise LedgerError(f"{args.path}: the file is empty; a worker needs text to train on")
     from pathlib import Path
 
-    from ledger.tokens import model_dir_tokenizer, text_stream
+    from ledger.protocol.tokens import model_dir_tokenizer, text_stream
 
     d = Path(args.model)
     if not d.is_dir():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import SEED, add_command, add_job_arg, float_in, int_in, spec_range, writable_file
 
@@ -83,9 +83,9 @@ def _demo(args, settings) -> int:
             raise ConfigError(f"--model {args.model}: not a folder and not a built-in model ({', '.join(BUILTINS)}); "
                               f"give a Hugging Face model directory (config.json, safetensors weights, tokenizer.json)")
     setup_logging()
-    from node.roles.demo import DemoOptions, run_demo
+    from node.commands.demo import DemoOptions, run_demo
 
-    from node.roles.demo import SMOLLM2_DEMO
+    from node.commands.demo import SMOLLM2_DEMO
 
     given = {k: v for k, v in vars(args).items() if v is not None}
     model_defaults = dict(SMOLLM2_DEMO) if args.model else {}
@@ -104,7 +104,7 @@ def _demo(args, settings) -> int:
 
 def _generate(args, settings) -> int:
     setup_logging()
-    from node.roles.generate import generate_verified
+    from node.commands.generate import generate_verified
 
     ledger, store, _ = open_party(settings, need_account=False)
     g = generate_verified(ledger, store, args.job, args.prompt, max_new_tokens=args.tokens,

@@ -2,7 +2,7 @@
 with a signed in-toto provenance statement, and the check of such a folder.
 
 ``export`` imports ``node`` (and torch) inside its handler; ``verify-export`` needs
-neither (``ledger.provenance``), so anyone can check an export without the training stack,
+neither (``ledger.trail.provenance``), so anyone can check an export without the training stack,
 except to recompute a LoRA job's merged ``model.safetensors`` (base + final adapter):
 that imports ``node`` (torch, peft) only then, and without it says the merge was not compared.
 
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from ledger.errors import LedgerError
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import add_command, add_job_arg
 
@@ -80,7 +80,7 @@ def register(sub) -> None:
 
 def _export(args, settings) -> int:
     setup_logging()
-    from node.roles.export import export_job
+    from node.commands.export import export_job
 
     ledger, store, account = open_party(settings)
     # progress as log lines on stderr; the result on stdout; a refusal is the one `error:` line
@@ -97,12 +97,12 @@ def _export(args, settings) -> int:
 
 
 def _merge_lora(ledger, store, job_id: int, adapter):
-    """A LoRA job's merged model, recomputed (``node.roles.export.merged_weights``);
+    """A LoRA job's merged model, recomputed (``node.commands.export.merged_weights``);
     imported here so that verify-export needs torch only for this."""
-    from ledger.provenance import ExportError
+    from ledger.trail.provenance import ExportError
 
     try:
-        from node.roles.export import merged_weights
+        from node.commands.export import merged_weights
     except ImportError as e:
         raise ExportError(f"the training stack is not installed ({e})") from None
     return merged_weights(ledger, store, job_id, adapter)
@@ -113,7 +113,7 @@ def _reader(settings):
     auditor's opens a private job's export); None otherwise."""
     import os
 
-    from ledger.keys import ENV_PRIVATE_KEY, load_account
+    from ledger.ethereum.keys import ENV_PRIVATE_KEY, load_account
 
     if not (settings.account or os.environ.get(ENV_PRIVATE_KEY)):
         return None
@@ -121,9 +121,9 @@ def _reader(settings):
 
 
 def _job_key(ledger, store, job_id: int, account) -> bytes | None:
-    from ledger import access
+    from ledger.protocol import access
     from ledger.errors import ContractReverted, StorageError
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     try:
         info = ledger.job(job_id)
@@ -136,7 +136,7 @@ def _job_key(ledger, store, job_id: int, account) -> bytes | None:
 def _verify(args, settings) -> int:
     from eth_utils import is_address
 
-    from ledger import provenance
+    from ledger.trail import provenance
 
     if args.signer and not is_address(args.signer):
         raise provenance.ExportError(f"--signer {args.signer} is not an Ethereum address")
@@ -145,7 +145,7 @@ def _verify(args, settings) -> int:
         raise provenance.ExportError("--unseal-to takes a private job's sealed export, checked against the chain "
                                      "(not --offline)")
     if check.statement is not None and not args.offline:
-        from ledger.deploy import open_ledger
+        from ledger.ethereum.deploy import open_ledger
         from ledger.store import open_store
 
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import (SEED, add_command, add_group, add_job_arg, add_metrics_args, device_name, eth_amount, float_in,
                      http_url, int_in, show_eth, spec_range, start_metrics, text_in)
@@ -257,8 +257,8 @@ def _resolve(settings, names: list[str], keys: dict | None = None) -> list[str]:
     is a keystore account name (no password needed). Public keys found on the way (given,
     or recorded in the keystore) are added to ``keys`` (address -> 64 bytes)."""
     from ledger.errors import AccountError
-    from ledger.keys import find_account, is_address
-    from ledger.sealing import address_of, parse_public_key
+    from ledger.ethereum.keys import find_account, is_address
+    from ledger.privacy.sealing import address_of, parse_public_key
 
     keys = {} if keys is None else keys
     out = []
@@ -330,7 +330,7 @@ def _check_create(args) -> None:
 
 
 def _grant(args, settings) -> int:
-    from ledger import access
+    from ledger.protocol import access
     from ledger.errors import AccountError
     from node.context import JobContext
 
@@ -344,7 +344,7 @@ def _grant(args, settings) -> int:
     if not ctx.config.access.private:
         raise AccountError(f"job {args.job} is not private: anyone can read it, there is no key to grant")
     receipt = access.grant(ledger, store, ctx.config, args.job, ledger.chain.account, keys[to])
-    from ledger.chain import tx_hash_of
+    from ledger.ethereum.chain import tx_hash_of
 
     print(f"granted job {args.job}'s key to {to} in tx {tx_hash_of(receipt)} (block {receipt['blockNumber']})")
     return 0
@@ -372,7 +372,7 @@ def _create(args, settings) -> int:
     auditors = _resolve(settings, args.auditor, keys)
     _check_parties(workers, aggregators)
     setup_logging()
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     from node.roles.owner import Economics, ModelChoice, create_job, describe
 
@@ -399,7 +399,7 @@ def _create(args, settings) -> int:
         if getattr(args, attr) is not None:
             setattr(section, key, getattr(args, attr))
     if args.dp_epsilon is not None:
-        from ledger.jobconfig import DPSpec
+        from ledger.protocol.jobconfig import DPSpec
 
         cfg.dp = DPSpec(epsilon=args.dp_epsilon)
         for attr, key in (("dp_delta", "delta"), ("dp_max_grad_norm", "max_grad_norm"), ("dp_accountant", "accountant")):
@@ -445,7 +445,7 @@ BF16_REPLAY_TOLERANCE = 0.1
 def _compress_spec(text: str):
     import argparse
 
-    from ledger.jobconfig import ConfigValueError, parse_compress
+    from ledger.protocol.jobconfig import ConfigValueError, parse_compress
 
     try:
         return parse_compress(text)
@@ -477,7 +477,7 @@ def _model_choice(args, settings):
 
 
 def _private_data(args):
-    from ledger.datacommit import parse_root
+    from ledger.protocol.datacommit import parse_root
     from ledger.errors import LedgerError
 
     roots = None
@@ -516,7 +516,7 @@ def _worker(args, settings) -> int:
     store = start_metrics(args, "worker", account.address, args.job, store)
     data = None
     if args.data:
-        from ledger.datacommit import read_text_data
+        from ledger.protocol.datacommit import read_text_data
 
         data = read_text_data(args.data)
     n = run_worker(ledger, store, args.job, account.address, settings.data_dir / "worker",
@@ -561,7 +561,7 @@ def _join(args, settings) -> int:
     if args.data_root and not private:
         raise LedgerError(f"job {job} trains on shards of the bundled corpus: --data-root is for jobs on private data")
     if args.data_root:
-        from ledger.datacommit import parse_root
+        from ledger.protocol.datacommit import parse_root
 
         root, n = parse_root(args.data_root)
         if n is None:
@@ -590,7 +590,7 @@ def _join(args, settings) -> int:
 
 def _job_is_private(ledger, store, info) -> bool:
     """Whether the job's config (fetched and checked against its on-chain digest) trains on private data."""
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     raw = store.get(info.config_cid, info.config_digest, max_size=info.config_size)
     return JobConfig.from_bytes(raw).data.private

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ledger.party import setup_logging
+from ledger.ethereum.party import setup_logging
 
 from .common import add_command, add_metrics_args, float_in, int_in, start_metrics
 
@@ -50,8 +50,8 @@ def _listen(text: str) -> tuple[str, int]:
 
 def _run(args, settings) -> int:
     setup_logging(args.verbose)
-    from ledger.deploy import open_ledger
-    from ledger.keys import load_account
+    from ledger.ethereum.deploy import open_ledger
+    from ledger.ethereum.keys import load_account
     from node.roles.relay import Relay, RelayOptions
 
     host, port = _listen(args.listen)

@@ -23,7 +23,7 @@ import time
 
 from ledger.digest import to_hex
 from ledger.errors import ContractReverted, LedgerError
-from ledger.party import open_party
+from ledger.ethereum.party import open_party
 
 from .common import add_command, add_group, add_job_arg, int_in
 
@@ -280,7 +280,7 @@ def _close(args, settings) -> int:
     except ContractReverted as e:
         raise Refused(explain(e, ledger, args.job, r)) from None
     after = ledger.round(args.job, r)
-    from ledger.chain import tx_hash_of
+    from ledger.ethereum.chain import tx_hash_of
 
     job = ledger.job(args.job)
     nxt = "the job is completed" if job.completed else f"round {job.current_round} is open"

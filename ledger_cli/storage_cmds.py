@@ -10,9 +10,9 @@ from .common import add_command, add_group, add_listen_args, add_object_args, fl
 
 
 def _addr_type(check_name: str, name: str):
-    """An argparse type from a ``ledger.ipfs_node`` address check (one-line usage error)."""
+    """An argparse type from a ``ledger.services.ipfs_node`` address check (one-line usage error)."""
     def parse(text: str) -> str:
-        from ledger import ipfs_node
+        from ledger.services import ipfs_node
         from ledger.errors import ConfigError
 
         try:
@@ -125,9 +125,9 @@ def register(sub) -> None:
 
 
 def _ipfs_up(args, settings) -> int:
-    from ledger import listen
+    from ledger.services import listen
     from ledger.errors import StorageUnreachable
-    from ledger.ipfs_node import ipfs_up, swarm_exposure, swarm_info
+    from ledger.services.ipfs_node import ipfs_up, swarm_exposure, swarm_info
 
     up = ipfs_up(settings, port=args.port, host=args.host, listen_on=args.listen, peers=args.peer,
                  fetch_timeout=args.fetch_timeout)
@@ -165,7 +165,7 @@ def _print_swarm(sw: dict, dials: list[str]) -> None:
 
 
 def _ipfs_down(args, settings) -> int:
-    from ledger.ipfs_node import ipfs_down
+    from ledger.services.ipfs_node import ipfs_down
 
     info = ipfs_down(settings)
     print(f"ipfs node stopped (pid {info.pid})" if info else "ipfs node was not running")
@@ -173,7 +173,7 @@ def _ipfs_down(args, settings) -> int:
 
 
 def _ipfs_status(args, settings) -> int:
-    from ledger.ipfs_node import ipfs_status
+    from ledger.services.ipfs_node import ipfs_status
 
     st = ipfs_status(settings)
     swarm = {k: st.pop(k) for k in ("peer_id", "swarm", "peers") if k in st}

@@ -1,10 +1,10 @@
-"""`ledger watch`: a job's live page (``ledger.watch_server``)."""
+"""`ledger watch`: a job's live page (``ledger.monitor.watch_server``)."""
 
 from __future__ import annotations
 
 import sys
 
-from ledger.party import open_party, setup_logging
+from ledger.ethereum.party import open_party, setup_logging
 
 from .common import PORT, add_command, add_job_arg, float_in
 
@@ -38,9 +38,9 @@ def register(sub) -> None:
 
 def _watch(args, settings) -> int:
     setup_logging(args.verbose)
-    from ledger import listen
+    from ledger.services import listen
     from ledger.errors import ConfigError
-    from ledger.watch_server import Watcher, serve
+    from ledger.monitor.watch_server import Watcher, serve
 
     host = listen.check_host(args.host)
     ledger, store, _ = open_party(settings, need_account=False)

@@ -17,11 +17,12 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from ledger import checkpoint, metrics
-from ledger.chain import redact_url
+from ledger.store import checkpoint
+from ledger.monitor import metrics
+from ledger.ethereum.chain import redact_url
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ChainUnreachable, InvalidJobConfig, LedgerError, StorageUnreachable
-from ledger.jobconfig import JobConfig, ShardSpec
+from ledger.protocol.jobconfig import JobConfig, ShardSpec
 
 from node.training import data as datamod
 
@@ -89,7 +90,7 @@ class JobContext:
         through the job key (``ledger.store.sealed``), which this party's account must hold
         (``NoJobKey`` otherwise) unless ``need_key`` is False: an outsider's audit, whose
         context then has ``readable`` False and its store the raw one."""
-        from ledger import access
+        from ledger.protocol import access
         from ledger.store.sealed import SealedStore
 
         info = ledger.job(job_id)

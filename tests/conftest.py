@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger import anvil
+from ledger.services import anvil
 from ledger.config import Settings, load_settings
 
 # anvil's well-known development accounts (mnemonic "test test ... junk"): public test keys,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.procs import PROJECT_ROOT
+from ledger.services.procs import PROJECT_ROOT
 
 CONFIG_DIR = PROJECT_ROOT / "hardhat-config"
 CLI = CONFIG_DIR / "node_modules/hardhat/internal/cli/cli.js"

@@ -18,7 +18,7 @@ from pathlib import Path
 from eth_account import Account
 
 from ledger.config import Settings
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 
 DEV0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 
@@ -55,14 +55,14 @@ def address(key: str) -> str:
 
 def public_key(key: str) -> str:
     """The 0x-hex public key of a test key: what `ledger job create --aggregator` takes to seal to it."""
-    from ledger.sealing import public_key_hex, public_key_of
+    from ledger.privacy.sealing import public_key_hex, public_key_of
 
     return public_key_hex(public_key_of(Account.from_key(key)))
 
 
 def public_keys(*party_keys: str) -> dict[str, bytes]:
     """address -> public key, as ``node.roles.owner.create_job(keys=...)`` takes them."""
-    from ledger.sealing import public_key_of
+    from ledger.privacy.sealing import public_key_of
 
     return {address(k): public_key_of(Account.from_key(k)) for k in party_keys}
 
@@ -75,12 +75,12 @@ class Env:
     procs: list = field(default_factory=list)
 
     def as_party(self, key: str):
-        from ledger.deploy import open_ledger
+        from ledger.ethereum.deploy import open_ledger
 
         return open_ledger(self.settings, Account.from_key(key))
 
     def fund(self, *party_keys: str) -> None:
-        from ledger.keys import fund_local
+        from ledger.ethereum.keys import fund_local
 
         for k in party_keys:
             fund_local(self.ledger.chain, address(k), 10**20)
@@ -105,9 +105,9 @@ class Env:
         returns what ``reveal_as`` needs. ``settlement``: no credit and no slash by default."""
         import secrets
 
-        from ledger.contract import TrainingLedger
+        from ledger.ethereum.contract import TrainingLedger
 
-        from ledger.contract import Settlement
+        from ledger.ethereum.contract import Settlement
 
         settlement = settlement or Settlement((0,) * len(self.ledger.round_workers(job, r)))
         p = dict(verdicts=list(verdicts), merged=merged, cid=cid, size=size, salt=secrets.token_bytes(32),
@@ -172,7 +172,7 @@ class Env:
 def deployed_env(settings: Settings):
     """The contract deployed on the chain ``settings`` names, the embedded store, and DEV0
     as the job owner. Every process spawned through the Env is killed on exit."""
-    from ledger.deploy import deploy, open_ledger
+    from ledger.ethereum.deploy import deploy, open_ledger
     from ledger.store import open_store
 
     deploy(settings, Account.from_key(DEV0), notify=lambda m: None)
@@ -187,7 +187,7 @@ def deployed_env(settings: Settings):
 def chain_of_its_own(tmp_path_factory, name: str):
     """For a module's fixture: an anvil of its own on a free port, under a fresh folder
     ``name``, with the contract deployed (``deployed_env``); the chain is stopped on exit."""
-    from ledger import anvil
+    from ledger.services import anvil
     from ledger.config import load_settings
 
     d = tmp_path_factory.mktemp(name)

@@ -13,7 +13,7 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from conftest import DEV_KEYS, cli_env
-from ledger import keys
+from ledger.ethereum import keys
 from ledger.errors import AccountError, ConfigError
 
 PASSWORD = "correct horse battery staple"

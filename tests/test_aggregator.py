@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from node.context import party_dir
 from support import address, keys, log_text, tiny_config, wait_for
 
@@ -74,7 +74,7 @@ def test_lone_dishonest_aggregator_cannot_finalize_and_is_visible(deployed):
     assert [p.aggregator for p in dissent] == [address(A[2])]
     assert sorted(p.aggregator for p in props if p.outcome == rd.outcome) == sorted(address(k) for k in A[:2])
     assert "revealed merge" in log_text(honest[-1]) and "committed" not in log_text(honest[-1])  # no second commit
-    from ledger.history import load_history, render_timeline
+    from ledger.trail.history import load_history, render_timeline
 
     timeline = render_timeline(load_history(env.ledger, job))
     assert "DISSENT" in timeline and timeline.count("  commit   0x") == 3 and timeline.count("  reveal   0x") == 3
@@ -117,7 +117,7 @@ def test_two_aggregators_that_disagree_the_window_expires_and_the_audit_agrees(d
     attacker = keys(1, "scaler")[0]
     job = env.create_job([W[0], attacker], A, quorum=2, rounds=1, proposal_window=window)
     procs = _run_workers(env, job, W[:1], "--rounds", "1")
-    procs.append(env.spawn_module(attacker, "node.roles.adversary", "--job", str(job), "--attack", "scale", "--rounds", "1"))
+    procs.append(env.spawn_module(attacker, "node.simulate.adversary", "--job", str(job), "--attack", "scale", "--rounds", "1"))
     wait_for(lambda: env.ledger.round(job, 1).submissions == 2, 180, "both submissions", procs)
     strict = _run_aggregators(env, job, A[:1])[0]
     lax = _run_aggregators(env, job, A[1:2], "--skip-stage", "norm", "--skip-stage", "validation",
@@ -216,7 +216,7 @@ def test_byzantine_workers_are_rejected_with_the_right_reason(deployed):
     procs = _run_workers(env, job, honest, "--rounds", "1")
     wait_for(lambda: env.ledger.round(job, 1).submissions >= 1, 180, "an honest submission", procs)
     for k, attack in zip(bad, attacks):
-        procs.append(env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", attack, "--rounds", "1"))
+        procs.append(env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", attack, "--rounds", "1"))
     procs += _run_aggregators(env, job, A[:2])
     wait_for(lambda: env.ledger.job(job).completed, 400, "the round to finalize", procs)
     rd = env.ledger.round(job, 1)

@@ -37,8 +37,8 @@ def world(tmp_path_factory):
         w = lambda k, j: env.spawn(k, "worker", "run", "--job", str(j), "--no-progress", "--poll", "0.3")
         procs = [w(k, jobs["clean"]) for k in HONEST] + [w(k, jobs["bad-merge"]) for k in HONEST]
         procs += [w(HONEST[0], jobs["accepts-bad"]), w(HONEST[0], jobs["replay"])]
-        procs.append(env.spawn_module(NAN, "node.roles.adversary", "--job", str(jobs["accepts-bad"]), "--attack", "nan"))
-        procs.append(env.spawn_module(WRONG_SEED, "node.roles.adversary", "--job", str(jobs["replay"]), "--attack", "wrong-seed"))
+        procs.append(env.spawn_module(NAN, "node.simulate.adversary", "--job", str(jobs["accepts-bad"]), "--attack", "nan"))
+        procs.append(env.spawn_module(WRONG_SEED, "node.simulate.adversary", "--job", str(jobs["replay"]), "--attack", "wrong-seed"))
         for j in ("clean", "replay"):
             procs.append(env.spawn(AGGS[0], "aggregator", "run", "--job", str(jobs[j]), "--poll", "0.3"))
         # The colluding quorum: both aggregators sign what no honest verification gives.
@@ -64,7 +64,7 @@ def _auditor(env, store_dir, tmp_path):
 
 
 def _audit(env, store_dir, tmp_path, job, replay="sample"):
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
     from node.roles.audit import audit_job
 
@@ -164,9 +164,9 @@ def test_replay_mismatch_is_found_only_by_replay(world, tmp_path):
 
 def test_generate_runs_only_a_verified_model(world, tmp_path):
     env, jobs = world
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
-    from node.roles.generate import UnverifiedModel, generate_verified
+    from node.commands.generate import UnverifiedModel, generate_verified
 
     s = _auditor(env, env.settings.store_dir, tmp_path)
     g = generate_verified(open_ledger(s), open_store(s), jobs["clean"], "ROMEO:", max_new_tokens=40)
@@ -180,8 +180,8 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
     record what these cases describe, so the audit's own checks are exercised directly."""
     from types import SimpleNamespace
 
-    from ledger.contract import ChainEvent, Commit, Proposal, RoundInfo, Settlement, TrainingLedger
-    from ledger.history import RoundHistory
+    from ledger.ethereum.contract import ChainEvent, Commit, Proposal, RoundInfo, Settlement, TrainingLedger
+    from ledger.trail.history import RoundHistory
 
     info = RoundInfo(job_id=1, round=1, parent=b"\1" * 32, deadline=0, submissions=2, commitment=b"\2" * 32,
                      status=status, merged_digest=b"", merged_cid="", merged_size=0, outcome=b"", accepted=0,
@@ -199,7 +199,7 @@ def _round_history(commits, reveals, status="closed", skip_reason="", reveal_dea
 
 
 def test_audit_checks_each_reveal_against_its_commit_and_their_order():
-    from ledger.contract import Settlement, TrainingLedger
+    from ledger.ethereum.contract import Settlement, TrainingLedger
     from node.roles.audit import _check_commit_reveal
 
     a, b, c = (address(k) for k in keys(3, "cr"))
@@ -218,7 +218,7 @@ def test_audit_checks_each_reveal_against_its_commit_and_their_order():
 
 
 def test_audit_checks_the_reason_of_a_no_quorum_skip():
-    from ledger.contract import Settlement, TrainingLedger
+    from ledger.ethereum.contract import Settlement, TrainingLedger
     from node.roles.audit import _check_skip
 
     a, b, c = (address(k) for k in keys(3, "sk"))

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.config import load_settings
 from ledger.store.embedded import EmbeddedStore
 from node.training import transcript as tx
@@ -58,7 +58,7 @@ def _settings(env, tmp_path, store):
 
 
 def _audit(env, tmp_path, store, job):
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
     from node.roles.audit import audit_job
 

@@ -20,11 +20,11 @@ import sys
 import numpy as np
 import pytest
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.config import load_settings
 from ledger.digest import to_hex
 from ledger.store.embedded import EmbeddedStore
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, chain_of_its_own, keys, wait_for
 
 HONEST, LATE, RAW = keys(3, "avail-w")
@@ -66,7 +66,7 @@ def _auditor(env, tmp_path, store_dir=None):
 
 
 def _audit(env, tmp_path, job, store_dir=None):
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
     from node.roles.audit import audit_job
 
@@ -135,9 +135,9 @@ def test_aggregator_pins_what_it_verified_and_merged(world):
 
 
 def test_generate_loads_the_model_the_audit_checked(world, tmp_path):
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
-    from node.roles.generate import generate_verified
+    from node.commands.generate import generate_verified
 
     env, w = world
     job = w["two"]

@@ -6,7 +6,7 @@ once), a tampered, foreign or replayed signature is refused naming the entry, a 
 that raced its relayer is skipped rather than sinking the batch; and the amortised gas
 of a contribution at 64 workers is under 10,000.
 
-One anvil for the module, a fresh contract per test (as tests/test_economics.py).
+One anvil for the module, a fresh contract per test (as tests/chain/test_economics.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from eth_utils import keccak
 from web3.logs import DISCARD
 
 from conftest import DEV_KEYS
-from ledger import anvil
-from ledger.batch import SignedSubmission, sign_submission
-from ledger.cid import cid_of_bytes
+from ledger.services import anvil
+from ledger.protocol.batch import SignedSubmission, sign_submission
+from ledger.store.cid import cid_of_bytes
 from ledger.config import load_settings
-from ledger.contract import Settlement, TrainingLedger
+from ledger.ethereum.contract import Settlement, TrainingLedger
 from test_economics import finalize
 from test_contract import AGGS, DURATION, GENESIS, OUTSIDER, WORKERS, Env, h, reverted
 

@@ -15,8 +15,8 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from conftest import DEV_KEYS, cli_env
-from ledger import anvil
-from ledger.artifacts import load_artifact
+from ledger.services import anvil
+from ledger.ethereum.artifacts import load_artifact
 from ledger_cli import main
 
 STATE_INTERVAL = 1

@@ -15,8 +15,8 @@ import time
 
 from eth_account import Account
 
-from ledger import anvil
-from ledger.procs import pid_alive
+from ledger.services import anvil
+from ledger.services.procs import pid_alive
 from support import DEV0, Env, keys, log_text, wait_for
 
 WORKERS = keys(2, "outage-w")
@@ -59,7 +59,7 @@ def _metric(port: int, name: str, **labels) -> float | None:
 
 
 def test_roles_ride_out_chain_outages_and_rollbacks(settings):
-    from ledger.deploy import deploy, open_ledger
+    from ledger.ethereum.deploy import deploy, open_ledger
     from ledger.store import open_store
 
     up = anvil.chain_up(settings)

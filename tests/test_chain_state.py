@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import cli_env
-from ledger import anvil, ipfs_node
-from ledger.procs import pid_alive
+from ledger.services import anvil, ipfs_node
+from ledger.services.procs import pid_alive
 from test_chain_cli import STATE_INTERVAL, anvil_pids_for, create_job, job_events, ledger, ok, pid_of, url_of
 
 SECRETS = {"LEDGER_PRIVATE_KEY": "0x" + "ab" * 32, "LEDGER_KEY_PASSWORD": "hunter2-secret",

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from ledger.checkpoint import DTYPES, META_KEY, decode, encode, read_header, read_meta
+from ledger.store.checkpoint import DTYPES, META_KEY, decode, encode, read_header, read_meta
 from ledger.errors import CheckpointFormatError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CID = "QmTestCheckpointCid1111111111111111111111111111"
 
 META = {f"key{i:02d}": f"value {i}" for i in range(12)} | {"job": "7", "round": "3", "parent": "0x" + "ab" * 32}
@@ -72,7 +72,7 @@ import sys, hashlib
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_checkpoint import tensors, META
-from ledger.checkpoint import encode
+from ledger.store.checkpoint import encode
 sys.stdout.write(encode(tensors(), META).hex())
 """
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import require_tool
-from ledger.cid import (
+from ledger.store.cid import (
     CHUNK_SIZE,
     DAG_PB,
     MAX_LINKS,

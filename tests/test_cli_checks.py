@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 import ledger_cli
 from conftest import cli_env
-from ledger import datacommit as dc
+from ledger.protocol import datacommit as dc
 from ledger import errors
 from ledger.config import load_settings
 from ledger.errors import ConfigError
-from ledger.jobconfig import ConfigValueError, DataSpec, JobConfig, ModelSpec, Policy, TrainSpec, limits
+from ledger.protocol.jobconfig import ConfigValueError, DataSpec, JobConfig, ModelSpec, Policy, TrainSpec, limits
 
 
 def closed_port() -> int:
@@ -173,7 +173,7 @@ def test_top_k_zero_means_no_top_k():
     import torch
 
     from node.models import language_model
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     lm = language_model(ModelSpec(n_layer=1, n_head=2, n_embd=32, block_size=32))
     params = lm.genesis(0)
@@ -188,7 +188,7 @@ def test_top_k_zero_means_no_top_k():
 def test_generate_prompt_of_non_utf8_bytes():
     """argv holds non-UTF-8 bytes as surrogate escapes: they are the prompt's bytes."""
     from node.models import language_model
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     lm = language_model(ModelSpec(n_layer=1, n_head=2, n_embd=32, block_size=32))
     text = sample(lm, lm.genesis(0), "caf\udce9 \udcff", 4, temperature=0)
@@ -294,7 +294,7 @@ def test_unwritable_data_dir_for_another_user(tmp_path):
         p.chmod(0o755)
     env = {"PATH": os.environ["PATH"], "LEDGER_DATA_DIR": str(d), "HOME": str(tmp_path), "LEDGER_KEY_PASSWORD": "pw"}
     r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                        "ledger_cli", "account", "new", "--name", "x"], env=env, cwd=str(Path(__file__).parents[1]),
+                        "ledger_cli", "account", "new", "--name", "x"], env=env, cwd=str(Path(__file__).resolve().parents[2]),
                        capture_output=True, text=True, timeout=60)
     if "Permission denied" in r.stderr and "ledger_cli" in r.stderr:
         pytest.skip("the checkout is not readable by nobody")
@@ -427,7 +427,7 @@ def test_exit_codes_are_documented(cli):
     flat = " ".join(out.split())
     assert code == 0 and "exit codes: 0 OK; 1 FAILED" in flat and "2 usage or environment error" in flat
     assert "3 INCOMPLETE" in flat
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "exit 0 OK, 1 FAILED, 2 usage or environment, 3 INCOMPLETE" in readme
 
 

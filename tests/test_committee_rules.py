@@ -1,6 +1,6 @@
-"""Verification committees' pure rules (``ledger.committee``): the draw, ballots from
+"""Verification committees' pure rules (``ledger.protocol.committee``): the draw, ballots from
 anyone's bytes, and what the votes on chain decide. The roles that use them run in
-``tests/test_committees.py``."""
+``tests/e2e/test_committees.py``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from itertools import combinations
 
 import pytest
 
-from ledger import committee as cm
-from ledger.jobconfig import JobConfig
+from ledger.protocol import committee as cm
+from ledger.protocol.jobconfig import JobConfig
 
 AGGS = [f"0x{i:040x}" for i in range(1, 6)]
 

@@ -1,5 +1,5 @@
 """Verification committees through the real roles (anvil, the embedded store, a relay,
-worker and aggregator processes; ``ledger.committee``):
+worker and aggregator processes; ``ledger.protocol.committee``):
 
 - 16 workers, one of them lazy (half its declared steps), and 5 aggregators with
   committees of 3, for 2 rounds: each aggregator judges in depth only what its
@@ -23,8 +23,8 @@ import re
 
 import pytest
 
-from ledger import committee as cm
-from ledger.verdicts import Verdict
+from ledger.protocol import committee as cm
+from ledger.protocol.verdicts import Verdict
 from support import address, chain_of_its_own, keys, log_text, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_committees_of_three_judge_sixteen_workers(world):
                    60, "the relay to listen", [relay])
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.5", "--relay", url)
              for k in HONEST]
-    procs.append(env.spawn_module(LAZY, "node.roles.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.5"))
+    procs.append(env.spawn_module(LAZY, "node.simulate.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.5"))
     aggs = [env.spawn(a, "aggregator", "run", "--job", str(job), "--poll", "0.5") for a in AGGS]
     wait_for(lambda: env.ledger.job(job).completed, 900, "the job of 16 workers", [relay, *aggs])
     lazy = address(LAZY).lower()
@@ -124,7 +124,7 @@ def test_a_colluding_committee_fails_the_audit(world):
     job = env.create_job([COL_W, COL_LAZY], [COL_HONEST_AGG, *COLLUDERS], quorum=3, rounds=1, round_duration=240,
                          proposal_window=120, config=_config(committee_size=3, committee_quorum=2, vote_window=40))
     procs = [env.spawn(COL_W, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3"),
-             env.spawn_module(COL_LAZY, "node.roles.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3")]
+             env.spawn_module(COL_LAZY, "node.simulate.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3")]
     honest = env.spawn(COL_HONEST_AGG, "aggregator", "run", "--job", str(job), "--poll", "0.3")
     wait_for(lambda: env.ledger.round(job, 1).submissions == 2 and env.ledger.round(job, 1).status != "open",
              300, "round 1 to close", [*procs, honest])

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger import compile as comp
-from ledger.artifacts import artifact_path, artifact_sha256, load_artifact
+from ledger.ethereum import compile as comp
+from ledger.ethereum.artifacts import artifact_path, artifact_sha256, load_artifact
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "contracts/TrainingLedger.sol"
 
 

@@ -5,7 +5,7 @@ commitment/outcome/commit hash, the Chain client (local signing,
 revert decoding, paginated logs, error mapping), and a cross-check with `cast`.
 
 The contract is deployed from the committed artifact with web3 directly (no
-ledger.deploy), one fresh anvil per test (the `rpc_url` fixture).
+ledger.ethereum.deploy), one fresh anvil per test (the `rpc_url` fixture).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 
 from conftest import DEV_KEYS
-from ledger.deploy import deploy_contracts
-from ledger.chain import Chain
-from ledger.cid import cid_from_chain, cid_to_chain
-from ledger.contract import ChainEvent, JobParams, Settlement, TrainingLedger
+from ledger.ethereum.deploy import deploy_contracts
+from ledger.ethereum.chain import Chain
+from ledger.store.cid import cid_from_chain, cid_to_chain
+from ledger.ethereum.contract import ChainEvent, JobParams, Settlement, TrainingLedger
 from ledger.errors import ChainUnreachable, ContractReverted, InsufficientFunds, WrongChain
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CAST = ROOT / "hardhat-config/node_modules/.bin/cast"
 DURATION = 600
 WINDOW = 300
@@ -800,7 +800,7 @@ def test_block_number_fast_path_agrees_and_a_lost_endpoint_still_says_so(rpc_url
     assert ch.block_number() == int(ch.w3.eth.block_number) > 0
     assert ch._fast.block_number() == ch.block_number()       # the fast path answered
     # credentials in a URL are left to requests, which knows how to send them
-    from ledger.chain import _FastReads
+    from ledger.ethereum.chain import _FastReads
     assert _FastReads("http://user:secret@127.0.0.1:1/").block_number() is None
     # an endpoint that stops answering (here: a port nothing listens on)
     from web3 import Web3

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.artifacts import linked_libraries, load_artifact
-from ledger.compile import CONTRACTS, LIBRARIES
+from ledger.ethereum.artifacts import linked_libraries, load_artifact
+from ledger.ethereum.compile import CONTRACTS, LIBRARIES
 
 EIP170 = 24_576
 BUDGET = EIP170 - 4_096  # 20,480 bytes
@@ -32,7 +32,7 @@ def test_every_linked_library_is_built_and_deployed():
 
 def test_the_budget_check_can_fail(monkeypatch):
     """The size is read from the artifact: a bigger one is caught."""
-    import ledger.artifacts as arts
+    import ledger.ethereum.artifacts as arts
 
     real = arts.load_artifact
     monkeypatch.setattr(__import__(__name__), "load_artifact",

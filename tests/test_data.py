@@ -7,7 +7,7 @@ import hashlib
 import pytest
 import torch
 
-from ledger.jobconfig import DataSpec
+from ledger.protocol.jobconfig import DataSpec
 from node.training.data import (CorpusError, as_tensor, balance_sizes, load_corpus, windows, make_split, shard_specs,
                        speeches, split_point)
 

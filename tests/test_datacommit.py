@@ -1,4 +1,4 @@
-"""The data commitment (ledger.datacommit): published vectors, proofs, the CLI."""
+"""The data commitment (ledger.protocol.datacommit): published vectors, proofs, the CLI."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ledger import datacommit as dc
+from ledger.protocol import datacommit as dc
 
 # Published in README.md ("Bring your own data"): any implementation must reproduce them.
 VECTORS = [
@@ -109,7 +109,7 @@ def test_cli_data_commit(tmp_path):
 
 
 def test_job_config_private_fields_round_trip_and_corpus_configs_unchanged():
-    from ledger.jobconfig import DataRoot, JobConfig
+    from ledger.protocol.jobconfig import DataRoot, JobConfig
 
     plain = JobConfig()
     raw = plain.to_bytes()

@@ -10,9 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ledger import anvil, ipfs_node
+from ledger.services import anvil, ipfs_node
 from ledger.config import load_settings
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 
 REL = "rel-data"
 

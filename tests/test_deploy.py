@@ -10,9 +10,9 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from conftest import DEV_KEYS
-from ledger import deploy as dep
-from ledger.artifacts import artifact_sha256, link, load_artifact
-from ledger.compile import LIBRARIES
+from ledger.ethereum import deploy as dep
+from ledger.ethereum.artifacts import artifact_sha256, link, load_artifact
+from ledger.ethereum.compile import LIBRARIES
 from ledger.errors import ChainUnreachable, NoDeployment, NotOurContract, WrongChain
 
 DEV0 = Account.from_key(DEV_KEYS[0])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger.procs import PROJECT_ROOT
+from ledger.services.procs import PROJECT_ROOT
 
 PARTIES = ["owner", "worker-0", "worker-1", "aggregator-0", "aggregator-1"]
 SERVICES = {"chain", "ipfs", "auditor", "watch", "prometheus", "grafana", *PARTIES}

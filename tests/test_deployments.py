@@ -45,7 +45,7 @@ def _finish(env, job, procs):
 
 
 def test_a_redeployment_does_not_reuse_the_old_deployments_state(deployed):
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
 
     env = deployed

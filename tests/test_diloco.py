@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.jobconfig import CompressSpec, ConfigValueError, JobConfig, OuterSpec, parse_compress
-from ledger.verdicts import Verdict
+from ledger.store import checkpoint
+from ledger.protocol.jobconfig import CompressSpec, ConfigValueError, JobConfig, OuterSpec, parse_compress
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, replay_config, wait_for
 
 from node.training import compress as cz
@@ -147,7 +147,7 @@ def diloco_job(tmp_path_factory):
         job = env.create_job([HONEST, CLUSTER, CHEAT], [AGG], quorum=1, rounds=2, config=cfg)
         w = ("worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")
         procs = [env.spawn(HONEST, *w), env.spawn(CLUSTER, *w, "--nproc", "2"),
-                 env.spawn_module(CHEAT, "node.roles.adversary", "--job", str(job), "--attack", "bad-compress"),
+                 env.spawn_module(CHEAT, "node.simulate.adversary", "--job", str(job), "--attack", "bad-compress"),
                  env.spawn(AGG, "aggregator", "run", "--job", str(job), "--poll", "0.3")]
         wait_for(lambda: env.ledger.job(job).completed, 400, "the DiLoCo job to complete", procs)
         env.stop_all()

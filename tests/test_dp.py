@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.contract import Submission
+from ledger.store import checkpoint
+from ledger.ethereum.contract import Submission
 from ledger.digest import sha256_bytes, to_hex
-from ledger.jobconfig import ConfigValueError, DPSpec, JobConfig, ModelSpec, Policy, TrainSpec, num_samples
-from ledger.verdicts import Verdict
+from ledger.protocol.jobconfig import ConfigValueError, DPSpec, JobConfig, ModelSpec, Policy, TrainSpec, num_samples
+from ledger.protocol.verdicts import Verdict
 from node.training import dp as dpmod
 from node.training import transcript as tx
 from node.verification.verify import RoundContext, verify_round
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB, ROUND = 5, 2
 SEED_BYTES = hashlib.sha256(b"block that closed the DP round").digest()
 STAGES = {"norm", "replay"}       # replay decides here, not the validation loss
@@ -234,7 +234,7 @@ def test_dp_replay_stays_within_tolerance_on_other_kernels_and_thread_counts(byt
     code = f"""
 import pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 from node.models import language_model
 from node.training import dp, transcript as tx
 from node.training.train import train_steps
@@ -264,7 +264,7 @@ def test_dp_replay_on_hugging_face_models_full_and_lora(tmp_path, kind, lora):
     from ledger.store.embedded import EmbeddedStore
     from node.models.importer import import_model
     from node.roles.owner import ModelChoice, attach_model
-    from tiny_models import make_model_dir
+    from support.models import make_model_dir
 
     cfg = _dp_config()
     # a LoRA adapter starts with small per-window gradients: a bound they exceed, so that
@@ -296,7 +296,7 @@ def test_lora_clips_each_window_from_one_batched_backward_as_the_loop_does(tmp_p
     from node.models.importer import import_model
     from node.roles.owner import ModelChoice, attach_model
     from node.training.train import as_tensor, step_offsets, windows
-    from tiny_models import make_model_dir
+    from support.models import make_model_dir
 
     cfg = _dp_config()
     imp = import_model(str(make_model_dir(tmp_path / "model", kind)), tmp_path / "cache")
@@ -345,7 +345,7 @@ def test_dp_job_end_to_end_honest_accepted_cheats_rejected_with_replay(deployed)
     cfg.dp = DPSpec(epsilon=8.0, delta=1e-5, max_grad_norm=0.05)   # a bound the tiny GPT's windows exceed
     job = env.create_job([honest, no_clip, half], [agg], quorum=1, rounds=1, config=cfg, auditors=[auditor])
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
               for a, k in (("dp-no-clip", no_clip), ("dp-half-noise", half))]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from ledger.errors import ContractReverted
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, log_text, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -122,7 +122,7 @@ def test_reveals_at_the_boundary_are_judged_alike_by_every_aggregator(deployed):
     job = env.create_job([honest, on_time, late], aggs, quorum=2, rounds=1, round_duration=120, config=cfg,
                          proposal_window=60)
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", "silent", "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", "silent", "--poll", "0.3")
               for k in (on_time, late)]
     procs += [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3") for k in aggs]
     wait_for(lambda: env.ledger.round(job, 1).submissions == 3, 120, "the three submissions", procs)

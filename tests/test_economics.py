@@ -18,9 +18,9 @@ import pytest
 from eth_account import Account
 
 from conftest import DEV_KEYS
-from ledger import anvil
+from ledger.services import anvil
 from ledger.config import load_settings
-from ledger.contract import Settlement
+from ledger.ethereum.contract import Settlement
 from test_contract import AGGS, GENESIS, OUTSIDER, OWNER, WORKERS, Env, h, reverted
 
 ETH = 10**18

@@ -6,7 +6,7 @@ and every kind of tampering with the folder found in one line per problem.
   statement moved to another job (re-signed by another key, or not re-signed), a missing
   or an added file all fail (exit 1); refusals (a job not completed, an audit that
   fails, a non-empty folder, no folder, no chain) are one line each, no traceback.
-- a tiny Llama with LoRA: in ``tests/test_hf_models.py`` (``_export_matches``, on that
+- a tiny Llama with LoRA: in ``tests/e2e/test_hf_models.py`` (``_export_matches``, on that
   file's LoRA job): the export is a plain model, LoRA merged, that
   ``transformers.AutoModelForCausalLM.from_pretrained`` loads and whose logits match the
   ledger model's; the tokenizer loads with ``tokenizers``; the adapter is exported as is.
@@ -22,7 +22,7 @@ import shutil
 import numpy as np
 import pytest
 
-from ledger import provenance
+from ledger.trail import provenance
 from ledger.digest import sha256_bytes
 from support import DEV0, address, chain_of_its_own, keys, wait_for
 
@@ -107,7 +107,7 @@ def test_export_writes_the_final_model_and_verifies(world, exported):
     # the tensors are the final checkpoint's, in a plain safetensors file (no pickle)
     from safetensors.numpy import load_file
 
-    from ledger import checkpoint
+    from ledger.store import checkpoint
 
     info = env.ledger.job(job)
     final, _ = checkpoint.decode(env.store.get(info.current_parent_cid, info.current_parent))

@@ -15,9 +15,12 @@ import eth_account  # noqa: F401 - raises the recursion limit, as in every party
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ledger import checkpoint, hfconfig, provenance, safejson
+from ledger.store import checkpoint
+from ledger.protocol import hfconfig
+from ledger.trail import provenance
+from ledger import safejson
 from ledger.errors import LedgerError
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 EXPECTED = (LedgerError, ValueError)

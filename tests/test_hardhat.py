@@ -13,7 +13,7 @@ import time
 import pytest
 from eth_account import Account
 
-import hardhat_node
+import support.hardhat as hardhat_node
 from support import Env, address, deployed_env, keys, log_text, tiny_config, wait_for
 
 W = keys(2, "hh-worker")
@@ -44,7 +44,7 @@ def _env(env: Env, key: str | None = None, **extra) -> dict:
 
 
 def test_fund_detects_hardhat(hh_env):
-    from ledger.keys import dev_node_kind
+    from ledger.ethereum.keys import dev_node_kind
 
     env = hh_env
     assert dev_node_kind(env.ledger.chain.w3) == "hardhat"

@@ -24,9 +24,9 @@ import re
 
 import pytest
 
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import DEV0, address, keys, log_text, public_key, wait_for
-from tiny_models import make_model_dir
+from support.models import make_model_dir
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_gpt2_full_fine_tuning_on_private_text(deployed, tmp_path):
 
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--data", str(tmp_path / "text-0.txt"),
                        "--no-progress", "--poll", "0.3"),
-             env.spawn_module(cheat, "node.roles.adversary", "--job", str(job), "--attack", "other-data",
+             env.spawn_module(cheat, "node.simulate.adversary", "--job", str(job), "--attack", "other-data",
                               "--data", str(tmp_path / "text-1.txt"), "--poll", "0.3"),
              env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3", "--threads", "2", **OTHER_KERNELS)]
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)
@@ -117,7 +117,7 @@ def _export_matches(env, job: int, folder) -> None:
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    from ledger import provenance
+    from ledger.trail import provenance
     from node.context import JobContext
 
     exporter = keys(1, "hf-exporter")[0]
@@ -164,7 +164,7 @@ def _tampered_merge_fails(env, job: int, folder, exporter) -> None:
     from eth_account import Account
     from safetensors.numpy import load_file, save
 
-    from ledger import provenance
+    from ledger.trail import provenance
     from ledger.digest import sha256_bytes
 
     bad = folder.parent / "tampered-merge"
@@ -209,7 +209,7 @@ def test_llama_lora_adapters_on_a_frozen_base(deployed, tmp_path):
     assert genesis and all(".lora_A." in n or ".lora_B." in n for n in genesis), sorted(genesis)[:4]
 
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in (w0, w1)]
-    procs.append(env.spawn_module(lazy, "node.roles.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3"))
+    procs.append(env.spawn_module(lazy, "node.simulate.adversary", "--job", str(job), "--attack", "lazy", "--poll", "0.3"))
     procs += [env.spawn(k, "aggregator", "run", "--job", str(job), "--poll", "0.3", **OTHER_KERNELS) for k in aggs]
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)
 

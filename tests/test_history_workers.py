@@ -1,4 +1,4 @@
-"""The contributors' table of ``ledger history`` (``ledger.history.worker_table``), its
+"""The contributors' table of ``ledger history`` (``ledger.trail.history.worker_table``), its
 text, its JSON and the HTML report's "Contributors" table, from histories built by hand:
 no chain is needed, the rows are a pure function of what the chain would return."""
 
@@ -8,9 +8,9 @@ import hashlib
 import json
 import re
 
-from ledger.contract import ChainEvent, JobInfo, Proposal, RoundInfo, Settlement, Submission
-from ledger.history import JobHistory, RoundHistory, eth, render_timeline, render_workers, to_json, worker_table
-from ledger.verdicts import Verdict
+from ledger.ethereum.contract import ChainEvent, JobInfo, Proposal, RoundInfo, Settlement, Submission
+from ledger.trail.history import JobHistory, RoundHistory, eth, render_timeline, render_workers, to_json, worker_table
+from ledger.protocol.verdicts import Verdict
 
 ETH = 10**18
 
@@ -89,7 +89,7 @@ def paid_history(rewarded: bool = True) -> JobHistory:
     if rewarded:
         stake = ETH // 10
         events = [ev("RewardFunded", amount=ETH)] + [ev("StakePosted", worker=w, amount=stake) for w in W[:3]]
-        # what the contract pays (ledger.settlement.expected_payments of these rounds): each
+        # what the contract pays (ledger.protocol.settlement.expected_payments of these rounds): each
         # finalized round shares out pool / rounds left, 10% of it to the 2 agreeing aggregators
         events += [
             ev("RewardPaid", round=1, account=W[0], amount=112_500_000_000_000_000, aggregator=False),

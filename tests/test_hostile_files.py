@@ -29,7 +29,7 @@ from conftest import cli_env
 from support import DEV0, address, keys
 from test_cli_errors import one_line_error
 from test_hostile_input import WORKER, _job_with
-from tiny_models import make_model_dir
+from support.models import make_model_dir
 
 NESTED = b"[" * 100_000 + b"]" * 100_000
 SEGFAULT = -11
@@ -107,7 +107,7 @@ def test_audit_and_worker_on_a_hostile_stored_config_say_one_line(deployed, what
                           tokenizer={"sha256": "0x" + "00" * 32, "cid": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
                                      "num_bytes": 2})
         raw = json.dumps(d).encode()
-    from ledger import checkpoint
+    from ledger.store import checkpoint
 
     job = _job_with(env, raw, checkpoint.encode({"w": np.zeros(2, np.float32)}, {"kind": "genesis"}))
     r = env.run(WORKER, "worker", "run", "--job", str(job), "--no-progress", timeout=180)

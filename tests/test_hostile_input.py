@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from conftest import cli_env
-from ledger import checkpoint
-from ledger.contract import JobParams
+from ledger.store import checkpoint
+from ledger.ethereum.contract import JobParams
 from ledger.errors import CheckpointFormatError
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 from support import address, keys, tiny_config
 from test_cli_errors import one_line_error
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import require_tool
-from ledger import ipfs_node
-from ledger.cid import CHUNK_SIZE, MAX_LINKS, ImportOptions, cid_of_bytes
+from ledger.services import ipfs_node
+from ledger.store.cid import CHUNK_SIZE, MAX_LINKS, ImportOptions, cid_of_bytes
 from ledger.config import Settings
 from ledger.errors import IntegrityError, NotFoundError, StorageError, StorageUnreachable
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 from ledger.store import EmbeddedStore, open_store
 from ledger.store.ipfs import IpfsStore
 

@@ -2,7 +2,7 @@
 nodes that were told of each other, on loopback. What a party's node lacks comes from
 its peers, checked against the CID and kept; a CID no peer has is "not found on this
 node or its peers" at once; a pin fetches first; the peer id survives a restart and a
-node that comes back is dialled again. (Separate hosts: tests/test_netns.py.)"""
+node that comes back is dialled again. (Separate hosts: tests/e2e/test_netns.py.)"""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from ledger import ipfs_node
-from ledger.cid import CHUNK_SIZE, cid_of_bytes
+from ledger.services import ipfs_node
+from ledger.store.cid import CHUNK_SIZE, cid_of_bytes
 from ledger.config import load_settings
 from ledger.errors import ConfigError, NotFoundError
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 from ledger.store.ipfs import IpfsStore
 
 pytestmark = pytest.mark.filterwarnings("ignore:The .strict. parameter:FutureWarning")  # ipfshttpclient vs urllib3 2

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import cli_env
-from ledger import listen
+from ledger.services import listen
 from ledger.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger.jobconfig import Policy
+from ledger.protocol.jobconfig import Policy
 from node.verification.merge import (
     MergeResult,
     exact_sum_of_squares,
@@ -25,7 +25,7 @@ from node.verification.merge import (
     update_norm,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ("fedavg", "median", "trimmed_mean", "krum")
 
 
@@ -368,7 +368,7 @@ sys.path.insert(0, {root!r})
 if {import_torch}:
     import torch
     torch.set_num_threads(1)
-from ledger.jobconfig import Policy
+from ledger.protocol.jobconfig import Policy
 from node.verification.merge import merge, tensor_digest
 sys.path.insert(0, {tests!r})
 from test_merge import random_round

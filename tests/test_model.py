@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ledger.jobconfig import ModelSpec
+from ledger.protocol.jobconfig import ModelSpec
 from node.models.bytegpt import GPT, GPTConfig, init_params
 from node.models.params import load_into, param_bytes, to_numpy, to_state_dict
 

@@ -133,7 +133,7 @@ def test_parties_on_separate_hosts(tmp_path):
     if reason:
         print(f"SKIPPED test_parties_on_separate_hosts: {reason}")
         pytest.skip(reason)
-    from ledger import anvil, ipfs_node
+    from ledger.services import anvil, ipfs_node
     from ledger.config import load_settings
 
     dirs = {p: tmp_path / p for p in PARTIES}

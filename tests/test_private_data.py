@@ -25,8 +25,8 @@ import signal
 
 import pytest
 
-from ledger import datacommit as dc
-from ledger.verdicts import Verdict
+from ledger.protocol import datacommit as dc
+from ledger.protocol.verdicts import Verdict
 from support import DEV0, address, keys, log_text, public_key, public_keys, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -215,7 +215,7 @@ def test_dishonest_private_workers_are_rejected_with_their_reason(deployed, tmp_
 
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--data", str(paths[0]), "--no-progress",
                        "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--data", str(p), "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--data", str(p), "--poll", "0.3")
               for (a, k), p in zip(cheats.items(), paths[1:])]
     procs += [env.spawn(a, "aggregator", "run", "--job", str(job), "--poll", "0.3") for a in aggs]
     wait_for(lambda: env.ledger.job(job).completed, 300, "the job to complete", procs)

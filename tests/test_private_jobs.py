@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from ledger import sealing
+from ledger.privacy import sealing
 from support import DEV0, address, keys, log_text, public_key, wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_a_private_job_is_ciphertext_to_outsiders_and_readable_by_its_members(de
     plain = [b for b in objects if not sealing.is_sealed_artifact(b) and not b.startswith(sealing.ENVELOPE_MAGIC)]
     assert len(objects) > 6 and all(b'"format":"training-ledger/job/1"' in b for b in plain), [b[:60] for b in plain]
     # a non-member's view: the final model's bytes are nowhere in clear
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from eth_account import Account
     from node.context import JobContext
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ledger import datacommit as dc
-from ledger.jobconfig import canonical_json
+from ledger.protocol import datacommit as dc
+from ledger.protocol.jobconfig import canonical_json
 from node.training import privdata
 from node.training import train
 

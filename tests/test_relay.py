@@ -22,8 +22,8 @@ import pytest
 import requests
 from eth_account import Account
 
-from ledger.batch import sign_submission
-from ledger.cid import cid_of_bytes
+from ledger.protocol.batch import sign_submission
+from ledger.store.cid import cid_of_bytes
 from node.roles.relay import PATH, Relay, RelayOptions
 from support import address, chain_of_its_own, keys, log_text, wait_for
 

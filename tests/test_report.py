@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger.verdicts import Verdict
-from ledger.contract import Submission
+from ledger.protocol.verdicts import Verdict
+from ledger.ethereum.contract import Submission
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, ProposalAudit, RoundAudit
 from node.reports.html import GREEN, RED, render_html
 from node.reports.text import render_text
@@ -509,5 +509,5 @@ def test_matplotlib_is_loaded_only_to_render():
         "assert 'matplotlib' not in sys.modules, 'imported at import time'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr[-2000:]

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ledger import checkpoint
-from ledger.contract import Settlement
-from ledger.settlement import recorded_payments
+from ledger.store import checkpoint
+from ledger.ethereum.contract import Settlement
+from ledger.protocol.settlement import recorded_payments
 from ledger.store.embedded import EmbeddedStore
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, chain_of_its_own, keys, log_text, public_keys, replay_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,7 @@ def staked(world):
     for k in workers[1:]:
         env.as_party(k).stake(job, ETH)
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in HONEST]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
               for k, a in ((LAZY, "lazy"), (FORGER, "forge"))]
     procs += [env.spawn(a, "aggregator", "run", "--job", str(job), "--poll", "0.3") for a in AGGS]
     # an honest worker whose storage fails: its bytes are in a store no verifier reads
@@ -150,7 +150,7 @@ def test_the_audit_recomputes_every_credit_and_payout(staked):
 
 
 def test_history_shows_who_contributed_what_and_was_paid(staked):
-    from ledger.history import eth
+    from ledger.trail.history import eth
 
     env, job, _ = staked
     out = env.run(None, "history", "--job", str(job))
@@ -236,7 +236,7 @@ def test_a_colluding_quorum_that_inflates_a_credit_fails_the_audit(world):
 
 
 def test_a_joiner_of_a_private_data_job_commits_its_own_text(world, tmp_path):
-    from ledger import datacommit as dc
+    from ledger.protocol import datacommit as dc
     from node.context import JobContext
     from node.roles.owner import create_job
 

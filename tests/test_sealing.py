@@ -1,4 +1,4 @@
-"""Sealed envelopes and job keys (ledger/sealing.py): only the named accounts read them,
+"""Sealed envelopes and job keys (ledger/privacy/sealing.py): only the named accounts read them,
 anything else that opens fails in one typed error, and hostile bytes never crash."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger import sealing
-from ledger.jobconfig import ConfigValueError, JobConfig, PartyKey
+from ledger.privacy import sealing
+from ledger.protocol.jobconfig import ConfigValueError, JobConfig, PartyKey
 from support import keys
 
 A, B, C = (Account.from_key(k) for k in keys(3, "seal"))

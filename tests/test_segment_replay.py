@@ -4,7 +4,7 @@
   thread; the aggregators and the auditor replay with PyTorch's AVX2 kernels
   (``ATEN_CPU_CAPABILITY=avx2``) and two threads. Every honest contribution must be
   accepted and ``ledger audit --replay all`` must say AUDIT OK.
-- Each dishonest worker (``node.roles.adversary``'s transcript attacks) is rejected with
+- Each dishonest worker (``node.simulate.adversary``'s transcript attacks) is rejected with
   the right reason, and the audit agrees with the quorum.
 """
 
@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, log_text, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,7 +91,7 @@ def test_each_dishonest_worker_is_rejected_with_its_reason(deployed):
     agg = keys(1, "dis-agg")[0]
     job = env.create_job([honest, *cheats.values()], [agg], quorum=1, rounds=2, config=_config(replay_segments=3))
     procs = [env.spawn(honest, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3")]
-    procs += [env.spawn_module(k, "node.roles.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
+    procs += [env.spawn_module(k, "node.simulate.adversary", "--job", str(job), "--attack", a, "--poll", "0.3")
               for a, k in cheats.items()]
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 500, "the job to complete", procs)

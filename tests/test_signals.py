@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger import anvil
+from ledger.services import anvil
 from ledger.config import load_settings
-from ledger.procs import pid_alive
+from ledger.services.procs import pid_alive
 from support import wait_for
 
 DEMO = ("demo", "--workers", "2", "--aggregators", "1", "--quorum", "1", "--steps", "20", "--replay-segments", "0",

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from ledger import anvil, ipfs_node
+from ledger.services import anvil, ipfs_node
 from ledger.config import load_settings
 from node.context import party_dir
 from support import address, deployed_env, keys, log_text, tiny_config, wait_for

@@ -18,13 +18,13 @@ import pytest
 
 import ledger.store.embedded as embedded
 from conftest import cli_env, require_tool
-from ledger.cid import CHUNK_SIZE, ImportOptions, cid_of_bytes
+from ledger.store.cid import CHUNK_SIZE, ImportOptions, cid_of_bytes
 from ledger_cli import main as cli_main
 from ledger.digest import to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageError
 from ledger.store import EmbeddedStore, StoredObject, open_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rnd(n: int, seed: int = 1) -> bytes:

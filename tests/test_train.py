@@ -13,19 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from ledger.jobconfig import ModelSpec, TrainSpec
+from ledger.protocol.jobconfig import ModelSpec, TrainSpec
 from node.training.data import load_corpus, make_split
 from node.models.bytegpt import GPTConfig, init_params
 from node.models.params import param_bytes
 from ledger.errors import LedgerError
 from node.training.train import derive_seed, evaluate, num_samples, step_offsets, train_local
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Run in a fresh interpreter: train from a genesis on a shard, print the sha256 of the result.
 REPLAY = r"""
 import hashlib, json, sys
-from ledger.jobconfig import ModelSpec, TrainSpec
+from ledger.protocol.jobconfig import ModelSpec, TrainSpec
 from node.training.data import load_corpus, make_split
 from node.models.bytegpt import GPTConfig, init_params
 from node.models.params import param_bytes

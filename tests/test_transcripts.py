@@ -20,8 +20,8 @@ import shutil
 
 import pytest
 
-from ledger import checkpoint
-from ledger.verdicts import Verdict
+from ledger.store import checkpoint
+from ledger.protocol.verdicts import Verdict
 from support import address, keys, log_text, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def test_only_drawn_snapshots_are_stored_and_still_audited_after_the_workers_lef
     agg = keys(1, "tx-agg")[0]
     job = env.create_job([w0, w1, withhold], [agg], quorum=1, rounds=1, config=_config(), proposal_window=40)
     procs = [env.spawn(k, "worker", "run", "--job", str(job), "--no-progress", "--poll", "0.3") for k in (w0, w1)]
-    procs.append(env.spawn_module(withhold, "node.roles.adversary", "--job", str(job), "--attack", "withhold",
+    procs.append(env.spawn_module(withhold, "node.simulate.adversary", "--job", str(job), "--attack", "withhold",
                                   "--poll", "0.3"))
     procs.append(env.spawn(agg, "aggregator", "run", "--job", str(job), "--poll", "0.3"))
     wait_for(lambda: env.ledger.job(job).completed, 400, "the job to complete", procs)

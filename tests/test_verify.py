@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import IntegrityError, NotFoundError, StorageUnreachable
-from ledger.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
-from ledger.contract import Submission
-from ledger.verdicts import Verdict
+from ledger.protocol.jobconfig import JobConfig, ModelSpec, Policy, TrainSpec
+from ledger.ethereum.contract import Submission
+from ledger.protocol.verdicts import Verdict
 from node.verification.merge import merge, tensor_digest
 from node.training import transcript as tx
 from node.verification.verify import (
@@ -33,7 +33,7 @@ from node.verification.verify import (
     with_stages,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JOB, ROUND = 7, 3
 SEED_BYTES = hashlib.sha256(b"block that closed round 3").digest()
 
@@ -152,7 +152,7 @@ def scaled(parent: dict, params: dict, factor: float) -> dict:
 def test_the_verifiers_own_storage_outage_is_no_verdict(task):
     """StorageUnreachable (the verifier's own storage does not answer) says nothing of the
     author: it is raised out of the pipeline, never turned into UNAVAILABLE; the roles wait
-    for their storage and judge again (tests/test_storage_outage.py)."""
+    for their storage and judge again (tests/e2e/test_storage_outage.py)."""
     rd = Round(task)
     rd.add_params(addr(1), task["trained"][addr(1)])
     good = checkpoint.encode(task["trained"][addr(3)], meta_for(task, addr(3)))
@@ -511,7 +511,7 @@ def test_same_verdicts_in_a_separate_process(task, tmp_path):
     code = f"""
 import json, pickle, sys
 sys.path.insert(0, {str(ROOT)!r})
-from ledger.jobconfig import JobConfig
+from ledger.protocol.jobconfig import JobConfig
 from ledger.store.embedded import EmbeddedStore
 from node.verification.verify import RoundContext, verify_round
 d = pickle.load(open({str(blob)!r}, "rb"))
@@ -581,7 +581,7 @@ def test_relative_norm_bound_rejects_an_outlier_the_absolute_cap_lets_through(ta
 
 
 def test_relative_norm_bound_needs_three_contributions():
-    from ledger.jobconfig import Policy
+    from ledger.protocol.jobconfig import Policy
     from node.verification.verify import relative_norm_bound
 
     assert relative_norm_bound(Policy(), [1.0, 2.0]) is None

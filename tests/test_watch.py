@@ -33,7 +33,7 @@ A = keys(2, "watch-aggregator")
 RELAY = keys(1, "watch-relay")[0]
 ROUND_SECONDS = 120
 LATE_AFTER = 4
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "ledger.json"
 
 
@@ -150,7 +150,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from browser import Browser
+    from support.browser import Browser
 
     b = Browser(require_tool("chromium"), tmp_path_factory.mktemp("chromium-profile"))
     try:
@@ -251,7 +251,7 @@ def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser, tmp_
     assert time.time() < deadline, "flagged only after the deadline"
     assert "late: submit round 2" in browser.js("document.querySelector('#parties').textContent")
     shot = browser.screenshot(tmp_path / "watch-late.png")
-    if os.environ.get("LEDGER_UPDATE_DOCS"):      # README's picture: LEDGER_UPDATE_DOCS=1 pytest tests/test_watch.py
+    if os.environ.get("LEDGER_UPDATE_DOCS"):      # README's picture: LEDGER_UPDATE_DOCS=1 pytest tests/e2e/test_watch.py
         shutil.copy(shot, ROOT / "docs" / "watch.png")
     if run.prometheus:
         wait_for(lambda: run.prometheus.value(f'ledger_watch_party_late{{party="{stopped}"}}') == 1, 30,

@@ -1,12 +1,12 @@
-"""``ledger.watch.health`` and ``view`` on a job's history built from the contract's own
+"""``ledger.monitor.watch.health`` and ``view`` on a job's history built from the contract's own
 record types, at chosen clock times: who is late for what, and only before the deadline.
 (The end-to-end test of a stopped worker on the live page is in test_watch.py.)"""
 
 from __future__ import annotations
 
-from ledger.contract import Commit, JobInfo, Proposal, RoundInfo, Submission
-from ledger.history import JobHistory, RoundHistory
-from ledger.watch import health, view
+from ledger.ethereum.contract import Commit, JobInfo, Proposal, RoundInfo, Submission
+from ledger.trail.history import JobHistory, RoundHistory
+from ledger.monitor.watch import health, view
 
 W = ["0x" + f"{i:040x}" for i in (1, 2, 3)]
 A = ["0x" + f"{i:040x}" for i in (0xA1, 0xA2, 0xA3)]

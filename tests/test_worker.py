@@ -28,7 +28,7 @@ def test_two_workers_submit_round_one_with_correct_events(deployed):
         assert s.num_samples == cfg.train.steps * cfg.train.batch_size
         data = env.store.get(s.cid, s.digest)
         assert sha256_bytes(data) == s.digest and len(data) == s.size
-        from ledger import checkpoint
+        from ledger.store import checkpoint
 
         _, meta = checkpoint.decode(data)
         assert meta["worker"] == s.worker.lower() and meta["round"] == "1"

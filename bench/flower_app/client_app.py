@@ -20,7 +20,7 @@ _SHARDS: dict = {}
 
 
 def _config(steps: int):
-    from ledger.jobconfig import JobConfig
+    from ledger.protocol.jobconfig import JobConfig
 
     cfg = JobConfig(name="bench")
     cfg.train.steps = int(steps)

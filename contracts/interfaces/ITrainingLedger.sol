@@ -218,12 +218,12 @@ interface ITrainingLedger {
     /// the contributions in `ballot`: 11 bytes an entry, big-endian: submission index (2),
     /// verdict (1), credit (8). Which votes count (members only, the first of each, mined
     /// by the vote deadline) and what they decide is a function of the chain's record
-    /// alone, computed alike by every aggregator and auditor (`ledger.committee`).
+    /// alone, computed alike by every aggregator and auditor (`ledger.protocol.committee`).
     event CommitteeVoted(uint256 indexed jobId, uint32 indexed round, address indexed aggregator, bytes ballot);
 
     /// @notice `round`'s verification committees were drawn (`drawCommittees`): from
     /// `seed`, the hash of the block 2 after the one that closed the round, exactly as
-    /// `ledger.committee.committees` draws them; votes count until `voteDeadline`.
+    /// `ledger.protocol.committee.committees` draws them; votes count until `voteDeadline`.
     event CommitteesDrawn(uint256 indexed jobId, uint32 indexed round, bytes32 seed, uint64 voteDeadline);
 
     /// @notice The job holds `amount` wei to pay contributions (createJob's value).

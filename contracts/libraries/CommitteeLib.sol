@@ -8,7 +8,7 @@ import {RoundSlot} from "./RoundSlot.sol";
 /// @title CommitteeLib
 /// @notice Verification committees enforced on chain (a linked library): the draw, the
 /// votes and the check that a finalized outcome follows what the committees decided.
-/// The rules are `ledger.committee`'s, so every party's tally of the `CommitteeVoted`
+/// The rules are `ledger.protocol.committee`'s, so every party's tally of the `CommitteeVoted`
 /// events equals what this library recorded:
 /// - **Draw** (`draw`, anyone, once a round): the seed is the hash of the block
 ///   DRAW_DELAY = 2 after the block that closed the round: the last expected submission's

@@ -25,7 +25,7 @@ library SettlementLib {
         uint256 share = pool / (j.numRounds - round + 1);
         if (share != 0) {
             // the round's share is the unit everything below is a part of (off chain,
-            // ledger.settlement replays exactly this arithmetic)
+            // ledger.protocol.settlement replays exactly this arithmetic)
             uint256 toAggregators = share * j.aggregatorBps / LedgerStorage.BPS;
             uint256 toWorkers = share - toAggregators;
             uint256 total;

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
-from ..cid import ImportOptions, cid_of_bytes, normalize_cid, parse_cid
-from ..digest import from_hex, to_hex
-from ..errors import IntegrityError, StorageError
+from ledger.store.cid import ImportOptions, cid_of_bytes, normalize_cid, parse_cid
+from ledger.digest import from_hex, to_hex
+from ledger.errors import IntegrityError, StorageError
 
 # What put() accepts: a path, bytes, or a binary stream (anything with read()).
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]

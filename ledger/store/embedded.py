@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..cid import (
+from ledger.store.cid import (
     DAG_PB,
     RAW,
     DagBuilder,
@@ -64,11 +64,11 @@ from ..cid import (
     parse_cid,
     parse_link,
 )
-from .. import safejson
-from ..digest import to_hex
-from ..errors import IntegrityError, NotFoundError, StorageError
-from ..procs import pid_alive
-from .base import (
+from ledger import safejson
+from ledger.digest import to_hex
+from ledger.errors import IntegrityError, NotFoundError, StorageError
+from ledger.services.procs import pid_alive
+from ledger.store.base import (
     Digest,
     Source,
     Store,

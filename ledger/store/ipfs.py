@@ -29,10 +29,10 @@ from pathlib import Path
 import ipfshttpclient
 import ipfshttpclient.exceptions as ipfs_exc
 
-from ..cid import ImportOptions, Importer
-from ..errors import NotFoundError, StorageError, StorageUnreachable
-from ..ipfs_node import to_multiaddr
-from .base import (
+from ledger.store.cid import ImportOptions, Importer
+from ledger.errors import NotFoundError, StorageError, StorageUnreachable
+from ledger.services.ipfs_node import to_multiaddr
+from ledger.store.base import (
     Digest,
     Source,
     Store,

@@ -1,7 +1,7 @@
 """A private job's store: every object encrypted at rest under the job key.
 
 ``SealedStore(inner, job_key)`` is the ``Store`` interface over another store: ``put``
-stores ``ledger.sealing.encrypt_artifact(key, bytes)`` and returns the *plaintext's*
+stores ``ledger.privacy.sealing.encrypt_artifact(key, bytes)`` and returns the *plaintext's*
 sha256 and size (what goes on chain: every member still checks every byte) with the
 ciphertext's CID (where it is); ``get`` fetches the ciphertext checked against its
 CID, decrypts it (AES-GCM-SIV authenticates it) and checks the plaintext against the
@@ -20,10 +20,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from .. import atomic
-from ..errors import IntegrityError
-from ..sealing import ARTIFACT_MAGIC, NONCE_BYTES, decrypt_artifact, encrypt_artifact
-from .base import Digest, Source, Store, StoredObject, as_digest, open_source
+from ledger import atomic
+from ledger.errors import IntegrityError
+from ledger.privacy.sealing import ARTIFACT_MAGIC, NONCE_BYTES, decrypt_artifact, encrypt_artifact
+from ledger.store.base import Digest, Source, Store, StoredObject, as_digest, open_source
 
 OVERHEAD = len(ARTIFACT_MAGIC) + NONCE_BYTES + 16     # magic, nonce, AES-GCM-SIV tag
 
@@ -60,7 +60,7 @@ class SealedStore(Store):
         return plain
 
     def get_by_cid(self, cid: str, max_size: int | None = None) -> bytes:
-        from ..sealing import SealBroken
+        from ledger.privacy.sealing import SealBroken
 
         blob = self.inner.get_by_cid(cid, None if max_size is None else max_size + OVERHEAD)
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ledger.errors import LedgerError
-from ledger.jobconfig import Artifact, ModelSpec
+from ledger.protocol.jobconfig import Artifact, ModelSpec
 
 
 def language_model(spec: ModelSpec, fetch: Callable[[Artifact, str], bytes] | None = None):
@@ -27,7 +27,7 @@ def language_model(spec: ModelSpec, fetch: Callable[[Artifact, str], bytes] | No
         raise LedgerError(f"a {spec.kind} model needs its committed tokenizer and weights from storage")
     tokenizer = fetch(spec.tokenizer, "tokenizer")
     if spec.lora:
-        from ledger import checkpoint
+        from ledger.store import checkpoint
 
         from node.models.lora import LoraModel
 

@@ -9,7 +9,7 @@ the job config.
 
 A kind implements:
 - tokens: ``encode(text) -> ids`` and ``decode(ids) -> str`` (``token_bytes`` per id
-  in a data stream, ``ledger.tokens``);
+  in a data stream, ``ledger.protocol.tokens``);
 - parameters: ``genesis(seed)`` (the round-1 parent), ``module(params, device)`` (a
   torch module holding them, ready to train or evaluate) and ``trainable(module)``
   (its trainable parameters under the state dict's names, sorted);
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ledger.jobconfig import ModelSpec
+from ledger.protocol.jobconfig import ModelSpec
 
 from node.models.params import load_into
 
@@ -66,8 +66,8 @@ class LanguageModel(ABC):
         """Text of token ids (invalid UTF-8 replaced)."""
 
     def stream(self, text: bytes) -> bytes:
-        """``text`` as the token stream this job trains on and commits to (``ledger.tokens``)."""
-        from ledger import tokens
+        """``text`` as the token stream this job trains on and commits to (``ledger.protocol.tokens``)."""
+        from ledger.protocol import tokens
 
         if self.token_bytes == 1:
             return bytes(text)

@@ -38,7 +38,7 @@ class GPTConfig:
 
     @classmethod
     def from_spec(cls, spec) -> "GPTConfig":
-        """From a ``ledger.jobconfig.ModelSpec`` (or anything with the same attributes)."""
+        """From a ``ledger.protocol.jobconfig.ModelSpec`` (or anything with the same attributes)."""
         return cls(**{f.name: getattr(spec, f.name) for f in fields(cls)})
 
     def __post_init__(self):

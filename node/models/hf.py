@@ -7,7 +7,7 @@ builds the module from the config with ``AutoModelForCausalLM.from_config`` (nev
 remote code, never a download) and loads tensors it fetched and checked itself.
 
 A config is hostile input like any fetched file: ``check_config`` checks every field
-transformers acts on (``ledger.hfconfig``: the two model types this project tests,
+transformers acts on (``ledger.protocol.hfconfig``: the two model types this project tests,
 every size, activations, rope settings, head divisibility) and counts the parameters
 on the meta device (no memory) before anything real is allocated.
 """
@@ -21,9 +21,10 @@ import warnings
 import numpy as np
 import torch
 
-from ledger import hfconfig, safejson
+from ledger.protocol import hfconfig
+from ledger import safejson
 from ledger.errors import LedgerError
-from ledger.jobconfig import canonical_json
+from ledger.protocol.jobconfig import canonical_json
 
 from node.models.base import LanguageModel
 
@@ -54,7 +55,7 @@ def quiet_transformers() -> None:
 
 def check_config(d) -> dict:
     """A transformers config dict checked and trimmed to what the model computes: every
-    field transformers acts on sound (``ledger.hfconfig.check``), at most ``MAX_PARAMS``
+    field transformers acts on sound (``ledger.protocol.hfconfig.check``), at most ``MAX_PARAMS``
     parameters (counted on the meta device). Raises LedgerError saying which field is wrong."""
     if isinstance(d, dict):
         d = {k: v for k, v in d.items() if k not in VOLATILE_KEYS}
@@ -114,7 +115,7 @@ class HFModel(LanguageModel):
 
     def __init__(self, spec, tokenizer_json: bytes):
         super().__init__(spec)
-        from ledger.tokens import load_tokenizer
+        from ledger.protocol.tokens import load_tokenizer
 
         self.hf = check_config(safejson.loads(spec.hf_config, what="the model config"))
         self.tokenizer = load_tokenizer(tokenizer_json)
@@ -135,7 +136,7 @@ class HFModel(LanguageModel):
         return f"{self.hf['model_type']} model{src}, {count(n)} parameters, context {self.block_size} tokens"
 
     def encode(self, text: bytes) -> np.ndarray:
-        from ledger.tokens import encode_text
+        from ledger.protocol.tokens import encode_text
 
         return encode_text(self.tokenizer, text)
 

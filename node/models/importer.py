@@ -7,7 +7,7 @@ job owner reads the directory, once; nobody dequantises or converts anything aga
 
 A model directory is hostile input like any fetched file:
 - weights are read from safetensors files inside the directory only, by the ledger's
-  own strict reader (``ledger.checkpoint.read_weights``: sizes bounded before parsing,
+  own strict reader (``ledger.store.checkpoint.read_weights``: sizes bounded before parsing,
   float dtypes only, every shape the config's), never through transformers' file
   logic; a directory whose weights are pickle-based (``pytorch_model.bin``, ``*.pt``,
   ...), or whose index names a pickle or a path outside it, is refused in one line and
@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ledger import checkpoint, progress, safejson
+from ledger.store import checkpoint
+from ledger import progress, safejson
 from ledger.errors import CheckpointFormatError, LedgerError
-from ledger.jobconfig import canonical_json
+from ledger.protocol.jobconfig import canonical_json
 
 from node.models.hf import check_config, quiet_transformers
 
@@ -80,7 +81,7 @@ def import_model(name_or_dir: str, cache_dir: Path, say=print) -> Imported:
     if not tok_path.is_file():
         raise LedgerError(f"{d}: no tokenizer.json (a fast tokenizer file): save the tokenizer with "
                           f"`tokenizer.save_pretrained(DIR)` next to the model")
-    from ledger.tokens import MAX_TOKENIZER_BYTES, load_tokenizer
+    from ledger.protocol.tokens import MAX_TOKENIZER_BYTES, load_tokenizer
 
     tok_raw = safejson.read_bytes(tok_path, max_bytes=MAX_TOKENIZER_BYTES)
     tok = load_tokenizer(tok_raw)
@@ -135,7 +136,7 @@ def weight_files(d: Path) -> list[Path]:
 
 
 def _load_weights(d: Path, hf_config: dict, files: list[Path]) -> dict[str, np.ndarray]:
-    """The weights, read by ``ledger.checkpoint.read_weights`` (never a pickle, never
+    """The weights, read by ``ledger.store.checkpoint.read_weights`` (never a pickle, never
     transformers' file logic): each file's size and header bounded before parsing,
     float dtypes only, and every tensor's shape the config's before the module is built.
     Names match the module's, or the module's without its base prefix (older GPT-2 files)."""

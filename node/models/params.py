@@ -1,7 +1,7 @@
 """torch state_dict <-> ``dict[str, np.ndarray]``, the form checkpoints are made of.
 
 The numpy side is canonical: float32, C-contiguous, each array owning its memory,
-names in sorted order, every tensor present exactly once. ``ledger.checkpoint.encode``
+names in sorted order, every tensor present exactly once. ``ledger.store.checkpoint.encode``
 serialises exactly this, so two parties holding the same weights produce the same
 bytes and the same digest.
 """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ledger.contract import Submission
+from ledger.ethereum.contract import Submission
 from ledger.digest import to_hex
 
 
@@ -124,7 +124,7 @@ class AuditReport:
     # Checks this auditor could not rerun, holding no key to what they need (drawn windows
     # sealed to their verifiers): neither passed nor failed. A named auditor reruns them.
     not_rerun: list[Discrepancy] = field(default_factory=list)
-    # ``ledger.history.worker_table`` of the job: who contributed what, its credit and payments
+    # ``ledger.trail.history.worker_table`` of the job: who contributed what, its credit and payments
     contributors: list = field(default_factory=list)
     # DP jobs: the delta of every contributor's ``epsilon`` (None: the job trains without DP)
     dp_delta: float | None = None

@@ -9,7 +9,7 @@ everything. The same report gives the same bytes.
 
 The "Contributors" table has one row per worker (and per paid aggregator): rounds
 accepted, rejections with their verdicts, accepted samples and, given the rows of
-``ledger.history.worker_table`` (``render_html(report, contributors=...)``, or a
+``ledger.trail.history.worker_table`` (``render_html(report, contributors=...)``, or a
 ``contributors`` attribute on the report), the credit and the ETH paid, slashed and
 returned. Without them it is built from the report's on-chain verdicts alone and the
 credit and payment columns are left out.
@@ -27,8 +27,8 @@ from functools import lru_cache
 
 from markupsafe import Markup
 
-from ledger.history import WorkerRow, contributor_rows, epsilon_text, eth
-from ledger.verdicts import describe
+from ledger.trail.history import WorkerRow, contributor_rows, epsilon_text, eth
+from ledger.protocol.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit
 from node.reports.graphs import (
@@ -132,7 +132,7 @@ def _round_view(report: AuditReport, rnd: RoundAudit, flags: Flags) -> _RoundVie
 def render_html(report: AuditReport, contributors: list[WorkerRow] | None = None) -> str:
     """The whole audit as one self-contained HTML document.
 
-    ``contributors``: ``ledger.history.worker_table`` of the audited job, for the
+    ``contributors``: ``ledger.trail.history.worker_table`` of the audited job, for the
     credits and payments (default: the report's ``contributors`` attribute, if any)."""
     if contributors is None:
         contributors = report.contributors or None   # an audit fills it from the chain; a bare report has none
@@ -157,7 +157,7 @@ def render_html(report: AuditReport, contributors: list[WorkerRow] | None = None
         "rounds": [_round_view(report, r, flags) for r in rounds],
         "contributors": list(contributors) if paid else report_contributors(report),
         "contributors_paid": paid,
-        # DP jobs: the epsilon each worker spent (ledger.history.worker_table, the job's accountant)
+        # DP jobs: the epsilon each worker spent (ledger.trail.history.worker_table, the job's accountant)
         "dp": report.dp_delta is not None and paid,
         "dp_delta": report.dp_delta,
         # built by matplotlib from escaped hooks and titles (ElementTree escapes them)

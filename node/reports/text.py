@@ -14,9 +14,9 @@ import math
 import os
 import sys
 
-from ledger.history import epsilon_text
+from ledger.trail.history import epsilon_text
 from ledger.tables import text_table
-from ledger.verdicts import describe
+from ledger.protocol.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, RoundAudit
 

@@ -1,6 +1,6 @@
 """Byzantine workers, for the tests and the robustness benchmark.
 
-Each attack is a real worker process (``python -m node.roles.adversary --attack NAME``)
+Each attack is a real worker process (``python -m node.simulate.adversary --attack NAME``)
 that follows the protocol on chain but publishes a malicious contribution, so the
 aggregators meet it exactly as they would meet a real attacker. The tensor attacks
 are plain functions of (parent, honest result) so the benchmark can also apply
@@ -68,7 +68,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger import safejson
 from ledger.digest import sha256_bytes, to_hex
 
@@ -188,7 +188,7 @@ class Adversary(Worker):
             return bundles
         import json
 
-        from ledger.jobconfig import canonical_json
+        from ledger.protocol.jobconfig import canonical_json
 
         out = []
         for seg, blob in bundles:
@@ -215,7 +215,7 @@ class Adversary(Worker):
         blob = super().seal(items, readers, binding)
         if self.attack != "garble-one":
             return blob
-        from ledger import sealing
+        from ledger.privacy import sealing
 
         _, slots, _, _ = sealing._parse(blob)
         aggregators = {a.lower() for a in self.ctx.info.aggregators}
@@ -283,9 +283,9 @@ def _line(start: dict, end: dict, like: list[TrainState], steps: int) -> list[Tr
 
 
 def main(argv=None) -> int:
-    from ledger.party import open_party, setup_logging
+    from ledger.ethereum.party import open_party, setup_logging
     from ledger.config import load_settings
-    from ledger.datacommit import read_text_data
+    from ledger.protocol.datacommit import read_text_data
 
     from node.context import JobContext
 

@@ -21,18 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic, metrics
-from ledger import committee
-from ledger.chain import tx_hash_of
-from ledger.contract import Settlement
+from ledger import atomic
+from ledger.monitor import metrics
+from ledger.protocol import committee
+from ledger.ethereum.chain import tx_hash_of
+from ledger.ethereum.contract import Settlement
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
-from ledger.procs import hold_lock
-from ledger.settlement import credit_of
-from ledger.verdicts import Verdict, describe
+from ledger.services.procs import hold_lock
+from ledger.protocol.settlement import credit_of
+from ledger.protocol.verdicts import Verdict, describe
 
 from node.training import transcript
-from node.roles.faults import crash_point
+from node.simulate.faults import crash_point
 from node.verification.rounds import (DrawNotReady, committee_tally, disclosed_workers, drawn_artifacts, judge_round,
                                       replay_seed, verify_submissions)
 from node.context import JobContext
@@ -257,7 +258,7 @@ class Aggregator:
         crash_point("aggregator:after-publish")
         return state
 
-    # ---- verification committees (ledger.committee) -------------------------------------
+    # ---- verification committees (ledger.protocol.committee) -------------------------------------
     def _committees(self, r: int, parent: bytes, subs, seed: bytes) -> dict | None:
         """In a job with verification committees: vote on the contributions this aggregator
         was drawn to judge, then wait for every committee's decision (or the vote

@@ -2,7 +2,7 @@
 
 It reads no local state of any worker or aggregator: the job, its rounds,
 submissions, proposal commits and reveals, finalizations and skips come from chain
-events and views (``ledger.history``); every artifact comes from storage and is
+events and views (``ledger.trail.history``); every artifact comes from storage and is
 checked against its on-chain digest. It then re-runs the very verification and merge
 code the aggregators ran (``node.verification.rounds``) and reports each discrepancy with its location.
 
@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import time
 
-from ledger import checkpoint
-from ledger import settlement as settlemod
+from ledger.store import checkpoint
+from ledger.protocol import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import InvalidJobConfig, LedgerError, NotFoundError, StorageError, StorageUnreachable
-from ledger.history import load_history, worker_table
-from ledger.verdicts import Verdict, describe
+from ledger.trail.history import load_history, worker_table
+from ledger.protocol.verdicts import Verdict, describe
 
 from node.training import dp as dpmod
 from node.training import train as trainmod
@@ -431,7 +431,7 @@ def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, m
     """The finalized credits and slashes against the verification's: a slash exactly for
     the on-chain verdicts that are cheating, a credit only for the accepted ones, and each
     accepted one's credit what this machine's own loss measurement gives (within the
-    ``ledger.settlement`` slack for another machine's low bits)."""
+    ``ledger.protocol.settlement`` slack for another machine's low bits)."""
     workers = ctx.ledger.round_workers(ctx.job_id, r, ctx.info)
     if len(revealed.credits) != len(workers):
         found.append(Discrepancy(r, "", "credit", f"{len(workers)} credits (one per worker of the round)",

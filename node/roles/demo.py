@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger import anvil, atomic
+from ledger.services import anvil
+from ledger import atomic
 from ledger.config import Settings
-from ledger.chain import redact_url
+from ledger.ethereum.chain import redact_url
 from ledger.digest import short
 from ledger.errors import ChainUnreachable, LedgerError
-from ledger.jobconfig import JobConfig
-from ledger.procs import hold_lock
+from ledger.protocol.jobconfig import JobConfig
+from ledger.services.procs import hold_lock
 
 PASSWORD_FILE = "demo-password"
 # A party with less than FUND_BELOW wei is topped up: by FUND_SET on a dev node that sets
@@ -111,7 +112,7 @@ class Demo:
         else:
             self.say(f"chain   {redact_url(s.rpc_url)} (given; no local chain started)")
         if self.opt.ipfs:
-            from ledger import ipfs_node
+            from ledger.services import ipfs_node
 
             ipfs = ipfs_node.ipfs_up(s)
             # Set before anything else can fail, so down() stops the node it started.
@@ -122,7 +123,7 @@ class Demo:
                      f"blocks in {ipfs.info.extra.get('repo')})")
             if ipfs.note:
                 self.say(f"        note: {ipfs.note}")
-        from ledger import deploy as deploymod
+        from ledger.ethereum import deploy as deploymod
         from ledger.errors import NoDeployment
 
         chain = deploymod.connect(s)
@@ -159,7 +160,7 @@ class Demo:
         """The job owner's account, which also deploys: a key the user gave
         (LEDGER_PRIVATE_KEY / --account), else the well-known dev key on a chain where
         it holds funds, else a keystore account of the demo's, funded like a party."""
-        from ledger import keys
+        from ledger.ethereum import keys
 
         try:
             acct = keys.load_account(self.settings)
@@ -184,7 +185,7 @@ class Demo:
         start, from the node's own unlocked dev account (eth_accounts, signed by the node:
         no key passes through here), else by the dev node's set-balance method, else
         from the well-known dev key."""
-        from ledger import keys
+        from ledger.ethereum import keys
 
         if self.settings.rpc_url:
             try:
@@ -203,7 +204,7 @@ class Demo:
         )
 
     def _fund(self, chain, address: str) -> None:
-        from ledger import keys
+        from ledger.ethereum import keys
 
         if chain.w3.eth.get_balance(address) >= FUND_BELOW:
             return
@@ -224,13 +225,13 @@ class Demo:
         return pw_file.read_text().strip()
 
     def _keystore_account(self, name: str):
-        from ledger import keys
+        from ledger.ethereum import keys
 
         return keys.find_account(self.settings, name) or keys.new_account(self.settings, self._password(), name=name)
 
     def accounts(self) -> Path:
         """Keystore accounts for every party, funded (see ``_owner`` for from where)."""
-        from ledger import deploy as deploymod
+        from ledger.ethereum import deploy as deploymod
 
         s = self.settings
         self._password()
@@ -245,7 +246,7 @@ class Demo:
         return s.data_dir / PASSWORD_FILE
 
     def create_job(self) -> int:
-        from ledger.deploy import open_ledger
+        from ledger.ethereum.deploy import open_ledger
         from ledger.store import open_store
 
         from node.roles.owner import create_job, describe
@@ -324,7 +325,7 @@ class Demo:
     def watch(self, job_id: int) -> None:
         """Show each round's progress from the chain until the job completes, waiting out a
         chain outage as the parties do (the same backoff: ``node.context.backoff_until``)."""
-        from ledger.deploy import open_ledger
+        from ledger.ethereum.deploy import open_ledger
 
         ledger = open_ledger(self.settings)
         n_workers, n_aggs = self.opt.workers, self.opt.aggregators
@@ -430,7 +431,7 @@ class Demo:
         return " and ".join(x for x in (f"{n_w} worker(s)" if n_w else "", f"{n_a} aggregator(s)" if n_a else "") if x)
 
     def _down_ipfs(self, say) -> str | None:
-        from ledger import ipfs_node
+        from ledger.services import ipfs_node
 
         if not self.started_ipfs:
             return None
@@ -465,7 +466,7 @@ def _tail(path: Path, n: int = 15) -> str:
 def genesis_text(ledger, store, job_id: int, opt: DemoOptions) -> str:
     """The same prompt continued by the job's genesis (the pretrained model), same seed."""
     from node.context import JobContext
-    from node.roles.generate import sample
+    from node.commands.generate import sample
 
     ctx = JobContext.load(ledger, store, job_id)
     params, _ = ctx.load_checkpoint(ctx.genesis)
@@ -489,11 +490,11 @@ def side_by_side(opt: DemoOptions, before: str, gen) -> str:
 
 
 def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
-    from ledger.deploy import open_ledger
+    from ledger.ethereum.deploy import open_ledger
     from ledger.store import open_store
 
     from node.roles.audit import audit_job
-    from node.roles.generate import generate_verified
+    from node.commands.generate import generate_verified
     from node.reports.html import render_html
     from node.reports.text import render_text
 
@@ -533,7 +534,7 @@ def run_demo(settings: Settings, opt: DemoOptions, say=print) -> int:
         say(f"time         {time.monotonic() - t0:.0f}s")
         return 0 if report.ok else 1
     except KeyboardInterrupt as e:
-        # Ctrl-C, SIGTERM or SIGHUP (ledger.procs.Stopped): stop what we started; the
+        # Ctrl-C, SIGTERM or SIGHUP (ledger.services.procs.Stopped): stop what we started; the
         # command line says in one line what that was.
         e.stopped = demo.down(quiet=True)
         raise

@@ -18,12 +18,12 @@ a job that is not completed or whose audit is not OK. It then writes into the fo
   itself as ``adapter.safetensors`` (the ledger's tensor names); ``merged_weights``
   is that merge for ``ledger verify-export``, which recomputes it;
 - a private job's files are sealed under the job key, at rest as the job's other
-  artifacts: ``NAME.sealed`` for each (``ledger.provenance`` says what is signed);
+  artifacts: ``NAME.sealed`` for each (``ledger.trail.provenance`` says what is signed);
 - ``provenance.intoto.jsonl``: a DSSE envelope of the in-toto statement whose
   subjects are the files above with their sha256, signed by the exporter's account
-  (``ledger.provenance`` says exactly what is signed).
+  (``ledger.trail.provenance`` says exactly what is signed).
 
-The predicate's chain sections come from ``ledger.provenance.chain_record`` of the
+The predicate's chain sections come from ``ledger.trail.provenance.chain_record`` of the
 job's history, cross-checked against the audit report (each round's status and
 merged digest, its accepted contributors, the final model): an export never states
 what the audit did not check. The folder is written beside ``out`` and renamed into
@@ -43,15 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ledger import provenance
+from ledger.trail import provenance
 from ledger.digest import from_hex, to_hex
 from ledger.errors import LedgerError
-from ledger.history import load_history
+from ledger.trail.history import load_history
 
 from node.context import JobContext
 from node.reports.findings import AuditReport
 from node.roles.audit import audit_job
-from node.roles.generate import UnverifiedModel, audited_model_digest
+from node.commands.generate import UnverifiedModel, audited_model_digest
 
 SAFETENSORS_META = {"format": "pt"}  # what transformers' loader asks of a safetensors file
 

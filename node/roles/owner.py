@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ledger import checkpoint
-from ledger.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
+from ledger.store import checkpoint
+from ledger.ethereum.contract import DEFAULT_PROPOSAL_WINDOW, JobParams
 from ledger.digest import to_hex
 from ledger.errors import LedgerError
-from ledger.jobconfig import Artifact, DataRoot, JobConfig, ShardSpec, canonical_json
+from ledger.protocol.jobconfig import Artifact, DataRoot, JobConfig, ShardSpec, canonical_json
 
 from node.training import data as datamod
 from node.context import genesis_meta
@@ -258,7 +258,7 @@ def create_job(
     where workers seal what they reveal: private data); ``auditors``: named auditors'
     addresses (keys among ``keys``), who read what the verifiers read. ``private``: every
     artifact is stored encrypted under a job key wrapped to the owner, each member and each
-    named auditor (``ledger.access``), whose public keys must all be in ``keys``."""
+    named auditor (``ledger.protocol.access``), whose public keys must all be in ``keys``."""
     econ = economics or Economics()
     plain = store        # the config stays readable by anyone: what the job is, not what it learns
     if private:
@@ -310,7 +310,7 @@ def create_job(
             slash_bps=econ.slash_bps,
             aggregator_bps=econ.aggregator_bps,
             reward=econ.reward,
-            # the contract enforces the committees (ledger.committee): who votes, until when, what decides
+            # the contract enforces the committees (ledger.protocol.committee): who votes, until when, what decides
             committee_size=int(config.policy.committee_size),
             committee_quorum=int(config.policy.committee_quorum),
             vote_window=int(config.policy.vote_window),
@@ -322,8 +322,8 @@ def create_job(
 def _private_store(ledger, config: JobConfig, store, workers, aggregators, keys: dict, auditors) -> object:
     """Make ``config`` private (a job key wrapped to every reader) and return the store
     that seals everything the job stores."""
-    from ledger import access
-    from ledger.sealing import public_key_of
+    from ledger.protocol import access
+    from ledger.privacy.sealing import public_key_of
     from ledger.store.sealed import SealedStore
 
     if config.cid_version:
@@ -348,8 +348,8 @@ def set_access(config: JobConfig, workers: list[str], aggregators: list[str], ke
                auditors: list[str]) -> None:
     """``config.access``: the public keys of the parties (checked against their addresses)
     and the named auditors; what seals needs a key for every reader it seals to."""
-    from ledger.jobconfig import PartyKey
-    from ledger.sealing import address_of, public_key_hex
+    from ledger.protocol.jobconfig import PartyKey
+    from ledger.privacy.sealing import address_of, public_key_hex
 
     by_addr = {}
     for addr, pub in keys.items():

@@ -1,7 +1,7 @@
 """The relay: takes workers' signed submissions over HTTP and sends each round's in one
 ``submitBatch`` transaction, paying the gas once for many (README "Many parties").
 
-A worker that runs with ``--relay URL`` signs its submission (``ledger.batch``) and posts
+A worker that runs with ``--relay URL`` signs its submission (``ledger.protocol.batch``) and posts
 it here instead of sending its own transaction; it keeps watching the chain and sends
 the submission itself if the batch has not landed shortly before the deadline. So a
 relay can save gas but never censor or lose a contribution: at worst it delays one to
@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from ledger import metrics
-from ledger.batch import SignedSubmission
+from ledger.monitor import metrics
+from ledger.protocol.batch import SignedSubmission
 from ledger import safejson
-from ledger.chain import tx_hash_of
+from ledger.ethereum.chain import tx_hash_of
 from ledger.errors import ChainUnreachable, ContractReverted, LedgerError
 
 log = logging.getLogger("ledger.relay")

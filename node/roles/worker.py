@@ -31,19 +31,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import atomic, checkpoint, metrics
-from ledger.chain import tx_hash_of
-from ledger import datacommit as dc
+from ledger import atomic
+from ledger.store import checkpoint
+from ledger.monitor import metrics
+from ledger.ethereum.chain import tx_hash_of
+from ledger.protocol import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
-from ledger.history import eth
-from ledger.procs import hold_lock
+from ledger.trail.history import eth
+from ledger.services.procs import hold_lock
 
 from node.training import dp as dpmod
 from node.training import privdata
 from node.training import train as trainmod
 from node.training import transcript as tx
-from node.roles.faults import crash_point
+from node.simulate.faults import crash_point
 from node.context import JobContext, Located, contribution_meta
 
 log = logging.getLogger("ledger.worker")
@@ -445,7 +447,7 @@ class Worker:
         batch has not landed ``relay_fallback`` seconds before the deadline)."""
         import requests
 
-        from ledger.batch import sign_submission
+        from ledger.protocol.batch import sign_submission
         from node.roles.relay import PATH
 
         ctx, job, url = self.ctx, self.ctx.job_id, self.opt.relay.rstrip("/")
@@ -602,7 +604,7 @@ class Worker:
 
     def seal(self, items: dict[str, bytes], readers: dict[str, bytes], binding: bytes) -> bytes:
         """The envelope (a Byzantine worker overrides this to hand some readers garbage)."""
-        from ledger import sealing
+        from ledger.privacy import sealing
 
         return sealing.seal(items, readers, binding)
 

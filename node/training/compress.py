@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.digest import from_hex, sha256_bytes, to_hex
 
 from node.training.transcript import bf16_bits, from_bf16
@@ -67,7 +67,7 @@ class Ref:
 
     @classmethod
     def of(cls, blob: bytes, import_options) -> "Ref":
-        from ledger.cid import cid_of_bytes
+        from ledger.store.cid import cid_of_bytes
 
         return cls(sha256_bytes(blob), cid_of_bytes(blob, import_options).cid, len(blob))
 
@@ -140,7 +140,7 @@ def meta_refs(meta: Mapping[str, str]) -> tuple[Ref, Ref]:
 
 
 def refs_meta(end: Ref, ef: Ref) -> dict[str, str]:
-    from ledger.jobconfig import canonical_json
+    from ledger.protocol.jobconfig import canonical_json
 
     return {META_KEY: canonical_json({"end": end.to_json(), "error_feedback": ef.to_json()}).decode()}
 
@@ -158,7 +158,7 @@ def registry(meta: Mapping[str, str]) -> dict[str, Ref]:
 
 
 def registry_meta(reg: Mapping[str, Ref]) -> dict[str, str]:
-    from ledger.jobconfig import canonical_json
+    from ledger.protocol.jobconfig import canonical_json
 
     return {REGISTRY_KEY: canonical_json({w: r.to_json() for w, r in sorted(reg.items())}).decode()}
 

@@ -27,7 +27,7 @@ import torch
 
 from ledger.digest import to_hex
 from ledger.errors import LedgerError
-from ledger.jobconfig import DataSpec, ShardSpec
+from ledger.protocol.jobconfig import DataSpec, ShardSpec
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 SPLIT_MODES = ("iid", "speaker")
@@ -210,12 +210,12 @@ def balance_sizes(throughputs: list[float], total: int, min_size: int = 0) -> li
 
 
 def as_tensor(stream: bytes, token_bytes: int = 1) -> torch.Tensor:
-    """A token stream (``ledger.tokens``; the text itself for the byte GPT) as a tensor of
+    """A token stream (``ledger.protocol.tokens``; the text itself for the byte GPT) as a tensor of
     ids: uint8 for bytes (widened when windows are cut), int64 otherwise (a copy: torch
     wants writable memory)."""
     if token_bytes == 1:
         return torch.from_numpy(np.frombuffer(stream, dtype=np.uint8).copy())
-    from ledger.tokens import from_stream
+    from ledger.protocol.tokens import from_stream
 
     return torch.from_numpy(from_stream(stream, token_bytes))
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger.digest import from_hex, sha256_bytes
 from ledger.errors import LedgerError
-from ledger.jobconfig import JobConfig, num_samples
+from ledger.protocol.jobconfig import JobConfig, num_samples
 
 from node.training.transcript import TrainState, inner_boundaries
 

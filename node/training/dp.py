@@ -1,4 +1,4 @@
-"""DP-SGD whose noise a verifier can replay (a job's ``dp`` section, ``ledger.jobconfig.DPSpec``).
+"""DP-SGD whose noise a verifier can replay (a job's ``dp`` section, ``ledger.protocol.jobconfig.DPSpec``).
 
 One DP step (``private_grads``), inside the one training loop (``node.training.train``):
 each window of the batch gets its own gradient (one backward per window: the same
@@ -40,7 +40,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ledger.jobconfig import DPSpec, canonical_json
+from ledger.protocol.jobconfig import DPSpec, canonical_json
 
 SEED_DOMAIN = b"training-ledger/dp-seed/1"
 ITEM_PREFIX = "dp-seeds-"
@@ -289,7 +289,7 @@ def epsilon_spent(spec: DPSpec, steps: int) -> float:
 
 
 def epsilon_by_rounds(config) -> Callable[[int], float] | None:
-    """rounds a worker trained -> the epsilon it spent (``ledger.history.JobHistory.epsilon_of``);
+    """rounds a worker trained -> the epsilon it spent (``ledger.trail.history.JobHistory.epsilon_of``);
     None for a job without DP."""
     if config.dp is None:
         return None

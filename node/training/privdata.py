@@ -3,7 +3,7 @@
 Each training step reads ``batch_size`` windows of ``block_size + 1`` bytes at offsets
 that depend only on (seed, step, the data's length) (``node.training.train.step_offsets``), so
 anyone who knows the committed length knows exactly which bytes a segment of the
-transcript read. A *window bundle* holds the 64-byte chunks (``ledger.datacommit``)
+transcript read. A *window bundle* holds the 64-byte chunks (``ledger.protocol.datacommit``)
 covering those bytes for one segment, with their Merkle multiproof against the
 worker's committed root, bound to (job, round, worker, parent, segment).
 
@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from ledger import datacommit as dc
+from ledger.protocol import datacommit as dc
 from ledger import safejson
 from ledger.digest import to_hex
-from ledger.jobconfig import canonical_json
+from ledger.protocol.jobconfig import canonical_json
 
 from node.training import train as trainmod
 from node.training.transcript import segment_bounds
@@ -56,7 +56,7 @@ REVEAL_KIND = "training-ledger/reveal/1"
 
 
 def reveal_binding(job: int, round_: int, worker: str) -> bytes:
-    """What a sealed reveal is bound to (``ledger.sealing``'s associated data): one
+    """What a sealed reveal is bound to (``ledger.privacy.sealing``'s associated data): one
     worker's reveal of one round of one job, never passed off as another's."""
     return canonical_json({"kind": REVEAL_KIND, "job": int(job), "round": int(round_), "worker": worker.lower()})
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ledger.errors import LedgerError
-from ledger.jobconfig import num_samples
+from ledger.protocol.jobconfig import num_samples
 
 from node.training.data import as_tensor, windows
 from node.training.dp import DPStep, private_grads

@@ -28,11 +28,11 @@ from typing import Mapping
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 from ledger import safejson
-from ledger.cid import parse_cid
+from ledger.store.cid import parse_cid
 from ledger.digest import from_hex, to_hex
-from ledger.jobconfig import canonical_json
+from ledger.protocol.jobconfig import canonical_json
 
 MANIFEST_KEY = "transcript"
 SNAPSHOT_KIND = "snapshot"
@@ -153,7 +153,7 @@ def build_manifest(segment_steps: int, snapshots: list[tuple[int, bytes]], impor
     items (segment, bytes): each one's digest, size and the CID a store with
     ``import_options`` gives it, computed here without storing it (``cid_of(bytes)``:
     the store's own, where it stores other bytes than it is given: a private job's)."""
-    from ledger.cid import cid_of_bytes
+    from ledger.store.cid import cid_of_bytes
     from ledger.digest import sha256_bytes
 
     cid_of = cid_of or (lambda blob: cid_of_bytes(blob, import_options).cid)

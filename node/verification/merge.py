@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ledger.jobconfig import MERGE_RULES, Policy
+from ledger.protocol.jobconfig import MERGE_RULES, Policy
 
 Params = Mapping[str, np.ndarray]
 ContributionT = tuple[str, int, Params]
@@ -480,7 +480,7 @@ def rule_update(rule_name: str, parent: Params, contributions: Iterable[Sequence
 def merge(rule_name: str, parent: Params, contributions: Iterable[Sequence],
           policy: Policy | None = None) -> MergeResult:
     """Merge ``contributions`` ((worker, num_samples, params) triples) into
-    ``parent`` with the named rule (one of ledger.jobconfig.MERGE_RULES).
+    ``parent`` with the named rule (one of ledger.protocol.jobconfig.MERGE_RULES).
 
     A list/tuple may come in any order (sorted by lowercase worker address here);
     for ``fedavg`` a non-list iterable is streamed and must already be in

@@ -55,7 +55,7 @@ def momentum_of(tensors: Mapping[str, np.ndarray], params: Mapping[str, np.ndarr
 def step(parent: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], momentum: Mapping[str, np.ndarray],
          spec) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(the merged tensors with their committed momentum, in parent dtypes and float32; the
-    new momentum alone) after one outer step of ``spec`` (``ledger.jobconfig.OuterSpec``)
+    new momentum alone) after one outer step of ``spec`` (``ledger.protocol.jobconfig.OuterSpec``)
     from ``parent`` with the merge rule's ``update`` (float64, floating tensors only)."""
     if spec.rule not in ("sgd", "nesterov"):
         raise ValueError(f"no outer step for rule {spec.rule!r}")

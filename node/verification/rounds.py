@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger import checkpoint
-from ledger import committee
-from ledger import settlement as settlemod
-from ledger.contract import Settlement
+from ledger.store import checkpoint
+from ledger.protocol import committee
+from ledger.protocol import settlement as settlemod
+from ledger.ethereum.contract import Settlement
 from ledger.digest import sha256_bytes
 from ledger.errors import LedgerError, NotFoundError, StorageUnreachable
-from ledger.verdicts import Verdict
+from ledger.protocol.verdicts import Verdict
 
 from node.training import transcript as tx
 from node.verification import merge as mergemod
@@ -201,7 +201,7 @@ def unsealer(ctx: JobContext, r: int, submissions, seed: bytes, reader) -> "Call
     """``RoundContext.unsealed`` for round ``r``: each worker's sealed reveal, fetched by the
     CID its disclosure names (checked against that CID) and opened with ``reader``'s key
     (a LocalAccount; None: an auditor that holds no key). Cached per worker."""
-    from ledger import sealing
+    from ledger.privacy import sealing
     from node.training import privdata
 
     index = {s.worker.lower(): s.index for s in submissions}
@@ -349,7 +349,7 @@ def _next_registry(v: Verified, selected: list[str]) -> dict[str, str]:
 
 
 def settlement_of(ctx: JobContext, v: Verified) -> Settlement:
-    """The credits and slashes round ``v.round``'s verdicts give (``ledger.settlement``)."""
+    """The credits and slashes round ``v.round``'s verdicts give (``ledger.protocol.settlement``)."""
     judged = [settlemod.Judged(rep.worker, int(rep.verdict), rep.metrics or {}, rep.contribution.num_samples)
               for rep in v.reports]
     return settlemod.settle(ctx.ledger.round_workers(ctx.job_id, v.round, ctx.info), judged)

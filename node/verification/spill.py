@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ledger import checkpoint
+from ledger.store import checkpoint
 
 
 class SpillDir:

@@ -1,7 +1,7 @@
 """The verification pipeline: one implementation for the aggregators and the audit.
 
 Every contribution of a round goes through the same checks, cheap to expensive;
-the first failing check decides its verdict (``ledger.verdicts.Verdict``):
+the first failing check decides its verdict (``ledger.protocol.verdicts.Verdict``):
 
   declared size <= policy.max_checkpoint_bytes (before fetching)  FORMAT
   fetch                                                           UNAVAILABLE
@@ -74,8 +74,8 @@ from typing import Any
 
 import numpy as np
 
-from ledger import checkpoint
-from ledger.contract import Submission
+from ledger.store import checkpoint
+from ledger.ethereum.contract import Submission
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import (
     CheckpointFormatError,
@@ -84,8 +84,8 @@ from ledger.errors import (
     StorageError,
     StorageUnreachable,
 )
-from ledger.jobconfig import JobConfig, Policy, num_samples
-from ledger.verdicts import Verdict
+from ledger.protocol.jobconfig import JobConfig, Policy, num_samples
+from ledger.protocol.verdicts import Verdict
 
 from node.training import transcript as tx
 from node.verification.merge import is_float, structure_mismatch, tensor_digest, update_norm
@@ -178,7 +178,7 @@ class RoundContext:
       drawn artifact of any other worker is unrevealed without a fetch, so every
       verifier judges "revealed in time" alike. None: no disclosure phase.
     - ``decided``: submission index -> (verdict, credit) its verification committee
-      decided on chain (``ledger.committee``): after the cheap checks this verifier takes
+      decided on chain (``ledger.protocol.committee``): after the cheap checks this verifier takes
       that verdict and credit instead of judging in depth.
     - ``in_depth``: the submission indexes judged in depth (validation, replay) when not
       decided; the others pass on their cheap checks alone (a committee member's vote
