@@ -11,7 +11,7 @@ STAMP := .stamps
 LEDGER := $(BIN)/ledger
 
 .PHONY: fuzz
-.PHONY: demo test bench install install-flower install-python install-npm install-ipfs install-debian clean-install help
+.PHONY: demo test bench install install-flower install-python install-npm install-ipfs install-debian install-slither clean-install help
 
 help:
 	@echo "make demo   - install what is needed, then run a whole multi-party training on one machine"
@@ -64,7 +64,17 @@ $(STAMP)/debian: Makefile | $(STAMP)
 	fi
 	@touch $@
 
+# Slither (tests/chain/test_forge.py) in its own venv: slither-analyzer 0.11.6 needs web3 7, the project's
+# venv has web3 8. It reads forge's build-info (--foundry-ignore-compile), so it needs no solc of its own.
+SLITHER_VENV := .venv-slither
+$(STAMP)/slither: requirements-slither.txt | $(STAMP)
+	@test -x $(SLITHER_VENV)/bin/python || $(PY) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/pip install -q --disable-pip-version-check -r requirements-slither.txt 2>&1 | sed "/is ignored: it is neither/d"
+	$(SLITHER_VENV)/bin/pip check
+	@touch $@
+
 install-python: $(STAMP)/python
+install-slither: $(STAMP)/slither
 install-npm: $(STAMP)/npm
 install-ipfs: $(STAMP)/ipfs
 install-debian: $(STAMP)/debian
@@ -74,7 +84,7 @@ install: install-python install-npm install-ipfs
 demo: install
 	$(LEDGER) demo
 
-test: install install-debian
+test: install install-debian install-slither
 	@# tests/chain/test_compile.py runs `ledger compile --check` (the artifact is what the sources
 	@# compile to). Two pytest workers, one test file each at a time (module fixtures stay whole): the
 	@# end-to-end tests spend most of their time waiting on chains and processes.
@@ -95,4 +105,4 @@ bench: install $(STAMP)/flower
 	@for b in $(BENCHES); do echo; echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean-install:
-	rm -rf $(VENV) $(STAMP) hardhat-config/node_modules ipfs-node/node_modules
+	rm -rf $(VENV) $(SLITHER_VENV) $(STAMP) hardhat-config/node_modules ipfs-node/node_modules

@@ -33,7 +33,7 @@ so no balance or storage slot is shared between jobs) funded with anvil_setBalan
 Prints the table of the unfunded job, the proposal cost per aggregator per round
 (commit + reveal), a second table of the operations of the funded and open jobs, and
 whether the median submitUpdate (unstaked and staked workers alike) meets the
-40,000-gas target (DESIGN.md, "Gas"). Stops anvil by PID and removes the data
+40,000-gas target (README, "Gas"). Stops anvil by PID and removes the data
 directory at the end.
 
 example:
@@ -69,11 +69,12 @@ from ledger.store.cid import cid_from_chain  # noqa: E402
 from ledger.ethereum.chain import Chain  # noqa: E402
 from ledger.config import load_settings  # noqa: E402
 from ledger.protocol import committee  # noqa: E402
-from ledger.ethereum.contract import JobParams, Settlement, TrainingLedger  # noqa: E402
+from ledger.ethereum.contract import JobParams, TrainingLedger  # noqa: E402
+from ledger.protocol.settlement import Settlement  # noqa: E402
 from ledger.tables import text_table  # noqa: E402
 
 TARGET = 40_000
-BATCH_TARGET = 10_000   # gas per contribution in a batch at 64 workers (README "Many parties")
+BATCH_TARGET = 9_500    # gas per contribution in a batch at 64 workers (README "Many parties")
 BATCH_AGGS = 16
 COMMITTEE = 3
 CEILING = 45_000

@@ -41,7 +41,7 @@ import {SettlementLib} from "./libraries/SettlementLib.sol";
 /// timed from there: whether a worker disclosed in time is read from the chain, alike by
 /// every aggregator and the auditor.
 ///
-/// Gas layout (a worker's submission is the hot path, see DESIGN.md "Gas"):
+/// Gas layout (a worker's submission is the hot path, README "Gas"):
 /// - the live state of the current round is ONE packed slot keyed by (job, parent digest):
 ///   round number, deadline, submission count, status, a bitmap of who submitted (so at
 ///   most 128 workers a job), the job's worker count and, once the last worker submitted,
@@ -197,6 +197,7 @@ contract TrainingLedger is ITrainingLedger {
         if (amount == 0) revert NothingToWithdraw(msg.sender);
         _s.balances[msg.sender] = 0;
         emit Withdrawn(msg.sender, amount);
+        // slither-disable-next-line low-level-calls -- pull payment: the balance is zeroed before the call and `ok` is checked; a plain call lets contract wallets withdraw
         (bool ok,) = payable(msg.sender).call{value: amount}("");
         if (!ok) revert WithdrawFailed(msg.sender, amount);
     }
@@ -231,6 +232,7 @@ contract TrainingLedger is ITrainingLedger {
             notActive = index - 1 >= MAX_WORKERS; // none, or a flag (queued, unstaked, left)
         }
         if (
+            // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
             notActive ||
             live & (STATUS_MASK | ROUND_MASK) != LIVE_OPEN | round ||
             block.timestamp > uint40(live >> DEADLINE_SHIFT) ||
@@ -253,6 +255,7 @@ contract TrainingLedger is ITrainingLedger {
         // well under 40,000 gas)
         LedgerStorage.Commitment storage c = _s.commitment[jobId];
         bytes32 topic = UpdateSubmitted.selector;
+        // slither-disable-next-line assembly -- the event is written by hand to hold submitUpdate's gas bound (bench/gas.py); fuzzed in contracts/test
         assembly ("memory-safe") {
             let m := mload(0x40)
             mstore(m, sload(c.slot))
@@ -300,6 +303,7 @@ contract TrainingLedger is ITrainingLedger {
         }
         LedgerStorage.LiveRound storage slot = _s.live[jobId][parentDigest];
         uint256 live = slot.packed;
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (live & (STATUS_MASK | ROUND_MASK) != LIVE_OPEN | round || block.timestamp > uint40(live >> DEADLINE_SHIFT)) {
             _rejectSubmission(jobId, round, parentDigest, 1); // a valid index: the round's own error
         }
@@ -339,6 +343,7 @@ contract TrainingLedger is ITrainingLedger {
             slot.packed = live;
             _s.commitment[jobId].value = c;
         }
+        // slither-disable-next-line assembly -- one BatchSubmitted log of packed entries instead of one event a worker (the batch's gas bound)
         assembly ("memory-safe") {
             mstore(entries, mul(counted, 100)) // BATCH_ENTRY: only the counted entries are logged
         }
@@ -368,6 +373,7 @@ contract TrainingLedger is ITrainingLedger {
         LedgerStorage.Phase memory ph = _phaseOf(jobId, round);
         // the proposal phase starts after the disclosures (at the round's deadline without them)
         uint64 proposalStart = live.proposalStart(j.disclosureWindow);
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (j.disclosureWindow != 0 && block.timestamp <= proposalStart && !_allDisclosed(jobId, round, live)) {
             revert DisclosuresPending(jobId, round, proposalStart);
         }
@@ -454,6 +460,7 @@ contract TrainingLedger is ITrainingLedger {
         _requireClosed(jobId, round, live);
         if (!live.hasSubmitted(index)) revert NotSubmitted(jobId, round, msg.sender);
         uint64 deadline = live.proposalStart(j.disclosureWindow);
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (block.timestamp > deadline) revert DisclosureClosed(jobId, round, deadline);
         LedgerStorage.Disclosures memory d = _disclosuresOf(jobId, round);
         uint128 bit = uint128(1) << (index - 1);
@@ -515,6 +522,7 @@ contract TrainingLedger is ITrainingLedger {
         LedgerStorage.Phase memory ph = _phaseOf(jobId, round);
         uint64 commitDeadline = _commitDeadline(ph, live.proposalStart(j.disclosureWindow), j.proposalWindow);
         if (count < j.minSubmissions) {
+            // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
             if (block.timestamp <= deadline) revert RoundNotClosed(jobId, round, deadline);
             reason = SkipReason.TooFewSubmissions;
         } else {
@@ -765,6 +773,7 @@ contract TrainingLedger is ITrainingLedger {
         bytes32 r = u.r;
         uint64 size = u.size; // read through Solidity: a dirty high bit reverts here
         uint64 samples = u.numSamples;
+        // slither-disable-next-line assembly -- the EIP-712 struct hash built in scratch memory: the batch's gas bound per contribution
         assembly ("memory-safe") {
             let m := mload(0x40)
             mstore(m, typeHash)
@@ -800,6 +809,7 @@ contract TrainingLedger is ITrainingLedger {
     {
         uint64 size = u.size;
         uint64 samples = u.numSamples;
+        // slither-disable-next-line assembly -- the packed 100-byte batch entry written in place (ledger.contract.batch_entries reads it)
         assembly ("memory-safe") {
             let e := add(add(entries, 0x20), mul(n, 100))
             // the tail words spill past the entry: the next entry overwrites them, and the
@@ -841,6 +851,7 @@ contract TrainingLedger is ITrainingLedger {
         if (parentDigest != j.parentDigest) revert WrongParent(jobId, round, j.parentDigest, parentDigest);
         RoundSlot live = RoundSlot.wrap(_s.live[jobId][parentDigest].packed);
         uint64 deadline = live.deadline();
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (block.timestamp > deadline || !live.isOpenStatus()) revert RoundClosed(jobId, round, deadline);
         revert AlreadySubmitted(jobId, round, msg.sender);
     }
@@ -889,6 +900,7 @@ contract TrainingLedger is ITrainingLedger {
         if (committed == bytes32(0)) revert NotCommitted(jobId, round, msg.sender);
         LedgerStorage.Job storage j = _s.jobs[jobId];
         LedgerStorage.Phase memory ph = _s.phase[jobId]; // current: this aggregator committed in this round
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (ph.commits < j.numAggregators && block.timestamp <= ph.commitDeadline) {
             revert CommitPhaseOpen(jobId, round, ph.commitDeadline);
         }

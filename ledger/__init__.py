@@ -1,8 +1,14 @@
-"""Training ledger: chain access, storage, digests, checkpoints, history and the CLI.
+"""Training ledger, the torch-free half: what a party or an auditor needs to read and write the record.
 
-This package never imports torch: the pure chain and storage paths (deploy, store,
-history) work on a machine without it. The roles (worker, aggregator, auditor) live
-in the `node` package, which the CLI imports only when a role command runs.
+Rooms, lowest first (a room imports only its own and lower ones; tests/unit/test_layering.py):
+``services`` (local chain and IPFS processes), ``privacy`` (sealed bytes), ``store``
+(content-addressed storage, CIDs, checkpoints), ``protocol`` (the rules as data and pure
+functions), ``ethereum`` (the chain and the contract), ``trail`` (a job's history and an
+export's provenance), ``monitor`` (the watch page, metrics). The top level holds the basics
+they share: errors, settings, atomic files, safe JSON, digests, tables, progress, units.
+
+The roles (worker, aggregator, auditor) live in ``node``, the command line in ``ledger_cli``;
+neither is imported from here, and nothing here imports torch.
 """
 
 __version__ = "0.1.0"

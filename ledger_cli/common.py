@@ -184,7 +184,7 @@ eth_amount.__name__ = "ETH amount"
 
 def show_eth(wei: int) -> str:
     """Wei as ETH, exact (``ledger.trail.history.eth``), with its unit."""
-    from ledger.trail.history import eth
+    from ledger.units import eth
 
     return f"{eth(wei)} ETH"
 

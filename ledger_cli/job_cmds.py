@@ -10,7 +10,9 @@ from .common import (SEED, add_command, add_group, add_job_arg, add_metrics_args
                      http_url, int_in, show_eth, spec_range, start_metrics, text_in)
 
 MAX_UINT32 = 2**32 - 1
-MAX_WORKERS, MAX_AGGREGATORS = 128, 255     # the contract's limits
+# the contract's limits (ledger.contract's, not imported: it pulls web3 into every command's
+# start); tests/chain/test_contract.py checks them against the deployed contract
+MAX_WORKERS, MAX_AGGREGATORS = 128, 255
 
 
 def register(sub) -> None:

@@ -24,6 +24,7 @@ import time
 from ledger.digest import to_hex
 from ledger.errors import ContractReverted, LedgerError
 from ledger.ethereum.party import open_party
+from ledger.protocol import phase
 
 from .common import add_command, add_group, add_job_arg, int_in
 
@@ -147,11 +148,10 @@ def waits_for(job, rd, now: int) -> str:
     if rd.submissions < job.min_submissions:
         return (f"nothing: closed with {rd.submissions} submission(s), below the minimum {job.min_submissions}; "
                 "anyone may close (skip) it")
-    commits_closed = rd.commits >= na or now > rd.commit_deadline
-    if not commits_closed:
+    if not phase.commits_closed(rd.commits, na, rd.commit_deadline, now):
         return (f"the aggregators' commits ({rd.commits} of {na}) until the commit deadline "
                 f"{relative(rd.commit_deadline, now)}; then their reveals")
-    if now <= rd.reveal_deadline and rd.proposals < rd.commits:
+    if not phase.quorum_out_of_reach(rd.commits, rd.proposals, na, rd.commit_deadline, rd.reveal_deadline, now):
         return (f"reveals ({rd.proposals} of {rd.commits} commits) until the reveal deadline "
                 f"{relative(rd.reveal_deadline, now)}: {job.quorum} matching reveal(s) finalize it")
     return (f"nothing can bring a quorum of {job.quorum} any more ({rd.commits} commits, {rd.proposals} reveals): "
@@ -196,7 +196,7 @@ def explain(err: ContractReverted, ledger, job_id: int, r: int, now: int | None 
     if name == "ProposalWindowOpen":
         reveal = int(a.get("revealDeadline", rd.reveal_deadline))
         na = len(job.aggregators)
-        if rd.commits < na and now <= rd.commit_deadline:
+        if not phase.commits_closed(rd.commits, na, rd.commit_deadline, now):
             return (f"{where}: the commit phase is still open ({rd.commits} of {na} aggregators committed) until "
                     f"{when(rd.commit_deadline, now)}; a close is accepted after the reveal deadline {when(reveal, now)}, "
                     "or once every commit is revealed after the commit phase")

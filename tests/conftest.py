@@ -115,3 +115,38 @@ SLOWEST_FIRST = (
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
+@pytest.fixture(scope="module")
+def module_rpc(tmp_path_factory) -> str:
+    """One anvil for the whole module (tests that each deploy their own contract on it), stopped by PID."""
+    settings = load_settings({"data_dir": tmp_path_factory.mktemp("module-chain") / "ledger-data", "chain_port": 0},
+                             env={}, config_file=None)
+    up = anvil.chain_up(settings)
+    try:
+        yield up.info.url
+    finally:
+        anvil.chain_down(settings)
+
+
+@pytest.fixture(scope="module")
+def module_contract(module_rpc):
+    """The contract and its libraries deployed once on the module's anvil (``support.contract.ContractEnv``)."""
+    from support.contract import ContractEnv
+
+    return ContractEnv(module_rpc)
+
+
+
+@pytest.fixture
+def contract_env(module_contract):
+    """The module's contract as freshly deployed: the chain is snapshotted before the test
+    and reverted after it (``evm_snapshot`` / ``evm_revert``), so every test starts from
+    the same state as if it had deployed its own, without paying for the deploy."""
+    w3 = module_contract.w3
+    snapshot = w3.provider.make_request("evm_snapshot", [])["result"]
+    try:
+        yield module_contract
+    finally:
+        assert w3.provider.make_request("evm_revert", [snapshot]).get("result") is True, "evm_revert refused"
+        module_contract.reconnect()

@@ -83,6 +83,7 @@ library CommitteeLib {
     /// @notice Record an aggregator's vote (see the library's notes); the caller checked it is one.
     function vote(LedgerStorage.Layout storage st, uint256 jobId, uint32 round, bytes calldata ballot) external {
         LedgerStorage.Draw storage d = _drawn(st, jobId, round);
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         if (block.timestamp > d.voteDeadline) revert ITrainingLedger.VotePhaseClosed(jobId, round, d.voteDeadline);
         bytes32 seed = d.seed;
         (uint256 pos, uint256 bit, uint256 m) = _position(st.aggregators[jobId], seed, jobId, round);
@@ -93,13 +94,13 @@ library CommitteeLib {
         bytes32[] memory ranks = new bytes32[](n);
         for (uint256 i = 0; i < n; ++i) ranks[i] = keccak256(abi.encode(seed, jobId, round, "uint256", i));
         (uint256 c, uint256 q) = sizes(st.jobs[jobId]);
-        uint256 last;
+        uint256 last = 0;
         for (uint256 e = 0; e < ballot.length; e += ENTRY) {
             uint256 index = uint16(bytes2(ballot[e:e + 2]));
             // strictly increasing (index + 1 > last), and one of the round's submissions
             if (index + 1 <= last || index >= n) revert ITrainingLedger.BadBallot(jobId, round);
             last = index + 1;
-            uint256 k; // the contribution's place in the shuffled order
+            uint256 k = 0; // the contribution's place in the shuffled order
             for (uint256 i = 0; i < n; ++i) {
                 if (ranks[i] < ranks[index]) ++k;
             }
@@ -127,6 +128,7 @@ library CommitteeLib {
         if (c == 0 || verdicts.length == 0) return;
         LedgerStorage.Draw storage d = _drawn(st, jobId, round);
         bytes memory order = d.order;
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         bool open = block.timestamp <= d.voteDeadline;
         mapping(uint256 => uint256) storage dec = st.decisions[jobId][round];
         for (uint256 i = 0; i < verdicts.length; ++i) {
@@ -209,7 +211,7 @@ library CommitteeLib {
         for (uint256 f = 7; f <= 11; ++f) {
             uint256 b = uint8(h[p]);
             uint256 v = b;
-            uint256 len;
+            uint256 len = 0;
             if (b >= 0x80) {
                 len = b - 0x80;
                 if (len > 8) revert ITrainingLedger.BadHeader(jobId, round);

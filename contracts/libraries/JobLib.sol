@@ -55,7 +55,7 @@ library JobLib {
         mapping(address => uint256) storage index = s.workerIndex[jobId];
         address[] storage ws = s.workers[jobId];
         uint256 flag = p.workerStake != 0 ? LedgerStorage.UNSTAKED : 0;
-        bytes32 roster;
+        bytes32 roster = bytes32(0);
         for (uint256 i = 0; i < p.workers.length; ++i) {
             address w = p.workers[i];
             if (w == address(0)) revert ITrainingLedger.ZeroAddress();
@@ -138,6 +138,7 @@ library JobLib {
     }
 
     /// @notice The checks of `createJob`'s parameters, each failure its own typed error.
+    // slither-disable-next-line cyclomatic-complexity -- one check per parameter, each with its own typed error; split, the list is harder to audit
     function validate(ITrainingLedger.JobParams calldata p) internal pure {
         uint256 named = p.workers.length;
         uint256 n = p.aggregators.length;
@@ -169,6 +170,7 @@ library JobLib {
 
     /// @notice One link of a roster's chained hash: keccak256(h, w).
     function chain(bytes32 h, address w) internal pure returns (bytes32 out) {
+        // slither-disable-next-line assembly -- keccak256 of two words in scratch space, without abi.encodePacked's memory copy
         assembly ("memory-safe") {
             mstore(0x00, h)
             mstore(0x20, w)

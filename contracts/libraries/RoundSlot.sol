@@ -96,6 +96,7 @@ library RoundSlotLib {
     /// deadline), or the deadline passed.
     function isClosed(RoundSlot s) internal view returns (bool) {
         uint256 n = s.expected();
+        // slither-disable-next-line timestamp -- phases last minutes by design; seconds of block-time skew cannot change who may act
         return (n != 0 && s.count() == n) || block.timestamp > s.deadline();
     }
 

@@ -12,6 +12,7 @@ library SettlementLib {
     /// @notice Pay a finalized round's share of the pool (pro rata to credit, and the
     /// quorum's part), then move the slashed stakes into the pool. `s` was checked against
     /// the round by the caller (credits and slashes only for workers that submitted).
+    // slither-disable-next-line cyclomatic-complexity -- the payout rules in one place, replayed line by line off chain by ledger.protocol.settlement
     function settle(
         LedgerStorage.Layout storage st,
         uint256 jobId,
@@ -22,13 +23,14 @@ library SettlementLib {
         LedgerStorage.Job storage j = st.jobs[jobId];
         address[] storage ws = st.workers[jobId];
         uint256 pool = j.pool;
+        // slither-disable-next-line divide-before-multiply -- the round's share is the unit by design; the quorum's cut is a part of it and the remainder stays in the pool
         uint256 share = pool / (j.numRounds - round + 1);
         if (share != 0) {
             // the round's share is the unit everything below is a part of (off chain,
             // ledger.protocol.settlement replays exactly this arithmetic)
             uint256 toAggregators = share * j.aggregatorBps / LedgerStorage.BPS;
             uint256 toWorkers = share - toAggregators;
-            uint256 total;
+            uint256 total = 0;
             for (uint256 i = 0; i < s.credits.length; ++i) total += s.credits[i];
             if (total != 0) {
                 for (uint256 i = 0; i < s.credits.length; ++i) {

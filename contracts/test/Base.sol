@@ -22,6 +22,8 @@ interface Vm {
     function recordLogs() external;
     function getRecordedLogs() external returns (Log[] memory);
     function assume(bool) external pure;
+    function writeLine(string calldata, string calldata) external;
+    function toString(uint256) external pure returns (string memory);
 }
 
 /// @dev A deployed TrainingLedger with named parties and helpers that act as them.

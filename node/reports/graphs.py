@@ -272,13 +272,114 @@ def lineage_svg(report: AuditReport) -> str:
         return _lineage(report)
 
 
-def _lineage(report: AuditReport) -> str:
-    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
+# Legend entries: (label, fill, outline, line style) for cells; (label, radius, fill, stroke, width) for dots.
+_CELL_LEGEND = [
+    ("accepted", GREEN, None, "solid"),
+    ("rejected", RED, None, "solid"),
+    ("no submission", GREY, None, "solid"),
+    ("no verdict (round not finalized)", "#ffffff", MUTED, (0, (3, 2))),
+    ("invalid but accepted", "#ffffff", PURPLE, "solid"),
+    ("other discrepancy", "#ffffff", ORANGE, "solid"),
+]
+_DOT_LEGEND = [
+    ("merged model", 6, BLUE, BLUE, 1),
+    ("round skipped / open", 6, PALE, MUTED, 1),
+    ("aggregator agrees", 5, BLUE, MUTED, 1),
+    ("dissents from the quorum", 6, RED, RED, 2.5),
+    ("disagrees with the audit", 5, BLUE, ORANGE, 2.5),
+]
 
+
+@dataclass
+class _Grid:
+    """The lineage's geometry in pixels: a label column, then one column per model
+    (0 = genesis, 1.. = rounds in order); worker rows on top, the model row, the legend."""
+
+    n_rounds: int
+    n_workers: int
+    n_agg: int
+    row_h: int = 32
+    label_w: int = 150
+    top: int = 44
+    node_r: int = 13
+
+    @property
+    def col_w(self) -> int:
+        return max(80, 16 * self.n_agg + 24)
+
+    @property
+    def cell_w(self) -> int:
+        return self.col_w - 30
+
+    @property
+    def cell_h(self) -> int:
+        return self.row_h - 8
+
+    @property
+    def model_y(self) -> int:
+        return self.top + self.row_h * self.n_workers + 34
+
+    @property
+    def legend_y(self) -> int:
+        return self.model_y + self.node_r + 18 + 16 + 26
+
+    def col_x(self, i: int) -> float:
+        """Left edge of column i (0 = genesis, 1.. = rounds in order)."""
+        return self.label_w + self.col_w * i
+
+    def centre(self, i: int) -> float:
+        return self.col_x(i) + self.col_w / 2
+
+    def size(self) -> tuple[float, float]:
+        legend_w = max(
+            sum(20 + _text_width(t, 11) + 16 for t, *_ in _CELL_LEGEND),
+            sum(18 + _text_width(t, 11) + 16 for t, *_ in _DOT_LEGEND),
+        )
+        width = max(self.label_w + self.col_w * (self.n_rounds + 1) + 20, int(legend_w + 20))
+        return width, self.legend_y + 44
+
+
+@dataclass
+class _Pen:
+    """Draws text on the axes; a ``gid`` makes it a hook (a tooltip and attributes in the page)."""
+
+    ax: object
+    hooks: _Hooks
+
+    def text(self, x, y, s, *, size=11, color=INK, ha="left", weight="normal", family=SANS, gid=None, title=None,
+             **attrs):
+        t = self.ax.text(x, y, s, fontsize=size, color=color, ha=ha, va="baseline", fontweight=weight, family=family)
+        if gid:
+            t.set_gid(self.hooks.tag(gid, title, **attrs))
+        return t
+
+
+def _lineage(report: AuditReport) -> str:
     rounds = sorted_rounds(report)
     flags = Flags(report)
+    workers = _lineage_rows(report, rounds)
+    n_agg = max([len(report.aggregators)] + [len(r.proposals) for r in rounds] + [0])
+    grid = _Grid(n_rounds=len(rounds), n_workers=len(workers), n_agg=n_agg)
+    fig, ax = _pixel_canvas(*grid.size())
+    pen = _Pen(ax, _Hooks(root={
+        "id": "lineage-graph", "class": "lineage", "role": "img",
+        "aria-label": "Lineage: one column per round, one row per worker; merged models along the bottom",
+        "data-rounds": str(len(rounds)), "data-workers": str(len(workers)),
+    }))
+    _lineage_headers(pen, grid, rounds)
+    _lineage_row_labels(pen, grid, report, workers)
+    for i, rnd in enumerate(rounds, start=1):
+        _lineage_cells(pen, grid, i, rnd, workers, flags)
+    _lineage_models(pen, grid, report, rounds, flags)
+    if not rounds:
+        pen.text(grid.col_x(1) + 10, grid.model_y + 4, "no rounds recorded", color=MUTED, gid="lineage-empty",
+                 **{"class": "empty"})
+    _lineage_legend(pen, grid)
+    return _render(fig, pen.hooks, "lg")
 
-    # rows: the job's workers, then anyone who submitted without being listed
+
+def _lineage_rows(report: AuditReport, rounds: list[RoundAudit]) -> list[str]:
+    """The rows: the job's workers, then anyone who submitted without being listed."""
     workers: list[str] = list(report.workers)
     seen = {_addr_key(w) for w in workers}
     for rnd in rounds:
@@ -286,228 +387,221 @@ def _lineage(report: AuditReport) -> str:
             if _addr_key(c.worker) not in seen:
                 seen.add(_addr_key(c.worker))
                 workers.append(c.worker)
+    return workers
 
-    n_agg = max([len(report.aggregators)] + [len(r.proposals) for r in rounds] + [0])
-    col_w = max(80, 16 * n_agg + 24)
-    row_h, label_w, top = 32, 150, 44
-    cell_w, cell_h = col_w - 30, row_h - 8
-    model_y = top + row_h * len(workers) + 34
-    node_r = 13
-    legend_y = model_y + node_r + 18 + 16 + 26
 
-    cell_items = [
-        ("accepted", GREEN, None, "solid"),
-        ("rejected", RED, None, "solid"),
-        ("no submission", GREY, None, "solid"),
-        ("no verdict (round not finalized)", "#ffffff", MUTED, (0, (3, 2))),
-        ("invalid but accepted", "#ffffff", PURPLE, "solid"),
-        ("other discrepancy", "#ffffff", ORANGE, "solid"),
-    ]
-    dot_items = [
-        ("merged model", 6, BLUE, BLUE, 1),
-        ("round skipped / open", 6, PALE, MUTED, 1),
-        ("aggregator agrees", 5, BLUE, MUTED, 1),
-        ("dissents from the quorum", 6, RED, RED, 2.5),
-        ("disagrees with the audit", 5, BLUE, ORANGE, 2.5),
-    ]
-    legend_w = max(
-        sum(20 + _text_width(t, 11) + 16 for t, *_ in cell_items),
-        sum(18 + _text_width(t, 11) + 16 for t, *_ in dot_items),
-    )
-    width = max(label_w + col_w * (len(rounds) + 1) + 20, int(legend_w + 20))
-    height = legend_y + 44
-    fig, ax = _pixel_canvas(width, height)
-    hooks = _Hooks(root={
-        "id": "lineage-graph", "class": "lineage", "role": "img",
-        "aria-label": "Lineage: one column per round, one row per worker; merged models along the bottom",
-        "data-rounds": str(len(rounds)), "data-workers": str(len(workers)),
-    })
-
-    def col_x(i: int) -> float:
-        """Left edge of column i (0 = genesis, 1.. = rounds in order)."""
-        return label_w + col_w * i
-
-    def text(x, y, s, *, size=11, color=INK, ha="left", weight="normal", family=SANS, gid=None, title=None, **attrs):
-        t = ax.text(x, y, s, fontsize=size, color=color, ha=ha, va="baseline", fontweight=weight, family=family)
-        if gid:
-            t.set_gid(hooks.tag(gid, title, **attrs))
-        return t
-
-    # column headers
-    text(col_x(0) + col_w / 2, 18, "genesis", size=12, weight="bold", ha="center")
+def _lineage_headers(pen: _Pen, grid: _Grid, rounds: list[RoundAudit]) -> None:
+    """Column headers: genesis, then each round with its status unless finalized."""
+    pen.text(grid.centre(0), 18, "genesis", size=12, weight="bold", ha="center")
     for i, rnd in enumerate(rounds, start=1):
-        cx = col_x(i) + col_w / 2
-        text(cx, 18, f"round {rnd.round}", size=12, weight="bold", ha="center")
+        cx = grid.centre(i)
+        pen.text(cx, 18, f"round {rnd.round}", size=12, weight="bold", ha="center")
         if rnd.status != "finalized":
-            text(cx, 32, rnd.status, color=MUTED, ha="center")
+            pen.text(cx, 32, rnd.status, color=MUTED, ha="center")
 
-    # row labels, the full address in the tooltip
+
+def _lineage_row_labels(pen: _Pen, grid: _Grid, report: AuditReport, workers: list[str]) -> None:
+    """Row labels, the full address in the tooltip; the model row's label."""
     for j, w in enumerate(workers):
         listed = j < len(report.workers)
-        text(label_w - 10, top + j * row_h + row_h / 2 + 4, short_hex(w, 6, 4, "\u2026") + ("" if listed else " ?"),
-             family=MONO, ha="right", gid=f"lineage-row-{j}",
-             title=w + ("" if listed else " (not a worker of this job)"), **{"class": "row-head"})
-    text(label_w - 10, model_y + 4, "merged model", weight="bold", ha="right")
+        pen.text(grid.label_w - 10, grid.top + j * grid.row_h + grid.row_h / 2 + 4,
+                 short_hex(w, 6, 4, "\u2026") + ("" if listed else " ?"),
+                 family=MONO, ha="right", gid=f"lineage-row-{j}",
+                 title=w + ("" if listed else " (not a worker of this job)"), **{"class": "row-head"})
+    pen.text(grid.label_w - 10, grid.model_y + 4, "merged model", weight="bold", ha="right")
 
-    expected_parent = _expected_parents(report, rounds)
 
-    # cells, per round: worker marks, a bus from accepted marks down to the merged model
-    for i, rnd in enumerate(rounds, start=1):
-        x0 = col_x(i) + 6
-        bus_x = x0 + cell_w + 9
-        by_worker: dict[str, ContributionAudit] = {}
-        for c in rnd.contributions:
-            by_worker.setdefault(_addr_key(c.worker), c)
-        feeding: list[float] = []
-        for j, w in enumerate(workers):
-            c = by_worker.get(_addr_key(w))
-            flagged = flags.party(rnd.round, w)
-            state, outline = cell_state(c, flagged)
-            y = top + j * row_h + 4
-            fill, glyph, edge, lw, ls = GREY, "#ffffff", "none", 0, "solid"
-            if outline:
-                edge, lw = outline, 3
-            if state == "submitted":
-                # no on-chain verdict: hollow, dashed, in the colour of the audit's opinion
-                fill = "#ffffff"
-                glyph = edge = GREEN if c.audit_verdict == 0 else RED
-                lw, ls = 1.5, (0, (3, 2))
-            elif c is not None:
-                fill = GREEN if effective_verdict(c) == 0 else RED
-            attrs = {"class": f"cell {state}", "data-round": str(rnd.round), "data-worker": w}
-            if c is not None:
-                attrs["data-verdict"] = "none" if c.onchain_verdict is None else str(c.onchain_verdict)
-                attrs["data-audit-verdict"] = str(c.audit_verdict)
-            box = FancyBboxPatch((x0, y), cell_w, cell_h, boxstyle="round,pad=0,rounding_size=4",
-                                 facecolor=fill, edgecolor=edge, linewidth=lw, linestyle=ls)
-            gid = f"lineage-cell-{rnd.round}-{j}"
-            hooks.groups[gid] = (attrs, _cell_title(rnd, c, w, flagged))
-            box.set_gid(gid)
-            ax.add_patch(box)
-            if c is not None:
-                _glyph(ax, "accepted" if effective_verdict(c) == 0 else "rejected", x0, y, cell_w, cell_h, glyph)
-            if c is not None and effective_verdict(c) == 0 and rnd.status == "finalized":
-                yc = y + cell_h / 2
-                feeding.append(yc)
-                ax.plot([x0 + cell_w, bus_x], [yc, yc], color=MUTED, linewidth=1.5, solid_capstyle="butt")
-        node_cx = col_x(i) + col_w / 2
-        if feeding:
-            y_end = model_y - node_r - 3
-            ax.plot([bus_x, bus_x], [min(feeding), y_end - 8], color=MUTED, linewidth=1.5)
-            ax.add_patch(FancyArrowPatch((bus_x, y_end - 8), (node_cx + 4, y_end), arrowstyle="-|>",
-                                         mutation_scale=10, color=MUTED, linewidth=1.5, shrinkA=0, shrinkB=0))
+def _lineage_cells(pen: _Pen, grid: _Grid, i: int, rnd: RoundAudit, workers: list[str], flags: Flags) -> None:
+    """Round ``rnd``'s column: one mark per worker, and a bus from the accepted marks down
+    to the merged model."""
+    from matplotlib.patches import FancyArrowPatch
 
-    # merged-model row: genesis -> r1 -> r2 ...
-    g_cx = col_x(0) + col_w / 2
+    ax = pen.ax
+    x0 = grid.col_x(i) + 6
+    bus_x = x0 + grid.cell_w + 9
+    by_worker: dict[str, ContributionAudit] = {}
+    for c in rnd.contributions:
+        by_worker.setdefault(_addr_key(c.worker), c)
+    feeding: list[float] = []
+    for j, w in enumerate(workers):
+        c = by_worker.get(_addr_key(w))
+        y = grid.top + j * grid.row_h + 4
+        _lineage_cell(pen, grid, rnd, j, w, c, flags.party(rnd.round, w), x0, y)
+        if c is not None and effective_verdict(c) == 0 and rnd.status == "finalized":
+            yc = y + grid.cell_h / 2
+            feeding.append(yc)
+            ax.plot([x0 + grid.cell_w, bus_x], [yc, yc], color=MUTED, linewidth=1.5, solid_capstyle="butt")
+    if feeding:
+        y_end = grid.model_y - grid.node_r - 3
+        ax.plot([bus_x, bus_x], [min(feeding), y_end - 8], color=MUTED, linewidth=1.5)
+        ax.add_patch(FancyArrowPatch((bus_x, y_end - 8), (grid.centre(i) + 4, y_end), arrowstyle="-|>",
+                                     mutation_scale=10, color=MUTED, linewidth=1.5, shrinkA=0, shrinkB=0))
+
+
+def _lineage_cell(pen: _Pen, grid: _Grid, rnd: RoundAudit, j: int, w: str, c: ContributionAudit | None,
+                  flagged: list[Discrepancy], x0: float, y: float) -> None:
+    """One (round, worker) cell: its box, coloured by verdict and outlined by disagreement, and its glyph."""
+    from matplotlib.patches import FancyBboxPatch
+
+    state, outline = cell_state(c, flagged)
+    fill, glyph, edge, lw, ls = GREY, "#ffffff", "none", 0, "solid"
+    if outline:
+        edge, lw = outline, 3
+    if state == "submitted":
+        # no on-chain verdict: hollow, dashed, in the colour of the audit's opinion
+        fill = "#ffffff"
+        glyph = edge = GREEN if c.audit_verdict == 0 else RED
+        lw, ls = 1.5, (0, (3, 2))
+    elif c is not None:
+        fill = GREEN if effective_verdict(c) == 0 else RED
+    attrs = {"class": f"cell {state}", "data-round": str(rnd.round), "data-worker": w}
+    if c is not None:
+        attrs["data-verdict"] = "none" if c.onchain_verdict is None else str(c.onchain_verdict)
+        attrs["data-audit-verdict"] = str(c.audit_verdict)
+    box = FancyBboxPatch((x0, y), grid.cell_w, grid.cell_h, boxstyle="round,pad=0,rounding_size=4",
+                         facecolor=fill, edgecolor=edge, linewidth=lw, linestyle=ls)
+    gid = f"lineage-cell-{rnd.round}-{j}"
+    pen.hooks.groups[gid] = (attrs, _cell_title(rnd, c, w, flagged))
+    box.set_gid(gid)
+    pen.ax.add_patch(box)
+    if c is not None:
+        _glyph(pen.ax, "accepted" if effective_verdict(c) == 0 else "rejected", x0, y, grid.cell_w, grid.cell_h,
+               glyph)
+
+
+def _lineage_models(pen: _Pen, grid: _Grid, report: AuditReport, rounds: list[RoundAudit], flags: Flags) -> None:
+    """The merged-model row: genesis -> r1 -> r2 ..., each round's node with its
+    aggregators' agreement below it."""
+    from matplotlib.patches import Circle
+
+    g_cx = grid.centre(0)
     g_flag = flags.unlocated(0)
-    circle = Circle((g_cx, model_y), node_r, facecolor=INK, edgecolor=ORANGE if g_flag else INK,
+    circle = Circle((g_cx, grid.model_y), grid.node_r, facecolor=INK, edgecolor=ORANGE if g_flag else INK,
                     linewidth=3 if g_flag else 1)
-    circle.set_gid(hooks.tag("model-genesis", "\n".join(
+    circle.set_gid(pen.hooks.tag("model-genesis", "\n".join(
         [f"genesis {report.genesis_digest or '-'}"] + ["DISCREPANCY " + d.line() for d in g_flag]),
         **{"class": "model genesis"}))
-    ax.add_patch(circle)
-    text(g_cx, model_y + 4, "G", color="#ffffff", weight="bold", ha="center")
-    text(g_cx, model_y + node_r + 14, short_hex(report.genesis_digest, 6, 0, ""), size=10, color=MUTED,
-         family=MONO, ha="center")
+    pen.ax.add_patch(circle)
+    pen.text(g_cx, grid.model_y + 4, "G", color="#ffffff", weight="bold", ha="center")
+    pen.text(g_cx, grid.model_y + grid.node_r + 14, short_hex(report.genesis_digest, 6, 0, ""), size=10, color=MUTED,
+             family=MONO, ha="center")
+    expected_parent = _expected_parents(report, rounds)
     prev_cx = g_cx
     for i, rnd in enumerate(rounds, start=1):
-        cx = col_x(i) + col_w / 2
-        exp = expected_parent.get(rnd.round)
-        bad_link = exp is not None and _addr_key(rnd.parent) != _addr_key(exp)
-        link = FancyArrowPatch((prev_cx + node_r, model_y), (cx - node_r - 2, model_y), arrowstyle="-|>",
-                               mutation_scale=12, color=RED if bad_link else MUTED, linewidth=2,
-                               linestyle=(0, (5, 3)) if bad_link else "solid", shrinkA=0, shrinkB=0)
-        link.set_gid(hooks.tag(
-            f"lineage-link-{rnd.round}",
-            f"parent of round {rnd.round}: {rnd.parent}" + (f" (expected {exp})" if bad_link else ""),
-            **{"class": "link broken" if bad_link else "link", "data-round": str(rnd.round)}))
-        ax.add_patch(link)
+        cx = grid.centre(i)
+        _lineage_link(pen, grid, rnd, prev_cx, cx, expected_parent.get(rnd.round))
         prev_cx = cx
-        flagged = flags.unlocated(rnd.round)
-        recompute_bad = (
-            rnd.status == "finalized"
-            and rnd.recomputed_digest is not None
-            and _addr_key(rnd.recomputed_digest) != _addr_key(rnd.merged_digest)
-        )
-        node_bad = bool(flagged) or recompute_bad or not rnd.ok
-        if rnd.status == "finalized":
-            fill, label, ls = BLUE, rnd.merged_digest, "solid"
-        elif rnd.status == "skipped":
-            fill, label, ls = PALE, rnd.parent, (0, (3, 2))
-        else:
-            fill, label, ls = "#ffffff", None, (0, (3, 2))
-        stroke = ORANGE if node_bad else (MUTED if rnd.status != "finalized" else BLUE)
-        title = [f"round {rnd.round}: {rnd.status}"]
-        if rnd.status == "finalized":
-            title.append(f"merged {rnd.merged_digest or '-'}")
-            if rnd.recomputed_digest is not None:
-                title.append(f"recomputed {rnd.recomputed_digest}" + (" (MISMATCH)" if recompute_bad else " (matches)"))
-        elif rnd.status == "skipped":
-            why = "no quorum in the proposal window" if rnd.skip_reason == "no-quorum" else "too few submissions"
-            title.append(f"skipped ({why}): parent kept {rnd.parent}")
-        if rnd.merged_val_loss is not None:
-            title.append(f"val loss {fmt_num(rnd.merged_val_loss)}")
-        title.extend("DISCREPANCY " + d.line() for d in flagged)
-        node = Circle((cx, model_y), node_r, facecolor=fill, edgecolor=stroke, linewidth=3 if node_bad else 1.5,
-                      linestyle=ls)
-        node.set_gid(hooks.tag(f"model-r{rnd.round}", "\n".join(title),
+        _lineage_node(pen, grid, rnd, cx, flags.unlocated(rnd.round))
+        if rnd.proposals or rnd.status == "finalized":
+            _lineage_aggregators(pen, grid, report, rnd, cx, flags)
+
+
+def _lineage_link(pen: _Pen, grid: _Grid, rnd: RoundAudit, prev_cx: float, cx: float, exp: str | None) -> None:
+    """The arrow from the previous model to round ``rnd``'s, broken when its parent is not ``exp``."""
+    from matplotlib.patches import FancyArrowPatch
+
+    bad_link = exp is not None and _addr_key(rnd.parent) != _addr_key(exp)
+    link = FancyArrowPatch((prev_cx + grid.node_r, grid.model_y), (cx - grid.node_r - 2, grid.model_y),
+                           arrowstyle="-|>", mutation_scale=12, color=RED if bad_link else MUTED, linewidth=2,
+                           linestyle=(0, (5, 3)) if bad_link else "solid", shrinkA=0, shrinkB=0)
+    link.set_gid(pen.hooks.tag(
+        f"lineage-link-{rnd.round}",
+        f"parent of round {rnd.round}: {rnd.parent}" + (f" (expected {exp})" if bad_link else ""),
+        **{"class": "link broken" if bad_link else "link", "data-round": str(rnd.round)}))
+    pen.ax.add_patch(link)
+
+
+def _lineage_node(pen: _Pen, grid: _Grid, rnd: RoundAudit, cx: float, flagged: list[Discrepancy]) -> None:
+    """Round ``rnd``'s model: filled when finalized, pale when skipped, hollow when open;
+    outlined orange when the audit found fault with the round."""
+    from matplotlib.patches import Circle
+
+    recompute_bad = (
+        rnd.status == "finalized"
+        and rnd.recomputed_digest is not None
+        and _addr_key(rnd.recomputed_digest) != _addr_key(rnd.merged_digest)
+    )
+    node_bad = bool(flagged) or recompute_bad or not rnd.ok
+    if rnd.status == "finalized":
+        fill, label, ls = BLUE, rnd.merged_digest, "solid"
+    elif rnd.status == "skipped":
+        fill, label, ls = PALE, rnd.parent, (0, (3, 2))
+    else:
+        fill, label, ls = "#ffffff", None, (0, (3, 2))
+    stroke = ORANGE if node_bad else (MUTED if rnd.status != "finalized" else BLUE)
+    title = [f"round {rnd.round}: {rnd.status}"]
+    if rnd.status == "finalized":
+        title.append(f"merged {rnd.merged_digest or '-'}")
+        if rnd.recomputed_digest is not None:
+            title.append(f"recomputed {rnd.recomputed_digest}" + (" (MISMATCH)" if recompute_bad else " (matches)"))
+    elif rnd.status == "skipped":
+        why = "no quorum in the proposal window" if rnd.skip_reason == "no-quorum" else "too few submissions"
+        title.append(f"skipped ({why}): parent kept {rnd.parent}")
+    if rnd.merged_val_loss is not None:
+        title.append(f"val loss {fmt_num(rnd.merged_val_loss)}")
+    title.extend("DISCREPANCY " + d.line() for d in flagged)
+    node = Circle((cx, grid.model_y), grid.node_r, facecolor=fill, edgecolor=stroke,
+                  linewidth=3 if node_bad else 1.5, linestyle=ls)
+    node.set_gid(pen.hooks.tag(f"model-r{rnd.round}", "\n".join(title),
                                **{"class": f"model {rnd.status}" + (" bad" if node_bad else "")}))
-        ax.add_patch(node)
-        text(cx, model_y + 4, str(rnd.round), color="#ffffff" if rnd.status == "finalized" else INK,
+    pen.ax.add_patch(node)
+    pen.text(cx, grid.model_y + 4, str(rnd.round), color="#ffffff" if rnd.status == "finalized" else INK,
              weight="bold", ha="center")
-        text(cx, model_y + node_r + 14, short_hex(label, 6, 0, "") if label else rnd.status, size=10,
+    pen.text(cx, grid.model_y + grid.node_r + 14, short_hex(label, 6, 0, "") if label else rnd.status, size=10,
              color=MUTED, family=MONO, ha="center")
 
-        # aggregator agreement: "2/3 agree" and one dot per aggregator
-        if not (rnd.proposals or rnd.status == "finalized"):
-            continue
-        agree, total = agreement(report, rnd)
-        ay = model_y + node_r + 30
-        text(cx, ay, f"{agree}/{total} agree", ha="center")
-        by_agg = {_addr_key(p.aggregator): p for p in rnd.proposals}
-        listed = {_addr_key(a) for a in report.aggregators}
-        aggs = list(report.aggregators) + [p.aggregator for p in rnd.proposals if _addr_key(p.aggregator) not in listed]
-        for k, a in enumerate(aggs):
-            dx = cx - 8 * len(aggs) + 8 + 16 * k
-            p = by_agg.get(_addr_key(a))
-            a_flag = flags.party(rnd.round, a)
-            if p is None:
-                cls, fill, desc = "absent", "#ffffff", "no proposal"
-            elif p.agrees_with_quorum:
-                cls, fill, desc = "agree", BLUE, "agrees with the finalized outcome"
-            else:
-                cls, fill, desc = "dissent", RED, "DISSENTS from the finalized outcome"
-            audit_bad = (p is not None and not p.agrees_with_audit) or bool(a_flag)
-            tip = [f"{a}: {desc}"]
-            if p is not None:
-                tip.append(f"proposed {p.merged_digest}")
-                tip.append("agrees with the audit" if p.agrees_with_audit else "DISAGREES with the audit")
-            tip.extend("DISCREPANCY " + d.line() for d in a_flag)
-            dot = Circle((dx, ay + 13), 6 if cls == "dissent" else 5, facecolor=fill,
-                         edgecolor=ORANGE if audit_bad else (RED if cls == "dissent" else MUTED),
-                         linewidth=2.5 if audit_bad or cls == "dissent" else 1)
-            dot.set_gid(hooks.tag(f"lineage-agg-{rnd.round}-{k}", "\n".join(tip), **{
-                "class": f"agg {cls}" + (" audit-mismatch" if audit_bad else ""),
-                "data-round": str(rnd.round), "data-aggregator": a}))
-            ax.add_patch(dot)
 
-    if not rounds:
-        text(col_x(1) + 10, model_y + 4, "no rounds recorded", color=MUTED, gid="lineage-empty",
-             **{"class": "empty"})
+def _lineage_aggregators(pen: _Pen, grid: _Grid, report: AuditReport, rnd: RoundAudit, cx: float,
+                         flags: Flags) -> None:
+    """Aggregator agreement under round ``rnd``'s model: "2/3 agree" and one dot per aggregator."""
+    from matplotlib.patches import Circle
 
-    # legend: two rows, cells then models and aggregators
-    lx, ly = 10.0, float(legend_y)
-    for label, fill, outline, ls in cell_items:
-        ax.add_patch(Rectangle((lx, ly), 14, 12, facecolor=fill, edgecolor=outline or "none",
-                               linewidth=(1.5 if ls != "solid" else 3) if outline else 0, linestyle=ls))
-        text(lx + 20, ly + 10, label)
+    agree, total = agreement(report, rnd)
+    ay = grid.model_y + grid.node_r + 30
+    pen.text(cx, ay, f"{agree}/{total} agree", ha="center")
+    by_agg = {_addr_key(p.aggregator): p for p in rnd.proposals}
+    listed = {_addr_key(a) for a in report.aggregators}
+    aggs = list(report.aggregators) + [p.aggregator for p in rnd.proposals if _addr_key(p.aggregator) not in listed]
+    for k, a in enumerate(aggs):
+        dx = cx - 8 * len(aggs) + 8 + 16 * k
+        p = by_agg.get(_addr_key(a))
+        a_flag = flags.party(rnd.round, a)
+        if p is None:
+            cls, fill, desc = "absent", "#ffffff", "no proposal"
+        elif p.agrees_with_quorum:
+            cls, fill, desc = "agree", BLUE, "agrees with the finalized outcome"
+        else:
+            cls, fill, desc = "dissent", RED, "DISSENTS from the finalized outcome"
+        audit_bad = (p is not None and not p.agrees_with_audit) or bool(a_flag)
+        tip = [f"{a}: {desc}"]
+        if p is not None:
+            tip.append(f"proposed {p.merged_digest}")
+            tip.append("agrees with the audit" if p.agrees_with_audit else "DISAGREES with the audit")
+        tip.extend("DISCREPANCY " + d.line() for d in a_flag)
+        dot = Circle((dx, ay + 13), 6 if cls == "dissent" else 5, facecolor=fill,
+                     edgecolor=ORANGE if audit_bad else (RED if cls == "dissent" else MUTED),
+                     linewidth=2.5 if audit_bad or cls == "dissent" else 1)
+        dot.set_gid(pen.hooks.tag(f"lineage-agg-{rnd.round}-{k}", "\n".join(tip), **{
+            "class": f"agg {cls}" + (" audit-mismatch" if audit_bad else ""),
+            "data-round": str(rnd.round), "data-aggregator": a}))
+        pen.ax.add_patch(dot)
+
+
+def _lineage_legend(pen: _Pen, grid: _Grid) -> None:
+    """The legend: two rows, cells then models and aggregators."""
+    from matplotlib.patches import Circle, Rectangle
+
+    lx, ly = 10.0, float(grid.legend_y)
+    for label, fill, outline, ls in _CELL_LEGEND:
+        pen.ax.add_patch(Rectangle((lx, ly), 14, 12, facecolor=fill, edgecolor=outline or "none",
+                                   linewidth=(1.5 if ls != "solid" else 3) if outline else 0, linestyle=ls))
+        pen.text(lx + 20, ly + 10, label)
         lx += 20 + _text_width(label, 11) + 16
     lx, ly = 10.0, ly + 22
-    for label, r, fill, stroke, sw in dot_items:
-        ax.add_patch(Circle((lx + 7, ly + 6), r, facecolor=fill, edgecolor=stroke, linewidth=sw))
-        text(lx + 18, ly + 10, label)
+    for label, r, fill, stroke, sw in _DOT_LEGEND:
+        pen.ax.add_patch(Circle((lx + 7, ly + 6), r, facecolor=fill, edgecolor=stroke, linewidth=sw))
+        pen.text(lx + 18, ly + 10, label)
         lx += 18 + _text_width(label, 11) + 16
-    return _render(fig, hooks, "lg")
 
 
 def _glyph(ax, kind: str, x: float, y: float, w: float, h: float, colour: str) -> None:
@@ -533,18 +627,40 @@ def loss_svg(report: AuditReport) -> str:
 
 
 def _loss(report: AuditReport) -> str:
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FixedLocator, MaxNLocator
-
-    _, Figure = _mpl()
     rounds = sorted_rounds(report)
-    flags = Flags(report)
+    series = _loss_series(rounds)
+    contribs = _loss_contributions(rounds, Flags(report))
     n_x = (rounds[-1].round - rounds[0].round + 2) if rounds else 1
     W, H = max(760, min(120 + 28 * n_x, 1400)), 320
     ml, mr, mt, mb = 64, 24, 32, 46
+    empty = not series and not contribs
+    if empty:
+        H, mb = 120, 20
+    fig, ax = _loss_axes(W, H, (ml, mr, mt, mb))
+    hooks = _Hooks(root={
+        "id": "loss-plot", "class": "loss", "role": "img",
+        "aria-label": "Validation loss of the merged model per round", "data-points": str(len(series)),
+    })
+    if empty:
+        _loss_empty(ax, hooks)
+        return _render(fig, hooks, "lp")
+    yticks, decimals = _loss_y_scale(ax, series, contribs)
+    xticks, px = _loss_x_scale(ax, rounds, series, contribs, W - ml - mr)
+    ax.tick_params(colors=INK, labelsize=11, length=5)
+    ax.tick_params(axis="y", length=0)
+    ax.set_xlabel("round", color=MUTED, fontsize=12)
+    ax.set_ylabel("validation loss", color=MUTED, fontsize=12)
+    hooks.ticks = {"x": [str(x) for x in xticks], "y": [f"{t:.{decimals}f}" for t in yticks]}
+    _loss_contribution_points(ax, hooks, contribs, px, yticks[0], yticks[-1])  # behind the line
+    _loss_line(ax, hooks, series)
+    _loss_legend(ax)
+    return _render(fig, hooks, "lp")
 
-    # the merged model's loss per round; the first round's parent is the start (x = round - 1)
-    series: list[tuple[int, float, str]] = []  # (x, loss, kind)
+
+def _loss_series(rounds: list[RoundAudit]) -> list[tuple[int, float, str]]:
+    """(x, loss, kind): the merged model's loss per round; the first round's parent is the
+    start (x = round - 1), a skipped round keeps its parent's."""
+    series: list[tuple[int, float, str]] = []
     if rounds and finite(rounds[0].parent_val_loss):
         series.append((rounds[0].round - 1, float(rounds[0].parent_val_loss), "start"))
     for rnd in rounds:
@@ -552,39 +668,51 @@ def _loss(report: AuditReport) -> str:
             series.append((rnd.round, float(rnd.merged_val_loss), rnd.status))
         elif rnd.status == "skipped" and finite(rnd.parent_val_loss):
             series.append((rnd.round, float(rnd.parent_val_loss), "skipped"))
+    return series
 
-    contribs: list[tuple[int, int, int, float, str, ContributionAudit]] = []  # (round, k, n, loss, state, c)
+
+def _loss_contributions(rounds: list[RoundAudit],
+                        flags: Flags) -> list[tuple[int, int, int, float, str, ContributionAudit]]:
+    """(round, k, n, loss, state, contribution): each contribution with a loss, the k-th of n in its round."""
+    contribs = []
     for rnd in rounds:
         pts = [c for c in rnd.contributions if finite(c.val_loss)]
         for k, c in enumerate(pts):
             state, _ = cell_state(c, flags.party(rnd.round, c.worker))
             contribs.append((rnd.round, k, len(pts), float(c.val_loss), state, c))
+    return contribs
 
-    empty = not series and not contribs
-    if empty:
-        H = 120
+
+def _loss_axes(W: int, H: int, margins: tuple[int, int, int, int]):
+    """A W x H pixel figure whose axes sit inside the margins (left, right, top, bottom)."""
+    _, Figure = _mpl()
+    ml, mr, mt, mb = margins
     fig = Figure(figsize=(W / 72, H / 72), dpi=72)
-    ax = fig.add_axes((ml / W, mb / H if not empty else 20 / H, 1 - (ml + mr) / W, 1 - (mt + (mb if not empty else 20)) / H))
+    ax = fig.add_axes((ml / W, mb / H, 1 - (ml + mr) / W, 1 - (mt + mb) / H))
     ax.set_facecolor("#fafbfc")
     for spine in ax.spines.values():
         spine.set_edgecolor("#d0d7de")
     ax.spines["left"].set_edgecolor(INK)
     ax.spines["bottom"].set_edgecolor(INK)
-    hooks = _Hooks(root={
-        "id": "loss-plot", "class": "loss", "role": "img",
-        "aria-label": "Validation loss of the merged model per round", "data-points": str(len(series)),
-    })
-    if empty:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor("#d0d7de")
-        t = ax.text(0.5, 0.5, "no validation loss recorded", transform=ax.transAxes, ha="center", va="center",
-                    color=MUTED, fontsize=11)
-        t.set_gid(hooks.tag("loss-empty", None, **{"class": "empty"}))
-        return _render(fig, hooks, "lp")
+    return fig, ax
 
-    # y range: the merged series and accepted contributions; outliers are clipped to the edge
+
+def _loss_empty(ax, hooks: _Hooks) -> None:
+    """Nothing to plot: a bare frame that says so."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor("#d0d7de")
+    t = ax.text(0.5, 0.5, "no validation loss recorded", transform=ax.transAxes, ha="center", va="center",
+                color=MUTED, fontsize=11)
+    t.set_gid(hooks.tag("loss-empty", None, **{"class": "empty"}))
+
+
+def _loss_y_scale(ax, series, contribs) -> tuple[list[float], int]:
+    """The y range from the merged series and accepted contributions (outliers are clipped
+    to the edge), its gridded ticks; returns the ticks and their decimals."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
     basis = [v for _, v, _ in series] + [v for *_, v, s, c in contribs if effective_verdict(c) == 0]
     if not basis:
         basis = [v for *_, v, _, _ in contribs]
@@ -597,23 +725,27 @@ def _loss(report: AuditReport) -> str:
         yticks.pop(0)
     while len(yticks) > 2 and yticks[-2] >= hi:
         yticks.pop()
-    y0, y1 = yticks[0], yticks[-1]
-
-    x_lo = min([x for x, _, _ in series] + [r for r, *_ in contribs])
-    x_hi = max([x for x, _, _ in series] + [r for r, *_ in contribs])
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    pw = W - ml - mr
-    pad = 18 * (x_hi - x_lo) / (pw - 36)  # keep the first and last rounds' points off the frame
-    ax.set_xlim(x_lo - pad, x_hi + pad)
-    ax.set_ylim(y0, y1)
-    px = (x_hi - x_lo + 2 * pad) / pw  # one pixel in x data units
-
+    ax.set_ylim(yticks[0], yticks[-1])
     ax.yaxis.set_major_locator(FixedLocator(yticks))
     ax.grid(axis="y", color="#e1e4e8", linewidth=1)
     ax.set_axisbelow(True)
     decimals = max(0, max(len(f"{t:.6f}".rstrip("0").split(".")[1]) for t in yticks))
     ax.set_yticklabels([f"{t:.{decimals}f}" for t in yticks])
+    return yticks, decimals
+
+
+def _loss_x_scale(ax, rounds, series, contribs, pw: float) -> tuple[list[int], float]:
+    """The x range over every plotted round, padded so the first and last rounds' points
+    stay off the frame, and its round ticks; returns the ticks and one pixel in x data units."""
+    from matplotlib.ticker import MaxNLocator
+
+    x_lo = min([x for x, _, _ in series] + [r for r, *_ in contribs])
+    x_hi = max([x for x, _, _ in series] + [r for r, *_ in contribs])
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+    pad = 18 * (x_hi - x_lo) / (pw - 36)
+    ax.set_xlim(x_lo - pad, x_hi + pad)
+    px = (x_hi - x_lo + 2 * pad) / pw
     span = int(x_hi - x_lo)
     first = int(x_lo) if x_lo == int(x_lo) else int(x_lo) + 1
     step = 1 if span <= 20 else max(1, int(MaxNLocator(nbins=10, integer=True).tick_values(0, span)[1]))
@@ -621,13 +753,11 @@ def _loss(report: AuditReport) -> str:
     has_start = any(k == "start" for *_, k in series)
     ax.set_xticks(xticks)
     ax.set_xticklabels(["start" if has_start and x == rounds[0].round - 1 else str(x) for x in xticks])
-    ax.tick_params(colors=INK, labelsize=11, length=5)
-    ax.tick_params(axis="y", length=0)
-    ax.set_xlabel("round", color=MUTED, fontsize=12)
-    ax.set_ylabel("validation loss", color=MUTED, fontsize=12)
-    hooks.ticks = {"x": [str(x) for x in xticks], "y": [f"{t:.{decimals}f}" for t in yticks]}
+    return xticks, px
 
-    # contributions (behind the line)
+
+def _loss_contribution_points(ax, hooks: _Hooks, contribs, px: float, y0: float, y1: float) -> None:
+    """One marker per contribution, spread around its round; off-scale ones as arrows on the edge."""
     for n_pt, (rnd_no, k, n, v, state, c) in enumerate(contribs):
         x = rnd_no + (k - (n - 1) / 2) * 6 * px
         ok = effective_verdict(c) == 0
@@ -651,7 +781,9 @@ def _loss(report: AuditReport) -> str:
             "class": f"contribution-point {state}" + (" clipped" if clipped else ""),
             "data-round": str(rnd_no), "data-worker": c.worker}))
 
-    # the merged model's loss
+
+def _loss_line(ax, hooks: _Hooks, series) -> None:
+    """The merged model's loss: the line, and a point per model (hollow for the start and skipped rounds)."""
     (line,) = ax.plot([x for x, _, _ in series], [v for _, v, _ in series], color=BLUE, linewidth=2.5,
                       solid_joinstyle="round", zorder=3)
     line.set_gid(hooks.tag("loss-line", None, **{"class": "loss-series"}))
@@ -665,7 +797,11 @@ def _loss(report: AuditReport) -> str:
         pt.set_gid(hooks.tag(f"loss-point-{n_pt}", f"{label}: {fmt_num(v)}",
                              **{"class": f"loss-point {kind}", "data-round": str(x)}))
 
-    # legend, above the plot area so it never hides a point
+
+def _loss_legend(ax) -> None:
+    """The legend, above the plot area so it never hides a point."""
+    from matplotlib.lines import Line2D
+
     handles = [
         Line2D([], [], color=BLUE, linewidth=2.5, label="merged model"),
         Line2D([], [], color="none", marker="o", markerfacecolor=GREEN, markeredgecolor=GREEN, markersize=7,
@@ -675,4 +811,3 @@ def _loss(report: AuditReport) -> str:
     ]
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.0), ncol=3, frameon=False, fontsize=11,
               borderaxespad=0.2, handlelength=1.8, columnspacing=1.6)
-    return _render(fig, hooks, "lp")

@@ -27,7 +27,8 @@ from functools import lru_cache
 
 from markupsafe import Markup
 
-from ledger.trail.history import WorkerRow, contributor_rows, epsilon_text, eth
+from ledger.trail.history import WorkerRow, contributor_rows, epsilon_text
+from ledger.units import eth
 from ledger.protocol.verdicts import describe
 
 from node.reports.findings import AuditReport, ContributionAudit, Discrepancy, RoundAudit

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from ledger import atomic
 from ledger.monitor import metrics
-from ledger.protocol import committee
+from ledger.protocol import committee, phase
 from ledger.ethereum.chain import tx_hash_of
-from ledger.ethereum.contract import Settlement
+from ledger.protocol.settlement import Settlement
 from ledger.digest import short, to_hex
 from ledger.errors import ContractReverted, LedgerError, StorageError, StorageUnreachable, TransactionFailed
 from ledger.services.procs import hold_lock
@@ -104,8 +104,9 @@ class Aggregator:
                 self._close(r)
                 continue
             now = time.time()
-            commits_closed = rd.commits >= len(info.aggregators) or now > rd.commit_deadline
-            if now > rd.reveal_deadline or (commits_closed and rd.proposals == rd.commits):
+            commits_closed = phase.commits_closed(rd.commits, len(info.aggregators), rd.commit_deadline, now)
+            if phase.quorum_out_of_reach(rd.commits, rd.proposals, len(info.aggregators), rd.commit_deadline,
+                                         rd.reveal_deadline, now):
                 # Nothing can bring a quorum any more: every commit is revealed, or the
                 # reveal deadline passed. Skipping keeps the parent and opens the next round.
                 log.info("round %d: no quorum (%d commits, %d reveals) by the end of the proposal window: "

@@ -27,8 +27,10 @@ says which reveal agrees with the verification.
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 from ledger.store import checkpoint
+from ledger.protocol import phase
 from ledger.protocol import settlement as settlemod
 from ledger.digest import sha256_bytes, to_hex
 from ledger.errors import InvalidJobConfig, LedgerError, NotFoundError, StorageError, StorageUnreachable
@@ -53,6 +55,17 @@ UNREVEALED = (Verdict.WINDOWS_UNREVEALED, Verdict.TRANSCRIPT_UNREVEALED)
 PRIVATE_ALL = "all (private data: the drawn segments, the only ones whose windows were revealed)"
 # Verdicts that depend on the round's other contributions, not on the contribution alone.
 ROUND_RELATIVE = {Verdict.UPDATE_NORM, Verdict.DUPLICATE}
+
+# Where a finding is filed: the AuditReport list it goes in. A discrepancy fails the
+# audit; unavailable now makes it incomplete; a note and a check not rerun do neither.
+FAILED, INCOMPLETE, NOTE, NOT_RERUN = "discrepancies", "unavailable", "notes", "not_rerun"
+
+
+class Finding(NamedTuple):
+    """One thing a check found, and where in the report it is filed (FAILED, INCOMPLETE, NOTE, NOT_RERUN)."""
+
+    where: str
+    discrepancy: Discrepancy
 
 
 def _hex(b) -> str:
@@ -150,7 +163,7 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     for n, rh in enumerate(history.rounds):
         if progress:
             progress(n, len(history.rounds), f"round {rh.round}")
-        ra = _audit_round(ctx, rh, expected_parent, mode, found, report, threads)
+        ra = _audit_round(ctx, rh, expected_parent, mode, report, threads)
         report.rounds.append(ra)
         if evaluate_merged and ra.recomputed_digest and ra.status == "finalized":
             ra.merged_val_loss = _val_loss_of(ctx, rh)
@@ -163,7 +176,7 @@ def audit_job(ledger, store, job_id: int, replay: str = "sample", progress=None,
     if progress:
         progress(len(history.rounds), len(history.rounds), "done")
     if info.reward or info.worker_stake or info.is_open:
-        _check_payments(ctx, history, found)
+        _file(report, _check_payments(ctx, history))
     if info.completed:
         report.final_digest = report.latest_digest = _hex(info.current_parent)
         if info.current_parent != expected_parent:
@@ -189,18 +202,16 @@ def _audit_sealed(ctx: JobContext, report: AuditReport) -> AuditReport:
         r, i = rh.round, rh.info
         ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status, skip_reason=i.skip_reason)
         before = len(found)
-        if i.parent != expected:
-            found.append(Discrepancy(r, "", "lineage", f"parent {_hex(expected)}", _hex(i.parent),
-                                     "round does not continue from the previous model"))
+        _file(report, _check_lineage(r, i, expected))
         if ctx.ledger.commitment_of(ctx.job_id, r, rh.submissions) != i.commitment:
             found.append(Discrepancy(r, "", "commitment", _hex(i.commitment), "other submissions",
                                      "submission events do not match the on-chain commitment"))
-        _check_commit_reveal(ctx, rh, found)
+        _file(report, _check_commit_reveal(ctx, rh))
         if i.status == "skipped":
-            _check_skip(ctx, rh, found)
+            _file(report, _check_skip(ctx, rh))
         quorum = rh.quorum_proposals()
         if i.status == "finalized" and quorum:
-            _check_committees(ctx, r, rh.submissions, quorum[0].verdicts, found, report)
+            _file(report, _check_committees(ctx, r, rh.submissions, quorum[0].verdicts))
             ra.merged_digest = _hex(i.merged_digest)
             if i.merged_digest != i.parent:
                 cids.append((r, "", "merge", i.merged_cid))
@@ -224,7 +235,7 @@ def _audit_sealed(ctx: JobContext, report: AuditReport) -> AuditReport:
         except (LedgerError, ValueError) as e:
             found.append(Discrepancy(r, who, "integrity", f"{what} {cid}", "other bytes", str(e)))
     if info.reward or info.worker_stake or info.is_open:
-        _check_payments(ctx, history, found)
+        _file(report, _check_payments(ctx, history))
     if info.completed:
         report.final_digest = report.latest_digest = _hex(info.current_parent)
         if info.current_parent != expected:
@@ -240,28 +251,33 @@ def _done(report: AuditReport, t0: float) -> AuditReport:
     return report
 
 
-def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: list, report: AuditReport,
+def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, report: AuditReport,
                  threads: int | None = None) -> RoundAudit:
+    """Round ``rh`` re-checked; ``ok`` when it added no discrepancy."""
+    ra = RoundAudit(round=rh.round, parent=_hex(rh.info.parent), status=rh.info.status, skip_reason=rh.info.skip_reason)
+    before = len(report.discrepancies)
+    _judge_round(ctx, rh, expected_parent, mode, report, ra, threads)
+    ra.ok = len(report.discrepancies) == before
+    return ra
+
+
+def _judge_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, report: AuditReport, ra: RoundAudit,
+                 threads: int | None) -> None:
+    """The thin loop: each ``_check_*`` compares one thing and returns its findings, filed
+    in the order the checks run. The storage steps (``_hash_only``, ``_check_merge_artifact``,
+    ``_check_published``) fetch and hash and file their own; the last one reads what is
+    filed already, so a contribution found at fault is reported once."""
     r, i = rh.round, rh.info
-    ra = RoundAudit(round=r, parent=_hex(i.parent), status=i.status, skip_reason=i.skip_reason)
-    before = len(found)
-    if i.parent != expected_parent:
-        found.append(Discrepancy(r, "", "lineage", f"parent {_hex(expected_parent)}", _hex(i.parent), "round does not continue from the previous model"))
-    commitment = ctx.ledger.commitment_of(ctx.job_id, r, rh.submissions)
-    if commitment != i.commitment:
-        found.append(Discrepancy(r, "", "commitment", _hex(i.commitment), _hex(commitment), "submission events do not match the on-chain commitment"))
-    _check_commit_reveal(ctx, rh, found)
     quorum = rh.quorum_proposals()
     onchain = quorum[0].verdicts if quorum else None
+    _file(report, _check_lineage(r, i, expected_parent), _check_commitment(ctx, rh), _check_commit_reveal(ctx, rh))
     if i.status == "skipped":
-        _check_skip(ctx, rh, found)
+        _file(report, _check_skip(ctx, rh))
         if i.skip_reason != "no-quorum" or not rh.proposals:
-            _hash_only(ctx, rh, onchain, found, report)   # nothing rests on them: stored bytes still checked
-            ra.ok = len(found) == before
-            return ra
+            _hash_only(ctx, rh, onchain, report.discrepancies, report)   # nothing rests on them: stored bytes still checked
+            return
     if not rh.submissions:
-        ra.ok = len(found) == before
-        return ra
+        return
     # Availability is a local observation: re-verify as the quorum saw the round, its
     # UNAVAILABLE contributions left out (the round-relative checks, the median norm bound
     # and the duplicate check, then see the same set), and report separately whether
@@ -271,136 +287,196 @@ def _audit_round(ctx: JobContext, rh, expected_parent: bytes, mode: str, found: 
         v = verify_submissions(ctx, r, i.parent, rh.submissions, replay=mode, threads=threads, withheld=withheld)
     except StorageUnreachable:
         raise
-    except NotFoundError as e:
-        # The parent is gone from storage (its round reported the merge): nothing is shown
-        # wrong, but this round cannot be re-verified. Its stored bytes are still checked,
-        # and the next round goes on from the chain's digests.
-        report.unavailable.append(Discrepancy(
-            r, "", "parent", f"parent model {_hex(i.parent)} retrievable", "unavailable now",
-            f"round {r}'s verdicts and merge cannot be re-checked until it is republished ({e})"))
-        _hash_only(ctx, rh, onchain, found, report)
-        if i.status == "finalized" and i.merged_digest != i.parent:
-            _check_merge_artifact(ctx, r, i, None, found, report)
-        ra.merged_digest = _hex(i.merged_digest) if i.status == "finalized" else None
-        ra.ok = len(found) == before
-        return ra
     except (LedgerError, ValueError) as e:
-        if i.status not in ("finalized", "skipped"):
-            # an unfinished round (its draw not seeded yet, say): nothing of it is on record to check
-            report.notes.append(Discrepancy(r, "", "open", "a round to judge", "not judged yet", str(e)))
-            ra.ok = len(found) == before
-            return ra
-        found.append(Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "invalid", str(e)))
-        ra.ok = False
-        return ra
+        _file(report, _unverifiable(r, i, e))
+        if isinstance(e, NotFoundError):
+            _hash_unverified(ctx, rh, onchain, report, ra)
+        return
     ra.parent_val_loss = v.parent_val_loss
-    audit_verdicts = v.verdicts
     missing_now = [c for c, rep in zip(v.contributions, v.reports)
                    if rep.verdict == Verdict.UNAVAILABLE and c.index not in withheld]
-    for c, rep, s in zip(v.contributions, v.reports, rh.submissions):
-        m = rep.metrics or {}
-        reason = rep.reason
-        if c.index in withheld:
-            reason = _withheld_note(ctx, r, c, report)
-        ca = ContributionAudit(
-            submission=c, onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict), reason=reason,
-            val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
-            replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
-        )
-        ra.contributions.append(ca)
-        if m.get("replay_not_rerun"):
-            report.not_rerun.append(Discrepancy(
-                r, c.worker, "replay", f"drawn segment(s) {', '.join(map(str, m['replay_not_rerun']))} replayed",
-                "not rerun", m.get("not_rerun_reason", "")))
+    for c, rep, _s in zip(v.contributions, v.reports, rh.submissions):
+        note = _withheld_note(ctx, r, c) if c.index in withheld else None
+        _file(report, [note] if note else [], _replay_not_rerun(r, c, rep))
+        ra.contributions.append(_contribution_audit(c, rep, onchain, note.discrepancy.detail if note else rep.reason))
         if rep.verdict not in (Verdict.UNAVAILABLE, Verdict.INTEGRITY):
             report.bytes_verified += c.size
-        if onchain is None:
-            continue
-        chain_v = onchain[c.index]
-        if c.index in withheld:
-            continue  # the quorum could not fetch it: consistent whatever the bytes are now
-        if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
-            found.append(Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}", describe(rep.verdict), rep.reason))
-            continue
-        if chain_v in UNREVEALED and rep.verdict == Verdict.ACCEPTED and not ctx.info.disclosure_window:
-            continue  # revealed after the quorum's reveal window: whether it was late is not on record
-        # with a disclosure phase it is: the audit's own verdict, from the same Disclosed
-        # records, must then equal the quorum's (below)
-        if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
-            # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
-            report.notes.append(Discrepancy(
-                r, c.worker, "availability", "the drawn transcript snapshots unavailable to the quorum",
-                f"retrievable now ({describe(rep.verdict)})", "availability is a local observation of its time"))
-            continue
-        if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE) + UNREVEALED:
-            # Fetched by the quorum, gone now: the record is not shown wrong, but what rests
-            # on these bytes cannot be re-checked until someone republishes them.
-            if chain_v == Verdict.ACCEPTED:
-                whose = "" if rep.verdict == Verdict.UNAVAILABLE else "the drawn transcript snapshots of "
-                report.unavailable.append(Discrepancy(
-                    r, c.worker, "availability", f"{whose}accepted contribution {c.cid} (sha256 {_hex(c.digest)}) retrievable",
-                    "unavailable now", f"the merge of round {r} cannot be recomputed without it; any copy with that sha256 restores it"))
-            else:
-                report.notes.append(Discrepancy(
-                    r, c.worker, "availability", f"rejected contribution {c.cid} retrievable", "unavailable now",
-                    f"its rejection ({describe(chain_v)}) cannot be re-checked; the merge does not use it"))
-            continue
-        if chain_v != rep.verdict:
-            if chain_v in REPLAY_VERDICTS and (mode == "none" or (m.get("replay_not_rerun") and rep.verdict == Verdict.ACCEPTED)):
-                continue  # not re-checked: replay disabled for this audit, or sealed to others
-            if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
-                # the quorum let through training that does not replay (a segment it did not draw,
-                # or one it did not check): the one finding that needs a replay to be made
-                found.append(Discrepancy(r, c.worker, "replay", f"transcript segments replaying within "
-                                         f"{ctx.config.policy.replay_tolerance:g}", describe(rep.verdict), rep.reason))
-                continue
-            if missing_now and {chain_v, int(rep.verdict)} & ROUND_RELATIVE:
-                report.unavailable.append(Discrepancy(
-                    r, c.worker, "verdict", f"{describe(chain_v)} (quorum) re-checked", "not re-checkable now",
-                    "a round-relative check (median norm bound, duplicates) needs the contributions unavailable now"))
-                continue
-            found.append(Discrepancy(r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
-                                     rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))
+        if onchain is not None and c.index not in withheld:  # withheld: consistent whatever the bytes are now
+            _file(report, _check_verdict(ctx, r, c, rep, onchain[c.index], mode, missing_now))
     if i.status == "skipped" and rh.proposals:
         # No merge was finalized; the audit's own merge tells which reveal was right.
-        try:
-            ra.recomputed_digest = _hex(merge_accepted(ctx, v, [x == 0 for x in audit_verdicts]).digest)
-        except LedgerError:
-            pass
+        ra.recomputed_digest = _own_merge_digest(ctx, v)
     if i.status == "finalized" and quorum:
-        accepted = [x == 0 for x in onchain]
-        merged = None
-        if any(a and c in missing_now for a, c in zip(accepted, v.contributions)):
-            report.unavailable.append(Discrepancy(
-                r, "", "merge", "a merge of the accepted set", "not recomputable now",
-                "accepted contributions are unavailable now; the finalized merge rests on the quorum's word until they are republished"))
-        else:
-            try:
-                merged = merge_accepted(ctx, v, accepted)
-                ra.recomputed_digest = _hex(merged.digest)
-            except LedgerError as e:
-                found.append(Discrepancy(r, "", "merge", "a merge of the accepted set", "not computable", str(e)))
+        merged, findings = _recompute_merge(ctx, r, v, onchain, missing_now)
+        _file(report, findings)
+        if merged is not None:
+            ra.recomputed_digest = _hex(merged.digest)
         ra.merged_digest = _hex(i.merged_digest)
-        if merged is not None and merged.digest != i.merged_digest:
-            found.append(Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)", f"{_hex(i.merged_digest)} (finalized)"))
+        _file(report, _check_merge(r, i, merged))
         if (merged is None or not merged.keeps_parent) and i.merged_digest != i.parent:
-            _check_merge_artifact(ctx, r, i, merged, found, report)
-    if i.status == "finalized" and quorum:
-        _check_settlement(ctx, r, v, onchain, quorum[0].settlement, withheld, missing_now, found)
-        _check_committees(ctx, r, rh.submissions, onchain, found, report)
-    _check_published(ctx, r, rh.submissions, [rep.meta for rep in v.reports], onchain, found, report)
-    for p in rh.proposals:
-        ra.proposals.append(ProposalAudit(
-            aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=p.merged_cid,
-            verdicts=list(p.verdicts), agrees_with_quorum=bool(quorum) and p.outcome == i.outcome,
-            agrees_with_audit=(list(p.verdicts) == audit_verdicts and ra.recomputed_digest == _hex(p.merged_digest)),
-            block=p.block, tx_hash=str(p.tx_hash),
-        ))
-    ra.ok = len(found) == before
-    return ra
+            _check_merge_artifact(ctx, r, i, merged, report.discrepancies, report)
+        _file(report, _check_settlement(ctx, r, v, onchain, quorum[0].settlement, withheld, missing_now),
+              _check_committees(ctx, r, rh.submissions, onchain))
+    _check_published(ctx, r, rh.submissions, [rep.meta for rep in v.reports], onchain, report.discrepancies, report)
+    ra.proposals += [_proposal_audit(p, i, quorum, v.verdicts, ra.recomputed_digest) for p in rh.proposals]
 
 
-def _check_committees(ctx: JobContext, r: int, submissions, onchain, found: list, report: AuditReport) -> None:
+def _file(report: AuditReport, *findings: list[Finding]) -> None:
+    """Each finding into its list of the report, in order."""
+    for batch in findings:
+        for where, d in batch:
+            getattr(report, where).append(d)
+
+
+def _check_lineage(r: int, i, expected_parent: bytes) -> list[Finding]:
+    """The round continues from the model the previous round led to."""
+    if i.parent == expected_parent:
+        return []
+    return [Finding(FAILED, Discrepancy(r, "", "lineage", f"parent {_hex(expected_parent)}", _hex(i.parent),
+                                        "round does not continue from the previous model"))]
+
+
+def _check_commitment(ctx: JobContext, rh) -> list[Finding]:
+    """The submission events hash to the round's on-chain commitment."""
+    commitment = ctx.ledger.commitment_of(ctx.job_id, rh.round, rh.submissions)
+    if commitment == rh.info.commitment:
+        return []
+    return [Finding(FAILED, Discrepancy(rh.round, "", "commitment", _hex(rh.info.commitment), _hex(commitment),
+                                        "submission events do not match the on-chain commitment"))]
+
+
+def _unverifiable(r: int, i, e: Exception) -> list[Finding]:
+    """Why round ``r`` could not be re-verified: its parent gone from storage (nothing is
+    shown wrong, but its verdicts and merge cannot be re-checked), an unfinished round
+    (its draw not seeded yet, say: nothing of it is on record to check), or a parent that
+    is no model."""
+    if isinstance(e, NotFoundError):
+        return [Finding(INCOMPLETE, Discrepancy(
+            r, "", "parent", f"parent model {_hex(i.parent)} retrievable", "unavailable now",
+            f"round {r}'s verdicts and merge cannot be re-checked until it is republished ({e})"))]
+    if i.status not in ("finalized", "skipped"):
+        return [Finding(NOTE, Discrepancy(r, "", "open", "a round to judge", "not judged yet", str(e)))]
+    return [Finding(FAILED, Discrepancy(r, "", "parent", f"parent model {_hex(i.parent)}", "invalid", str(e)))]
+
+
+def _hash_unverified(ctx: JobContext, rh, onchain, report: AuditReport, ra: RoundAudit) -> None:
+    """A round whose parent is gone: its stored bytes are still checked, and the next
+    round goes on from the chain's digests."""
+    i = rh.info
+    _hash_only(ctx, rh, onchain, report.discrepancies, report)
+    if i.status == "finalized" and i.merged_digest != i.parent:
+        _check_merge_artifact(ctx, rh.round, i, None, report.discrepancies, report)
+    ra.merged_digest = _hex(i.merged_digest) if i.status == "finalized" else None
+
+
+def _contribution_audit(c, rep, onchain, reason: str) -> ContributionAudit:
+    m = rep.metrics or {}
+    return ContributionAudit(
+        submission=c, onchain_verdict=onchain[c.index] if onchain else None, audit_verdict=int(rep.verdict),
+        reason=reason, val_loss=m.get("val_loss"), update_norm=m.get("update_norm"),
+        replayed_segments=list(m.get("replay_segments") or []), replay_distance=m.get("replay_distance"),
+    )
+
+
+def _replay_not_rerun(r: int, c, rep) -> list[Finding]:
+    """Drawn segments this auditor could not replay (sealed to their verifiers)."""
+    m = rep.metrics or {}
+    if not m.get("replay_not_rerun"):
+        return []
+    return [Finding(NOT_RERUN, Discrepancy(
+        r, c.worker, "replay", f"drawn segment(s) {', '.join(map(str, m['replay_not_rerun']))} replayed",
+        "not rerun", m.get("not_rerun_reason", "")))]
+
+
+def _check_verdict(ctx: JobContext, r: int, c, rep, chain_v: int, mode: str, missing_now) -> list[Finding]:
+    """The chain's verdict on contribution ``c`` against the audit's own ``rep``."""
+    if chain_v == Verdict.ACCEPTED and rep.verdict == Verdict.INTEGRITY:
+        return [Finding(FAILED, Discrepancy(r, c.worker, "integrity", f"{c.cid} with sha256 {_hex(c.digest)}",
+                                            describe(rep.verdict), rep.reason))]
+    if chain_v in UNREVEALED and rep.verdict == Verdict.ACCEPTED and not ctx.info.disclosure_window:
+        return []  # revealed after the quorum's reveal window: whether it was late is not on record
+    # with a disclosure phase it is: the audit's own verdict, from the same Disclosed
+    # records, must then equal the quorum's (below)
+    if chain_v == Verdict.TRANSCRIPT_UNAVAILABLE and rep.verdict != chain_v:
+        # the quorum could not fetch a drawn snapshot; it can be fetched now: consistent
+        return [Finding(NOTE, Discrepancy(
+            r, c.worker, "availability", "the drawn transcript snapshots unavailable to the quorum",
+            f"retrievable now ({describe(rep.verdict)})", "availability is a local observation of its time"))]
+    if rep.verdict in (Verdict.UNAVAILABLE, Verdict.TRANSCRIPT_UNAVAILABLE) + UNREVEALED:
+        return [_gone_now(r, c, rep, chain_v)]
+    if chain_v == rep.verdict:
+        return []
+    m = rep.metrics or {}
+    if chain_v in REPLAY_VERDICTS and (mode == "none" or (m.get("replay_not_rerun") and rep.verdict == Verdict.ACCEPTED)):
+        return []  # not re-checked: replay disabled for this audit, or sealed to others
+    if rep.verdict in (Verdict.REPLAY, Verdict.TRANSCRIPT):
+        # the quorum let through training that does not replay (a segment it did not draw,
+        # or one it did not check): the one finding that needs a replay to be made
+        return [Finding(FAILED, Discrepancy(r, c.worker, "replay", f"transcript segments replaying within "
+                                            f"{ctx.config.policy.replay_tolerance:g}", describe(rep.verdict),
+                                            rep.reason))]
+    if missing_now and {chain_v, int(rep.verdict)} & ROUND_RELATIVE:
+        return [Finding(INCOMPLETE, Discrepancy(
+            r, c.worker, "verdict", f"{describe(chain_v)} (quorum) re-checked", "not re-checkable now",
+            "a round-relative check (median norm bound, duplicates) needs the contributions unavailable now"))]
+    return [Finding(FAILED, Discrepancy(
+        r, c.worker, "verdict", f"{describe(rep.verdict)} (audit)", f"{describe(chain_v)} (quorum)",
+        rep.reason if rep.verdict else "the quorum rejected a contribution the verification accepts"))]
+
+
+def _gone_now(r: int, c, rep, chain_v: int) -> Finding:
+    """Fetched by the quorum, gone now: the record is not shown wrong, but what rests on
+    these bytes cannot be re-checked until someone republishes them."""
+    if chain_v == Verdict.ACCEPTED:
+        whose = "" if rep.verdict == Verdict.UNAVAILABLE else "the drawn transcript snapshots of "
+        return Finding(INCOMPLETE, Discrepancy(
+            r, c.worker, "availability", f"{whose}accepted contribution {c.cid} (sha256 {_hex(c.digest)}) retrievable",
+            "unavailable now", f"the merge of round {r} cannot be recomputed without it; any copy with that sha256 restores it"))
+    return Finding(NOTE, Discrepancy(
+        r, c.worker, "availability", f"rejected contribution {c.cid} retrievable", "unavailable now",
+        f"its rejection ({describe(chain_v)}) cannot be re-checked; the merge does not use it"))
+
+
+def _own_merge_digest(ctx: JobContext, v) -> str | None:
+    """The digest of the audit's merge of what the audit accepts (None where none can be made)."""
+    try:
+        return _hex(merge_accepted(ctx, v, [x == 0 for x in v.verdicts]).digest)
+    except LedgerError:
+        return None
+
+
+def _recompute_merge(ctx: JobContext, r: int, v, onchain, missing_now):
+    """The merge of the set the quorum accepted, recomputed: (merge or None, findings)."""
+    accepted = [x == 0 for x in onchain]
+    if any(a and c in missing_now for a, c in zip(accepted, v.contributions)):
+        return None, [Finding(INCOMPLETE, Discrepancy(
+            r, "", "merge", "a merge of the accepted set", "not recomputable now",
+            "accepted contributions are unavailable now; the finalized merge rests on the quorum's word until they are republished"))]
+    try:
+        return merge_accepted(ctx, v, accepted), []
+    except LedgerError as e:
+        return None, [Finding(FAILED, Discrepancy(r, "", "merge", "a merge of the accepted set", "not computable", str(e)))]
+
+
+def _check_merge(r: int, i, merged) -> list[Finding]:
+    """The recomputed merge against the finalized one."""
+    if merged is None or merged.digest == i.merged_digest:
+        return []
+    return [Finding(FAILED, Discrepancy(r, "", "merge", f"{_hex(merged.digest)} (merge of the accepted set)",
+                                        f"{_hex(i.merged_digest)} (finalized)"))]
+
+
+def _proposal_audit(p, i, quorum, audit_verdicts, recomputed: str | None) -> ProposalAudit:
+    """A reveal against the finalized outcome and against the audit's verdicts and merge."""
+    return ProposalAudit(
+        aggregator=p.aggregator, merged_digest=_hex(p.merged_digest), merged_cid=p.merged_cid,
+        verdicts=list(p.verdicts), agrees_with_quorum=bool(quorum) and p.outcome == i.outcome,
+        agrees_with_audit=(list(p.verdicts) == audit_verdicts and recomputed == _hex(p.merged_digest)),
+        block=p.block, tx_hash=str(p.tx_hash),
+    )
+
+
+def _check_committees(ctx: JobContext, r: int, submissions, onchain) -> list[Finding]:
     """In a job with verification committees: the finalized verdicts are what the
     committees decided on chain (a quorum may add only what every aggregator judges
     itself: a byte copy, an unavailable download), and who was drawn and did not vote
@@ -408,10 +484,11 @@ def _check_committees(ctx: JobContext, r: int, submissions, onchain, found: list
     try:
         got = committee_tally(ctx, r, submissions, replay_seed(ctx.ledger, ctx.job_id, r, submissions))
     except DrawNotReady:
-        return
+        return []
     if got is None:
-        return
+        return []
     t, deadline = got
+    out = []
     for c in submissions:
         d = t.decided.get(c.index)
         if d is None:
@@ -419,26 +496,27 @@ def _check_committees(ctx: JobContext, r: int, submissions, onchain, found: list
         chain_v = onchain[c.index]
         own = chain_v in (Verdict.DUPLICATE, Verdict.UNAVAILABLE) and d.verdict == Verdict.ACCEPTED
         if chain_v != d.verdict and not own:
-            found.append(Discrepancy(r, c.worker, "committee", f"{describe(d.verdict)} (its committee: "
-                                     f"{', '.join(d.voters)})", f"{describe(chain_v)} (quorum)",
-                                     "the finalized verdict overrides the committee's decision on chain"))
+            out.append(Finding(FAILED, Discrepancy(r, c.worker, "committee", f"{describe(d.verdict)} (its committee: "
+                                                   f"{', '.join(d.voters)})", f"{describe(chain_v)} (quorum)",
+                                                   "the finalized verdict overrides the committee's decision on chain")))
     for a, idx in sorted(t.absent().items()):
-        report.notes.append(Discrepancy(r, a, "committee", f"a vote on contribution(s) {', '.join(f'#{i}' for i in idx)}",
-                                        "no vote that counts", f"drawn for their committees; votes closed at {deadline}"))
+        out.append(Finding(NOTE, Discrepancy(r, a, "committee", f"a vote on contribution(s) {', '.join(f'#{i}' for i in idx)}",
+                                             "no vote that counts", f"drawn for their committees; votes closed at {deadline}")))
+    return out
 
 
-def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, missing_now, found: list) -> None:
+def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, missing_now) -> list[Finding]:
     """The finalized credits and slashes against the verification's: a slash exactly for
     the on-chain verdicts that are cheating, a credit only for the accepted ones, and each
     accepted one's credit what this machine's own loss measurement gives (within the
     ``ledger.protocol.settlement`` slack for another machine's low bits)."""
     workers = ctx.ledger.round_workers(ctx.job_id, r, ctx.info)
     if len(revealed.credits) != len(workers):
-        found.append(Discrepancy(r, "", "credit", f"{len(workers)} credits (one per worker of the round)",
-                                 f"{len(revealed.credits)}"))
-        return
+        return [Finding(FAILED, Discrepancy(r, "", "credit", f"{len(workers)} credits (one per worker of the round)",
+                                            f"{len(revealed.credits)}"))]
     index = {w.lower(): n for n, w in enumerate(workers)}
     submitted = set()
+    out = []
     for c, rep in zip(v.contributions, v.reports):
         n = index.get(c.worker.lower())
         if n is None:
@@ -446,32 +524,44 @@ def _check_settlement(ctx: JobContext, r: int, v, onchain, revealed, withheld, m
         submitted.add(n)
         chain_v = onchain[c.index]
         got, slashed = int(revealed.credits[n]), bool((revealed.slashed >> n) & 1)
-        if slashed != (chain_v in settlemod.CHEATING):
-            found.append(Discrepancy(r, c.worker, "slash", "slashed" if not slashed else f"not slashed ({describe(chain_v)} "
-                                     "can be honest)", "slashed" if slashed else "not slashed",
-                                     f"the finalized verdict is {describe(chain_v)}"))
-        if chain_v != Verdict.ACCEPTED:
-            if got:
-                found.append(Discrepancy(r, c.worker, "credit", f"0 ({describe(chain_v)})", str(got)))
-            continue
-        if c.index in withheld or c in missing_now or rep.verdict != Verdict.ACCEPTED:
-            continue   # its verdict is reported (or cannot be re-checked now): the credit rests on it
-        lo, hi = settlemod.credit_range(int(rep.verdict), rep.metrics, c.num_samples)
-        if not lo <= got <= hi:
-            m = rep.metrics or {}
-            measured = (f"val loss {m['val_loss']:.6f}, parent {m['parent_val_loss']:.6f}"
-                        if m.get("val_loss") is not None else f"{c.num_samples} samples")
-            found.append(Discrepancy(r, c.worker, "credit", str(lo) if lo == hi else f"{lo}..{hi}", f"{got} (quorum)",
-                                     f"measured {measured}"))
+        out += _check_slash(r, c, chain_v, slashed)
+        out += _check_credit(r, c, rep, chain_v, got, c.index in withheld or c in missing_now)
     for n, w in enumerate(workers):
         if n not in submitted and (revealed.credits[n] or (revealed.slashed >> n) & 1):
-            found.append(Discrepancy(r, w, "credit", "no credit and no slash (no submission)",
-                                     f"credit {revealed.credits[n]}, slashed {bool((revealed.slashed >> n) & 1)}"))
+            out.append(Finding(FAILED, Discrepancy(r, w, "credit", "no credit and no slash (no submission)",
+                                                   f"credit {revealed.credits[n]}, slashed {bool((revealed.slashed >> n) & 1)}")))
+    return out
 
 
-def _check_payments(ctx: JobContext, history, found: list) -> None:
+def _check_slash(r: int, c, chain_v: int, slashed: bool) -> list[Finding]:
+    """Slashed exactly when the finalized verdict is cheating."""
+    if slashed == (chain_v in settlemod.CHEATING):
+        return []
+    return [Finding(FAILED, Discrepancy(r, c.worker, "slash", "slashed" if not slashed else f"not slashed ({describe(chain_v)} "
+                                        "can be honest)", "slashed" if slashed else "not slashed",
+                                        f"the finalized verdict is {describe(chain_v)}"))]
+
+
+def _check_credit(r: int, c, rep, chain_v: int, got: int, unavailable: bool) -> list[Finding]:
+    """No credit unless accepted; an accepted contribution's credit within what the audit's
+    own measurement gives (``unavailable``: withheld from the quorum or gone now)."""
+    if chain_v != Verdict.ACCEPTED:
+        return [Finding(FAILED, Discrepancy(r, c.worker, "credit", f"0 ({describe(chain_v)})", str(got)))] if got else []
+    if unavailable or rep.verdict != Verdict.ACCEPTED:
+        return []   # its verdict is reported (or cannot be re-checked now): the credit rests on it
+    lo, hi = settlemod.credit_range(int(rep.verdict), rep.metrics, c.num_samples)
+    if lo <= got <= hi:
+        return []
+    m = rep.metrics or {}
+    measured = (f"val loss {m['val_loss']:.6f}, parent {m['parent_val_loss']:.6f}"
+                if m.get("val_loss") is not None else f"{c.num_samples} samples")
+    return [Finding(FAILED, Discrepancy(r, c.worker, "credit", str(lo) if lo == hi else f"{lo}..{hi}", f"{got} (quorum)",
+                                        f"measured {measured}"))]
+
+
+def _check_payments(ctx: JobContext, history) -> list[Finding]:
     """Every payout, slash and refund on chain against the contract's rules replayed from
-    the job's events and its finalized settlements."""
+    the job's events and its finalized settlements: the first that differs."""
     info = ctx.info
     finalized = {}
     for rh in history.rounds:
@@ -485,17 +575,18 @@ def _check_payments(ctx: JobContext, history, found: list) -> None:
     recorded = settlemod.recorded_payments(history.events)
     want, got = [p.key() for p in expected], [p.key() for p in recorded]
     if want == got:
-        return
+        return []
     for k in range(max(len(want), len(got))):
         e = expected[k] if k < len(want) else None
         g = recorded[k] if k < len(got) else None
         if e is not None and g is not None and e.key() == g.key():
             continue
         who = (e or g).account
-        found.append(Discrepancy((e or g).round, who, "payout",
-                                 f"{e.kind} {e.amount} wei" if e else "no further payment",
-                                 f"{g.kind} {g.amount} wei" if g else "nothing recorded"))
-        break   # one misstep shifts every later payment: the first says where
+        # one misstep shifts every later payment: the first says where
+        return [Finding(FAILED, Discrepancy((e or g).round, who, "payout",
+                                            f"{e.kind} {e.amount} wei" if e else "no further payment",
+                                            f"{g.kind} {g.amount} wei" if g else "nothing recorded"))]
+    return []
 
 
 def _check_merge_artifact(ctx: JobContext, r: int, i, merged, found: list, report: AuditReport) -> None:
@@ -641,45 +732,49 @@ def _check_sealed(ctx: JobContext, r: int, c, cid: str, onchain, report: AuditRe
             report.discrepancies.append(Discrepancy(r, c.worker, "integrity", f"sealed reveal {cid}", "other bytes", str(e)))
 
 
-def _check_commit_reveal(ctx: JobContext, rh, found: list) -> None:
+def _check_commit_reveal(ctx: JobContext, rh) -> list[Finding]:
     """Every reveal opens an earlier commit of its aggregator, and no reveal came before
     the last commit (a revealed outcome could then have been copied into a commit)."""
     r = rh.round
     commits = {c.aggregator.lower(): c for c in rh.commits}
     last_commit = max(((c.block, c.log_index) for c in rh.commits), default=None)
+    out = []
     for p in rh.proposals:
         outcome = ctx.ledger.outcome_of(p.merged_digest, p.merged_cid, p.merged_size, p.verdicts, p.settlement)
         if outcome != p.outcome:
-            found.append(Discrepancy(r, p.aggregator, "commit-reveal", f"outcome {_hex(outcome)} of the revealed merge and verdicts", _hex(p.outcome)))
+            out.append(Discrepancy(r, p.aggregator, "commit-reveal", f"outcome {_hex(outcome)} of the revealed merge and verdicts", _hex(p.outcome)))
         c = commits.get(p.aggregator.lower())
         if c is None:
-            found.append(Discrepancy(r, p.aggregator, "commit-reveal", "a commit before the reveal", "none"))
+            out.append(Discrepancy(r, p.aggregator, "commit-reveal", "a commit before the reveal", "none"))
             continue
         opened = ctx.ledger.commit_hash_of(p.outcome, p.salt, p.aggregator)
         if opened != c.commit_hash:
-            found.append(Discrepancy(r, p.aggregator, "commit-reveal", f"commit {_hex(c.commit_hash)}", f"reveal hashing to {_hex(opened)}"))
+            out.append(Discrepancy(r, p.aggregator, "commit-reveal", f"commit {_hex(c.commit_hash)}", f"reveal hashing to {_hex(opened)}"))
         if last_commit is not None and (p.block, p.log_index) < last_commit:
-            found.append(Discrepancy(r, p.aggregator, "commit-reveal", "every commit before the first reveal",
-                                     f"reveal in block {p.block} before a commit in block {last_commit[0]}"))
+            out.append(Discrepancy(r, p.aggregator, "commit-reveal", "every commit before the first reveal",
+                                   f"reveal in block {p.block} before a commit in block {last_commit[0]}"))
+    return [Finding(FAILED, d) for d in out]
 
 
-def _check_skip(ctx: JobContext, rh, found: list) -> None:
+def _check_skip(ctx: JobContext, rh) -> list[Finding]:
     """A skipped round had a reason the chain's own record bears out."""
     r, i, job = rh.round, rh.info, ctx.info
+    out = []
     if i.skip_reason == "no-quorum":
         best = max(rh.votes().values(), default=0)
         if best >= job.quorum:
-            found.append(Discrepancy(r, "", "skip", f"no outcome revealed by {job.quorum} aggregators", f"{best} agreeing reveals"))
+            out.append(Discrepancy(r, "", "skip", f"no outcome revealed by {job.quorum} aggregators", f"{best} agreeing reveals"))
         skipped = next((e for e in rh.events if e.name == "RoundSkipped"), None)
-        all_revealed = len(rh.proposals) == len(rh.commits)
-        if skipped is not None and skipped.timestamp <= i.reveal_deadline and not all_revealed:
-            found.append(Discrepancy(r, "", "skip", f"a skip after the reveal deadline {i.reveal_deadline} or once every commit was revealed",
-                                     f"skipped at {skipped.timestamp} with {len(rh.commits) - len(rh.proposals)} commit(s) unrevealed"))
+        if skipped is not None and not phase.quorum_out_of_reach(len(rh.commits), len(rh.proposals), len(job.aggregators),
+                                                                  i.commit_deadline, i.reveal_deadline, skipped.timestamp):
+            out.append(Discrepancy(r, "", "skip", f"a skip after the reveal deadline {i.reveal_deadline} or once every commit was revealed",
+                                   f"skipped at {skipped.timestamp} with {len(rh.commits) - len(rh.proposals)} commit(s) unrevealed"))
     elif i.submissions >= job.min_submissions:
-        found.append(Discrepancy(r, "", "skip", f"fewer than {job.min_submissions} submissions", str(i.submissions)))
+        out.append(Discrepancy(r, "", "skip", f"fewer than {job.min_submissions} submissions", str(i.submissions)))
+    return [Finding(FAILED, d) for d in out]
 
 
-def _withheld_note(ctx: JobContext, r: int, c, report: AuditReport) -> str:
+def _withheld_note(ctx: JobContext, r: int, c) -> Finding:
     """A contribution the quorum recorded UNAVAILABLE: consistent either way; say whether it
     can be fetched now (published late, or the quorum's storage failed it at the time)."""
     try:
@@ -690,8 +785,7 @@ def _withheld_note(ctx: JobContext, r: int, c, report: AuditReport) -> str:
     except (StorageError, LedgerError):
         now = "still unavailable"
     note = f"the quorum could not fetch it at the time (recorded unavailable); {now}: consistent, not a failure"
-    report.notes.append(Discrepancy(r, c.worker, "availability", "unavailable to the quorum", now, note))
-    return note
+    return Finding(NOTE, Discrepancy(r, c.worker, "availability", "unavailable to the quorum", now, note))
 
 
 def _val_loss_of(ctx: JobContext, rh) -> float | None:

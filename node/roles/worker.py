@@ -38,7 +38,7 @@ from ledger.ethereum.chain import tx_hash_of
 from ledger.protocol import datacommit as dc
 from ledger.digest import from_hex, sha256_bytes, to_hex
 from ledger.errors import ContractReverted, LedgerError
-from ledger.trail.history import eth
+from ledger.units import eth
 from ledger.services.procs import hold_lock
 
 from node.training import dp as dpmod

@@ -12,7 +12,9 @@ on every CPU, SIMD path and numpy build; merge.py's rules):
 The momentum buffer ``m'`` is cast to float32 and committed *inside* the merged
 checkpoint, as tensors named ``outer/momentum/<name>``: the merged digest on chain
 covers it, every aggregator and the audit recompute it from the parent's (zero at the
-genesis), and a fresh auditor reads it from storage. Workers train from the model's
+genesis), and a fresh auditor reads it from storage. With momentum 0 (SparseLoCo's outer
+step, ``sgd`` lr 1: error feedback is its momentum) no step reads the buffer, so none is
+committed and the merged checkpoint is the model's size. Workers train from the model's
 tensors only (``model_tensors``; ``JobContext.load_checkpoint`` strips the rest).
 """
 
@@ -74,6 +76,7 @@ def step(parent: Mapping[str, np.ndarray], update: Mapping[str, np.ndarray], mom
         merged = np.subtract(p.astype(np.float64), np.multiply(direction, lr))
         out[name] = np.ascontiguousarray(merged.astype(p.dtype))
         new_m[name] = np.ascontiguousarray(m.astype(np.float32))
-    for name, m in new_m.items():
-        out[MOMENTUM + name] = m
+    if mu != 0:
+        for name, m in new_m.items():
+            out[MOMENTUM + name] = m
     return out, new_m

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ledger.store import checkpoint
 from ledger.protocol import committee
 from ledger.protocol import settlement as settlemod
-from ledger.ethereum.contract import Settlement
+from ledger.protocol.settlement import Settlement
 from ledger.digest import sha256_bytes
 from ledger.errors import LedgerError, NotFoundError, StorageUnreachable
 from ledger.protocol.verdicts import Verdict

@@ -1,0 +1,1 @@
+"""The chain: one web3 connection with retries (chain), the TrainingLedger contract's typed face (contract), deploying and finding it (deploy, artifacts, compile), accounts and keystores (keys), a party's connections (party)."""

@@ -1,0 +1,1 @@
+"""The protocol's rules as data and pure functions: the job config (jobconfig), verdicts, settlement, committees, the round's phase, signed batches, the data commitment, token streams, model-config checks and a private job's key (access)."""
