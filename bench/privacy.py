@@ -49,7 +49,6 @@ import argparse
 import copy
 import dataclasses
 import math
-import os
 import random
 import shutil
 import sys
