@@ -9,7 +9,10 @@ that imports ``node`` (torch, peft) only then, and without it says the merge was
 Exit codes: export 0 done, 1 refused (the audit FAILED), 3 refused (the audit is
 INCOMPLETE: artifacts unavailable now), 2 usage (the job is not completed, OUT not
 empty); verify-export 0 ``EXPORT OK``, 1 the verification failed (one line per
-failure), 2 usage or environment (no such folder, no chain, no contract).
+failure), 2 usage or environment (no such folder, no chain, no contract), 3
+``EXPORT SEALED``: a private job's export checked as far as an outsider can (the
+signature, the sealed files' digests, the chain's record), its contents not read
+(the account holds no key to the job).
 """
 
 from __future__ import annotations
@@ -59,13 +62,20 @@ def register(sub) -> None:
             "your store serves them: the files and config.json an export of that job holds, the\n"
             "final checkpoint's tensors, and for a LoRA job model.safetensors as the committed base\n"
             "with the final adapter merged, recomputed here (that part needs torch and peft).\n"
-            "One line per failure; exit 0 EXPORT OK, 1 failed, 2 usage/environment."
+            "A private job's export is sealed (NAME.sealed under the job key): your account (--account)\n"
+            "must be a member or a granted auditor to read and check its contents; --unseal-to DIR then\n"
+            "writes the plaintext model with its statement, a plain export folder.\n"
+            "One line per failure; exit 0 EXPORT OK, 1 failed, 2 usage/environment, 3 EXPORT SEALED\n"
+            "(a private job's export checked as far as a reader without its key can)."
         ),
     )
     p.add_argument("out", metavar="OUT", type=Path, help="the folder `ledger export` wrote")
     p.add_argument("--job", type=int, default=None, metavar="ID", help="require the statement to be about this job")
     p.add_argument("--signer", metavar="ADDR", default=None, help="require the statement to be signed by this address")
     p.add_argument("--offline", action="store_true", help="check the signature and the files only, not the chain")
+    p.add_argument("--unseal-to", metavar="DIR", type=Path, default=None,
+                   help="a private job's export: after EXPORT OK, write its plaintext files and statement to DIR "
+                        "(new or empty), an export folder of its own")
 
 
 def _export(args, settings) -> int:
@@ -98,6 +108,31 @@ def _merge_lora(ledger, store, job_id: int, adapter):
     return merged_weights(ledger, store, job_id, adapter)
 
 
+def _reader(settings):
+    """The account of these settings, where one is configured (a member's or granted
+    auditor's opens a private job's export); None otherwise."""
+    import os
+
+    from ledger.ethereum.keys import ENV_PRIVATE_KEY, load_account
+
+    if not (settings.account or os.environ.get(ENV_PRIVATE_KEY)):
+        return None
+    return load_account(settings, settings.account)
+
+
+def _job_key(ledger, store, job_id: int, account) -> bytes | None:
+    from ledger.protocol import access
+    from ledger.errors import ContractReverted, StorageError
+    from ledger.protocol.jobconfig import JobConfig
+
+    try:
+        info = ledger.job(job_id)
+        config = JobConfig.from_bytes(store.get(info.config_cid, info.config_digest, max_size=int(info.config_size)))
+    except (ContractReverted, StorageError, LedgerError, ValueError):
+        return None          # verify_on_chain names what is wrong
+    return access.job_key_for(ledger, store, config, job_id, account)
+
+
 def _verify(args, settings) -> int:
     from eth_utils import is_address
 
@@ -106,12 +141,21 @@ def _verify(args, settings) -> int:
     if args.signer and not is_address(args.signer):
         raise provenance.ExportError(f"--signer {args.signer} is not an Ethereum address")
     check = provenance.verify_offline(args.out, signer=args.signer)
+    if args.unseal_to is not None and (args.offline or not check.sealed):
+        raise provenance.ExportError("--unseal-to takes a private job's sealed export, checked against the chain "
+                                     "(not --offline)")
     if check.statement is not None and not args.offline:
         from ledger.ethereum.deploy import open_ledger
         from ledger.store import open_store
 
         try:
-            ledger = open_ledger(settings)
+            account = _reader(settings)     # a private job's reader opens what is sealed
+        except LedgerError:
+            if check.sealed:
+                raise
+            account = None                  # a plain export: checked as anyone checks it
+        try:
+            ledger = open_ledger(settings, account)
         except LedgerError as e:
             for line in check.failures:
                 print(f"FAILED: {line}", file=sys.stderr)
@@ -123,6 +167,10 @@ def _verify(args, settings) -> int:
                 store = open_store(settings)
             except LedgerError:
                 store = None
+        if check.job_id is not None and store is not None and account is not None:
+            key = _job_key(ledger, store, check.job_id, account)
+            if key is not None:
+                provenance.open_sealed(check, key)
         provenance.verify_on_chain(check, ledger, job=args.job, store=store, merge=_merge_lora)
     elif check.statement is not None and args.job is not None and check.job_id != args.job:
         check.failures.append(f"the statement is for job {check.job_id}, not job {args.job}")
@@ -131,6 +179,15 @@ def _verify(args, settings) -> int:
             print(f"FAILED: {line}", file=sys.stderr)
         return 1
     p = check.predicate
+    if check.unread:
+        print(f"EXPORT SEALED job {p['job']['id']} final model {p['finalModel']['digest']}: signed by {check.signer}, "
+              f"{len(check.sealed)} sealed files as signed"
+              + (f", the chain's record matches; {check.weights}" if check.chain_checked else
+                 " (offline: the chain was not checked)"))
+        return 3
+    if args.unseal_to is not None:
+        n = provenance.write_unsealed(check, args.unseal_to)
+        print(f"  unsealed {n} files and the statement to {args.unseal_to}")
     head = f"EXPORT OK job {p['job']['id']} final model {p['finalModel']['digest']}: {len(check.files)} files, " \
            f"signed by {check.signer}"
     if check.chain_checked:

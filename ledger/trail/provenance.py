@@ -35,6 +35,14 @@ job's merged ``model.safetensors`` with the committed base and that adapter merg
 again by the verifier (``verify_merged``, through a ``merge`` the caller gives: the
 CLI's uses ``node``), so a signer cannot pass off other weights under a true record.
 
+A private job's export is sealed at rest like every other artifact of the job: each
+file ``NAME`` is written as ``NAME.sealed``, ``ledger.privacy.sealing.encrypt_artifact`` under
+the job key. The statement's subjects stay the plaintext files and digests (what a
+member holds once it decrypts, and what the checks below compare); the predicate's
+``export.sealed`` adds the key id and each sealed file's sha256, so anyone can check
+that the ciphertext is what was signed, and only a reader of the job (a member, a
+named or granted auditor) can check and use what it holds (``open_sealed``).
+
 Numbers: a Struct (protobuf) holds numbers as doubles; the statement's integers stay
 below 2**53 (rounds, sizes, sample counts, the chain id) and the job id, a uint256,
 is a decimal string.
@@ -71,6 +79,7 @@ SCHEME = "eip191-personal-sign"
 CHAIN_SECTIONS = ("ledger", "job", "rounds", "finalModel")
 HASH_CHUNK = 1 << 20
 MAX_ENVELOPE_BYTES = safejson.MAX_BYTES  # the statement lists every round: far below this
+SEALED_SUFFIX = ".sealed"   # a private job's export file NAME is stored as NAME.sealed
 
 
 class ExportError(LedgerError):
@@ -331,11 +340,12 @@ def _check_files_of(check: "ExportCheck", model) -> None:
             bad.append(f"{name}: an export of this job ({model.kind}{', LoRA' if model.lora else ''}) holds no such file")
     for name in sorted(want - set(check.files)):
         bad.append(f"{name}: not in the statement, though an export of this job holds it")
-    if "config.json" not in check.files or "config.json" in check.unsound:
+    if "config.json" not in check.files or "config.json" in check.unsound | check.unread:
         return
     try:
-        got = safejson.read(check.folder / "config.json", max_bytes=MAX_CONFIG_BYTES)
-    except (OSError, ValueError) as e:
+        got = safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
+                             max_bytes=MAX_CONFIG_BYTES)
+    except (OSError, ValueError, LedgerError) as e:
         bad.append(f"config.json: {str(e).splitlines()[0]}")
         return
     expected = export_config(model)
@@ -363,6 +373,22 @@ class ExportCheck:
     chain_checked: bool = False
     weights: str = ""   # what the weights check found: "equal", or why it was not made
     unsound: set[str] = field(default_factory=set)   # subject files missing or not matching their digest
+    sealed: dict[str, str] = field(default_factory=dict)  # NAME.sealed -> its sha256 hex (a private job's export)
+    unread: set[str] = field(default_factory=set)    # subjects sealed under a key not given (yet)
+    key: bytes | None = field(default=None, repr=False)  # the job key that opens them
+
+    def read(self, name: str, max_bytes: int) -> bytes:
+        """A subject file's plaintext: the file itself, or ``NAME.sealed`` decrypted with ``key``."""
+        f = self.folder / name
+        if f.is_file() or name + SEALED_SUFFIX not in self.sealed:
+            return safejson.read_bytes(f, what=name, max_bytes=max_bytes)
+        if self.key is None:
+            raise ExportError(f"{name} is sealed under the job key, which was not given")
+        from ledger.privacy.sealing import decrypt_artifact
+        from ledger.store.sealed import OVERHEAD
+
+        return decrypt_artifact(self.key, safejson.read_bytes(self.folder / (name + SEALED_SUFFIX),
+                                                              what=name + SEALED_SUFFIX, max_bytes=max_bytes + OVERHEAD))
 
 
     @property
@@ -443,6 +469,13 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
     except ValueError as e:
         bad.append(f"{ENVELOPE_NAME}: {e}")
         return check
+    sealed = (check.predicate.get("export") or {}).get("sealed") or {}
+    if sealed:
+        files = sealed.get("files") if isinstance(sealed, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            bad.append("export.sealed: not a map of sealed files to their sha256")
+        else:
+            check.sealed = dict(files)
     for n, s in enumerate(check.statement["subject"]):
         name, digest = s.get("name"), (s.get("digest") or {}).get("sha256", "")
         if not _safe_name(name):
@@ -453,6 +486,9 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
             continue
         check.files[name] = digest
         f = folder / name
+        if not f.is_file() and name + SEALED_SUFFIX in check.sealed:
+            _check_sealed(check, name)
+            continue
         if not f.is_file():
             check.unsound.add(name)
             bad.append(f"{name}: missing (the statement lists it with sha256 {digest})")
@@ -462,19 +498,103 @@ def verify_offline(folder: Path, signer: str | None = None) -> ExportCheck:
             check.unsound.add(name)
             bad.append(f"{name}: sha256 is {got}, the signed statement says {digest}: the file was changed")
     for extra in sorted(p.name for p in folder.iterdir()):
-        if extra != ENVELOPE_NAME and extra not in check.files:
+        if extra != ENVELOPE_NAME and extra not in check.files and extra not in check.sealed:
             bad.append(f"{extra}: in the folder but not in the signed statement")
     for name in sorted(set(check.files) - set(EXPORT_FILES)):
         bad.append(f"{name}: not a file any export holds (an export is {', '.join(EXPORT_FILES)}: no code, no pickle)")
-    if "config.json" in check.files and "config.json" not in check.unsound:
-        try:
-            cfg = safejson.read(folder / "config.json", max_bytes=MAX_CONFIG_BYTES)
-        except (OSError, ValueError) as e:
-            bad.append(f"config.json: {str(e).splitlines()[0]}")
-        else:
-            if isinstance(cfg, dict) and "auto_map" in cfg:
-                bad.append("config.json: names code to run (auto_map); an export never does")
+    for name in sorted(set(check.sealed) - {n + SEALED_SUFFIX for n in check.files}):
+        bad.append(f"export.sealed: {name} is not a sealed subject of the statement")
+    _no_code(check)
     return check
+
+
+def _check_sealed(check: ExportCheck, name: str) -> None:
+    """A subject stored as ``NAME.sealed``: the ciphertext is the one the statement signs
+    (anyone can check that); with the key, it decrypts to the subject's digest."""
+    f, want = check.folder / (name + SEALED_SUFFIX), check.sealed[name + SEALED_SUFFIX]
+    got = sha256_file(f) if f.is_file() else None
+    if got != want:
+        check.unsound.add(name)
+        check.failures.append(f"{f.name}: " + (f"missing (the statement lists it with sha256 {want})" if got is None
+                                               else f"sha256 is {got}, the signed statement says {want}: the file "
+                                                    f"was changed"))
+        return
+    if check.key is None:
+        check.unread.add(name)
+        return
+    from ledger.privacy.sealing import SealError
+
+    try:
+        plain = check.read(name, f.stat().st_size)     # no larger than its ciphertext
+    except (SealError, OSError, ValueError) as e:
+        check.unsound.add(name)
+        check.failures.append(f"{f.name}: does not open with the job key ({str(e).splitlines()[0]})")
+        return
+    check.unread.discard(name)
+    got = hashlib.sha256(plain).hexdigest()
+    if got != check.files[name]:
+        check.unsound.add(name)
+        check.failures.append(f"{f.name}: decrypts to sha256 {got}, the signed statement says {check.files[name]}")
+
+
+def open_sealed(check: ExportCheck, key: bytes) -> ExportCheck:
+    """With the job key (a reader's): decrypt the sealed subjects ``verify_offline`` could
+    not read and check each against the statement's digest."""
+    check.key, unread = bytes(key), sorted(check.unread)
+    for name in unread:
+        _check_sealed(check, name)
+    if "config.json" in unread:
+        _no_code(check)
+    return check
+
+
+def write_unsealed(check: ExportCheck, dest: Path) -> int:
+    """A checked sealed export's plaintext files with its statement, written to ``dest``
+    (new, or an empty folder) through a sibling renamed into place: a plain export
+    folder that ``verify_offline`` checks on its own. Returns the number of files."""
+    import os
+    import shutil
+
+    dest = Path(dest)
+    if not check.ok or check.unread or check.key is None:
+        raise ExportError("only an export that was checked with its job key is unsealed")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ExportError(f"{dest} already exists and is not an empty folder: unseal into a new folder")
+    tmp = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name in sorted(check.files):
+            data = check.read(name, _size_of(check, name))
+            if hashlib.sha256(data).hexdigest() != check.files[name]:
+                raise ExportError(f"{name} changed while it was being unsealed")
+            (tmp / name).write_bytes(data)
+        shutil.copyfile(check.folder / ENVELOPE_NAME, tmp / ENVELOPE_NAME)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(check.files)
+
+
+def _size_of(check: ExportCheck, name: str) -> int:
+    f = check.folder / name
+    return (f if f.is_file() else check.folder / (name + SEALED_SUFFIX)).stat().st_size
+
+
+def _no_code(check: ExportCheck) -> None:
+    if "config.json" not in check.files or "config.json" in check.unsound | check.unread:
+        return
+    try:
+        cfg = safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
+                             max_bytes=MAX_CONFIG_BYTES)
+    except (OSError, ValueError, LedgerError) as e:
+        check.failures.append(f"config.json: {str(e).splitlines()[0]}")
+    else:
+        if isinstance(cfg, dict) and "auto_map" in cfg:
+            check.failures.append("config.json: names code to run (auto_map); an export never does")
 
 
 def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=None, merge=None) -> ExportCheck:
@@ -527,11 +647,23 @@ def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=No
         info = ledger.job(jid)
         try:
             raw = store.get(info.config_cid, info.config_digest, max_size=int(info.config_size))
-            model = JobConfig.from_bytes(raw).model
+            config = JobConfig.from_bytes(raw)
+            model = config.model
         except (StorageError, LedgerError, ValueError) as e:
             bad.append(f"the job's config cannot be read to check config.json and the files: {str(e).splitlines()[0]}")
         else:
             _check_files_of(check, model)
+    if check.unread:
+        check.weights = (f"not compared: {', '.join(sorted(check.unread))} sealed under the key of job {jid}, "
+                         f"which was not given (its members and granted auditors read them)")
+        return check
+    if store is not None and model is not None and config.access.private:
+        if check.key is None:
+            check.weights = "not compared: the job is private and its key was not given"
+            return check
+        from ledger.store.sealed import SealedStore
+
+        store = SealedStore(store, check.key)
     if store is not None and expected["job"]["completed"]:
         merged = None
         if model is not None and model.lora:
@@ -645,7 +777,7 @@ def _read_f32(check: ExportCheck, name: str, max_bytes: int) -> dict | None:
     from ledger.store import checkpoint
 
     try:
-        data = safejson.read_bytes(check.folder / name, max_bytes=max_bytes)
+        data = check.read(name, max_bytes)
         return checkpoint.read_weights(data, what=name, dtypes={"F32": 4})
     except (OSError, ValueError, LedgerError) as e:
         check.failures.append(f"{name}: not a readable safetensors file ({str(e).splitlines()[0]})")

@@ -17,6 +17,8 @@ a job that is not completed or whose audit is not OK. It then writes into the fo
   on a copy of the job's module) so the export is a plain model, and the adapter
   itself as ``adapter.safetensors`` (the ledger's tensor names); ``merged_weights``
   is that merge for ``ledger verify-export``, which recomputes it;
+- a private job's files are sealed under the job key, at rest as the job's other
+  artifacts: ``NAME.sealed`` for each (``ledger.trail.provenance`` says what is signed);
 - ``provenance.intoto.jsonl``: a DSSE envelope of the in-toto statement whose
   subjects are the files above with their sha256, signed by the exporter's account
   (``ledger.trail.provenance`` says exactly what is signed).
@@ -31,6 +33,7 @@ place, so ``out`` either holds a whole export or nothing.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -106,10 +109,13 @@ def export_job(ledger, store, job_id: int, out: Path, account, *, replay: str = 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        subjects = {}
+        subjects, sealed = {}, {}
         for name, data in sorted(files.items()):
+            subjects[name] = hashlib.sha256(data).hexdigest()
+            if ctx.config.access.private:    # at rest as every artifact of the job: under its key
+                name, data = name + provenance.SEALED_SUFFIX, ctx.store.seal(data)
+                sealed[name] = hashlib.sha256(data).hexdigest()
             (tmp / name).write_bytes(data)
-            subjects[name] = provenance.sha256_file(tmp / name)
         predicate = {
             **record,
             "export": {
@@ -125,6 +131,8 @@ def export_job(ledger, store, job_id: int, out: Path, account, *, replay: str = 
                           "baseDigest": spec.base.sha256, "baseCid": spec.base.cid} if spec.lora else {}),
                 "tokenizer": ({"digest": spec.tokenizer.sha256, "cid": spec.tokenizer.cid}
                               if spec.tokenizer is not None else {}),
+                **({"sealed": {"keyId": ctx.config.access.key_id, "cipher": "AES-256-GCM-SIV", "files": sealed}}
+                   if sealed else {}),
             },
             "audit": {
                 "status": report.status, "replay": report.replay, "mergeRule": report.merge_rule,

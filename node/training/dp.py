@@ -136,25 +136,108 @@ def private_grads(lm, model, named, x, y, dp: DPStep, step: int) -> float:
     import torch
 
     params = [p for _, p in named]
+    linears = linear_owners(model, params)
+    if linears is not None:
+        acc, losses = _batched_clipped_sum(lm, model, params, linears, x, y, dp.clip_norm)
+    else:
+        acc, losses = _looped_clipped_sum(lm, model, params, x, y, dp.clip_norm)
+    z = noise(dp.seed_of(step), [tuple(p.shape) for p in params], dp.noise_std)
+    batch = float(x.size(0))
+    for p, a, n in zip(params, acc, z):
+        p.grad = (a + torch.from_numpy(n).to(a.device)) / batch
+    return float(np.mean(losses))
+
+
+def _clip_factor(norm, clip_norm: float | None):
+    """Opacus's factor: C / (norm + 1e-6), at most 1 (1 without clipping: only a cheat)."""
+    import torch
+
+    if clip_norm is None:
+        return torch.ones_like(norm)
+    return (clip_norm / (norm + 1e-6)).clamp(max=1.0)
+
+
+def linear_owners(model, params) -> list | None:
+    """The ``torch.nn.Linear`` modules whose own weights and biases are exactly the
+    trainable ``params`` (LoRA's adapters), or None where any trainable tensor lives
+    elsewhere (an embedding, a norm, a tied output head): those models take the loop."""
+    import torch
+
+    owners, seen = [], set()
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(m, torch.nn.Linear) or any(id(p) in seen for p in own):
+            return None
+        seen.update(id(p) for p in own)
+        owners.append(m)
+    return owners if seen == {id(p) for p in params} else None
+
+
+def _window_losses(lm, model, x, y):
+    """Each window's mean cross-entropy (what ``lm.loss`` is of a batch of one)."""
+    import torch.nn.functional as F
+
+    with lm.autocast(x.device):
+        logits = lm.logits(model, x)
+    flat = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+    return flat.view(x.size(0), -1).mean(dim=1)
+
+
+def _batched_clipped_sum(lm, model, params, linears, x, y, clip_norm):
+    """The sum of the clipped per-window gradients of Linear-owned parameters, from one
+    forward and one backward of the whole batch: a Linear's weight gradient is the sum
+    over positions of output-gradient x input, so keeping the window axis gives each
+    window's own (Opacus's grad sampler for ``nn.Linear``). The windows do not interact
+    (no batch statistics), so the summed loss's gradient at a window's rows is that
+    window's. Our hooks, unlike Opacus's, also fire in eval mode, which replay needs
+    (no dropout: training must be a pure function of parameters, data and seed)."""
+    import torch
+
+    samples = {id(p): torch.zeros((x.size(0), *p.shape), dtype=torch.float32, device=p.device) for p in params}
+    calls = []      # (module, its input, its output) of every call of an adapter
+
+    def on_forward(mod, inputs, out):
+        calls.append((mod, inputs[0].detach().float(), out))
+
+    handles = [m.register_forward_hook(on_forward) for m in linears]
+    try:
+        losses = _window_losses(lm, model, x, y)
+    finally:
+        for h in handles:
+            h.remove()
+    # the gradients at the adapters' outputs only: the summed weight gradients, which the
+    # per-window ones replace, are never computed
+    outs = torch.autograd.grad(losses.sum(), [out for _, _, out in calls])
+    for (mod, a, _), g in zip(calls, outs):
+        g = g.float()
+        samples[id(mod.weight)].add_(torch.einsum("n...o,n...i->noi", g, a))
+        if mod.bias is not None and mod.bias.requires_grad:
+            samples[id(mod.bias)].add_(g.reshape(g.size(0), -1, g.size(-1)).sum(1))
+    grads = [samples[id(p)] for p in params]
+    norms = torch.linalg.vector_norm(torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1), dim=1)
+    factor = _clip_factor(norms, clip_norm)
+    return [torch.einsum("n,n...->...", factor, g) for g in grads], losses.detach().tolist()
+
+
+def _looped_clipped_sum(lm, model, params, x, y, clip_norm):
+    """The same sum by one backward per window: any model (a tied head, an embedding, a
+    norm), at about batch-size times the cost of its plain step."""
+    import torch
+
     acc = [torch.zeros_like(p) for p in params]
     losses = []
     for i in range(x.size(0)):
         loss = lm.loss(model, x[i:i + 1], y[i:i + 1])
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-        if dp.clip_norm is not None:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            # Opacus's factor: C / (norm + 1e-6), at most 1
-            factor = (dp.clip_norm / (norm + 1e-6)).clamp(max=1.0)
-            grads = [g * factor for g in grads]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        factor = _clip_factor(norm, clip_norm)
         for a, g in zip(acc, grads):
-            a.add_(g)
+            a.add_(g * factor)
         losses.append(float(loss.detach()))
-    z = noise(dp.seed_of(step), [tuple(p.shape) for p in params], dp.noise_std)
-    batch = float(x.size(0))
-    for p, a, n in zip(params, acc, z):
-        p.grad = (a + torch.from_numpy(n).to(a.device)) / batch
-    return float(np.mean(losses))
+    return acc, losses
 
 
 # --------------------------------------------------------------------------- accounting

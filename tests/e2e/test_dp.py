@@ -283,6 +283,52 @@ def test_dp_replay_on_hugging_face_models_full_and_lora(tmp_path, kind, lora):
     assert got[no_clip].verdict == got[half].verdict == Verdict.REPLAY, (got[no_clip].reason, got[half].reason)
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_lora_clips_each_window_from_one_batched_backward_as_the_loop_does(tmp_path, kind):
+    """LoRA's adapters are Linear layers: their per-window gradients come from one forward
+    and one backward of the batch (the replay's cost is then a plain step's, not batch-size
+    times it). The clipped sum equals one backward per window, windows above and below the
+    bound alike; a model with any other trainable tensor (the byte GPT's tied head) loops."""
+    import torch
+
+    from ledger.store.embedded import EmbeddedStore
+    from node.models import language_model
+    from node.models.importer import import_model
+    from node.roles.owner import ModelChoice, attach_model
+    from node.training.train import as_tensor, step_offsets, windows
+    from support.models import make_model_dir
+
+    cfg = _dp_config()
+    imp = import_model(str(make_model_dir(tmp_path / "model", kind)), tmp_path / "cache")
+    lm, genesis = attach_model(cfg, EmbeddedStore(tmp_path / "store"), ModelChoice(imp, lora_rank=4))
+    rng = np.random.default_rng(0)      # adapters away from zero: every tensor gets a gradient
+    model = lm.module({k: (v + rng.normal(0, 0.05, v.shape)).astype(np.float32) for k, v in genesis.items()})
+    named = lm.trainable(model)
+    params = [p for _, p in named]
+    owners = dpmod.linear_owners(model, params)
+    assert owners is not None and len(owners) == len(params)
+    data = as_tensor(lm.stream((ROOT / "data" / "tinyshakespeare.txt").read_bytes()[:8_000]), lm.token_bytes)
+    x, y = windows(data, step_offsets(3, 0, len(data), cfg.model.block_size, 6), cfg.model.block_size)
+    _, free = dpmod._batched_clipped_sum(lm, model, params, owners, x, y, None)
+    norms = []
+    for i in range(x.size(0)):       # the windows' own gradient norms, to place the bound between them
+        g = torch.autograd.grad(lm.loss(model, x[i:i + 1], y[i:i + 1]), params)
+        norms.append(float(torch.linalg.vector_norm(torch.stack([t.norm() for t in g]))))
+    bound = float(np.median(norms))
+    assert min(norms) < bound < max(norms)
+    for clip in (bound, None):
+        fast, losses = dpmod._batched_clipped_sum(lm, model, params, owners, x, y, clip)
+        slow, want = dpmod._looped_clipped_sum(lm, model, params, x, y, clip)
+        np.testing.assert_allclose(losses, want, rtol=1e-5)
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    assert free == pytest.approx(losses)
+
+    byte = language_model(_dp_config().model)
+    m = byte.module(byte.genesis(0))
+    assert dpmod.linear_owners(m, [p for _, p in byte.trainable(m)]) is None
+
+
 # ---------------------------------------------------------------- end to end, real roles
 
 

@@ -86,3 +86,34 @@ def test_a_private_job_is_ciphertext_to_outsiders_and_readable_by_its_members(de
     assert g.to == address(late) and g.by == address(DEV0) and g.cid
     rc, report = _audit(env, job, late)
     assert rc == 0 and report["ok"] and not report["not_rerun"], report["not_rerun"]
+
+    # the export is sealed like every other artifact: ciphertext to an outsider, which checks the
+    # signature, the sealed files and the chain's record and says, in its own word, what it did not read
+    out = env.run(auditor, "export", "--job", str(job), str(env.settings.data_dir / "sealed-export"), "--no-progress", timeout=300)
+    assert out.returncode == 0 and "EXPORTED" in out.stdout, out.stdout[-1500:] + out.stderr[-1500:]
+    sealed_dir = env.settings.data_dir / "sealed-export"
+    names = sorted(p.name for p in sealed_dir.iterdir())
+    assert names == ["config.json.sealed", "model.safetensors.sealed", "provenance.intoto.jsonl"], names
+    assert all(sealing.is_sealed_artifact((sealed_dir / n).read_bytes()) for n in names[:2])
+    out = env.run(outsider, "verify-export", str(sealed_dir), "--job", str(job))
+    assert out.returncode == 3 and out.stdout.startswith(f"EXPORT SEALED job {job}"), out.stdout + out.stderr
+    assert "the chain's record matches" in out.stdout and "Traceback" not in out.stderr, out.stdout
+    # a granted reader opens it, checks the weights against the chain's final checkpoint, gets the plaintext
+    plain_dir = env.settings.data_dir / "unsealed-export"
+    out = env.run(late, "verify-export", str(sealed_dir), "--job", str(job), "--unseal-to", str(plain_dir))
+    assert out.returncode == 0 and "EXPORT OK" in out.stdout, out.stdout + out.stderr
+    assert "holds exactly the final checkpoint" in out.stdout, out.stdout
+    assert sorted(p.name for p in plain_dir.iterdir()) == ["config.json", "model.safetensors", "provenance.intoto.jsonl"]
+    weights = (plain_dir / "model.safetensors").read_bytes()
+    assert weights[-64:] not in (sealed_dir / "model.safetensors.sealed").read_bytes()
+    out = env.run(late, "verify-export", str(plain_dir), "--job", str(job))
+    assert out.returncode == 0 and "holds exactly the final checkpoint" in out.stdout, out.stdout + out.stderr
+    out = env.run(None, "verify-export", str(plain_dir), "--job", str(job))
+    assert out.returncode == 0 and "not compared: the job is private" in out.stdout, out.stdout + out.stderr
+    # a changed byte of ciphertext fails for anyone, key or not
+    blob = bytearray((sealed_dir / "model.safetensors.sealed").read_bytes())
+    blob[len(blob) // 2] ^= 1
+    (sealed_dir / "model.safetensors.sealed").write_bytes(bytes(blob))
+    for who in (outsider, late):
+        out = env.run(who, "verify-export", str(sealed_dir), "--job", str(job))
+        assert out.returncode == 1 and "model.safetensors.sealed: sha256 is" in out.stderr, out.stdout + out.stderr
