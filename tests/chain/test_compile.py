@@ -72,19 +72,23 @@ def test_check_fails_when_the_code_changes(copy: Path, solc):
     text = src.read_text()
     assert "BATCH_ENTRY = 100;" in text
     src.write_text(text.replace("BATCH_ENTRY = 100;", "BATCH_ENTRY = 99;"))
-    out = ledger_cli("compile", "--check", "--root", str(copy))
-    assert out.returncode == 1
-    assert "do not match the sources" in out.stderr and "run `ledger compile`" in out.stderr
-    assert "source sha256 differs for contracts/TrainingLedger.sol" in out.stderr
-    assert "deployedBytecode differs (code, not just metadata)" in out.stderr
-    # `ledger compile` on the copy rebuilds its artifact (and only that one)
+    # `ledger compile` on the copy rebuilds its artifacts (one compile, and the repository's untouched)
     committed = artifact_path().read_text()
     built = ledger_cli("compile", "--root", str(copy))
     assert built.returncode == 0 and "wrote contracts/build/TrainingLedger.json" in built.stdout
-    rebuilt = json.loads((copy / "contracts/build/TrainingLedger.json").read_text())
+    build = copy / "contracts/build"
+    fresh = {name: json.loads((build / f"{name}.json").read_text()) for name in comp.CONTRACTS}
+    rebuilt = fresh["TrainingLedger"]
     assert rebuilt["sources"]["contracts/TrainingLedger.sol"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert rebuilt["deployedBytecode"] != load_artifact()["deployedBytecode"]
     assert artifact_path().read_text() == committed
+    # the committed artifacts put back beside the changed source: what `--check` finds against
+    # that very build (the command's own output on a failed check: test_check_reports_a_missing_artifact)
+    for name in comp.CONTRACTS:
+        shutil.copy(ROOT / f"contracts/build/{name}.json", build / f"{name}.json")
+    problems = comp.check(copy, fresh=fresh)
+    assert any("source sha256 differs for contracts/TrainingLedger.sol" in p for p in problems), problems
+    assert any("deployedBytecode differs (code, not just metadata)" in p for p in problems), problems
 
 
 def test_check_fails_on_a_comment_only_change(copy: Path, solc):
@@ -129,6 +133,7 @@ def test_check_reports_a_missing_artifact(copy: Path, fresh):
         (copy / f"contracts/build/{lib}.json").unlink()
     out = ledger_cli("compile", "--check", "--root", str(copy))
     assert out.returncode == 1 and "missing" in out.stderr and "Traceback" not in out.stderr
+    assert "do not match the sources" in out.stderr and "run `ledger compile`" in out.stderr
 
 
 def test_root_without_contracts_is_a_clear_error(tmp_path: Path):
