@@ -233,7 +233,7 @@ def test_a_stopped_worker_is_flagged_late_before_the_deadline(run, browser, tmp_
              run.procs)
     if browser.js("location.href") != run.url + "/":
         browser.open(run.url + "/")
-    late = wait_for(lambda: browser.js(f"[...document.querySelectorAll('#late .late')].map(e => [e.dataset.party, e.dataset.lateFor])"),
+    late = wait_for(lambda: browser.js("[...document.querySelectorAll('#late .late')].map(e => [e.dataset.party, e.dataset.lateFor])"),
                     60, "the late flag on the page", run.procs)
     assert late == [[stopped, "submit round 2"]]
     from prometheus_client.parser import text_string_to_metric_families
