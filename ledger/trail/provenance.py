@@ -340,13 +340,8 @@ def _check_files_of(check: "ExportCheck", model) -> None:
             bad.append(f"{name}: an export of this job ({model.kind}{', LoRA' if model.lora else ''}) holds no such file")
     for name in sorted(want - set(check.files)):
         bad.append(f"{name}: not in the statement, though an export of this job holds it")
-    if "config.json" not in check.files or "config.json" in check.unsound | check.unread:
-        return
-    try:
-        got = safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
-                             max_bytes=MAX_CONFIG_BYTES)
-    except (OSError, ValueError, LedgerError) as e:
-        bad.append(f"config.json: {str(e).splitlines()[0]}")
+    got = _export_config(check, bad)
+    if got is None:
         return
     expected = export_config(model)
     if not isinstance(got, dict):
@@ -584,17 +579,24 @@ def _size_of(check: ExportCheck, name: str) -> int:
     return (f if f.is_file() else check.folder / (name + SEALED_SUFFIX)).stat().st_size
 
 
-def _no_code(check: ExportCheck) -> None:
+def _export_config(check: ExportCheck, failures: list[str]):
+    """The export's ``config.json`` read through ``safejson``; None where the statement lists
+    none, where it is already unsound or unread, or where it does not parse (then one line
+    in ``failures``)."""
     if "config.json" not in check.files or "config.json" in check.unsound | check.unread:
-        return
+        return None
     try:
-        cfg = safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
-                             max_bytes=MAX_CONFIG_BYTES)
+        return safejson.loads(check.read("config.json", MAX_CONFIG_BYTES), what="config.json",
+                              max_bytes=MAX_CONFIG_BYTES)
     except (OSError, ValueError, LedgerError) as e:
-        check.failures.append(f"config.json: {str(e).splitlines()[0]}")
-    else:
-        if isinstance(cfg, dict) and "auto_map" in cfg:
-            check.failures.append("config.json: names code to run (auto_map); an export never does")
+        failures.append(f"config.json: {str(e).splitlines()[0]}")
+        return None
+
+
+def _no_code(check: ExportCheck) -> None:
+    cfg = _export_config(check, check.failures)
+    if isinstance(cfg, dict) and "auto_map" in cfg:
+        check.failures.append("config.json: names code to run (auto_map); an export never does")
 
 
 def verify_on_chain(check: ExportCheck, ledger, job: int | None = None, store=None, merge=None) -> ExportCheck:
