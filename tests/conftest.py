@@ -92,9 +92,9 @@ SLOWEST_FIRST = (
     "test_worker.py",           # ~100 s
     "test_watch.py",            # ~100 s
     "test_segment_replay.py",   # ~90 s
-    "test_private_data.py",     # ~90 s
+    "test_own_data.py",         # ~90 s
     "test_chain_outage.py",     # ~85 s
-    "test_deployments.py",      # ~80 s
+    "test_party_state.py",      # ~80 s
     "test_hardhat.py",          # ~80 s
     "test_compile.py",          # ~70 s
     "test_economics.py",        # ~50 s
@@ -113,6 +113,9 @@ SLOWEST_FIRST = (
 
 
 def pytest_collection_modifyitems(session, config, items):
+    here = Path(__file__).parent
+    stale = [name for name in SLOWEST_FIRST if not any(here.glob(f"*/{name}"))]
+    assert not stale, f"SLOWEST_FIRST names files that are not in tests/: {stale}"
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
@@ -135,7 +138,6 @@ def module_contract(module_rpc):
     from support.contract import ContractEnv
 
     return ContractEnv(module_rpc)
-
 
 
 @pytest.fixture
